@@ -1,0 +1,177 @@
+"""The Mixtral configuration: one documented dataclass, with transformers' field names.
+
+Field names match `transformers.MixtralConfig`, so a `config.json` written by
+transformers maps onto this class one to one (see `from_dict`). Validation runs on
+construction and names the offending field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MixtralConfig:
+    # --- vocabulary and width -------------------------------------------------
+    vocab_size: int = 32000  # Mixtral's SentencePiece vocabulary
+    hidden_size: int = 4096  # d_model: width of the residual stream
+    intermediate_size: int = 14336  # width inside each SwiGLU expert (3.5 x hidden)
+    # --- depth and attention ---------------------------------------------------
+    num_hidden_layers: int = 32  # decoder blocks; every block's FFN is a sparse MoE
+    num_attention_heads: int = 32  # query heads
+    num_key_value_heads: int = 8  # grouped-query attention: 4 query heads share one K/V head
+    head_dim: int | None = None  # None -> hidden_size // num_attention_heads
+    max_position_embeddings: int = 32768  # context length the model was trained for
+    rope_theta: float = 1e6  # rotary base; Mixtral uses 1e6 for its long context
+    rms_norm_eps: float = 1e-5  # epsilon inside RMSNorm
+    sliding_window: int | None = None  # Mixtral v0.1 attends to the full context
+    attention_dropout: float = 0.0
+    # --- the sparse mixture of experts -----------------------------------------
+    num_local_experts: int = 8  # E: experts per MoE layer
+    num_experts_per_tok: int = 2  # k: experts each token is routed to
+    router_aux_loss_coef: float = 0.001  # weight of the load-balancing loss in training
+    router_z_loss_coef: float = 0.0  # weight of the ST-MoE router z-loss (0 = off, as in Mixtral)
+    router_jitter_noise: float = 0.0  # multiplicative input noise in training (transformers' option)
+    # --- the rest ----------------------------------------------------------------
+    hidden_act: str = "silu"  # SwiGLU's gate activation
+    initializer_range: float = 0.02  # std of the normal init of every weight
+    tie_word_embeddings: bool = False  # Mixtral keeps lm_head separate from the embedding
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    pad_token_id: int | None = None
+    name: str = field(default="custom", compare=False)  # a label for printing; not a model field
+
+    def __post_init__(self) -> None:
+        positive = (
+            "vocab_size hidden_size intermediate_size num_hidden_layers num_attention_heads "
+            "num_key_value_heads max_position_embeddings num_local_experts num_experts_per_tok"
+        ).split()
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"MixtralConfig.{name} must be an int, got {value!r}")
+            if value <= 0:
+                raise ValueError(f"MixtralConfig.{name} must be positive, got {value}")
+        k, e = self.num_experts_per_tok, self.num_local_experts
+        if k > e:
+            raise ValueError(
+                f"MixtralConfig.num_experts_per_tok (k={k}) must be between 1 and num_local_experts (E={e})"
+            )
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"MixtralConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads}) unless head_dim is given"
+            )
+        if self.head_dim is not None and (not isinstance(self.head_dim, int) or self.head_dim <= 0):
+            raise ValueError(f"MixtralConfig.head_dim must be a positive int or None, got {self.head_dim!r}")
+        if self.head_dim_ % 2:
+            raise ValueError(f"MixtralConfig.head_dim must be even for rotary embeddings, got {self.head_dim_}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"MixtralConfig.num_attention_heads ({self.num_attention_heads}) must be divisible by "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if self.sliding_window is not None and (
+            not isinstance(self.sliding_window, int) or self.sliding_window <= 0
+        ):
+            raise ValueError(f"MixtralConfig.sliding_window must be a positive int or None, got {self.sliding_window!r}")
+        for name in ("rope_theta", "rms_norm_eps", "initializer_range"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"MixtralConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("router_aux_loss_coef", "router_z_loss_coef", "router_jitter_noise", "attention_dropout"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"MixtralConfig.{name} must be a finite number >= 0, got {value!r}")
+        if self.router_jitter_noise >= 1:
+            raise ValueError(f"MixtralConfig.router_jitter_noise must be < 1, got {self.router_jitter_noise}")
+        if self.hidden_act != "silu":
+            raise ValueError(f"MixtralConfig.hidden_act must be 'silu' (SwiGLU), got {self.hidden_act!r}")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def head_dim_(self) -> int:
+        """The per-head width actually used."""
+        return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_attention_heads
+
+    def replace(self, **changes: Any) -> "MixtralConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def scaled(
+        self,
+        hidden_size: int,
+        num_hidden_layers: int | None = None,
+        head_dim: int | None = None,
+        **overrides: Any,
+    ) -> "MixtralConfig":
+        """Derive a config of another width that keeps Mixtral's ratios.
+
+        Kept: intermediate/hidden (3.5 for Mixtral), query heads per K/V head (4),
+        the expert count E and top-k. Heads are `hidden_size // head_dim` (head_dim
+        defaults to this config's, capped so that there is at least one K/V group).
+        """
+        group = self.num_attention_heads // self.num_key_value_heads
+        hd = head_dim or min(self.head_dim_, max(2, hidden_size // group))
+        heads = max(group, (hidden_size // hd) // group * group)
+        values = dict(
+            hidden_size=hidden_size,
+            intermediate_size=int(round(hidden_size * self.intermediate_size / self.hidden_size)),
+            num_attention_heads=heads,
+            num_key_value_heads=heads // group,
+            head_dim=None if heads * hd == hidden_size else hd,
+            num_hidden_layers=num_hidden_layers or self.num_hidden_layers,
+            name=f"{self.name}-scaled-{hidden_size}",
+        )
+        values.update(overrides)
+        return self.replace(**values)
+
+    # ---------------------------------------------------------------- interop
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("name")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, strict: bool = False) -> "MixtralConfig":
+        """Build from a transformers-style dict (e.g. `config.json`).
+
+        Keys transformers writes that do not change the computation (`architectures`,
+        `torch_dtype`, ...) are ignored; with `strict=True` any unknown key raises.
+        """
+        d = dict(d)
+        rope = d.pop("rope_parameters", None) or d.pop("rope_scaling", None)
+        if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in d:
+            d["rope_theta"] = rope["rope_theta"]
+        if isinstance(d.get("eos_token_id"), list):
+            d["eos_token_id"] = d["eos_token_id"][0]
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if strict and unknown:
+            raise ValueError(f"unknown MixtralConfig fields: {unknown}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "MixtralConfig":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "config.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read a Mixtral config from {path}: {err}") from err
+        return cls.from_dict(data)
+
+    def to_hf(self):
+        """The equivalent `transformers.MixtralConfig` (needs transformers)."""
+        from transformers import MixtralConfig as HFConfig
+
+        d = self.to_dict()
+        d.pop("router_z_loss_coef")
+        theta = d.pop("rope_theta")
+        d["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
+        return HFConfig(**d)

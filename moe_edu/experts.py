@@ -1,0 +1,54 @@
+"""The experts: E independent SwiGLU feed-forward networks, stored as stacked weights.
+
+Mixtral's expert j computes  w2( silu(w1 x) * (w3 x) ).  We keep w1 (gate) and w3 (up)
+fused in one `(E, 2I, H)` tensor, exactly as transformers v5 does (`gate_up_proj`),
+so one matrix multiply serves both; `w1`, `w3`, `w2` are views for reading.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def swiglu(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """One SwiGLU FFN written plainly: x (N, H), w1/w3 (I, H), w2 (H, I) -> (N, H)."""
+    return F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)
+
+
+class Experts(nn.Module):
+    """E SwiGLU experts. Parameter names follow transformers v5: `gate_up_proj`, `down_proj`."""
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.num_experts, self.hidden_size, self.intermediate_size = num_experts, hidden_size, intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))  # (E, 2I, H)
+        self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))  # (E, H, I)
+
+    # Read-only views with Mixtral's names.
+    @property
+    def w1(self) -> torch.Tensor:  # gate projection
+        return self.gate_up_proj[:, : self.intermediate_size]  # (E, I, H)
+
+    @property
+    def w3(self) -> torch.Tensor:  # up projection
+        return self.gate_up_proj[:, self.intermediate_size :]  # (E, I, H)
+
+    @property
+    def w2(self) -> torch.Tensor:  # down projection
+        return self.down_proj  # (E, H, I)
+
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Run expert `e` on the rows routed to it: x (N, H) -> (N, H)."""
+        gate, up = F.linear(x, self.gate_up_proj[e]).chunk(2, dim=-1)  # (N, I), (N, I)
+        return F.linear(F.silu(gate) * up, self.down_proj[e])  # (N, H)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Every expert on every row (the dense view): x (N, H) -> (E, N, H)."""
+        h = torch.einsum("nh,eih->eni", x, self.gate_up_proj)  # (E, N, 2I)
+        gate, up = h.chunk(2, dim=-1)  # (E, N, I), (E, N, I)
+        return torch.einsum("eni,ehi->enh", F.silu(gate) * up, self.down_proj)  # (E, N, H)
+
+    def extra_repr(self) -> str:
+        return f"experts={self.num_experts}, hidden={self.hidden_size}, intermediate={self.intermediate_size}"
