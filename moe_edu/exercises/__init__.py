@@ -1,0 +1,61 @@
+"""Exercise checkers for `notebooks/exercises/`: one module per course notebook.
+
+In a notebook::
+
+    from moe_edu.exercises import gating as ex
+    ex.check_router_logits(my_router_logits)   # prints one line: ✓ / ✗ ... / ○ not attempted
+    ex.hint("router_logits")                   # all hints; ex.hint("router_logits", 1) only the first
+    router_logits = ex.use(my_router_logits, "router_logits")  # yours if it passes, else the reference
+
+Every checker runs the student's function and the library's reference on the same seeded
+cases (`torch.random.fork_rng`, so the notebook's own RNG stream is untouched), prints
+exactly one deterministic line and returns True/False. It never raises: a stub that still
+raises `NotImplementedError` prints "not attempted", any other exception is reported as
+"✗ ... your function raised TypeError: ...", a wrong output names the first failing case
+and the first difference (type, shape, dtype, or the first mismatching entries).
+
+Adding a checker (about 10 lines, in the module of its notebook or a new one)::
+
+    from .core import Case, Registry, randn
+
+    exercises = Registry("capacity")                      # once per module
+    check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference
+
+    @exercises.add("capacity", reference=moe_edu.some_reference, hints=("first hint", "second hint"),
+                   atol=1e-5, rtol=1e-4, normalize=None)   # normalize: applied to both outputs first
+    def _capacity_cases():                                 # seeded inputs, labelled in words
+        return [Case("T=8, E=4, factor 1.0", (randn(8, 4, seed=1), 1.0)),
+                Case("overflow: all tokens pick expert 0", (torch.zeros(8, 4), 1.0))]
+
+    check_capacity = _capacity_cases.check                 # `add` returns the Exercise
+
+Outputs may be tensors, tuples/lists of them, ints, floats or bools; a test in
+`tests/test_exercises.py` parametrised over `core.ALL` checks every registered reference
+passes its own checker, so also add two typical wrong implementations there.
+
+Modules: `gating` (01), `topk` (02), `sparse` (03), `combining` (04), `smoe_block` (05),
+`load_balancing` (07).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .core import ALL, Case, Exercise, Registry, compare, randn
+
+MODULES = ("gating", "topk", "sparse", "combining", "smoe_block", "load_balancing")
+
+__all__ = ["ALL", "Case", "Exercise", "Registry", "compare", "randn", "load_all", *MODULES]
+
+
+def load_all() -> dict[str, Exercise]:
+    """Import every checker module so `ALL` holds every exercise."""
+    for m in MODULES:
+        importlib.import_module(f".{m}", __name__)
+    return ALL
+
+
+def __getattr__(name: str):
+    if name in MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'moe_edu.exercises' has no attribute {name!r}")

@@ -1,0 +1,101 @@
+"""The generic checker core: one line, never raises, precise failure messages."""
+
+from __future__ import annotations
+
+import torch
+
+from moe_edu.exercises.core import ALL, Case, Registry, compare, randn
+
+reg = Registry("_test_core")
+
+
+def _double(x: torch.Tensor) -> torch.Tensor:
+    return 2 * x
+
+
+@reg.add("double", reference=_double, hints=("multiply by two",))
+def _double_cases():
+    return [Case("small", (randn(3, seed=1),)), Case("matrix", (randn(2, 3, seed=2),))]
+
+
+ALL.pop("_test_core.double")  # keep the library-wide registry to real exercises
+
+
+def run(capsys, fn) -> tuple[bool, str]:
+    ok = reg.check("double", fn)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1, lines
+    return ok, lines[0]
+
+
+def test_pass_line(capsys):
+    assert run(capsys, lambda x: x + x) == (True, "✓ double: all 2 cases pass")
+
+
+def test_not_attempted(capsys):
+    def stub(x):
+        raise NotImplementedError()
+
+    ok, line = run(capsys, stub)
+    assert not ok and "not attempted" in line and not line.startswith("✓")
+
+
+def test_exception_is_reported(capsys):
+    def boom(x):
+        raise TypeError("bad operand")
+
+    ok, line = run(capsys, boom)
+    assert not ok
+    assert line == "✗ double: case 1 (small): your function raised TypeError: bad operand"
+
+
+def test_values_shape_dtype(capsys):
+    ok, line = run(capsys, lambda x: 3 * x)
+    assert not ok and line.startswith("✗ double: case 1 (small): output differs at 3 of 3 entries, first [0]: expected")
+    assert "shape: expected (3,), got (1, 3)" in run(capsys, lambda x: (2 * x)[None])[1]
+    assert "dtype: expected torch.float32, got torch.float64" in run(capsys, lambda x: (2 * x).double())[1]
+    assert "expected a tensor of shape (3,), got list" in run(capsys, lambda x: (2 * x).tolist())[1]
+
+
+def test_student_prints_are_swallowed_and_inputs_protected(capsys):
+    def noisy(x):
+        print("debug")
+        x.mul_(2)  # in place: must not change what the reference sees
+        return x
+
+    assert run(capsys, noisy)[0]
+
+
+def test_global_rng_untouched():
+    torch.manual_seed(0)
+    a = torch.rand(1)
+    torch.manual_seed(0)
+    reg.get("double").use(lambda x: torch.rand_like(x))
+    assert torch.equal(torch.rand(1), a)
+
+
+def test_use_falls_back_silently(capsys):
+    def stub(x):
+        raise NotImplementedError()
+
+    good = lambda x: x * 2  # noqa: E731
+    assert reg.use(stub, "double") is _double
+    assert reg.use(good, "double") is good
+    assert capsys.readouterr().out == ""
+
+
+def test_hint_and_unknown_names(capsys):
+    reg.hint("double")
+    assert capsys.readouterr().out == "hint 1/1 for double: multiply by two\n"
+    assert reg.check("nope", _double) is False
+    assert capsys.readouterr().out.startswith("✗ nope: no exercise 'nope'")
+
+
+def test_compare_scalars():
+    assert compare(3, 3, atol=0, rtol=0) is None
+    assert compare(3, 4, atol=0, rtol=0) == "output: expected 3, got 4 (off by 1)"
+    assert "expected int 3, got float" in compare(3, 3.0, atol=0, rtol=0)
+    assert compare(True, False, atol=0, rtol=0) == "output: expected True, got False"
+    assert compare(0.5, 0.5 + 1e-9, atol=1e-6, rtol=0) is None
+    assert "expected a tuple of 2 values, got 1 values" in compare((1, 2), (1,), atol=0, rtol=0)
+    assert compare((torch.ones(2), 1), (torch.ones(2), 2), atol=0, rtol=0).startswith("output[1]")
