@@ -30,6 +30,9 @@ _EXPORTS = {
     "MixtralForCausalLM": "model",
     "MoeCausalLMOutput": "model",
     "load_pretrained": "pretrained",
+    "RoutingExplorer": "widgets",
+    "render_routing_html": "widgets",
+    "trace_routing": "widgets",
 }
 
 __all__ = sorted(_EXPORTS)
