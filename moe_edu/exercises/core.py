@@ -59,8 +59,12 @@ def _kind(v: Any) -> str:
     return f"{type(v).__name__} {_fmt(v)}" if isinstance(v, (bool, int, float)) else type(v).__name__
 
 
-def compare(expected: Any, got: Any, *, atol: float, rtol: float, where: str = "output") -> str | None:
-    """None when `got` matches `expected`, else one short sentence saying the first difference."""
+def compare(expected: Any, got: Any, *, atol: float, rtol: float, where: str = "output",
+            names: Sequence[str] | None = None) -> str | None:
+    """None when `got` matches `expected`, else one short sentence saying the first difference.
+
+    `names` label the parts of a tuple output (e.g. ("weights", "experts")) in the message.
+    """
     if isinstance(expected, torch.Tensor):
         if not isinstance(got, torch.Tensor):
             return f"{where}: expected a tensor of shape {tuple(expected.shape)}, got {_kind(got)}"
@@ -76,6 +80,8 @@ def compare(expected: Any, got: Any, *, atol: float, rtol: float, where: str = "
             bad = g != e
         if not bad.any():
             return None
+        if e.dim() == 0:
+            return f"{where}: expected {_fmt(e.item())}, got {_fmt(g.item())}"
         idx = bad.nonzero()[:MAX_SHOWN].tolist()
         shown = "; ".join(f"{list(i)}: expected {_fmt(e[tuple(i)].item())}, got {_fmt(g[tuple(i)].item())}"
                           for i in idx)
@@ -86,7 +92,8 @@ def compare(expected: Any, got: Any, *, atol: float, rtol: float, where: str = "
             return f"{where}: expected a tuple of {len(expected)} values, got " + (
                 f"{n} values" if n is not None else _kind(got))
         for i, (e, g) in enumerate(zip(expected, got)):
-            msg = compare(e, g, atol=atol, rtol=rtol, where=f"{where}[{i}]")
+            part = names[i] if names and i < len(names) else f"{where}[{i}]"
+            msg = compare(e, g, atol=atol, rtol=rtol, where=part)
             if msg:
                 return msg
         return None
@@ -129,7 +136,7 @@ def _call(fn: Callable, case: Case) -> Any:
 
 
 def _outcome(fn: Callable, reference: Callable, cases: Sequence[Case], normalize: Callable | None,
-             atol: float, rtol: float) -> tuple[str, str]:
+             atol: float, rtol: float, names: Sequence[str] | None = None) -> tuple[str, str]:
     """(symbol, message) for one student function; never raises."""
     if not callable(fn):
         return FAIL, f"expected a function, got {type(fn).__name__}"
@@ -148,7 +155,7 @@ def _outcome(fn: Callable, reference: Callable, cases: Sequence[Case], normalize
                     got = normalize(got)
                 except Exception:  # a wrong output shape/type: compare() explains it better
                     pass
-            msg = compare(expected, got, atol=atol, rtol=rtol)
+            msg = compare(expected, got, atol=atol, rtol=rtol, names=names)
         except Exception as err:  # a checker bug must not crash the notebook either
             return FAIL, f"case {n} ({case.label}): could not compare outputs ({type(err).__name__}: {err})"
         if msg:
@@ -167,6 +174,7 @@ class Exercise:
     atol: float = 1e-5
     rtol: float = 1e-4
     normalize: Callable | None = None  # applied to both outputs first (e.g. sort top-k slots)
+    outputs: Sequence[str] | None = None  # names of a tuple output's parts, for messages
 
     def outcome(self, fn: Callable) -> tuple[str, str]:
         try:
@@ -174,7 +182,7 @@ class Exercise:
         except Exception as err:  # pragma: no cover - a broken case generator is our bug
             return FAIL, f"could not build the test cases ({type(err).__name__}: {err})"
         with torch.random.fork_rng(devices=[]):
-            return _outcome(fn, self.reference, cases, self.normalize, self.atol, self.rtol)
+            return _outcome(fn, self.reference, cases, self.normalize, self.atol, self.rtol, self.outputs)
 
     def check(self, fn: Callable) -> bool:
         """Print one line (✓ / ✗ / ○) and return whether every case passes."""
@@ -210,11 +218,12 @@ class Registry:
         self.exercises: dict[str, Exercise] = {}
 
     def add(self, name: str, *, reference: Callable, hints: Sequence[str] = (), atol: float = 1e-5,
-            rtol: float = 1e-4, normalize: Callable | None = None) -> Callable:
+            rtol: float = 1e-4, normalize: Callable | None = None,
+            outputs: Sequence[str] | None = None) -> Callable:
         """Decorator for a function returning the cases; registers an `Exercise` called `name`."""
 
         def register(cases: Callable[[], Iterable[Case]]) -> Exercise:
-            ex = Exercise(name, reference, cases, tuple(hints), atol, rtol, normalize)
+            ex = Exercise(name, reference, cases, tuple(hints), atol, rtol, normalize, outputs)
             self.exercises[name] = ex
             ALL[f"{self.topic}.{name}"] = ex
             return ex
