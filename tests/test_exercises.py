@@ -1,0 +1,196 @@
+"""Every exercise checker: the reference passes, typical mistakes are caught with a helpful
+line, a stub is "not attempted", and an exception in student code is reported, not raised."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from moe_edu.dispatch import dense_dispatch, grouped_dispatch, loop_dispatch
+from moe_edu.exercises import load_all
+from moe_edu.losses import load_balancing_loss, router_z_loss
+from moe_edu.routing import softmax_topk, topk_softmax
+
+EXERCISES = load_all()
+
+
+def _topk_mask(p, k, dim=-1):
+    return torch.zeros_like(p, dtype=torch.bool).scatter_(dim, torch.topk(p, k, dim=dim).indices, True)
+
+
+def _sort(c, E, stable=True, minlength=True, descending=False):
+    flat = c.reshape(-1)
+    counts = torch.bincount(flat, minlength=E if minlength else 0)
+    return torch.argsort(flat, stable=stable, descending=descending), counts
+
+
+def _block(x, gate, w1, w3, w2, k, renorm=True, fp32=True):
+    from moe_edu.exercises.smoe_block import moe_block_reference
+
+    y, logits = moe_block_reference(x, gate, w1, w3, w2, k)
+    if not renorm:  # forgot to renormalise: weights are the raw top-k softmax probabilities
+        flat = x.reshape(-1, x.shape[-1])
+        probs = torch.softmax(logits, -1)
+        w, e = torch.topk(probs, k, -1)
+        y = torch.stack([sum(w[t, j] * F.linear(F.silu(F.linear(flat[t], w1[e[t, j]])) * F.linear(flat[t], w3[e[t, j]]),
+                                                  w2[e[t, j]]) for j in range(k)) for t in range(flat.shape[0])])
+        y = y.reshape(x.shape)
+    return y, (logits if fp32 else logits.half())
+
+
+def _lb(l, E, k):
+    return load_balancing_loss(l, E, k)
+
+
+# name -> [(wrong implementation, a phrase the failure line must contain)]
+WRONG = {
+    "gating.router_logits": [
+        (lambda x, w: x @ w.T, "dtype: expected torch.float32, got torch.bfloat16"),
+        (lambda x, w: x.float() @ w.float(), "raised RuntimeError"),
+        (lambda x, w: x.float() @ w.float().T + 1, "differs at"),
+    ],
+    "gating.router_probs": [
+        (lambda l: torch.softmax(l.float(), dim=0), "case 1 (T=4, E=4): output differs at"),
+        (lambda l: torch.softmax(l, dim=-1), "dtype: expected torch.float32, got torch.bfloat16"),
+        (lambda l: torch.exp(l.float()), "differs at"),
+    ],
+    "topk.topk_mask": [
+        (lambda p, k: _topk_mask(p, k + 1), "expected False, got True"),
+        (lambda p, k: _topk_mask(p, k).float(), "dtype: expected torch.bool, got torch.float32"),
+        (lambda p, k: _topk_mask(p, k, dim=0), "differs at"),
+    ],
+    "topk.topk_renormalised": [
+        (lambda l, k: torch.topk(torch.softmax(l.float(), -1), k, -1), "weights differs at"),
+        (lambda l, k: (softmax_topk(l, k)[0], softmax_topk(l, k)[1] + 1), "experts differs at"),
+        (lambda l, k: softmax_topk(l, k)[::-1], "weights dtype: expected torch.float32, got torch.int64"),
+        (lambda l, k: softmax_topk(l, k)[0], "expected a tuple of 2 values, got a tensor"),
+    ],
+    "sparse.tokens_per_expert": [
+        (lambda c, E: torch.bincount(c.reshape(-1)), "case 3 (the last expert is never chosen): output shape: expected (4,), got (3,)"),
+        (lambda c, E: torch.bincount(c.reshape(-1) + 1, minlength=E)[:E], "differs at"),
+        (lambda c, E: torch.bincount(c[:, 0], minlength=E), "differs at"),
+    ],
+    "sparse.loop_dispatch": [
+        (lambda x, ex, w, c: grouped_dispatch(x, ex, torch.ones_like(w), c), "case 1 (T=6, E=4, k=2): output differs"),
+        (lambda x, ex, w, c: grouped_dispatch(x, ex, w, (c + 1) % ex.num_experts), "output differs"),
+        (lambda x, ex, w, c: grouped_dispatch(x, ex, w.flip(-1), c), "output differs"),
+    ],
+    "sparse.sort_by_expert": [
+        (lambda c, E: _sort(c, E, minlength=False), "case 3 (the last expert is never chosen): counts shape"),
+        (lambda c, E: _sort(c, E, descending=True), "order differs at"),
+        (lambda c, E: (torch.argsort(c.reshape(-1), stable=True) // c.shape[1], _sort(c, E)[1]), "order differs at"),
+    ],
+    "sparse.grouped_dispatch": [
+        (lambda x, ex, w, c: dense_dispatch(x, ex, w / 2, c), "output differs"),
+        (lambda x, ex, w, c: loop_dispatch(x, ex, w, c).double(), "dtype: expected torch.float32, got torch.float64"),
+    ],
+    "combining.topk_softmax": [
+        (lambda l, k: (torch.softmax(torch.topk(l, k, -1).values.float(), 0), torch.topk(l, k, -1).indices), "weights differs at"),
+        (lambda l, k: (torch.softmax(torch.topk(l, k, -1).values, -1), torch.topk(l, k, -1).indices), "weights dtype: expected torch.float32, got torch.bfloat16"),
+        (lambda l, k: (torch.topk(torch.softmax(l.float(), -1), k, -1).values, torch.topk(l, k, -1).indices), "weights differs at"),
+    ],
+    "combining.same_routing": [
+        (lambda a, b, atol=1e-6: torch.allclose(a[0], b[0], atol=atol) and torch.equal(a[1], b[1]),
+         "case 3 (same routing, slots swapped): output: expected True, got False"),
+        (lambda a, b, atol=1e-6: torch.equal(a[1].sort(-1).values, b[1].sort(-1).values),
+         "case 4 (one weight off by 1e-3): output: expected False, got True"),
+        (lambda a, b, atol=1e-6: torch.allclose(a[0].sort(-1).values, b[0].sort(-1).values, atol=atol),
+         "expected False, got True"),
+    ],
+    "combining.combine": [
+        (lambda o, w: o.mean(1), "case 1 (T=4, k=2, H=8): output differs at"),
+        (lambda o, w: (o * w[..., None]).sum(1), "dtype: expected torch.bfloat16, got torch.float32"),
+        (lambda o, w: (o * w[:, None, :]).sum(1), "raised RuntimeError"),
+    ],
+    "smoe_block.swiglu_expert": [
+        (lambda x, w1, w3, w2: F.linear(F.silu(F.linear(x, w3)) * F.linear(x, w1), w2), "output differs at"),
+        (lambda x, w1, w3, w2: F.linear(F.relu(F.linear(x, w1)) * F.linear(x, w3), w2), "output differs at"),
+        (lambda x, w1, w3, w2: F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2.T), "raised RuntimeError"),
+    ],
+    "smoe_block.moe_block": [
+        (lambda *a: _block(*a, renorm=False), "y differs at"),
+        (lambda *a: _block(*a, fp32=False), "router_logits dtype: expected torch.float32, got torch.float16"),
+        (lambda *a: _block(*a)[0], "expected a tuple of 2 values, got a tensor"),
+    ],
+    "smoe_block.active_parameters": [
+        (lambda c: __import__("moe_edu").count_parameters(c).total,
+         "case 1 (mixtral-8x7b): output: expected 12,879,925,248, got 46,702,792,704"),
+        (lambda c: __import__("moe_edu").count_parameters(c).active - c.num_hidden_layers * c.num_local_experts * c.hidden_size,
+         "expected 12,879,925,248, got"),
+        (lambda c: float(__import__("moe_edu").count_parameters(c).active), "expected int 12,879,925,248, got float"),
+    ],
+    "load_balancing.load_balancing_loss": [
+        (lambda l, E, k: _lb(l, E, k) / E, "case 1 (T=8, E=4, k=2): output: expected 2.04, got"),
+        (lambda l, E, k: _lb(l, E, 1), "output: expected"),
+        (lambda l, E, k: _lb(l, E, k).reshape(1), "shape: expected (), got (1,)"),
+    ],
+    "load_balancing.router_z_loss": [
+        (lambda l: torch.logsumexp(l.float(), -1).mean(), "case 1 (T=8, E=4): output: expected"),
+        (lambda l: torch.logsumexp(l.float(), -1).pow(2).sum(), "output: expected"),
+        (lambda l: torch.logsumexp(l, -1).pow(2).mean(), "dtype: expected torch.float32, got torch.bfloat16"),
+    ],
+}
+
+
+def one_line(capsys, ex, fn) -> tuple[bool, str]:
+    ok = ex.check(fn)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1, lines
+    return ok, lines[0]
+
+
+def test_every_exercise_has_wrong_implementations():
+    assert sorted(EXERCISES) == sorted(WRONG)
+    assert len(EXERCISES) >= 12
+    assert all(len(w) >= 2 for w in WRONG.values())
+    assert all(len(ex.hints) >= 2 for ex in EXERCISES.values())
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_reference_passes(capsys, name):
+    ex = EXERCISES[name]
+    ok, line = one_line(capsys, ex, ex.reference)
+    assert ok and line.startswith(f"✓ {ex.name}: all ") and line.endswith(" cases pass")
+    assert ex.use(ex.reference) is ex.reference
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_stub_is_not_attempted(capsys, name):
+    def stub(*args, **kwargs):
+        raise NotImplementedError()
+
+    ex = EXERCISES[name]
+    ok, line = one_line(capsys, ex, stub)
+    assert not ok and "not attempted" in line and not line.startswith(("✓", "✗"))
+    assert ex.use(stub) is ex.reference
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_exception_in_student_code_is_reported(capsys, name):
+    def buggy(*args, **kwargs):
+        return args[0].no_such_method()
+
+    ok, line = one_line(capsys, EXERCISES[name], buggy)
+    assert not ok and line.startswith("✗") and "case 1 (" in line and "your function raised AttributeError" in line
+
+
+@pytest.mark.parametrize("name,i", [(n, i) for n in sorted(WRONG) for i in range(len(WRONG[n]))])
+def test_wrong_implementation_is_caught(capsys, name, i):
+    fn, phrase = WRONG[name][i]
+    ex = EXERCISES[name]
+    ok, line = one_line(capsys, ex, fn)
+    assert not ok and line.startswith(f"✗ {ex.name}: case "), line
+    assert phrase in line, line
+    assert ex.use(fn) is ex.reference
+
+
+def test_checker_output_is_deterministic(capsys):
+    ex = EXERCISES["gating.router_probs"]
+    wrong = WRONG["gating.router_probs"][0][0]
+    assert one_line(capsys, ex, wrong) == one_line(capsys, ex, wrong)
+
+
+def test_library_orders_both_pass_topk_renormalised(capsys):
+    assert one_line(capsys, EXERCISES["topk.topk_renormalised"], topk_softmax)[0]
+    assert one_line(capsys, EXERCISES["load_balancing.router_z_loss"], router_z_loss)[0]
