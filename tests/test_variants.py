@@ -1,0 +1,328 @@
+"""Invariants of the MoE family in `moe_edu.variants` (notebook 09)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+
+import moe_edu
+from moe_edu.dispatch import grouped_dispatch, loop_dispatch
+from moe_edu.variants import (
+    VARIANTS, ExpertChoiceMoE, GShardMoE, MixtralDroplessMoE, MoEOutput, NoisyTopKMoE, SharedExpertMoE,
+    SwitchMoE, build_variant, build_variants, expert_capacity, keep_within_capacity,
+)
+from moe_edu.variants.compare import Table, compare, load_stats
+from moe_edu.variants.noisy_topk import prob_in_topk
+
+CFG = moe_edu.get_config("tiny")
+H, I, E = CFG.hidden_size, CFG.intermediate_size, CFG.num_local_experts
+
+
+def hidden(n: int = 96, seed: int = 0, skew: float = 1.0) -> torch.Tensor:
+    """(2, n/2, H) hidden states with a shared offset, so the router is unbalanced and capacity bites."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, n // 2, H, generator=g) + skew * torch.randn(H, generator=g)  # (2, n/2, H)
+
+
+def seeded(cls, *args, seed: int = 0, **kwargs):
+    torch.manual_seed(seed)
+    return cls(H, I, *args, **kwargs).eval()
+
+
+def fcfs_keep(chosen: torch.Tensor, capacity: int, active: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain-Python reference: slot-major first come, first served."""
+    N, k = chosen.shape
+    used, keep = [0] * E, torch.zeros(N, k, dtype=torch.bool)
+    for slot in range(k):
+        for t in range(N):
+            if active is not None and not active[t, slot]:
+                continue
+            e = int(chosen[t, slot])
+            if used[e] < capacity:
+                used[e] += 1
+                keep[t, slot] = True
+    return keep
+
+
+# --- capacity -------------------------------------------------------------------
+def test_expert_capacity_formula_and_errors():
+    assert expert_capacity(96, 8, 1, 1.25) == 15
+    assert expert_capacity(96, 8, 2, 1.25) == 30
+    assert expert_capacity(10, 8, 2, 100.0) == 10  # clamped to N
+    for bad in (0, -1.0, "1", True):
+        with pytest.raises(ValueError, match="capacity_factor"):
+            expert_capacity(8, 4, 1, bad)
+    with pytest.raises(ValueError, match="num_tokens"):
+        expert_capacity(0, 4, 1, 1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_keep_within_capacity_matches_python_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    chosen = torch.stack([torch.randperm(E, generator=g)[:2] for _ in range(40)])  # (40, 2) distinct per token
+    active = torch.rand(40, 2, generator=g) < 0.8
+    for capacity in (0, 3, 7, 40):
+        assert torch.equal(keep_within_capacity(chosen, E, capacity), fcfs_keep(chosen, capacity))
+        assert torch.equal(keep_within_capacity(chosen, E, capacity, active), fcfs_keep(chosen, capacity, active))
+
+
+def test_keep_within_capacity_agrees_with_notebook03_capacity_dispatch():
+    if importlib.util.find_spec("moe_edu.capacity") is None:
+        pytest.skip("moe_edu.capacity (notebook 03) not present")
+    from moe_edu.capacity import capacity_dispatch
+
+    block = MixtralDroplessMoE(H, I, E, 2)
+    x = hidden()[0]  # (48, H)
+    _, weights, chosen = block.gate(x)
+    ref = capacity_dispatch(x, block.experts, weights, chosen, 0.75)
+    keep = keep_within_capacity(chosen, E, ref.capacity)
+    assert torch.equal(keep, ref.kept)
+
+
+# --- Switch -----------------------------------------------------------------------
+@pytest.mark.parametrize("factor", [0.5, 1.0, 1.25])
+def test_switch_respects_capacity_and_counts_drops_exactly(factor):
+    moe = seeded(SwitchMoE, E, factor)
+    x = hidden()
+    out = moe(x)
+    N = x.shape[0] * x.shape[1]
+    C = expert_capacity(N, E, 1, factor)
+    assert int(out.expert_load.max()) <= C
+    flat = x.reshape(-1, H)
+    probs = torch.softmax(moe.router_logits(flat), -1)
+    p, chosen = probs.max(-1, keepdim=True)
+    keep = fcfs_keep(chosen, C)
+    assert out.dropped == out.dropped_assignments == int((~keep).sum()) > 0  # the skew makes drops happen
+    assert int(out.expert_load.sum()) + out.dropped == N
+    y = out.y.reshape(-1, H)
+    assert torch.all(y[~keep[:, 0]] == 0)  # dropped tokens: output 0, the residual carries them
+    expected = loop_dispatch(flat, moe.experts, p * keep, chosen)  # kept: p * expert(x)
+    torch.testing.assert_close(y, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_switch_with_full_capacity_is_p_times_the_top1_block():
+    moe = seeded(SwitchMoE, E, float(E))
+    block = moe_edu.SparseMoeBlock(CFG.replace(num_experts_per_tok=1)).eval()
+    block.load_state_dict({"gate.weight": moe.gate.weight, **{f"experts.{k}": v for k, v in moe.experts.state_dict().items()}})
+    x = hidden()
+    out = moe(x)
+    y_block, logits = block(x)
+    p = torch.softmax(logits, -1).max(-1).values  # (N,)
+    assert out.dropped == 0
+    torch.testing.assert_close(out.y.reshape(-1, H), y_block.reshape(-1, H) * p[:, None], atol=1e-6, rtol=1e-5)
+
+
+# --- GShard -----------------------------------------------------------------------
+def test_gshard_capacity_priority_and_drop_count():
+    moe = seeded(GShardMoE, E, 0.5)
+    x = hidden()
+    out = moe(x)
+    flat = x.reshape(-1, H)
+    N = flat.shape[0]
+    C = expert_capacity(N, E, 2, 0.5)
+    assert int(out.expert_load.max()) <= C
+    _, chosen = moe_edu.softmax_topk(moe.router_logits(flat), 2)
+    keep = fcfs_keep(chosen, C)
+    assert out.dropped_assignments == int((~keep).sum()) > 0
+    assert out.dropped == int((~keep.any(1)).sum())
+    assert int(out.expert_load.sum()) == int(keep.sum())
+    y = out.y.reshape(-1, H)
+    assert torch.all(y[~keep.any(1)] == 0)
+
+
+def test_gshard_random_routing_only_in_training():
+    moe = seeded(GShardMoE, E, float(E))
+    x = hidden()
+    a, b = moe(x), moe(x)
+    assert torch.equal(a.y, b.y) and int(a.expert_load.sum()) == 2 * 96  # eval: both experts, deterministic
+    moe.train()
+    torch.manual_seed(1)
+    c = moe(x)
+    assert int(c.expert_load.sum()) < 2 * 96  # some second experts skipped at random
+    assert c.dropped_assignments == 0  # skipping is not dropping
+    moe.random_routing = False
+    assert torch.equal(moe(x).y, a.y)
+
+
+# --- dropless equivalence ------------------------------------------------------------
+def block_with(moe, k: int = 2) -> moe_edu.SparseMoeBlock:
+    block = moe_edu.SparseMoeBlock(CFG.replace(num_experts_per_tok=k)).eval()
+    with torch.no_grad():
+        block.gate.weight.copy_(moe.gate.weight)
+        block.experts.load_state_dict(moe.experts.state_dict())
+    return block
+
+
+@pytest.mark.parametrize("make", [
+    lambda: seeded(MixtralDroplessMoE, E, 2),
+    lambda: seeded(NoisyTopKMoE, E, 2),
+    lambda: seeded(GShardMoE, E, float(E)),
+    lambda: seeded(GShardMoE, E, 2.0 * E, random_routing=True),
+], ids=["mixtral", "noisy_topk_eval", "gshard_full_capacity", "gshard_more_capacity"])
+def test_topk_variants_without_noise_and_with_capacity_equal_the_dropless_block(make):
+    moe = make()
+    x = hidden()
+    out = moe(x)
+    y_block, logits = block_with(moe)(x)
+    assert out.dropped == out.dropped_assignments == 0
+    torch.testing.assert_close(out.router_logits, logits)
+    torch.testing.assert_close(out.y, y_block, atol=1e-6, rtol=1e-5)
+
+
+def test_variants_accept_bf16_and_keep_dtype():
+    x = hidden().to(torch.bfloat16)
+    for name, moe in build_variants(CFG).items():
+        out = moe.to(torch.bfloat16).eval()(x)
+        assert out.y.dtype == torch.bfloat16 and out.y.shape == x.shape, name
+        assert out.router_logits.dtype == torch.float32, name
+
+
+# --- noisy top-k ---------------------------------------------------------------------
+def test_noise_only_in_training():
+    moe = seeded(NoisyTopKMoE, E, 2)
+    x = hidden()
+    a, b = moe(x), moe(x)
+    assert torch.equal(a.y, b.y)
+    torch.testing.assert_close(a.router_logits, moe.router_logits(x.reshape(-1, H)))
+    moe.train()
+    c, d = moe(x), moe(x)
+    assert not torch.equal(c.router_logits, a.router_logits) and not torch.equal(c.y, d.y)
+    moe.eval()
+    assert torch.equal(moe(x).y, a.y)
+
+
+def test_noisy_aux_losses_are_differentiable_and_prob_in_topk_is_a_probability():
+    moe = seeded(NoisyTopKMoE, E, 2).train()
+    torch.manual_seed(0)
+    out = moe(hidden())
+    assert set(out.aux_losses) == {"importance", "load"}
+    (out.aux_losses["importance"] + out.aux_losses["load"]).backward()
+    assert moe.gate.weight.grad.abs().sum() > 0 and moe.noise.weight.grad.abs().sum() > 0
+    clean = torch.randn(50, E)
+    noisy = clean + torch.randn(50, E)
+    p = prob_in_topk(clean, noisy, torch.ones(50, E), 2)
+    assert torch.all((p >= 0) & (p <= 1))
+    p_big = prob_in_topk(clean, clean, torch.full((50, E), 1e-6), 2)  # tiny noise: P -> 1 inside top-k, 0 outside
+    top = torch.zeros(50, E, dtype=torch.bool).scatter(1, clean.topk(2).indices, True)
+    assert torch.equal(p_big > 0.5, top)
+
+
+# --- expert choice -----------------------------------------------------------------------
+@pytest.mark.parametrize("factor", [0.5, 1.0, 2.0])
+def test_expert_choice_gives_each_expert_exactly_its_capacity(factor):
+    moe = seeded(ExpertChoiceMoE, E, factor)
+    x = hidden()
+    flat = x.reshape(-1, H)
+    out = moe(x)
+    C = expert_capacity(flat.shape[0], E, 1, factor)
+    assert out.expert_load.tolist() == [C] * E
+    scores = torch.softmax(moe.router_logits(flat), -1)  # (N, E)
+    gate, token = scores.t().topk(C, dim=-1)  # (E, C)
+    y = torch.zeros_like(flat)
+    for e in range(E):
+        y.index_add_(0, token[e], gate[e, :, None] * moe.experts.expert(e, flat[token[e]]))
+    torch.testing.assert_close(out.y.reshape(-1, H), y, atol=1e-6, rtol=1e-5)
+    unrouted = torch.ones(flat.shape[0], dtype=torch.bool)
+    unrouted[token.reshape(-1)] = False
+    assert out.dropped == int(unrouted.sum())
+    assert torch.all(out.y.reshape(-1, H)[unrouted] == 0)
+    if factor == 0.5:
+        assert out.dropped > 0  # some tokens get no expert
+
+
+# --- shared experts --------------------------------------------------------------------
+def test_shared_experts_see_every_token():
+    cfg = CFG
+    moe = SharedExpertMoE.from_config(cfg, granularity=2, num_shared=1).eval()
+    x = hidden()
+    full = moe(x).y
+    with torch.no_grad():
+        moe.experts.down_proj.zero_()  # silence the routed experts: only the shared one is left
+    flat = x.reshape(-1, H)
+    only_shared = moe(x).y.reshape(-1, H)
+    torch.testing.assert_close(only_shared, moe.shared.expert(0, flat), atol=1e-6, rtol=1e-5)
+    assert torch.all(only_shared.abs().sum(-1) > 0)  # every token got the shared expert
+    assert not torch.equal(full.reshape(-1, H), only_shared)
+
+
+def test_shared_experts_keep_mixtrals_parameter_budget():
+    big = moe_edu.get_config("mixtral-8x7b")
+    with torch.device("meta"):
+        mixtral = MixtralDroplessMoE.from_config(big)
+        shared = SharedExpertMoE.from_config(big, granularity=2, num_shared=1)
+    per_layer = 8 * 3 * 4096 * 14336
+    assert mixtral.total_parameters() == 8 * 4096 + per_layer
+    assert mixtral.active_parameters() == 8 * 4096 + per_layer // 4
+    assert shared.total_parameters() - shared.gate.weight.numel() == per_layer
+    assert shared.active_parameters() - shared.gate.weight.numel() == per_layer // 4
+    assert mixtral.flops_per_token() == 2 * mixtral.active_parameters()
+    with pytest.raises(ValueError, match="granularity"):
+        SharedExpertMoE.from_config(big, granularity=3)
+
+
+# --- registry, output, table, errors ------------------------------------------------------
+def test_registry_builds_every_variant_and_outputs_have_one_shape():
+    variants = build_variants(CFG)
+    assert list(variants) == list(VARIANTS)
+    x = hidden()
+    for name, moe in variants.items():
+        out = moe.eval()(x)
+        assert isinstance(out, MoEOutput), name
+        assert out.y.shape == x.shape and out.num_tokens == 96, name
+        assert out.router_logits.shape == (96, moe.num_experts), name
+        assert out.expert_load.shape == (moe.num_experts,), name
+        assert set(out.aux_losses) == set(moe.aux_loss_names), name
+        assert all(math.isfinite(float(v.detach())) for v in out.aux_losses.values()), name
+    with pytest.raises(ValueError, match="unknown MoE variant"):
+        build_variant("dense", CFG)
+
+
+def test_copy_from_block_shares_router_and_experts():
+    block = moe_edu.SparseMoeBlock(CFG).eval()
+    moe = seeded(SwitchMoE, E).copy_from_block(block)
+    assert torch.equal(moe.gate.weight, block.gate.weight)
+    with pytest.raises(ValueError, match="gate.weight"):
+        SharedExpertMoE.from_config(CFG).copy_from_block(block)
+
+
+@pytest.mark.parametrize("bad, err", [(torch.randn(4, 3), ValueError), (torch.randn(8), ValueError),
+                                      (torch.ones(2, 4, H, dtype=torch.long), TypeError), ([1.0], TypeError)])
+def test_bad_input_raises_clear_errors(bad, err):
+    for name, moe in build_variants(CFG).items():
+        with pytest.raises(err, match="expects"):
+            moe(bad)
+
+
+def test_constructor_validation():
+    with pytest.raises(ValueError, match="capacity_factor"):
+        SwitchMoE(H, I, E, capacity_factor=0)
+    with pytest.raises(ValueError, match="top_k"):
+        NoisyTopKMoE(H, I, E, top_k=E)
+    with pytest.raises(ValueError, match="num_experts"):
+        ExpertChoiceMoE(H, I, 0)
+
+
+def test_compare_table_is_deterministic_and_complete():
+    torch.manual_seed(0)
+    variants = build_variants(CFG)
+    variants["noisy_topk"].train()
+    x = hidden()
+    table, outputs = compare(variants, x)
+    assert variants["noisy_topk"].training  # measured in eval mode, then put back
+    again, _ = compare(variants, x)
+    assert isinstance(table, Table) and table.to_markdown() == again.to_markdown()
+    assert len(table.rows) == len(VARIANTS) and set(outputs) == set(VARIANTS)
+    needed = {"variant", "experts", "k", "gating", "capacity", "aux losses", "total params", "active params",
+              "FLOPs/token", "load CV", "max/mean load", "dropped tokens %", "dropped assignments %"}
+    assert needed <= set(table.header())
+    rows = {r["variant"]: r for r in table.rows}
+    assert rows["Expert choice"]["load CV"] == 0.0
+    assert rows["Mixtral dropless top-k"]["dropped tokens %"] == 0.0
+    md = table.select("variant", "load CV").to_markdown().splitlines()
+    assert md[0] == "| variant | load CV |" and len(md) == 2 + len(VARIANTS)
+    assert load_stats(torch.tensor([2, 2, 2, 2]))["load CV"] == 0.0
+    with pytest.raises(KeyError, match="no such columns"):
+        table.select("nope")
