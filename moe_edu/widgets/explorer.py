@@ -58,7 +58,7 @@ class RoutingExplorer:
 
         self.preset = widgets.Dropdown(options=[("(choose a preset)", "")] + [(n, t) for n, t in self.presets.items()],
                                        value="", description="preset")
-        self.text_box = widgets.Textarea(value="", placeholder="Type a text to route", description="text",
+        self.text_box = widgets.Textarea(value=text, placeholder="Type a text to route", description="text",
                                          continuous_update=False, layout=widgets.Layout(width="95%", height="80px"))
         self.layer_box = widgets.Dropdown(options=[(f"layer {i}", i) for i in range(L)], value=layer, description="layer")
         self.k_box = widgets.IntSlider(value=k, min=1, max=E, description="k", continuous_update=False)
@@ -72,7 +72,7 @@ class RoutingExplorer:
         self.text_box.observe(self._on_text, names="value")
         self.layer_box.observe(self._on_view, names="value")
         self.k_box.observe(self._on_view, names="value")
-        self.text_box.value = text  # fires _on_text: the first trace and render
+        self._on_text({"new": text})  # the first trace and render
 
     # ------------------------------------------------------------ public handles
     @property
