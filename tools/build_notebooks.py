@@ -9,7 +9,10 @@ Exercises: one source `notebooks/exercises/exNN_name.py` with nbgrader-style mar
 (`### BEGIN SOLUTION` / `### END SOLUTION` in code, `<!-- BEGIN SOLUTION -->` /
 `<!-- END SOLUTION -->` in markdown) -> a student render `notebooks/exercises/exNN_name.ipynb`
 (solutions replaced by `raise NotImplementedError()` / "YOUR ANSWER HERE") and a solution
-render `notebooks/exercises/solutions/exNN_name.ipynb`.
+render `notebooks/exercises/solutions/exNN_name.ipynb`. Both carry nbgrader cell metadata
+(solution cells, manually graded answers, read-only checker cells);
+`--nbgrader DIR` also writes the unexecuted sources with their markers, ready for
+nbgrader's `source/<assignment>/` folder.
 """
 
 from __future__ import annotations
@@ -40,6 +43,24 @@ def sources(selection: list[str]) -> list[Path]:
     return course + exercises
 
 
+CHECKER_CALL = re.compile(r"\.check_\w+\(")
+
+
+def mark_nbgrader(nb: nbformat.NotebookNode, stem: str) -> nbformat.NotebookNode:
+    """nbgrader metadata: code solutions, manually graded written answers, read-only checker cells."""
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and "### BEGIN SOLUTION" in cell.source:
+            meta = {"grade": False, "locked": False, "solution": True}
+        elif cell.cell_type == "markdown" and "<!-- BEGIN SOLUTION -->" in cell.source:
+            meta = {"grade": True, "locked": False, "points": 1, "solution": True}
+        elif cell.cell_type == "code" and CHECKER_CALL.search(cell.source):
+            meta = {"grade": False, "locked": True, "solution": False}
+        else:
+            continue
+        cell.metadata["nbgrader"] = {"grade_id": f"{stem}-cell-{i:02d}", "schema_version": 3, "task": False, **meta}
+    return nb
+
+
 def student_version(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     nb = nbformat.from_dict(nb)
     for cell in nb.cells:
@@ -68,6 +89,7 @@ def renders(src: Path) -> list[tuple[Path, nbformat.NotebookNode]]:
     nb.metadata.pop("jupytext", None)
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     if src.parent == EX_DIR:
+        nb = mark_nbgrader(nb, src.stem)
         return [(src.with_suffix(".ipynb"), student_version(nb)),
                 (EX_DIR / "solutions" / (src.stem + ".ipynb"), solution_version(nb))]
     return [(src.with_suffix(".ipynb"), nb)]
@@ -94,7 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="*", help="py:percent sources (default: all)")
     parser.add_argument("--check", action="store_true", help="only check that committed notebooks match sources")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    parser.add_argument("--nbgrader", metavar="DIR", type=Path,
+                        help="only write the exercise sources, markers kept, as nbgrader source notebooks into DIR")
     args = parser.parse_args(argv)
+    if args.nbgrader:
+        for src in sources(args.paths):
+            if src.parent == EX_DIR:
+                nb = jupytext.read(src)
+                nb.metadata.pop("jupytext", None)
+                args.nbgrader.mkdir(parents=True, exist_ok=True)
+                nbformat.write(mark_nbgrader(nb, src.stem), args.nbgrader / (src.stem + ".ipynb"))
+                print(f"wrote {args.nbgrader / (src.stem + '.ipynb')}")
+        return 0
     stale = []
     for src in sources(args.paths):
         for target, nb in renders(src):
