@@ -9,9 +9,13 @@ Every implementation has the same signature and returns the same numbers:
 - `dense`   the teaching version: run *every* expert on *every* token, zero the unchosen
             (E/k times the FLOPs: what sparsity saves).
 - `grouped` the fast default: one stable sort of the T*k assignments by expert, then one
-            contiguous GEMM per expert (a single `grouped_mm` where torch has it).
+            contiguous GEMM per expert (a single `grouped_mm` kernel on CUDA bf16);
+            single tokens on CPU go to `decode`.
+- `decode`  token by token, indexing the chosen experts' weights directly: the cheapest
+            way to run one token (no sort, no scatter), the slowest for many.
 
-Notebook 03 builds all three by hand; tests check they agree (values and gradients).
+Notebook 03 builds loop/dense/grouped by hand, notebook 10 measures them; tests check all agree
+(values and gradients).
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from .experts import Experts
+from .grouped_mm import grouped_mm_kernel_available
 
 Dispatch = Callable[[torch.Tensor, Experts, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -51,45 +55,57 @@ def sort_by_expert(chosen: torch.Tensor, num_experts: int) -> tuple[torch.Tensor
 
     Returns `order` (T*k,), indices into the flattened (T, k) assignments grouped by
     expert (stable: tokens keep their order inside a group), and `counts` (E,).
+    Counts come from `scatter_add_`, not `bincount`, which syncs with the host on CUDA.
     """
     flat = chosen.reshape(-1)  # (T*k,)
     order = torch.argsort(flat, stable=True)  # (T*k,)
-    counts = torch.bincount(flat, minlength=num_experts)  # (E,)
+    counts = torch.zeros(num_experts, dtype=torch.long, device=flat.device)  # (E,)
+    counts.scatter_add_(0, flat, torch.ones_like(flat))  # (E,)
     return order, counts
 
 
-def _use_grouped_mm(x: torch.Tensor, experts: Experts) -> bool:
-    return hasattr(F, "grouped_mm") and x.dtype == experts.gate_up_proj.dtype and (
-        x.device.type == "cuda" or not torch.is_grad_enabled()
-    )
+def decode_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """Token by token: index each chosen expert's weights directly; no sort, no scatter.
+
+    The fast path for decoding (T = 1): k matrix-vector products and nothing else.
+    Reads `chosen` on the host, which is free on CPU and one sync on a GPU.
+    """
+    rows = []
+    for t, picks in enumerate(chosen.tolist()):
+        xt = x[t : t + 1]  # (1, H)
+        outs = [experts.expert(e, xt) * weights[t, j, None] for j, e in enumerate(picks)]  # k x (1, H), fp32 weights
+        rows.append(torch.stack(outs).sum(0))  # (1, H)
+    return torch.cat(rows).to(x.dtype) if rows else torch.zeros_like(x)  # (T, H)
 
 
-def grouped_expert_forward(xs: torch.Tensor, experts: Experts, counts: torch.Tensor) -> torch.Tensor:
-    """All experts on expert-sorted rows: xs (N, H) with `counts[e]` rows for expert e -> (N, H)."""
-    if _use_grouped_mm(xs, experts):
-        offs = counts.cumsum(0).to(torch.int32)  # (E,) end row of each group; stays on the device
-        h = F.grouped_mm(xs, experts.gate_up_proj.transpose(-2, -1), offs=offs)  # (N, 2I)
-        gate, up = h.chunk(2, dim=-1)  # (N, I), (N, I)
-        return F.grouped_mm(F.silu(gate) * up, experts.down_proj.transpose(-2, -1), offs=offs)  # (N, H)
-    groups = xs.split(counts.tolist())  # E views, one host sync
-    outs = [experts.expert(e, g) for e, g in enumerate(groups) if g.shape[0]]  # each (n_e, H)
-    return torch.cat(outs) if outs else xs.new_zeros(xs.shape)  # (N, H)
+DECODE_MAX_TOKENS = 1  # on CPU, grouped dispatch hands batches this small to `decode_dispatch`
 
 
 def grouped_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """Sort assignments by expert, one contiguous GEMM per expert, scatter-add back."""
-    k = chosen.shape[1]
+    """Sort assignments by expert, one grouped GEMM pair over all of them, un-sort, weighted sum over k.
+
+    On CUDA bf16 this is two `grouped_mm` kernels and no host sync; elsewhere one
+    `counts.tolist()` and a loop of GEMMs writing into one buffer. Single tokens on CPU
+    take `decode_dispatch`. The k-way sum runs in fp32 (the router's weights are fp32),
+    in a fixed order, so results are deterministic on every device.
+    """
+    T, k = chosen.shape
+    if T <= DECODE_MAX_TOKENS and x.device.type == "cpu":
+        return decode_dispatch(x, experts, weights, chosen)
     order, counts = sort_by_expert(chosen, experts.num_experts)  # (T*k,), (E,)
+    sizes = None if grouped_mm_kernel_available(x, experts.gate_up_proj) else counts.tolist()
     token = order // k  # (T*k,) the token of each sorted assignment
-    out = grouped_expert_forward(x[token], experts, counts)  # (T*k, H)
-    out = out * weights.reshape(-1)[order, None]  # (T*k, H), fp32 weights as in transformers
-    return torch.zeros_like(x).index_add_(0, token, out.to(x.dtype))  # (T, H)
+    out = experts.grouped(x[token], counts, sizes)  # (T*k, H) grouped by expert
+    out = torch.empty_like(out).index_copy(0, order, out)  # (T*k, H) back in (token, slot) order
+    y = (out.view(T, k, -1) * weights.unsqueeze(-1)).sum(1)  # (T, H) fp32 weights: fp32 sum
+    return y.to(x.dtype)
 
 
 DISPATCHES: dict[str, Dispatch] = {
     "loop": loop_dispatch,
     "dense": dense_dispatch,
     "grouped": grouped_dispatch,
+    "decode": decode_dispatch,
 }
 
 

@@ -1,0 +1,81 @@
+"""Grouped matrix multiply: G small GEMMs over consecutive row blocks, as one call.
+
+    out[rows of group g] = x[rows of group g] @ w[g]        x (N, K), w (G, K, M), counts (G,)
+
+This is the primitive behind sparse dispatch once tokens are sorted by expert
+(notebook 03 builds it as a loop, notebook 10 measures it). Two implementations,
+same numbers and the same autograd:
+
+- `torch.nn.functional.grouped_mm` (one CUDA kernel, no host sync) on CUDA bf16, SM >= 80;
+- a loop of `torch.mm` writing into one preallocated output elsewhere (CPU, fp16/fp32/fp64,
+  older GPUs), with a hand-written backward so it never copies or concatenates.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def grouped_mm_kernel_available(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """True where torch's fused grouped GEMM applies: CUDA, bf16 operands, compute capability >= 8.0."""
+    return (
+        hasattr(F, "grouped_mm")
+        and x.device.type == "cuda"
+        and x.dtype == w.dtype == torch.bfloat16
+        and torch.cuda.get_device_capability(x.device) >= (8, 0)
+    )
+
+
+class _LoopGroupedMM(torch.autograd.Function):
+    """Portable grouped GEMM: one `torch.mm` per non-empty group, results written in place."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.sizes = sizes
+        out = x.new_empty(x.shape[0], w.shape[-1])  # (N, M)
+        start = 0
+        for g, n in enumerate(sizes):
+            if n:
+                torch.mm(x[start : start + n], w[g], out=out[start : start + n])  # (n, M)
+            start += n
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, w = ctx.saved_tensors
+        grad = grad.contiguous()
+        gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None  # (N, K) every row is written
+        gw = torch.zeros_like(w) if ctx.needs_input_grad[1] else None  # (G, K, M) unused experts get 0
+        start = 0
+        for g, n in enumerate(ctx.sizes):
+            if n:
+                rows = slice(start, start + n)
+                if gx is not None:
+                    torch.mm(grad[rows], w[g].t(), out=gx[rows])  # (n, K)
+                if gw is not None:
+                    torch.mm(x[rows].t(), grad[rows], out=gw[g])  # (K, M)
+            start += n
+        return gx, gw, None
+
+
+def grouped_matmul(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor,
+                   sizes: list[int] | None = None) -> torch.Tensor:
+    """x (N, K) sorted into G row blocks of `counts` (G,) rows; w (G, K, M) -> (N, M).
+
+    `sizes` is `counts.tolist()` when the caller already has it (the loop needs host
+    integers; computing them once per layer keeps it to one device sync).
+    """
+    if x.dim() != 2 or w.dim() != 3 or x.shape[1] != w.shape[1] or counts.shape != (w.shape[0],):
+        raise ValueError(
+            f"grouped_matmul expects x (N, K), w (G, K, M), counts (G,); got x {tuple(x.shape)}, "
+            f"w {tuple(w.shape)}, counts {tuple(counts.shape)}"
+        )
+    if grouped_mm_kernel_available(x, w):
+        offs = counts.cumsum(0, dtype=torch.int32)  # (G,) end row of each group, stays on the device
+        return F.grouped_mm(x, w, offs=offs)  # (N, M)
+    sizes = counts.tolist() if sizes is None else sizes
+    if sum(sizes) != x.shape[0]:
+        raise ValueError(f"grouped_matmul: counts sum to {sum(sizes)} but x has {x.shape[0]} rows")
+    return _LoopGroupedMM.apply(x, w, tuple(sizes))
