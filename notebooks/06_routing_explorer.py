@@ -1,0 +1,244 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # 06 · The routing explorer: which expert did this token go to?
+#
+# > **每個 token 僅選 2 個專家，透過路由網絡決定** — *"each token picks only 2 experts, decided by the router
+# > network."* — the seed article, §2
+#
+# Notebooks 01–05 built the router, top-k and the weighted combination one tensor at a time. This notebook turns
+# them into an instrument: type any text and watch, layer by layer, **which expert each token goes to and with
+# what weight**. It is the question every student of mixtures of experts asks, and the Mixtral paper (§5, "Routing
+# analysis") asks it too: do experts specialise in topics, or in something more syntactic?
+#
+# **Learning objectives.** After this notebook you can
+#
+# 1. read a model's router outputs for a text by hand: logits → softmax → top-k → renormalised weights, per layer;
+# 2. use `moe_edu.widgets.RoutingExplorer` (text, layer, k) and its static twin `render_routing_html`;
+# 3. read a tokens × experts probability heatmap, an expert-load chart and an all-layers overview;
+# 4. measure what the pictures suggest: token-level consistency, code-vs-prose load, consecutive-token repetition
+#    against the 1/E a random router would give.
+
+# %%
+import moe_edu
+from moe_edu.notebook import setup
+
+setup()  # seed 0, one thread, 4-digit printing: the same numbers every run
+
+import matplotlib.pyplot as plt
+import torch
+from IPython.display import HTML
+
+from moe_edu.widgets import PRESET_TEXTS, RoutingExplorer, render_routing_html, trace_routing
+
+# %% [markdown]
+# ## 1. A model and a tokenizer
+#
+# The explorer works with any model that has a `.config` and returns `router_logits` (one `(B*T, E)` tensor per
+# layer, the convention of `transformers`) and any tokenizer with `encode` / `decode`. Here we use the course's
+# `tiny` Mixtral (4 layers, 8 experts, top-2) with **random weights**, and a byte-level tokenizer: one token per
+# UTF-8 byte, so no character is ever unknown. A random router is a useful baseline: whatever structure you see
+# in it comes from the architecture (token embeddings, attention), not from training. Notebook 07 trains this
+# model; notebook 08 repeats the analysis on the trained weights.
+
+# %%
+class ByteTokenizer:
+    """One token per UTF-8 byte (ids 0..255): a stand-in for a trained tokenizer."""
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+config = moe_edu.PRESETS["tiny"]
+model = moe_edu.MixtralForCausalLM(config).eval()
+tokenizer = ByteTokenizer()
+print(f"{config.name}: {config.num_hidden_layers} layers, E = {config.num_local_experts} experts, "
+      f"k = {config.num_experts_per_tok}, context = {config.max_position_embeddings} tokens")
+
+# %% [markdown]
+# ## 2. By hand first: router outputs for one sentence
+#
+# One forward pass with `output_router_logits=True` returns every layer's router logits. The rest is notebook
+# 01–04 in three lines: softmax over the E experts (in fp32), keep the top k, renormalise.
+
+# %%
+text = "The cat sat on the mat."
+ids = torch.tensor([tokenizer.encode(text)])  # (1, T)
+with torch.no_grad():
+    out = model(ids, output_router_logits=True)
+print(f"{len(out.router_logits)} layers of router logits, each {tuple(out.router_logits[0].shape)} (tokens, experts)")
+
+layer = 0
+probs = torch.softmax(out.router_logits[layer].float(), dim=-1)  # (T, E)
+top_p, top_e = probs.topk(config.num_experts_per_tok, dim=-1)  # (T, k), (T, k)
+weights = top_p / top_p.sum(dim=-1, keepdim=True)  # (T, k): renormalised, sum to 1
+for t in range(6):
+    tok = tokenizer.decode([int(ids[0, t])])
+    print(f"token {t} {tok!r:5} -> experts {top_e[t].tolist()}  weights {[f'{w:.3f}' for w in weights[t].tolist()]}")
+
+# %% [markdown]
+# `moe_edu.widgets.trace_routing` does the same once for all layers and keeps the logits in a `RoutingTrace`; its
+# `topk` uses the library's `softmax_topk`, the very function the MoE block routes with. Same experts, same weights:
+
+# %%
+trace = trace_routing(model, tokenizer, text)
+w, e = trace.topk(layer=0)  # (T, k), (T, k)
+print("same experts:", torch.equal(e, top_e), "| same weights:", torch.allclose(w, weights))
+print("first choice at each layer for token 0:", trace.first_choices()[:, 0].tolist())
+
+# %% [markdown]
+# ## 3. The text, coloured by expert
+#
+# `render_routing_html` colours each token by its **first-choice** expert at one layer. It is plain HTML with
+# inline styles and fixed ids, so it shows the same on GitHub and nbviewer as here. **Hover over a token** to see
+# its top-k experts and their renormalised weights.
+
+# %%
+HTML(render_routing_html(trace, layer=0, id_prefix="nb06-static"))
+
+# %% [markdown]
+# ## 4. The explorer
+#
+# Now the live version. Type in the text box (the views update when the box loses focus), pick a preset (code,
+# prose, arithmetic, French), choose a layer, move k. The tabs show:
+#
+# - **tokens** — the coloured text (hover for details) and a legend with how many tokens chose each expert first;
+# - **heatmap** — router probabilities, tokens × experts, at the chosen layer; the top-k cells are outlined;
+# - **expert load** — each expert's share of the T × k routed slots, against the uniform 1/E;
+# - **all layers** — first-choice experts, layers × tokens, to follow a token through the network;
+# - **top-k** — the chosen set and renormalised weights at your k, the probability mass they keep, and the model's own
+#   k beside them. Watch the weights: at k = 1 every weight is 1; at k = E they are the full softmax.
+#
+# Empty text shows a hint; text longer than the model's context (256 tokens here) is cut with a notice. To serve
+# this notebook as a standalone page, run `make explorer` (Voilà).
+
+# %%
+explorer = RoutingExplorer(model, tokenizer, text=PRESET_TEXTS["prose"])
+explorer
+
+# %% [markdown]
+# The explorer can be driven from code too: setting `.text`, `.layer` or `.k` updates the views exactly as the
+# controls do, and `.trace` holds the router outputs behind them.
+
+# %%
+explorer.text = PRESET_TEXTS["code"]
+explorer.layer = config.num_hidden_layers - 1
+print(explorer)
+print("first choices of the first 10 tokens:", explorer.trace.first_choice(explorer.layer)[:10].tolist())
+
+# %% [markdown]
+# ## 5. Guided questions
+#
+# Use the explorer to form a hunch, then check it with a few lines of code over the preset texts.
+#
+# **Q1. Find a token that always goes to the same expert.** Pick a character that repeats (a space, `e`, `=`) and
+# hover over its occurrences at one layer. Then measure it: for each token that occurs at least 4 times, the share of
+# its occurrences that go to its most common first-choice expert (1.0 = always the same expert).
+
+# %%
+traces = {name: trace_routing(model, tokenizer, t) for name, t in PRESET_TEXTS.items()}
+
+
+def consistency(layer: int, min_count: int = 4) -> list[tuple[float, int, str, int]]:
+    """(share to the modal expert, occurrences, token, modal expert) for every frequent token, best first."""
+    seen: dict[str, list[int]] = {}
+    for tr in traces.values():
+        for tok, ex in zip(tr.tokens, tr.first_choice(layer).tolist()):
+            seen.setdefault(tok, []).append(ex)
+    rows = []
+    for tok, experts in seen.items():
+        if len(experts) >= min_count:
+            modal = max(set(experts), key=lambda x: (experts.count(x), -x))
+            rows.append((experts.count(modal) / len(experts), len(experts), tok, modal))
+    return sorted(rows, key=lambda r: (-r[0], -r[1], r[2]))
+
+
+for layer in range(config.num_hidden_layers):
+    rows = consistency(layer)
+    best = ", ".join(f"{tok!r} {share:.2f} (x{n}, e{ex})" for share, n, tok, ex in rows[:3])
+    always = sum(share == 1.0 for share, *_ in rows)
+    print(f"layer {layer}: {always}/{len(rows)} frequent tokens always to one expert; most consistent: {best}")
+
+# %% [markdown]
+# **Q2. Compare code and prose.** Switch the explorer between the *code* and *prose* presets and look at the
+# expert-load tab. Is one expert "the code expert"? The paper found no obvious topic specialisation in Mixtral
+# (its Fig. 7: expert shares look alike across arXiv, biology, philosophy, maths, GitHub). Measure the distance
+# between the two load vectors (total variation: 0 = identical, 1 = disjoint):
+
+# %%
+for layer in range(config.num_hidden_layers):
+    code, prose = traces["code"].load(layer), traces["prose"].load(layer)  # (E,), (E,)
+    tv = 0.5 * (code - prose).abs().sum()
+    print(f"layer {layer}: code {[f'{x:.2f}' for x in code.tolist()]}  prose {[f'{x:.2f}' for x in prose.tolist()]}"
+          f"  TV = {tv:.3f}")
+
+# %% [markdown]
+# **Q3. Does layer 0 look random?** Look at the *all layers* tab: do neighbouring tokens share a colour more often
+# at some layers than at others? The paper (Table 5) measures this as the share of consecutive tokens with the
+# same first-choice expert; a router that picks uniformly at random would give 1/E = 12.5 %.
+
+# %%
+def repetition(layer: int) -> float:
+    """Share of consecutive token pairs (over all presets) whose first-choice expert is the same."""
+    same = total = 0
+    for tr in traces.values():
+        first = tr.first_choice(layer)  # (T,)
+        same += int((first[1:] == first[:-1]).sum())
+        total += len(first) - 1
+    return same / total
+
+
+rates = [repetition(layer) for layer in range(config.num_hidden_layers)]
+for layer, rate in enumerate(rates):
+    print(f"layer {layer}: consecutive tokens share their first expert {100 * rate:.1f} % of the time "
+          f"(random: {100 / config.num_local_experts:.1f} %)")
+
+fig, ax = plt.subplots(figsize=(6.4, 3.0))
+ax.bar(range(config.num_hidden_layers), [100 * r for r in rates], color="#80b1d3")
+ax.axhline(100 / config.num_local_experts, color="k", ls="--", lw=1, label="uniform random router (1/E)")
+ax.set(xlabel="layer", ylabel="same first expert as previous token (%)", xticks=range(config.num_hidden_layers))
+ax.legend(loc="upper right")
+plt.show()
+
+# %% [markdown]
+# Read the numbers with the model in mind. In this untrained model a router sees a token's embedding plus a
+# little attention, so at layer 0 the *same* token tends to go to the *same* expert (Q1) even though the choice
+# means nothing; "random" in the sense of "not about meaning" is not "random per token". Repetition above 1/E
+# comes from repeated characters and from attention mixing neighbours. After training (notebooks 07–08) compare
+# the same three measurements: the paper reports repetition well above random at its deeper layers (15 and 31) and
+# near it at layer 0.
+#
+# ## Recap
+#
+# - A router's output for a text is one `(T, E)` logit matrix per layer; softmax, top-k and renormalisation turn it
+#   into each token's experts and weights — the same `softmax_topk` the MoE block uses.
+# - `render_routing_html` colours a text by first-choice expert as static HTML (hover for top-k weights);
+#   `RoutingExplorer` adds the text box, layer and k controls, a heatmap, expert load and an all-layers grid.
+# - Pictures suggest, numbers decide: token consistency, load distance between domains, and consecutive-token
+#   repetition against 1/E are the measurements behind the paper's §5.
+#
+# ## Check your understanding
+#
+# 1. Why can a token's first-choice expert be the same at k = 1 and k = 2 while its weight changes from 1.0 to
+#    something smaller? What does the "mass kept" column tell you?
+# 2. A token's two top probabilities are 0.30 and 0.20. What are its renormalised weights at k = 2?
+# 3. Expert load sums to 1 over experts. What load would a perfectly balanced router give each of 8 experts, and why
+#    does the load-balancing loss of notebook 07 equal k in that case?
+# 4. Why is a byte-level tokenizer never faced with an "unknown character", and what does the explorer show for a
+#    multi-byte character such as `é`?
+# 5. Consecutive tokens share their first expert 40 % of the time at some layer. Why is that not, by itself, evidence
+#    that the experts have learnt syntax?
+#
+# ## Exercises
+#
+# The exercises for the routing analysis are in `notebooks/exercises/` (see the list in the README); the checkers
+# print one line each. Notebook 07 trains the tiny model; notebook 08 repeats the questions above on it.
