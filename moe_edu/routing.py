@@ -10,12 +10,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 -> fp32 for the routing math; fp32 and fp64 stay as they are."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def softmax_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """transformers' order: softmax over all E experts (fp32), keep the top k, renormalise.
 
-    Returns `(weights, experts)`, both `(T, k)`; weights are fp32 and sum to 1 per token.
+    Returns `(weights, experts)`, both `(T, k)`; weights are fp32 (fp64 for fp64 input) and sum to 1.
     """
-    probs = torch.softmax(logits.float(), dim=-1)  # (T, E)
+    probs = torch.softmax(at_least_fp32(logits), dim=-1)  # (T, E)
     top_p, top_i = torch.topk(probs, k, dim=-1)  # (T, k), (T, k)
     return top_p / top_p.sum(dim=-1, keepdim=True), top_i  # (T, k), (T, k)
 
@@ -26,7 +31,7 @@ def topk_softmax(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     Equal to `softmax_topk` (notebook 04 proves it): exp(l_i)/Z cancels Z on renormalising.
     """
     top_l, top_i = torch.topk(logits, k, dim=-1)  # (T, k), (T, k)
-    return torch.softmax(top_l.float(), dim=-1), top_i  # (T, k), (T, k)
+    return torch.softmax(at_least_fp32(top_l), dim=-1), top_i  # (T, k), (T, k)
 
 
 ROUTING_ORDERS = {"softmax_topk": softmax_topk, "topk_softmax": topk_softmax}
@@ -53,7 +58,7 @@ class TopKRouter(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (T, H) -> logits (T, E), weights (T, k) fp32, experts (T, k) int64."""
         if self.fp32:
-            logits = F.linear(x.float(), self.weight.float())  # (T, E)
+            logits = F.linear(at_least_fp32(x), at_least_fp32(self.weight))  # (T, E)
         else:
             logits = F.linear(x, self.weight)  # (T, E)
         weights, experts = ROUTING_ORDERS[self.order](logits, self.top_k)  # (T, k), (T, k)

@@ -1,0 +1,95 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import moe_edu
+from moe_edu import MixtralConfig, PRESETS
+from moe_edu.presets import get_config
+
+TINY = PRESETS["tiny"]
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        (dict(num_experts_per_tok=0), "num_experts_per_tok"),
+        (dict(num_experts_per_tok=9), "num_experts_per_tok"),
+        (dict(num_local_experts=0), "num_local_experts"),
+        (dict(hidden_size=0), "hidden_size"),
+        (dict(hidden_size=-64), "hidden_size"),
+        (dict(intermediate_size=0), "intermediate_size"),
+        (dict(vocab_size=0), "vocab_size"),
+        (dict(num_hidden_layers=0), "num_hidden_layers"),
+        (dict(hidden_size=66), "hidden_size"),  # not divisible by 8 heads
+        (dict(num_key_value_heads=3), "num_attention_heads"),  # 8 heads not divisible by 3
+        (dict(num_key_value_heads=0), "num_key_value_heads"),
+        (dict(head_dim=7), "head_dim"),  # odd: no rotary pairs
+        (dict(sliding_window=0), "sliding_window"),
+        (dict(rope_theta=0.0), "rope_theta"),
+        (dict(rms_norm_eps=-1.0), "rms_norm_eps"),
+        (dict(router_aux_loss_coef=-0.1), "router_aux_loss_coef"),
+        (dict(router_jitter_noise=1.5), "router_jitter_noise"),
+        (dict(hidden_act="gelu"), "hidden_act"),
+        (dict(hidden_size=64.0), "hidden_size"),
+        (dict(num_local_experts=True), "num_local_experts"),
+    ],
+)
+def test_invalid_configs_name_the_field(changes, field):
+    with pytest.raises(ValueError, match=field):
+        TINY.replace(**changes)
+
+
+def test_presets_exist_and_are_valid():
+    for name in ("tiny", "small", "mixtral-8x7b", "mixtral-8x22b"):
+        assert isinstance(PRESETS[name], MixtralConfig)
+    with pytest.raises(KeyError, match="unknown preset 'nope'"):
+        get_config("nope")
+
+
+def test_mixtral_8x7b_is_the_published_config():
+    c = PRESETS["mixtral-8x7b"]
+    assert (c.hidden_size, c.intermediate_size, c.num_hidden_layers) == (4096, 14336, 32)
+    assert (c.num_attention_heads, c.num_key_value_heads, c.head_dim_) == (32, 8, 128)
+    assert (c.num_local_experts, c.num_experts_per_tok, c.vocab_size) == (8, 2, 32000)
+    assert c.rope_theta == 1e6 and c.max_position_embeddings == 32768
+
+
+def test_scaled_keeps_mixtral_ratios():
+    big = PRESETS["mixtral-8x7b"]
+    for width in (64, 128, 256, 512, 1024, 2048):
+        s = big.scaled(width, num_hidden_layers=2)
+        assert s.hidden_size == width and s.num_hidden_layers == 2
+        assert s.intermediate_size / s.hidden_size == pytest.approx(3.5)
+        assert s.num_attention_heads // s.num_key_value_heads == 4
+        assert (s.num_local_experts, s.num_experts_per_tok) == (8, 2)
+        assert s.num_attention_heads * s.head_dim_ <= width * 2
+    assert big.scaled(4096) == big  # scaling to its own width changes nothing but the label
+    assert big.scaled(512, num_local_experts=16).num_local_experts == 16
+
+
+def test_config_round_trips_through_dict_json_and_transformers(tmp_path):
+    c = PRESETS["small"]
+    assert MixtralConfig.from_dict(c.to_dict()) == c
+    (tmp_path / "config.json").write_text(json.dumps(c.to_dict()))
+    assert MixtralConfig.from_json(tmp_path) == c
+    transformers = pytest.importorskip("transformers")
+    hf = c.to_hf()
+    assert isinstance(hf, transformers.MixtralConfig)
+    back = MixtralConfig.from_dict(hf.to_dict())
+    assert dataclasses.replace(back, router_z_loss_coef=c.router_z_loss_coef) == c
+    with pytest.raises(ValueError, match="unknown MixtralConfig fields"):
+        MixtralConfig.from_dict({**c.to_dict(), "bogus": 1}, strict=True)
+
+
+def test_unreadable_config_file_is_a_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read a Mixtral config"):
+        MixtralConfig.from_json(tmp_path)
+
+
+def test_package_imports_lazily_and_lists_its_api():
+    assert "SparseMoeBlock" in dir(moe_edu)
+    with pytest.raises(AttributeError):
+        moe_edu.does_not_exist  # noqa: B018
