@@ -32,7 +32,7 @@ def _check_2d(name: str, t: torch.Tensor) -> None:
 
 def router_heatmap(probs: torch.Tensor, tokens: Sequence[str] | None = None, chosen: torch.Tensor | None = None,
                    ax=None, title: str = "router probabilities", annot: bool = True, vmax: float | None = None):
-    """Heatmap of a (T, E) probability matrix; cells of `chosen` (T, k) experts get a black frame."""
+    """Heatmap of a (T, E) probability matrix; cells of `chosen` (T, k) experts get a blue frame."""
     import seaborn as sns
     from matplotlib.patches import Rectangle
 
@@ -50,7 +50,7 @@ def router_heatmap(probs: torch.Tensor, tokens: Sequence[str] | None = None, cho
     if chosen is not None:
         for t, row in enumerate(chosen.tolist()):
             for e in row:
-                ax.add_patch(Rectangle((e, t), 1, 1, fill=False, edgecolor="black", linewidth=1.6))
+                ax.add_patch(Rectangle((e, t), 1, 1, fill=False, edgecolor="#00a8e8", linewidth=2.4))
     ax.set_xlabel("expert")
     ax.set_ylabel("token")
     ax.set_title(title)

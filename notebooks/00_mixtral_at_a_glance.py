@@ -1,0 +1,268 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # 00 · Mixtral at a glance
+#
+# > **Mixtral 8x7B 是一種稀疏混合專家模型（Sparse Mixture of Experts, SMoE）** — *"Mixtral 8x7B is a sparse
+# > mixture-of-experts model."* — the seed article, §1
+#
+# This course takes one short article — a Traditional Chinese summary of the Mixtral paper
+# ([Jiang et al., 2024, arXiv:2401.04088](https://arxiv.org/abs/2401.04088)) — and turns every sentence of it into
+# code you can run. This first notebook is the map: what the article claims, what the layer looks like, and where
+# the famous numbers **47B** and **13B** come from.
+#
+# **Learning objectives.** After this notebook you can
+#
+# 1. say which of the seed's claims this course reproduces in code and which are model-level results we cite;
+# 2. draw the Mixtral decoder layer and its sparse MoE block, and name every box;
+# 3. compute Mixtral 8x7B's **46,702,792,704** total and **12,879,925,248** active parameters from its config, term by term;
+# 4. explain why a token costs ~27 % of the FLOPs of a dense model of the same size — and why the memory bill is not sparse;
+# 5. translate the seed's vocabulary (專家, 路由網絡, 稀疏激活, 加權輸出 …) into English and into code names.
+
+# %%
+import moe_edu
+from moe_edu.notebook import setup
+
+setup()  # seed 0, one thread, 4-digit printing: the same numbers every run
+
+import matplotlib.pyplot as plt
+import torch
+
+from moe_edu.plots import parameter_breakdown
+
+# %% [markdown]
+# ## 1. What the seed claims — and what this course can check
+#
+# The seed lists Mixtral's headline facts. Some are *architecture* facts: they follow from the configuration, so we
+# can compute or build them. Others are *model-level results*: they need the trained 8x7B weights plus benchmark
+# suites, so we cite the paper and do not pretend to reproduce them.
+#
+# | seed (zh-TW) | in English | status in this course | where |
+# |---|---|---|---|
+# | 每層 8 個專家 | 8 experts per layer | **computed** from the config (`num_local_experts = 8`) | 00, 05 |
+# | 每個 token 僅選 2 個專家，透過路由網絡決定 | each token goes to 2 experts, chosen by a router | **built** by hand and checked against `transformers` | 01–05 |
+# | 總參數量 470 億（47B） | 47B total parameters | **computed** exactly: 46,702,792,704 | 00 |
+# | 推論時僅使用 130 億活動參數（13B） | only 13B active parameters at inference | **computed** exactly: 12,879,925,248 | 00 |
+# | 顯著降低計算成本 | much lower compute cost | **computed** (FLOPs per token) and **measured** (timings) | 00, 03 |
+# | 支援 32k tokens 上下文視窗 | 32k-token context window | **config fact** (`max_position_embeddings = 32768`) | 00 |
+# | 超越或匹配 Llama 2 70B 和 GPT-3.5 | matches or beats Llama 2 70B and GPT-3.5 | *cited* — paper Table 2, Fig. 2 | — |
+# | 數學、程式碼生成、多語言處理表現卓越 | strong at maths, code, multilingual | *cited* — paper Tables 2–4 | — |
+# | 法語、德語、西班牙語、義大利語優於 Llama 2 70B | beats Llama 2 70B in French, German, Spanish, Italian | *cited* — paper Table 4 | — |
+# | Passkey 檢索任務達到 100% 準確度 | 100 % passkey retrieval | *cited* — paper Fig. 4 | — |
+# | Instruct 超越 GPT-3.5 Turbo、Claude-2.1、Gemini Pro、Llama 2 70B-chat | Instruct beats GPT-3.5 Turbo, Claude-2.1, Gemini Pro, Llama 2 70B-chat | *cited* — paper §4, LMSys Arena (Dec 2023) | — |
+# | BBQ 偏差較少，BOLD 情感更正向 | less bias on BBQ, more positive sentiment on BOLD | *cited* — paper §4.1 | — |
+# | Apache 2.0 許可 | Apache 2.0 licence | *fact* (this course is Apache 2.0 too) | — |
+#
+# The architecture rows are the subject of notebooks 00–05. Notebook 08 repeats the paper's *routing analysis*
+# (§5) on a model we train ourselves, which is the closest a laptop gets to the model-level claims.
+
+# %% [markdown]
+# ## 2. The picture
+#
+# The seed's figure was lost in export ("*figure omitted*"), so we draw it ourselves — with code, from the config,
+# so the same function draws the tiny course model and the real 8x7B.
+#
+# Every one of Mixtral's 32 decoder layers is a standard pre-norm transformer layer (RMSNorm → attention →
+# residual → RMSNorm → feed-forward → residual). The only change from Mistral 7B is the feed-forward: it is replaced
+# by a **sparse mixture-of-experts block** — a router plus 8 SwiGLU experts, of which each token uses 2.
+#
+# To make the picture honest, we route one random token with a random router (plain torch) and highlight the two
+# experts it actually picked, with their weights.
+
+# %%
+config = moe_edu.PRESETS["mixtral-8x7b"]
+H, E, k = config.hidden_size, config.num_local_experts, config.num_experts_per_tok
+
+x = torch.randn(H)  # (H,) one token's hidden state
+W_g = torch.randn(E, H) * 0.02  # (E, H) the router: a bias-free linear layer
+probs = torch.softmax(W_g @ x, dim=-1)  # (E,) one probability per expert
+top_p, top_i = torch.topk(probs, k)  # (k,), (k,) the two best experts
+weights = top_p / top_p.sum()  # (k,) renormalised: they sum to 1
+print("chosen experts:", top_i.tolist(), " weights:", [round(w, 4) for w in weights.tolist()])
+
+# %%
+fig = moe_edu.draw_mixtral_block(config, chosen=top_i.tolist(), weights=weights.tolist())
+plt.show()
+
+# %% [markdown]
+# Read it left to right: the token's hidden state `x` enters the router, which scores all 8 experts; only the two
+# orange ones run; their outputs are mixed with the weights `w`, and the result `y` is added to the residual stream.
+# Notebooks 01–05 build exactly these boxes, one per notebook.
+
+# %% [markdown]
+# ## 3. The configuration
+#
+# Everything that follows is arithmetic on a handful of integers from Mixtral-8x7B-v0.1's `config.json`. `moe_edu`
+# keeps them in a dataclass with the same field names as `transformers.MixtralConfig`.
+
+# %%
+fields = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+          "num_key_value_heads", "num_local_experts", "num_experts_per_tok", "max_position_embeddings"]
+for name in fields:
+    print(f"{name:>24} = {getattr(config, name):>6}")
+print(f"{'head_dim':>24} = {config.head_dim_:>6}  (hidden_size / num_attention_heads)")
+
+# %% [markdown]
+# ## 4. 47B total, 13B active — term by term
+#
+# Name the integers: vocabulary $V$, width $H$, expert width $I$, layers $L$, experts $E$, top-$k$; query heads
+# $n_q$, key/value heads $n_{kv}$, head size $d$. Then every weight matrix of the model is one of these:
+#
+# | component | shape | count |
+# |---|---|---|
+# | token embedding | $V \times H$ | $VH$ |
+# | attention $W_q, W_k, W_v, W_o$ (per layer) | $H\times n_q d,\; H \times n_{kv} d$ (twice), $n_q d \times H$ | $L(2Hn_qd + 2Hn_{kv}d)$ |
+# | router $W_g$ (per layer) | $E \times H$ | $LEH$ |
+# | one SwiGLU expert: $w_1, w_3$ ($I\times H$), $w_2$ ($H \times I$) | | $3HI$ each, $LE \cdot 3HI$ in all |
+# | RMSNorm weights: 2 per layer + 1 final | $H$ | $(2L+1)H$ |
+# | LM head | $H \times V$ | $HV$ |
+#
+# A token touches every weight **except the experts it was not routed to**: the active count swaps $E$ for $k$ in
+# the expert term. Let us do the sums in plain Python.
+
+# %%
+V, I, L = config.vocab_size, config.intermediate_size, config.num_hidden_layers
+nq, nkv, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim_
+
+terms = {
+    "embedding      V*H": V * H,
+    "attention      L*(2*H*nq*d + 2*H*nkv*d)": L * (2 * H * nq * d + 2 * H * nkv * d),
+    "router         L*E*H": L * E * H,
+    "experts        L*E*3*H*I": L * E * 3 * H * I,
+    "norms          (2L+1)*H": (2 * L + 1) * H,
+    "lm_head        H*V": H * V,
+}
+total = sum(terms.values())
+active = total - L * E * 3 * H * I + L * k * 3 * H * I  # swap E experts for the k a token uses
+for name, n in terms.items():
+    print(f"{name:<42} {n:>15,}  ({n / total:6.2%})")
+print(f"{'total':<42} {total:>15,}")
+print(f"{'active (experts: k=2 of E=8)':<42} {active:>15,}")
+
+# %% [markdown]
+# There they are: **46,702,792,704 ≈ 47B** (the seed's 470 億) and **12,879,925,248 ≈ 13B** (130 億). Over 96 %
+# of the parameters sit in the experts — that is the whole point: the experts are where capacity is cheap to add,
+# because a token only pays for $k$ of them.
+#
+# The library does the same accounting in `moe_edu.count_parameters`; the two must agree to the last digit.
+
+# %%
+count = moe_edu.count_parameters(config)
+print(count)
+print("hand-computed == library:", (total, active) == (count.total, count.active))
+
+# %%
+fig = parameter_breakdown(count, title="Mixtral 8x7B: stored vs used per token")
+plt.show()
+
+# %% [markdown]
+# **Why not 8 × 7B = 56B?** Only the feed-forward part is replicated 8 times; the embeddings, attention and norms
+# are shared. Take the same config with a single expert — that is (up to a 32k-parameter router) Mistral 7B:
+
+# %%
+dense = moe_edu.count_parameters(config.replace(num_local_experts=1, num_experts_per_tok=1))
+shared = count.total - count.experts
+print(f"one expert (a Mistral-7B-shaped dense model): {dense.total:,}  ({dense.total / 1e9:.2f}B)")
+print(f"shared by all experts (embed, attention, norms, router, head): {shared:,}  ({shared / 1e9:.2f}B)")
+print(f"8 x 7B would be {8 * dense.total / 1e9:.1f}B; the real total is {count.total / 1e9:.1f}B")
+
+# %% [markdown]
+# ## 5. Compute: dense-equivalent vs active FLOPs per token
+#
+# A forward pass multiplies each weight a token touches once: one multiply and one add, **2 FLOPs per active
+# weight** (the embedding is a table lookup and costs nothing). Compare with a *dense-equivalent* model — the same
+# 46.7B weights, but every token runs through all of them (equivalently: $k = E$).
+
+# %%
+flops = moe_edu.flops_per_token(config)
+print(f"dense-equivalent: {flops.dense_equivalent / 1e9:6.1f} GFLOPs per token")
+print(f"Mixtral (top-2):  {flops.active / 1e9:6.1f} GFLOPs per token")
+print(f"ratio active / dense = {flops.ratio:.4f}   (k / E = {k / E:.4f})")
+
+# %% [markdown]
+# The ratio is a bit above $k/E = 0.25$ because attention, the router and the LM head are shared and always run.
+# Attention also costs FLOPs that grow with the context (the $QK^\top$ and $AV$ products, $4 L\, n_q d$ per token
+# of context), which no routing can skip:
+
+# %%
+for context in (0, 4096, 32768):
+    f = moe_edu.flops_per_token(config, context=context)
+    print(f"context {context:>6}: active {f.active / 1e9:6.1f} GFLOPs, dense-equivalent "
+          f"{f.dense_equivalent / 1e9:6.1f} GFLOPs, ratio {f.ratio:.3f}")
+
+# %% [markdown]
+# **Sparse compute, dense memory.** A token only *uses* 12.9B weights, but which 12.9B depends on the token, so all
+# 46.7B must be in memory: in bf16 (2 bytes each) that is
+
+# %%
+print(f"bf16 weights: {count.total * 2 / 1e9:.1f} GB to store, {count.active * 2 / 1e9:.1f} GB read per generated token at batch size 1")
+
+# %% [markdown]
+# That is the trade Mixtral makes: the *speed* of a 13B model with the *memory* of a 47B one.
+
+# %% [markdown]
+# ## 6. The same formulas on the course's tiny model
+#
+# Nothing above is special to 8x7B. The notebooks run a `tiny` preset with Mixtral's proportions (8 experts, top-2,
+# $I = 3.5H$, 4 query heads per K/V head) at width 64. Here we build the real module and count its tensors one by one.
+
+# %%
+tiny = moe_edu.PRESETS["tiny"]
+model = moe_edu.MixtralForCausalLM(tiny)
+n_module = sum(p.numel() for p in model.parameters())
+tiny_count = moe_edu.count_parameters(tiny)
+print(f"tiny: H={tiny.hidden_size}, I={tiny.intermediate_size}, L={tiny.num_hidden_layers}, E={tiny.num_local_experts}, k={tiny.num_experts_per_tok}")
+print(f"parameters in the nn.Module: {n_module:,}")
+print(f"count_parameters(tiny):      {tiny_count.total:,} total, {tiny_count.active:,} active")
+print("equal:", n_module == tiny_count.total)
+
+# %% [markdown]
+# ## 7. Glossary: the seed's words, in English and in code
+#
+# The seed writes in Traditional Chinese; the paper and the code write in English. This table links the three and
+# names the notebook that teaches each idea. (`moe_edu.glossary.GLOSSARY` holds it as data.)
+
+# %%
+moe_edu.glossary_table()
+
+# %% [markdown]
+# Two of these deserve a note. **路由網絡** (router network) and **門控網絡** (gating network) are the same thing —
+# the seed uses both; the code calls it `gate` (as in `transformers`). And **加權輸出 / 加權融合** (weighted output /
+# weighted combination) is the last step of the block: $y = \sum_{i \in \text{top-}k} w_i \, E_i(x)$.
+
+# %% [markdown]
+# ## Recap
+#
+# - Mixtral = Mistral 7B's transformer with every feed-forward replaced by a **sparse MoE block**: a bias-free linear
+#   router over $E = 8$ SwiGLU experts, of which each token runs the top $k = 2$.
+# - **Total** parameters count every expert: $VH + L(2Hn_qd + 2Hn_{kv}d) + LEH + LE\cdot 3HI + (2L+1)H + HV$ =
+#   46,702,792,704. **Active** parameters count only $k$ experts: 12,879,925,248.
+# - Forward FLOPs per token ≈ 2 × active parameters: 25.5 GFLOPs instead of 93.1 for a dense model of the same size
+#   (ratio 0.274, a bit above $k/E$ because attention and the head are shared).
+# - Memory is not sparse: all 46.7B weights must be resident.
+# - Benchmarks, multilingual results, passkey retrieval and bias evaluations are properties of the trained model; we
+#   cite them.
+#
+# ## Check your understanding
+#
+# 1. Which single config field would you change to make the *active* count equal the *total* count? What would the
+#    model then be?
+# 2. The experts hold 96.6 % of the parameters. Why is the *active* share of the experts much lower (≈ 87.5 %)?
+# 3. Mixtral 8x22B has $H = 6144$, $I = 16384$, $L = 56$, $n_q = 48$, $n_{kv} = 8$. Predict its total and active
+#    counts with the formulas above, then check with `moe_edu.count_parameters(moe_edu.PRESETS["mixtral-8x22b"])`.
+# 4. Why does the active/dense FLOP ratio *grow* with the context length?
+# 5. Why does a sparse model save compute but not memory? What would you need to save memory too?
+#
+# ## Exercises
+#
+# The hands-on exercises start with the next notebook: `notebooks/exercises/ex01_gating.ipynb` (router logits and
+# probabilities) through `notebooks/exercises/ex05_mixtral_smoe_block.ipynb` (the full block). Question 3 above is a
+# good warm-up: do it in a scratch cell here.
+#
+# **Next:** [01 · Gating](01_gating.ipynb) — the router.
