@@ -1,0 +1,167 @@
+"""A small multi-domain corpus that needs no network: one domain label per document.
+
+Mixtral's §5 asks whether experts specialise by topic, using the Pile's domains (ArXiv,
+GitHub, DM Mathematics, ...). We build a laptop-sized stand-in, deterministically:
+
+- ``python``  code from a fixed list of standard-library modules of the *running*
+  interpreter, one document per top-level function or class, docstrings removed
+  (via `ast.unparse`, so comments go too);
+- ``english`` the docstrings of those same modules (English prose about code);
+- ``math``    synthetic arithmetic questions and answers, like DM Mathematics;
+- ``french`` / ``german`` / ``spanish`` / ``italian``  short pages written for this
+  project (`moe_edu/data/*.txt`), one document per paragraph.
+
+Licences: the Python standard library is © Python Software Foundation under the PSF
+License Agreement; we read it at run time and ship no copy of it (the shipped
+checkpoint was trained on it). The language pages are original text released with this
+project under its Apache-2.0 licence. The arithmetic is generated.
+
+The corpus depends on the interpreter's version (its stdlib sources); for one version it
+is identical on every run. Notebook 08 routes the held-out documents per domain.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import random
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+DATA_DIR = Path(__file__).resolve().parent
+DOMAINS = ("python", "english", "math", "french", "german", "spanish", "italian")
+LANGUAGES = ("french", "german", "spanish", "italian")
+
+# Fixed list of stdlib modules (present from Python 3.10 to 3.13). Missing ones are skipped.
+STDLIB_FILES = (
+    "textwrap.py", "string.py", "heapq.py", "bisect.py", "fractions.py", "statistics.py",
+    "calendar.py", "difflib.py", "shlex.py", "queue.py", "functools.py", "dataclasses.py",
+    "argparse.py", "json/decoder.py", "json/encoder.py", "csv.py", "fnmatch.py", "glob.py",
+    "colorsys.py", "random.py", "pprint.py", "contextlib.py", "copy.py", "graphlib.py",
+    "numbers.py", "sched.py", "tempfile.py", "shutil.py", "tokenize.py", "gettext.py",
+    "cmd.py", "html/parser.py", "configparser.py", "ipaddress.py", "base64.py", "reprlib.py",
+    "timeit.py", "traceback.py", "weakref.py",
+)
+
+
+@dataclass(frozen=True)
+class Document:
+    """One piece of text with its domain label and where it came from."""
+
+    domain: str
+    text: str
+    source: str
+
+
+def _strip_docstrings(tree: ast.AST) -> list[str]:
+    """Remove every docstring from `tree` in place; return them, cleaned, in source order."""
+    docs = []
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        body = node.body
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            text = ast.get_docstring(node, clean=True) or ""
+            lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith((">>>", "..."))]
+            docs.append("\n".join(lines).strip())
+            node.body = body[1:] or [ast.Pass()]
+    return docs
+
+
+def stdlib_documents(files: tuple[str, ...] = STDLIB_FILES) -> tuple[list[Document], list[Document]]:
+    """(python, english) documents from the running interpreter's standard library."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    code, prose = [], []
+    for name in files:
+        path = root / name
+        if not path.is_file():
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for i, doc in enumerate(_strip_docstrings(tree)):
+            if len(doc) >= 80:  # short one-liners ("Return x.") teach little prose
+                prose.append(Document("english", doc, f"stdlib:{name}#doc{i}"))
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                text = ast.unparse(node)
+                if len(text) >= 80:
+                    code.append(Document("python", text, f"stdlib:{name}:{node.name}"))
+    return code, prose
+
+
+def _math_problem(rng: random.Random) -> str:
+    """One question and answer in the style of DeepMind's Mathematics dataset."""
+    kind = rng.randrange(7)
+    a, b = rng.randint(-999, 999), rng.randint(-999, 999)
+    if kind == 0:
+        return f"What is {a} + {b}?\nAnswer: {a + b}"
+    if kind == 1:
+        return f"Calculate {a} - {b}.\nAnswer: {a - b}"
+    if kind == 2:
+        a, b = rng.randint(-99, 99), rng.randint(-99, 99)
+        return f"What is {a} times {b}?\nAnswer: {a * b}"
+    if kind == 3:
+        n, d = rng.randint(10, 9999), rng.randint(2, 50)
+        return f"What is the remainder when {n} is divided by {d}?\nAnswer: {n % d}"
+    if kind == 4:
+        x, p, q = rng.randint(-20, 20), rng.randint(2, 12), rng.randint(-50, 50)
+        return f"Solve {p}*x + {q} = {p * x + q} for x.\nAnswer: {x}"
+    if kind == 5:
+        return f"Which is bigger: {a} or {b}?\nAnswer: {max(a, b)}"
+    return _gcd_problem(rng)
+
+
+def _gcd_problem(rng: random.Random) -> str:
+    g, x, y = rng.randint(2, 30), rng.randint(2, 40), rng.randint(2, 40)
+    return f"Calculate the greatest common divisor of {g * x} and {g * y}.\nAnswer: {math.gcd(g * x, g * y)}"
+
+
+def math_documents(n: int = 600, per_doc: int = 8, seed: int = 0) -> list[Document]:
+    """`n` documents of `per_doc` arithmetic questions each, from a seeded generator."""
+    if n <= 0 or per_doc <= 0:
+        raise ValueError(f"math_documents needs n > 0 and per_doc > 0, got n={n}, per_doc={per_doc}")
+    rng = random.Random(seed)
+    return [Document("math", "\n\n".join(_math_problem(rng) for _ in range(per_doc)), f"math:{i}")
+            for i in range(n)]
+
+
+def language_documents(language: str) -> list[Document]:
+    """One document per paragraph of `moe_edu/data/<language>.txt`."""
+    if language not in LANGUAGES:
+        raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
+    text = (DATA_DIR / f"{language}.txt").read_text(encoding="utf-8")
+    paragraphs = [p.strip() for p in text.split("\n\n") if p.strip() and not p.startswith("#")]
+    return [Document(language, p, f"{language}.txt#{i}") for i, p in enumerate(paragraphs)]
+
+
+def build_corpus(seed: int = 0, math_docs: int = 600) -> list[Document]:
+    """Every document of every domain, in a fixed order (domain by domain)."""
+    code, prose = stdlib_documents()
+    docs = code + prose + math_documents(math_docs, seed=seed)
+    for lang in LANGUAGES:
+        docs += language_documents(lang)
+    return docs
+
+
+def split_corpus(docs: list[Document], every: int = 6) -> tuple[list[Document], list[Document]]:
+    """(train, held_out): every `every`-th document of each domain is held out (index % every == every-1)."""
+    if every < 2:
+        raise ValueError(f"split_corpus needs every >= 2, got {every}")
+    train, held = [], []
+    seen: dict[str, int] = {}
+    for doc in docs:
+        i = seen.get(doc.domain, 0)
+        seen[doc.domain] = i + 1
+        (held if i % every == every - 1 else train).append(doc)
+    return train, held
+
+
+def by_domain(docs: list[Document]) -> dict[str, list[Document]]:
+    """Group documents by domain, in DOMAINS order (domains without documents are left out)."""
+    groups: dict[str, list[Document]] = {d: [] for d in DOMAINS}
+    for doc in docs:
+        if doc.domain not in groups:
+            raise ValueError(f"unknown domain {doc.domain!r}; expected one of {DOMAINS}")
+        groups[doc.domain].append(doc)
+    return {d: g for d, g in groups.items() if g}

@@ -1,0 +1,53 @@
+"""The tiny Mixtral shipped inside the package, trained by `moe_edu.train` on the offline corpus.
+
+    model, tokenizer = moe_edu.load_pretrained()
+
+No network: the weights (`model.safetensors`, fp32, ~6 MB), `config.json`, `tokenizer.json`
+and `train_log.json` live in `moe_edu/checkpoints/tiny/`, whose README.md records the exact
+command that reproduces them. Notebooks 07 and 08 read it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .config import MixtralConfig
+from .tokenizer import Tokenizer
+
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+
+
+def checkpoint_dir(name: str = "tiny") -> Path:
+    path = CHECKPOINTS / name
+    if not (path / "model.safetensors").is_file():
+        available = sorted(p.name for p in CHECKPOINTS.glob("*") if (p / "model.safetensors").is_file())
+        raise ValueError(f"no shipped checkpoint {name!r}; available: {available}")
+    return path
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu"):
+    """(model, tokenizer) from a directory written by `moe_edu.train` (strict: every weight must match)."""
+    from safetensors.torch import load_file
+
+    from .model import MixtralForCausalLM
+
+    path = Path(path)
+    config = MixtralConfig.from_json(path / "config.json")
+    model = MixtralForCausalLM(config)
+    missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not fit its config: missing {missing}, unexpected {unexpected}")
+    return model.to(device).eval(), Tokenizer.from_file(path / "tokenizer.json")
+
+
+def load_pretrained(name: str = "tiny", device: str | torch.device = "cpu"):
+    """The shipped checkpoint as `(model, tokenizer)`; the model is in eval mode."""
+    return load_run(checkpoint_dir(name), device)
+
+
+def load_train_log(name: str = "tiny") -> dict:
+    """The shipped checkpoint's training log: settings, command, per-step losses and expert load."""
+    return json.loads((checkpoint_dir(name) / "train_log.json").read_text())
