@@ -158,12 +158,22 @@ def _mistral_model_key(key: str, sd: Mapping[str, torch.Tensor], config) -> tupl
     return key, tensor
 
 
+def _permute_rotary(w: torch.Tensor, heads: int) -> torch.Tensor:
+    """transformers' rotate-half layout -> Mistral's interleaved pairs (inverse of `_unpermute_rotary`)."""
+    out_dim, in_dim = w.shape
+    return w.view(heads, 2, out_dim // heads // 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+V4_MOE = ".block_sparse_moe."  # transformers 4.x (and its save_pretrained in 5.x) name the MoE block so
+
+
 def model_to_v5(sd: Mapping[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     """A whole-model state dict in transformers v5, v4 or Mistral-native keys -> v5 keys."""
     if not isinstance(sd, Mapping):
         raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(sd).__name__}")
     if "tok_embeddings.weight" in sd or any(".feed_forward." in k for k in sd):
         sd = dict(_mistral_model_key(k, sd, config) for k in sd)
+    sd = {k.replace(V4_MOE, ".mlp."): v for k, v in sd.items()}
     out: dict[str, torch.Tensor] = {}
     per_layer: dict[str, dict[str, torch.Tensor]] = {}
     for k, v in sd.items():
@@ -175,3 +185,45 @@ def model_to_v5(sd: Mapping[str, torch.Tensor], config) -> dict[str, torch.Tenso
     for prefix, block in per_layer.items():
         out.update({prefix + k: v for k, v in block_to_v5(block, config.num_local_experts).items()})
     return out
+
+
+def model_from_v5(sd: Mapping[str, torch.Tensor], config, layout: str = "v5") -> dict[str, torch.Tensor]:
+    """v5 whole-model keys -> `layout`: "v5"; "v4" (`block_sparse_moe.experts.{j}.w1/w2/w3`, what
+    transformers' `save_pretrained` writes); "mistral" (consolidated names, q/k rows re-permuted)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == "v5":
+        return dict(sd)
+    out: dict[str, torch.Tensor] = {}
+    per_layer: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in sd.items():
+        m = re.match(r"(model\.layers\.\d+\.)mlp\.(.+)$", k)
+        if m:
+            per_layer.setdefault(m.group(1), {})[m.group(2)] = v
+        else:
+            out[k] = v
+    for prefix, block in per_layer.items():
+        out.update({prefix + "block_sparse_moe." + k: v for k, v in v5_to_layout(block, "v4").items()})
+    if layout == "v4":
+        return out
+    simple = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight",
+              "lm_head.weight": "output.weight"}
+    attn = {"self_attn.q_proj.weight": "attention.wq.weight", "self_attn.k_proj.weight": "attention.wk.weight",
+            "self_attn.v_proj.weight": "attention.wv.weight", "self_attn.o_proj.weight": "attention.wo.weight",
+            "input_layernorm.weight": "attention_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight"}
+    mistral: dict[str, torch.Tensor] = {}
+    for k, v in out.items():
+        m = re.match(r"model\.layers\.(\d+)\.(.+)$", k)
+        if k in simple:
+            mistral[simple[k]] = v
+        elif m and m.group(2) in attn:
+            if m.group(2) == "self_attn.q_proj.weight":
+                v = _permute_rotary(v, config.num_attention_heads)
+            elif m.group(2) == "self_attn.k_proj.weight":
+                v = _permute_rotary(v, config.num_key_value_heads)
+            mistral[f"layers.{m.group(1)}.{attn[m.group(2)]}"] = v
+        elif m and m.group(2).startswith("block_sparse_moe."):
+            mistral[f"layers.{m.group(1)}.{_MISTRAL_PREFIX}{m.group(2)[len('block_sparse_moe.'):]}"] = v
+        else:
+            mistral[k] = v
+    return mistral

@@ -94,17 +94,14 @@ class MixtralForCausalLM(nn.Module):
         `output_router_logits` defaults to True when labels are given (the aux loss needs them).
         """
         cfg = self.config
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
-            raise ValueError(f"input_ids must be an integer tensor of shape (batch, tokens), got "
-                             f"{getattr(input_ids, 'shape', type(input_ids).__name__)}")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= cfg.vocab_size):
-            raise ValueError(f"input_ids must lie in [0, vocab_size={cfg.vocab_size})")
-        if labels is not None and labels.shape != input_ids.shape:
-            raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        check_ids(input_ids, labels, cfg.vocab_size)
         if output_router_logits is None:
             output_router_logits = labels is not None
         B, T = input_ids.shape
         past = 0 if not past_key_values else past_key_values[0][0].shape[2]
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, past + T):
+            raise ValueError(f"attention_mask must have shape (batch, past + tokens) = {(B, past + T)}, "
+                             f"got {tuple(attention_mask.shape)}")
         if past + T > cfg.max_position_embeddings:
             raise ValueError(f"sequence of {past + T} tokens exceeds max_position_embeddings={cfg.max_position_embeddings}")
         x = self.model.embed_tokens(input_ids)  # (B, T, H)
@@ -149,12 +146,42 @@ class MixtralForCausalLM(nn.Module):
         check_and_load(self, sd, f"a MixtralForCausalLM ({self.config.name}, {self.config.num_hidden_layers} layers)")
         return self
 
+    def hf_state_dict(self, layout: str = "v5") -> dict[str, torch.Tensor]:
+        """This model's weights with transformers v5 / v4 keys, or Mistral-native ones ("mistral")."""
+        from .interop import model_from_v5
+
+        return model_from_v5({k: v.detach().clone() for k, v in self.state_dict().items()}, self.config, layout)
+
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> "MixtralForCausalLM":
-        """Load a local transformers checkpoint directory (config.json + safetensors)."""
+        """Load a local transformers checkpoint directory (config.json + safetensors) lazily."""
         from .pretrained import from_pretrained
 
         return from_pretrained(path, **kwargs)
+
+    def save_pretrained(self, path, **kwargs):
+        """Write a checkpoint directory that transformers' `from_pretrained` loads."""
+        from .pretrained import save_pretrained
+
+        return save_pretrained(self, path, **kwargs)
+
+
+def check_ids(input_ids: torch.Tensor, labels: torch.Tensor | None, vocab_size: int) -> None:
+    """Token ids must be a (batch, tokens) integer tensor inside the vocabulary; labels alike or -100."""
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must be an integer tensor (torch.long), got dtype {input_ids.dtype}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must have shape (batch, tokens), got {tuple(input_ids.shape)}")
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+        raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got values in "
+                         f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+    if labels is not None:
+        if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
+            raise TypeError(f"labels must be an integer tensor, got {getattr(labels, 'dtype', type(labels).__name__)}")
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
 
 
 attention_mask_for = attention_mask

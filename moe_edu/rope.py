@@ -9,8 +9,17 @@ from torch import nn
 class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))  # (D/2,)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.theta = head_dim, theta
+        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
+
+    def compute_inv_freq(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """theta^(-2i/D) for i < D/2, in fp32 exactly as transformers computes it."""
+        exps = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float() / self.head_dim  # (D/2,)
+        return 1.0 / (self.theta**exps)  # (D/2,)
+
+    def reset_buffers(self, device: torch.device | str) -> None:
+        """Recompute `inv_freq` on `device` (after building the model on the meta device)."""
+        self.inv_freq = self.compute_inv_freq(device)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """positions (T,) -> cos, sin (T, D), computed in fp32 then cast."""

@@ -1,0 +1,143 @@
+"""Training throughput: moe_edu's MixtralForCausalLM vs transformers', same config, batch and weights.
+
+One training step = forward (cross-entropy + router aux loss) + backward + AdamW step.
+Both models start from the same weights (ours loads transformers' state dict), see the
+same batch and use the same optimizer settings. Rounds are interleaved (ours, theirs,
+theirs, ours, ...) so that load from other processes hits both alike; we report medians.
+
+    python benchmarks/train_throughput.py                      # tiny and small presets
+    python benchmarks/train_throughput.py --preset small --batch 8 --seq 128 --rounds 9
+
+Writes `benchmarks/results/train_throughput.md` and prints the ratio ours/transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from moe_edu import MixtralForCausalLM, get_config  # noqa: E402
+
+
+def make_models(cfg, seed: int = 0):
+    """transformers' model and ours with identical weights, each with its own AdamW."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(seed)
+    hf_cfg = cfg.to_hf()
+    hf_cfg.output_router_logits = True  # so transformers adds the aux loss, as we do
+    hf = transformers.MixtralForCausalLM(hf_cfg).train()
+    ours = MixtralForCausalLM(cfg).train()
+    ours.load_hf_state_dict(hf.state_dict())
+    return ours, hf
+
+
+def step_fn(model, batch: torch.Tensor, hf: bool):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+
+    def step() -> float:
+        if hf:
+            out = model(input_ids=batch, labels=batch, output_router_logits=True)
+        else:
+            out = model(batch, labels=batch, output_router_logits=True)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(out.loss)
+
+    return step
+
+
+def timed(step, steps: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return time.perf_counter() - t0
+
+
+def bench(preset: str, batch: int, seq: int, rounds: int, steps: int, warmup: int) -> dict:
+    cfg = get_config(preset)
+    ours, hf = make_models(cfg)
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq), generator=gen)  # (B, T)
+    with torch.no_grad():
+        err = (ours(ids).logits - hf(input_ids=ids).logits).abs().max().item()
+    steps_ours, steps_hf = step_fn(ours, ids, False), step_fn(hf, ids, True)
+    for _ in range(warmup):
+        steps_ours(), steps_hf()
+    t_ours, t_hf = [], []
+    for r in range(rounds):  # interleave, alternating who goes first
+        pair = [(steps_ours, t_ours), (steps_hf, t_hf)]
+        for fn, sink in pair if r % 2 == 0 else pair[::-1]:
+            sink.append(timed(fn, steps))
+    tokens = batch * seq * steps
+    tps_ours = tokens / statistics.median(t_ours)
+    tps_hf = tokens / statistics.median(t_hf)
+    return dict(preset=preset, batch=batch, seq=seq, rounds=rounds, steps=steps, tps_ours=tps_ours,
+                tps_hf=tps_hf, ratio=tps_ours / tps_hf, logits_err=err,
+                ratio_per_round=[b / a for a, b in zip(t_ours, t_hf)])
+
+
+def write_markdown(results: list[dict], path: Path, threads: int) -> None:
+    import transformers
+
+    lines = [
+        "# Training throughput: moe_edu vs transformers",
+        "",
+        "Forward (cross-entropy + aux loss) + backward + AdamW step, same config, batch and weights;",
+        "interleaved rounds, medians. Written by `benchmarks/train_throughput.py`.",
+        "",
+        f"torch {torch.__version__}, transformers {transformers.__version__}, {platform.machine()} CPU, "
+        f"{threads} thread(s).",
+        "",
+        "| preset | B x T | rounds x steps | moe_edu tok/s | transformers tok/s | ratio | min..max ratio per round | max abs logit err |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lo, hi = min(r["ratio_per_round"]), max(r["ratio_per_round"])
+        lines.append(
+            f"| {r['preset']} | {r['batch']} x {r['seq']} | {r['rounds']} x {r['steps']} | {r['tps_ours']:.0f} | "
+            f"{r['tps_hf']:.0f} | **{r['ratio']:.2f}x** | {lo:.2f}..{hi:.2f} | {r['logits_err']:.1e} |"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", action="append", help="preset name (repeatable); default: tiny and small")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--steps", type=int, default=3, help="training steps per timed round")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_throughput.md")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = []
+    for preset in args.preset or ["tiny", "small"]:
+        r = bench(preset, args.batch, args.seq, args.rounds, args.steps, args.warmup)
+        print(f"{preset:>6}  B={r['batch']} T={r['seq']}  moe_edu {r['tps_ours']:9.0f} tok/s  "
+              f"transformers {r['tps_hf']:9.0f} tok/s  ratio {r['ratio']:.2f}x  (logit err {r['logits_err']:.1e})",
+              flush=True)
+        results.append(r)
+    if args.out:
+        write_markdown(results, args.out, args.threads)
+        print(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
