@@ -97,6 +97,8 @@ def test_switch_respects_capacity_and_counts_drops_exactly(factor):
     keep = fcfs_keep(chosen, C)
     assert out.dropped == out.dropped_assignments == int((~keep).sum()) > 0  # the skew makes drops happen
     assert int(out.expert_load.sum()) + out.dropped == N
+    assert torch.equal(out.expert_demand, torch.bincount(chosen[:, 0], minlength=E))
+    assert torch.equal(out.expert_load, out.expert_demand.clamp(max=C))  # top-1: overflow = demand - C
     y = out.y.reshape(-1, H)
     assert torch.all(y[~keep[:, 0]] == 0)  # dropped tokens: output 0, the residual carries them
     expected = loop_dispatch(flat, moe.experts, p * keep, chosen)  # kept: p * expert(x)

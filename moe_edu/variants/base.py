@@ -26,6 +26,7 @@ class MoEOutput:
     router_logits: torch.Tensor  # (N, E) fp32: the logits the routing decision used
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)  # unweighted; multiply by your coefficients
     expert_load: torch.Tensor | None = None  # (E,) int64: token rows each (routed) expert processed
+    expert_demand: torch.Tensor | None = None  # (E,) int64: rows the router asked for, before capacity (if any)
     dropped: int = 0  # tokens that got no expert at all
     dropped_assignments: int = 0  # (token, expert) choices removed by a capacity limit
     num_tokens: int = 0  # N, the tokens routed

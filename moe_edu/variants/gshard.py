@@ -61,6 +61,7 @@ class GShardMoE(RoutedMoE):
             y=y.reshape(x.shape), router_logits=logits,
             aux_losses={"load_balancing": load_balancing_loss(logits, self.num_experts, 1)},
             expert_load=torch.bincount(chosen[keep], minlength=self.num_experts),  # (E,)
+            expert_demand=torch.bincount(chosen[active], minlength=self.num_experts),  # (E,)
             dropped=int((~keep.any(dim=1)).sum()), dropped_assignments=int((active & ~keep).sum()),
             num_tokens=flat.shape[0],
         )

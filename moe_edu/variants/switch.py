@@ -52,5 +52,6 @@ class SwitchMoE(RoutedMoE):
             y=y.reshape(x.shape), router_logits=logits,
             aux_losses={"load_balancing": load_balancing_loss(logits, self.num_experts, 1)},
             expert_load=torch.bincount(chosen[keep], minlength=self.num_experts),  # (E,)
+            expert_demand=torch.bincount(chosen.reshape(-1), minlength=self.num_experts),  # (E,)
             dropped=dropped, dropped_assignments=dropped, num_tokens=flat.shape[0],
         )

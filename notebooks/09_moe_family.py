@@ -1,0 +1,404 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # 09 · Mixtral's SMoE vs the MoE family
+#
+# > **🔹 3. Mixtral SMoE vs. MoE 比較** … **🔥 主要差異** — *"Mixtral SMoE vs. MoE: a comparison … the main
+# > differences"* — the seed article, §3–4 (both comparison tables were lost when the article was exported)
+#
+# > **MoE 架構更靈活，允許不同專家數量與門控機制，應用範圍更廣。** — *"The MoE architecture is more flexible: it
+# > allows different numbers of experts and different gating mechanisms, so it applies more widely."* — §5
+#
+# The seed compares Mixtral with "MoE in general", but its tables are gone. This notebook rebuilds them **from code**:
+# six routing rules, each a small module in `moe_edu.variants`, all built from the *same* SwiGLU experts
+# (`moe_edu.experts.Experts`) and the *same* dispatch (`moe_edu.dispatch.grouped_dispatch`), run on the *same*
+# tokens and measured on the *same* axes.
+#
+# | variant | paper | one line |
+# |---|---|---|
+# | Mixtral dropless top-2 | Jiang et al. 2024 | the reference point: softmax → top-2 → renormalise, nothing dropped |
+# | noisy top-k | Shazeer et al. 2017 | Gaussian noise on the logits in training; importance + load losses |
+# | Switch top-1 | Fedus et al. 2021 | one expert per token, fixed capacity, overflow dropped |
+# | GShard top-2 | Lepikhin et al. 2020 | two experts, capacity, second expert sometimes skipped at random |
+# | expert choice | Zhou et al. 2022 | the experts pick their tokens: perfect balance by construction |
+# | shared + fine-grained | Dai et al. 2024 (DeepSeekMoE) | always-on shared experts plus many small routed ones |
+#
+# **Learning objectives.** After this notebook you can
+#
+# 1. write token-choice top-k, capacity with dropping, and expert-choice routing in a few lines of plain torch;
+# 2. say for each variant how many experts a token uses, how the gate is computed, what happens when an expert is full, and which auxiliary losses it trains with;
+# 3. read total vs active parameters and FLOPs per token of every variant off one table, and see why they can be equal while the routing differs;
+# 4. measure load balance and dropped tokens on one batch, and explain where each number comes from;
+# 5. answer the seed's conclusions point by point: where Mixtral sits in the family, and what it gave up or gained.
+
+# %%
+import moe_edu
+from moe_edu.notebook import setup
+
+setup()  # seed 0, one thread, 4-digit printing: the same numbers every run
+
+import math
+
+import matplotlib.pyplot as plt
+import torch
+
+from moe_edu.plots import expert_load_bars
+from moe_edu.variants import VARIANTS, build_variants, expert_capacity, keep_within_capacity
+from moe_edu.variants.compare import Table, compare, load_stats
+
+# %% [markdown]
+# ## 1. Three ways to assign tokens to experts — in plain torch
+#
+# Every MoE layer starts the same way: a router turns each token into E scores, `logits = x @ W_g.T`, shape `(N, E)`.
+# The family differs in what it does with that matrix. Take 12 tokens and 4 experts, and one set of logits for
+# every rule. We draw each rule's decision as an `(N, E)` 0/1 *assignment matrix*: row = token, column = expert.
+
+# %%
+N, E_small = 12, 4
+logits = torch.randn(N, E_small) + torch.tensor([1.0, 0.3, 0.0, -0.5])  # (N, E): expert 0 is popular
+probs = torch.softmax(logits, dim=-1)  # (N, E)
+
+
+def assignment(tokens: torch.Tensor, experts: torch.Tensor, n: int = N, e: int = E_small) -> torch.Tensor:
+    """(n, e) int matrix with a 1 at every (token, expert) pair."""
+    return torch.zeros(n, e, dtype=torch.long).index_put_((tokens, experts), torch.tensor(1))
+
+
+# (a) token choice, top-2 (Mixtral): every token picks its two best experts.
+top2 = probs.topk(2, dim=-1).indices  # (N, 2)
+mixtral_assign = assignment(torch.arange(N).repeat_interleave(2), top2.reshape(-1))
+print("token choice, top-2: tokens per expert", mixtral_assign.sum(0).tolist(),
+      "| experts per token", mixtral_assign.sum(1).tolist())
+
+# %% [markdown]
+# Token choice gives every token exactly k experts, but the experts get whatever the tokens ask for: here expert 0
+# is asked by many more tokens than expert 3. Mixtral accepts that (it is **dropless**): a busy expert simply runs
+# on more rows. Earlier systems could not, because their experts lived on different devices with fixed-size buffers.
+#
+# **(b) Capacity and dropping (Switch, GShard).** Each expert gets `C = ceil(capacity_factor · k · N / E)` rows.
+# Tokens queue in order; a token that finds its expert full is **dropped** from that expert. With top-1 a dropped
+# token gets no expert at all: the MoE layer outputs 0 for it and only the residual connection `x + MoE(x)` carries
+# it to the next layer.
+
+# %%
+capacity_factor = 1.0
+C = math.ceil(capacity_factor * 1 * N / E_small)  # top-1: k = 1
+first = probs.argmax(dim=-1)  # (N,) Switch: one expert per token
+used, kept = [0] * E_small, []
+for t in range(N):  # first come, first served
+    e = int(first[t])
+    kept.append(used[e] < C)
+    used[e] += kept[-1]
+kept = torch.tensor(kept)  # (N,)
+print(f"capacity C = {C} rows per expert")
+print("demand per expert   ", torch.bincount(first, minlength=E_small).tolist())
+print("processed per expert", used)
+print("dropped tokens      ", torch.nonzero(~kept).flatten().tolist())
+
+# %% [markdown]
+# The library does the same with one stable sort instead of a Python loop (`keep_within_capacity`, which orders
+# the assignments with `moe_edu.dispatch.sort_by_expert` and reads off each one's place in its expert's queue):
+
+# %%
+lib_keep = keep_within_capacity(first[:, None], E_small, expert_capacity(N, E_small, 1, capacity_factor))  # (N, 1)
+print("library keeps the same tokens:", torch.equal(lib_keep[:, 0], kept))
+
+# %% [markdown]
+# **(c) Expert choice.** Turn the table around: each *expert* takes the `C` tokens it scores highest (a top-C down
+# each **column** instead of a top-k along each row). Every expert gets exactly `C` tokens, so the load is perfectly
+# balanced by construction — but now a token may get several experts, or none.
+
+# %%
+C_ec = math.ceil(2.0 * N / E_small)  # capacity factor 2: on average 2 experts per token, like Mixtral
+tokens_of = probs.t().topk(C_ec, dim=-1).indices  # (E, C): each expert's chosen tokens
+ec_assign = assignment(tokens_of.reshape(-1), torch.arange(E_small).repeat_interleave(C_ec))
+print("expert choice: tokens per expert", ec_assign.sum(0).tolist())
+print("experts per token              ", ec_assign.sum(1).tolist())
+print("tokens with no expert          ", torch.nonzero(ec_assign.sum(1) == 0).flatten().tolist())
+C_one = math.ceil(1.0 * N / E_small)  # capacity factor 1: one expert per token on average
+picked = torch.bincount(probs.t().topk(C_one, dim=-1).indices.reshape(-1), minlength=N)  # (N,)
+print(f"with capacity factor 1 (C = {C_one}): tokens with no expert", torch.nonzero(picked == 0).flatten().tolist())
+
+# %% [markdown]
+# Side by side, the two assignment matrices for the same logits (Switch's is the top-1 with capacity from (b)):
+
+# %%
+switch_assign = assignment(torch.nonzero(kept).flatten(), first[kept])
+fig, axes = plt.subplots(1, 3, figsize=(9.0, 3.6))
+for ax, (title, m) in zip(axes, [("Mixtral: top-2, dropless", mixtral_assign),
+                                 (f"Switch: top-1, C = {C}", switch_assign),
+                                 (f"expert choice: C = {C_ec}", ec_assign)]):
+    ax.imshow(m.numpy(), cmap="Greys", vmin=0, vmax=1.4, aspect="auto")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks(range(E_small), [f"e{e}" for e in range(E_small)])
+    ax.set_yticks(range(N))
+    ax.set_xlabel("expert")
+axes[0].set_ylabel("token")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 2. Six variants, one set of pieces
+#
+# `moe_edu.variants` holds one module per rule; each is a `RoutedMoE` (a bias-free router `gate.weight` of shape
+# `(E, H)` plus `Experts`) and returns one `MoEOutput`:
+#
+# ```
+# MoEOutput(y, router_logits, aux_losses: dict, expert_load (E,), expert_demand (E,), dropped, dropped_assignments, num_tokens)
+# ```
+#
+# None of them re-implements SwiGLU or dispatch. Dropping is a boolean mask over the `(N, k)` assignments; the kept
+# ones go through `grouped_dispatch` unchanged, so a dropped assignment costs nothing and adds nothing.
+#
+# We size every variant from the course's `tiny` config (H = 64, I = 224, E = 8, k = 2) and give the five that have
+# Mixtral's shapes **the same router and experts** — copied from one `SparseMoeBlock` — so that only the routing
+# rule differs. The DeepSeekMoE variant has a different shape (16 experts of half the width: 1 shared + 15 routed)
+# and keeps its own weights of the same scale.
+
+# %%
+cfg = moe_edu.get_config("tiny")
+block = moe_edu.SparseMoeBlock(cfg).eval()
+variants = build_variants(cfg)  # options per variant: e.g. {"switch": {"capacity_factor": 2.0}}
+for name, v in variants.items():
+    if name != "shared_experts":
+        v.copy_from_block(block)
+    v.eval()
+    print(f"{name:15s} {type(v).__name__:20s} experts={v.num_experts:2d}  params={v.total_parameters():,}")
+
+# %% [markdown]
+# ### The batch
+#
+# The measured columns depend on the hidden states the router sees. When the course's trained tiny checkpoint is
+# installed (`moe_edu.load_pretrained()`, trained in notebook 07), we read the real input of one MoE layer with a
+# forward hook and copy that layer's trained router and experts into the variants. Without it we use random hidden
+# states with a shared offset: real hidden states are not centred, and the offset makes an untrained router as
+# unbalanced as untrained routers usually are.
+
+# %%
+LAYER = 1
+TEXT = ("The router sends every token to two experts. "
+        "def mean(values):\n    return sum(values) / len(values)\n"
+        "Le routeur envoie chaque jeton à deux experts. "
+        "What is 17 + 25? The answer is 42.")
+
+
+def trained_hidden_states():
+    """(inputs of MoE layer LAYER (1, T, H), that layer's block, config) from the trained tiny model; None if absent."""
+    try:
+        model, tokenizer = moe_edu.load_pretrained()
+    except (ImportError, OSError, ValueError):  # not installed / no shipped checkpoint
+        return None
+    captured = {}
+    mlp = model.model.layers[LAYER].mlp
+    handle = mlp.register_forward_hook(lambda module, args, out: captured.update(x=args[0].detach()))
+    ids = torch.tensor([tokenizer.encode(TEXT)])  # (1, T)
+    with torch.no_grad():
+        model(ids)
+    handle.remove()
+    return captured["x"], mlp, model.config
+
+
+trained = trained_hidden_states()
+g = torch.Generator().manual_seed(0)
+x_random = torch.randn(4, 64, cfg.hidden_size, generator=g) + torch.randn(cfg.hidden_size, generator=g)  # (B, T, H)
+print("trained checkpoint:", "found" if trained is not None else "not installed -> random hidden states")
+print("random batch shape:", tuple(x_random.shape), "| tokens:", x_random.shape[0] * x_random.shape[1])
+
+# %% [markdown]
+# ## 3. The comparison table
+#
+# One forward pass per variant, in eval mode (no noise, no random routing), on the same 256 tokens.
+#
+# - **experts / k / gating / capacity / aux losses** come from each module's `describe()`;
+# - **total / active params** count this MoE layer only (router + experts); *active* is what one token multiplies at
+#   inference (for expert choice: on average); **FLOPs/token** = 2 × active (every weight sits in a matmul);
+# - **load CV** is the coefficient of variation of the rows each expert processed (0 = perfectly even), **max/mean load**
+#   how much busier the busiest expert is than the average (1 = even): it sets the wall-clock time when experts
+#   run in parallel;
+# - **dropped tokens %**: tokens that got no expert at all; **dropped assignments %**: (token, expert) choices cut
+#   by capacity.
+
+# %%
+table, outputs = compare(variants, x_random)
+table
+
+# %% [markdown]
+# Read it row by row against Mixtral's:
+#
+# - Switch and GShard **drop**: their buffers hold `capacity_factor` times the average demand, and the busy experts
+#   overflow. Mixtral and noisy top-k drop nothing, whatever the imbalance.
+# - Expert choice has a load CV of exactly 0 — by construction — and pays for it with tokens that get no expert.
+# - The DeepSeekMoE row has the same total and active expert parameters as Mixtral (16 half-width experts,
+#   4 of them per token), one extra router row per added expert, and routes over 15 choices instead of 8.
+# - Switch has half the active parameters and FLOPs: one expert per token.
+#
+# ### Per-expert load
+#
+# Bars are the rows each expert was asked for; for Switch and GShard the red line is the capacity C and the hatched
+# part of a bar is the overflow that was dropped.
+
+# %%
+fig, axes = plt.subplots(2, 3, figsize=(12.0, 6.0))
+for ax, (name, out) in zip(axes.flat, outputs.items()):
+    v = variants[name]
+    demand = out.expert_demand if out.expert_demand is not None else out.expert_load
+    cap = v.capacity(out.num_tokens) if name in ("switch", "gshard") else None
+    expert_load_bars(demand, ax=ax, capacity=cap, title=v.label)
+    ax.legend().set_visible(False)
+    ax.tick_params(axis="x", labelsize=6)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ### How much capacity does Switch need?
+#
+# The capacity factor trades dropped tokens against buffer size (padding the buffers to C rows is what a
+# fixed-shape implementation computes, used or not). Sweep it on the same batch:
+
+# %%
+switch = variants["switch"]
+print("factor   C   dropped tokens   buffer rows / token")
+for factor in (0.5, 1.0, 1.25, 1.5, 2.0, 4.0):
+    switch.capacity_factor = factor
+    out = switch(x_random)
+    cap = switch.capacity(out.num_tokens)
+    print(f"{factor:5.2f}  {cap:3d}   {100 * out.dropped_rate:6.2f} %        {cfg.num_local_experts * cap / out.num_tokens:.3f}")
+switch.capacity_factor = 1.25
+
+# %% [markdown]
+# Drops only vanish when C reaches the busiest expert's demand — for an unbalanced router that is a large buffer
+# mostly filled with padding. This is the problem Mixtral's **dropless** dispatch sidesteps (MegaBlocks-style
+# grouped matmuls of variable size, notebook 03 and 10): no buffer, no padding, no drop, at the price of uneven
+# per-expert work that the load-balancing loss (notebook 07) keeps in check.
+
+# %% [markdown]
+# ### Noise and random routing: training only
+#
+# Shazeer's noisy gating adds `StandardNormal() · Softplus(x W_noise)` to the logits *in training*, to explore and to
+# make the load loss differentiable; GShard skips the second expert with probability `1 − 2·g2` *in training*. At
+# inference both are off, so the routing is deterministic again:
+
+# %%
+noisy, gshard = variants["noisy_topk"], variants["gshard"]
+eval_choice = noisy(x_random).router_logits.topk(2).indices
+noisy.train()
+torch.manual_seed(1)
+train_choice = noisy(x_random).router_logits.topk(2).indices
+changed = (torch.sort(train_choice, 1).values != torch.sort(eval_choice, 1).values).any(1).float().mean()
+noisy.eval()
+print(f"noisy top-k: tokens whose expert pair changes under training noise: {100 * changed:.1f} %")
+print("noisy top-k in eval equals Mixtral's block:", torch.allclose(noisy(x_random).y, block(x_random)[0], atol=1e-6))
+gshard.train()
+torch.manual_seed(1)
+out = gshard(x_random)
+gshard.eval()
+print(f"GShard in training: second experts skipped at random: "
+      f"{100 * (1 - (out.expert_demand.sum() - out.num_tokens) / out.num_tokens):.1f} %")
+
+# %% [markdown]
+# Most routes change under noise here because this router is untrained: its logits are small next to the initial
+# noise scale softplus(0) ≈ 0.69, so the noise decides — which is the point early in training (every expert gets
+# tried). As the router's logits grow and `W_noise` learns, the noise moves fewer and fewer tokens.
+
+# %% [markdown]
+# ### On the trained model's hidden states
+#
+# The same table on real hidden states (when the checkpoint exists): the input of MoE layer 1, with that layer's
+# trained router and experts copied into the five Mixtral-shaped variants. The routers of the other variants were
+# not trained under their own rules, so read this as *"what would each rule do with Mixtral's trained scores?"*.
+
+# %%
+if trained is None:
+    print("trained checkpoint not installed: skipped (the table above used random hidden states)")
+else:
+    x_trained, trained_block, trained_cfg = trained
+    trained_variants = build_variants(trained_cfg)
+    for name, v in trained_variants.items():
+        if name != "shared_experts":
+            v.copy_from_block(trained_block)
+    print(f"{x_trained.shape[1]} tokens of text through layer {LAYER} of the trained model")
+    trained_table, trained_outputs = compare(trained_variants, x_trained)
+    from IPython.display import display
+
+    display(trained_table.select("variant", "aux losses", "load CV", "max/mean load", "dropped tokens %",
+                                 "dropped assignments %"))
+
+# %% [markdown]
+# ## 4. At Mixtral's scale
+#
+# The same modules instantiated on the `meta` device (no memory) with Mixtral 8x7B's layer sizes — H = 4096,
+# I = 14336 — give the per-layer parameter and FLOP columns at full size. (The whole model adds attention,
+# embeddings and norms on top: 46.7B total, 12.9B active; notebook 00.)
+
+# %%
+big = moe_edu.get_config("mixtral-8x7b")
+with torch.device("meta"):
+    big_variants = build_variants(big)
+rows = [{"variant": v.label, "total params (M)": v.total_parameters() / 1e6,
+         "active params (M)": v.active_parameters() / 1e6, "GFLOPs/token": v.flops_per_token() / 1e9,
+         "active share": v.active_parameters() / v.total_parameters()} for v in big_variants.values()]
+Table(rows)
+
+# %% [markdown]
+# ## 5. Where Mixtral sits
+#
+# The seed's similarities (§4 相似點) hold for every row of the table: **dynamic routing** (動態路由機制 — each
+# rule reads the router's scores of the token), **ensemble-like combination** (集成學習 — a weighted sum of
+# independent experts' outputs), and **sparse activation** (稀疏激活 — the active column is a fraction of the total).
+# The differences (§4 主要差異, lost) are the columns. Now the conclusions (§5), point by point:
+#
+# **"Mixtral 8x7B 採用固定 8 專家，每 token 僅與 2 專家互動，有效降低計算成本"** — *fixed 8 experts, 2 per token,
+# which cuts compute.* True, and the table says how much: the active share is ~1/4 of the expert parameters
+# per layer. But "fixed" describes the configuration, not a limitation of the design: the same code runs with any
+# E and k (`num_local_experts`, `num_experts_per_tok`). What *is* distinctive is that the 2 experts are **always**
+# 2: Mixtral is dropless, so no token ever silently skips its layer, unlike Switch and GShard above.
+#
+# **"MoE 架構更靈活，允許不同專家數量與門控機制，應用範圍更廣"** — *MoE in general is more flexible: other
+# expert counts and gating mechanisms.* Yes — and every variant here is a one-file change of the routing rule on
+# identical experts. Mixtral chose the simplest point in that space: softmax → top-2 → renormalise, no noise, no
+# capacity, no random routing, one standard load-balancing loss (notebook 07). Each alternative buys something:
+# Switch halves the FLOPs; expert choice gets perfect balance (but routes using the whole batch, i.e. future
+# tokens, which does not fit autoregressive decoding); DeepSeekMoE's shared + fine-grained experts give more
+# combinations at the same cost.
+#
+# **"Mixtral MoE 是經過優化的 SMoE 架構，特別適用於 LLM 訓練與推理，而傳統 MoE 適用於更多 AI 領域"** — *Mixtral is
+# an optimised SMoE for LLM training and inference; "traditional" MoE applies more widely.* The optimisation is
+# in these choices: token choice keeps routing causal (each token's experts depend on that token only — a must
+# for generating one token at a time); dropless dispatch keeps the result independent of the batch it was computed
+# in; top-2 of 8 keeps the active share near 1/4 with a reasonably large pool. MoE itself is older and broader
+# (Jacobs et al. 1991; Shazeer et al. 2017 for LSTMs; vision MoEs) — but in the LLM rows of this table, every
+# variant is an SMoE: the family differs in the gate, not in sparsity.
+
+# %% [markdown]
+# ## Recap
+#
+# - One router score matrix `(N, E)`, many rules: top-k along rows (token choice), top-C down columns (expert choice).
+# - Capacity `C = ceil(capacity_factor · k · N / E)` fixes buffer sizes and drops the overflow; dropped tokens pass
+#   through on the residual only. Mixtral is dropless.
+# - Noise (Shazeer) and random routing (GShard) are training-time devices; at inference the routing is deterministic.
+# - Aux losses differ by variant (importance + load, f·P load balancing, expert-level balance, none for expert
+#   choice) but all push towards even expert load.
+# - Same expert parameters can give the same total and active counts (Mixtral vs DeepSeekMoE) with very different
+#   routing; FLOPs per token follow the active count.
+#
+# ## Check your understanding
+#
+# 1. With top-1 routing, N = 256 tokens, E = 8 and capacity factor 1.25, what is C? If one expert is asked by
+#    60 tokens, how many are dropped from it, and what does the layer output for them?
+# 2. Why does GShard queue *all* first choices before any second choice? What would go wrong with token order only?
+# 3. In expert choice every expert gets exactly C tokens. Why does that not mean every token gets 2 experts?
+# 4. Why is expert choice hard to use when generating text one token at a time?
+# 5. Noisy top-k in eval mode equals Mixtral's block on the same weights. Which two things make that true?
+# 6. DeepSeekMoE here has Mixtral's total and active expert parameters. What does it gain by splitting experts in
+#    two and sharing one of them?
+#
+# ## Exercises
+#
+# `notebooks/exercises/ex09_moe_family.ipynb`: implement Switch capacity with dropping, and expert-choice routing,
+# with checkers in `moe_edu.exercises.family`.
