@@ -72,7 +72,8 @@ def expert_load_bars(counts: torch.Tensor | Sequence[int], ax=None, capacity: in
     ax.bar(range(E), kept, color=CHOSEN, edgecolor="#333333", label="processed")
     if capacity is not None:
         over = [v - c for v, c in zip(values, kept)]
-        ax.bar(range(E), over, bottom=kept, color=IDLE, edgecolor="#c0392b", hatch="//", label="dropped")
+        ax.bar(range(E), over, bottom=kept, color=IDLE, edgecolor="#c0392b", hatch="//", label="dropped",
+               linewidth=[1.0 if o else 0.0 for o in over])
         ax.axhline(capacity, color="#c0392b", lw=1.2, label=f"capacity C = {capacity}")
     share = expected if expected is not None else sum(values) / E
     ax.axhline(share, color="#333333", ls="--", lw=1, label=f"uniform = {share:.1f}")
