@@ -1,0 +1,108 @@
+"""The exercise notebooks: renders up to date with their one source, no solution in the student
+render, checker cells committed as "not attempted" (student) and "✓" (solutions)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EX_DIR = ROOT / "notebooks" / "exercises"
+NAMES = ["ex01_gating", "ex02_topk_selection", "ex03_sparse_activation", "ex04_weighted_combining",
+         "ex05_mixtral_smoe_block", "ex07_load_balancing"]
+CHECK = re.compile(r"^ex\.check_\w+\(", re.M)
+
+spec = importlib.util.spec_from_file_location("build_notebooks", ROOT / "tools" / "build_notebooks.py")
+build = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(build)
+
+
+def student(name: str):
+    return nbformat.read(EX_DIR / f"{name}.ipynb", as_version=4)
+
+
+def solution(name: str):
+    return nbformat.read(EX_DIR / "solutions" / f"{name}.ipynb", as_version=4)
+
+
+def checker_outputs(nb) -> list[str]:
+    outs = []
+    for cell in nb.cells:
+        if cell.cell_type == "code" and CHECK.search(cell.source):
+            texts = [o.get("text", "") for o in cell.outputs if o.output_type == "stream"]
+            assert len(cell.outputs) == 1 and len(texts) == 1, cell.source
+            outs.append(texts[0])
+    return outs
+
+
+def test_every_source_is_there():
+    assert sorted(p.stem for p in EX_DIR.glob("ex[0-9][0-9]_*.py")) >= NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_renders_are_up_to_date(name, capsys):
+    assert build.main(["--check", str(EX_DIR / f"{name}.py")]) == 0, capsys.readouterr().out
+
+
+def test_check_notices_a_stale_render(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "ex01_gating.py"
+    shutil.copy(EX_DIR / "ex01_gating.py", src)
+    (tmp_path / "solutions").mkdir()
+    shutil.copy(EX_DIR / "ex01_gating.ipynb", tmp_path)
+    shutil.copy(EX_DIR / "solutions" / "ex01_gating.ipynb", tmp_path / "solutions")
+    monkeypatch.setattr(build, "EX_DIR", tmp_path)
+    monkeypatch.setattr(build, "ROOT", tmp_path)
+    assert build.main(["--check", str(src)]) == 0
+    src.write_text(src.read_text().replace("return x.float() @ w.float().T", "return x.float() @ w.float().t()"))
+    assert build.main(["--check", str(src)]) == 1
+    assert "ex01_gating.ipynb" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_student_render_hides_solutions(name):
+    text = (EX_DIR / f"{name}.py").read_text()
+    blocks = re.findall(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", text, re.S)
+    answers = re.findall(r"<!-- BEGIN SOLUTION -->(.*?)<!-- END SOLUTION -->", text, re.S)
+    assert blocks and answers
+    nb = student(name)
+    code = "\n".join(c.source for c in nb.cells)
+    only_code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "SOLUTION" not in code
+    assert only_code.count("raise NotImplementedError()") == len(blocks)
+    assert code.count("*YOUR ANSWER HERE*") == len(answers)
+    for block in blocks:
+        for line in block.splitlines():
+            if line.strip() and not line.strip().startswith(("#", "return y")):
+                assert line.strip() not in code, line
+    assert "**Answer.**" not in code
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "Answer" not in outputs
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_checker_lines(name):
+    todo, done = checker_outputs(student(name)), checker_outputs(solution(name))
+    assert todo and len(todo) == len(done)
+    assert all("not attempted" in line and line.count("\n") == 1 for line in todo)
+    assert all(line.startswith("✓") and line.count("\n") == 1 for line in done)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_renders_ran_without_errors_and_carry_nbgrader_metadata(name):
+    for nb in (student(name), solution(name)):
+        assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+        kinds = [c.metadata.get("nbgrader", {}) for c in nb.cells]
+        assert any(k.get("solution") and not k.get("grade") for k in kinds)  # code to write
+        assert any(k.get("solution") and k.get("grade") for k in kinds)  # a written answer, graded by hand
+        assert any(k.get("locked") for k in kinds)  # read-only checker cells
+        ids = [k["grade_id"] for k in kinds if k]
+        assert len(ids) == len(set(ids))
+
+
+def test_at_least_twelve_exercises():
+    assert sum(len(checker_outputs(student(n))) for n in NAMES) >= 12
