@@ -100,6 +100,10 @@ def jupyter_lab(root_dir: Path, tmp: Path):
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp / "config"), JUPYTER_DATA_DIR=str(tmp / "data"),
                JUPYTER_RUNTIME_DIR=str(tmp / "runtime"), IPYTHONDIR=str(tmp / "ipython"), OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env["JUPYTERLAB_SETTINGS_DIR"] = str(tmp / "settings")
+    quiet = tmp / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    quiet.parent.mkdir(parents=True, exist_ok=True)
+    quiet.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))  # no news pop-up
     log = tmp / "jupyter.log"
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.token={token}", "--ip=127.0.0.1",
            f"--port={port}", "--allow-root", f"--ServerApp.root_dir={root_dir}", "--ServerApp.port_retries=0",
@@ -178,18 +182,25 @@ def test_explorer_in_jupyterlab(tmp_path):
     before = expected_first_choices(moe_edu.widgets.PRESET_TEXTS["code"], 3)  # the notebook's last explorer state
     after = expected_first_choices(NEW_TEXT, NEW_LAYER)
     n_experts = moe_edu.PRESETS["tiny"].num_local_experts
+    start = time.monotonic()
+
+    def phase(name: str) -> None:  # progress for `pytest -s` and for failure reports
+        print(f"[browser test] {name}: {time.monotonic() - start:.1f} s")
     with hard_limit(HARD_LIMIT_S), jupyter_lab(work, tmp_path) as (url, token, log), sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(STEP_MS)
+        phase("server and browser up")
         try:
             page.goto(f"{url}/lab/tree/{NOTEBOOK.name}?token={token}&reset")
             page.wait_for_function("() => !!window.jupyterapp", timeout=STEP_MS)
             page.wait_for_function(KERNEL_READY, timeout=STEP_MS, polling=250)
+            phase("kernel connected and idle")
             # fire and forget: awaiting run-all's promise can hang
             page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
             state = page.wait_for_function(RUN_STATE, timeout=STEP_MS, polling=250).json_value()
             assert not state["errors"], f"notebook cells raised: {state['errors']}"
+            phase("all cells run")
 
             tokens = page.wait_for_function(TOKENS, arg=3, timeout=STEP_MS, polling=250).json_value()
             assert [e for e, _ in tokens] == before, "explorer's colouring after run-all != model routing"
@@ -203,8 +214,10 @@ def test_explorer_in_jupyterlab(tmp_path):
             check = f"""() => {{ const got = ({TOKENS})({NEW_LAYER});
                 return got && got.length === {len(after)} ? got : null; }}"""
             tokens = page.wait_for_function(check, timeout=STEP_MS, polling=250).json_value()
-            page.locator("#moe-explorer-tokens-L%d" % NEW_LAYER).scroll_into_view_if_needed()
-            page.screenshot(path=str(ARTIFACTS / "routing_explorer.png"))
+            phase("explorer updated")
+            explorer = page.locator(".widget-vbox").filter(has=box).last
+            explorer.scroll_into_view_if_needed()
+            explorer.screenshot(path=str(ARTIFACTS / "routing_explorer.png"))
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "routing_explorer_failure.png"))
             print(log.read_text()[-3000:])

@@ -54,7 +54,8 @@ def legend_html(num_experts: int, counts: list[int] | None = None) -> str:
     for e in range(num_experts):
         n = "" if counts is None else f" ({counts[e]})"
         items.append(f'<span class="moe-legend-item" data-expert="{e}" style="background:{expert_colour(e, num_experts)};'
-                     f'padding:0 6px;margin-right:4px;border-radius:3px">expert {e}{n}</span>')
+                     f'padding:0 6px;margin:0 4px 2px 0;border-radius:3px;display:inline-block;white-space:nowrap">'
+                     f"expert {e}{n}</span>")
     return f'<div class="moe-legend" style="margin:4px 0;font-family:monospace">{"".join(items)}</div>'
 
 
@@ -79,7 +80,7 @@ def render_routing_html(trace: RoutingTrace, layer: int, k: int | None = None, *
         spans.append(f'<span id="{id_prefix}-L{layer}-t{t}" class="moe-tok" data-token="{t}" data-expert="{e}" '
                      f'title="{token_detail(trace, t, weights, experts)}" '
                      f'style="background:{expert_colour(e, trace.num_experts)};color:#000;'
-                     f'border-right:1px solid #fff">{token_label(tok)}</span>{newline}')
+                     f'padding:1px 0;border-right:1px solid #fff">{token_label(tok)}</span>{newline}')
     counts = [first.count(e) for e in range(trace.num_experts)]
     parts = [f'<div id="{id_prefix}-L{layer}" class="moe-routing" data-layer="{layer}" data-k="{k}">',
              notice_html(trace),
