@@ -1,0 +1,101 @@
+"""The fast dispatch paths: grouped GEMM (portable loop + backward), decode, counts without host syncs, the bench."""
+
+import json
+
+import pytest
+import torch
+
+from moe_edu import MixtralConfig, SparseMoeBlock, bench, dispatch
+from moe_edu.grouped_mm import grouped_matmul
+
+CONFIG = MixtralConfig(hidden_size=24, intermediate_size=40, num_attention_heads=2, num_key_value_heads=1,
+                       num_local_experts=6, num_experts_per_tok=2)
+
+
+def per_group(x, w, counts):
+    return torch.cat([xg @ w[g] for g, xg in enumerate(x.split(counts.tolist()))])
+
+
+@pytest.mark.parametrize("counts", [[3, 0, 4, 1], [0, 0, 0, 8], [0, 0, 0, 0], [2, 2, 2, 2]])
+def test_grouped_matmul_matches_per_group_values_and_grads(counts):
+    torch.manual_seed(0)
+    counts = torch.tensor(counts)
+    x = torch.randn(int(counts.sum()), 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 5, 3, dtype=torch.float64, requires_grad=True)
+    got = grouped_matmul(x, w, counts)
+    assert got.shape == (x.shape[0], 3)
+    if x.shape[0]:
+        torch.testing.assert_close(got, per_group(x, w, counts))
+        assert torch.autograd.gradcheck(lambda x, w: grouped_matmul(x, w, counts), (x, w))
+    got.sum().backward()
+    unused = counts == 0
+    assert (w.grad[unused] == 0).all()  # an expert nobody chose gets a zero gradient, not garbage
+
+
+def test_grouped_matmul_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="w \\(G, K, M\\)"):
+        grouped_matmul(torch.randn(4, 5), torch.randn(2, 6, 3), torch.tensor([2, 2]))
+    with pytest.raises(ValueError, match="counts sum to 3"):
+        grouped_matmul(torch.randn(4, 5), torch.randn(2, 5, 3), torch.tensor([2, 1]))
+
+
+def test_sort_by_expert_counts_equal_bincount():
+    chosen = torch.randint(0, 6, (37, 2))
+    order, counts = dispatch.sort_by_expert(chosen, 6)
+    assert torch.equal(counts, torch.bincount(chosen.reshape(-1), minlength=6))
+    assert torch.equal(chosen.reshape(-1)[order], chosen.reshape(-1).sort(stable=True).values)
+
+
+@pytest.mark.parametrize("tokens", [1, 2, 17])
+@pytest.mark.parametrize("name", ["grouped", "decode"])
+def test_fast_paths_equal_loop_with_grads(name, tokens):
+    torch.manual_seed(tokens)
+    ref = SparseMoeBlock(CONFIG, dispatch="loop").double()
+    fast = SparseMoeBlock(CONFIG, dispatch=name).double()
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(2, tokens, CONFIG.hidden_size, dtype=torch.float64, requires_grad=True)
+    outs = []
+    for block in (ref, fast):
+        y, _ = block(x)
+        grads = torch.autograd.grad((y * y).sum(), [x, *block.parameters()])
+        outs.append((y, grads))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=0, atol=1e-12)
+    for a, b in zip(outs[1][1], outs[0][1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_grouped_hands_single_tokens_to_decode_on_cpu(monkeypatch):
+    calls = []
+    real = dispatch.decode_dispatch
+    monkeypatch.setattr(dispatch, "decode_dispatch", lambda *a: calls.append(1) or real(*a))
+    block = SparseMoeBlock(CONFIG)
+    block(torch.randn(1, 1, CONFIG.hidden_size))
+    assert calls == [1]
+    block(torch.randn(1, 5, CONFIG.hidden_size))
+    assert calls == [1]  # more than one token: sort + grouped GEMMs
+
+
+def test_grouped_is_deterministic_and_keeps_dtype():
+    block = SparseMoeBlock(CONFIG).to(torch.bfloat16)
+    x = torch.randn(3, 9, CONFIG.hidden_size, dtype=torch.bfloat16)
+    y1, y2 = block(x)[0], block(x)[0]
+    assert y1.dtype == torch.bfloat16 and torch.equal(y1, y2)
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_bench_writes_table_json_and_plot(tmp_path, monkeypatch, backward):
+    monkeypatch.setattr(bench, "CASES", (bench.Case(16, 32, 1, 1.2, 0.9), bench.Case(16, 32, 8, 2.0, 0.7)))
+    argv = ["--rounds", "2", "--out", str(tmp_path)] + (["--backward"] if backward else [])
+    results = bench.main(argv)
+    assert len(results) == 2 and all({"ideal", "ours"} <= set(r.ms) for r in results)
+    stem = "cpu_dispatch_backward" if backward else "cpu_dispatch"
+    table = (tmp_path / f"{stem}.md").read_text()
+    assert table.count("| H=16, I=32, T=") == 2 and "ours/ideal" in table
+    data = json.loads((tmp_path / f"{stem}.json").read_text())
+    assert [r["tokens"] for r in data["results"]] == [1, 8] and data["results"][0]["backward"] is backward
+    assert (tmp_path / f"{stem}.png").stat().st_size > 1000
+
+
+def test_bench_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="--rounds"):
+        bench.main(["--rounds", "0", "--out", str(tmp_path)])
