@@ -184,27 +184,22 @@ for layer in range(config.num_hidden_layers):
 # %% [markdown]
 # **Q3. Does layer 0 look random?** Look at the *all layers* tab: do neighbouring tokens share a colour more often
 # at some layers than at others? The paper (Table 5) measures this as the share of consecutive tokens with the
-# same first-choice expert; a router that picks uniformly at random would give 1/E = 12.5 %.
+# same first-choice expert (and the share that have at least one of their top-2 experts in common); a router
+# that picks uniformly at random would give 1/E = 12.5 % (and 46.4 %). `moe_edu.analysis` computes both.
 
 # %%
-def repetition(layer: int) -> float:
-    """Share of consecutive token pairs (over all presets) whose first-choice expert is the same."""
-    same = total = 0
-    for tr in traces.values():
-        first = tr.first_choice(layer)  # (T,)
-        same += int((first[1:] == first[:-1]).sum())
-        total += len(first) - 1
-    return same / total
+from moe_edu.analysis import random_first_choice_rate, random_topk_overlap_rate, repetition_rates
 
-
-rates = [repetition(layer) for layer in range(config.num_hidden_layers)]
-for layer, rate in enumerate(rates):
-    print(f"layer {layer}: consecutive tokens share their first expert {100 * rate:.1f} % of the time "
-          f"(random: {100 / config.num_local_experts:.1f} %)")
+E, k = config.num_local_experts, config.num_experts_per_tok
+rates = [repetition_rates(tr.topk(layer)[1] for tr in traces.values()) for layer in range(config.num_hidden_layers)]
+print(f"random router: same first choice {100 * random_first_choice_rate(E):.1f} %, "
+      f"share one of the top-{k} {100 * random_topk_overlap_rate(E, k):.1f} %")
+for layer, (first, overlap) in enumerate(rates):
+    print(f"layer {layer}: same first choice {100 * first:.1f} %, share one of the top-{k} {100 * overlap:.1f} %")
 
 fig, ax = plt.subplots(figsize=(6.4, 3.0))
-ax.bar(range(config.num_hidden_layers), [100 * r for r in rates], color="#80b1d3")
-ax.axhline(100 / config.num_local_experts, color="k", ls="--", lw=1, label="uniform random router (1/E)")
+ax.bar(range(config.num_hidden_layers), [100 * first for first, _ in rates], color="#80b1d3")
+ax.axhline(100 * random_first_choice_rate(E), color="k", ls="--", lw=1, label="uniform random router (1/E)")
 ax.set(xlabel="layer", ylabel="same first expert as previous token (%)", xticks=range(config.num_hidden_layers))
 ax.legend(loc="upper right")
 plt.show()

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ..analysis import expert_load
 from ..routing import softmax_topk
 
 
@@ -80,9 +81,7 @@ class RoutingTrace:
 
     def load(self, layer: int, k: int | None = None) -> torch.Tensor:
         """Share of the T*k routed slots that each expert receives at `layer`: (E,), sums to 1."""
-        experts = self.topk(layer, k)[1]  # (T, k)
-        counts = torch.bincount(experts.flatten(), minlength=self.num_experts)  # (E,)
-        return counts.float() / experts.numel()  # (E,)
+        return expert_load(self.topk(layer, k)[1], self.num_experts).float()  # (E,)
 
 
 def _model_device(model: Any) -> torch.device:
