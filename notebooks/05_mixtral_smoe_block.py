@@ -1,0 +1,275 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # 05 · The Mixtral SMoE block
+#
+# > **Mixtral 8x7B 採用固定 8 專家，每 token 僅與 2 專家互動，有效降低計算成本。**
+# > *"Mixtral 8x7B uses a fixed set of 8 experts; each token interacts with only 2 of them, which effectively lowers
+# > the compute cost."* — the seed, §5
+#
+# > *"We use the SwiGLU architecture as the expert function E_i(x) and set K = 2."* — Mixtral paper, §2.1
+#
+# Notebooks 01–04 built the router, the top-k choice, the dispatch and the weighted sum. One piece is missing: the
+# experts themselves. This notebook writes a SwiGLU expert, assembles the whole block in ~30 lines of plain torch,
+# and then proves it is *the* Mixtral block: same numbers as `moe_edu.SparseMoeBlock` and as `transformers`'
+# `MixtralSparseMoeBlock` on the same weights. Finally we scale the config from the tiny course model to the real
+# 8x7B (on PyTorch's `meta` device, which stores shapes but no data) and run the block in bf16 as on a GPU.
+#
+# **Learning objectives.** After this notebook you can
+#
+# 1. write a SwiGLU expert and say what $w_1$, $w_3$, $w_2$ do and why there are three matrices;
+# 2. write the complete Mixtral sparse MoE block from memory;
+# 3. load its weights into `moe_edu` and `transformers` and show the outputs agree;
+# 4. instantiate Mixtral 8x7B on the meta device and check its 46.7B parameters against the formula of notebook 00;
+# 5. explain what changes on a GPU in bf16 — and what must not (the router stays in fp32).
+
+# %%
+import moe_edu
+from moe_edu.notebook import setup
+
+setup()
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# %% [markdown]
+# ## 1. The expert: SwiGLU
+#
+# Each expert is the feed-forward network of a Mistral 7B layer: a **gated linear unit** with the SiLU
+# ("swish") activation (Shazeer, 2020, *GLU Variants Improve Transformer*):
+#
+# $$E(x) = W_2\big(\mathrm{silu}(W_1 x) \odot W_3 x\big), \qquad \mathrm{silu}(z) = z\,\sigma(z).$$
+#
+# - $W_1$ (*gate*, $I \times H$): its SiLU decides, per hidden unit, how much passes;
+# - $W_3$ (*up*, $I \times H$): the values that are gated;
+# - $W_2$ (*down*, $H \times I$): back to the model width.
+#
+# Three matrices of $H \cdot I$ each, so $3HI$ parameters per expert — for Mixtral $I = 14336 = 3.5H$, about 176M.
+
+# %%
+class SwiGLUExpert(nn.Module):
+    def __init__(self, hidden: int, inter: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(hidden, inter, bias=False)  # gate
+        self.w3 = nn.Linear(hidden, inter, bias=False)  # up
+        self.w2 = nn.Linear(inter, hidden, bias=False)  # down
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))  # (N, I) -> (N, H)
+
+
+cfg = moe_edu.PRESETS["tiny"]
+H, I, E, k = cfg.hidden_size, cfg.intermediate_size, cfg.num_local_experts, cfg.num_experts_per_tok
+ex = SwiGLUExpert(H, I)
+print(f"tiny expert: H={H}, I={I} (= {I / H} H), parameters {sum(p.numel() for p in ex.parameters()):,} = 3*H*I")
+mix = moe_edu.PRESETS["mixtral-8x7b"]
+print(f"Mixtral expert: 3 * {mix.hidden_size} * {mix.intermediate_size} = {3 * mix.hidden_size * mix.intermediate_size:,}")
+
+# %% [markdown]
+# ## 2. The block, from memory
+#
+# Everything from notebooks 01–04 in one module. Read it top to bottom — this is the whole Mixtral MoE layer:
+
+# %%
+class MixtralMoE(nn.Module):
+    """Router (bias-free, fp32) -> top-k -> renormalise -> run chosen SwiGLU experts -> weighted sum."""
+
+    def __init__(self, hidden: int, inter: int, num_experts: int, top_k: int) -> None:
+        super().__init__()
+        self.top_k, self.num_experts = top_k, num_experts
+        self.gate = nn.Linear(hidden, num_experts, bias=False)  # 01: the router
+        self.experts = nn.ModuleList(SwiGLUExpert(hidden, inter) for _ in range(num_experts))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, H = x.shape
+        x = x.reshape(-1, H)  # (N, H) with N = B*T
+        logits = F.linear(x.float(), self.gate.weight.float())  # (N, E) 01: router in fp32
+        probs = torch.softmax(logits, dim=-1)  # (N, E) 01: softmax
+        top_p, chosen = torch.topk(probs, self.top_k, dim=-1)  # (N, k) 02: top-k
+        weights = top_p / top_p.sum(-1, keepdim=True)  # (N, k) 04: renormalise
+        y = torch.zeros_like(x)  # (N, H)
+        for e in range(self.num_experts):  # 03: sparse dispatch
+            token, slot = torch.where(chosen == e)  # (n_e,), (n_e,)
+            if len(token):
+                out = self.experts[e](x[token]) * weights[token, slot, None]  # (n_e, H) 04: weighting
+                y.index_add_(0, token, out.to(y.dtype))  # (N, H) 04: 加權融合
+        return y.reshape(B, T, H), logits  # (B, T, H), (N, E)
+
+
+hand = MixtralMoE(H, I, E, k)
+for p in hand.parameters():
+    nn.init.normal_(p, std=cfg.initializer_range * 5)  # a bit larger than Mixtral's init, for visible routing
+x = torch.randn(2, 7, H)  # (B, T, H)
+with torch.no_grad():
+    y_hand, logits_hand = hand(x)
+print("y:", tuple(y_hand.shape), "| router logits:", tuple(logits_hand.shape), "| y[0, 0, :4]:", y_hand[0, 0, :4])
+
+# %% [markdown]
+# ## 3. The same block in `moe_edu`
+#
+# `moe_edu.SparseMoeBlock` computes the same thing but stores the experts the way `transformers` v5 does: one
+# `(E, 2I, H)` tensor `gate_up_proj` with $W_1$ and $W_3$ stacked (one matmul serves both), and one `(E, H, I)`
+# tensor `down_proj`. Our hand-built module's state dict uses the per-expert names of `transformers` v4 and of
+# Mistral's checkpoints (`experts.{j}.w1.weight` …), and `load_hf_state_dict` understands that layout:
+
+# %%
+print("hand-built keys:", list(hand.state_dict())[:4], "...")
+block = moe_edu.SparseMoeBlock(cfg).load_hf_state_dict(hand.state_dict())
+print(block)
+
+# %%
+with torch.no_grad():
+    y_lib, logits_lib = block(x)  # (B, T, H), (B*T, E)
+print("router logits equal:", torch.allclose(logits_lib, logits_hand, atol=1e-6))
+print("outputs equal:      ", torch.allclose(y_lib, y_hand, atol=1e-6))
+
+# %% [markdown]
+# The library also runs the gradient through the same path — training code can use either:
+
+# %%
+xg = x.clone().requires_grad_(True)
+(hand(xg)[0] ** 2).sum().backward()
+g_hand = xg.grad.clone()
+xg.grad = None
+(block(xg)[0] ** 2).sum().backward()
+print("input gradients equal:", torch.allclose(xg.grad, g_hand, atol=1e-6))
+
+# %% [markdown]
+# ## 4. Parity with `transformers`
+#
+# The reference implementation most people run is Hugging Face's. We build its `MixtralSparseMoeBlock` from the same
+# config (`config.to_hf()` gives a `transformers.MixtralConfig`), copy our weights with
+# `block.export_state_dict("v5")`, and compare. In transformers v5 the block's `forward` returns only the hidden
+# states; the router logits come from its `gate`. (This cell is skipped when `transformers` is not installed.)
+
+# %%
+try:
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+except ImportError:
+    MixtralSparseMoeBlock = None
+    print("transformers is not installed: skipping the comparison (pip install 'moe_edu[notebooks]')")
+
+if MixtralSparseMoeBlock is not None:
+    hf_config = cfg.to_hf()
+    hf_config._experts_implementation = "eager"  # the plain loop, as used inside a full model on CPU
+    hf_block = MixtralSparseMoeBlock(hf_config)
+    hf_block.load_state_dict(block.export_state_dict("v5"))
+    with torch.no_grad():
+        y_hf = hf_block(x)  # (B, T, H)
+        logits_hf = hf_block.gate(x.reshape(-1, H))[0]  # (B*T, E)
+    err = (y_hf - y_lib).abs().max().item()
+    print("transformers keys:", sorted(hf_block.state_dict()))
+    print(f"max |y_transformers - y_moe_edu| < 1e-6: {err < 1e-6}")
+    print(f"router logits max error < 1e-6: {(logits_hf - logits_lib).abs().max().item() < 1e-6}")
+
+# %% [markdown]
+# Three implementations, one set of numbers. (The full decoder, `moe_edu.MixtralForCausalLM`, matches
+# `transformers`' logits the same way; its tests load checkpoints in all three key layouts.)
+
+# %% [markdown]
+# ## 5. From tiny to 8x7B
+#
+# The block has four numbers: $H$, $I$, $E$, $k$. `config.scaled(hidden_size)` keeps Mixtral's ratios
+# ($I = 3.5H$, 8 experts, top-2) at another width. One MoE block holds $E \cdot 3HI + EH$ parameters, of which a
+# token uses $k \cdot 3HI + EH$:
+
+# %%
+def block_params(c: moe_edu.MixtralConfig) -> tuple[int, int]:
+    one = 3 * c.hidden_size * c.intermediate_size
+    router = c.num_local_experts * c.hidden_size
+    return c.num_local_experts * one + router, c.num_experts_per_tok * one + router
+
+
+print(f"{'config':>22} | {'H':>5} | {'I':>6} | {'block params':>14} | {'active':>13} | {'whole model':>16}")
+configs = [moe_edu.PRESETS["tiny"]] + [mix.scaled(h, name=f"8x7B shape @ H={h}") for h in (256, 1024)]
+configs += [moe_edu.PRESETS["mixtral-8x7b"], moe_edu.PRESETS["mixtral-8x22b"]]
+for c in configs:
+    total, active = block_params(c)
+    model_total = moe_edu.count_parameters(c).total
+    print(f"{c.name:>22} | {c.hidden_size:>5} | {c.intermediate_size:>6} | {total:>14,} | {active:>13,} | {model_total:>16,}")
+
+# %% [markdown]
+# ### 8x7B on the `meta` device
+#
+# 46.7B fp32 parameters would need 187 GB of RAM. On `torch.device("meta")` a tensor has a shape and a dtype but no
+# storage, so we can build the real model — every module, every weight shape — instantly, and count it:
+
+# %%
+with torch.device("meta"):
+    big_block = moe_edu.SparseMoeBlock(mix)
+    big_model = moe_edu.MixtralForCausalLM(mix)
+for name, p in big_block.named_parameters():
+    print(f"block.{name:<22} {tuple(p.shape)}  on {p.device.type}")
+n_meta = sum(p.numel() for p in big_model.parameters())
+print(f"MixtralForCausalLM(8x7B) parameters: {n_meta:,}")
+print(f"count_parameters(8x7B).total:        {moe_edu.count_parameters(mix).total:,}")
+print("equal:", n_meta == moe_edu.count_parameters(mix).total)
+
+# %% [markdown]
+# To run it for real you would materialise it on a device with enough memory (`model.to_empty(device="cuda")`)
+# and load the checkpoint's weights (`load_hf_state_dict`) — the same two steps as for the tiny model.
+
+# %% [markdown]
+# ## 6. The same code on a GPU, in bf16
+#
+# Nothing above is CPU-specific. On a GPU you move the block and the input to the device and, for speed and memory,
+# to **bf16**. Two details matter:
+#
+# - the **router stays in fp32**: `SparseMoeBlock` computes the logits and softmax in float32 whatever the input
+#   dtype (notebook 01 showed why), so its `router_logits` are fp32;
+# - the default **grouped** dispatch becomes one `grouped_mm` kernel per projection on CUDA (notebook 10 benchmarks it).
+#
+# This cell picks the GPU when there is one and the CPU otherwise; it prints only facts that hold on both.
+
+# %%
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+block16 = moe_edu.SparseMoeBlock(cfg).load_hf_state_dict(hand.state_dict()).to(device=device, dtype=torch.bfloat16)
+x16 = x.to(device=device, dtype=torch.bfloat16)  # (B, T, H)
+with torch.no_grad():
+    y16, logits16 = block16(x16)  # (B, T, H) bf16, (B*T, E) fp32
+rel = ((y16.float().cpu() - y_lib).norm() / y_lib.norm()).item()
+print("output dtype:", y16.dtype, "| router logits dtype:", logits16.dtype)
+print("same experts chosen as fp32:",
+      torch.equal(torch.topk(logits16.cpu(), k).indices.sort(-1).values, torch.topk(logits_lib, k).indices.sort(-1).values))
+print(f"relative error of the bf16 output vs fp32 < 2e-2: {rel < 2e-2}")
+
+# %% [markdown]
+# bf16 keeps about 3 significant digits, so the output differs from fp32 at the 1 % level — normal for bf16
+# inference — while the routing decisions, computed in fp32, are the same.
+
+# %% [markdown]
+# ## Recap
+#
+# - An expert is a SwiGLU FFN, $W_2(\mathrm{silu}(W_1x) \odot W_3x)$: $3HI$ parameters.
+# - The Mixtral block: `logits = x W_gᵀ` (fp32) → softmax → top-2 → renormalise → run each expert on its tokens →
+#   weighted sum. About 20 lines of torch.
+# - Our hand-built block, `moe_edu.SparseMoeBlock` and `transformers`' `MixtralSparseMoeBlock` give the same outputs
+#   on the same weights; state dicts convert between the v4/Mistral per-expert and the v5 fused layouts.
+# - `config.scaled` walks from the tiny model to 8x7B; on the `meta` device the real 8x7B has exactly
+#   46,702,792,704 parameters.
+# - On a GPU: same code, bf16 weights and activations, fp32 router.
+#
+# ## Check your understanding
+#
+# 1. Why does SwiGLU need three weight matrices where a classic FFN ($W_2\,\mathrm{relu}(W_1 x)$) needs two? How did
+#    Mistral keep the parameter count comparable?
+# 2. In `MixtralMoE.forward`, which line would you change to make it a Switch Transformer layer ($k = 1$, raw
+#    probability as the weight)?
+# 3. `gate_up_proj` has shape $(E, 2I, H)$. Which slice is $W_1$ and which is $W_3$, and why fuse them at all?
+# 4. One 8x7B MoE block has 1,409,318,912 parameters. How many bytes is that in bf16, and how many of them does one
+#    token read?
+# 5. Why keep the router in fp32 when everything else runs in bf16? What would go wrong otherwise?
+#
+# ## Exercises
+#
+# `notebooks/exercises/ex05_mixtral_smoe_block.ipynb`: assemble the block yourself, load a state dict into it and
+# pass the parity checker.
+#
+# **Next:** [06 · Routing explorer](06_routing_explorer.ipynb) — watch a trained model route real text.
