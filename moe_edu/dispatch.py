@@ -73,9 +73,13 @@ def decode_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, ch
     rows = []
     for t, picks in enumerate(chosen.tolist()):
         xt = x[t : t + 1]  # (1, H)
-        outs = [experts.expert(e, xt) * weights[t, j, None] for j, e in enumerate(picks)]  # k x (1, H), fp32 weights
-        rows.append(torch.stack(outs).sum(0))  # (1, H)
-    return torch.cat(rows).to(x.dtype) if rows else torch.zeros_like(x)  # (T, H)
+        row = 0
+        for j, e in enumerate(picks):
+            row = row + experts.expert(e, xt) * weights[t, j, None]  # (1, H) fp32 weights: fp32 sum
+        rows.append(row)
+    if not rows:
+        return torch.zeros_like(x)
+    return (rows[0] if len(rows) == 1 else torch.cat(rows)).to(x.dtype)  # (T, H)
 
 
 DECODE_MAX_TOKENS = 1  # on CPU, grouped dispatch hands batches this small to `decode_dispatch`

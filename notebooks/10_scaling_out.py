@@ -1,0 +1,317 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # 10 · Scaling out
+#
+# > **顯著降低計算成本** — *"significantly lower compute cost"*: each token uses 13B of 47B parameters. — the seed article, §1
+#
+# Sparse is cheaper **only if** sending tokens to their experts costs next to nothing. This notebook counts what a
+# mixture-of-experts layer really pays — FLOPs, bytes and kernel launches — reads the course's own benchmark
+# against an ideal dense layer and against `transformers`, and then spreads the experts over several processes
+# with `torch.distributed` (expert parallelism), where the new costs are tokens on the wire and the busiest rank.
+#
+# **Learning objectives.** After this notebook you can
+#
+# 1. cost a MoE layer three ways — FLOPs, bytes moved, launches — and say which one binds at T = 1, 64 and 16k tokens;
+# 2. explain the three fast paths of `moe_edu.dispatch` (decode, grouped GEMM, `grouped_mm` on CUDA) and why each wins where it does;
+# 3. read the committed CPU benchmark (ours vs ideal vs `transformers`) and the GPU one;
+# 4. run expert parallelism on 2 gloo processes, predict the all-to-all traffic by hand, and check the result equals one process;
+# 5. quantify load imbalance: under expert parallelism the slowest rank sets the pace.
+
+# %%
+import moe_edu
+from moe_edu.notebook import setup
+
+setup()  # seed 0, one thread, 4-digit printing: the same numbers every run
+
+import json
+import math
+
+import matplotlib.pyplot as plt
+import torch
+
+# %% [markdown]
+# ## 1. The dispatch cost model: FLOPs, bytes, launches
+#
+# Take one Mixtral-8x7B MoE layer: H = 4096, I = 14336, E = 8 experts, k = 2. For T tokens:
+#
+# * **FLOPs.** Each of the T·k (token, expert) pairs runs one SwiGLU expert: three H×I matrices, 2 FLOPs per
+#   multiply-add, so 6·T·k·H·I — whatever the dispatch. The dense view would be E/k = 4 times that.
+# * **Bytes.** Every expert that at least one token chose must have its 3·H·I weights read once. With uniform
+#   routing an expert is missed by all T tokens with probability (1 − k/E)^T, so the experts hit are
+#   E·(1 − (1 − k/E)^T): 2 at T = 1, all 8 from T ≈ 30. Activations add 2·T·k·(2H + 3I) elements (each
+#   gathered/intermediate tensor written once and read once).
+# * **Launches.** A loop over experts costs ~6 kernels per expert hit (find its tokens, gather, two GEMMs, the
+#   activation, scatter-add); the grouped path ~12 in total (sort, count, gather, two grouped GEMMs, combine);
+#   decoding one token by indexing its k experts ~4 per expert.
+#
+# Arithmetic intensity (FLOPs per byte) decides the regime: a GPU like the H200 does ~989 bf16 TFLOP/s against
+# ~4.8 TB/s of memory, so it needs ~200 FLOPs per byte to be compute-bound.
+
+# %%
+H, I, E, K = 4096, 14336, 8, 2
+BYTES = 2  # bf16
+
+
+def layer_cost(T: int, E: int = E, k: int = K) -> dict:
+    """FLOPs, bytes and launches of one MoE layer on T tokens (uniform routing, expected values)."""
+    flops = 6 * T * k * H * I
+    hit = E * (1 - (1 - k / E) ** T)  # expected experts with at least one token
+    weight_bytes = hit * 3 * H * I * BYTES
+    act_bytes = 2 * T * k * (2 * H + 3 * I) * BYTES
+    return {"T": T, "flops": flops, "hit": hit, "weight_MB": weight_bytes / 1e6, "act_MB": act_bytes / 1e6,
+            "intensity": flops / (weight_bytes + act_bytes), "launch_loop": 4 + 6 * hit, "launch_grouped": 12}
+
+
+print(f"{'T':>6} {'GFLOP':>9} {'experts hit':>11} {'weights MB':>10} {'activ. MB':>9} {'FLOP/byte':>9} "
+      f"{'launches loop':>13} {'grouped':>7}")
+for T in (1, 8, 64, 512, 4096, 16384):
+    c = layer_cost(T)
+    print(f"{T:>6} {c['flops'] / 1e9:>9.1f} {c['hit']:>11.2f} {c['weight_MB']:>10.0f} {c['act_MB']:>9.1f} "
+          f"{c['intensity']:>9.1f} {c['launch_loop']:>13.0f} {c['launch_grouped']:>7}")
+
+# %% [markdown]
+# Read the table top to bottom. At **T = 1** the layer does 0.7 GFLOP but must read ~705 MB of weights: about
+# 1 FLOP per byte, hopelessly memory-bound — the best possible decode step reads the two chosen experts at full
+# memory bandwidth and does nothing else. At **T = 64** all 8 experts are hit but each sees only ~16 rows: still
+# memory-bound, and now launches and routing bookkeeping are a visible share. Only from a few thousand tokens
+# does the layer become a compute problem, where the only thing that matters is that the per-expert GEMMs are big
+# and contiguous. The course's `SparseMoeBlock` checks the FLOP count against the parameter accounting of
+# notebook 00:
+
+# %%
+config = moe_edu.PRESETS["mixtral-8x7b"]
+per_layer_active = moe_edu.count_parameters(config).active_experts // config.num_hidden_layers
+print("6·k·H·I == 2 x active expert parameters per layer:", 6 * K * H * I == 2 * per_layer_active)
+
+# %% [markdown]
+# A roofline-style estimate turns the three costs into time: `max(FLOPs / peak, bytes / bandwidth) + launches ×
+# ~5 µs`. The launch term is what separates a loop over experts from a grouped kernel at small T.
+
+# %%
+PEAK, BW, LAUNCH = 989e12, 4.8e12, 5e-6  # H200 bf16 dense FLOP/s, HBM bytes/s, seconds per kernel launch
+Ts = [2**i for i in range(15)]
+fig, ax = plt.subplots()
+for name in ("loop", "grouped"):
+    us = []
+    for T in Ts:
+        c = layer_cost(T)
+        t = max(c["flops"] / PEAK, (c["weight_MB"] + c["act_MB"]) * 1e6 / BW) + c[f"launch_{name}"] * LAUNCH
+        us.append(1e6 * t / T)
+    ax.loglog(Ts, us, marker=".", label=name)
+ax.set_xlabel("tokens T")
+ax.set_ylabel("estimated µs per token")
+ax.set_title("Mixtral-8x7B MoE layer on an H200: cost model")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# ## 2. Three fast paths, one reference
+#
+# `moe_edu.dispatch` keeps the readable `loop` of notebook 03 as the reference, and its default `grouped` picks
+# the cheapest path for the situation — every one tested equal to `loop`, values and gradients:
+#
+# | situation | path | why |
+# |---|---|---|
+# | one token on CPU (decoding) | `decode`: run the k chosen experts by indexing their weights | no sort, no scatter: k GEMVs and nothing else |
+# | many tokens, CPU (or fp16/fp32 on GPU) | sort once, then **one GEMM per expert** writing into one buffer | big contiguous GEMMs; one `counts.tolist()` |
+# | many or few tokens, CUDA bf16 | the same sort, then `torch.nn.functional.grouped_mm` | one kernel for all experts, **no host sync** |
+#
+# A grouped GEMM is just "a loop of GEMMs over consecutive row blocks". Here it is in plain torch, then the
+# library's version (on CUDA bf16 it becomes a single `grouped_mm` kernel):
+
+# %%
+torch.manual_seed(0)
+counts = torch.tensor([3, 0, 4, 1])  # rows per expert, already sorted by expert
+x = torch.randn(int(counts.sum()), 5)  # (8, 5)
+w = torch.randn(4, 5, 3)  # (E, K, M): one weight matrix per expert
+
+by_hand = torch.cat([block @ w[e] for e, block in enumerate(x.split(counts.tolist()))])  # (8, 3)
+
+from moe_edu.grouped_mm import grouped_matmul
+
+print("grouped_matmul == loop of GEMMs:", torch.allclose(grouped_matmul(x, w, counts), by_hand, atol=1e-6))
+print(by_hand[:2])
+
+# %% [markdown]
+# Two details make the CUDA path free of host syncs: the per-expert counts come from `scatter_add_` (CUDA's
+# `bincount` asks the host for the maximum first), and the group offsets `counts.cumsum()` stay on the device,
+# where `grouped_mm` reads them. The k answers of a token are summed in fp32 in a fixed order, so the result is
+# deterministic (no `atomicAdd` race of `index_add_` on a GPU).
+
+# %% [markdown]
+# ## 3. The benchmark, as committed
+#
+# `python -m moe_edu.bench` times, in one process and interleaved rounds, our `SparseMoeBlock`, the **ideal** (one
+# dense SwiGLU expert over T·k rows: the same active FLOPs, no routing at all) and `transformers`'
+# `MixtralSparseMoeBlock` with its `eager` and `grouped_mm` experts on the same weights. The numbers below are read
+# from the committed `benchmarks/results/cpu_dispatch.json` — not timed live — so they describe the machine that
+# produced them (a shared 2-core cloud CPU).
+
+# %%
+from moe_edu.bench import RESULTS
+
+data = json.loads((RESULTS / "cpu_dispatch.json").read_text())
+rows = data["results"]
+print(f"torch {data['torch']}, {data['rounds']} rounds, forward, fp32, E=8, k=2")
+for r in rows:
+    ms = r["ms"]
+    hf_best = min(ms.get("hf_eager", math.inf), ms.get("hf_grouped_mm", math.inf))
+    print(f"H={r['hidden']:>4} I={r['intermediate']:>4} T={r['tokens']:>4} threads={r['threads']}: "
+          f"ours/ideal {ms['ours'] / ms['ideal']:.2f} (target ≤{r['max_vs_ideal']}), "
+          f"ours/HF best {ms['ours'] / hf_best:.2f} (target ≤{r['max_vs_hf']})")
+
+# %%
+fig, ax = plt.subplots()
+names = ["ours", "hf_eager", "hf_grouped_mm"]
+for i, name in enumerate(names):
+    ys = [r["ms"].get(name, float("nan")) / r["ms"]["ideal"] for r in rows]
+    ax.bar([j + 0.27 * i for j in range(len(rows))], ys, 0.27, label=name)
+ax.axhline(1.0, color="black", lw=0.8, ls="--", label="ideal (no routing)")
+ax.set_xticks([j + 0.27 for j in range(len(rows))],
+              [f"T={r['tokens']}\nH={r['hidden']}\n{r['threads']} thr" for r in rows], fontsize=7)
+ax.set_ylabel("time / ideal")
+ax.set_title("CPU, fp32: the price of routing")
+ax.legend(fontsize=7)
+plt.show()
+
+# %% [markdown]
+# Read the ratios with the cost model in hand. At **T = 1** our block takes the decode path: router, top-k, then
+# the two chosen experts — but it must read *two* experts' weights where the ideal reads one, so on a machine
+# whose caches are busy with other work (like the shared one that produced this file) memory traffic alone
+# makes it ~2× the ideal; `transformers`' eager loop adds one-hot masks, `nonzero` and per-expert indexing on
+# top. At **T = 64** every expert is hit with ~16 rows: the ideal streams one expert's weights while any sparse
+# layer must stream all eight, in small GEMMs — a cost of sparsity that no dispatch removes. At **T ≥ 1024** the
+# GEMMs dominate and the routing bookkeeping (one sort, one gather, one un-sort) is a few percent.
+#
+# The GPU benchmark (`benchmarks/gpu_bench.py`, Mixtral-8x7B layer size, bf16) reports TFLOP/s against a dense
+# GEMM of equal FLOPs and, for decoding, the bandwidth achieved on the active experts' weights:
+
+# %%
+gpu = RESULTS / "gpu_dispatch.md"
+print(gpu.read_text() if gpu.exists() else "GPU benchmark not run yet: python benchmarks/gpu_bench.py --out " + str(gpu.relative_to(RESULTS.parents[1])))
+
+# %% [markdown]
+# ## 4. Expert parallelism: experts on different processes
+#
+# When the experts do not fit one device, each of `world` ranks keeps E/world of them (rank r: experts
+# r·E/world …) and a **full copy of the router**. Every rank routes its own tokens, then:
+#
+# 1. sorts its T·k assignments by expert — which sorts them by owning rank, too;
+# 2. **all-to-all**: row blocks go to the ranks that own their experts;
+# 3. each rank runs its local experts on what arrived (one grouped GEMM pair);
+# 4. **all-to-all back**: answers return to where their tokens live;
+# 5. each rank combines its tokens' k answers with the router weights.
+#
+# Before launching processes, predict the traffic in plain torch: build the same seeded block and batch the
+# worker builds, route, and count what rank i sends to rank j.
+
+# %%
+from moe_edu.parallel_check import tiny_config
+
+world, tokens = 2, 32
+small = tiny_config()  # H=16, I=24, E=8, k=2
+torch.manual_seed(0)  # exactly what every worker does
+block = moe_edu.SparseMoeBlock(small, dispatch="loop")
+xs = torch.randn(world, tokens, small.hidden_size)  # rank r owns xs[r]
+local = small.num_local_experts // world
+predicted = torch.zeros(world, world, dtype=torch.long)
+for r in range(world):
+    _, _, chosen = block.route(xs[r : r + 1])  # (T, k) experts chosen by rank r's tokens
+    predicted[r] = torch.bincount(chosen.reshape(-1) // local, minlength=world)  # owner rank of each assignment
+print("predicted rows sent (row = from rank, column = to rank):")
+print(predicted)
+
+# %% [markdown]
+# Now the real thing: `check_expert_parallel` spawns 2 gloo processes on 127.0.0.1 (NCCL on GPUs runs the same
+# code); each runs `moe_edu.parallel.ExpertParallelMoeBlock` on its slice and the single-process block on the
+# whole batch, forward **and** backward, and reports the worst difference. (A worker must live in an importable
+# module — functions defined in a notebook cannot be spawned — so it lives in `moe_edu/parallel_check.py`.)
+
+# %%
+from moe_edu.parallel_check import check_expert_parallel
+
+report = check_expert_parallel(world=2, tokens=tokens, seed=0, timeout_s=120)
+print("measured rows sent:")
+print(torch.tensor(report.traffic))
+print("matches the prediction:", torch.equal(torch.tensor(report.traffic), predicted))
+print("rows each rank's experts processed:", report.expert_rows)
+for name, err in report.max_err.items():
+    print(f"  {name:>12}: |expert parallel - one process| <= 1e-6: {err <= 1e-6}")
+
+# %% [markdown]
+# Every assignment crosses the wire twice (there and back), so per layer and step the all-to-all moves
+# 2·T·k·H values, a fraction (world − 1)/world of them to *other* ranks. For Mixtral-8x7B at T = 4096 tokens per
+# rank that is 2·4096·2·4096·2 bytes ≈ 134 MB per layer, forward alone — why expert parallelism wants fast links
+# (NVLink inside a node) and why the backward pass, which reverses both sends, doubles it.
+
+# %% [markdown]
+# ## 5. Load imbalance: the busiest rank sets the pace
+#
+# Each rank waits for the all-to-all, so a step takes as long as the rank with the most rows. If tokens favour
+# the experts of one rank, the others idle. Make expert 0 (on rank 0) more attractive by shifting tokens along
+# its router row by `skew` standard deviations of its logit, and measure, for 4 ranks × 2 experts, the load of
+# each rank and the efficiency `mean load / max load` (1.0 = perfectly balanced).
+
+# %%
+torch.manual_seed(0)
+world4 = 4
+router = moe_edu.SparseMoeBlock(small)
+w0 = router.gate.weight.detach()[0]  # (H,)
+base = torch.randn(4096, small.hidden_size)  # (N, H)
+skews = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0]
+efficiency = []
+for skew in skews:
+    x_skew = base + skew * w0 / w0.norm()  # (N, H)
+    _, _, chosen = router.route(x_skew[None])  # (N, k)
+    load = torch.bincount(chosen.reshape(-1) // (small.num_local_experts // world4), minlength=world4).float()
+    efficiency.append((load.mean() / load.max()).item())
+    print(f"skew {skew:.1f}: rows per rank {load.long().tolist()}, efficiency {efficiency[-1]:.2f}")
+
+# %%
+fig, ax = plt.subplots()
+ax.plot(skews, efficiency, marker="o")
+ax.set_xlabel("skew towards expert 0 (logit std)")
+ax.set_ylabel("mean load / max load")
+ax.set_ylim(0, 1.05)
+ax.set_title("Expert parallelism, 4 ranks: efficiency under imbalance")
+plt.show()
+
+# %% [markdown]
+# At efficiency 0.5 the whole layer runs at half speed: three ranks wait for one. This is the systems reason for
+# the load-balancing loss of notebook 07 (it pushes the router towards uniform loads) and for expert capacity in
+# notebook 09 (it caps the busiest expert, at the price of dropped tokens). Mixtral trains with the auxiliary
+# loss and serves dropless.
+
+# %% [markdown]
+# ## Recap
+#
+# * A MoE layer's FLOPs are fixed by k; what dispatch controls is **bytes** (read each hit expert once, move
+#   activations few times) and **launches** (constant, not per expert) — and, on a GPU, **host syncs**.
+# * Decoding is memory-bound: the best step reads the k chosen experts and nothing else. Large batches are
+#   compute-bound: one sort, then big contiguous per-expert GEMMs (`grouped_mm` on CUDA).
+# * The committed benchmark measures our layer against an ideal dense layer of equal active FLOPs and against
+#   `transformers`, in one process with interleaved rounds.
+# * Expert parallelism = replicated router + sharded experts + two all-to-alls; it equals one process exactly,
+#   forward and backward, and its speed is set by the busiest rank.
+#
+# ## Check your understanding
+#
+# 1. Why do the active FLOPs not depend on the dispatch, while the time does?
+# 2. At T = 1, how many bytes of expert weights must a Mixtral-8x7B layer read in bf16? Why can no dispatch beat that?
+# 3. At T = 64 with 8 experts, why is even a perfect sparse layer slower than one dense expert over 128 rows?
+# 4. Why does CUDA's `bincount` break "no host syncs", and what replaces it here?
+# 5. With 8 ranks and uniform routing, what fraction of the all-to-all stays on the sending rank?
+# 6. Why must the router's gradients be summed across ranks but the experts' gradients need no all-reduce?
+#
+# ## Exercises
+#
+# The exercise sets live in `notebooks/exercises/` (start with `ex03` on sorting by expert, which this notebook
+# builds on). Further challenges: add `tokens_sent` bytes to `layer_cost`; rerun section 5 with `top_k = 1`;
+# run `python -m moe_edu.bench --backward --quick` and explain which ratio changes most.
