@@ -60,7 +60,8 @@ class RoutingExplorer:
                                        value="", description="preset")
         self.text_box = widgets.Textarea(value=text, placeholder="Type a text to route", description="text",
                                          continuous_update=False, layout=widgets.Layout(width="95%", height="80px"))
-        self.layer_box = widgets.Dropdown(options=[(f"layer {i}", i) for i in range(L)], value=layer, description="layer")
+        self.layer_box = widgets.Dropdown(options=[(f"layer {i}", i) for i in range(L)], value=layer,
+                                          description="layer")
         self.k_box = widgets.IntSlider(value=k, min=1, max=E, description="k", continuous_update=False)
         self.status = widgets.HTML(value="")
         self.views = {name: widgets.HTML(value="") for name in TABS}

@@ -26,11 +26,13 @@ def expert_colour(expert: int, num_experts: int) -> str:
     return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
 
 
-def token_label(token: str) -> str:
-    """Escaped, visible text for one token: newlines and tabs become arrows, empty becomes ∅."""
+def token_label(token: str, visible_space: bool = False) -> str:
+    """Escaped, visible text for one token: newlines and tabs become arrows, empty becomes ∅
+    (and spaces become ␣ with `visible_space`, for table headers where a blank would vanish)."""
     if token == "":
         return "∅"
-    return escape(token).replace("\t", "⇥").replace("\r", "").replace("\n", "↵")
+    label = escape(token).replace("\t", "⇥").replace("\r", "").replace("\n", "↵")
+    return label.replace(" ", "␣") if visible_space else label
 
 
 def token_detail(trace: RoutingTrace, t: int, weights, experts) -> str:
@@ -53,7 +55,8 @@ def legend_html(num_experts: int, counts: list[int] | None = None) -> str:
     items = []
     for e in range(num_experts):
         n = "" if counts is None else f" ({counts[e]})"
-        items.append(f'<span class="moe-legend-item" data-expert="{e}" style="background:{expert_colour(e, num_experts)};'
+        items.append(f'<span class="moe-legend-item" data-expert="{e}" '
+                     f'style="background:{expert_colour(e, num_experts)};'
                      f'padding:0 6px;margin:0 4px 2px 0;border-radius:3px;display:inline-block;white-space:nowrap">'
                      f"expert {e}{n}</span>")
     return f'<div class="moe-legend" style="margin:4px 0;font-family:monospace">{"".join(items)}</div>'

@@ -124,7 +124,8 @@ def trace_routing(model: Any, tokenizer: Tokenizer, text: str, max_tokens: int |
         model.train(was_training)
     router_logits = getattr(out, "router_logits", None)
     if not router_logits:
-        raise TypeError("model output has no router_logits: forward(input_ids, output_router_logits=True) must return them")
+        raise TypeError("model output has no router_logits: forward(input_ids, output_router_logits=True) "
+                        "must return one (B*T, E) tensor per layer")
     logits = torch.stack([r.detach().float().cpu().reshape(len(kept), -1) for r in router_logits])  # (L, T, E)
     return RoutingTrace(
         text=text,

@@ -14,6 +14,10 @@ _TABLE = 'style="border-collapse:collapse;font-family:monospace;font-size:12px"'
 _CELL = "padding:1px 4px;border:1px solid #eee;text-align:center"
 
 
+def _label(token: str) -> str:
+    return token_label(token, visible_space=True)  # a blank header cell would hide a space token
+
+
 def _chip(expert: int, weight: float, num_experts: int) -> str:
     return (f'<span class="moe-chip" data-expert="{expert}" data-w="{weight:.4f}" style="background:'
             f'{expert_colour(expert, num_experts)};padding:0 4px;margin-right:3px;border-radius:3px">'
@@ -24,6 +28,7 @@ def heatmap_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_pr
     """Tokens x experts table of router probabilities at `layer`; the top-k chosen cells are bold."""
     layer, k = trace.check_layer(layer), trace.check_k(k)
     probs = trace.probs[layer]  # (T, E)
+    top = float(probs.max())  # shade relative to the layer's largest probability
     chosen = trace.topk(layer, k)[1].tolist()  # (T, k)
     head = "".join(f'<th style="{_CELL}">e{e}</th>' for e in range(trace.num_experts))
     rows = []
@@ -31,12 +36,14 @@ def heatmap_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_pr
         cells = []
         for e, p in enumerate(probs[t].tolist()):
             bold = "font-weight:bold;outline:2px solid #333;" if e in chosen[t] else ""
-            cells.append(f'<td data-p="{p:.4f}" style="{_CELL};{bold}background:rgba(49,130,189,{p:.3f})">{p:.2f}</td>')
-        rows.append(f'<tr id="{id_prefix}-L{layer}-t{t}"><th style="{_CELL};text-align:right">{token_label(tok)}</th>'
+            shade = f"background:rgba(49,130,189,{0.8 * p / top:.3f})"
+            cells.append(f'<td data-p="{p:.4f}" style="{_CELL};{bold}{shade}">{p:.2f}</td>')
+        rows.append(f'<tr id="{id_prefix}-L{layer}-t{t}"><th style="{_CELL};text-align:right">{_label(tok)}</th>'
                     f'{"".join(cells)}</tr>')
     return (f'<div class="moe-heatmap" data-layer="{layer}" style="max-height:420px;overflow:auto">'
             f'<p style="margin:2px 0">Router probabilities at layer {layer} (softmax over all '
-            f"{trace.num_experts} experts); outlined: the top-{k} chosen.</p>"
+            f"{trace.num_experts} experts; darker = larger, relative to the largest, {top:.2f}); "
+            f"outlined: the top-{k} chosen.</p>"
             f'<table {_TABLE}><tr><th></th>{head}</tr>{"".join(rows)}</table></div>')
 
 
@@ -60,7 +67,7 @@ def load_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_prefi
 def overview_html(trace: RoutingTrace, *, id_prefix: str = "moe-overview") -> str:
     """Layers x tokens grid, each cell coloured (and labelled) by the token's first-choice expert."""
     first = trace.first_choices().tolist()  # (L, T)
-    head = "".join(f'<th style="{_CELL}">{token_label(tok)}</th>' for tok in trace.tokens)
+    head = "".join(f'<th style="{_CELL}">{_label(tok)}</th>' for tok in trace.tokens)
     rows = []
     for layer, experts in enumerate(first):
         cells = "".join(f'<td data-expert="{e}" style="{_CELL};background:{expert_colour(e, trace.num_experts)}">'
@@ -87,8 +94,9 @@ def topk_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_prefi
         if compare:
             extra = f'<td style="{_CELL}">' + "".join(
                 _chip(int(e), float(w), trace.num_experts) for w, e in zip(w0[t], e0[t])) + "</td>"
-        rows.append(f'<tr id="{id_prefix}-L{layer}-t{t}"><th style="{_CELL};text-align:right">{token_label(tok)}</th>'
-                    f'<td style="{_CELL};text-align:left">{chips}</td><td style="{_CELL}">{kept[t]:.3f}</td>{extra}</tr>')
+        rows.append(f'<tr id="{id_prefix}-L{layer}-t{t}"><th style="{_CELL};text-align:right">{_label(tok)}</th>'
+                    f'<td style="{_CELL};text-align:left">{chips}</td>'
+                    f'<td style="{_CELL}">{kept[t]:.3f}</td>{extra}</tr>')
     extra_head = f'<th style="{_CELL}">model (k={trace.top_k})</th>' if compare else ""
     return (f'<div class="moe-topk" data-layer="{layer}" data-k="{k}" style="max-height:420px;overflow:auto">'
             f'<p style="margin:2px 0">k = {k}: the chosen experts and their weights, renormalised to sum to 1 '
