@@ -108,7 +108,7 @@ def main() -> None:
         f"grouped_mm kernel: {'yes' if kernel else 'no (loop fallback)'}; grouped vs loop max rel. error {rel_err:.2e}; "
         f"device-to-device copy {copy_gbs:.0f} GB/s (read+write).",
         "",
-        "| T | ours ms | ours TFLOP/s | dense GEMM ms | ours / dense (target ≥0.70 at 16384) | "
+        "| T | ours ms | ours TFLOP/s | dense GEMM ms | fraction of dense GEMM (target ≥0.70 at 16384) | "
         "active experts | weight GB/s | / copy (target ≥0.60 at T≤8) | HF grouped_mm ms |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
