@@ -190,3 +190,15 @@ def test_accepts_a_transformers_model(model, tok):
     ours = trace_routing(model, tok, "same routing")
     assert theirs.logits.shape == ours.logits.shape == (4, 12, 8)
     assert torch.equal(theirs.first_choices(), ours.first_choices())
+
+
+@pytest.mark.gpu
+def test_explorer_on_cuda_bf16(model, tok):
+    import copy
+
+    cuda_model = copy.deepcopy(model).to("cuda", torch.bfloat16)
+    ex = RoutingExplorer(cuda_model, tok, text="The cat sat.")
+    assert ex.message == ""
+    assert ex.trace.logits.device.type == "cpu" and ex.trace.logits.dtype == torch.float32
+    assert ex.trace.logits.shape == (4, 12, 8)
+    assert token_experts(ex.views["tokens"].value) == ex.trace.first_choice(0).tolist()
