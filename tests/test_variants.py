@@ -328,3 +328,120 @@ def test_compare_table_is_deterministic_and_complete():
     assert load_stats(torch.tensor([2, 2, 2, 2]))["load CV"] == 0.0
     with pytest.raises(KeyError, match="no such columns"):
         table.select("nope")
+
+
+# --- exercise checkers (moe_edu.exercises.family), imported lazily: importing registers them in
+# moe_edu.exercises.ALL, which tests/test_exercises.py compares with its own list -------------------
+def _switch_route_renormalised(logits, factor):  # weight = 1 after renormalising a single expert
+    from moe_edu.variants.switch import switch_route
+
+    w, e, keep = switch_route(logits, factor)
+    return torch.ones_like(w), e, keep
+
+
+def _switch_route_floor(logits, factor):  # C rounded down instead of up
+    N, E = logits.shape
+    p, e = torch.softmax(logits.float(), -1).max(-1)
+    keep = keep_within_capacity(e[:, None], E, int(factor * N / E))[:, 0]
+    return p, e, keep
+
+
+def _switch_route_last_first(logits, factor):  # the last tokens win the buffer
+    from moe_edu.variants.switch import switch_route
+
+    w, e, keep = switch_route(logits.flip(0), factor)
+    return w.flip(0), e.flip(0), keep.flip(0)
+
+
+def _switch_moe_passthrough(x, experts, logits, factor):  # dropped tokens output x instead of 0
+    from moe_edu.exercises.family import switch_moe_reference
+    from moe_edu.variants.switch import switch_route
+
+    y, dropped = switch_moe_reference(x, experts, logits, factor)
+    keep = switch_route(logits, factor)[2]
+    return torch.where(keep[:, None], y, x), dropped
+
+
+def _switch_moe_counts_kept(x, experts, logits, factor):
+    from moe_edu.exercises.family import switch_moe_reference
+
+    y, dropped = switch_moe_reference(x, experts, logits, factor)
+    return y, x.shape[0] - dropped
+
+
+def _ec_softmax_over_tokens(logits, factor):  # normalised down the wrong axis
+    N, E = logits.shape
+    return torch.topk(torch.softmax(logits.float(), 0).t(), expert_capacity(N, E, 1, factor), dim=-1)
+
+
+def _ec_token_choice(logits, factor):  # top-C along each token's row: wrong shape
+    N, E = logits.shape
+    return torch.topk(torch.softmax(logits.float(), -1), min(E, expert_capacity(N, E, 1, factor)), dim=-1)
+
+
+def _ec_moe_renormalised(x, experts, logits, factor):  # renormalises each token's gates to sum 1
+    from moe_edu.variants.expert_choice import expert_choice_route
+
+    gate, token = expert_choice_route(logits, factor)
+    E, C = gate.shape
+    total = torch.zeros(x.shape[0]).index_add_(0, token.reshape(-1), gate.reshape(-1))
+    gate = gate / total[token]
+    y = torch.zeros_like(x)
+    for e in range(E):
+        y.index_add_(0, token[e], gate[e, :, None] * experts.expert(e, x[token[e]]))
+    return y, int((torch.bincount(token.reshape(-1), minlength=x.shape[0]) == 0).sum())
+
+
+def _ec_moe_no_count(x, experts, logits, factor):
+    from moe_edu.exercises.family import expert_choice_moe_reference
+
+    return expert_choice_moe_reference(x, experts, logits, factor)[0], 0
+
+
+FAMILY_WRONG = {
+    "switch_route": [(_switch_route_renormalised, "weight differs"), (_switch_route_floor, "keep differs"),
+                     (_switch_route_last_first, "keep differs")],
+    "switch_moe": [(_switch_moe_passthrough, "y differs"), (_switch_moe_counts_kept, "dropped: expected")],
+    "expert_choice_route": [(_ec_softmax_over_tokens, "gate differs"), (_ec_token_choice, "gate shape")],
+    "expert_choice_moe": [(_ec_moe_renormalised, "y differs"), (_ec_moe_no_count, "unrouted: expected")],
+}
+
+
+def _one_line(capsys, ex, fn):
+    ok = ex.check(fn)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1, lines
+    return ok, lines[0]
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_WRONG))
+def test_family_checker_reference_stub_and_mistakes(capsys, name):
+    from moe_edu.exercises import family
+
+    ex = family.exercises.get(name)
+    assert len(ex.hints) >= 2
+    ok, line = _one_line(capsys, ex, ex.reference)
+    assert ok and line.startswith(f"✓ {name}: all ")
+
+    def stub(*args, **kwargs):
+        raise NotImplementedError()
+
+    ok, line = _one_line(capsys, ex, stub)
+    assert not ok and "not attempted" in line
+    for fn, phrase in FAMILY_WRONG[name]:
+        ok, line = _one_line(capsys, ex, fn)
+        assert not ok and line.startswith(f"✗ {name}: case ") and phrase in line, line
+        assert ex.use(fn) is ex.reference
+
+
+def test_family_references_are_the_layers():
+    from moe_edu.exercises.family import expert_choice_moe_reference, switch_moe_reference
+
+    x = hidden()
+    for cls, ref in ((SwitchMoE, switch_moe_reference), (ExpertChoiceMoE, expert_choice_moe_reference)):
+        moe = seeded(cls, E, 1.0)
+        out = moe(x)
+        flat = x.reshape(-1, H)
+        y, dropped = ref(flat, moe.experts, moe.router_logits(flat), 1.0)
+        torch.testing.assert_close(out.y.reshape(-1, H), y)
+        assert out.dropped == dropped

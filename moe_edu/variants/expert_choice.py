@@ -18,6 +18,17 @@ from .base import MoEOutput, RoutedMoE, check_capacity_factor
 from .capacity import dispatch_assignments, expert_capacity
 
 
+def expert_choice_route(logits: torch.Tensor, capacity_factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each expert picks its C best tokens: logits (N, E) -> gate (E, C) fp32 scores, token (E, C) int64,
+    with S = softmax over experts and C = ceil(capacity_factor * N / E) (highest score first)."""
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be (tokens, experts), got shape {tuple(logits.shape)}")
+    N, E = logits.shape
+    scores = torch.softmax(logits.float(), dim=-1)  # (N, E)
+    gate, token = torch.topk(scores.t(), expert_capacity(N, E, 1, capacity_factor), dim=-1)  # (E, C), (E, C)
+    return gate, token
+
+
 class ExpertChoiceMoE(RoutedMoE):
     label = "Expert choice"
     gating = "softmax over experts; each expert takes its top-C tokens"
@@ -50,9 +61,8 @@ class ExpertChoiceMoE(RoutedMoE):
         flat = self.flatten(x)  # (N, H)
         N, E = flat.shape[0], self.num_experts
         logits = self.router_logits(flat)  # (N, E)
-        scores = torch.softmax(logits, dim=-1)  # (N, E)
-        C = self.capacity(N)
-        gate, token = torch.topk(scores.t(), C, dim=-1)  # (E, C), (E, C): each expert's best tokens
+        gate, token = expert_choice_route(logits, self.capacity_factor)  # (E, C), (E, C): each expert's best tokens
+        C = gate.shape[1]
         expert = torch.arange(E, device=flat.device).repeat_interleave(C)  # (E*C,)
         y = dispatch_assignments(flat, self.experts, token.reshape(-1), expert, gate.reshape(-1))  # (N, H)
         experts_per_token = torch.bincount(token.reshape(-1), minlength=N)  # (N,)

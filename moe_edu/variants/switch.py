@@ -17,6 +17,18 @@ from .base import MoEOutput, RoutedMoE, check_capacity_factor
 from .capacity import dispatch_kept, expert_capacity, keep_within_capacity
 
 
+def switch_route(logits: torch.Tensor, capacity_factor: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-1 routing with capacity: logits (N, E) -> weight (N,) = p of the chosen expert (fp32),
+    expert (N,) int64, keep (N,) bool (False = dropped: its expert was full, first come first served)."""
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be (tokens, experts), got shape {tuple(logits.shape)}")
+    N, E = logits.shape
+    probs = torch.softmax(logits.float(), dim=-1)  # (N, E)
+    weight, expert = probs.max(dim=-1)  # (N,), (N,)
+    keep = keep_within_capacity(expert[:, None], E, expert_capacity(N, E, 1, capacity_factor))  # (N, 1)
+    return weight, expert, keep[:, 0]
+
+
 class SwitchMoE(RoutedMoE):
     label = "Switch top-1"
     gating = "softmax -> top-1, weight = p (no renormalisation)"
@@ -43,9 +55,8 @@ class SwitchMoE(RoutedMoE):
     def forward(self, x: torch.Tensor) -> MoEOutput:
         flat = self.flatten(x)  # (N, H)
         logits = self.router_logits(flat)  # (N, E)
-        probs = torch.softmax(logits, dim=-1)  # (N, E)
-        weight, chosen = probs.max(dim=-1, keepdim=True)  # (N, 1), (N, 1)
-        keep = keep_within_capacity(chosen, self.num_experts, self.capacity(flat.shape[0]))  # (N, 1)
+        weight, expert, kept = switch_route(logits, self.capacity_factor)  # (N,), (N,), (N,)
+        weight, chosen, keep = weight[:, None], expert[:, None], kept[:, None]  # (N, 1) each: k = 1
         y = dispatch_kept(flat, self.experts, weight, chosen, keep)  # (N, H)
         dropped = int((~keep).sum())
         return MoEOutput(
