@@ -87,7 +87,7 @@ def test_use_falls_back_silently(capsys):
 def test_hint_and_unknown_names(capsys):
     reg.hint("double")
     assert capsys.readouterr().out == "hint 1/1 for double: multiply by two\n"
-    assert reg.check("nope", _double) is False
+    assert not reg.check("nope", _double)
     assert capsys.readouterr().out.startswith("✗ nope: no exercise 'nope'")
 
 
@@ -99,3 +99,11 @@ def test_compare_scalars():
     assert compare(0.5, 0.5 + 1e-9, atol=1e-6, rtol=0) is None
     assert "expected a tuple of 2 values, got 1 values" in compare((1, 2), (1,), atol=0, rtol=0)
     assert compare((torch.ones(2), 1), (torch.ones(2), 2), atol=0, rtol=0).startswith("output[1]")
+
+
+def test_verdict_is_bool_like_and_silent_in_ipython(capsys):
+    ok = reg.check("double", _double)
+    capsys.readouterr()
+    assert ok and ok == True and repr(ok) == "True" and isinstance(ok, int)  # noqa: E712
+    assert ok._ipython_display_() is None
+    assert repr(reg.check("double", lambda x: x)) == "False"

@@ -3,13 +3,14 @@
 In a notebook::
 
     from moe_edu.exercises import gating as ex
-    ex.check_router_logits(my_router_logits)   # prints one line: ✓ / ✗ ... / ○ not attempted
+    ex.check_router_logits(my_router_logits)   # prints one line: ✓ / ✗ ... / ○ not attempted;
+                                               # returns a bool-like Verdict that shows nothing as a cell value
     ex.hint("router_logits")                   # all hints; ex.hint("router_logits", 1) only the first
     router_logits = ex.use(my_router_logits, "router_logits")  # yours if it passes, else the reference
 
 Every checker runs the student's function and the library's reference on the same seeded
 cases (`torch.random.fork_rng`, so the notebook's own RNG stream is untouched), prints
-exactly one deterministic line and returns True/False. It never raises: a stub that still
+exactly one deterministic line and returns a true or false `Verdict`. It never raises: a stub that still
 raises `NotImplementedError` prints "not attempted", any other exception is reported as
 "✗ ... your function raised TypeError: ...", a wrong output names the first failing case
 and the first difference (type, shape, dtype, or the first mismatching entries).
@@ -41,11 +42,11 @@ from __future__ import annotations
 
 import importlib
 
-from .core import ALL, Case, Exercise, Registry, compare, randn
+from .core import ALL, Case, Exercise, Registry, Verdict, compare, randn
 
 MODULES = ("gating", "topk", "sparse", "combining", "smoe_block", "load_balancing")
 
-__all__ = ["ALL", "Case", "Exercise", "Registry", "compare", "randn", "load_all", *MODULES]
+__all__ = ["ALL", "Case", "Exercise", "Registry", "Verdict", "compare", "randn", "load_all", *MODULES]
 
 
 def load_all() -> dict[str, Exercise]:

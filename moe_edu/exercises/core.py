@@ -6,7 +6,8 @@ A checker never raises into the notebook. It prints exactly one line:
     ✗ router_logits: case 2 (bf16 input, T=5): output dtype: expected torch.float32, got torch.bfloat16
     ○ router_logits: not attempted yet (the stub still raises NotImplementedError)
 
-and returns True only when every case passes. `use(fn, name)` is the silent twin that
+and returns a `Verdict` (bool-like, shows nothing as a cell's value) that is true only
+when every case passes. `use(fn, name)` is the silent twin that
 later notebook cells call: the student's function when it passes, else the reference,
 so a notebook stays usable top to bottom before any exercise is done.
 """
@@ -26,6 +27,20 @@ from torch import nn
 
 PASS, FAIL, TODO = "✓", "✗", "○"
 MAX_SHOWN = 3  # mismatching entries named in a failure line
+
+
+class Verdict(int):
+    """A checker's result: truthy when every case passed. Behaves like a bool, but shows
+    nothing as a cell's last value (the printed line already says it all)."""
+
+    def __new__(cls, ok: bool) -> "Verdict":
+        return super().__new__(cls, bool(ok))
+
+    def __repr__(self) -> str:
+        return str(bool(self))
+
+    def _ipython_display_(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -184,11 +199,11 @@ class Exercise:
         with torch.random.fork_rng(devices=[]):
             return _outcome(fn, self.reference, cases, self.normalize, self.atol, self.rtol, self.outputs)
 
-    def check(self, fn: Callable) -> bool:
-        """Print one line (✓ / ✗ / ○) and return whether every case passes."""
+    def check(self, fn: Callable) -> Verdict:
+        """Print one line (✓ / ✗ / ○) and return whether every case passes (a bool-like `Verdict`)."""
         symbol, message = self.outcome(fn)
         print(f"{symbol} {self.name}: {message}")
-        return symbol == PASS
+        return Verdict(symbol == PASS)
 
     def use(self, fn: Callable) -> Callable:
         """The student's function when it passes every case, else the reference; prints nothing."""
@@ -236,12 +251,12 @@ class Registry:
         except KeyError:
             raise KeyError(f"no exercise {name!r} in {self.topic}; choose one of {sorted(self.exercises)}") from None
 
-    def check(self, name: str, fn: Callable) -> bool:
+    def check(self, name: str, fn: Callable) -> Verdict:
         try:
             ex = self.get(name)
         except KeyError as err:
             print(f"{FAIL} {name}: {err.args[0]}")
-            return False
+            return Verdict(False)
         return ex.check(fn)
 
     def hint(self, name: str, level: int | None = None) -> None:

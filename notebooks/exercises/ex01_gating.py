@@ -45,7 +45,7 @@ def router_logits(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 # %%
-ex.check_router_logits(router_logits);
+ex.check_router_logits(router_logits)
 
 # %% [markdown]
 # A hint looks like this (hints never give the solution away):
@@ -68,7 +68,7 @@ def router_probs(logits: torch.Tensor) -> torch.Tensor:
 
 
 # %%
-ex.check_router_probs(router_probs);
+ex.check_router_probs(router_probs)
 
 # %% [markdown]
 # ## Your router on a tiny Mixtral block

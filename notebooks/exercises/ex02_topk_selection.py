@@ -37,7 +37,7 @@ def topk_mask(probs: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # %%
-ex.check_topk_mask(topk_mask);
+ex.check_topk_mask(topk_mask)
 
 # %% [markdown]
 # ## Exercise 2.2 — top-k with renormalised weights
@@ -59,7 +59,7 @@ def topk_renormalised(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
 
 
 # %%
-ex.check_topk_renormalised(topk_renormalised);
+ex.check_topk_renormalised(topk_renormalised)
 
 # %% [markdown]
 # ## How many experts does each token use?

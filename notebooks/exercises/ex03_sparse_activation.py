@@ -37,7 +37,7 @@ def tokens_per_expert(chosen: torch.Tensor, num_experts: int) -> torch.Tensor:
 
 
 # %%
-ex.check_tokens_per_expert(tokens_per_expert);
+ex.check_tokens_per_expert(tokens_per_expert)
 
 # %% [markdown]
 # ## Exercise 3.2 — the dispatch loop
@@ -64,7 +64,7 @@ def loop_dispatch(x, experts, weights, chosen):
 
 
 # %%
-ex.check_loop_dispatch(loop_dispatch);
+ex.check_loop_dispatch(loop_dispatch)
 
 # %% [markdown]
 # ## Exercise 3.3 — sort the assignments by expert
@@ -84,7 +84,7 @@ def sort_by_expert(chosen: torch.Tensor, num_experts: int) -> tuple[torch.Tensor
 
 
 # %%
-ex.check_sort_by_expert(sort_by_expert);
+ex.check_sort_by_expert(sort_by_expert)
 
 # %% [markdown]
 # ## Exercise 3.4 — the grouped dispatch
@@ -111,7 +111,7 @@ def grouped_dispatch(x, experts, weights, chosen):
 
 
 # %%
-ex.check_grouped_dispatch(grouped_dispatch);
+ex.check_grouped_dispatch(grouped_dispatch)
 
 # %% [markdown]
 # ## Your dispatch inside a tiny Mixtral block

@@ -38,7 +38,7 @@ def topk_softmax(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
 
 
 # %%
-ex.check_topk_softmax(topk_softmax);
+ex.check_topk_softmax(topk_softmax)
 
 # %% [markdown]
 # ## Exercise 4.2 — the order-equivalence check
@@ -61,7 +61,7 @@ def same_routing(a, b, atol: float = 1e-6) -> bool:
 
 
 # %%
-ex.check_same_routing(same_routing);
+ex.check_same_routing(same_routing)
 
 # %% [markdown]
 # ## Both orders agree
@@ -96,7 +96,7 @@ def combine(expert_outputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
 
 
 # %%
-ex.check_combine(combine);
+ex.check_combine(combine)
 
 # %% [markdown]
 # ## k = E is a dense mixture

@@ -38,7 +38,7 @@ def swiglu_expert(x, w1, w3, w2):
 
 
 # %%
-ex.check_swiglu_expert(swiglu_expert);
+ex.check_swiglu_expert(swiglu_expert)
 
 # %% [markdown]
 # ## Exercise 5.2 — the whole block
@@ -74,7 +74,7 @@ def moe_block(x, gate, w1, w3, w2, k):
 
 
 # %%
-ex.check_moe_block(moe_block);
+ex.check_moe_block(moe_block)
 
 # %% [markdown]
 # ## Parity with `moe_edu.SparseMoeBlock` (and `transformers`)
@@ -137,7 +137,7 @@ def active_parameters(config) -> int:
 
 
 # %%
-ex.check_active_parameters(active_parameters);
+ex.check_active_parameters(active_parameters)
 
 # %%
 active_fn = ex.use(active_parameters, "active_parameters")

@@ -46,7 +46,7 @@ def load_balancing_loss(router_logits: torch.Tensor, num_experts: int, top_k: in
 
 
 # %%
-ex.check_load_balancing_loss(load_balancing_loss);
+ex.check_load_balancing_loss(load_balancing_loss)
 
 # %% [markdown]
 # ## Exercise 7.2 — the router z-loss
@@ -64,7 +64,7 @@ def router_z_loss(router_logits: torch.Tensor) -> torch.Tensor:
 
 
 # %%
-ex.check_router_z_loss(router_z_loss);
+ex.check_router_z_loss(router_z_loss)
 
 # %% [markdown]
 # ## Uniform routing gives k, collapse gives more
