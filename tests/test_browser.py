@@ -94,8 +94,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def jupyter_lab(root_dir: Path, tmp: Path):
-    """A JupyterLab server on 127.0.0.1 with its config/data/runtime dirs in `tmp`; yields (url, log)."""
+def jupyter_lab(root_dir: Path, tmp: Path, while_starting=lambda: None):
+    """A JupyterLab server on 127.0.0.1 with its config/data/runtime dirs in `tmp`; yields (url, token, log).
+
+    `while_starting()` runs while the server boots (it takes seconds), and its result is yielded too."""
     port, token = free_port(), "moe-edu-browser-test"
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp / "config"), JUPYTER_DATA_DIR=str(tmp / "data"),
                JUPYTER_RUNTIME_DIR=str(tmp / "runtime"), IPYTHONDIR=str(tmp / "ipython"), OMP_NUM_THREADS="1",
@@ -111,6 +113,7 @@ def jupyter_lab(root_dir: Path, tmp: Path):
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        result = while_starting()
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -120,7 +123,7 @@ def jupyter_lab(root_dir: Path, tmp: Path):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"JupyterLab did not start (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
                 time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}", token, log
+        yield f"http://127.0.0.1:{port}", token, log, result
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the server and the kernels it started
         try:
@@ -179,14 +182,18 @@ def test_explorer_in_jupyterlab(tmp_path):
     work = tmp_path / "lab"
     work.mkdir()
     notebook_without_outputs(work / NOTEBOOK.name)
-    before = expected_first_choices(moe_edu.widgets.PRESET_TEXTS["code"], 3)  # the notebook's last explorer state
-    after = expected_first_choices(NEW_TEXT, NEW_LAYER)
+
+    def expected():  # the notebook's last explorer state, then the state this test drives it to
+        code = moe_edu.widgets.PRESET_TEXTS["code"]
+        return expected_first_choices(code, 3), expected_first_choices(NEW_TEXT, NEW_LAYER)
+
     n_experts = moe_edu.PRESETS["tiny"].num_local_experts
     start = time.monotonic()
 
     def phase(name: str) -> None:  # progress for `pytest -s` and for failure reports
         print(f"[browser test] {name}: {time.monotonic() - start:.1f} s")
-    with hard_limit(HARD_LIMIT_S), jupyter_lab(work, tmp_path) as (url, token, log), sync_playwright() as pw:
+    with hard_limit(HARD_LIMIT_S), jupyter_lab(work, tmp_path, expected) as (url, token, log, (before, after)), \
+            sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(STEP_MS)
@@ -227,3 +234,13 @@ def test_explorer_in_jupyterlab(tmp_path):
     assert [e for e, _ in tokens] == after, "the page's first-choice experts differ from the model's router"
     assert [c for _, c in tokens] == [rgb(expert_colour(e, n_experts)) for e in after], "painted colours differ"
     assert len(set(after)) > 1, "a text routed to a single expert would not test the colouring"
+
+
+def test_missing_browser_fails_under_ci_and_skips_otherwise(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        require_browser()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="no-chromium"):
+        require_browser()
