@@ -202,3 +202,19 @@ def test_explorer_on_cuda_bf16(model, tok):
     assert ex.trace.logits.device.type == "cpu" and ex.trace.logits.dtype == torch.float32
     assert ex.trace.logits.shape == (4, 12, 8)
     assert token_experts(ex.views["tokens"].value) == ex.trace.first_choice(0).tolist()
+
+
+def test_explorer_on_the_shipped_model_and_bpe_tokenizer():
+    try:
+        model, tokenizer = moe_edu.load_pretrained()
+    except (ImportError, ValueError) as err:  # the shipped checkpoint is another part of the course
+        pytest.skip(f"no shipped checkpoint: {err}")
+    text = "def add(a, b):\n    return a + b  # the sum"
+    ex = RoutingExplorer(model, tokenizer, text=text, layer=1)
+    ids = tokenizer.encode(text)
+    assert ex.message == "" and ex.trace.token_ids == ids and len(ids) < len(text.encode())  # multi-byte pieces
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]), output_router_logits=True).router_logits[1]  # (T, E)
+    assert token_experts(ex.views["tokens"].value) == logits.argmax(-1).tolist()
+    shown = re.findall(r'class="moe-tok"[^>]*>([^<]*)</span>', ex.views["tokens"].value)
+    assert "".join(shown).replace("↵", "\n") == text  # every piece shown, in order
