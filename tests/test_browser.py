@@ -169,7 +169,7 @@ TOKENS = """(layer) => {
   const root = document.querySelector('#moe-explorer-tokens-L' + layer);
   if (!root) return null;
   return Array.from(root.querySelectorAll('.moe-tok')).map(
-    s => [Number(s.dataset.expert), getComputedStyle(s).backgroundColor]);
+    s => [Number(s.dataset.expert), getComputedStyle(s).backgroundColor, s.title]);
 }"""
 
 
@@ -210,7 +210,7 @@ def test_explorer_in_jupyterlab(tmp_path):
             phase("all cells run")
 
             tokens = page.wait_for_function(TOKENS, arg=3, timeout=STEP_MS, polling=250).json_value()
-            assert [e for e, _ in tokens] == before, "explorer's colouring after run-all != model routing"
+            assert [e for e, *_ in tokens] == before, "explorer's colouring after run-all != model routing"
 
             box = page.locator(".widget-textarea textarea").first
             box.scroll_into_view_if_needed()
@@ -231,8 +231,10 @@ def test_explorer_in_jupyterlab(tmp_path):
             raise
         finally:
             browser.close()
-    assert [e for e, _ in tokens] == after, "the page's first-choice experts differ from the model's router"
-    assert [c for _, c in tokens] == [rgb(expert_colour(e, n_experts)) for e in after], "painted colours differ"
+    assert [e for e, *_ in tokens] == after, "the page's first-choice experts differ from the model's router"
+    assert [c for _, c, _ in tokens] == [rgb(expert_colour(e, n_experts)) for e in after], "painted colours differ"
+    assert all(title.count("expert ") == 2 and f"expert {e}: " in title.splitlines()[1]
+               for e, _, title in tokens), "hover text should list the top-2 experts, first choice first"
     assert len(set(after)) > 1, "a text routed to a single expert would not test the colouring"
 
 
