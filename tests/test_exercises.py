@@ -140,8 +140,12 @@ def one_line(capsys, ex, fn) -> tuple[bool, str]:
     return ok, lines[0]
 
 
+MODULES_HERE = ("gating", "topk", "sparse", "combining", "smoe_block", "load_balancing")
+
+
 def test_every_exercise_has_wrong_implementations():
-    assert sorted(EXERCISES) == sorted(WRONG)
+    # exercises of later modules keep their wrong implementations in tests/test_exercises_<topic>.py
+    assert sorted(WRONG) == sorted(n for n in EXERCISES if n.split(".")[0] in MODULES_HERE)
     assert len(EXERCISES) >= 12
     assert all(len(w) >= 2 for w in WRONG.values())
     assert all(len(ex.hints) >= 2 for ex in EXERCISES.values())

@@ -30,12 +30,23 @@ Adding a checker (about 10 lines, in the module of its notebook or a new one)::
 
     check_capacity = _capacity_cases.check                 # `add` returns the Exercise
 
-Outputs may be tensors, tuples/lists of them, ints, floats or bools; a test in
-`tests/test_exercises.py` parametrised over `core.ALL` checks every registered reference
-passes its own checker, so also add two typical wrong implementations there.
+A new module goes into `MODULES` below (so `load_all()` finds it). In the notebook source, the
+checker cell is `ex.check_capacity(capacity)` and later cells use
+`capacity_fn = ex.use(capacity, "capacity")`, so the student render still runs before the
+exercise is done.
+
+Outputs may be tensors, tuples/lists of them, ints, floats or bools; `outputs=("weights",
+"experts")` names the parts of a tuple in messages; `normalize` makes e.g. the order of top-k
+slots irrelevant (see `topk.by_expert`). Arguments are cloned before each call, so in-place
+edits by the student cannot leak into the reference's inputs. A test in
+`tests/test_exercises.py` parametrised over `load_all()` checks that every registered reference
+passes its own checker, that a stub is "not attempted" and that an exception is reported; add
+two typical wrong implementations of yours in `tests/test_exercises_<topic>.py`, e.g.
+`assert ex.outcome(wrong)[0] == "✗" and "dtype" in ex.outcome(wrong)[1]` (`outcome` is the
+silent (symbol, message) pair behind the printed line).
 
 Modules: `gating` (01), `topk` (02), `sparse` (03), `combining` (04), `smoe_block` (05),
-`load_balancing` (07).
+`load_balancing` (07), `repetition` (08), `family` (09).
 """
 
 from __future__ import annotations
@@ -44,7 +55,7 @@ import importlib
 
 from .core import ALL, Case, Exercise, Registry, Verdict, compare, randn
 
-MODULES = ("gating", "topk", "sparse", "combining", "smoe_block", "load_balancing")
+MODULES = ("gating", "topk", "sparse", "combining", "smoe_block", "load_balancing", "repetition", "family")
 
 __all__ = ["ALL", "Case", "Exercise", "Registry", "Verdict", "compare", "randn", "load_all", *MODULES]
 
