@@ -194,14 +194,17 @@ def trained_hidden_states():
         model, tokenizer = moe_edu.load_pretrained()
     except (ImportError, OSError, ValueError):  # not installed / no shipped checkpoint
         return None
-    captured = {}
+    from moe_edu.data.corpus import LANGUAGES, language_documents, math_documents
+
+    texts = [TEXT] + [language_documents(lang)[0].text for lang in LANGUAGES] + [math_documents(n=1)[0].text]
+    captured = []
     mlp = model.model.layers[LAYER].mlp
-    handle = mlp.register_forward_hook(lambda module, args, out: captured.update(x=args[0].detach()))
-    ids = torch.tensor([tokenizer.encode(TEXT)])  # (1, T)
+    handle = mlp.register_forward_hook(lambda module, args, out: captured.append(args[0].detach()))
     with torch.no_grad():
-        model(ids)
+        for text in texts:  # one sequence per document, at most 128 tokens each
+            model(torch.tensor([tokenizer.encode(text)[:128]]))  # (1, T)
     handle.remove()
-    return captured["x"], mlp, model.config
+    return torch.cat(captured, dim=1), mlp, model.config  # (1, sum of T, H)
 
 
 trained = trained_hidden_states()
@@ -309,9 +312,11 @@ print(f"GShard in training: second experts skipped at random: "
 # %% [markdown]
 # ### On the trained model's hidden states
 #
-# The same table on real hidden states (when the checkpoint exists): the input of MoE layer 1, with that layer's
-# trained router and experts copied into the five Mixtral-shaped variants. The routers of the other variants were
+# The same table on real hidden states (when the checkpoint exists): the input of MoE layer 1 for six short
+# documents (English and code, the four languages of the paper's multilingual claims, arithmetic), with that
+# layer's trained router and experts copied into the five Mixtral-shaped variants. The routers of the other variants were
 # not trained under their own rules, so read this as *"what would each rule do with Mixtral's trained scores?"*.
+# (The DeepSeekMoE row keeps its own untrained weights: its experts have another shape.)
 
 # %%
 if trained is None:
@@ -322,12 +327,19 @@ else:
     for name, v in trained_variants.items():
         if name != "shared_experts":
             v.copy_from_block(trained_block)
-    print(f"{x_trained.shape[1]} tokens of text through layer {LAYER} of the trained model")
+    print(f"{x_trained.shape[1]} tokens (English/code, French, German, Spanish, Italian, arithmetic) "
+          f"through layer {LAYER} of the trained model")
     trained_table, trained_outputs = compare(trained_variants, x_trained)
     from IPython.display import display
 
     display(trained_table.select("variant", "aux losses", "load CV", "max/mean load", "dropped tokens %",
                                  "dropped assignments %"))
+
+# %% [markdown]
+# A router trained with Mixtral's load-balancing loss is balanced *on average over training batches*, not on every
+# handful of documents: different domains prefer different experts (notebook 08). A dropless layer does not care;
+# a capacity layer drops whatever exceeds `C` on *this* batch — the load CV and the dropped-token columns above
+# are the two faces of the same imbalance.
 
 # %% [markdown]
 # ## 4. At Mixtral's scale

@@ -445,3 +445,21 @@ def test_family_references_are_the_layers():
         y, dropped = ref(flat, moe.experts, moe.router_logits(flat), 1.0)
         torch.testing.assert_close(out.y.reshape(-1, H), y)
         assert out.dropped == dropped
+
+
+@pytest.mark.gpu
+def test_variants_on_cuda_in_bf16():
+    x = hidden().to("cuda", torch.bfloat16)
+    for name, moe in build_variants(CFG).items():
+        moe = moe.to("cuda", torch.bfloat16).eval()
+        out = moe(x)
+        assert out.y.device.type == "cuda" and out.y.dtype == torch.bfloat16 and out.y.shape == x.shape, name
+        assert out.router_logits.dtype == torch.float32 and torch.isfinite(out.y).all(), name
+        if name in ("switch", "gshard"):
+            assert int(out.expert_load.max()) <= moe.capacity(out.num_tokens), name
+        if name == "expert_choice":
+            assert out.expert_load.tolist() == [moe.capacity(out.num_tokens)] * moe.num_experts
+    mixtral, noisy = seeded(MixtralDroplessMoE, E, 2), seeded(NoisyTopKMoE, E, 2)
+    noisy.load_state_dict(mixtral.state_dict(), strict=False)
+    mixtral, noisy = mixtral.cuda(), noisy.cuda()
+    torch.testing.assert_close(noisy(x.float()).y, mixtral(x.float()).y)
