@@ -166,8 +166,8 @@ print(f"for Mixtral 8x7B, one layer, 1,000 tokens: sparse {1000 * k * 6 * 4096 *
 #
 # Now at a size where the work dominates the Python overhead: Mixtral's proportions at width 256 (the `small`
 # preset), 256 tokens, one CPU thread, best of 3. The numbers below are **ratios to the grouped version** — absolute
-# times depend on your machine (this cell's output is not checked by the tests). We also time the library's
-# versions (`moe_edu.dispatch.DISPATCHES`).
+# times depend on your machine (this cell's output is not checked by the tests). We time the library's versions
+# (`moe_edu.dispatch.DISPATCHES`): the same three functions, written for stacked expert weights.
 
 # %% tags=["nbval-ignore-output"]
 cfg = moe_edu.PRESETS["small"]

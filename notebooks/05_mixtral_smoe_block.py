@@ -258,8 +258,8 @@ print(f"relative error of the bf16 output vs fp32 < 2e-2: {rel < 2e-2}")
 #
 # ## Check your understanding
 #
-# 1. Why does SwiGLU need three weight matrices where a classic FFN ($W_2\,\mathrm{relu}(W_1 x)$) needs two? How did
-#    Mistral keep the parameter count comparable?
+# 1. Why does SwiGLU need three weight matrices where a classic FFN ($W_2\,\mathrm{relu}(W_1 x)$, $I = 4H$) needs
+#    two? Which $I$ would give SwiGLU the same parameter count, and how does Mistral's $I = 3.5H$ compare?
 # 2. In `MixtralMoE.forward`, which line would you change to make it a Switch Transformer layer ($k = 1$, raw
 #    probability as the weight)?
 # 3. `gate_up_proj` has shape $(E, 2I, H)$. Which slice is $W_1$ and which is $W_3$, and why fuse them at all?
