@@ -187,18 +187,28 @@ def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 
 def from_pretrained(path: str | Path, *, dtype: torch.dtype | None = None, device: torch.device | str = "cpu",
-                    dispatch: str = "grouped") -> MixtralForCausalLM:
+                    dispatch: str = "grouped", num_hidden_layers: int | None = None) -> MixtralForCausalLM:
     """A `MixtralForCausalLM` from a local transformers checkpoint directory.
 
     `dtype=None` keeps the stored dtype (bf16 for the released Mixtral weights). Every key
     and shape is checked against the config before any tensor data is read.
+    `num_hidden_layers=n` keeps only the first n decoder layers and never reads the others:
+    with Mixtral-8x7B, `n=1` (~2 GB) is enough to route real text through a real layer.
     """
     with Checkpoint(path) as ckpt:
+        cfg, total = ckpt.config, ckpt.config.num_hidden_layers
+        if num_hidden_layers is not None:
+            if isinstance(num_hidden_layers, bool) or not isinstance(num_hidden_layers, int) or not (
+                    1 <= num_hidden_layers <= total):
+                raise ValueError(f"num_hidden_layers must be an int in [1, {total}], got {num_hidden_layers!r}")
+            cfg = cfg.replace(num_hidden_layers=num_hidden_layers)
+            dropped = tuple(f"model.layers.{i}." for i in range(num_hidden_layers, total))
+            ckpt.files = {k: f for k, f in ckpt.files.items() if not k.startswith(dropped)}
         with torch.device("meta"):
-            model = MixtralForCausalLM(ckpt.config, dispatch=dispatch)
-        load_into(model, ckpt, "", f"a MixtralForCausalLM ({ckpt.config.num_hidden_layers} layers)",
+            model = MixtralForCausalLM(cfg, dispatch=dispatch)
+        load_into(model, ckpt, "", f"a MixtralForCausalLM ({cfg.num_hidden_layers} layers)",
                   dtype=dtype, device=device, strict_prefix="")
-    if ckpt.config.tie_word_embeddings:
+    if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary_emb.reset_buffers(device)
     return model.eval()

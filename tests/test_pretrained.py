@@ -105,6 +105,20 @@ def test_one_layer_block_reads_nothing_else(checkpoint, monkeypatch):
         load_moe_block(path, 3)
 
 
+def test_first_layers_only(checkpoint, monkeypatch):
+    path, hf = checkpoint
+    spy = Spy(monkeypatch)
+    model = MixtralForCausalLM.from_pretrained(path, num_hidden_layers=1)
+    assert model.config.num_hidden_layers == 1 and len(model.model.layers) == 1
+    assert spy.read and not any(k.startswith(("model.layers.1.", "model.layers.2.")) for k in spy.read)
+    with torch.no_grad():
+        mine = model(ids(), output_router_logits=True).router_logits
+        theirs = hf(input_ids=ids(), output_router_logits=True).router_logits
+    assert len(mine) == 1 and (mine[0] - theirs[0]).abs().max().item() <= 1e-5  # layer 0 routes real text alike
+    with pytest.raises(ValueError, match="num_hidden_layers"):
+        MixtralForCausalLM.from_pretrained(path, num_hidden_layers=4)
+
+
 def test_save_pretrained_is_loaded_by_transformers(checkpoint, tmp_path):
     path, hf = checkpoint
     ours = MixtralForCausalLM.from_pretrained(path)
