@@ -1,0 +1,274 @@
+# %% [markdown]
+# # 07 · Load balancing & training
+#
+# A router is trained by the same gradient as everything else, and nothing in the language-model
+# loss asks it to spread tokens over the experts. Left alone, it tends to *collapse*: the experts
+# that happen to be chosen early get the gradient, improve, and are chosen even more. Mixtral is
+# trained (as in `transformers`) with Switch Transformer's auxiliary **load-balancing loss**;
+# ST-MoE adds a **router z-loss** that keeps router logits small.
+#
+# **You will**
+#
+# 1. compute the load-balancing loss by hand, see that it equals $k$ under uniform routing, and
+#    find the case where it equals $k$ although routing is *not* balanced;
+# 2. compute the router z-loss and see what it does to logit magnitudes;
+# 3. train a one-layer Mixtral live (a few seconds per run) without and with these losses and
+#    watch the expert load;
+# 4. read the training log of the tiny Mixtral shipped with `moe_edu` (notebook 08 analyses it).
+
+# %%
+import moe_edu
+from moe_edu.notebook import setup
+
+setup()
+
+import matplotlib.pyplot as plt
+import torch
+
+# %% [markdown]
+# ## 1 · The load-balancing loss, by hand
+#
+# For router logits of $T$ tokens over $E$ experts, with top-$k$ routing:
+#
+# $$\mathcal{L}_{\text{aux}} = E \sum_{e=1}^{E} f_e \, P_e, \qquad
+# f_e = \frac{1}{T}\#\{(t, j) : \text{slot } j \text{ of token } t \text{ is } e\},\quad
+# P_e = \frac{1}{T}\sum_t \operatorname{softmax}(l_t)_e .$$
+#
+# $f_e$ counts hard assignments (so $\sum_e f_e = k$), $P_e$ averages soft probabilities
+# ($\sum_e P_e = 1$). Under uniform routing $f_e = k/E$, $P_e = 1/E$ and the loss is
+# $E \cdot E \cdot \frac{k}{E}\cdot\frac{1}{E} = k$.
+
+# %%
+def aux_loss_by_hand(logits: torch.Tensor, E: int, k: int) -> torch.Tensor:
+    probs = torch.softmax(logits.float(), dim=-1)  # (T, E)
+    chosen = torch.topk(probs, k, dim=-1).indices  # (T, k)
+    f = torch.zeros_like(probs).scatter_(-1, chosen, 1.0).mean(0)  # (E,) sums to k
+    P = probs.mean(0)  # (E,) sums to 1
+    return E * (f * P).sum()
+
+
+E, k, T = 8, 2, 64
+eps = 1e-3
+balanced = torch.zeros(T, E)  # (T, E): flat probabilities ...
+balanced[torch.arange(T), torch.arange(T) % E] += 2 * eps  # ... token t prefers expert t mod E
+balanced[torch.arange(T), (torch.arange(T) + 1) % E] += eps  # ... then expert t+1 mod E
+collapsed = torch.zeros(T, E)
+collapsed[:, 0] = 5.0  # every token strongly prefers expert 0 ...
+collapsed[:, 1] = 4.0  # ... and then expert 1
+for name, logits in [("balanced", balanced), ("collapsed", collapsed)]:
+    ours = aux_loss_by_hand(logits, E, k)
+    lib = moe_edu.load_balancing_loss([logits], E, k)
+    print(f"{name:9s}: aux loss {ours.item():.4f} (moe_edu {lib.item():.4f})")
+
+# %% [markdown]
+# Balanced routing gives $k = 2$ (up to the tiny $\epsilon$); collapsed routing gives
+# $E\,(f_0 P_0 + f_1 P_1)$ with $f_0 = f_1 = 1$ and $P_0 + P_1 \approx 0.97$: about 7.8, close to the
+# maximum $E = 8$. The same function in `transformers` (it adds `router_aux_loss_coef` times this
+# to Mixtral's loss) agrees:
+
+# %%
+try:
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    for name, logits in [("balanced", balanced), ("collapsed", collapsed)]:
+        print(f"{name:9s}: transformers {load_balancing_loss_func((logits,), E, k).item():.4f}")
+except ImportError:
+    print("transformers is not installed: skipping the comparison")
+
+# %% [markdown]
+# **The blind spot.** $f_e$ comes from a hard top-$k$ and has no gradient; only $P_e$ does. If the
+# router's probabilities are *flat* ($P_e = 1/E$) the loss is $E \sum_e f_e / E = \sum_e f_e = k$ —
+# whatever the hard assignments are. A router with tiny logits that still sends every token to
+# the same two experts scores a perfect $k$:
+
+# %%
+sneaky = torch.zeros(T, E)
+sneaky[:, 0], sneaky[:, 1] = 2e-3, 1e-3  # every token: experts 0 and 1, by a hair
+f = torch.zeros(T, E).scatter_(-1, torch.topk(sneaky, k).indices, 1.0).mean(0)  # (E,)
+print(f"aux loss {moe_edu.load_balancing_loss([sneaky], E, k).item():.4f}, "
+      f"hard load per expert {[round(v, 2) for v in (f / k).tolist()]}")
+
+# %% [markdown]
+# So we will always look at the **hard load** too: the share of assignments each expert actually
+# receives. We summarise it by the *imbalance* max/mean (1 = balanced, $E$ = all on one expert).
+
+# %% [markdown]
+# ## 2 · The router z-loss
+#
+# ST-MoE (Zoph et al., 2022) penalises large router logits, which make the softmax saturate and
+# training unstable (especially in bf16):
+# $\mathcal{L}_z = \frac{1}{T}\sum_t \big(\log\sum_e e^{l_{t,e}}\big)^2$. It grows with the logits'
+# scale, so its gradient shrinks them:
+
+# %%
+torch.manual_seed(0)
+base = torch.randn(T, E)  # (T, E)
+for scale in (0.1, 1.0, 5.0, 20.0):
+    z = moe_edu.router_z_loss([scale * base])
+    print(f"logits x {scale:>4}: rms {scale * base.pow(2).mean().sqrt().item():6.2f}, z-loss {z.item():8.2f}")
+
+# %% [markdown]
+# ## 3 · Training live: no aux loss, aux loss, aux + z-loss
+#
+# We train a one-layer Mixtral (the `tiny` preset's width: 8 experts, top-2) on a slice of the
+# course corpus (Python code, English docstrings, arithmetic, French/German/Spanish/Italian pages;
+# see `moe_edu.data.corpus`) with the shipped tokenizer. Each run takes a few seconds. After every
+# few steps we route a fixed probe batch and record the hard expert load.
+
+# %%
+from moe_edu.analysis import load_imbalance, routing_load
+from moe_edu.data.corpus import LANGUAGES, language_documents, math_documents, stdlib_documents
+from moe_edu.train import DEFAULT_WEIGHTS, TokenStreams, train_steps
+
+_, tokenizer = moe_edu.load_pretrained()
+code, prose = stdlib_documents(("textwrap.py", "heapq.py", "fnmatch.py", "colorsys.py", "shlex.py"))
+docs = code + prose + math_documents(40) + [d for lang in LANGUAGES for d in language_documents(lang)]
+streams = TokenStreams(docs, tokenizer, DEFAULT_WEIGHTS)
+probe = streams.sample(16, 64, torch.Generator().manual_seed(123))  # (16, 64) fixed probe batch
+print(f"{sum(len(s) for s in streams.streams.values()):,} training tokens; probe batch {tuple(probe.shape)}")
+
+# %%
+STEPS, EVERY = 30, 3
+
+
+def probe_stats(model) -> dict:
+    """Hard load, mean logsumexp and mean spread (std over experts) of the router logits on the probe."""
+    with torch.no_grad():
+        logits = model(probe, output_router_logits=True).router_logits  # 1 layer: ((B*T, E),)
+    return {"load": routing_load(logits, 2).tolist(),
+            "lse": torch.logsumexp(logits[0], -1).mean().item(), "spread": logits[0].std(-1).mean().item()}
+
+
+def live_run(aux_coef: float, z_coef: float) -> dict:
+    torch.manual_seed(0)
+    cfg = moe_edu.PRESETS["tiny"].replace(vocab_size=tokenizer.vocab_size, num_hidden_layers=1,
+                                          router_aux_loss_coef=aux_coef, router_z_loss_coef=z_coef)
+    model = moe_edu.MixtralForCausalLM(cfg)
+    gen = torch.Generator().manual_seed(0)
+    history = []  # probe statistics every EVERY steps
+
+    def next_batch(step: int) -> torch.Tensor:
+        if step % EVERY == 0:
+            history.append({"step": step, **probe_stats(model)})
+        return streams.sample(8, 64, gen)  # (8, 64)
+
+    log = train_steps(model, next_batch, STEPS, lr=1e-2, warmup=3, progress=False)
+    history.append({"step": STEPS, **probe_stats(model)})
+    return {"log": log, "history": history}
+
+
+runs = {
+    "no aux loss": live_run(0.0, 0.0),
+    "aux loss (coef 0.1)": live_run(0.1, 0.0),
+    "aux 0.1 + z-loss 0.05": live_run(0.1, 0.05),
+}
+for name, run in runs.items():
+    last, probe_end = run["log"][-1], run["history"][-1]
+    print(f"{name:22s} ce {last['ce']:.2f}  aux {last['aux']:.2f}  z {last['z']:5.2f} | probe: imbalance "
+          f"{load_imbalance(torch.tensor(probe_end['load'])):.2f}, logsumexp {probe_end['lse']:5.2f}, "
+          f"spread {probe_end['spread']:.2f}")
+
+# %%
+from moe_edu.plots_training import load_history
+
+fig, axes = plt.subplots(3, 1, figsize=(6.4, 6.6), sharex=True)
+for ax, (name, run) in zip(axes, runs.items()):
+    load_history(run["history"], 0, ax=ax, title=name)
+fig.tight_layout()
+plt.show()
+
+# %%
+import seaborn as sns
+
+fig, axes = plt.subplots(1, 3, figsize=(11.2, 3.2))
+for name, run in runs.items():
+    sns.lineplot(x=[e["step"] for e in run["log"]], y=[e["aux"] for e in run["log"]], ax=axes[0], label=name)
+    for ax, key in zip(axes[1:], ("lse", "spread")):
+        sns.lineplot(x=[h["step"] for h in run["history"]], y=[h[key] for h in run["history"]], ax=ax, label=name)
+axes[0].axhline(2, color="k", ls="--", lw=0.8)
+axes[0].set_title("load-balancing loss (k = 2)")
+axes[1].set_title("router logsumexp (probe)")
+axes[2].set_title("router logit spread (probe)")
+for ax in axes:
+    ax.set_xlabel("step")
+    ax.legend(fontsize=6)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# What the live runs show (the numbers above):
+#
+# - **Without** the aux loss the router's load-balancing loss climbs above $k = 2$: probability
+#   mass and assignments concentrate on a few experts (the dark rows of the top heatmap).
+# - **With** it, the loss is pinned near 2 — partly by the blind spot of §1: the router also
+#   learns *flat* probabilities (small logit RMS), and the hard load is more even but not perfectly so.
+# - The **z-loss** lowers the logits' log-sum-exp; in a forty-step run its effect on the hard
+#   load is small, and its own value is what drops.
+#
+# Forty steps on one layer is a toy. The shipped model below trained for longer.
+
+# %% [markdown]
+# ## 4 · The shipped tiny Mixtral: its training log
+#
+# `moe_edu.load_pretrained()` returns a 4-layer, 8-expert, top-2 Mixtral trained on the CPU with
+# `python -m moe_edu.train` (the exact command is in its log and in
+# `moe_edu/checkpoints/tiny/README.md`). Its log records, every step, the losses and the hard
+# expert load of the training batch.
+
+# %%
+log = moe_edu.load_train_log()
+tc, final = log["train_config"], log["final"]
+print(log["command"])
+print(f"{log['parameters']:,} parameters; {tc['steps']} steps of {tc['batch_size']} x {tc['seq_len']} tokens; "
+      f"aux coef {tc['aux_loss_coef']}, z coef {tc['z_loss_coef']}")
+print(f"final train cross-entropy {final['ce']:.3f}, held-out {final['eval_ce']:.3f} "
+      f"(uniform guess: ln {log['model_config']['vocab_size']} = {torch.log(torch.tensor(1024.0)).item():.3f})")
+
+# %%
+from moe_edu.plots_training import loss_curves
+
+fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.2))
+loss_curves(log["steps"], ax=axes[0], keys=("ce", "eval_ce"), title="cross-entropy")
+loss_curves(log["steps"], ax=axes[1], keys=("aux",), title="load-balancing loss")
+axes[1].axhline(2, color="k", ls="--", lw=0.8)
+fig.tight_layout()
+plt.show()
+
+# %%
+layers = log["model_config"]["num_hidden_layers"]
+fig, axes = plt.subplots(layers, 1, figsize=(6.4, 8.0), sharex=True)
+for layer, ax in enumerate(axes):
+    load_history(log["steps"], layer, ax=ax, every=3)
+fig.tight_layout()
+plt.show()
+
+# %%
+last = torch.tensor(log["steps"][-1]["load"])  # (L, E)
+for layer in range(layers):
+    print(f"layer {layer}: final batch load {[round(v, 2) for v in last[layer].tolist()]}, "
+          f"imbalance {load_imbalance(last[layer]):.2f}")
+
+# %% [markdown]
+# ## Recap
+#
+# - $\mathcal{L}_{\text{aux}} = E\sum_e f_e P_e$ equals $k$ under uniform routing and grows as routing
+#   collapses; only $P_e$ carries gradient, so flat router probabilities also give $k$. Watch the
+#   hard load as well as the loss.
+# - The z-loss $\operatorname{mean}_t(\operatorname{logsumexp}(l_t))^2$ keeps router logits small.
+# - `moe_edu.train` logs both losses and the per-layer expert load at every step; the shipped
+#   tiny model is the one notebook 08 analyses.
+#
+# ## Check your understanding
+#
+# 1. Why is $f_e$ multiplied by $P_e$ rather than used alone, e.g. $\sum_e f_e^2$?
+# 2. With $E = 8$, $k = 2$, what is the largest value the aux loss can take, and for which routing?
+# 3. A router outputs logits of exactly zero for every token. What are the aux loss and the z-loss?
+#    Which experts does top-2 pick?
+# 4. Why might a coefficient of 0.001 (transformers' default) be too weak for a model trained for
+#    only a few hundred steps?
+# 5. Which of the two losses would you raise if bf16 training diverged with huge router logits?
+#
+# ## Exercises
+#
+# `notebooks/exercises/ex07_load_balancing.ipynb`: write the load-balancing loss and the z-loss
+# yourself; a checker compares them with the library.
