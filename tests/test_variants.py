@@ -325,6 +325,8 @@ def test_compare_table_is_deterministic_and_complete():
     assert rows["Mixtral dropless top-k"]["dropped tokens %"] == 0.0
     md = table.select("variant", "load CV").to_markdown().splitlines()
     assert md[0] == "| variant | load CV |" and len(md) == 2 + len(VARIANTS)
+    html = table.select("variant", "load CV").to_html()
+    assert html.startswith("<table><thead><tr><th>variant</th><th>load CV</th></tr>") and html.count("<tr>") == 1 + len(VARIANTS)
     assert load_stats(torch.tensor([2, 2, 2, 2]))["load CV"] == 0.0
     with pytest.raises(KeyError, match="no such columns"):
         table.select("nope")

@@ -2,11 +2,12 @@
 
 Static columns come from each variant's `describe()`; measured ones from one forward pass
 in eval mode (no noise, no random routing). Plain lists of dicts (no pandas), rendered as
-a markdown table whose text is deterministic, so nbval can compare it.
+a markdown table (or `to_html()`) whose text is deterministic, so nbval can compare it.
 """
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -96,6 +97,14 @@ class Table:
         lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
         lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in cols) + " |" for row in self.rows]
         return "\n".join(lines)
+
+    def to_html(self) -> str:
+        """The same table as plain HTML (for pages that do not render markdown)."""
+        cols = self.header()
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(row.get(c, '')))}</td>" for c in cols) + "</tr>"
+                       for row in self.rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
     def _repr_markdown_(self) -> str:
         return self.to_markdown()
