@@ -110,13 +110,14 @@ def parameter_breakdown(count: ParameterCount, ax=None, title: str = "where the 
 
 
 def ratio_bars(labels: Sequence[str], values: Sequence[float], ax=None, ylabel: str = "relative cost",
-               title: str = "", baseline: float | None = 1.0):
-    """Labelled bars for a handful of ratios (FLOPs or timings relative to a reference)."""
+               title: str = "", baseline: float | None = 1.0, highlight: int | None = None):
+    """Labelled bars for a handful of ratios (FLOPs or timings relative to a reference);
+    bar number `highlight` (e.g. the reference) is drawn in the accent colour."""
     if len(labels) != len(values):
         raise ValueError(f"{len(labels)} labels for {len(values)} values")
     fig, ax = _axes(ax, (5.0, 3.0))
-    bars = ax.bar(list(labels), [float(v) for v in values], color=[CHOSEN] + ["#8ecae6"] * (len(values) - 1),
-                  edgecolor="#333333")
+    colors = [CHOSEN if i == highlight else "#8ecae6" for i in range(len(values))]
+    bars = ax.bar(list(labels), [float(v) for v in values], color=colors, edgecolor="#333333")
     for bar, v in zip(bars, values):
         ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{float(v):.2f}x", ha="center", va="bottom",
                 fontsize=9)

@@ -193,7 +193,7 @@ with torch.no_grad():
 for name, s in seconds.items():
     print(f"{name:>8}: {s / seconds['grouped']:5.2f}x the grouped time")
 fig = ratio_bars(list(seconds), [seconds[n] / seconds["grouped"] for n in seconds], ylabel="time / grouped",
-                 title="measured time (ratio)")
+                 title="measured time, relative to grouped", highlight=names.index("grouped"))
 plt.show()
 
 # %% [markdown]

@@ -80,7 +80,9 @@ def test_parameter_breakdown_totals():
 
 
 def test_ratio_bars_labels():
-    fig = ratio_bars(["a", "b"], [1.0, 4.0])
+    fig = ratio_bars(["a", "b"], [1.0, 4.0], highlight=1)
     assert _texts(fig) == ["1.00x", "4.00x"]
+    faces = [matplotlib.colors.to_hex(p.get_facecolor()) for p in fig.axes[0].patches]
+    assert faces[1] == CHOSEN and faces[0] != CHOSEN
     with pytest.raises(ValueError, match="labels"):
         ratio_bars(["a"], [1.0, 2.0])
