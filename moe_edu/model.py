@@ -174,9 +174,10 @@ def check_ids(input_ids: torch.Tensor, labels: torch.Tensor | None, vocab_size: 
         raise TypeError(f"input_ids must be an integer tensor (torch.long), got dtype {input_ids.dtype}")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must have shape (batch, tokens), got {tuple(input_ids.shape)}")
-    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
-        raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got values in "
-                         f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+    if input_ids.numel():
+        lo, hi = torch.stack(torch.aminmax(input_ids)).tolist()  # one host sync on a GPU
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got values in [{lo}, {hi}]")
     if labels is not None:
         if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
             raise TypeError(f"labels must be an integer tensor, got {getattr(labels, 'dtype', type(labels).__name__)}")

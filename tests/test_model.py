@@ -233,3 +233,28 @@ def test_bad_inputs_raise_clear_errors():
         ours(torch.zeros(2, 4, dtype=torch.long), attention_mask=torch.ones(2, 3))
     with pytest.raises(ValueError, match="max_position_embeddings"):
         ours.generate(torch.zeros(1, 60, dtype=torch.long), max_new_tokens=5)
+
+
+def test_bf16_forward_is_close_to_fp32():
+    cfg = CONFIGS["gqa2"]
+    _, ours = pair(cfg)
+    ids = ids_for(cfg)
+    with torch.no_grad():
+        ref = ours(ids).logits
+        low = MixtralForCausalLM(cfg).load_hf_state_dict(ours.state_dict()).to(torch.bfloat16).eval()(ids).logits
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - ref).abs().max().item() <= 0.05 * ref.abs().max().item()
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu_and_generates():
+    cfg = CONFIGS["window"]
+    _, ours = pair(cfg)
+    ids = ids_for(cfg)
+    with torch.no_grad():
+        ref = ours(ids, labels=ids)
+        gpu = MixtralForCausalLM(cfg).load_hf_state_dict(ours.state_dict()).cuda().eval()
+        out = gpu(ids.cuda(), labels=ids.cuda())
+    assert (out.logits.cpu() - ref.logits).abs().max().item() <= 1e-3
+    assert abs(out.loss.item() - ref.loss.item()) <= 1e-3
+    assert torch.equal(gpu.generate(ids.cuda(), 4).cpu()[:, :11], ids)
