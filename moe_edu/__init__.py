@@ -37,6 +37,8 @@ _EXPORTS = {
     "save_pretrained": "pretrained",
     "CheckpointError": "pretrained",
     "load_pretrained": "shipped",
+    "build_variants": "variants",
+    "MoEOutput": "variants",
     "load_train_log": "shipped",
     "Tokenizer": "tokenizer",
     "TrainConfig": "train",
