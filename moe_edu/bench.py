@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -57,6 +58,7 @@ class Result:
     threads: int
     backward: bool
     ms: dict[str, float] = field(default_factory=dict)  # median milliseconds per implementation
+    spread: dict[str, float] = field(default_factory=dict)  # interquartile range / median: the noise
 
     @property
     def hf_best(self) -> float | None:
@@ -150,22 +152,29 @@ def time_case(case: Case, threads: int, backward: bool, rounds: int, min_s: floa
                 fns[name]()
             samples[name].append((time.perf_counter() - t0) / reps[name])
     ms = {name: 1e3 * statistics.median(s) for name, s in samples.items()}
-    return Result(case, threads, backward, ms)
+    spread = {}
+    for name, s in samples.items():
+        q1, _, q3 = statistics.quantiles(s, n=4) if len(s) > 1 else (s[0], s[0], s[0])
+        spread[name] = (q3 - q1) / statistics.median(s)
+    return Result(case, threads, backward, ms, spread)
 
 
-def markdown(results: list[Result], rounds: int) -> str:
-    """The results as a markdown table, with the machine and the targets."""
+def markdown(results: list[Result], rounds: int, load: float | None = None) -> str:
+    """The results as a markdown table, with the machine, its load and the targets."""
     mode = "forward + backward" if results and results[0].backward else "forward (no_grad)"
     lines = [
         f"# CPU dispatch benchmark: {mode}",
         "",
         f"`python -m moe_edu.bench{' --backward' if results and results[0].backward else ''}` - fp32, E=8, k=2, "
-        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {rounds} interleaved rounds, medians.",
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {rounds} interleaved rounds, medians"
+        + (f"; load average {load:.1f} on {os.cpu_count()} CPUs when it started." if load is not None else "."),
         "Ideal = one SwiGLU expert over T*k rows (same active FLOPs, no routing); "
-        "HF best = faster of transformers' `eager` and `grouped_mm` experts.",
+        "HF best = faster of transformers' `eager` and `grouped_mm` experts. "
+        "Noise = ± half the interquartile range / median, the largest among the implementations of that row.",
         "",
-        "| case | threads | ideal ms | ours ms | HF eager ms | HF grouped_mm ms | ours/ideal (target) | ours/HF best (target) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| case | threads | ideal ms | ours ms | HF eager ms | HF grouped_mm ms | ours/ideal (target) | ours/HF best (target) "
+        "| noise |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(r: Result, name: str) -> str:
@@ -179,7 +188,7 @@ def markdown(results: list[Result], rounds: int) -> str:
     for r in results:
         lines.append(f"| {r.case.label} | {r.threads} | {cell(r, 'ideal')} | {cell(r, 'ours')} | {cell(r, 'hf_eager')} | "
                      f"{cell(r, 'hf_grouped_mm')} | {ratio(r.vs_ideal, r.case.max_vs_ideal)} | "
-                     f"{ratio(r.vs_hf, r.case.max_vs_hf)} |")
+                     f"{ratio(r.vs_hf, r.case.max_vs_hf)} | ±{50 * max(r.spread.values(), default=0):.0f}% |")
     return "\n".join(lines) + "\n"
 
 
@@ -207,14 +216,16 @@ def plot(results: list[Result], path: Path) -> None:
     plt.close(fig)
 
 
-def write(results: list[Result], out_dir: Path, rounds: int) -> list[Path]:
+def write(results: list[Result], out_dir: Path, rounds: int, load: float | None = None) -> list[Path]:
     """Write `<name>.md`, `<name>.json` (read by notebook 10) and `<name>.png`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "cpu_dispatch_backward" if results[0].backward else "cpu_dispatch"
     paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.json", out_dir / f"{stem}.png"]
-    paths[0].write_text(markdown(results, rounds))
-    rows = [{**asdict(r.case), "threads": r.threads, "backward": r.backward, "ms": r.ms} for r in results]
-    paths[1].write_text(json.dumps({"torch": torch.__version__, "rounds": rounds, "results": rows}, indent=1) + "\n")
+    paths[0].write_text(markdown(results, rounds, load))
+    rows = [{**asdict(r.case), "threads": r.threads, "backward": r.backward, "ms": r.ms, "spread": r.spread}
+            for r in results]
+    meta = {"torch": torch.__version__, "rounds": rounds, "load_average": load}
+    paths[1].write_text(json.dumps({**meta, "results": rows}, indent=1) + "\n")
     plot(results, paths[2])
     return paths
 
@@ -231,12 +242,13 @@ def main(argv: list[str] | None = None) -> list[Result]:
     rounds = 3 if args.quick else args.rounds
     if rounds < 1 or any(t < 1 for t in args.threads):
         raise ValueError("--rounds and --threads must be >= 1")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other processes' share of the CPU
     results = []
     for threads in args.threads:
         for case in (CASES[i] for i in args.cases):
             results.append(time_case(case, threads, args.backward, rounds))
             print(markdown(results[-1:], rounds).splitlines()[-1], flush=True)
-    for path in write(results, args.out, rounds):
+    for path in write(results, args.out, rounds, load):
         print("wrote", path)
     return results
 

@@ -82,7 +82,7 @@ def decode_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, ch
     return (rows[0] if len(rows) == 1 else torch.cat(rows)).to(x.dtype)  # (T, H)
 
 
-DECODE_MAX_TOKENS = 1  # on CPU, grouped dispatch hands batches this small to `decode_dispatch`
+DECODE_MAX_TOKENS = 1  # on CPU, at inference, grouped dispatch hands batches this small to `decode_dispatch`
 
 
 def grouped_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
@@ -90,12 +90,14 @@ def grouped_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, c
 
     On CUDA bf16 this is two `grouped_mm` kernels and no host sync; elsewhere one
     `counts.tolist()` and a loop of GEMMs writing into one buffer. Single tokens on CPU
-    take `decode_dispatch`. The k-way sum runs in fp32 (the router's weights are fp32),
+    take `decode_dispatch` at inference (in training, indexing each expert's weights would
+    build a full-size zero gradient per index; the grouped backward builds one per weight). The k-way sum runs in fp32 (the router's weights are fp32),
     in a fixed order, so results are deterministic on every device.
     """
     T, k = chosen.shape
-    if T <= DECODE_MAX_TOKENS and x.device.type == "cpu":
-        return decode_dispatch(x, experts, weights, chosen)
+    training = torch.is_grad_enabled() and experts.gate_up_proj.requires_grad
+    if T <= DECODE_MAX_TOKENS and x.device.type == "cpu" and not training:
+        return decode_dispatch(x, experts, weights, chosen)  # (T, H)
     order, counts = sort_by_expert(chosen, experts.num_experts)  # (T*k,), (E,)
     sizes = None if grouped_mm_kernel_available(x, experts.gate_up_proj) else counts.tolist()
     token = order // k  # (T*k,) the token of each sorted assignment

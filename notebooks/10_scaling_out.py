@@ -152,20 +152,24 @@ print(by_hand[:2])
 # dense SwiGLU expert over T·k rows: the same active FLOPs, no routing at all) and `transformers`'
 # `MixtralSparseMoeBlock` with its `eager` and `grouped_mm` experts on the same weights. The numbers below are read
 # from the committed `benchmarks/results/cpu_dispatch.json` — not timed live — so they describe the machine that
-# produced them (a shared 2-core cloud CPU).
+# produced them: a 2-core cloud CPU shared with other jobs, whose load average and timing noise are printed too.
+# A ratio is only as good as its noise; rerun `make bench` on a quiet machine for your own numbers.
 
 # %%
 from moe_edu.bench import RESULTS
 
 data = json.loads((RESULTS / "cpu_dispatch.json").read_text())
 rows = data["results"]
-print(f"torch {data['torch']}, {data['rounds']} rounds, forward, fp32, E=8, k=2")
+load = data.get("load_average")
+print(f"torch {data['torch']}, {data['rounds']} rounds, forward, fp32, E=8, k=2"
+      + (f", load average {load:.1f} on the 2-CPU machine" if load is not None else ""))
 for r in rows:
     ms = r["ms"]
     hf_best = min(ms.get("hf_eager", math.inf), ms.get("hf_grouped_mm", math.inf))
+    noise = 50 * max(r.get("spread", {}).values(), default=0)
     print(f"H={r['hidden']:>4} I={r['intermediate']:>4} T={r['tokens']:>4} threads={r['threads']}: "
           f"ours/ideal {ms['ours'] / ms['ideal']:.2f} (target ≤{r['max_vs_ideal']}), "
-          f"ours/HF best {ms['ours'] / hf_best:.2f} (target ≤{r['max_vs_hf']})")
+          f"ours/HF best {ms['ours'] / hf_best:.2f} (target ≤{r['max_vs_hf']}), noise ±{noise:.0f}%")
 
 # %%
 fig, ax = plt.subplots()
