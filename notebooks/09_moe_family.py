@@ -239,7 +239,7 @@ table
 # - Expert choice has a load CV of exactly 0 — by construction — and pays for it with tokens that get no expert.
 # - The DeepSeekMoE row has the same total and active expert parameters as Mixtral (16 half-width experts,
 #   4 of them per token), one extra router row per added expert, and routes over 15 choices instead of 8.
-# - Switch has half the active parameters and FLOPs: one expert per token.
+# - Switch has about half the active parameters and FLOPs (one expert per token; only the router is shared).
 #
 # ### Per-expert load
 #
