@@ -93,6 +93,37 @@ def bench(preset: str, batch: int, seq: int, rounds: int, steps: int, warmup: in
     return out
 
 
+def breakdown(preset: str, batch: int, seq: int, rounds: int = 3) -> dict[str, float]:
+    """Process-CPU seconds of moe_edu's step parts: what any implementation must spend, and the rest."""
+    cfg = get_config(preset)
+    ours, _ = make_models(cfg)
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(1))  # (B, T)
+    x = torch.randn(batch, seq, cfg.hidden_size, requires_grad=True)  # (B, T, H)
+    layer = ours.model.layers[0]
+    cos, sin = ours.model.rotary_emb(torch.arange(seq), x.dtype)  # (T, D)
+    opt = torch.optim.AdamW(ours.parameters(), lr=1e-4, foreach=True)
+    full = step_fn(ours, ids, False)
+    L = cfg.num_hidden_layers
+    parts = {  # AdamW first: the full step leaves grads at None
+        "AdamW update": lambda: opt.step(),
+        "step (all)": lambda: full(),
+        "lm_head + cross-entropy": lambda: torch.nn.functional.cross_entropy(
+            ours.lm_head(x).flatten(0, 1), ids.flatten()).backward(),
+        f"attention x {L} (norm, q/k/v/o, RoPE, SDPA)": lambda: layer.self_attn(
+            layer.input_layernorm(x), cos, sin, None)[0].sum().backward(),
+        f"MoE block x {L} (norm, router, experts)": lambda: layer.mlp(
+            layer.post_attention_layernorm(x))[0].sum().backward(),
+    }
+    for p in ours.parameters():
+        p.grad = torch.zeros_like(p)
+    times = {}
+    for name, fn in parts.items():
+        fn()
+        samples = [timed(fn, 1)[1] for _ in range(rounds)]
+        times[name] = statistics.median(samples) * (L if " x " in name else 1)
+    return times
+
+
 def write_markdown(results: list[dict], path: Path, threads: int) -> None:
     import transformers
 
@@ -119,6 +150,13 @@ def write_markdown(results: list[dict], path: Path, threads: int) -> None:
                 f"{r[f'tps_ours_{clock}']:.0f} | {r[f'tps_hf_{clock}']:.0f} | **{r[f'ratio_{clock}']:.2f}x** | "
                 f"{min(per_round):.2f}..{max(per_round):.2f} | {r['logits_err']:.1e} |"
             )
+    for r in results:
+        if r.get("breakdown"):
+            total = r["breakdown"]["step (all)"]
+            lines += ["", f"Where moe_edu's step goes ({r['preset']}, B x T = {r['batch']} x {r['seq']}, CPU seconds, "
+                      "parts timed separately):", "", "| part | seconds | share of step |", "|---|---|---|"]
+            lines += [f"| {k} | {v:.3f} | {v / total:.0%} |" for k, v in r["breakdown"].items() if k != "step (all)"]
+            lines.append(f"| whole step | {total:.3f} | 100% |")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 
@@ -132,6 +170,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--steps", type=int, default=3, help="training steps per timed round")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--breakdown", action="store_true", help="also time moe_edu's step parts (CPU seconds)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_throughput.md")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -141,6 +180,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"{preset:>6}  B={r['batch']} T={r['seq']}  moe_edu {r['tps_ours_wall']:9.0f} tok/s  "
               f"transformers {r['tps_hf_wall']:9.0f} tok/s  ratio {r['ratio_wall']:.2f}x wall, "
               f"{r['ratio_cpu']:.2f}x per CPU second  (logit err {r['logits_err']:.1e})", flush=True)
+        if args.breakdown:
+            r["breakdown"] = breakdown(preset, args.batch, args.seq)
+            print("   " + ", ".join(f"{k}: {v:.3f}s" for k, v in r["breakdown"].items()), flush=True)
         results.append(r)
     if args.out:
         write_markdown(results, args.out, args.threads)
