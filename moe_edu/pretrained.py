@@ -21,8 +21,6 @@ import json
 import re
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable
-
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
@@ -109,44 +107,62 @@ class Checkpoint:
 
 
 # --- which stored tensors make each of our parameters -------------------------------
-Source = tuple[list[str], Callable[[list[torch.Tensor]], torch.Tensor]]
+# A source is (keys, pieces): pieces = 0 for one stored tensor; else the keys are per-expert
+# tensors, `pieces` per expert (2: w1 then w3 stacked into gate_up_proj; 1: w2 into down_proj).
+Source = tuple[list[str], int]
 
 
-def _experts_source(ckpt: Checkpoint, prefix: str, name: str, num_experts: int) -> Source | None:
-    """Fused v5 tensor if stored, else the per-expert v4 tensors stacked: (E, 2I, H) or (E, H, I)."""
+def _experts_source(ckpt: Checkpoint, prefix: str, name: str, num_experts: int) -> tuple[Source | None, list[str]]:
+    """Fused v5 tensor if stored, else the per-expert v4 tensors; or None and the keys that are missing."""
     for moe in ("mlp.", "block_sparse_moe."):
-        fused = f"{prefix}{moe}experts.{name}"
-        if fused in ckpt.files:
-            return [fused], lambda ts: ts[0]
+        if f"{prefix}{moe}experts.{name}" in ckpt.files:
+            return ([f"{prefix}{moe}experts.{name}"], 0), []
+    ns = (1, 3) if name == "gate_up_proj" else (2,)  # gate_up_proj = [w1; w3] per expert, down_proj = w2
     for moe in ("block_sparse_moe.", "mlp."):
-        w = [f"{prefix}{moe}experts.{j}.w{n}.weight" for j in range(num_experts)
-             for n in ((1, 3) if name == "gate_up_proj" else (2,))]
-        if all(k in ckpt.files for k in w):
-            if name == "down_proj":
-                return w, torch.stack  # E x (H, I) -> (E, H, I)
-            return w, lambda ts: torch.stack([torch.cat(ts[i:i + 2]) for i in range(0, len(ts), 2)])  # (E, 2I, H)
-    return None
+        keys = [f"{prefix}{moe}experts.{j}.w{n}.weight" for j in range(num_experts) for n in ns]
+        present = [k for k in keys if k in ckpt.files]
+        if len(present) == len(keys):
+            return (keys, len(ns)), []
+        if present:  # a per-expert layout with holes: name the holes
+            return None, [k for k in keys if k not in ckpt.files]
+    return None, [f"{prefix}mlp.experts.{name}"]
 
 
-def _source(ckpt: Checkpoint, param: str, num_experts: int) -> Source | None:
+def _source(ckpt: Checkpoint, param: str, num_experts: int) -> tuple[Source | None, list[str]]:
     m = re.match(r"(model\.layers\.\d+\.)mlp\.(.+)$", param)
     if m is None:
-        return ([param], lambda ts: ts[0]) if param in ckpt.files else None
+        return (([param], 0), []) if param in ckpt.files else (None, [param])
     prefix, rest = m.groups()
     if rest.startswith("experts."):
         return _experts_source(ckpt, prefix, rest[len("experts."):], num_experts)
     for moe in ("mlp.", "block_sparse_moe."):
         if f"{prefix}{moe}{rest}" in ckpt.files:
-            return [f"{prefix}{moe}{rest}"], lambda ts: ts[0]
-    return None
+            return ([f"{prefix}{moe}{rest}"], 0), []
+    return None, [param]
 
 
-def _expected_shape(ckpt: Checkpoint, keys: list[str], combine) -> tuple[int, ...]:
+def _stored_shape(ckpt: Checkpoint, src: Source) -> tuple[tuple[int, ...], list]:
+    """The shape `src` assembles to, from file headers only, and any per-expert tensors of odd shape."""
+    keys, pieces = src
     shapes = [ckpt.shape(k) for k in keys]
-    if len(keys) == 1:
-        return shapes[0]
-    metas = [torch.empty(s, device="meta") for s in shapes]
-    return tuple(combine(metas).shape)
+    if not pieces:
+        return shapes[0], []
+    odd = [(k, shapes[0], s) for k, s in zip(keys, shapes) if s != shapes[0]]
+    return (len(keys) // pieces, pieces * shapes[0][0], *shapes[0][1:]), odd
+
+
+def _read(ckpt: Checkpoint, src: Source, dtype: torch.dtype | None, device) -> torch.Tensor:
+    """Assemble one parameter, reading its stored tensors one at a time into one buffer."""
+    keys, pieces = src
+    first = ckpt.tensor(keys[0])
+    if not pieces:
+        return first.to(device=device, dtype=dtype)
+    rows = first.shape[0]
+    out = torch.empty(len(keys) // pieces, pieces * rows, *first.shape[1:], dtype=dtype or first.dtype, device=device)
+    for i, key in enumerate(keys):
+        j, part = divmod(i, pieces)
+        out[j, part * rows:(part + 1) * rows] = first if i == 0 else ckpt.tensor(key)  # (rows, cols)
+    return out
 
 
 def load_into(module: nn.Module, ckpt: Checkpoint, prefix: str, what: str, *, dtype: torch.dtype | None = None,
@@ -158,11 +174,12 @@ def load_into(module: nn.Module, ckpt: Checkpoint, prefix: str, what: str, *, dt
     E = module.config.num_local_experts
     plan, missing, mismatched, used = {}, [], [], set()
     for name, p in module.named_parameters():
-        src = _source(ckpt, prefix + name, E)
+        src, absent = _source(ckpt, prefix + name, E)
+        missing += absent
         if src is None:
-            missing.append(prefix + name)
             continue
-        stored = _expected_shape(ckpt, *src)
+        stored, odd = _stored_shape(ckpt, src)
+        mismatched += odd
         if stored != tuple(p.shape):
             mismatched.append((prefix + name, p.shape, stored))
         plan[name] = src
@@ -174,10 +191,10 @@ def load_into(module: nn.Module, ckpt: Checkpoint, prefix: str, what: str, *, dt
             unexpected = [k for k in unexpected if k != "lm_head.weight"]
     if missing or unexpected or mismatched:
         raise StateDictError(f"{what} from {ckpt.path}", missing, unexpected, mismatched)
-    for name, (keys, combine) in plan.items():  # one parameter at a time: peak = model + one tensor
-        with torch.no_grad():
-            value = combine([ckpt.tensor(k) for k in keys]).to(device=device, dtype=dtype)
+    for name, src in plan.items():  # one parameter at a time: peak = model + one stored tensor
         owner, attr = _owner(module, name)
+        with torch.no_grad():
+            value = _read(ckpt, src, dtype, device)
         setattr(owner, attr, nn.Parameter(value, requires_grad=getattr(owner, attr).requires_grad))
 
 

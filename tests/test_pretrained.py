@@ -182,6 +182,13 @@ def test_missing_key_and_wrong_shape_are_listed(checkpoint, tmp_path):
     (bad / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(StateDictError, match="model.layers.0.self_attn.k_proj.weight"):
         MixtralForCausalLM.from_pretrained(bad)
+    shard = index["weight_map"].pop("model.layers.1.block_sparse_moe.experts.2.w3.weight")
+    (bad / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(StateDictError) as err:
+        load_moe_block(bad, 1)
+    assert "model.layers.1.block_sparse_moe.experts.2.w3.weight" in str(err.value)  # the hole is named
+    index["weight_map"]["model.layers.1.block_sparse_moe.experts.2.w3.weight"] = shard
+    (bad / "model.safetensors.index.json").write_text(json.dumps(index))
     config = json.loads((bad / "config.json").read_text())
     config["intermediate_size"] = 40
     (bad / "config.json").write_text(json.dumps(config))
