@@ -11,7 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .grouped_mm import grouped_matmul
+from .grouped_mm import grouped_matmul, grouped_mm_kernel_available
+
+
+def _needs_grad(x: torch.Tensor, module: nn.Module) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
 
 
 def swiglu(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
@@ -52,9 +56,27 @@ class Experts(nn.Module):
         Two grouped GEMMs (gate+up fused, then down) instead of 2E small ones; the SwiGLU
         in between runs once over all N rows.
         """
+        if not _needs_grad(xs, self) and not grouped_mm_kernel_available(xs, self.gate_up_proj):
+            return self._grouped_inference(xs, counts.tolist() if sizes is None else sizes)  # (N, H)
         h = grouped_matmul(xs, self.gate_up_proj.transpose(-2, -1), counts, sizes)  # (N, 2I)
         gate, up = h.chunk(2, dim=-1)  # (N, I), (N, I)
         return grouped_matmul(F.silu(gate) * up, self.down_proj.transpose(-2, -1), counts, sizes)  # (N, H)
+
+    def _grouped_inference(self, xs: torch.Tensor, sizes: list[int], chunk: int = 256) -> torch.Tensor:
+        """Inference without a grouped kernel: the whole SwiGLU per block of <= `chunk` rows of one expert.
+
+        Keeping each block's (chunk, 2I) intermediate in cache, instead of one (N, 2I) pass
+        over the whole layer, is what makes a CPU loop as fast as one dense FFN.
+        """
+        out = xs.new_empty(xs.shape[0], self.hidden_size)  # (N, H)
+        start = 0
+        for e, n in enumerate(sizes):
+            for s in range(start, start + n, chunk):
+                rows = slice(s, min(s + chunk, start + n))
+                gate, up = F.linear(xs[rows], self.gate_up_proj[e]).chunk(2, dim=-1)  # (n, I), (n, I)
+                torch.mm(F.silu(gate) * up, self.down_proj[e].t(), out=out[rows])  # (n, H)
+            start += n
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Every expert on every row (the dense view): x (N, H) -> (E, N, H)."""
