@@ -42,26 +42,16 @@ from moe_edu.widgets import PRESET_TEXTS, RoutingExplorer, render_routing_html, 
 #
 # The explorer works with any model that has a `.config` and returns `router_logits` (one `(B*T, E)` tensor per
 # layer, the convention of `transformers`) and any tokenizer with `encode` / `decode`. Here we use the course's
-# `tiny` Mixtral (4 layers, 8 experts, top-2) with **random weights**, and a byte-level tokenizer: one token per
-# UTF-8 byte, so no character is ever unknown. A random router is a useful baseline: whatever structure you see
-# in it comes from the architecture (token embeddings, attention), not from training. Notebook 07 trains this
-# model; notebook 08 repeats the analysis on the trained weights.
+# `tiny` Mixtral (4 layers, 8 experts, top-2) **trained** on the offline multi-domain corpus (prose in four
+# languages, code, arithmetic) and shipped with the package: `moe_edu.load_pretrained()` returns the model and its
+# byte-level BPE tokenizer. Byte-level means no character is ever unknown; BPE merges frequent byte pairs, so
+# pieces such as `" the"` or `"def"` are single tokens. (`moe_edu.train` produced it; notebook 07 shows how.)
 
 # %%
-class ByteTokenizer:
-    """One token per UTF-8 byte (ids 0..255): a stand-in for a trained tokenizer."""
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids: list[int]) -> str:
-        return bytes(ids).decode("utf-8", errors="replace")
-
-
-config = moe_edu.PRESETS["tiny"]
-model = moe_edu.MixtralForCausalLM(config).eval()
-tokenizer = ByteTokenizer()
-print(f"{config.name}: {config.num_hidden_layers} layers, E = {config.num_local_experts} experts, "
+model, tokenizer = moe_edu.load_pretrained()
+config = model.config
+print(tokenizer)
+print(f"{config.num_hidden_layers} layers, E = {config.num_local_experts} experts, "
       f"k = {config.num_experts_per_tok}, context = {config.max_position_embeddings} tokens")
 
 # %% [markdown]
@@ -83,7 +73,7 @@ top_p, top_e = probs.topk(config.num_experts_per_tok, dim=-1)  # (T, k), (T, k)
 weights = top_p / top_p.sum(dim=-1, keepdim=True)  # (T, k): renormalised, sum to 1
 for t in range(6):
     tok = tokenizer.decode([int(ids[0, t])])
-    print(f"token {t} {tok!r:5} -> experts {top_e[t].tolist()}  weights {[f'{w:.3f}' for w in weights[t].tolist()]}")
+    print(f"token {t} {tok!r:8} -> experts {top_e[t].tolist()}  weights {[f'{w:.3f}' for w in weights[t].tolist()]}")
 
 # %% [markdown]
 # `moe_edu.widgets.trace_routing` does the same once for all layers and keeps the logits in a `RoutingTrace`; its
@@ -140,15 +130,15 @@ print("first choices of the first 10 tokens:", explorer.trace.first_choice(explo
 #
 # Use the explorer to form a hunch, then check it with a few lines of code over the preset texts.
 #
-# **Q1. Find a token that always goes to the same expert.** Pick a character that repeats (a space, `e`, `=`) and
-# hover over its occurrences at one layer. Then measure it: for each token that occurs at least 4 times, the share of
+# **Q1. Find a token that always goes to the same expert.** Pick a token that repeats (`" the"`, a space, `=`) and
+# hover over its occurrences at one layer. Then measure it: for each token that occurs at least 3 times, the share of
 # its occurrences that go to its most common first-choice expert (1.0 = always the same expert).
 
 # %%
 traces = {name: trace_routing(model, tokenizer, t) for name, t in PRESET_TEXTS.items()}
 
 
-def consistency(layer: int, min_count: int = 4) -> list[tuple[float, int, str, int]]:
+def consistency(layer: int, min_count: int = 3) -> list[tuple[float, int, str, int]]:
     """(share to the modal expert, occurrences, token, modal expert) for every frequent token, best first."""
     seen: dict[str, list[int]] = {}
     for tr in traces.values():
@@ -205,12 +195,20 @@ ax.legend(loc="upper right")
 plt.show()
 
 # %% [markdown]
-# Read the numbers with the model in mind. In this untrained model a router sees a token's embedding plus a
-# little attention, so at layer 0 the *same* token tends to go to the *same* expert (Q1) even though the choice
-# means nothing; "random" in the sense of "not about meaning" is not "random per token". Repetition above 1/E
-# comes from repeated characters and from attention mixing neighbours. After training (notebooks 07–08) compare
-# the same three measurements: the paper reports repetition well above random at its deeper layers (15 and 31) and
-# near it at layer 0.
+# Read the printouts with care: four short texts are a small sample, and notebook 08 repeats these measurements on
+# thousands of held-out tokens per domain. On the shipped model:
+#
+# - **Q1.** At layer 0 most frequent tokens always go to the same expert, and fewer do at deeper layers. A layer-0
+#   router sees little more than the token's own embedding, so it routes by *token identity*; deeper routers see
+#   context that attention has mixed in. The paper saw the same kind of thing: tokens such as `self` in Python or
+#   `Question` in English going through the same expert, a syntactic rather than a topical pattern.
+# - **Q2.** Code and prose do load the experts differently here. But with a few dozen tokens per text, part of that
+#   is simply *which tokens* occur; the paper found per-domain loads that look alike (its Fig. 7). Is one expert
+#   "the code expert"? Check it on more data in notebook 08 before you believe it.
+# - **Q3.** Layer 0 is the closest to a random router, deeper layers repeat the previous token's expert far more
+#   often than 1/E: the direction the paper reports (Table 5: layer 0 near random, layers 15 and 31 well above).
+#   Repetition is not evidence of meaning by itself: repeated tokens and neighbouring pieces of one word share an
+#   expert for the reasons of Q1.
 #
 # ## Recap
 #
@@ -228,8 +226,8 @@ plt.show()
 # 2. A token's two top probabilities are 0.30 and 0.20. What are its renormalised weights at k = 2?
 # 3. Expert load sums to 1 over experts. What load would a perfectly balanced router give each of 8 experts, and why
 #    does the load-balancing loss of notebook 07 equal k in that case?
-# 4. Why is a byte-level tokenizer never faced with an "unknown character", and what does the explorer show for a
-#    multi-byte character such as `é`?
+# 4. Why is a byte-level tokenizer never faced with an "unknown character"? What would the explorer show for a
+#    character the tokenizer splits into two byte tokens?
 # 5. Consecutive tokens share their first expert 40 % of the time at some layer. Why is that not, by itself, evidence
 #    that the experts have learnt syntax?
 #

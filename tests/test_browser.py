@@ -35,7 +35,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 HARD_LIMIT_S = 150  # the whole test; each browser step has its own, shorter timeout
 STEP_MS = 60_000
-NEW_TEXT = "x = 3 + 4  # ça va?"
+NEW_TEXT = "Bonjour! The cat said: print(3 + 4)"
 NEW_LAYER = 2
 
 
@@ -55,14 +55,13 @@ def require_browser():
 
 
 def expected_first_choices(text: str, layer: int) -> list[int]:
-    """The routing of notebook 06's model (seed 0, random tiny Mixtral, byte tokens), computed here."""
+    """The routing of notebook 06's model (the shipped tiny Mixtral and its tokenizer), computed here."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the notebook's setup()
     try:
-        torch.manual_seed(0)
-        model = moe_edu.MixtralForCausalLM(moe_edu.PRESETS["tiny"]).eval()
+        model, tokenizer = moe_edu.load_pretrained()
         with torch.no_grad():
-            logits = model(torch.tensor([list(text.encode("utf-8"))]), output_router_logits=True).router_logits
+            logits = model(torch.tensor([tokenizer.encode(text)]), output_router_logits=True).router_logits
     finally:
         torch.set_num_threads(threads)
     return torch.softmax(logits[layer].float(), dim=-1).argmax(-1).tolist()  # (T,)

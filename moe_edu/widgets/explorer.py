@@ -17,10 +17,11 @@ from .trace import RoutingTrace, Tokenizer, trace_routing
 from .views import heatmap_html, load_html, overview_html, topk_html
 
 PRESET_TEXTS: dict[str, str] = {
-    "prose": "The cat sat on the warm mat and watched the rain fall.",
-    "code": "def add(a, b):\n    return a + b\n\nprint(add(2, 3))",
-    "arithmetic": "12 + 35 = 47; 9 * 8 = 72; 100 - 1 = 99",
-    "French": "Le chat dort près de la fenêtre, où il fait chaud.",
+    "prose": "The cat sat on the warm mat and watched the rain fall. When the sun came out, the cat went "
+             "into the garden and slept under the old tree.",
+    "code": "def add(a, b):\n    return a + b\n\n\nfor i in range(3):\n    print(add(i, i * 2))\n",
+    "arithmetic": "12 + 35 = 47; 9 * 8 = 72; 100 - 1 = 99; 144 / 12 = 12; 7 * 7 = 49",
+    "French": "Le chat dort près de la fenêtre, où il fait chaud. Demain, nous irons au marché avec les enfants.",
 }
 
 TABS = ("tokens", "heatmap", "expert load", "all layers", "top-k")
