@@ -88,8 +88,9 @@ DECODE_MAX_TOKENS = 1  # on CPU, at inference, grouped dispatch hands batches th
 def grouped_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     """Sort assignments by expert, one grouped GEMM pair over all of them, un-sort, weighted sum over k.
 
-    On CUDA bf16 this is two `grouped_mm` kernels and no host sync; elsewhere one
-    `counts.tolist()` and a loop of GEMMs writing into one buffer. Single tokens on CPU
+    On CUDA bf16 this is two `grouped_mm` kernels and no host sync; on CPU, torch's
+    grouped kernel in training and cache-sized per-expert blocks at inference; elsewhere
+    one `counts.tolist()` and a loop of GEMMs writing into one buffer. Single tokens on CPU
     take `decode_dispatch` at inference (in training, indexing each expert's weights would
     build a full-size zero gradient per index; the grouped backward builds one per weight). The k-way sum runs in fp32 (the router's weights are fp32),
     in a fixed order, so results are deterministic on every device.
@@ -99,7 +100,8 @@ def grouped_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, c
     if T <= DECODE_MAX_TOKENS and x.device.type == "cpu" and not training:
         return decode_dispatch(x, experts, weights, chosen)  # (T, H)
     order, counts = sort_by_expert(chosen, experts.num_experts)  # (T*k,), (E,)
-    sizes = None if grouped_mm_kernel_available(x, experts.gate_up_proj) else counts.tolist()
+    on_gpu_kernel = x.device.type != "cpu" and grouped_mm_kernel_available(x, experts.gate_up_proj)
+    sizes = None if on_gpu_kernel else counts.tolist()  # host sizes: free on CPU, one sync elsewhere
     token = order // k  # (T*k,) the token of each sorted assignment
     out = experts.grouped(x[token], counts, sizes)  # (T*k, H) grouped by expert
     out = torch.empty_like(out).index_copy(0, order, out)  # (T*k, H) back in (token, slot) order

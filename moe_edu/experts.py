@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .grouped_mm import grouped_matmul, grouped_mm_kernel_available
+from .grouped_mm import grouped_matmul
 
 
 def _needs_grad(x: torch.Tensor, module: nn.Module) -> bool:
@@ -53,10 +53,11 @@ class Experts(nn.Module):
     def grouped(self, xs: torch.Tensor, counts: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
         """All experts on expert-sorted rows: xs (N, H) holds `counts[e]` (E,) rows for expert e -> (N, H).
 
-        Two grouped GEMMs (gate+up fused, then down) instead of 2E small ones; the SwiGLU
-        in between runs once over all N rows.
+        Training (and GPUs): two grouped GEMMs (gate+up fused, then down) instead of 2E small
+        ones, the SwiGLU in between once over all N rows. CPU inference: per-expert blocks
+        that stay in cache (`_grouped_inference`).
         """
-        if not _needs_grad(xs, self) and not grouped_mm_kernel_available(xs, self.gate_up_proj):
+        if xs.device.type == "cpu" and not _needs_grad(xs, self):
             return self._grouped_inference(xs, counts.tolist() if sizes is None else sizes)  # (N, H)
         h = grouped_matmul(xs, self.gate_up_proj.transpose(-2, -1), counts, sizes)  # (N, 2I)
         gate, up = h.chunk(2, dim=-1)  # (N, I), (N, I)

@@ -6,9 +6,10 @@ This is the primitive behind sparse dispatch once tokens are sorted by expert
 (notebook 03 builds it as a loop, notebook 10 measures it). Two implementations,
 same numbers and the same autograd:
 
-- `torch.nn.functional.grouped_mm` (one CUDA kernel, no host sync) on CUDA bf16, SM >= 80;
-- a loop of `torch.mm` writing into one preallocated output elsewhere (CPU, fp16/fp32/fp64,
-  older GPUs), with a hand-written backward so it never copies or concatenates.
+- `torch.nn.functional.grouped_mm`: one CUDA kernel, no host sync, on CUDA bf16 (SM >= 80);
+  also torch's CPU kernel for fp32/bf16 with 16-byte aligned rows;
+- a loop of `torch.mm` writing into one preallocated output everywhere else (fp64, fp16,
+  odd sizes, older GPUs), with a hand-written backward so it never copies or concatenates.
 """
 
 from __future__ import annotations
@@ -18,13 +19,20 @@ import torch.nn.functional as F
 
 
 def grouped_mm_kernel_available(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """True where torch's fused grouped GEMM applies: CUDA, bf16 operands, compute capability >= 8.0."""
-    return (
-        hasattr(F, "grouped_mm")
-        and x.device.type == "cuda"
-        and x.dtype == w.dtype == torch.bfloat16
-        and torch.cuda.get_device_capability(x.device) >= (8, 0)
-    )
+    """True where torch's fused grouped GEMM applies to x (N, K) @ w (G, K, M).
+
+    CUDA: bf16 operands on compute capability >= 8.0. CPU (torch >= 2.9 has a kernel,
+    with a backward): fp32 or bf16 rows whose byte strides and addresses are multiples of 16.
+    """
+    if not hasattr(F, "grouped_mm") or x.dtype != w.dtype:
+        return False
+    if x.device.type == "cuda":
+        return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0)
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16):
+        size = x.element_size()
+        return (x.shape[-1] * size % 16 == 0 and w.shape[-1] * size % 16 == 0
+                and x.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0)
+    return False
 
 
 class _LoopGroupedMM(torch.autograd.Function):
