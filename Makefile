@@ -13,7 +13,7 @@ export PYTHONHASHSEED := 0
 
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 
-.PHONY: lab test test-lib test-notebooks notebooks check-notebooks install install-test bench explorer train clean help
+.PHONY: lab test test-lib test-notebooks test-browser notebooks check-notebooks install install-test bench bench-train explorer train clean help
 
 help:
 	@echo "make lab        create .venv, install, open JupyterLab on notebooks/"
@@ -58,8 +58,14 @@ notebooks: install-test
 check-notebooks: install-test
 	$(PY) tools/build_notebooks.py --check
 
+test-browser: install-test
+	$(PY) -m pytest -q -m browser tests
+
 bench: install-test
 	$(PY) -m moe_edu.bench
+
+bench-train: install-test
+	$(PY) benchmarks/train_throughput.py --breakdown
 
 train: install
 	$(PY) -m moe_edu.train
