@@ -191,7 +191,42 @@ plt.show()
 # %% [markdown]
 # ## What our tiny model reproduces, and what it does not
 #
-# SUMMARY_PLACEHOLDER
+# The numbers above (held-out text, 1,500 tokens per domain for code, prose and arithmetic, about
+# 330 per language, so the language rows are noisy by several points) say:
+#
+# **Reproduced**
+#
+# - *Routing is not random.* Every domain and layer repeats first choices far above 12.5 % and
+#   overlaps top-2 sets far above 46.4 %, as in the paper's Table 5.
+# - *Deeper layers repeat more than layer 0* for Python and English (first choice about 18-20 % at
+#   layer 0, up to 45-55 % at the last layer) — the paper sees the same rise from layer 0 (about 14 %)
+#   to layer 15 (about 24-28 %).
+# - *Syntax over topic.* The favourite tokens of an expert are punctuation and operators (`,` `?`
+#   `=` `+` `Answer`), Python syntax (`(` `_`), line starts (`def`, `What`, newline): the same kind
+#   of pattern as the paper's Fig. 8, where indentation and `self` are routed consistently in code.
+# - *Arithmetic stands apart.* Our generated arithmetic has the most distinct expert distribution
+#   (total variation 0.4-0.5 from the mean, against 0.15-0.3 for the rest), just as DM Mathematics
+#   is the one Pile subset the paper finds "marginally different" — both are synthetic, with a tiny
+#   vocabulary of digits and templates.
+#
+# **Not reproduced**
+#
+# - *Far too much repetition.* Our rates (first choice 34-76 % at the middle layer, top-2 overlap
+#   71-95 %) are well above Mixtral's (23-28 % and 59-66 % at layer 15). A 4-layer, 64-wide model
+#   trained for 300 steps routes whole runs of tokens together.
+# - *Layer 0 is not near random for the four languages* (35-58 % against the paper's 14 %): with
+#   short sub-word tokens and only a few pages of each language, the routers learn "language"
+#   experts: already at layer 0 long runs of a French or Italian paragraph share one expert, and
+#   at the last layer expert 2 takes ` die` and ` les` every time.
+# - *Unbalanced load.* Mixtral's per-domain bars in Fig. 7 are close to even; ours reach 2-4 times
+#   the mean at deeper layers, even with an aux-loss coefficient of 1.0 (notebook 07 explains why
+#   the loss can be satisfied while the hard load is skewed), and some experts take almost nothing.
+# - *Some topic (language) specialisation.* Mixtral shows none across ArXiv, PubMed or PhilPapers;
+#   our model's languages and arithmetic do get their own experts. The domains here differ far more
+#   (different languages and alphabets of tokens) than the English Pile subsets do.
+#
+# Scale is the honest explanation for the gaps: Mixtral's routers read a 4096-wide residual stream
+# after 32 layers of trillions of tokens; ours read 64 numbers after minutes of training.
 
 # %% [markdown]
 # ## Recap

@@ -75,7 +75,7 @@ rep_fn = ex.use(consecutive_repetition, "consecutive_repetition")
 base_fn = ex.use(random_topk_overlap_rate, "random_topk_overlap_rate")
 
 g = torch.Generator().manual_seed(0)
-random_routing = torch.stack([torch.randperm(8, generator=g)[:2] for _ in range(5000)])  # (T, 2)
+random_routing = torch.stack([torch.randperm(8, generator=g)[:2] for _ in range(20000)])  # (T, 2)
 first, overlap = rep_fn(random_routing)
 print(f"simulated random routing: first choice {100 * first:.1f} % (exact {100 / 8:.1f} %), "
       f"overlap {100 * overlap:.1f} % (exact {100 * base_fn(8, 2):.1f} %)")
