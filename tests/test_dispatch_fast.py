@@ -102,3 +102,28 @@ def test_bench_writes_table_json_and_plot(tmp_path, monkeypatch, backward):
 def test_bench_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="--rounds"):
         bench.main(["--rounds", "0", "--out", str(tmp_path)])
+
+
+def test_cpu_grouped_kernel_is_chosen_only_where_it_applies():
+    from moe_edu.grouped_mm import grouped_mm_kernel_available
+
+    if not hasattr(torch.nn.functional, "grouped_mm"):
+        pytest.skip("torch without grouped_mm")
+    w = torch.randn(4, 16, 24)
+    assert grouped_mm_kernel_available(torch.randn(5, 16), w)  # fp32, 64- and 96-byte rows
+    assert not grouped_mm_kernel_available(torch.randn(5, 16).double(), w.double())  # no fp64 kernel
+    assert not grouped_mm_kernel_available(torch.randn(5, 6), torch.randn(4, 6, 24))  # 24-byte rows
+
+
+def test_fp32_training_path_matches_loop():
+    torch.manual_seed(1)
+    ref = SparseMoeBlock(CONFIG, dispatch="loop")  # H=24, I=40: the CPU grouped kernel applies
+    fast = SparseMoeBlock(CONFIG)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 11, CONFIG.hidden_size, requires_grad=True)
+    grads = []
+    for block in (ref, fast):
+        y, _ = block(x)
+        grads.append(torch.autograd.grad((y * y).sum(), [x, *block.parameters()]))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
