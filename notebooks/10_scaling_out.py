@@ -119,12 +119,13 @@ plt.show()
 #
 # | situation | path | why |
 # |---|---|---|
-# | one token on CPU (decoding) | `decode`: run the k chosen experts by indexing their weights | no sort, no scatter: k GEMVs and nothing else |
-# | many tokens, CPU (or fp16/fp32 on GPU) | sort once, then **one GEMM per expert** writing into one buffer | big contiguous GEMMs; one `counts.tolist()` |
-# | many or few tokens, CUDA bf16 | the same sort, then `torch.nn.functional.grouped_mm` | one kernel for all experts, **no host sync** |
+# | one token on CPU, inference (decoding) | `decode`: run the k chosen experts by indexing their weights | no sort, no scatter: k GEMVs and nothing else |
+# | many tokens, CPU inference | sort once, then each expert's whole SwiGLU on blocks of ≤ 256 of its rows | contiguous GEMMs whose intermediates stay in cache |
+# | many tokens, CPU training | the same sort, then torch's CPU `grouped_mm` (fp32/bf16) or a loop of GEMMs into one buffer | one kernel pair forward and backward |
+# | any tokens, CUDA bf16 | the same sort, then `torch.nn.functional.grouped_mm` | one kernel for all experts, **no host sync** |
 #
 # A grouped GEMM is just "a loop of GEMMs over consecutive row blocks". Here it is in plain torch, then the
-# library's version (on CUDA bf16 it becomes a single `grouped_mm` kernel):
+# library's version (a single `grouped_mm` kernel where torch has one for the device and dtype):
 
 # %%
 torch.manual_seed(0)
@@ -136,7 +137,7 @@ by_hand = torch.cat([block @ w[e] for e, block in enumerate(x.split(counts.tolis
 
 from moe_edu.grouped_mm import grouped_matmul
 
-print("grouped_matmul == loop of GEMMs:", torch.allclose(grouped_matmul(x, w, counts), by_hand, atol=1e-6))
+print("grouped_matmul == loop of GEMMs:", torch.allclose(grouped_matmul(x, w, counts), by_hand, atol=1e-5))
 print(by_hand[:2])
 
 # %% [markdown]
