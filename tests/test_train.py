@@ -115,3 +115,11 @@ def test_recorded_command_retrains_a_few_steps(tmp_path):
     assert log["train_config"] == {**load_train_log()["train_config"], "steps": 6, "eval_every": 1000}
     model, tok = load_run(tmp_path)
     assert model.config.to_dict() == moe_edu.load_pretrained()[0].config.to_dict()
+
+
+@pytest.mark.gpu
+def test_train_on_cuda():
+    tc = TrainConfig(steps=3, batch_size=2, seq_len=32, eval_every=1000, eval_batches=1, device="cuda")
+    model, tok, log = train(tc, progress=False)
+    assert model.device.type == "cuda" and log["device"].startswith("cuda")
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in log["steps"])
