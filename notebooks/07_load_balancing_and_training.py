@@ -22,6 +22,8 @@ from moe_edu.notebook import setup
 
 setup()
 
+import math
+
 import matplotlib.pyplot as plt
 import torch
 
@@ -223,7 +225,7 @@ print(log["command"])
 print(f"{log['parameters']:,} parameters; {tc['steps']} steps of {tc['batch_size']} x {tc['seq_len']} tokens; "
       f"aux coef {tc['aux_loss_coef']}, z coef {tc['z_loss_coef']}")
 print(f"final train cross-entropy {final['ce']:.3f}, held-out {final['eval_ce']:.3f} "
-      f"(uniform guess: ln {log['model_config']['vocab_size']} = {torch.log(torch.tensor(1024.0)).item():.3f})")
+      f"(uniform guess: ln {log['model_config']['vocab_size']} = {math.log(log['model_config']['vocab_size']):.3f})")
 
 # %%
 from moe_edu.plots_training import loss_curves
