@@ -67,8 +67,8 @@ bench: install-test
 bench-train: install-test
 	$(PY) benchmarks/train_throughput.py --breakdown
 
-train: install
-	$(PY) -m moe_edu.train
+train: install  # reproduces the shipped checkpoint (its README has the full command)
+	$(PY) -m moe_edu.train --threads 1 --out moe_edu/checkpoints/tiny
 
 explorer: install
 	$(PIP) install -q -e ".[explorer]"
