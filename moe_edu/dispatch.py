@@ -88,9 +88,9 @@ DECODE_MAX_TOKENS = 1  # on CPU, at inference, grouped dispatch hands batches th
 def grouped_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     """Sort assignments by expert, one grouped GEMM pair over all of them, un-sort, weighted sum over k.
 
-    On CUDA bf16 this is two `grouped_mm` kernels and no host sync; on CPU, torch's
-    grouped kernel in training and cache-sized per-expert blocks at inference; elsewhere
-    one `counts.tolist()` and a loop of GEMMs writing into one buffer. Single tokens on CPU
+    On CUDA bf16 this is two `grouped_mm` kernels and no host sync; on CPU torch's grouped
+    kernel where it applies (fp32/bf16, aligned rows); elsewhere one `counts.tolist()` and
+    a loop of GEMMs writing into one buffer. Single tokens on CPU
     take `decode_dispatch` at inference (in training, indexing each expert's weights would
     build a full-size zero gradient per index; the grouped backward builds one per weight). The k-way sum runs in fp32 (the router's weights are fp32),
     in a fixed order, so results are deterministic on every device.

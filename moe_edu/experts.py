@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .grouped_mm import grouped_matmul
+from .grouped_mm import grouped_matmul, grouped_mm_kernel_available
 
 
 def _needs_grad(x: torch.Tensor, module: nn.Module) -> bool:
@@ -53,11 +53,12 @@ class Experts(nn.Module):
     def grouped(self, xs: torch.Tensor, counts: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
         """All experts on expert-sorted rows: xs (N, H) holds `counts[e]` (E,) rows for expert e -> (N, H).
 
-        Training (and GPUs): two grouped GEMMs (gate+up fused, then down) instead of 2E small
-        ones, the SwiGLU in between once over all N rows. CPU inference: per-expert blocks
-        that stay in cache (`_grouped_inference`).
+        Two grouped GEMMs (gate+up fused, then down) instead of 2E small ones, the SwiGLU in
+        between once over all N rows. Without a grouped kernel, CPU inference runs per-expert
+        blocks that stay in cache instead (`_grouped_inference`).
         """
-        if xs.device.type == "cpu" and not _needs_grad(xs, self):
+        kernel = grouped_mm_kernel_available(xs, self.gate_up_proj.transpose(-2, -1))
+        if not kernel and xs.device.type == "cpu" and not _needs_grad(xs, self):
             return self._grouped_inference(xs, counts.tolist() if sizes is None else sizes)  # (N, H)
         h = grouped_matmul(xs, self.gate_up_proj.transpose(-2, -1), counts, sizes)  # (N, 2I)
         gate, up = h.chunk(2, dim=-1)  # (N, I), (N, I)

@@ -120,8 +120,8 @@ plt.show()
 # | situation | path | why |
 # |---|---|---|
 # | one token on CPU, inference (decoding) | `decode`: run the k chosen experts by indexing their weights | no sort, no scatter: k GEMVs and nothing else |
-# | many tokens, CPU inference | sort once, then each expert's whole SwiGLU on blocks of ≤ 256 of its rows | contiguous GEMMs whose intermediates stay in cache |
-# | many tokens, CPU training | the same sort, then torch's CPU `grouped_mm` (fp32/bf16) or a loop of GEMMs into one buffer | one kernel pair forward and backward |
+# | many tokens, CPU | sort once, then torch's CPU `grouped_mm` (fp32/bf16, aligned rows) | one kernel pair, forward and backward |
+# | many tokens, anything else (fp64, odd sizes) | the same sort, then one GEMM per expert into one buffer (inference: each expert's whole SwiGLU on blocks of ≤ 256 rows, to stay in cache) | contiguous GEMMs, one `counts.tolist()` |
 # | any tokens, CUDA bf16 | the same sort, then `torch.nn.functional.grouped_mm` | one kernel for all experts, **no host sync** |
 #
 # A grouped GEMM is just "a loop of GEMMs over consecutive row blocks". Here it is in plain torch, then the

@@ -127,3 +127,18 @@ def test_fp32_training_path_matches_loop():
         grads.append(torch.autograd.grad((y * y).sum(), [x, *block.parameters()]))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [3, 256])
+def test_inference_blocks_without_kernel_match_loop(chunk):
+    torch.manual_seed(2)
+    block = SparseMoeBlock(CONFIG).double()  # fp64: no grouped kernel, so the per-expert blocks run
+    x = torch.randn(40, CONFIG.hidden_size, dtype=torch.float64)
+    with torch.no_grad():
+        _, weights, chosen = block.gate(x)
+        order, counts = dispatch.sort_by_expert(chosen, CONFIG.num_local_experts)
+        xs = x[order // 2]
+        got = block.experts._grouped_inference(xs, counts.tolist(), chunk=chunk)
+        want = torch.cat([block.experts.expert(e, g) for e, g in enumerate(xs.split(counts.tolist()))])
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(block(x[None])[0][0], dispatch.loop_dispatch(x, block.experts, weights, chosen))
