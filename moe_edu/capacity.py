@@ -1,4 +1,4 @@
-"""Capacity-based dispatch: each expert takes at most C assignments; the overflow is dropped.
+"""Expert capacity and token dropping, expressed as masked assignments over the shared dispatch.
 
 Mixtral is *dropless*: every token reaches its k experts however unbalanced the routing
 (`moe_edu.dispatch`). Earlier MoEs (GShard, Switch Transformer) gave every expert a fixed
@@ -6,10 +6,15 @@ buffer of
 
     C = ceil(capacity_factor * T * k / E)
 
-slots so that all experts run the same-sized matmul; assignments beyond C are dropped and
-the token keeps only what its residual connection carries. Notebook 03 contrasts the two.
-This is the minimal version (first come, first served; first choices before second
-choices); the Switch / GShard variants with their own priorities live in `moe_edu.variants`.
+slots so that all experts run the same-sized matmul; an assignment that arrives when its
+expert's buffer is full is *dropped*: that expert does not run on that token, and a token
+that loses all its experts leaves the layer with output 0 (only the residual carries it).
+Priority is first come, first served, every first choice before any second choice.
+
+Dropping is a mask over the (T, k) assignments; the kept ones go through
+`moe_edu.dispatch.grouped_dispatch` unchanged. Notebook 03 contrasts dropless and
+capacity; the Switch / GShard / expert-choice variants of notebook 09 (`moe_edu.variants`)
+build on these functions.
 """
 
 from __future__ import annotations
@@ -18,19 +23,75 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
+from .dispatch import grouped_dispatch, sort_by_expert
 from .experts import Experts
 
 
+def check_capacity_factor(value: float, name: str = "capacity_factor") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
 def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
-    """C = ceil(capacity_factor * T * k / E): the slots each expert gets."""
-    if not (isinstance(capacity_factor, (int, float)) and math.isfinite(capacity_factor) and capacity_factor > 0):
-        raise ValueError(f"capacity_factor must be a finite number > 0, got {capacity_factor!r}")
-    for name, v in (("num_tokens", num_tokens), ("num_experts", num_experts), ("top_k", top_k)):
-        if not isinstance(v, int) or v <= 0:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return math.ceil(capacity_factor * num_tokens * top_k / num_experts)
+    """C = ceil(capacity_factor * T * k / E) slots per expert, at most T (an expert cannot use more rows)."""
+    check_capacity_factor(capacity_factor)
+    for name, value in (("num_tokens", num_tokens), ("num_experts", num_experts), ("top_k", top_k)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"expert_capacity: {name} must be a positive int, got {value!r}")
+    return min(num_tokens, math.ceil(capacity_factor * num_tokens * top_k / num_experts))
+
+
+def queue_positions(chosen: torch.Tensor, num_experts: int, active: torch.Tensor | None = None) -> torch.Tensor:
+    """Each assignment's place in its expert's queue (0 = first), slot-major first come first served.
+
+    chosen (T, k) expert ids; active (T, k) bool, assignments that queue at all (inactive ones
+    get position -1 and take no room). Returns (T, k) int64.
+    """
+    T, k = chosen.shape
+    slot_major = chosen.t()  # (k, T): every first choice, then every second choice
+    if active is not None:
+        slot_major = torch.where(active.t(), slot_major, num_experts)  # inactive -> a dummy expert E
+    order, counts = sort_by_expert(slot_major, num_experts + 1)  # (k*T,), (E+1,) stable: keeps priority order
+    starts = torch.cumsum(counts, 0) - counts  # (E+1,) first sorted row of each expert
+    sorted_expert = slot_major.reshape(-1)[order]  # (k*T,)
+    rank = torch.arange(order.numel(), device=chosen.device) - starts[sorted_expert]  # (k*T,) place in queue
+    position = torch.empty_like(rank).scatter_(0, order, rank).reshape(k, T).t()  # (T, k)
+    if active is not None:
+        position = position.masked_fill(~active, -1)
+    return position
+
+
+def keep_within_capacity(chosen: torch.Tensor, num_experts: int, capacity: int,
+                         active: torch.Tensor | None = None) -> torch.Tensor:
+    """(T, k) bool: assignments that fit in their expert's buffer of `capacity` rows."""
+    if chosen.dim() != 2:
+        raise ValueError(f"chosen must be (tokens, k), got shape {tuple(chosen.shape)}")
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
+        raise ValueError(f"capacity must be an int >= 0, got {capacity!r}")
+    if active is not None and active.shape != chosen.shape:
+        raise ValueError(f"active must have chosen's shape {tuple(chosen.shape)}, got {tuple(active.shape)}")
+    position = queue_positions(chosen, num_experts, active)  # (T, k)
+    return (position >= 0) & (position < capacity)  # (T, k)
+
+
+def dispatch_assignments(x: torch.Tensor, experts: Experts, token: torch.Tensor, expert: torch.Tensor,
+                         weight: torch.Tensor) -> torch.Tensor:
+    """Run a flat list of A (token, expert, weight) assignments: y[t] = sum weight * expert(x[t]).
+
+    x (T, H); token, expert, weight (A,). Each assignment becomes one row with k = 1 for
+    `grouped_dispatch`, then rows are summed back per token. Tokens absent from the list get 0.
+    """
+    rows = grouped_dispatch(x[token], experts, weight[:, None], expert[:, None])  # (A, H)
+    return torch.zeros_like(x).index_add_(0, token, rows.to(x.dtype))  # (T, H)
+
+
+def dispatch_kept(x: torch.Tensor, experts: Experts, weights: torch.Tensor, chosen: torch.Tensor,
+                  keep: torch.Tensor) -> torch.Tensor:
+    """`grouped_dispatch` restricted to the kept assignments: dropped ones cost nothing and add nothing."""
+    token, slot = torch.nonzero(keep, as_tuple=True)  # (A,), (A,)
+    return dispatch_assignments(x, experts, token, chosen[token, slot], weights[token, slot])  # (T, H)
 
 
 class CapacityDispatch(NamedTuple):
@@ -44,10 +105,8 @@ def capacity_dispatch(
 ) -> CapacityDispatch:
     """Dispatch like `moe_edu.dispatch.loop_dispatch`, but each expert keeps at most C assignments.
 
-    Priority: all first choices (slot 0) in token order, then all second choices, ... .
     Dropped assignments contribute nothing (weights are *not* renormalised over the kept
-    ones). With a large enough `capacity_factor` (>= E / k) nothing is dropped and `y`
-    equals the dropless result.
+    ones). With `capacity_factor >= E / k` nothing is dropped and `y` equals the dropless result.
     """
     if x.dim() != 2 or chosen.dim() != 2 or weights.shape != chosen.shape or chosen.shape[0] != x.shape[0]:
         raise ValueError(
@@ -55,16 +114,6 @@ def capacity_dispatch(
             f"weights {tuple(weights.shape)}, chosen {tuple(chosen.shape)}"
         )
     T, k = chosen.shape
-    E = experts.num_experts
-    C = expert_capacity(T, E, k, capacity_factor)
-    slot_major = chosen.t().reshape(-1)  # (k*T,) first choices of all tokens, then second choices
-    onehot = F.one_hot(slot_major, E)  # (k*T, E)
-    position = (onehot.cumsum(0) * onehot).sum(-1) - 1  # (k*T,) arrival index at its expert
-    kept = (position < C).reshape(k, T).t()  # (T, k)
-    y = torch.zeros_like(x)  # (T, H)
-    for e in range(E):
-        token, slot = torch.where((chosen == e) & kept)  # (n_e,), (n_e,) with n_e <= C
-        if token.numel():
-            out = experts.expert(e, x[token])  # (n_e, H)
-            y.index_add_(0, token, (out * weights[token, slot, None]).to(y.dtype))  # (T, H)
-    return CapacityDispatch(y, kept, C)
+    C = expert_capacity(T, experts.num_experts, k, capacity_factor)
+    kept = keep_within_capacity(chosen, experts.num_experts, C)  # (T, k)
+    return CapacityDispatch(dispatch_kept(x, experts, weights, chosen, kept), kept, C)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..experts import Experts
-from ..variants.capacity import dispatch_assignments, dispatch_kept
+from ..capacity import dispatch_assignments, dispatch_kept
 from ..variants.expert_choice import expert_choice_route
 from ..variants.switch import switch_route
 from .core import Case, Registry, randn

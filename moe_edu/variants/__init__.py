@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ..config import MixtralConfig
 from .base import MoEOutput, RoutedMoE
-from .capacity import dispatch_assignments, dispatch_kept, expert_capacity, keep_within_capacity
+from ..capacity import dispatch_assignments, dispatch_kept, expert_capacity, keep_within_capacity
 from .expert_choice import ExpertChoiceMoE
 from .gshard import GShardMoE
 from .mixtral import MixtralDroplessMoE

@@ -37,12 +37,6 @@ class MoEOutput:
         return self.dropped / max(self.num_tokens, 1)
 
 
-def check_capacity_factor(value: float, name: str = "capacity_factor") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a number > 0, got {value!r}")
-    return float(value)
-
-
 class RoutedMoE(nn.Module):
     """Router + E SwiGLU experts. Subclasses implement `forward(x) -> MoEOutput` and describe themselves."""
 

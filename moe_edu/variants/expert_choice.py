@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from ..config import MixtralConfig
-from .base import MoEOutput, RoutedMoE, check_capacity_factor
-from .capacity import dispatch_assignments, expert_capacity
+from ..capacity import check_capacity_factor, dispatch_assignments, expert_capacity
+from .base import MoEOutput, RoutedMoE
 
 
 def expert_choice_route(logits: torch.Tensor, capacity_factor: float) -> tuple[torch.Tensor, torch.Tensor]:

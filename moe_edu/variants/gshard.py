@@ -15,8 +15,8 @@ import torch
 from ..config import MixtralConfig
 from ..losses import load_balancing_loss
 from ..routing import softmax_topk
-from .base import MoEOutput, RoutedMoE, check_capacity_factor
-from .capacity import dispatch_kept, expert_capacity, keep_within_capacity
+from ..capacity import check_capacity_factor, dispatch_kept, expert_capacity, keep_within_capacity
+from .base import MoEOutput, RoutedMoE
 
 
 class GShardMoE(RoutedMoE):

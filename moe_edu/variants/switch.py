@@ -13,8 +13,8 @@ import torch
 
 from ..config import MixtralConfig
 from ..losses import load_balancing_loss
-from .base import MoEOutput, RoutedMoE, check_capacity_factor
-from .capacity import dispatch_kept, expert_capacity, keep_within_capacity
+from ..capacity import check_capacity_factor, dispatch_kept, expert_capacity, keep_within_capacity
+from .base import MoEOutput, RoutedMoE
 
 
 def switch_route(logits: torch.Tensor, capacity_factor: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
