@@ -190,10 +190,12 @@ plt.show()
 # Read the ratios with the cost model in hand. At **T = 1** our block takes the decode path: router, top-k, then
 # the two chosen experts — but it must read *two* experts' weights where the ideal reads one, so on a machine
 # whose caches are busy with other work (like the shared one that produced this file) memory traffic alone
-# makes it ~2× the ideal; `transformers`' eager loop adds one-hot masks, `nonzero` and per-expert indexing on
-# top. At **T = 64** every expert is hit with ~16 rows: the ideal streams one expert's weights while any sparse
-# layer must stream all eight, in small GEMMs — a cost of sparsity that no dispatch removes. At **T ≥ 1024** the
-# GEMMs dominate and the routing bookkeeping (one sort, one gather, one un-sort) is a few percent.
+# makes it at least 2× the ideal (on that machine, running the ideal's *own* expert twice on one row already
+# costs 2.1×); `transformers`' eager loop adds one-hot masks, `nonzero` and per-expert indexing on top. At
+# **T = 64** every expert is hit with ~16 rows: the ideal streams one expert's weights while any sparse layer
+# must stream all eight, in small GEMMs that run well below peak — a cost of sparsity, which is why ours and
+# both `transformers` implementations land together. At **T ≥ 1024** the GEMMs dominate and every
+# implementation is within a few tens of percent of the ideal.
 #
 # The GPU benchmark (`benchmarks/gpu_bench.py`, Mixtral-8x7B layer size, bf16) reports TFLOP/s against a dense
 # GEMM of equal FLOPs and, for decoding, the bandwidth achieved on the active experts' weights:
