@@ -105,7 +105,7 @@ def grouped_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, c
     token = order // k  # (T*k,) the token of each sorted assignment
     out = experts.grouped(x[token], counts, sizes)  # (T*k, H) grouped by expert
     out = torch.empty_like(out).index_copy(0, order, out)  # (T*k, H) back in (token, slot) order
-    y = (out.view(T, k, -1) * weights.unsqueeze(-1)).sum(1)  # (T, H) fp32 weights: fp32 sum
+    y = (out.view(T, k, x.shape[1]) * weights.unsqueeze(-1)).sum(1)  # (T, H) fp32 weights: fp32 sum
     return y.to(x.dtype)
 
 

@@ -105,7 +105,7 @@ class ExpertParallelMoeBlock(nn.Module):
 
         back = all_to_all(out, recv, send, self.group)  # (N*k, H) in `order`
         back = torch.empty_like(back).index_copy(0, order, back)  # (N*k, H) in (token, slot) order
-        y = (back.view(-1, k, H) * weights.unsqueeze(-1)).sum(1)  # (N, H) fp32 weighted sum
+        y = (back.view(B * T, k, H) * weights.unsqueeze(-1)).sum(1)  # (N, H) fp32 weighted sum
         return y.to(x.dtype).reshape(B, T, H), logits
 
     def sync_replicated_grads(self) -> None:
