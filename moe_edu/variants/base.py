@@ -100,8 +100,8 @@ class RoutedMoE(nn.Module):
 
     @property
     def experts_per_token(self) -> float:
-        """Routed experts a token runs at inference (an average for expert choice)."""
-        raise NotImplementedError
+        """Routed experts a token runs at inference (an average for expert choice); top-k variants: k."""
+        return float(self.top_k)
 
     def total_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

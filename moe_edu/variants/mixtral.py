@@ -31,10 +31,6 @@ class MixtralDroplessMoE(RoutedMoE):
     def from_config(cls, config: MixtralConfig) -> "MixtralDroplessMoE":
         return cls(config.hidden_size, config.intermediate_size, config.num_local_experts, config.num_experts_per_tok)
 
-    @property
-    def experts_per_token(self) -> float:
-        return float(self.top_k)
-
     def forward(self, x: torch.Tensor) -> MoEOutput:
         flat = self.flatten(x)  # (N, H)
         logits, weights, chosen = self.gate(flat)  # (N, E), (N, k), (N, k)

@@ -50,10 +50,6 @@ class SharedExpertMoE(RoutedMoE):
         return cls(config.hidden_size, I // granularity, E * granularity - num_shared, num_shared,
                    k * granularity - num_shared)
 
-    @property
-    def experts_per_token(self) -> float:
-        return float(self.top_k)
-
     def active_parameters(self) -> int:
         return super().active_parameters() + self.num_shared * self.expert_parameters
 
