@@ -38,8 +38,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)  # containers often run as root
+
 lab: install
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(ROOT_FLAG)
 
 # tests/test_project.py also fails when a committed .ipynb is stale against its twin
 test: install-test
@@ -72,7 +74,7 @@ train: install  # reproduces the shipped checkpoint (its README has the full com
 
 explorer: install
 	$(PIP) install -q -e ".[explorer]"
-	$(VENV)/bin/voila notebooks/06_routing_explorer.ipynb --port=$(PORT)
+	$(VENV)/bin/voila notebooks/06_routing_explorer.ipynb --port=$(PORT) --no-browser
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
