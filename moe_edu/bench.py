@@ -7,7 +7,10 @@
 "Ideal" is one dense SwiGLU FFN of a single expert's size over T*k rows: the same active
 FLOPs with no routing at all, so ours/ideal is the price of being sparse. "HF best" is the
 faster of transformers' `MixtralSparseMoeBlock` with `eager` and `grouped_mm` experts on the
-same weights. Every implementation is timed once per round, rounds are interleaved (so load
+same weights. "Floor" runs exactly the expert GEMMs our routing asked for on rows already
+grouped by expert, with no routing, sorting, gathering or combining: ours/floor is the
+overhead of dispatch itself, ours/ideal minus that is the price of E small GEMMs over
+more weights than one. Every implementation is timed once per round, rounds are interleaved (so load
 from other processes hits all alike) and we report medians. Notebook 10 plots the results.
 """
 
@@ -70,6 +73,10 @@ class Result:
         return self.ms["ours"] / self.ms["ideal"]
 
     @property
+    def vs_floor(self) -> float | None:
+        return self.ms["ours"] / self.ms["floor"] if "floor" in self.ms else None
+
+    @property
     def vs_hf(self) -> float | None:
         return self.ms["ours"] / self.hf_best if self.hf_best else None
 
@@ -98,7 +105,8 @@ def _step(fn: Callable[[], torch.Tensor], params: list[torch.Tensor], backward: 
     def run_bwd() -> None:
         for p in params:
             p.grad = None
-        fn().sum().backward()
+        y = fn()
+        y.backward(torch.ones_like(y))  # a dense upstream gradient (sum()'s is an expanded, stride-0 view)
     return run_bwd
 
 
@@ -118,7 +126,17 @@ def implementations(case: Case, backward: bool, seed: int = 0) -> dict[str, Call
         gate, up = torch.nn.functional.linear(rows, ideal_w[0]).chunk(2, dim=-1)  # (T*k, I) each
         return torch.nn.functional.linear(torch.nn.functional.silu(gate) * up, ideal_w[1])  # (T*k, H)
 
+    with torch.no_grad():  # the routing ours will take, decided once, outside the timer
+        _, _, chosen = ours.route(x)  # (T, k)
+    grouped_rows = x[0][torch.argsort(chosen.reshape(-1), stable=True) // k].contiguous()  # (T*k, H) by expert
+    counts = torch.bincount(chosen.reshape(-1), minlength=config.num_local_experts)  # (E,)
+    sizes = counts.tolist()
+
+    def floor() -> torch.Tensor:  # the same grouped expert GEMMs on pre-grouped rows: no routing at all
+        return ours.experts.grouped(grouped_rows, counts, sizes)  # (T*k, H)
+
     fns = {"ideal": _step(ideal, ideal_w, backward),
+           "floor": _step(floor, list(ours.parameters()), backward),
            "ours": _step(lambda: ours(x)[0], list(ours.parameters()), backward)}
     for impl in ("eager", "grouped_mm"):
         hf = _hf_block(config, ours, impl)
@@ -169,12 +187,14 @@ def markdown(results: list[Result], rounds: int, load: float | None = None) -> s
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {rounds} interleaved rounds, medians"
         + (f"; load average {load:.1f} on {os.cpu_count()} CPUs when it started." if load is not None else "."),
         "Ideal = one SwiGLU expert over T*k rows (same active FLOPs, no routing); "
+        "floor = the same grouped expert GEMMs ours runs, on rows already sorted by expert (no router, sort, gather or combine): "
+        "ours/floor is the cost of dispatch itself; "
         "HF best = faster of transformers' `eager` and `grouped_mm` experts. "
         "Noise = ± half the interquartile range / median, the largest among the implementations of that row.",
         "",
-        "| case | threads | ideal ms | ours ms | HF eager ms | HF grouped_mm ms | ours/ideal (target) | ours/HF best (target) "
-        "| noise |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| case | threads | ideal ms | floor ms | ours ms | HF eager ms | HF grouped_mm ms | ours/ideal (target) "
+        "| ours/floor | ours/HF best (target) | noise |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(r: Result, name: str) -> str:
@@ -186,9 +206,10 @@ def markdown(results: list[Result], rounds: int, load: float | None = None) -> s
         return f"{value:.2f} (≤{target}) {'met' if value <= target else 'missed'}"
 
     for r in results:
-        lines.append(f"| {r.case.label} | {r.threads} | {cell(r, 'ideal')} | {cell(r, 'ours')} | {cell(r, 'hf_eager')} | "
-                     f"{cell(r, 'hf_grouped_mm')} | {ratio(r.vs_ideal, r.case.max_vs_ideal)} | "
-                     f"{ratio(r.vs_hf, r.case.max_vs_hf)} | ±{50 * max(r.spread.values(), default=0):.0f}% |")
+        floor = f"{r.vs_floor:.2f}" if r.vs_floor is not None else "n/a"
+        lines.append(f"| {r.case.label} | {r.threads} | {cell(r, 'ideal')} | {cell(r, 'floor')} | {cell(r, 'ours')} | "
+                     f"{cell(r, 'hf_eager')} | {cell(r, 'hf_grouped_mm')} | {ratio(r.vs_ideal, r.case.max_vs_ideal)} | "
+                     f"{floor} | {ratio(r.vs_hf, r.case.max_vs_hf)} | ±{50 * max(r.spread.values(), default=0):.0f}% |")
     return "\n".join(lines) + "\n"
 
 
@@ -199,7 +220,7 @@ def plot(results: list[Result], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ["ours", "hf_eager", "hf_grouped_mm"]
+    names = ["floor", "ours", "hf_eager", "hf_grouped_mm"]
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(names)
     labels = [f"{r.case.label}\n{r.threads} thr" for r in results]
