@@ -167,6 +167,22 @@ def _permute_rotary(w: torch.Tensor, heads: int) -> torch.Tensor:
 V4_MOE = ".block_sparse_moe."  # transformers 4.x (and its save_pretrained in 5.x) name the MoE block so
 
 
+def split_moe_blocks(sd: Mapping[str, torch.Tensor], pattern: str):
+    """Split a model state dict into (other keys, {layer prefix: that layer's MoE-block keys}).
+
+    `pattern` has two groups: the prefix that names a layer's block, and the key inside it.
+    """
+    out: dict[str, torch.Tensor] = {}
+    per_layer: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in sd.items():
+        m = re.match(pattern, k)
+        if m:
+            per_layer.setdefault(m.group(1), {})[m.group(2)] = v
+        else:
+            out[k] = v
+    return out, per_layer
+
+
 def model_to_v5(sd: Mapping[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     """A whole-model state dict in transformers v5, v4 or Mistral-native keys -> v5 keys."""
     if not isinstance(sd, Mapping):
@@ -174,14 +190,7 @@ def model_to_v5(sd: Mapping[str, torch.Tensor], config) -> dict[str, torch.Tenso
     if "tok_embeddings.weight" in sd or any(".feed_forward." in k for k in sd):
         sd = dict(_mistral_model_key(k, sd, config) for k in sd)
     sd = {k.replace(V4_MOE, ".mlp."): v for k, v in sd.items()}
-    out: dict[str, torch.Tensor] = {}
-    per_layer: dict[str, dict[str, torch.Tensor]] = {}
-    for k, v in sd.items():
-        m = re.match(r"(model\.layers\.\d+\.mlp\.)(.+)$", k)
-        if m:
-            per_layer.setdefault(m.group(1), {})[m.group(2)] = v
-        else:
-            out[k] = v
+    out, per_layer = split_moe_blocks(sd, r"(model\.layers\.\d+\.mlp\.)(.+)$")
     for prefix, block in per_layer.items():
         out.update({prefix + k: v for k, v in block_to_v5(block, config.num_local_experts).items()})
     return out
@@ -194,14 +203,7 @@ def model_from_v5(sd: Mapping[str, torch.Tensor], config, layout: str = "v5") ->
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if layout == "v5":
         return dict(sd)
-    out: dict[str, torch.Tensor] = {}
-    per_layer: dict[str, dict[str, torch.Tensor]] = {}
-    for k, v in sd.items():
-        m = re.match(r"(model\.layers\.\d+\.)mlp\.(.+)$", k)
-        if m:
-            per_layer.setdefault(m.group(1), {})[m.group(2)] = v
-        else:
-            out[k] = v
+    out, per_layer = split_moe_blocks(sd, r"(model\.layers\.\d+\.)mlp\.(.+)$")
     for prefix, block in per_layer.items():
         out.update({prefix + "block_sparse_moe." + k: v for k, v in v5_to_layout(block, "v4").items()})
     if layout == "v4":
