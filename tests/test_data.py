@@ -1,9 +1,15 @@
 """The offline corpus: deterministic, labelled, split without overlap, correct arithmetic."""
 
+import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+import moe_edu.data.corpus as corpus_module
 from moe_edu.data.corpus import (DOMAINS, LANGUAGES, Document, build_corpus, by_domain, language_documents,
                                  math_documents, split_corpus)
 
@@ -73,3 +79,50 @@ def test_bad_input_raises():
         split_corpus([], every=1)
     with pytest.raises(ValueError, match="unknown domain"):
         by_domain([Document("poetry", "x", "y")])
+
+
+# The shipped checkpoint was trained on exactly these documents: if this hash changes, `make train`
+# no longer reproduces it (retrain and update both together).
+CORPUS_SHA256 = "01bfc7bbf7deab39684226439c93db6362ee65646c9cff0f9d393d25af31d887"
+CORPUS_FILE = Path(corpus_module.__file__)
+HASH_CORPUS = f"""
+import hashlib, importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("corpus_alone", {str(CORPUS_FILE)!r})
+mod = importlib.util.module_from_spec(spec); sys.modules["corpus_alone"] = mod
+opened = []
+sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" else None)
+spec.loader.exec_module(mod)
+docs = mod.build_corpus()
+rows = json.dumps([[d.domain, d.text, d.source] for d in docs])
+print(hashlib.sha256(rows.encode()).hexdigest())
+print(json.dumps(opened))
+"""
+
+
+def corpus_hash_under(python: str) -> tuple[str, list[str]]:
+    """Build the corpus with `python` (corpus.py alone, no torch); return its hash and the files it opened."""
+    out = subprocess.run([python, "-c", HASH_CORPUS], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    digest, opened = out.stdout.splitlines()
+    return digest, json.loads(opened)
+
+
+def test_corpus_is_the_one_the_checkpoint_was_trained_on():
+    digest, opened = corpus_hash_under(sys.executable)
+    assert digest == CORPUS_SHA256
+    data_dir = CORPUS_FILE.parent
+    read = [p for p in opened if p.endswith((".py", ".txt", ".jsonl")) and Path(p).parent != data_dir]
+    assert not read, f"build_corpus read files outside the package's data folder: {read[:5]}"
+
+
+def pyenv_pythons() -> list[str]:
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    found = []
+    for minor in ("3.10", "3.11", "3.12", "3.13"):
+        found += sorted(str(p / "bin" / "python") for p in root.glob(f"{minor}.*") if (p / "bin" / "python").exists())[-1:]
+    return found
+
+
+@pytest.mark.parametrize("python", pyenv_pythons() or [pytest.param("none", marks=pytest.mark.skip("no pyenv"))])
+def test_corpus_identical_under_every_supported_cpython(python):
+    assert corpus_hash_under(python)[0] == CORPUS_SHA256

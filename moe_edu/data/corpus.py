@@ -1,48 +1,40 @@
 """A small multi-domain corpus that needs no network: one domain label per document.
 
 Mixtral's §5 asks whether experts specialise by topic, using the Pile's domains (ArXiv,
-GitHub, DM Mathematics, ...). We build a laptop-sized stand-in, deterministically:
+GitHub, DM Mathematics, ...). We build a laptop-sized stand-in, deterministically, from
+files shipped in this folder only:
 
-- ``python``  code from a fixed list of standard-library modules of the *running*
-  interpreter, one document per top-level function or class, docstrings removed
-  (via `ast.unparse`, so comments go too);
+- ``python``  code from a fixed list of CPython 3.11.7 standard-library modules, one
+  document per top-level function or class, docstrings removed (via `ast.unparse`, so
+  comments go too);
 - ``english`` the docstrings of those same modules (English prose about code);
 - ``math``    synthetic arithmetic questions and answers, like DM Mathematics;
 - ``french`` / ``german`` / ``spanish`` / ``italian``  short pages written for this
   project (`moe_edu/data/*.txt`), one document per paragraph.
 
-Licences: the Python standard library is © Python Software Foundation under the PSF
-License Agreement; we read it at run time and ship no copy of it (the shipped
-checkpoint was trained on it). The language pages are original text released with this
-project under its Apache-2.0 licence. The arithmetic is generated.
+The first two were extracted once by `tools/freeze_stdlib_corpus.py` and are shipped as
+``stdlib_cpython_3.11.7.jsonl``: reading the *running* interpreter's library made the corpus
+(and everything trained on it) change with every Python version. Now `build_corpus()` returns
+the same documents on every interpreter.
 
-The corpus depends on the interpreter's version (its stdlib sources); for one version it
-is identical on every run. Notebook 08 routes the held-out documents per domain.
+Licences: the Python standard library is © Python Software Foundation under the PSF
+License Agreement (``PSF_LICENSE.txt``, shipped beside the extract). The language pages
+are original text released with this project under its Apache-2.0 licence. The arithmetic
+is generated.
 """
 
 from __future__ import annotations
 
-import ast
+import json
 import math
 import random
-import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
 DATA_DIR = Path(__file__).resolve().parent
+STDLIB_EXTRACT = DATA_DIR / "stdlib_cpython_3.11.7.jsonl"
 DOMAINS = ("python", "english", "math", "french", "german", "spanish", "italian")
 LANGUAGES = ("french", "german", "spanish", "italian")
-
-# Fixed list of stdlib modules (present from Python 3.10 to 3.13). Missing ones are skipped.
-STDLIB_FILES = (
-    "textwrap.py", "string.py", "heapq.py", "bisect.py", "fractions.py", "statistics.py",
-    "calendar.py", "difflib.py", "shlex.py", "queue.py", "functools.py", "dataclasses.py",
-    "argparse.py", "json/decoder.py", "json/encoder.py", "csv.py", "fnmatch.py", "glob.py",
-    "colorsys.py", "random.py", "pprint.py", "contextlib.py", "copy.py", "graphlib.py",
-    "numbers.py", "sched.py", "tempfile.py", "shutil.py", "tokenize.py", "gettext.py",
-    "cmd.py", "html/parser.py", "configparser.py", "ipaddress.py", "base64.py", "reprlib.py",
-    "timeit.py", "traceback.py", "weakref.py",
-)
 
 
 @dataclass(frozen=True)
@@ -54,39 +46,13 @@ class Document:
     source: str
 
 
-def _strip_docstrings(tree: ast.AST) -> list[str]:
-    """Remove every docstring from `tree` in place; return them, cleaned, in source order."""
-    docs = []
-    for node in ast.walk(tree):
-        if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
-        body = node.body
-        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                and isinstance(body[0].value.value, str):
-            text = ast.get_docstring(node, clean=True) or ""
-            lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith((">>>", "..."))]
-            docs.append("\n".join(lines).strip())
-            node.body = body[1:] or [ast.Pass()]
-    return docs
-
-
-def stdlib_documents(files: tuple[str, ...] = STDLIB_FILES) -> tuple[list[Document], list[Document]]:
-    """(python, english) documents from the running interpreter's standard library."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+def stdlib_documents() -> tuple[list[Document], list[Document]]:
+    """(python, english) documents from the shipped CPython 3.11.7 standard-library extract."""
     code, prose = [], []
-    for name in files:
-        path = root / name
-        if not path.is_file():
-            continue
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for i, doc in enumerate(_strip_docstrings(tree)):
-            if len(doc) >= 80:  # short one-liners ("Return x.") teach little prose
-                prose.append(Document("english", doc, f"stdlib:{name}#doc{i}"))
-        for node in tree.body:
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                text = ast.unparse(node)
-                if len(text) >= 80:
-                    code.append(Document("python", text, f"stdlib:{name}:{node.name}"))
+    with STDLIB_EXTRACT.open(encoding="utf-8") as f:
+        for line in f:
+            doc = Document(**json.loads(line))
+            (code if doc.domain == "python" else prose).append(doc)
     return code, prose
 
 
