@@ -29,3 +29,28 @@ def setup(seed: int = 0, threads: int = 1) -> None:
                              "axes.spines.top": False, "axes.spines.right": False})
     except ImportError:  # plotting is optional for the library
         pass
+
+
+def format_tensor(t, digits: int = 4) -> str:
+    """A small tensor as text that is the same under every torch version: one bracketed row per line.
+
+    torch's own repr changed its padding across versions (torch < 2.9 pads wide-range tensors
+    differently), and nbval compares printed text exactly; this fixed format does not change.
+    Integer and boolean tensors print as integers; floats with `digits` decimals (never "-0.0000").
+    """
+    import torch
+
+    t = torch.as_tensor(t).detach().cpu()
+    if t.dim() == 0:
+        t = t.reshape(1)
+    if t.dim() > 2:
+        raise ValueError(f"format_tensor prints 1-D or 2-D tensors, got shape {tuple(t.shape)}")
+    rows = t.reshape(1, -1) if t.dim() == 1 else t
+    if t.dtype.is_floating_point:
+        cells = [[f"{v:.{digits}f}" for v in row] for row in (rows.double() + 0.0).tolist()]
+        cells = [[c[1:] if c.startswith("-") and float(c) == 0 else c for c in row] for row in cells]
+    else:
+        cells = [[str(int(v)) for v in row] for row in rows.tolist()]
+    width = max((len(c) for row in cells for c in row), default=0)
+    lines = ["[" + ", ".join(c.rjust(width) for c in row) + "]" for row in cells]
+    return lines[0] if t.dim() == 1 else "\n".join(lines)

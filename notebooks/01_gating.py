@@ -30,7 +30,7 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.notebook import format_tensor, setup
 
 setup()
 
@@ -60,7 +60,7 @@ W_g = torch.randn(E, H) * 0.3  # (E, H) one row ("key") per expert
 
 logits = X @ W_g.T  # (T, E)
 print("logits shape:", tuple(logits.shape))
-print(logits)
+print(format_tensor(logits))
 
 # %% [markdown]
 # That is exactly `nn.Linear(H, E, bias=False)` — the module `transformers` and `moe_edu` use:
@@ -124,19 +124,34 @@ logits16 = (X_big.bfloat16() @ W_big.bfloat16().T)  # (T, E) in bf16
 top32 = torch.topk(logits32, 2, dim=-1).indices.sort(-1).values  # (T, 2)
 top16 = torch.topk(logits16.float(), 2, dim=-1).indices.sort(-1).values  # (T, 2)
 changed = (top32 != top16).any(-1)  # (T,)
-print(f"max |logit error| in bf16: {(logits16.float() - logits32).abs().max():.3f}")
-print(f"tokens whose top-2 experts change: {int(changed.sum())} of {T_big} ({changed.float().mean():.1%})")
 p16 = torch.softmax(logits16, dim=-1)  # (T, E) softmax computed in bf16
-print(f"bf16 softmax rows that do not sum to 1 (|sum-1| > 1e-3): {int(((p16.float().sum(-1) - 1).abs() > 1e-3).sum())}")
+off = (p16.float().sum(-1) - 1).abs() > 1e-3  # (T,) rows whose bf16 probabilities miss 1
+rate = changed.float().mean().item()
+
+# %% [markdown]
+# The exact counts depend on your CPU's bf16 kernels (how they round and accumulate), so the next cell is not
+# compared by the tests and your numbers will differ a little; the line after it holds on every machine.
+
+# %% tags=["nbval-ignore-output"]
+print(f"max |logit error| in bf16: {(logits16.float() - logits32).abs().max():.3f}")
+print(f"tokens whose top-2 experts change: {int(changed.sum())} of {T_big} ({rate:.1%})")
+print(f"bf16 softmax rows that do not sum to 1 (|sum-1| > 1e-3): {int(off.sum())} of {T_big}")
+
+# %%
+print("0.1 % < tokens whose top-2 changes < 2 %:", 0.001 < rate < 0.02)
+print("10 % < bf16 softmax rows off by more than 1e-3 < 40 %:", 0.10 < off.float().mean().item() < 0.40)
 
 # %% [markdown]
 # About half a percent of tokens go to a different expert only because of rounding. That sounds small, but it
 # happens independently in each of Mixtral's 32 layers, on every forward pass, and differently on different
 # hardware:
 
-# %%
-rate = changed.float().mean().item()
+# %% tags=["nbval-ignore-output"]
 print(f"P(a token's routing differs in at least one of 32 layers) = 1 - (1 - {rate:.4f})^32 = {1 - (1 - rate) ** 32:.1%}")
+
+# %%
+print("at 0.1 % to 2 % per layer, 3 % to 48 % of tokens differ somewhere in 32 layers:",
+      0.03 < 1 - (1 - rate) ** 32 < 0.48)
 
 # %% [markdown]
 # During training that is noise in a discrete decision; computing the router in fp32 removes it, at a negligible

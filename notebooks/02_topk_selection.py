@@ -30,7 +30,7 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.notebook import format_tensor, setup
 
 setup()
 
@@ -49,7 +49,7 @@ X = torch.randn(T, H)  # (T, H)
 W_g = torch.randn(E, H) * 0.3  # (E, H)
 logits = X @ W_g.T  # (T, E)
 probs = torch.softmax(logits.float(), dim=-1)  # (T, E)
-print(probs)
+print(format_tensor(probs))
 
 # %% [markdown]
 # `torch.topk(probs, k, dim=-1)` returns the $k$ largest values of each row, **sorted in decreasing order**, and
@@ -57,8 +57,10 @@ print(probs)
 
 # %%
 top_p, top_i = torch.topk(probs, k, dim=-1)  # (T, k), (T, k)
-print("top-k probabilities:\n", top_p)
-print("top-k experts:\n", top_i)
+print("top-k probabilities:")
+print(format_tensor(top_p))
+print("top-k experts:")
+print(format_tensor(top_i))
 
 # %% [markdown]
 # The same, by hand: sort each row and keep the first $k$. (`topk` is cheaper: it does not sort the rest.)
@@ -78,7 +80,7 @@ mask_scatter = torch.zeros(T, E, dtype=torch.bool).scatter(1, top_i, True)  # (T
 mask_onehot = F.one_hot(top_i, E).sum(dim=1).bool()  # (T, k, E) -> (T, E)
 kth = top_p[:, -1:]  # (T, 1) the k-th largest probability of each row
 mask_threshold = probs >= kth  # (T, E) (assumes no ties at the k-th place; see section 4)
-print(mask_scatter.int())
+print(format_tensor(mask_scatter))
 print("three masks agree:", torch.equal(mask_scatter, mask_onehot) and torch.equal(mask_scatter, mask_threshold))
 print("True per row:", mask_scatter.sum(-1).tolist())
 
@@ -88,7 +90,7 @@ print("True per row:", mask_scatter.sum(-1).tolist())
 
 # %%
 gates = probs.masked_fill(~mask_scatter, 0.0)  # (T, E)
-print(gates)
+print(format_tensor(gates))
 
 # %% [markdown]
 # The transposed view — for each expert, which tokens chose it — is what dispatch needs:
@@ -152,9 +154,20 @@ plt.show()
 
 # %%
 tied = torch.tensor([[0.1, 0.3, 0.3, 0.3]])  # (1, 4) three-way tie for first place
-print("topk picks:", torch.topk(tied, 2, dim=-1).indices.tolist(), "(some two of experts 1, 2, 3)")
 uniform = torch.full((1, E), 1.0 / E)  # (1, E) a router that has not learned anything yet
-print("on a uniform row:", torch.topk(uniform, 2, dim=-1).indices.tolist())
+picks_tied = torch.topk(tied, 2, dim=-1).indices[0].tolist()
+picks_uniform = torch.topk(uniform, 2, dim=-1).indices[0].tolist()
+
+# %% [markdown]
+# Which two it picks is exactly the implementation detail that differs between machines, so the next cell is not
+# compared by the tests (your picks may differ); the line after it is true everywhere.
+
+# %% tags=["nbval-ignore-output"]
+print("topk picks:", picks_tied, "(some two of experts 1, 2, 3)")
+print("on a uniform row:", picks_uniform)
+
+# %%
+print("two distinct experts from the tied ones:", len(set(picks_tied)) == 2 and set(picks_tied) <= {1, 2, 3})
 
 # %% [markdown]
 # In fp32 exact ties are rare (logits are continuous). In **bf16** they are not — bf16 has only 128 values per
@@ -164,9 +177,21 @@ print("on a uniform row:", torch.topk(uniform, 2, dim=-1).indices.tolist())
 
 # %%
 p_init = torch.softmax(X_many @ (torch.randn(E, H) * 0.02).T, dim=-1)  # (T, E) a freshly initialised router
+ties = {}
 for name, p in (("fp32", p_init), ("bf16", p_init.bfloat16())):
     s = torch.sort(p.float(), dim=-1, descending=True).values  # (T, E)
-    print(f"{name}: {int((s[:, 1] == s[:, 2]).sum()):>3} of {len(s)} tokens tie for the 2nd place")
+    ties[name] = int((s[:, 1] == s[:, 2]).sum())
+
+# %% [markdown]
+# The bf16 count depends on the last bits of the fp32 matrix product (your CPU's kernels), so it is not compared
+# by the tests; the check below it holds everywhere.
+
+# %% tags=["nbval-ignore-output"]
+for name, n in ties.items():
+    print(f"{name}: {n:>3} of {len(p_init)} tokens tie for the 2nd place")
+
+# %%
+print("no fp32 ties, and more than 1 % of tokens tied in bf16:", ties["fp32"] == 0 and ties["bf16"] > 10)
 
 # %% [markdown]
 # That is one more reason to route in fp32 (notebook 01). Where you need determinism — tests, exercises,

@@ -31,7 +31,7 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.notebook import format_tensor, setup
 
 setup()
 
@@ -109,7 +109,7 @@ for p in hand.parameters():
 x = torch.randn(2, 7, H)  # (B, T, H)
 with torch.no_grad():
     y_hand, logits_hand = hand(x)
-print("y:", tuple(y_hand.shape), "| router logits:", tuple(logits_hand.shape), "| y[0, 0, :4]:", y_hand[0, 0, :4])
+print("y:", tuple(y_hand.shape), "| router logits:", tuple(logits_hand.shape), "| y[0, 0, :4]:", format_tensor(y_hand[0, 0, :4]))
 
 # %% [markdown]
 # ## 3. The same block in `moe_edu`
@@ -152,9 +152,9 @@ print("input gradients equal:", torch.allclose(xg.grad, g_hand, atol=1e-6))
 # %%
 try:
     from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
-except ImportError:
+except Exception as err:  # not installed, or an installed version that fails to import (e.g. too old a torch)
     MixtralSparseMoeBlock = None
-    print("transformers is not installed: skipping the comparison (pip install 'moe_edu[notebooks]')")
+    print(f"transformers unavailable ({type(err).__name__}): skipping the comparison (pip install 'moe_edu[notebooks]')")
 
 if MixtralSparseMoeBlock is not None:
     hf_config = cfg.to_hf()

@@ -71,11 +71,13 @@ for name, logits in [("balanced", balanced), ("collapsed", collapsed)]:
 # %%
 try:
     from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+except Exception as err:  # not installed, or an installed version that fails to import
+    load_balancing_loss_func = None
+    print(f"transformers unavailable ({type(err).__name__}): skipping the comparison")
 
+if load_balancing_loss_func is not None:
     for name, logits in [("balanced", balanced), ("collapsed", collapsed)]:
         print(f"{name:9s}: transformers {load_balancing_loss_func((logits,), E, k).item():.4f}")
-except ImportError:
-    print("transformers is not installed: skipping the comparison")
 
 # %% [markdown]
 # **The blind spot.** $f_e$ comes from a hard top-$k$ and has no gradient; only $P_e$ does. If the
@@ -164,11 +166,25 @@ runs = {
     "aux loss (coef 1.0)": live_run(1.0, 0.0),
     "aux 1.0 + z-loss 0.05": live_run(1.0, 0.05),
 }
+imbalance = {name: load_imbalance(torch.tensor(run["history"][-1]["load"])) for name, run in runs.items()}
+lse = {name: run["history"][-1]["lse"] for name, run in runs.items()}
+
+# %% [markdown]
+# The exact numbers of a 24-step run depend on your CPU's floating-point kernels (they change the last bits of every
+# step, and training amplifies them), so the table is not compared by the tests and yours will differ a little. The
+# three lines after it are what the runs show on every machine.
+
+# %% tags=["nbval-ignore-output"]
 for name, run in runs.items():
     last, probe_end = run["log"][-1], run["history"][-1]
     print(f"{name:22s} ce {last['ce']:.2f}  aux {last['aux']:.2f}  z {last['z']:5.2f} | probe: imbalance "
-          f"{load_imbalance(torch.tensor(probe_end['load'])):.2f}, logsumexp {probe_end['lse']:5.2f}, "
-          f"spread {probe_end['spread']:.2f}")
+          f"{imbalance[name]:.2f}, logsumexp {probe_end['lse']:5.2f}, spread {probe_end['spread']:.2f}")
+
+# %%
+print("the aux loss lowers the probe's imbalance:", imbalance["aux loss (coef 1.0)"] < imbalance["no aux loss"])
+print("imbalance without aux loss > 2.5, with it < 2.0:",
+      imbalance["no aux loss"] > 2.5 and imbalance["aux loss (coef 1.0)"] < 2.0)
+print("the z-loss lowers the router's logsumexp:", lse["aux 1.0 + z-loss 0.05"] < lse["aux loss (coef 1.0)"])
 
 # %%
 from moe_edu.plots_training import load_history

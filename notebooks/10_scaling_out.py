@@ -26,7 +26,7 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.notebook import format_tensor, setup
 
 setup()  # seed 0, one thread, 4-digit printing: the same numbers every run
 
@@ -138,7 +138,7 @@ by_hand = torch.cat([block @ w[e] for e, block in enumerate(x.split(counts.tolis
 from moe_edu.grouped_mm import grouped_matmul
 
 print("grouped_matmul == loop of GEMMs:", torch.allclose(grouped_matmul(x, w, counts), by_hand, atol=1e-5))
-print(by_hand[:2])
+print(format_tensor(by_hand[:2]))
 
 # %% [markdown]
 # Two details make the CUDA path free of host syncs: the per-expert counts come from `scatter_add_` (CUDA's
@@ -233,7 +233,7 @@ for r in range(world):
     _, _, chosen = block.route(xs[r : r + 1])  # (T, k) experts chosen by rank r's tokens
     predicted[r] = torch.bincount(chosen.reshape(-1) // local, minlength=world)  # owner rank of each assignment
 print("predicted rows sent (row = from rank, column = to rank):")
-print(predicted)
+print(format_tensor(predicted))
 
 # %% [markdown]
 # Now the real thing: `check_expert_parallel` spawns 2 gloo processes on 127.0.0.1 (NCCL on GPUs runs the same
@@ -246,7 +246,7 @@ from moe_edu.parallel_check import check_expert_parallel
 
 report = check_expert_parallel(world=2, tokens=tokens, seed=0, timeout_s=120)
 print("measured rows sent:")
-print(torch.tensor(report.traffic))
+print(format_tensor(torch.tensor(report.traffic)))
 print("matches the prediction:", torch.equal(torch.tensor(report.traffic), predicted))
 print("rows each rank's experts processed:", report.expert_rows)
 for name, err in report.max_err.items():

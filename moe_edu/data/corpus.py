@@ -46,14 +46,26 @@ class Document:
     source: str
 
 
-def stdlib_documents() -> tuple[list[Document], list[Document]]:
-    """(python, english) documents from the shipped CPython 3.11.7 standard-library extract."""
+def stdlib_documents(files: tuple[str, ...] | None = None) -> tuple[list[Document], list[Document]]:
+    """(python, english) documents from the shipped CPython 3.11.7 standard-library extract.
+
+    `files` (e.g. ``("heapq.py", "json/decoder.py")``) keeps only those modules, in that order;
+    by default every module of the extract, in the order the checkpoint was trained on.
+    """
     code, prose = [], []
     with STDLIB_EXTRACT.open(encoding="utf-8") as f:
         for line in f:
             doc = Document(**json.loads(line))
             (code if doc.domain == "python" else prose).append(doc)
-    return code, prose
+    if files is None:
+        return code, prose
+    module = lambda doc: doc.source.removeprefix("stdlib:").split(":")[0].split("#")[0]  # noqa: E731
+    known = {module(d) for d in code + prose}
+    unknown = [name for name in files if name not in known]
+    if unknown:
+        raise ValueError(f"files not in the shipped standard-library extract: {unknown}; choose from {sorted(known)}")
+    pick = lambda docs: [d for name in files for d in docs if module(d) == name]  # noqa: E731
+    return pick(code), pick(prose)
 
 
 def _math_problem(rng: random.Random) -> str:
