@@ -1,80 +1,97 @@
 # moe_edu — one command to learn (`make lab`), one to test (`make test`).
 #
-# TORCH: the torch requirement installed first. CI sets TORCH=torch==2.13.0 (the CPU
-# build on its disk); on your machine the default takes pip's normal build.
+# Installs are locked: requirements/lock.txt pins every package (a universal lock: Linux, macOS
+# and Windows, x86-64 and ARM, Python 3.10-3.13), so the committed notebook outputs are reproduced
+# by the versions that made them. torch is pinned apart, in TORCH: CI takes torch 2.13.0's CPU
+# build from its disk; on your machine pip takes its normal build of the same version.
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-TORCH  ?= torch>=2.5
+TORCH  ?= torch==2.13.0
 PORT   ?= 8888
 export PYTHONHASHSEED := 0
 
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+# torch's CPU kernels on another instruction set (no ATen vectorisation, SSE4.1 oneDNN, MKL's
+# compatible code path): what a student's laptop may run. The notebooks must print the same there.
+OTHER_ISA := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_CBWR=COMPATIBLE
 
-.PHONY: lab test test-lib test-notebooks test-browser notebooks check-notebooks install install-test bench bench-train explorer train clean help
+.PHONY: lab test test-fast lint test-lib test-notebooks test-notebooks-other-isa test-browser notebooks check-notebooks install install-test lock bench bench-train explorer train clean help
 
-help:
-	@echo "make lab        create .venv, install, open JupyterLab on notebooks/"
-	@echo "make test       install test dependencies and run the whole suite (library + nbval)"
-	@echo "make notebooks  rebuild every .ipynb from its py:percent twin and execute it"
-	@echo "make bench      run the dispatch benchmark (writes benchmarks/results)"
-	@echo "make explorer   serve the routing explorer (notebook 06) with Voila"
+help:  ## list every target
+	@awk -F':.*## ' '/^[a-zA-Z_-]+:.*## / { printf "make %-26s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-$(VENV)/.installed: $(PY) pyproject.toml
+$(VENV)/.installed: $(PY) pyproject.toml requirements/lock.txt
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[notebooks]"
+	$(PIP) install -q -r requirements/lock.txt
+	$(PIP) install -q --no-deps -e .
 	@touch $@
 
+# one lock for the course and its tests: the test tools are already in it
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q -e ".[test]"
 	@touch $@
 
-install: $(VENV)/.installed
-install-test: $(VENV)/.installed-test
+install: $(VENV)/.installed  ## create .venv and install the locked course requirements
+install-test: $(VENV)/.installed-test  ## the same (the lock holds the test tools too)
 
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)  # containers often run as root
 
-lab: install
+lab: install  ## create .venv, install, open JupyterLab on notebooks/
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(ROOT_FLAG)
 
 # tests/test_project.py also fails when a committed .ipynb is stale against its twin
-test: install-test
+test: lint  ## the whole suite, as CI runs it: lint, library tests, nbval, nbval on another instruction set
 	$(PY) -m pytest -q tests
 	$(PY) -m pytest -q $(NBVAL) notebooks
+	$(MAKE) --no-print-directory test-notebooks-other-isa
 
-test-lib: install-test
+test-fast: install-test  ## the development loop: library tests without the slow and browser ones
+	$(PY) -m pytest -q -m "not slow and not browser" tests
+
+lint: install-test  ## ruff check and ruff format --check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test-notebooks-other-isa: install-test  ## nbval again with torch's CPU kernels on another instruction set
+	$(OTHER_ISA) $(PY) -c "import torch; c = torch.backends.cpu.get_cpu_capability(); assert c == 'DEFAULT', c"
+	$(OTHER_ISA) $(PY) -m pytest -q $(NBVAL) notebooks
+
+lock:  ## re-resolve requirements/lock.txt from requirements/lock.in (needs uv)
+	uv pip compile --universal --python-version 3.10 requirements/lock.in -o requirements/lock.txt --custom-compile-command "make lock"
+
+test-lib: install-test  ## library tests only
 	$(PY) -m pytest -q tests
 
-test-notebooks: install-test
+test-notebooks: install-test  ## nbval over every committed notebook
 	$(PY) -m pytest -q $(NBVAL) notebooks
 
-notebooks: install-test
+notebooks: install-test  ## rebuild every .ipynb from its py:percent twin and execute it
 	$(PY) tools/build_notebooks.py
 
-check-notebooks: install-test
+check-notebooks: install-test  ## fail if a committed .ipynb is stale against its twin (no execution)
 	$(PY) tools/build_notebooks.py --check
 
-test-browser: install-test
+test-browser: install-test  ## only the real-browser tests (JupyterLab in headless Chromium)
 	$(PY) -m pytest -q -m browser tests
 
-bench: install-test
+bench: install-test  ## the dispatch benchmark (writes benchmarks/results)
 	$(PY) -m moe_edu.bench
 
-bench-train: install-test
+bench-train: install-test  ## training-step throughput against transformers
 	$(PY) benchmarks/train_throughput.py --breakdown
 
-train: install  # reproduces the shipped checkpoint (its README has the full command)
+train: install  ## reproduce the shipped checkpoint bit for bit
 	$(PY) -m moe_edu.train --threads 1 --out moe_edu/checkpoints/tiny
 
-explorer: install
+explorer: install  ## serve the routing explorer with Voila
 	$(PIP) install -q -e ".[explorer]"
 	$(VENV)/bin/voila notebooks/06_routing_explorer.ipynb --port=$(PORT) --no-browser
 
-clean:
+clean:  ## remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
