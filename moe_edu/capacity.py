@@ -11,8 +11,8 @@ expert's buffer is full is *dropped*: that expert does not run on that token, an
 that loses all its experts leaves the layer with output 0 (only the residual carries it).
 Priority is first come, first served, every first choice before any second choice.
 
-Dropping is a mask over the (T, k) assignments; the kept ones go through
-`moe_edu.dispatch.grouped_dispatch` unchanged. Notebook 03 contrasts dropless and
+Dropping is a mask over the (T, k) assignments (`keep_within_capacity`); the kept ones go
+through the ordinary dispatch (`moe_edu.dispatch.dispatch_kept`). Notebook 03 contrasts dropless and
 capacity; the Switch / GShard / expert-choice variants of notebook 09 (`moe_edu.variants`)
 build on these functions.
 """
@@ -24,8 +24,9 @@ from typing import NamedTuple
 
 import torch
 
-from .dispatch import grouped_dispatch, sort_by_expert
+from .dispatch import dispatch_assignments, dispatch_kept, sort_by_expert
 from .experts import Experts
+from .routing import Router
 
 
 def check_capacity_factor(value: float, name: str = "capacity_factor") -> float:
@@ -76,22 +77,20 @@ def keep_within_capacity(chosen: torch.Tensor, num_experts: int, capacity: int,
     return (position >= 0) & (position < capacity)  # (T, k)
 
 
-def dispatch_assignments(x: torch.Tensor, experts: Experts, token: torch.Tensor, expert: torch.Tensor,
-                         weight: torch.Tensor) -> torch.Tensor:
-    """Run a flat list of A (token, expert, weight) assignments: y[t] = sum weight * expert(x[t]).
+class CapacityRouter(Router):
+    """A router whose experts hold C = ceil(capacity_factor * N * slots / E) rows each (Switch, GShard, expert choice)."""
 
-    x (T, H); token, expert, weight (A,). Each assignment becomes one row with k = 1 for
-    `grouped_dispatch`, then rows are summed back per token. Tokens absent from the list get 0.
-    """
-    rows = grouped_dispatch(x[token], experts, weight[:, None], expert[:, None])  # (A, H)
-    return torch.zeros_like(x).index_add_(0, token, rows.to(x.dtype))  # (T, H)
+    slots_per_token = 1  # k in C's formula
 
+    def __init__(self, hidden_size: int, num_experts: int, capacity_factor: float) -> None:
+        super().__init__(hidden_size, num_experts)
+        self.capacity_factor = check_capacity_factor(capacity_factor)
 
-def dispatch_kept(x: torch.Tensor, experts: Experts, weights: torch.Tensor, chosen: torch.Tensor,
-                  keep: torch.Tensor) -> torch.Tensor:
-    """`grouped_dispatch` restricted to the kept assignments: dropped ones cost nothing and add nothing."""
-    token, slot = torch.nonzero(keep, as_tuple=True)  # (A,), (A,)
-    return dispatch_assignments(x, experts, token, chosen[token, slot], weights[token, slot])  # (T, H)
+    def capacity(self, num_tokens: int) -> int:
+        return expert_capacity(num_tokens, self.num_experts, self.slots_per_token, self.capacity_factor)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, capacity_factor={self.capacity_factor:g}"
 
 
 class CapacityDispatch(NamedTuple):
@@ -103,7 +102,7 @@ class CapacityDispatch(NamedTuple):
 def capacity_dispatch(
     x: torch.Tensor, experts: Experts, weights: torch.Tensor, chosen: torch.Tensor, capacity_factor: float = 1.25
 ) -> CapacityDispatch:
-    """Dispatch like `moe_edu.dispatch.loop_dispatch`, but each expert keeps at most C assignments.
+    """Dispatch like `moe_edu.dispatch.loop_dispatch`, but each expert keeps at most C assignments (first come, first served).
 
     Dropped assignments contribute nothing (weights are *not* renormalised over the kept
     ones). With `capacity_factor >= E / k` nothing is dropped and `y` equals the dropless result.
@@ -117,3 +116,7 @@ def capacity_dispatch(
     C = expert_capacity(T, experts.num_experts, k, capacity_factor)
     kept = keep_within_capacity(chosen, experts.num_experts, C)  # (T, k)
     return CapacityDispatch(dispatch_kept(x, experts, weights, chosen, kept), kept, C)
+
+
+__all__ = ["CapacityDispatch", "CapacityRouter", "capacity_dispatch", "check_capacity_factor", "dispatch_assignments", "dispatch_kept",
+           "expert_capacity", "keep_within_capacity", "queue_positions"]

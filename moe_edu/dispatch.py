@@ -2,20 +2,21 @@
 
 Every implementation has the same signature and returns the same numbers:
 
-    dispatch(x (T, H), experts, weights (T, k), chosen (T, k)) -> y (T, H)
-    y[t] = sum_j weights[t, j] * expert_{chosen[t, j]}(x[t])
+    dispatch(x (T, H), experts, weights (T, k), expert_ids (T, k)) -> y (T, H)
+    y[t] = sum_j weights[t, j] * expert_{expert_ids[t, j]}(x[t])
 
 - `loop`    the readable reference: one pass per expert over the tokens it was given.
 - `dense`   the teaching version: run *every* expert on *every* token, zero the unchosen
             (E/k times the FLOPs: what sparsity saves).
-- `grouped` the fast default: one stable sort of the T*k assignments by expert, then one
-            contiguous GEMM per expert (a single `grouped_mm` kernel on CUDA bf16);
-            single tokens on CPU go to `decode`.
+- `grouped` the fast default: one stable sort of the T*k assignments by expert, the experts
+            on contiguous row groups, then un-sort and combine. *How* it runs is chosen in
+            one place, `choose_path`, from (device, dtype, token count, grad).
 - `decode`  token by token, indexing the chosen experts' weights directly: the cheapest
             way to run one token (no sort, no scatter), the slowest for many.
 
-Notebook 03 builds loop/dense/grouped by hand, notebook 10 measures them; tests check all agree
-(values and gradients).
+`dispatch_kept` runs any of them on a subset of the assignments (capacity and dropping,
+expert choice). Notebook 03 builds loop/dense/grouped by hand, notebook 10 measures them;
+tests check all agree (values and gradients).
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ from .grouped_mm import grouped_mm_kernel_available
 
 Dispatch = Callable[[torch.Tensor, Experts, torch.Tensor, torch.Tensor], torch.Tensor]
 
+DECODE_MAX_TOKENS = 1  # on CPU, at inference, batches this small go token by token (`decode_dispatch`)
 
-def loop_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+
+def loop_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
     """Reference: for each expert, gather its tokens, run it, add the weighted output back."""
     y = torch.zeros_like(x)  # (T, H)
     for e in range(experts.num_experts):
-        token, slot = torch.where(chosen == e)  # (n_e,), (n_e,): which tokens chose e, in which top-k slot
+        token, slot = torch.where(expert_ids == e)  # (n_e,), (n_e,): which tokens chose e, in which top-k slot
         if token.numel() == 0:
             continue  # sparse activation: an expert nobody chose costs nothing
         out = experts.expert(e, x[token])  # (n_e, H)
@@ -42,36 +45,22 @@ def loop_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, chos
     return y
 
 
-def dense_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+def dense_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
     """Teaching version: all E experts on all T tokens, then a (T, E) weight matrix with k non-zeros per row."""
     every = experts(x)  # (E, T, H)
     gates = torch.zeros(x.shape[0], experts.num_experts, dtype=weights.dtype, device=x.device)  # (T, E)
-    gates = gates.scatter(1, chosen, weights)  # (T, E)
+    gates = gates.scatter(1, expert_ids, weights)  # (T, E)
     return torch.einsum("te,eth->th", gates.to(every.dtype), every).to(x.dtype)  # (T, H)
 
 
-def sort_by_expert(chosen: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Order the T*k (token, slot) assignments by expert.
-
-    Returns `order` (T*k,), indices into the flattened (T, k) assignments grouped by
-    expert (stable: tokens keep their order inside a group), and `counts` (E,).
-    Counts come from `scatter_add_`, not `bincount`, which syncs with the host on CUDA.
-    """
-    flat = chosen.reshape(-1)  # (T*k,)
-    order = torch.argsort(flat, stable=True)  # (T*k,)
-    counts = torch.zeros(num_experts, dtype=torch.long, device=flat.device)  # (E,)
-    counts.scatter_add_(0, flat, torch.ones_like(flat))  # (E,)
-    return order, counts
-
-
-def decode_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+def decode_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
     """Token by token: index each chosen expert's weights directly; no sort, no scatter.
 
     The fast path for decoding (T = 1): k matrix-vector products and nothing else.
-    Reads `chosen` on the host, which is free on CPU and one sync on a GPU.
+    Reads `expert_ids` on the host, which is free on CPU and one sync on a GPU.
     """
     rows = []
-    for t, picks in enumerate(chosen.tolist()):
+    for t, picks in enumerate(expert_ids.tolist()):
         xt = x[t : t + 1]  # (1, H)
         row = 0
         for j, e in enumerate(picks):
@@ -82,31 +71,72 @@ def decode_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, ch
     return (rows[0] if len(rows) == 1 else torch.cat(rows)).to(x.dtype)  # (T, H)
 
 
-DECODE_MAX_TOKENS = 1  # on CPU, at inference, grouped dispatch hands batches this small to `decode_dispatch`
+def sort_by_expert(expert_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Order the T*k (token, slot) assignments by expert.
 
-
-def grouped_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """Sort assignments by expert, one grouped GEMM pair over all of them, un-sort, weighted sum over k.
-
-    On CUDA bf16 this is two `grouped_mm` kernels and no host sync; on CPU torch's grouped
-    kernel where it applies (fp32/bf16, aligned rows); elsewhere one `counts.tolist()` and
-    a loop of GEMMs writing into one buffer. Single tokens on CPU
-    take `decode_dispatch` at inference (in training, indexing each expert's weights would
-    build a full-size zero gradient per index; the grouped backward builds one per weight). The k-way sum runs in fp32 (the router's weights are fp32),
-    in a fixed order, so results are deterministic on every device.
+    Returns `order` (T*k,), indices into the flattened (T, k) assignments grouped by
+    expert (stable: tokens keep their order inside a group), and `counts` (E,).
+    Counts come from `scatter_add_`, not `bincount`, which syncs with the host on CUDA.
     """
-    T, k = chosen.shape
-    training = torch.is_grad_enabled() and experts.gate_up_proj.requires_grad
-    if T <= DECODE_MAX_TOKENS and x.device.type == "cpu" and not training:
-        return decode_dispatch(x, experts, weights, chosen)  # (T, H)
-    order, counts = sort_by_expert(chosen, experts.num_experts)  # (T*k,), (E,)
-    on_gpu_kernel = x.device.type != "cpu" and grouped_mm_kernel_available(x, experts.gate_up_proj)
-    sizes = None if on_gpu_kernel else counts.tolist()  # host sizes: free on CPU, one sync elsewhere
-    token = order // k  # (T*k,) the token of each sorted assignment
-    out = experts.grouped(x[token], counts, sizes)  # (T*k, H) grouped by expert
+    flat = expert_ids.reshape(-1)  # (T*k,)
+    order = torch.argsort(flat, stable=True)  # (T*k,)
+    counts = torch.zeros(num_experts, dtype=torch.long, device=flat.device)  # (E,)
+    counts.scatter_add_(0, flat, torch.ones_like(flat))  # (E,)
+    return order, counts
+
+
+def combine(out: torch.Tensor, order: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Un-sort and combine: out (T*k, H) holds the assignments in `order` -> y (T, H) = sum_j w[t, j] out[t, j].
+
+    The k-way sum runs in fp32 (the router's weights are fp32). On CPU one weighted
+    `index_add_` (in order, so deterministic); elsewhere an `index_copy` back to (token, slot)
+    order and a sum over k in a fixed order, so results are deterministic on every device.
+    """
+    T, k = weights.shape
+    if out.device.type == "cpu":
+        scaled = out * weights.reshape(-1)[order, None]  # (T*k, H) weight of each sorted row
+        y = torch.zeros(T, out.shape[1], dtype=scaled.dtype, device=out.device)  # (T, H)
+        return y.index_add_(0, order // k, scaled).to(dtype)  # (T, H)
     out = torch.empty_like(out).index_copy(0, order, out)  # (T*k, H) back in (token, slot) order
-    y = (out.view(T, k, x.shape[1]) * weights.unsqueeze(-1)).sum(1)  # (T, H) fp32 weights: fp32 sum
-    return y.to(x.dtype)
+    return (out.view(T, k, out.shape[1]) * weights.unsqueeze(-1)).sum(1).to(dtype)  # (T, H)
+
+
+def choose_path(x: torch.Tensor, experts: Experts) -> str:
+    """The one decision point of `grouped_dispatch`, from (device, dtype, token count, grad).
+
+    - "decode":     CPU inference on <= DECODE_MAX_TOKENS tokens (no sort at all);
+    - "per_expert": other CPU inference: one GEMM pair per expert into one buffer (measured
+                    faster than torch's CPU grouped kernel at every size of the benchmark);
+    - "kernel":     torch's fused `grouped_mm` (CUDA bf16 on SM >= 80; CPU fp32/bf16 aligned),
+                    when gradients are needed or off the CPU;
+    - "loop":       everywhere else, a loop of GEMMs with a hand-written backward.
+
+    In training the per-expert inference path would not do: indexing each expert's weights
+    builds a full-size zero gradient per index, while the grouped backward builds one.
+    """
+    grad = torch.is_grad_enabled() and (x.requires_grad or experts.gate_up_proj.requires_grad)
+    if x.device.type == "cpu" and not grad:
+        return "decode" if x.shape[0] <= DECODE_MAX_TOKENS else "per_expert"
+    down = experts.down_proj  # (E, H, I): its rows stand in for the (N, I) intermediate in the check
+    kernel = (grouped_mm_kernel_available(x, experts.gate_up_proj.mT)
+              and grouped_mm_kernel_available(down[0], down.mT))  # both projections must qualify
+    return "kernel" if kernel else "loop"
+
+
+def grouped_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
+    """Sort assignments by expert, run each expert on its contiguous rows, un-sort, weighted sum over k.
+
+    On CUDA bf16 this is two `grouped_mm` kernels and no host sync; elsewhere one
+    `counts.tolist()` (free on CPU). `choose_path` says which.
+    """
+    path = choose_path(x, experts)
+    if path == "decode":
+        return decode_dispatch(x, experts, weights, expert_ids)  # (T, H)
+    order, counts = sort_by_expert(expert_ids, experts.num_experts)  # (T*k,), (E,)
+    sizes = None if path == "kernel" else counts.tolist()  # host sizes: free on CPU, one sync elsewhere
+    rows = x[order // expert_ids.shape[1]]  # (T*k, H) each assignment's token, grouped by expert
+    out = experts.grouped(rows, counts, sizes, path=path)  # (T*k, H)
+    return combine(out, order, weights, x.dtype)  # (T, H)
 
 
 DISPATCHES: dict[str, Dispatch] = {
@@ -117,8 +147,32 @@ DISPATCHES: dict[str, Dispatch] = {
 }
 
 
-def get_dispatch(name: str) -> Dispatch:
+def get_dispatch(dispatch: str | Dispatch) -> Dispatch:
+    """A dispatch by name (see `DISPATCHES`), or a callable with the same signature as it is."""
+    if callable(dispatch):
+        return dispatch
     try:
-        return DISPATCHES[name]
-    except KeyError:
-        raise ValueError(f"unknown dispatch {name!r}; choose one of {sorted(DISPATCHES)}") from None
+        return DISPATCHES[dispatch]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown dispatch {dispatch!r}; choose one of {sorted(DISPATCHES)}") from None
+
+
+def dispatch_assignments(x: torch.Tensor, experts: Experts, token: torch.Tensor, expert_ids: torch.Tensor,
+                         weights: torch.Tensor, dispatch: str | Dispatch = "grouped") -> torch.Tensor:
+    """Run a flat list of A (token, expert, weight) assignments: y[t] = sum weight * expert(x[t]).
+
+    x (T, H); token, expert_ids, weights (A,). Each assignment becomes one row with k = 1 for
+    `dispatch`, then rows are summed back per token. Tokens absent from the list get 0.
+    """
+    rows = get_dispatch(dispatch)(x[token], experts, weights[:, None], expert_ids[:, None])  # (A, H)
+    return torch.zeros_like(x).index_add_(0, token, rows.to(x.dtype))  # (T, H)
+
+
+def dispatch_kept(x: torch.Tensor, experts: Experts, weights: torch.Tensor, expert_ids: torch.Tensor,
+                  keep: torch.Tensor, dispatch: str | Dispatch = "grouped") -> torch.Tensor:
+    """`dispatch` restricted to the kept assignments (keep (T, k) bool): dropped ones cost nothing and add nothing.
+
+    A token with no kept assignment gets 0 (only the residual carries it).
+    """
+    token, slot = torch.nonzero(keep, as_tuple=True)  # (A,), (A,)
+    return dispatch_assignments(x, experts, token, expert_ids[token, slot], weights[token, slot], dispatch)  # (T, H)

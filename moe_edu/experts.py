@@ -11,11 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .grouped_mm import grouped_matmul, grouped_mm_kernel_available
-
-
-def _needs_grad(x: torch.Tensor, module: nn.Module) -> bool:
-    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
+from .grouped_mm import grouped_matmul
 
 
 def swiglu(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
@@ -28,6 +24,10 @@ class Experts(nn.Module):
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
         super().__init__()
+        for name, value in (("num_experts", num_experts), ("hidden_size", hidden_size),
+                            ("intermediate_size", intermediate_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"Experts: {name} must be a positive int, got {value!r}")
         self.num_experts, self.hidden_size, self.intermediate_size = num_experts, hidden_size, intermediate_size
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))  # (E, 2I, H)
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))  # (E, H, I)
@@ -50,31 +50,36 @@ class Experts(nn.Module):
         gate, up = F.linear(x, self.gate_up_proj[e]).chunk(2, dim=-1)  # (N, I), (N, I)
         return F.linear(F.silu(gate) * up, self.down_proj[e])  # (N, H)
 
-    def grouped(self, xs: torch.Tensor, counts: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    def grouped(self, xs: torch.Tensor, counts: torch.Tensor, sizes: list[int] | None = None,
+                path: str | None = None) -> torch.Tensor:
         """All experts on expert-sorted rows: xs (N, H) holds `counts[e]` (E,) rows for expert e -> (N, H).
 
-        Two grouped GEMMs (gate+up fused, then down) instead of 2E small ones, the SwiGLU in
-        between once over all N rows. Without a grouped kernel, CPU inference runs per-expert
-        blocks that stay in cache instead (`_grouped_inference`).
+        `path` is what `moe_edu.dispatch.choose_path` decided: "kernel" or "loop" run two
+        grouped GEMMs (gate+up fused, then down) with the SwiGLU once over all N rows;
+        "per_expert" (inference only) runs the whole SwiGLU per expert, which keeps each
+        expert's weights and intermediate in cache. None: the kernel where it applies, else the loop.
         """
-        kernel = grouped_mm_kernel_available(xs, self.gate_up_proj.transpose(-2, -1))
-        if not kernel and xs.device.type == "cpu" and not _needs_grad(xs, self):
+        if path == "per_expert":
             return self._grouped_inference(xs, counts.tolist() if sizes is None else sizes)  # (N, H)
-        h = grouped_matmul(xs, self.gate_up_proj.transpose(-2, -1), counts, sizes)  # (N, 2I)
+        if path not in (None, "kernel", "loop"):
+            raise ValueError(f"path must be 'kernel', 'loop' or 'per_expert', got {path!r}")
+        kernel = None if path is None else path == "kernel"
+        h = grouped_matmul(xs, self.gate_up_proj.mT, counts, sizes, kernel=kernel)  # (N, 2I)
         gate, up = h.chunk(2, dim=-1)  # (N, I), (N, I)
-        return grouped_matmul(F.silu(gate) * up, self.down_proj.transpose(-2, -1), counts, sizes)  # (N, H)
+        return grouped_matmul(F.silu(gate) * up, self.down_proj.mT, counts, sizes, kernel=kernel)  # (N, H)
 
-    def _grouped_inference(self, xs: torch.Tensor, sizes: list[int], chunk: int = 256) -> torch.Tensor:
-        """Inference without a grouped kernel: the whole SwiGLU per block of <= `chunk` rows of one expert.
+    def _grouped_inference(self, xs: torch.Tensor, sizes: list[int], chunk: int | None = None) -> torch.Tensor:
+        """Inference, expert by expert: the whole SwiGLU on each expert's rows (in blocks of `chunk` rows if given).
 
-        Keeping each block's (chunk, 2I) intermediate in cache, instead of one (N, 2I) pass
-        over the whole layer, is what makes a CPU loop as fast as one dense FFN.
+        One GEMM pair per expert, written into one preallocated output, is what transformers'
+        eager loop does too; on CPU it beats one fused grouped GEMM over all N rows.
         """
         out = xs.new_empty(xs.shape[0], self.hidden_size)  # (N, H)
         start = 0
         for e, n in enumerate(sizes):
-            for s in range(start, start + n, chunk):
-                rows = slice(s, min(s + chunk, start + n))
+            step = chunk or max(n, 1)
+            for s in range(start, start + n, step):
+                rows = slice(s, min(s + step, start + n))
                 gate, up = F.linear(xs[rows], self.gate_up_proj[e]).chunk(2, dim=-1)  # (n, I), (n, I)
                 torch.mm(F.silu(gate) * up, self.down_proj[e].t(), out=out[rows])  # (n, H)
             start += n

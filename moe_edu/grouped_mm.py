@@ -69,18 +69,21 @@ class _LoopGroupedMM(torch.autograd.Function):
 
 
 def grouped_matmul(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor,
-                   sizes: list[int] | None = None) -> torch.Tensor:
+                   sizes: list[int] | None = None, *, kernel: bool | None = None) -> torch.Tensor:
     """x (N, K) sorted into G row blocks of `counts` (G,) rows; w (G, K, M) -> (N, M).
 
     `sizes` is `counts.tolist()` when the caller already has it (the loop needs host
-    integers; computing them once per layer keeps it to one device sync).
+    integers; computing them once per layer keeps it to one device sync). `kernel` forces
+    the fused kernel (True) or the loop (False); None uses the kernel where it applies.
     """
     if x.dim() != 2 or w.dim() != 3 or x.shape[1] != w.shape[1] or counts.shape != (w.shape[0],):
         raise ValueError(
             f"grouped_matmul expects x (N, K), w (G, K, M), counts (G,); got x {tuple(x.shape)}, "
             f"w {tuple(w.shape)}, counts {tuple(counts.shape)}"
         )
-    if grouped_mm_kernel_available(x, w):
+    if kernel is None:
+        kernel = grouped_mm_kernel_available(x, w)
+    if kernel:
         offs = counts.cumsum(0, dtype=torch.int32)  # (G,) end row of each group, stays on the device
         return F.grouped_mm(x, w, offs=offs)  # (N, M)
     sizes = counts.tolist() if sizes is None else sizes

@@ -1,9 +1,16 @@
-"""Mixtral's sparse mixture-of-experts block: router -> top-k -> experts -> weighted sum.
+"""The MoE block, composed: a router, the experts, and one dispatch-and-combine step.
 
     y = sum_{i in top-k(x W_g)} softmax(top-k(x W_g))_i * SwiGLU_i(x)      (paper, eq. 1-2)
 
-Same parameters and numbers as transformers' `MixtralSparseMoeBlock`; returns
-`(y, router_logits)` with router_logits `(B*T, E)`, transformers' convention.
+`MoEBlock(router, experts)` is the one forward every MoE layer here runs (as torchtune
+composes `MoE(experts=, router=)`): the router decides (`moe_edu.routing.Routing`), the
+dispatch sends tokens to their experts and sums the weighted answers back, and optional
+shared experts add their output for every token. A new routing rule is a new router
+(`moe_edu.variants`); expert parallelism is a different dispatch (`moe_edu.parallel`).
+
+`SparseMoeBlock(config)` is Mixtral's: `TopKRouter` + `Experts`, the same parameters and
+numbers as transformers' `MixtralSparseMoeBlock`, returning `(y, router_logits)` with
+router_logits `(B*T, E)`, transformers' convention.
 """
 
 from __future__ import annotations
@@ -14,58 +21,92 @@ import torch
 from torch import nn
 
 from .config import MixtralConfig
-from .dispatch import DISPATCHES, get_dispatch
+from .dispatch import Dispatch, dispatch_kept, get_dispatch
 from .experts import Experts
-from .routing import TopKRouter
+from .interop import export_block_state, load_block_state
+from .routing import Router, Routing, TopKRouter
 
 
-class SparseMoeBlock(nn.Module):
-    def __init__(self, config: MixtralConfig, *, dispatch: str = "grouped", router_fp32: bool = True,
-                 routing_order: str = "softmax_topk") -> None:
+class MoEBlock(nn.Module):
+    """router (`gate`, key `gate.weight`) + `experts` (+ `shared` experts on every token) + a dispatch.
+
+    `dispatch` is a name in `moe_edu.dispatch.DISPATCHES` or a callable with their signature.
+    """
+
+    input_rank: int | None = 3  # x must be (B, T, H); None accepts (..., H)
+
+    def __init__(self, router: Router, experts: Experts, *, shared: Experts | None = None,
+                 dispatch: str | Dispatch = "grouped", jitter_noise: float = 0.0,
+                 initializer_range: float = 0.02) -> None:
         super().__init__()
         get_dispatch(dispatch)  # validate the name now, not at the first forward
-        self.config = config
-        self.hidden_size = config.hidden_size
-        self.num_experts, self.top_k = config.num_local_experts, config.num_experts_per_tok
-        self.jitter_noise = config.router_jitter_noise
-        self.dispatch = dispatch
-        self.gate = TopKRouter(config.hidden_size, self.num_experts, self.top_k, fp32=router_fp32, order=routing_order)
-        self.experts = Experts(self.num_experts, config.hidden_size, config.intermediate_size)
+        self.gate, self.experts = router, experts
+        if shared is not None:
+            self.shared = shared
+        self.hidden_size, self.num_experts = experts.hidden_size, router.num_experts
+        self.dispatch, self.jitter_noise, self.initializer_range = dispatch, jitter_noise, initializer_range
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Normal(0, initializer_range) for every weight, as transformers initialises Mixtral."""
-        std = self.config.initializer_range
+        """Normal(0, initializer_range) for every weight, as transformers initialises Mixtral;
+        a parameter marked `zero_init` (the noisy router's W_noise) starts at 0. Meta tensors are skipped."""
         for p in self.parameters():
             if p.device.type != "meta":
-                nn.init.normal_(p, mean=0.0, std=std)
+                nn.init.zeros_(p) if getattr(p, "zero_init", False) else nn.init.normal_(p, 0.0, self.initializer_range)
 
-    def check_input(self, x: torch.Tensor) -> None:
+    def flatten(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, H) (or (..., H) where `input_rank` is None) -> (N, H), with a clear error for bad input."""
+        name = type(self).__name__
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"SparseMoeBlock expects a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 3 or x.shape[-1] != self.hidden_size:
-            raise ValueError(
-                f"SparseMoeBlock expects x of shape (batch, tokens, hidden_size={self.hidden_size}), "
-                f"got {tuple(x.shape)}"
-            )
+            raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+        rank_ok = x.dim() == self.input_rank if self.input_rank else x.dim() >= 2
+        if not rank_ok or x.shape[-1] != self.hidden_size:
+            lead = "(batch, tokens" if self.input_rank else "(..., tokens"
+            raise ValueError(f"{name} expects x of shape {lead}, hidden_size={self.hidden_size}), got {tuple(x.shape)}")
         if not x.is_floating_point():
-            raise TypeError(f"SparseMoeBlock expects a floating-point x, got dtype {x.dtype}")
+            raise TypeError(f"{name} expects a floating-point x, got dtype {x.dtype}")
+        return x.reshape(-1, self.hidden_size)  # (N, H)
+
+    def mix(self, flat: torch.Tensor) -> tuple[torch.Tensor, Routing]:
+        """The one MoE forward: flat (N, H) -> y (N, H) and the router's decision."""
+        if self.training and self.jitter_noise > 0:  # transformers' multiplicative jitter, router and experts alike
+            flat = flat * torch.empty_like(flat).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)  # (N, H)
+        routing = self.gate(flat)  # Routing: logits (N, E), weights and expert_ids (N, k)
+        dispatch = get_dispatch(self.dispatch)
+        if routing.keep is None:  # dropless
+            y = dispatch(flat, self.experts, routing.weights, routing.expert_ids)  # (N, H)
+        else:  # capacity limits or expert choice: only the kept assignments run
+            y = dispatch_kept(flat, self.experts, routing.weights, routing.expert_ids, routing.keep, dispatch)  # (N, H)
+        if hasattr(self, "shared"):  # shared experts: every token, weight 1 (DeepSeekMoE)
+            every = torch.arange(self.shared.num_experts, device=flat.device).expand(flat.shape[0], -1)  # (N, S)
+            y = y + dispatch(flat, self.shared, torch.ones(every.shape, device=flat.device), every)  # (N, H)
+        return y, routing
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, T, H) -> y: (B, T, H), router_logits: (B*T, E)."""
-        self.check_input(x)
-        B, T, H = x.shape
-        if self.training and self.jitter_noise > 0:  # transformers' multiplicative jitter
-            x = x * torch.empty_like(x).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)  # (B, T, H)
-        flat = x.reshape(-1, H)  # (B*T, H)
-        logits, weights, chosen = self.gate(flat)  # (B*T, E), (B*T, k), (B*T, k)
-        y = DISPATCHES[self.dispatch](flat, self.experts, weights, chosen)  # (B*T, H)
-        return y.reshape(B, T, H), logits
+        y, routing = self.mix(self.flatten(x))  # (N, H)
+        return y.reshape(x.shape), routing.logits
 
-    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Only the routing decision for x (B, T, H): logits (B*T, E), weights and experts (B*T, k)."""
-        self.check_input(x)
-        return self.gate(x.reshape(-1, self.hidden_size))
+    def route(self, x: torch.Tensor) -> Routing:
+        """Only the routing decision for x (B, T, H); unpacks as logits (B*T, E), weights, expert_ids (B*T, k)."""
+        return self.gate(self.flatten(x))
+
+    def extra_repr(self) -> str:
+        return f"dispatch={self.dispatch!r}" if isinstance(self.dispatch, str) else ""
+
+
+class SparseMoeBlock(MoEBlock):
+    """Mixtral's sparse MoE block from a config: dropless top-k routing over E SwiGLU experts."""
+
+    def __init__(self, config: MixtralConfig, *, dispatch: str | Dispatch = "grouped", router_fp32: bool = True,
+                 routing_order: str = "softmax_topk") -> None:
+        router = TopKRouter(config.hidden_size, config.num_local_experts, config.num_experts_per_tok,
+                            fp32=router_fp32, order=routing_order)
+        experts = Experts(config.num_local_experts, config.hidden_size, config.intermediate_size)
+        super().__init__(router, experts, dispatch=dispatch, jitter_noise=config.router_jitter_noise,
+                         initializer_range=config.initializer_range)
+        self.config = config
+        self.top_k = config.num_experts_per_tok
 
     # --- interop -------------------------------------------------------------
     def load_hf_state_dict(self, state_dict: Mapping[str, torch.Tensor], *, prefix: str = "") -> "SparseMoeBlock":
@@ -74,16 +115,9 @@ class SparseMoeBlock(nn.Module):
         Everything is checked before anything is copied: a mismatch raises
         `StateDictError` listing every missing, unexpected and mis-shaped key.
         """
-        from .interop import load_block_state
-
         load_block_state(self, state_dict, prefix=prefix)
         return self
 
     def export_state_dict(self, layout: str = "v5") -> dict[str, torch.Tensor]:
         """This block's weights in transformers `v5`/`v4` or `mistral` key layout."""
-        from .interop import export_block_state
-
         return export_block_state(self, layout)
-
-    def extra_repr(self) -> str:
-        return f"dispatch={self.dispatch!r}"

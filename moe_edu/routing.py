@@ -1,13 +1,24 @@
 """Gating: a bias-free linear router, softmax in fp32, top-k, renormalisation.
 
+A router maps tokens x (T, H) to a `Routing`: which experts each token goes to and with
+what weight. `Router` holds the one weight every router shares (`weight`, (E, H), saved
+as `gate.weight` inside a block); `TopKRouter` is Mixtral's rule. The other rules of the
+MoE family (noisy top-k, Switch, GShard, expert choice) are `Router`s in `moe_edu.variants`,
+plugged into the same `moe_edu.moe_block.MoEBlock`.
+
 Notebooks 01 (gating), 02 (top-k) and 04 (weighted combining) derive these by hand.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .losses import load_balancing_loss
 
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -18,7 +29,7 @@ def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
 def softmax_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """transformers' order: softmax over all E experts (fp32), keep the top k, renormalise.
 
-    Returns `(weights, experts)`, both `(T, k)`; weights are fp32 (fp64 for fp64 input) and sum to 1.
+    Returns `(weights, expert_ids)`, both `(T, k)`; weights are fp32 (fp64 for fp64 input) and sum to 1.
     """
     probs = torch.softmax(at_least_fp32(logits), dim=-1)  # (T, E)
     top_p, top_i = torch.topk(probs, k, dim=-1)  # (T, k), (T, k)
@@ -34,35 +45,98 @@ def topk_softmax(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     return torch.softmax(at_least_fp32(top_l), dim=-1), top_i  # (T, k), (T, k)
 
 
-ROUTING_ORDERS = {"softmax_topk": softmax_topk, "topk_softmax": topk_softmax}
+def softmax_topk_unnormalised(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepSeekMoE's order: softmax over all E experts, keep the top k probabilities as they are."""
+    return torch.topk(torch.softmax(at_least_fp32(logits), dim=-1), k, dim=-1)  # (T, k), (T, k)
 
 
-class TopKRouter(nn.Module):
-    """Mixtral's gate: logits = x W^T (no bias); weights = top-k of softmax, renormalised.
+ROUTING_ORDERS = {"softmax_topk": softmax_topk, "topk_softmax": topk_softmax,
+                  "softmax_topk_unnormalised": softmax_topk_unnormalised}
 
-    `fp32=True` computes the logits in float32 whatever the input dtype ("router in
-    fp32", the usual practice for bf16 training). `fp32=False` computes them in the
-    input dtype exactly as transformers does.
+
+@dataclass
+class Routing:
+    """A router's decision for T tokens, as k (expert, weight) assignments per token.
+
+    Unpacks as `logits, weights, expert_ids = routing` (what `TopKRouter` has always returned).
+    `keep` marks the assignments that run (None: all of them, the dropless case); `requested`
+    marks those that asked for a place before a capacity limit (None: there was no queue).
+    """
+
+    logits: torch.Tensor  # (T, E) fp32: the logits the decision used
+    weights: torch.Tensor  # (T, k) fp32 combine weights
+    expert_ids: torch.Tensor  # (T, k) int64 expert of each assignment
+    keep: torch.Tensor | None = None  # (T, k) bool: False = dropped (does not run, adds nothing)
+    requested: torch.Tensor | None = None  # (T, k) bool: queued for a capacity-limited expert
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # router-specific values for its aux losses
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter((self.logits, self.weights, self.expert_ids))
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return (self.logits, self.weights, self.expert_ids)[i]
+
+
+class Router(nn.Module):
+    """What every router shares: logits = x W^T with W (E, H) and no bias, in fp32 by default.
+
+    `fp32=True` computes the logits in float32 whatever the input dtype ("router in fp32",
+    the usual practice for bf16 training); `fp32=False` in the input dtype, as transformers
+    does. Subclasses turn the logits into a `Routing` and name their auxiliary losses.
+    """
+
+    def __init__(self, hidden_size: int, num_experts: int, *, fp32: bool = True) -> None:
+        super().__init__()
+        for name, value in (("hidden_size", hidden_size), ("num_experts", num_experts)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{type(self).__name__}: {name} must be a positive int, got {value!r}")
+        self.num_experts, self.fp32 = num_experts, fp32
+        self.weight = nn.Parameter(torch.empty(num_experts, hidden_size))  # (E, H)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x (T, H) -> (T, E)."""
+        if self.fp32:
+            return F.linear(at_least_fp32(x), at_least_fp32(self.weight))  # (T, E)
+        return F.linear(x, self.weight)  # (T, E)
+
+    @property
+    def experts_per_token(self) -> float:
+        """Experts one token runs at inference (an average for expert choice)."""
+        return float(self.top_k)
+
+    def aux_losses(self, routing: Routing) -> dict[str, torch.Tensor]:
+        """This rule's auxiliary losses, unweighted (none by default)."""
+        return {}
+
+    def extra_repr(self) -> str:
+        return f"hidden={self.weight.shape[1]}, experts={self.num_experts}, fp32={self.fp32}"
+
+
+class TopKRouter(Router):
+    """Mixtral's gate: weights = top-k of softmax(x W^T), renormalised (paper eq. 1-2), dropless.
+
+    `order` picks how: "softmax_topk" (transformers), "topk_softmax" (mistral-inference; equal),
+    or "softmax_topk_unnormalised" (DeepSeekMoE: the top-k probabilities as they are).
     """
 
     def __init__(self, hidden_size: int, num_experts: int, top_k: int, *, fp32: bool = True,
                  order: str = "softmax_topk") -> None:
-        super().__init__()
-        if not 1 <= top_k <= num_experts:
-            raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
+        super().__init__(hidden_size, num_experts, fp32=fp32)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k must be an int in [1, num_experts={num_experts}], got {top_k!r}")
         if order not in ROUTING_ORDERS:
             raise ValueError(f"order must be one of {sorted(ROUTING_ORDERS)}, got {order!r}")
-        self.top_k, self.num_experts, self.fp32, self.order = top_k, num_experts, fp32, order
-        self.weight = nn.Parameter(torch.empty(num_experts, hidden_size))  # (E, H)
+        self.top_k, self.order = top_k, order
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x: (T, H) -> logits (T, E), weights (T, k) fp32, experts (T, k) int64."""
-        if self.fp32:
-            logits = F.linear(at_least_fp32(x), at_least_fp32(self.weight))  # (T, E)
-        else:
-            logits = F.linear(x, self.weight)  # (T, E)
-        weights, experts = ROUTING_ORDERS[self.order](logits, self.top_k)  # (T, k), (T, k)
-        return logits, weights, experts
+    def forward(self, x: torch.Tensor) -> Routing:
+        """x: (T, H) -> logits (T, E), weights (T, k) fp32, expert_ids (T, k) int64."""
+        logits = self.logits(x)  # (T, E)
+        weights, expert_ids = ROUTING_ORDERS[self.order](logits, self.top_k)  # (T, k), (T, k)
+        return Routing(logits, weights, expert_ids)
+
+    def aux_losses(self, routing: Routing) -> dict[str, torch.Tensor]:
+        """Switch-style load balancing over the top-k choices (what transformers adds for Mixtral)."""
+        return {"load_balancing": load_balancing_loss(routing.logits, self.num_experts, self.top_k)}
 
     def extra_repr(self) -> str:
-        return f"hidden={self.weight.shape[1]}, experts={self.num_experts}, top_k={self.top_k}, fp32={self.fp32}"
+        return f"{super().extra_repr()}, top_k={self.top_k}"

@@ -9,14 +9,16 @@
 | `expert_choice`  | `expert_choice.py`  | experts pick their top-C tokens (Zhou et al. 2022)        |
 | `shared_experts` | `shared_experts.py` | DeepSeekMoE: shared + fine-grained routed experts         |
 
-Every variant returns a `MoEOutput`; `compare.py` turns a batch into notebook 09's table.
+Each module is a router (`...Router`) plus a thin `RoutedMoE` that plugs it into the library's
+`MoEBlock` (same experts, same dispatch-and-combine step); every variant returns a `MoEOutput`;
+`compare.py` turns a batch into notebook 09's table.
 """
 
 from __future__ import annotations
 
+from ..capacity import dispatch_assignments, dispatch_kept, expert_capacity, keep_within_capacity
 from ..config import MixtralConfig
 from .base import MoEOutput, RoutedMoE
-from ..capacity import dispatch_assignments, dispatch_kept, expert_capacity, keep_within_capacity
 from .expert_choice import ExpertChoiceMoE
 from .gshard import GShardMoE
 from .mixtral import MixtralDroplessMoE

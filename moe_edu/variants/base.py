@@ -1,9 +1,9 @@
-"""What every MoE variant shares: the output type, input checks, the router linear, parameter accounting.
+"""What every MoE variant shares: the output type and the block they are all made of.
 
-Every variant in `moe_edu.variants` is a small `RoutedMoE`: a bias-free router (`gate.weight`,
-(E, H), as in `SparseMoeBlock`) plus `moe_edu.experts.Experts`, and it returns a `MoEOutput`.
-Only the routing rule differs, so a comparison between variants compares routing alone
-(notebook 09).
+Every variant in `moe_edu.variants` is a `RoutedMoE`: the library's `MoEBlock` (a router
+whose weight is `gate.weight`, (E, H), as in `SparseMoeBlock`, plus `moe_edu.experts.Experts`,
+plus one dispatch-and-combine step) whose forward returns a `MoEOutput`. Only the router
+differs, so a comparison between variants compares routing alone (notebook 09).
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..experts import Experts
+from ..moe_block import MoEBlock
 
 
 @dataclass
@@ -25,8 +24,8 @@ class MoEOutput:
     y: torch.Tensor  # shaped like x
     router_logits: torch.Tensor  # (N, E) fp32: the logits the routing decision used
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)  # unweighted; multiply by your coefficients
-    expert_load: torch.Tensor | None = None  # (E,) int64: token rows each (routed) expert processed
-    expert_demand: torch.Tensor | None = None  # (E,) int64: rows the router asked for, before capacity (if any)
+    load_counts: torch.Tensor | None = None  # (E,) int64: token rows each (routed) expert processed
+    demand_counts: torch.Tensor | None = None  # (E,) int64: rows the router asked for, before capacity (if any)
     dropped: int = 0  # tokens that got no expert at all
     dropped_assignments: int = 0  # (token, expert) choices removed by a capacity limit
     num_tokens: int = 0  # N, the tokens routed
@@ -36,46 +35,64 @@ class MoEOutput:
         """Share of tokens that got no expert."""
         return self.dropped / max(self.num_tokens, 1)
 
+    @property
+    def expert_load(self) -> torch.Tensor | None:
+        """Old name of `load_counts` (kept for code written against it)."""
+        return self.load_counts
 
-class RoutedMoE(nn.Module):
-    """Router + E SwiGLU experts. Subclasses implement `forward(x) -> MoEOutput` and describe themselves."""
+    @property
+    def expert_demand(self) -> torch.Tensor | None:
+        """Old name of `demand_counts`."""
+        return self.demand_counts
+
+
+class RoutedMoE(MoEBlock):
+    """`MoEBlock` with a variant's router; accepts x (..., H) and returns a `MoEOutput`.
+
+    Subclasses only pick the router (and describe themselves for notebook 09's table).
+    """
 
     label: str = "routed MoE"  # a name for tables
     gating: str = ""  # the gating function, in words
     capacity_rule: str = "none (dropless)"
     aux_loss_names: tuple[str, ...] = ()
+    input_rank = None  # (..., tokens, H)
 
-    def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int) -> None:
-        super().__init__()
-        for name, value in (("hidden_size", hidden_size), ("intermediate_size", intermediate_size),
-                            ("num_experts", num_experts)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{type(self).__name__}: {name} must be a positive int, got {value!r}")
-        self.hidden_size, self.num_experts = hidden_size, num_experts
-        self.gate = nn.Linear(hidden_size, num_experts, bias=False)  # weight (E, H), the key `gate.weight`
-        self.experts = Experts(num_experts, hidden_size, intermediate_size)
+    def forward(self, x: torch.Tensor) -> MoEOutput:
+        flat = self.flatten(x)  # (N, H)
+        y, r = self.mix(flat)  # (N, H), Routing
+        E = self.num_experts
+        ran = r.expert_ids if r.keep is None else r.expert_ids[r.keep]  # ids of the assignments that ran
+        return MoEOutput(
+            y=y.reshape(x.shape), router_logits=r.logits, aux_losses=self.gate.aux_losses(r),
+            load_counts=torch.bincount(ran.reshape(-1), minlength=E),  # (E,)
+            demand_counts=None if r.requested is None else torch.bincount(r.expert_ids[r.requested], minlength=E),
+            dropped=0 if r.keep is None else int((~r.keep.any(dim=1)).sum()),
+            dropped_assignments=0 if r.requested is None else int((r.requested & ~r.keep).sum()),
+            num_tokens=flat.shape[0],
+        )
 
-    def reset_parameters(self, std: float = 0.02) -> None:
-        """Normal(0, std) for every weight, as transformers initialises Mixtral (meta tensors skipped)."""
-        for p in self.parameters():
-            if p.device.type != "meta":
-                nn.init.normal_(p, mean=0.0, std=std)
-
-    # --- pieces the variants share -------------------------------------------
-    def flatten(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., H) -> (N, H), with a clear error for bad input."""
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{type(self).__name__} expects a torch.Tensor, got {type(x).__name__}")
-        if x.dim() < 2 or x.shape[-1] != self.hidden_size:
-            raise ValueError(f"{type(self).__name__} expects x of shape (..., tokens, hidden_size={self.hidden_size}), "
-                             f"got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"{type(self).__name__} expects a floating-point x, got dtype {x.dtype}")
-        return x.reshape(-1, self.hidden_size)  # (N, H)
-
+    # --- what the router knows ---------------------------------------------------
     def router_logits(self, flat: torch.Tensor) -> torch.Tensor:
-        """Router in fp32 whatever the input dtype: flat (N, H) -> (N, E)."""
-        return F.linear(flat.float(), self.gate.weight.float())  # (N, E)
+        """The router's logits, in fp32 whatever the input dtype: flat (N, H) -> (N, E)."""
+        return self.gate.logits(flat)  # (N, E)
+
+    @property
+    def top_k(self) -> int:
+        return self.gate.top_k
+
+    @property
+    def experts_per_token(self) -> float:
+        """Routed experts a token runs at inference (an average for expert choice); top-k variants: k."""
+        return self.gate.experts_per_token
+
+    def capacity(self, num_tokens: int) -> int:
+        """Rows per expert for a batch of `num_tokens` (routers with a capacity limit only)."""
+        return self.gate.capacity(num_tokens)
+
+    @property
+    def capacity_factor(self) -> float:
+        return self.gate.capacity_factor
 
     def copy_from_block(self, block: nn.Module) -> "RoutedMoE":
         """Take the router and experts of a `SparseMoeBlock` (same E, H, I), so variants differ only in routing."""
@@ -97,11 +114,6 @@ class RoutedMoE(nn.Module):
     def expert_parameters(self) -> int:
         """Parameters of one routed expert: w1, w3 (I x H) and w2 (H x I)."""
         return self.experts.gate_up_proj[0].numel() + self.experts.down_proj[0].numel()
-
-    @property
-    def experts_per_token(self) -> float:
-        """Routed experts a token runs at inference (an average for expert choice); top-k variants: k."""
-        return float(self.top_k)
 
     def total_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -16,9 +16,9 @@ import torch
 from .base import MoEOutput, RoutedMoE
 
 
-def load_stats(expert_load: torch.Tensor) -> dict[str, float]:
+def load_stats(load_counts: torch.Tensor) -> dict[str, float]:
     """Balance of a (E,) load vector: coefficient of variation (0 = perfect) and max / mean (1 = perfect)."""
-    load = expert_load.float()
+    load = load_counts.float()
     mean = load.mean()
     if mean == 0:
         return {"load CV": 0.0, "max/mean load": 0.0}
@@ -41,7 +41,7 @@ def measure(variant: RoutedMoE, x: torch.Tensor) -> tuple[dict, MoEOutput]:
         "total params": variant.total_parameters(),
         "active params": variant.active_parameters(),
         "FLOPs/token": variant.flops_per_token(),
-        **load_stats(out.expert_load),
+        **load_stats(out.load_counts),
         "dropped tokens %": 100.0 * out.dropped_rate,
         "dropped assignments %": 100.0 * out.dropped_assignments / requested,
     })

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import torch
 
+from ..capacity import CapacityRouter, expert_capacity
 from ..config import MixtralConfig
-from ..capacity import check_capacity_factor, dispatch_assignments, expert_capacity
-from .base import MoEOutput, RoutedMoE
+from ..experts import Experts
+from ..routing import Routing
+from .base import RoutedMoE
 
 
 def expert_choice_route(logits: torch.Tensor, capacity_factor: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,6 +31,23 @@ def expert_choice_route(logits: torch.Tensor, capacity_factor: float) -> tuple[t
     return gate, token
 
 
+class ExpertChoiceRouter(CapacityRouter):
+    """Every expert takes its top-C tokens; as assignments: (N, E) with `keep` marking the chosen (token, expert)."""
+
+    @property
+    def experts_per_token(self) -> float:
+        return self.capacity_factor
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        logits = self.logits(x)  # (N, E)
+        N, E = logits.shape
+        gate, token = expert_choice_route(logits, self.capacity_factor)  # (E, C), (E, C): each expert's best tokens
+        weights = torch.zeros(E, N, dtype=gate.dtype, device=x.device).scatter(1, token, gate).t()  # (N, E)
+        keep = torch.zeros(E, N, dtype=torch.bool, device=x.device).scatter(1, token, True).t()  # (N, E)
+        expert_ids = torch.arange(E, device=x.device).expand(N, E)  # (N, E): slot j is expert j
+        return Routing(logits, weights, expert_ids, keep=keep)
+
+
 class ExpertChoiceMoE(RoutedMoE):
     label = "Expert choice"
     gating = "softmax over experts; each expert takes its top-C tokens"
@@ -36,10 +55,9 @@ class ExpertChoiceMoE(RoutedMoE):
 
     def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int = 8,
                  capacity_factor: float = 2.0) -> None:
-        super().__init__(hidden_size, intermediate_size, num_experts)
-        self.capacity_factor = check_capacity_factor(capacity_factor)
+        super().__init__(ExpertChoiceRouter(hidden_size, num_experts, capacity_factor),
+                         Experts(num_experts, hidden_size, intermediate_size))
         self.capacity_rule = f"exactly C = ceil({self.capacity_factor:g} N/E) per expert"
-        self.reset_parameters()
 
     @classmethod
     def from_config(cls, config: MixtralConfig, capacity_factor: float | None = None) -> "ExpertChoiceMoE":
@@ -47,27 +65,5 @@ class ExpertChoiceMoE(RoutedMoE):
         c = float(config.num_experts_per_tok) if capacity_factor is None else capacity_factor
         return cls(config.hidden_size, config.intermediate_size, config.num_local_experts, c)
 
-    @property
-    def experts_per_token(self) -> float:
-        return self.capacity_factor
-
     def k_text(self) -> str:
         return f"{self.capacity_factor:g} on average"
-
-    def capacity(self, num_tokens: int) -> int:
-        return expert_capacity(num_tokens, self.num_experts, 1, self.capacity_factor)
-
-    def forward(self, x: torch.Tensor) -> MoEOutput:
-        flat = self.flatten(x)  # (N, H)
-        N, E = flat.shape[0], self.num_experts
-        logits = self.router_logits(flat)  # (N, E)
-        gate, token = expert_choice_route(logits, self.capacity_factor)  # (E, C), (E, C): each expert's best tokens
-        C = gate.shape[1]
-        expert = torch.arange(E, device=flat.device).repeat_interleave(C)  # (E*C,)
-        y = dispatch_assignments(flat, self.experts, token.reshape(-1), expert, gate.reshape(-1))  # (N, H)
-        experts_per_token = torch.bincount(token.reshape(-1), minlength=N)  # (N,)
-        return MoEOutput(
-            y=y.reshape(x.shape), router_logits=logits, aux_losses={},
-            expert_load=torch.full((E,), C, dtype=torch.long, device=flat.device),  # (E,) exactly C each
-            dropped=int((experts_per_token == 0).sum()), dropped_assignments=0, num_tokens=N,
-        )

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import MixtralConfig
-from ..dispatch import grouped_dispatch
-from ..routing import topk_softmax
-from .base import MoEOutput, RoutedMoE
+from ..experts import Experts
+from ..routing import Router, Routing, at_least_fp32, topk_softmax
+from .base import RoutedMoE
 
 
 def cv_squared(v: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
@@ -43,6 +43,36 @@ def prob_in_topk(clean: torch.Tensor, noisy: torch.Tensor, std: torch.Tensor, k:
     return normal.cdf((clean - threshold) / std)  # (N, E)
 
 
+class NoisyTopKRouter(Router):
+    """Top-k of (logits + softplus-scaled Gaussian noise), softmax over the k; W_noise (E, H) starts at 0."""
+
+    def __init__(self, hidden_size: int, num_experts: int, top_k: int, noise_epsilon: float = 1e-2) -> None:
+        super().__init__(hidden_size, num_experts)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k < num_experts:
+            raise ValueError(f"NoisyTopKMoE: top_k must be in [1, num_experts={num_experts}) "
+                             f"(the load loss needs an expert outside the top k), got {top_k!r}")
+        self.top_k, self.noise_epsilon = top_k, noise_epsilon
+        self.noise = nn.Linear(hidden_size, num_experts, bias=False)  # W_noise (E, H)
+        self.noise.weight.zero_init = True  # as in the paper: noise std starts at softplus(0)
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        clean = self.logits(x)  # (N, E)
+        std = F.softplus(F.linear(at_least_fp32(x), at_least_fp32(self.noise.weight))) + self.noise_epsilon  # (N, E)
+        noisy = clean + torch.randn_like(clean) * std if self.training else clean  # (N, E)
+        weights, expert_ids = topk_softmax(noisy, self.top_k)  # (N, k), (N, k)
+        return Routing(noisy, weights, expert_ids, extras={"clean": clean, "std": std})
+
+    def aux_losses(self, routing: Routing) -> dict[str, torch.Tensor]:
+        """Importance and (smooth in training, counted at eval) load, each as a squared CV."""
+        clean, std = routing.extras["clean"], routing.extras["std"]  # (N, E), (N, E)
+        gates = torch.zeros_like(clean).scatter(1, routing.expert_ids, routing.weights)  # (N, E), k non-zeros per row
+        if self.training:
+            load = prob_in_topk(clean, routing.logits, std, self.top_k).sum(0)  # (E,) smooth, differentiable
+        else:
+            load = (gates > 0).sum(0).float()  # (E,) the actual counts
+        return {"importance": cv_squared(gates.sum(0)), "load": cv_squared(load)}
+
+
 class NoisyTopKMoE(RoutedMoE):
     label = "Noisy top-k (Shazeer 2017)"
     gating = "top-k of (logits + softplus-scaled noise) -> softmax"
@@ -51,38 +81,14 @@ class NoisyTopKMoE(RoutedMoE):
 
     def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int = 8, top_k: int = 2,
                  noise_epsilon: float = 1e-2) -> None:
-        super().__init__(hidden_size, intermediate_size, num_experts)
-        if not 1 <= top_k < num_experts:
-            raise ValueError(f"NoisyTopKMoE: top_k must be in [1, num_experts={num_experts}) "
-                             f"(the load loss needs an expert outside the top k), got {top_k}")
-        self.top_k, self.noise_epsilon = top_k, noise_epsilon
-        self.noise = nn.Linear(hidden_size, num_experts, bias=False)  # W_noise (E, H)
-        self.reset_parameters()
+        super().__init__(NoisyTopKRouter(hidden_size, num_experts, top_k, noise_epsilon),
+                         Experts(num_experts, hidden_size, intermediate_size))
 
-    def reset_parameters(self, std: float = 0.02) -> None:
-        super().reset_parameters(std)
-        if self.noise.weight.device.type != "meta":
-            nn.init.zeros_(self.noise.weight)  # as in the paper: noise std starts at softplus(0)
+    @property
+    def noise(self) -> nn.Linear:
+        """W_noise, which lives in the router (`gate.noise.weight`)."""
+        return self.gate.noise
 
     @classmethod
     def from_config(cls, config: MixtralConfig) -> "NoisyTopKMoE":
         return cls(config.hidden_size, config.intermediate_size, config.num_local_experts, config.num_experts_per_tok)
-
-    def forward(self, x: torch.Tensor) -> MoEOutput:
-        flat = self.flatten(x)  # (N, H)
-        clean = self.router_logits(flat)  # (N, E)
-        std = F.softplus(F.linear(flat.float(), self.noise.weight.float())) + self.noise_epsilon  # (N, E)
-        noisy = clean + torch.randn_like(clean) * std if self.training else clean  # (N, E)
-        weights, chosen = topk_softmax(noisy, self.top_k)  # (N, k), (N, k)
-        y = grouped_dispatch(flat, self.experts, weights, chosen)  # (N, H)
-        gates = torch.zeros_like(clean).scatter(1, chosen, weights)  # (N, E), k non-zeros per row
-        if self.training:
-            load = prob_in_topk(clean, noisy, std, self.top_k).sum(0)  # (E,) smooth, differentiable
-        else:
-            load = (gates > 0).sum(0).float()  # (E,) the actual counts
-        return MoEOutput(
-            y=y.reshape(x.shape), router_logits=noisy,
-            aux_losses={"importance": cv_squared(gates.sum(0)), "load": cv_squared(load)},
-            expert_load=torch.bincount(chosen.reshape(-1), minlength=self.num_experts),  # (E,)
-            num_tokens=flat.shape[0],
-        )

@@ -16,10 +16,20 @@ from __future__ import annotations
 import torch
 
 from ..config import MixtralConfig
-from ..dispatch import grouped_dispatch
 from ..experts import Experts
 from ..losses import load_balancing_loss
-from .base import MoEOutput, RoutedMoE
+from ..routing import Routing, TopKRouter
+from .base import RoutedMoE
+
+
+class FineGrainedRouter(TopKRouter):
+    """Softmax over the routed experts, top-K kept without renormalising; expert-level balance loss."""
+
+    def __init__(self, hidden_size: int, num_routed: int, top_k: int) -> None:
+        super().__init__(hidden_size, num_routed, top_k, order="softmax_topk_unnormalised")
+
+    def aux_losses(self, routing: Routing) -> dict[str, torch.Tensor]:
+        return {"expert_balance": load_balancing_loss(routing.logits, self.num_experts, self.top_k) / self.top_k}
 
 
 class SharedExpertMoE(RoutedMoE):
@@ -30,14 +40,14 @@ class SharedExpertMoE(RoutedMoE):
 
     def __init__(self, hidden_size: int, intermediate_size: int, num_routed: int = 15, num_shared: int = 1,
                  top_k: int = 3) -> None:
-        super().__init__(hidden_size, intermediate_size, num_routed)
         if isinstance(num_shared, bool) or not isinstance(num_shared, int) or num_shared < 1:
             raise ValueError(f"SharedExpertMoE: num_shared must be an int >= 1, got {num_shared!r}")
-        if not 1 <= top_k <= num_routed:
-            raise ValueError(f"SharedExpertMoE: top_k must be in [1, num_routed={num_routed}], got {top_k}")
-        self.num_shared, self.top_k = num_shared, top_k
-        self.shared = Experts(num_shared, hidden_size, intermediate_size)
-        self.reset_parameters()
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= num_routed:
+            raise ValueError(f"SharedExpertMoE: top_k must be in [1, num_routed={num_routed}], got {top_k!r}")
+        super().__init__(FineGrainedRouter(hidden_size, num_routed, top_k),
+                         Experts(num_routed, hidden_size, intermediate_size),
+                         shared=Experts(num_shared, hidden_size, intermediate_size))
+        self.num_shared = num_shared
 
     @classmethod
     def from_config(cls, config: MixtralConfig, granularity: int = 2, num_shared: int = 1) -> "SharedExpertMoE":
@@ -58,20 +68,3 @@ class SharedExpertMoE(RoutedMoE):
         info["experts"] = f"{self.num_shared} shared + {self.num_experts} routed (I/m)"
         info["k"] = f"{self.num_shared} + {self.top_k}"
         return info
-
-    def forward(self, x: torch.Tensor) -> MoEOutput:
-        flat = self.flatten(x)  # (N, H)
-        N, S = flat.shape[0], self.num_shared
-        logits = self.router_logits(flat)  # (N, E_r)
-        probs = torch.softmax(logits, dim=-1)  # (N, E_r)
-        weights, chosen = torch.topk(probs, self.top_k, dim=-1)  # (N, K), (N, K): not renormalised
-        routed = grouped_dispatch(flat, self.experts, weights, chosen)  # (N, H)
-        every = torch.arange(S, device=flat.device).expand(N, S)  # (N, S): every token, every shared expert
-        shared = grouped_dispatch(flat, self.shared, torch.ones(N, S, device=flat.device), every)  # (N, H)
-        balance = load_balancing_loss(logits, self.num_experts, self.top_k) / self.top_k
-        return MoEOutput(
-            y=(shared + routed).reshape(x.shape), router_logits=logits,
-            aux_losses={"expert_balance": balance},
-            expert_load=torch.bincount(chosen.reshape(-1), minlength=self.num_experts),  # (E_r,) routed only
-            num_tokens=N,
-        )

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import torch
 
+from ..capacity import CapacityRouter, expert_capacity, keep_within_capacity
 from ..config import MixtralConfig
+from ..experts import Experts
 from ..losses import load_balancing_loss
-from ..capacity import check_capacity_factor, dispatch_kept, expert_capacity, keep_within_capacity
-from .base import MoEOutput, RoutedMoE
+from ..routing import Routing
+from .base import RoutedMoE
 
 
 def switch_route(logits: torch.Tensor, capacity_factor: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -29,6 +31,21 @@ def switch_route(logits: torch.Tensor, capacity_factor: float) -> tuple[torch.Te
     return weight, expert, keep[:, 0]
 
 
+class SwitchRouter(CapacityRouter):
+    """Top-1, weight = p (no renormalisation), C rows per expert, overflow dropped."""
+
+    top_k = 1
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        logits = self.logits(x)  # (N, E)
+        weight, expert, keep = switch_route(logits, self.capacity_factor)  # (N,), (N,), (N,)
+        return Routing(logits, weight[:, None], expert[:, None], keep=keep[:, None],
+                       requested=torch.ones_like(keep)[:, None])  # (N, 1) each: k = 1
+
+    def aux_losses(self, routing: Routing) -> dict[str, torch.Tensor]:
+        return {"load_balancing": load_balancing_loss(routing.logits, self.num_experts, 1)}
+
+
 class SwitchMoE(RoutedMoE):
     label = "Switch top-1"
     gating = "softmax -> top-1, weight = p (no renormalisation)"
@@ -36,33 +53,10 @@ class SwitchMoE(RoutedMoE):
 
     def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int = 8,
                  capacity_factor: float = 1.25) -> None:
-        super().__init__(hidden_size, intermediate_size, num_experts)
-        self.capacity_factor = check_capacity_factor(capacity_factor)
+        super().__init__(SwitchRouter(hidden_size, num_experts, capacity_factor),
+                         Experts(num_experts, hidden_size, intermediate_size))
         self.capacity_rule = f"C = ceil({self.capacity_factor:g} N/E), overflow dropped"
-        self.reset_parameters()
 
     @classmethod
     def from_config(cls, config: MixtralConfig, capacity_factor: float = 1.25) -> "SwitchMoE":
         return cls(config.hidden_size, config.intermediate_size, config.num_local_experts, capacity_factor)
-
-    @property
-    def experts_per_token(self) -> float:
-        return 1.0
-
-    def capacity(self, num_tokens: int) -> int:
-        return expert_capacity(num_tokens, self.num_experts, 1, self.capacity_factor)
-
-    def forward(self, x: torch.Tensor) -> MoEOutput:
-        flat = self.flatten(x)  # (N, H)
-        logits = self.router_logits(flat)  # (N, E)
-        weight, expert, kept = switch_route(logits, self.capacity_factor)  # (N,), (N,), (N,)
-        weight, chosen, keep = weight[:, None], expert[:, None], kept[:, None]  # (N, 1) each: k = 1
-        y = dispatch_kept(flat, self.experts, weight, chosen, keep)  # (N, H)
-        dropped = int((~keep).sum())
-        return MoEOutput(
-            y=y.reshape(x.shape), router_logits=logits,
-            aux_losses={"load_balancing": load_balancing_loss(logits, self.num_experts, 1)},
-            expert_load=torch.bincount(chosen[keep], minlength=self.num_experts),  # (E,)
-            expert_demand=torch.bincount(chosen.reshape(-1), minlength=self.num_experts),  # (E,)
-            dropped=dropped, dropped_assignments=dropped, num_tokens=flat.shape[0],
-        )
