@@ -15,6 +15,13 @@ import torch
 from .accounting import ParameterCount
 from .diagram import CHOSEN, IDLE, draw_mixtral_block  # noqa: F401  (re-exported for notebooks)
 
+# One colour per expert for every figure and view of the course: expert e has the same colour everywhere.
+# Light enough for black text (contrast >= 7:1); the first 8 (Mixtral's E) are pairwise CIEDE2000 >= 20
+# apart (no near twins), all 12 >= 11. Order: blue, orange, green, red, purple, yellow, teal, grey, then
+# pink, lime, coral, mint. tests/test_widgets.py checks these numbers.
+EXPERT_PALETTE = ("#5fa8e8", "#f59e3d", "#5cc26a", "#f47d7d", "#b08ee0", "#e8d544",
+                  "#4fc9c0", "#b5b5b5", "#f08cc8", "#a8d04a", "#ff9470", "#8ee0b0")
+
 
 def _axes(ax, figsize):
     import matplotlib.pyplot as plt
