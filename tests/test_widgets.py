@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import moe_edu
-from moe_edu.widgets import (RoutingExplorer, RoutingTrace, heatmap_html, load_html, overview_html,
-                             render_routing_html, topk_html, trace_routing)
+from moe_edu.plots import EXPERT_PALETTE
+from moe_edu.widgets import (RoutingExplorer, RoutingTrace, flow_html, heatmap_html, load_html, overview_html,
+                             path_html, render_routing_html, text_spans, topk_html, trace_routing, visible)
 
 
 class ByteTokenizer:
@@ -42,7 +43,12 @@ def router_probs(model, text: str) -> torch.Tensor:
 
 
 def token_experts(html: str) -> list[int]:
-    return [int(e) for e in re.findall(r'class="moe-tok"[^>]*data-expert="(\d+)"', html)]
+    return [int(e) for e in re.findall(r'class="moe-tok[^"]*"[^>]*data-expert="(\d+)"', html)]
+
+
+def shown_text(html: str) -> str:
+    """The text the tokens view displays, spans joined (markup and hover cards removed)."""
+    return "".join(re.findall(r"<bdi>(.*?)</bdi>", html))
 
 
 def test_token_colouring_follows_first_choice_expert(model, tok):
@@ -53,10 +59,10 @@ def test_token_colouring_follows_first_choice_expert(model, tok):
     seen = set()
     for layer in range(model.config.num_hidden_layers):
         ex.layer = layer
-        html = ex.views["tokens"].value
+        html = ex.views["tokens"]
         expected = probs[layer].argmax(-1).tolist()  # (T,)
         assert token_experts(html) == expected
-        colours = re.findall(r'class="moe-tok"[^>]*background:(#[0-9a-f]{6})', html)
+        colours = re.findall(r'class="moe-tok[^"]*"[^>]*background-color:(#[0-9a-f]{6})', html)
         assert colours == [moe_edu.widgets.expert_colour(e, 8) for e in expected]
         seen.add(tuple(expected))
     assert len(seen) > 1, "layers route differently on a random model"
@@ -68,14 +74,14 @@ def test_heatmap_load_and_overview_match_router(model, tok):
     ex = RoutingExplorer(model, tok, text=text, layer=2)
     probs = router_probs(model, text)  # (L, T, E)
     T, E = probs.shape[1:]
-    cells = [float(p) for p in re.findall(r'data-p="([0-9.]+)"', ex.views["heatmap"].value)]
+    cells = [float(p) for p in re.findall(r'data-p="([0-9.]+)"', ex.views["heatmap"])]
     assert len(cells) == T * E
     torch.testing.assert_close(torch.tensor(cells).reshape(T, E), probs[2], atol=1e-4, rtol=0)
-    shares = [float(s) for s in re.findall(r'data-share="([0-9.]+)"', ex.views["expert load"].value)]
+    shares = [float(s) for s in re.findall(r'data-share="([0-9.]+)"', ex.views["expert load"])]
     top2 = probs[2].topk(2, dim=-1).indices  # (T, 2)
     expected = torch.bincount(top2.flatten(), minlength=E).float() / (2 * T)  # (E,)
     torch.testing.assert_close(torch.tensor(shares), expected, atol=1e-4, rtol=0)
-    grid = [int(e) for e in re.findall(r'<td data-expert="(\d+)"', ex.views["all layers"].value)]
+    grid = [int(e) for e in re.findall(r'<td class="moe-c[^"]*" data-g="\d+" data-expert="(\d+)"', ex.views["all layers"])]
     assert grid == probs.argmax(-1).flatten().tolist()  # (L*T,)
 
 
@@ -86,27 +92,28 @@ def test_k_control_renormalises(model, tok, k):
     ex.k = k
     probs = router_probs(model, text)[1]  # (T, E)
     top_p, top_i = probs.topk(k, dim=-1)  # (T, k)
-    rows = re.findall(r'<tr id="moe-explorer-topk-L1-t\d+">(.*?)</tr>', ex.views["top-k"].value)
+    rows = re.findall(r'<tr id="moe-explorer-topk-L1-t\d+"[^>]*>(.*?)</tr>', ex.views["top-k"])
     assert len(rows) == len(text)
     for t, row in enumerate(rows):
-        chips = re.findall(r'data-expert="(\d+)" data-w="([0-9.]+)"', row)[:k]  # this k's chips come first
+        chips = re.findall(r'data-expert="(\d+)" data-experts="\d+" data-w="([0-9.]+)"', row)[:k]  # this k's chips come first
         assert [int(e) for e, _ in chips] == top_i[t].tolist()
         weights = torch.tensor([float(w) for _, w in chips])
         torch.testing.assert_close(weights, top_p[t] / top_p[t].sum(), atol=1e-4, rtol=0)
-    assert ex.views["top-k"].value.count("model (k=2)") == (k != 2)
-    assert 'data-k="%d"' % k in ex.views["tokens"].value
+    assert ex.views["top-k"].count("model (k=2)") == (k != 2)
+    assert 'data-k="%d"' % k in ex.views["tokens"]
 
 
 def test_empty_text_shows_message(model, tok):
     ex = RoutingExplorer(model, tok, text="")
     assert "Type some text" in ex.message
-    assert all(v.value == "" for v in ex.views.values())
+    assert ex.views == {} and ex.view.html == ""
     ex.text = "abc"
-    assert ex.message == "" and len(token_experts(ex.views["tokens"].value)) == 3
+    assert ex.message == "" and len(token_experts(ex.views["tokens"])) == 3
     ex.text = "  \n "
     assert "Type some text" in ex.message and ex.trace is None
-    ex.layer = 3  # changing the layer with nothing to show must not raise
-    assert ex.views["tokens"].value == ""
+    ex.layer = 3  # changing the layer or selecting with nothing to show must not raise
+    ex.selected, ex.dimmed = 0, 1
+    assert ex.views == {}
 
 
 def test_overlong_text_is_truncated_with_notice(model, tok):
@@ -114,7 +121,8 @@ def test_overlong_text_is_truncated_with_notice(model, tok):
     ex = RoutingExplorer(model, tok, text="ab" * context)
     assert ex.trace.num_tokens == context and ex.trace.truncated
     assert f"first {context} of {2 * context} tokens" in ex.message
-    assert len(token_experts(ex.views["tokens"].value)) == context
+    assert ex.view.html.count("moe-notice") == 0, "the notice appears once, in the status line"
+    assert len(token_experts(ex.views["tokens"])) == context
     ex.text = "short"
     assert ex.message == ""
     small = RoutingExplorer(model, tok, text="abcdefgh", max_tokens=5)
@@ -124,7 +132,7 @@ def test_overlong_text_is_truncated_with_notice(model, tok):
 def test_unknown_characters_and_bad_tokens_never_raise(model, tok):
     ex = RoutingExplorer(model, tok, text="日本語 🙂 <b>&amp;</b>")
     assert ex.message == "" and ex.trace.num_tokens == len("日本語 🙂 <b>&amp;</b>".encode("utf-8"))
-    assert "<b>" not in ex.views["tokens"].value  # escaped
+    assert shown_text(ex.views["tokens"]) == "日本語 🙂 &lt;b&gt;&amp;amp;&lt;/b&gt;"  # whole characters, escaped
 
     class OutOfVocab(ByteTokenizer):
         def encode(self, text):
@@ -132,13 +140,16 @@ def test_unknown_characters_and_bad_tokens_never_raise(model, tok):
 
     bad = RoutingExplorer(model, OutOfVocab(), text="abc")
     assert "Could not route this text" in bad.message and "vocab_size" in bad.message
-    assert bad.views["tokens"].value == ""
+    assert bad.views == {}
 
 
-def test_preset_sets_text(model, tok):
+def test_preset_sets_text_and_editing_clears_it(model, tok):
     ex = RoutingExplorer(model, tok)
     ex.preset.value = ex.presets["code"]
     assert ex.text == ex.presets["code"] and ex.trace.text == ex.presets["code"]
+    ex.text = ex.presets["code"] + " # edited"
+    assert ex.preset.value == "", "the preset box must not claim an edited text"
+    ex.text = ex.presets["code"]
     assert repr(ex) == f"RoutingExplorer(layer=0, k=2, tokens={len(ex.presets['code'].encode())})"
     assert ex._repr_mimebundle_()["text/plain"] == repr(ex)
 
@@ -149,11 +160,14 @@ def test_static_renderer_is_deterministic(model, tok):
     a = render_routing_html(trace, layer=1, id_prefix="demo")
     assert a == render_routing_html(trace, layer=1, id_prefix="demo")
     ids = re.findall(r'id="([^"]+)"', a)
-    assert ids[0] == "demo-L1" and ids[1:] == [f"demo-L1-t{t}" for t in range(5)]
-    assert "↵" in a and "⇥" in a and "<script" not in a
+    assert ids[0] == "demo-L1" and ids[1:] == [f"demo-L1-g{t}" for t in range(5)]
+    assert "↵" in a and "⇥" in a and "<script" not in a and "title=" not in a  # no native tooltips
     w, e = trace.topk(1)  # (T, 2)
-    assert f"expert {int(e[0, 0])}: {float(w[0, 0]):.3f}&#10;expert {int(e[0, 1])}: {float(w[0, 1]):.3f}" in a
-    for view in (heatmap_html, load_html, topk_html):
+    card = re.findall(r'<span class="moe-card"[^>]*>(.*?)</span><br>', a)
+    chips = re.findall(r'moe-e(\d+)" data-expert="\d+" data-experts="\d+">e\d+ ([0-9.]+)<', a.split('<span class="moe-card"')[1])
+    assert chips[:2] == [(str(int(e[0, j])), f"{float(w[0, j]):.2f}") for j in range(2)]  # the card shows the top-k
+    assert not re.search(r"\d\.\d{3}", re.sub(r'data-(w|p|share)="[0-9.]+"', "", a)), "at most 2 decimals shown"
+    for view in (heatmap_html, load_html, topk_html, flow_html):
         assert view(trace, 0) == view(trace, 0)
     assert overview_html(trace) == overview_html(trace)
 
@@ -166,8 +180,13 @@ def test_bad_arguments_raise_clear_errors(model, tok):
         render_routing_html(trace, layer=0, k=9)
     with pytest.raises(TypeError, match="RoutingTrace"):
         render_routing_html("abc", layer=0)
+    for view in (render_routing_html, heatmap_html, load_html, topk_html, flow_html):
+        with pytest.raises(ValueError, match="id_prefix"):
+            view(trace, 0, id_prefix='x" onmouseover="')
     with pytest.raises(ValueError, match="id_prefix"):
-        render_routing_html(trace, layer=0, id_prefix='x" onmouseover="')
+        overview_html(trace, id_prefix="a b")
+    with pytest.raises(ValueError, match="id_prefix"):
+        RoutingExplorer(model, tok, id_prefix="<p>")
     with pytest.raises(ValueError, match="text is empty"):
         trace_routing(model, tok, "")
     with pytest.raises(TypeError, match="router_logits"):
@@ -201,7 +220,7 @@ def test_explorer_on_cuda_bf16(model, tok):
     assert ex.message == ""
     assert ex.trace.logits.device.type == "cpu" and ex.trace.logits.dtype == torch.float32
     assert ex.trace.logits.shape == (4, 12, 8)
-    assert token_experts(ex.views["tokens"].value) == ex.trace.first_choice(0).tolist()
+    assert token_experts(ex.views["tokens"]) == ex.trace.first_choice(0).tolist()
 
 
 def test_explorer_on_the_shipped_model_and_bpe_tokenizer():
@@ -215,6 +234,171 @@ def test_explorer_on_the_shipped_model_and_bpe_tokenizer():
     assert ex.message == "" and ex.trace.token_ids == ids and len(ids) < len(text.encode())  # multi-byte pieces
     with torch.no_grad():
         logits = model(torch.tensor([ids]), output_router_logits=True).router_logits[1]  # (T, E)
-    assert token_experts(ex.views["tokens"].value) == logits.argmax(-1).tolist()
-    shown = re.findall(r'class="moe-tok"[^>]*>([^<]*)</span>', ex.views["tokens"].value)
-    assert "".join(shown).replace("↵", "\n") == text  # every piece shown, in order
+    assert token_experts(ex.views["tokens"]) == logits.argmax(-1).tolist()
+    assert shown_text(ex.views["tokens"]).replace("↵", "\n") == text  # every piece shown, in order
+
+
+# ---------------------------------------------------------------- issue 13: text as typed, k, linked views
+TYPED = {
+    "Chinese": "專家混合模型",
+    "emoji": "I 🙂 MoE 👩‍💻 🇹🇼",
+    "accented": "café naïve Ångström e\u0301",
+    "right-to-left": "שלום עולם مرحبا",
+}
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    try:
+        return moe_edu.load_pretrained()
+    except (ImportError, ValueError) as err:
+        pytest.skip(f"no shipped checkpoint: {err}")
+
+
+@pytest.mark.parametrize("name", list(TYPED))
+def test_text_is_shown_as_typed(shipped, tok, name):
+    text = TYPED[name]
+    for model_, tokenizer in (shipped, (moe_edu.MixtralForCausalLM(moe_edu.PRESETS["tiny"]).eval(), tok)):
+        trace = trace_routing(model_, tokenizer, text)
+        assert "".join(s.text for s in trace.spans) == text
+        html = render_routing_html(trace, layer=0)
+        assert "\ufffd" not in html and shown_text(html) == text
+        multi = [s for s in trace.spans if s.stop - s.start > 1]
+        if name in ("Chinese", "emoji"):
+            assert multi, "multi-byte characters are made of several byte tokens"
+        for s in multi:  # the span's card lists every token it is made of, with its experts
+            g = trace.spans.index(s)
+            span_html = html.split(f'data-g="{g}"')[1].split("</span></span>")[0]
+            assert f'data-t="{" ".join(map(str, range(s.start, s.stop)))}"' in html
+            assert span_html.count("token ") == s.stop - s.start
+            assert span_html.count("linear-gradient") == s.stop - s.start  # one colour column per token
+
+
+def test_spans_agree_with_the_tokenizers_offsets(shipped):
+    _, tokenizer = shipped
+    text = "".join(TYPED.values())
+    enc = tokenizer.backend.encode(text, add_special_tokens=False)
+    for s in text_spans(tokenizer, enc.ids):
+        start, stop = enc.offsets[s.start][0], enc.offsets[s.stop - 1][1]
+        assert text[start:stop] == s.text
+
+
+def test_invisible_and_unsafe_characters_are_shown_safely(model, tok):
+    text = "a\u202eb\u2066c\u200bd\x07e\x00<script>x</script>&"
+    html = render_routing_html(trace_routing(model, tok, text), layer=0)
+    for raw in ("\u202e", "\u2066", "\u200b", "\x07", "\x00", "<script>"):
+        assert raw not in html
+    for label in ("‹RLO›", "‹LRI›", "‹ZWSP›", "‹U+0007›", "‹U+0000›"):
+        assert label in html
+    assert re.sub("<[^>]+>", "", shown_text(html)).endswith("e‹U+0000›&lt;script&gt;x&lt;/script&gt;&amp;")
+    assert "<bdi>" in html and 'dir="ltr"' in html  # every span bidi-isolated, tokens in typed order
+    assert visible("👩\u200d💻") == "👩\u200d💻" and visible("\u200d") != "\u200d"  # joiners kept inside emoji
+    assert visible("") == "∅" and visible("a b", visible_space=True) == "a␣b"
+
+
+def test_k_changes_the_rendered_tokens_and_grid(model, tok):
+    trace = trace_routing(model, tok, "The cat sat.")
+    seen = {}
+    for k in (1, 2, 8):
+        html = render_routing_html(trace, layer=1, k=k)
+        backgrounds = re.findall(r'class="moe-tok[^"]*"[^>]*style="background:linear-gradient\(([^)]*)\)', html)
+        assert len(backgrounds) == trace.num_tokens
+        assert all(b.count("#") == (k if k > 1 else 2) for b in backgrounds), "one colour band per chosen expert"
+        seen[k] = (html, overview_html(trace, k))
+    assert len({h for h, _ in seen.values()}) == 3 and len({o for _, o in seen.values()}) == 3
+    w, e = trace.topk(1, 2)  # (T, 2)
+    first = re.findall(r'class="moe-tok[^"]*"[^>]*style="background:linear-gradient\(([^)]*)\)', seen[2][0])[0]
+    top = round(100 * round(float(w[0, 0]), 2))
+    assert first == f"{moe_edu.widgets.expert_colour(int(e[0, 0]), 8)} {top}%," \
+                    f"{moe_edu.widgets.expert_colour(int(e[0, 1]), 8)} 0"  # band heights = weights
+
+
+def test_selection_and_dimming_state(model, tok):
+    ex = RoutingExplorer(model, tok, text="The cat sat on the mat.", layer=1)
+    assert ex.selected is None and not re.search(r'class="[^"]*moe-sel', ex.view.html)
+    ex.selected = 4
+    assert ex.view.selected == 4
+    rows = re.findall(r'<tr id="moe-explorer-heatmap-L1-t(\d+)" class="moe-sel"', ex.views["heatmap"])
+    assert rows == ["4"]
+    cells = re.findall(r'<td class="moe-c moe-sel[^"]*" data-g="4"', ex.views["all layers"])
+    assert len(cells) == model.config.num_hidden_layers
+    path = re.findall(r'<tr data-layer="(\d+)">', ex.views["tokens"])
+    assert path == [str(i) for i in range(model.config.num_hidden_layers)]  # its per-layer path is shown
+    assert 'class="moe-tok moe-sel' in ex.views["tokens"] and "moe-sel" in ex.views["flow"]
+    ex.dimmed = 3
+    dims = re.findall(r'class="moe-legend-item( moe-dim)?" data-expert="(\d)"', ex.views["tokens"])
+    assert [e for d, e in dims if not d] == ["3"]
+    for m in re.finditer(r'class="moe-tok([^"]*)"[^>]*data-experts="([\d ]+)"', ex.views["tokens"]):
+        assert ("moe-dim" in m.group(1)) == ("3" not in m.group(2).split())
+    ex.selected = 99  # out of range (a stale click): cleared, not an error
+    assert ex.selected is None and ex.message == ""
+    ex.selected = 2
+    ex.text = "Another text"
+    assert ex.selected is None, "a new text has new spans: the selection is cleared"
+    with pytest.raises(ValueError, match="span index"):
+        path_html(ex.trace, 50)
+
+
+def test_flow_lines_are_as_thick_as_the_weights(model, tok):
+    trace = trace_routing(model, tok, "12 + 35")
+    html = flow_html(trace, 2, 3)
+    lines = re.findall(r'data-experts="(\d)" data-w="([0-9.]+)" d="[^"]*" stroke="[^"]*" stroke-width="([0-9.]+)"', html)
+    assert len(lines) == trace.num_tokens * 3
+    w, e = trace.topk(2, 3)  # (T, 3)
+    assert [int(x) for x, _, _ in lines] == e.flatten().tolist()
+    for _, wt, width in lines:
+        assert float(width) == pytest.approx(1 + 8 * float(wt), abs=0.051)
+
+
+def test_static_picture_in_the_saved_notebook(model, tok):
+    a = RoutingExplorer(model, tok, text="The cat sat.", id_prefix="nb")
+    b = RoutingExplorer(model, tok, text="The cat sat.", id_prefix="nb")
+    bundle = a._repr_mimebundle_()
+    assert set(bundle) == {"text/plain", "text/html", "application/vnd.jupyter.widget-view+json"}
+    html = bundle["text/html"]
+    assert html == b._repr_mimebundle_()["text/html"], "deterministic (nbval compares it)"
+    assert moe_edu.widgets.explorer.RUN_NOTE in html and 'id="nb-tokens-L0"' in html
+    assert not re.search(r"\d\.\d{3}", html), "no digits that could differ between CPUs"
+    a.tab = "all layers"
+    assert 'class="moe-overview"' in a.static_html()
+    with pytest.raises(ValueError, match="tab"):
+        a.tab = "nope"
+
+
+def test_one_palette_no_near_twins_and_readable_text(model, tok):
+    def lab(hex_colour):
+        rgb = [int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+        r, g, b = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+        x, y, z = (0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047, 0.2126 * r + 0.7152 * g + 0.0722 * b, \
+            (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883
+        f = [t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116 for t in (x, y, z)]
+        return 116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2]), y
+
+    def de2000(c1, c2):  # CIEDE2000 colour difference
+        import math
+        (L1, a1, b1, _), (L2, a2, b2, _) = lab(c1), lab(c2)
+        Cb = (math.hypot(a1, b1) + math.hypot(a2, b2)) / 2
+        G = 0.5 * (1 - math.sqrt(Cb ** 7 / (Cb ** 7 + 25 ** 7)))
+        a1, a2 = (1 + G) * a1, (1 + G) * a2
+        C1, C2 = math.hypot(a1, b1), math.hypot(a2, b2)
+        h1, h2 = math.degrees(math.atan2(b1, a1)) % 360, math.degrees(math.atan2(b2, a2)) % 360
+        dh = h2 - h1 if abs(h2 - h1) <= 180 else h2 - h1 - 360 * math.copysign(1, h2 - h1)
+        dH = 2 * math.sqrt(C1 * C2) * math.sin(math.radians(dh / 2))
+        Lb, Cbp = (L1 + L2) / 2, (C1 + C2) / 2
+        hb = (h1 + h2) / 2 if abs(h1 - h2) <= 180 else (h1 + h2 + 360) / 2 % 360
+        T = 1 - 0.17 * math.cos(math.radians(hb - 30)) + 0.24 * math.cos(math.radians(2 * hb)) + \
+            0.32 * math.cos(math.radians(3 * hb + 6)) - 0.20 * math.cos(math.radians(4 * hb - 63))
+        SL = 1 + 0.015 * (Lb - 50) ** 2 / math.sqrt(20 + (Lb - 50) ** 2)
+        SC, SH = 1 + 0.045 * Cbp, 1 + 0.015 * Cbp * T
+        RT = -math.sin(math.radians(60 * math.exp(-(((hb - 275) / 25) ** 2)))) * 2 * math.sqrt(Cbp ** 7 / (Cbp ** 7 + 25 ** 7))
+        return math.sqrt(((L2 - L1) / SL) ** 2 + ((C2 - C1) / SC) ** 2 + (dH / SH) ** 2 + RT * (C2 - C1) / SC * dH / SH)
+
+    import itertools
+    assert min(de2000(a, b) for a, b in itertools.combinations(EXPERT_PALETTE[:8], 2)) >= 20
+    assert min(de2000(a, b) for a, b in itertools.combinations(EXPERT_PALETTE, 2)) >= 11
+    assert all((lab(c)[3] + 0.05) / 0.05 >= 7 for c in EXPERT_PALETTE), "black text on every expert colour"
+    assert [moe_edu.widgets.expert_colour(e, 8) for e in range(8)] == list(EXPERT_PALETTE[:8])
+    ex = RoutingExplorer(model, tok, text="The cat sat.")
+    ex.selected = 1
+    sizes = [int(s) for s in re.findall(r"font(?:-size)?:\s*(\d+)px", ex.view.html + ex.static_html())]
+    assert sizes and min(sizes) >= 11, "no text under 8 pt (11 px)"

@@ -1,14 +1,18 @@
 """Interactive and static views of MoE routing (notebook 06).
 
-`trace_routing` runs a model once and keeps every layer's router logits;
-`render_routing_html` colours the text by first-choice expert as static HTML;
-`RoutingExplorer` is the ipywidgets app built on both.
+`trace_routing` runs a model once and keeps every layer's router logits (and the token spans that
+make whole characters); `render_routing_html` colours the text by each token's top-k experts as
+static HTML; `RoutingExplorer` is the app built on both (ipywidgets controls + an anywidget view).
 """
 
-from .explorer import PRESET_TEXTS, RoutingExplorer
+from .explorer import PRESET_TEXTS, SCRIPT_TEXTS, TABS, RoutingExplorer
+from .flow import flow_html
 from .render import expert_colour, render_routing_html
+from .text_spans import TextSpan, text_spans, visible
 from .trace import RoutingTrace, trace_routing
-from .views import heatmap_html, load_html, overview_html, topk_html
+from .view import RoutingView
+from .views import heatmap_html, load_html, overview_html, path_html, topk_html
 
-__all__ = ["PRESET_TEXTS", "RoutingExplorer", "RoutingTrace", "expert_colour", "heatmap_html", "load_html",
-           "overview_html", "render_routing_html", "topk_html", "trace_routing"]
+__all__ = ["PRESET_TEXTS", "SCRIPT_TEXTS", "TABS", "RoutingExplorer", "RoutingTrace", "RoutingView", "TextSpan",
+           "expert_colour", "flow_html", "heatmap_html", "load_html", "overview_html", "path_html",
+           "render_routing_html", "text_spans", "topk_html", "trace_routing", "visible"]

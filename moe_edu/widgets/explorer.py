@@ -1,20 +1,25 @@
-"""RoutingExplorer: type a text, pick a layer and k, and see which expert every token goes to.
+"""RoutingExplorer: type a text, pick a layer and k, and see which experts every token goes to.
 
-An ipywidgets app (notebook 06). Every callback only sets widget traits (`HTML.value`), never
-prints, so nbval's checks and Voila both stay clean; errors become a message in the widget,
-never a traceback in the notebook.
+ipywidgets controls (preset, layer, k) above a `RoutingView` (anywidget: text box, tabs, panels).
+Python routes the text and renders every panel as HTML; callbacks only set widget traits, never
+print, so nbval and Voila stay clean, and errors become a message in the widget, never a
+traceback. Displayed, the explorer also carries a static HTML picture of its current view, which
+is what a saved notebook shows where no kernel runs (GitHub, nbviewer, JupyterLab before running).
 """
 
 from __future__ import annotations
 
+import time
 from html import escape
 from typing import Any
 
 import ipywidgets as widgets
 
-from .render import render_routing_html
+from .flow import flow_html
+from .render import check_prefix, notice_html, render_routing_html
 from .trace import RoutingTrace, Tokenizer, trace_routing
-from .views import heatmap_html, load_html, overview_html, topk_html
+from .view import RoutingView
+from .views import heatmap_html, load_html, overview_html, path_html, topk_html
 
 PRESET_TEXTS: dict[str, str] = {
     "prose": "The cat sat on the warm mat and watched the rain fall. When the sun came out, the cat went "
@@ -23,8 +28,14 @@ PRESET_TEXTS: dict[str, str] = {
     "arithmetic": "12 + 35 = 47; 9 * 8 = 72; 100 - 1 = 99; 144 / 12 = 12; 7 * 7 = 49",
     "French": "Le chat dort près de la fenêtre, où il fait chaud. Demain, nous irons au marché avec les enfants.",
 }
+# Shown as presets by the explorer but kept out of PRESET_TEXTS (notebook 06 measures routing over those):
+# characters made of several byte tokens, and right-to-left text.
+SCRIPT_TEXTS: dict[str, str] = {
+    "中文 · emoji · שלום": "專家混合模型讓每個 token 只啟用 2 個專家 🙂。Café, naïve — שלום עולם.",
+}
 
-TABS = ("tokens", "heatmap", "expert load", "all layers", "top-k")
+TABS = ("tokens", "flow", "heatmap", "expert load", "all layers", "top-k")
+RUN_NOTE = "Static picture of the explorer: run this cell to type your own text and click through the views."
 
 
 class RoutingExplorer:
@@ -32,7 +43,8 @@ class RoutingExplorer:
 
     `model`: anything with `.config` and `forward(input_ids, output_router_logits=True)
     .router_logits`; `tokenizer`: anything with `encode` / `decode`. Display the explorer
-    (last expression of a cell) to get the app; set `.text`, `.layer`, `.k` from code.
+    (last expression of a cell) to get the app; set `.text`, `.layer`, `.k`, `.selected`,
+    `.dimmed`, `.tab` from code.
     """
 
     def __init__(self, model: Any, tokenizer: Tokenizer, text: str | None = None, *, layer: int = 0,
@@ -51,39 +63,38 @@ class RoutingExplorer:
             raise ValueError(f"k must be an int in [1, num_local_experts={E}], got {k!r}")
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < L:
             raise ValueError(f"layer must be an int in [0, {L}), got {layer!r}")
-        self.model, self.tokenizer, self.max_tokens, self.id_prefix = model, tokenizer, max_tokens, id_prefix
-        self.presets = dict(PRESET_TEXTS if presets is None else presets)
+        self.model, self.tokenizer, self.max_tokens = model, tokenizer, max_tokens
+        self.id_prefix = check_prefix(id_prefix)
+        self.presets = dict(PRESET_TEXTS | SCRIPT_TEXTS if presets is None else presets)
         if text is None:
             text = next(iter(self.presets.values()), "")
         self.trace: RoutingTrace | None = None
+        self.panels: dict[str, str] = {}
+        self.last_update_ms = 0.0  # Python time of the last route + render (notebook 06 prints it)
 
         self.preset = widgets.Dropdown(options=[("(choose a preset)", "")] + [(n, t) for n, t in self.presets.items()],
                                        value="", description="preset")
-        self.text_box = widgets.Textarea(value=text, placeholder="Type a text to route", description="text",
-                                         continuous_update=False, layout=widgets.Layout(width="95%", height="80px"))
         self.layer_box = widgets.Dropdown(options=[(f"layer {i}", i) for i in range(L)], value=layer,
                                           description="layer")
-        self.k_box = widgets.IntSlider(value=k, min=1, max=E, description="k", continuous_update=False)
-        self.status = widgets.HTML(value="")
-        self.views = {name: widgets.HTML(value="") for name in TABS}
-        tabs = widgets.Tab(children=[self.views[n] for n in TABS], titles=list(TABS))
-        self.widget = widgets.VBox([widgets.HBox([self.preset, self.layer_box, self.k_box]), self.text_box,
-                                    self.status, tabs])
+        self.k_box = widgets.IntSlider(value=k, min=1, max=E, description="k")
+        self.view = RoutingView(text=text, tabs=list(TABS))
+        self.widget = widgets.VBox([widgets.HBox([self.preset, self.layer_box, self.k_box]), self.view])
 
         self.preset.observe(self._on_preset, names="value")
-        self.text_box.observe(self._on_text, names="value")
+        self.view.observe(self._on_text, names="text")
         self.layer_box.observe(self._on_view, names="value")
         self.k_box.observe(self._on_view, names="value")
+        self.view.observe(self._on_mark, names=["selected", "dimmed"])
         self._on_text({"new": text})  # the first trace and render
 
     # ------------------------------------------------------------ public handles
     @property
     def text(self) -> str:
-        return self.text_box.value
+        return self.view.text
 
     @text.setter
     def text(self, value: str) -> None:
-        self.text_box.value = value
+        self.view.text = value
 
     @property
     def layer(self) -> int:
@@ -102,18 +113,53 @@ class RoutingExplorer:
         self.k_box.value = value
 
     @property
+    def selected(self) -> int | None:
+        """The selected span (index into `trace.spans`), or None."""
+        return None if self.view.selected < 0 else self.view.selected
+
+    @selected.setter
+    def selected(self, value: int | None) -> None:
+        self.view.selected = -1 if value is None else value
+
+    @property
+    def dimmed(self) -> int | None:
+        """The highlighted expert (all others dimmed), or None."""
+        return None if self.view.dimmed < 0 else self.view.dimmed
+
+    @dimmed.setter
+    def dimmed(self, value: int | None) -> None:
+        self.view.dimmed = -1 if value is None else value
+
+    @property
+    def tab(self) -> str:
+        return self.view.tab
+
+    @tab.setter
+    def tab(self, value: str) -> None:
+        if value not in TABS:
+            raise ValueError(f"tab must be one of {TABS}, got {value!r}")
+        self.view.tab = value
+
+    @property
     def message(self) -> str:
         """The status line shown above the views (empty when all is well)."""
-        return self.status.value
+        return self.view.status
+
+    @property
+    def views(self) -> dict[str, str]:
+        """The HTML of each tab's panel, as last rendered."""
+        return dict(self.panels)
 
     # ----------------------------------------------------------------- callbacks
     def _on_preset(self, change: dict) -> None:
         if change["new"]:
-            self.text_box.value = change["new"]
+            self.view.text = change["new"]
 
     def _on_text(self, change: dict) -> None:
-        self.trace = None
+        start = time.perf_counter()
         text = change["new"]
+        self.preset.value = text if text in self.presets.values() else ""  # never a stale preset
+        self.trace, self.view.selected = None, -1
         if not text.strip():
             self._show_message("Type some text (or choose a preset) to see where its tokens are routed.")
             return
@@ -122,39 +168,64 @@ class RoutingExplorer:
         except Exception as err:  # the notebook must never get a traceback from a callback
             self._show_message(f"Could not route this text: {err}")
             return
-        self._render()
+        self._render(start)
 
     def _on_view(self, change: dict) -> None:
         if self.trace is not None:
-            self._render()
+            self._render(time.perf_counter())
+
+    def _on_mark(self, change: dict) -> None:
+        if self.trace is None:
+            return
+        if change["name"] == "selected" and change["new"] >= len(self.trace.spans):
+            self.view.selected = -1
+            return
+        if change["name"] == "dimmed" and change["new"] >= self.trace.num_experts:
+            self.view.dimmed = -1
+            return
+        self._render(time.perf_counter())
 
     def _show_message(self, text: str) -> None:
-        self.status.value = f'<p class="moe-message" style="color:#a63603">{escape(text)}</p>'
-        for view in self.views.values():
-            view.value = ""
+        self.view.status = f'<p class="moe-message" style="color:#a63603;margin:2px 0">{escape(text)}</p>'
+        self.panels = {}
+        self.view.html = ""
 
-    def _render(self) -> None:
+    def render_panels(self) -> dict[str, str]:
+        """Every tab's HTML for the current text, layer, k, selection and highlighted expert."""
         trace, layer, k, p = self.trace, self.layer, self.k, self.id_prefix
+        sel, dim = self.selected, self.dimmed
+        path = "" if sel is None else path_html(trace, sel, k, id_prefix=f"{p}-path")
+        return {
+            "tokens": render_routing_html(trace, layer, k, id_prefix=f"{p}-tokens", notice=False, selected=sel,
+                                          dimmed=dim) + path,
+            "flow": flow_html(trace, layer, k, id_prefix=f"{p}-flow", selected=sel, dimmed=dim),
+            "heatmap": heatmap_html(trace, layer, k, id_prefix=f"{p}-heatmap", selected=sel, dimmed=dim),
+            "expert load": load_html(trace, layer, k, id_prefix=f"{p}-load", dimmed=dim),
+            "all layers": overview_html(trace, k, id_prefix=f"{p}-overview", selected=sel, dimmed=dim) + path,
+            "top-k": topk_html(trace, layer, k, id_prefix=f"{p}-topk", selected=sel),
+        }
+
+    def _render(self, start: float) -> None:
         try:
-            html = {
-                "tokens": render_routing_html(trace, layer, k, id_prefix=f"{p}-tokens"),
-                "heatmap": heatmap_html(trace, layer, k, id_prefix=f"{p}-heatmap"),
-                "expert load": load_html(trace, layer, k, id_prefix=f"{p}-load"),
-                "all layers": overview_html(trace, id_prefix=f"{p}-overview"),
-                "top-k": topk_html(trace, layer, k, id_prefix=f"{p}-topk"),
-            }
+            panels = self.render_panels()
         except Exception as err:
             self._show_message(f"Could not render the routing: {err}")
             return
-        notice = ""
-        if trace.truncated:
-            notice = (f'<p class="moe-notice" style="color:#a63603">Text truncated: showing the first '
-                      f"{trace.num_tokens} of {trace.num_input_tokens} tokens (the model's context).</p>")
-        self.status.value = notice
-        for name, value in html.items():
-            self.views[name].value = value
+        self.panels = panels
+        self.view.status = notice_html(self.trace)  # the one place the truncation notice appears
+        self.view.html = "".join(f'<div class="moe-panel" data-tab="{escape(n)}">{h}</div>' for n, h in panels.items())
+        self.last_update_ms = 1000 * (time.perf_counter() - start)
 
     # ------------------------------------------------------------------- display
+    def static_html(self) -> str:
+        """The current view as static HTML (same renderer as the live panels), for saved notebooks."""
+        p = self.id_prefix
+        head = (f'<p style="margin:2px 0;font-size:12px;color:#555">Routing explorer · layer {self.layer} · '
+                f"k = {self.k} · view: {escape(self.tab)}</p>")
+        note = f'<p class="moe-run-note" style="margin:2px 0;font-size:12px;color:#a63603">{RUN_NOTE}</p>'
+        body = self.view.status + self.panels.get(self.tab, "")
+        return f'<div id="{p}-static" class="moe-explorer-static">{note}{head}{body}</div>'
+
     def __repr__(self) -> str:
         n = 0 if self.trace is None else self.trace.num_tokens
         return f"RoutingExplorer(layer={self.layer}, k={self.k}, tokens={n})"
@@ -162,4 +233,5 @@ class RoutingExplorer:
     def _repr_mimebundle_(self, **kwargs: Any) -> dict:
         bundle = self.widget._repr_mimebundle_(**kwargs)
         bundle["text/plain"] = repr(self)
+        bundle["text/html"] = self.static_html()
         return bundle

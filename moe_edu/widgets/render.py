@@ -1,93 +1,198 @@
-"""Static HTML for routed text: each token coloured by its first-choice expert.
+"""Static HTML for routed text: each character span coloured by the experts its tokens chose.
 
-Self-contained HTML (inline styles, no scripts, deterministic ids), so it shows the same
-in JupyterLab, on GitHub / nbviewer and under nbval; the routing explorer (notebook 06)
-uses the same function for its live token view. Hovering a token shows its top-k experts
-and renormalised weights (the `title` attribute: no JavaScript needed).
+Self-contained HTML (inline styles, deterministic ids, no scripts), so it shows the same in
+JupyterLab, on GitHub / nbviewer and under nbval; the routing explorer (notebook 06) uses the
+same functions for its live views. A token's background is its k chosen experts stacked top to
+bottom, each band as tall as the expert's renormalised weight; a span made of several byte tokens
+(one Chinese character = 3 tokens) is split into one column per token. Hovering a span opens a
+card with its tokens' top-k experts and weights (pure CSS: instant, no `title` delay).
 """
 
 from __future__ import annotations
 
 import colorsys
 from html import escape
+from typing import Sequence
 
+from ..plots import EXPERT_PALETTE
+from .text_spans import visible
 from .trace import RoutingTrace
 
-# ColorBrewer Set3: pastel backgrounds that keep black text readable.
-PALETTE = ("#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462",
-           "#b3de69", "#fccde5", "#d9d9d9", "#bc80bd", "#ccebc5", "#ffed6f")
+PALETTE = EXPERT_PALETTE  # the course's expert palette (moe_edu.plots)
+FONT = "font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace"
+NOTE = "margin:2px 0;font-size:12px;color:#333"
 
 
 def expert_colour(expert: int, num_experts: int) -> str:
-    """A fixed background colour per expert; beyond 12 experts, evenly spaced pastel hues."""
+    """A fixed colour per expert (the course palette); beyond 12 experts, evenly spaced light hues."""
     if num_experts <= len(PALETTE):
         return PALETTE[expert]
-    r, g, b = colorsys.hls_to_rgb(expert / num_experts, 0.8, 0.6)
+    r, g, b = colorsys.hls_to_rgb(expert / num_experts, 0.72, 0.65)
     return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
 
 
+def check_prefix(id_prefix: str) -> str:
+    """`id_prefix` if it is safe in an id and a CSS selector (letters, digits, '-', '_'), else ValueError."""
+    if not isinstance(id_prefix, str) or not id_prefix or not id_prefix.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"id_prefix must be letters, digits, '-' or '_', got {id_prefix!r}")
+    if not id_prefix.isascii() or not id_prefix[0].isalpha():
+        raise ValueError(f"id_prefix must be ASCII and start with a letter, got {id_prefix!r}")
+    return escape(id_prefix, quote=True)
+
+
 def token_label(token: str, visible_space: bool = False) -> str:
-    """Escaped, visible text for one token: newlines and tabs become arrows, empty becomes ∅
-    (and spaces become ␣ with `visible_space`, for table headers where a blank would vanish)."""
-    if token == "":
-        return "∅"
-    label = escape(token).replace("\t", "⇥").replace("\r", "").replace("\n", "↵")
-    return label.replace(" ", "␣") if visible_space else label
+    """Escaped, visible text for one token or span (see `text_spans.visible`), as plain text."""
+    return visible(token, html=False, visible_space=visible_space)
 
 
-def token_detail(trace: RoutingTrace, t: int, weights, experts) -> str:
-    """The hover text of token `t`: its text, then one `expert e: w` line per chosen expert."""
-    lines = [f"token {t}: {trace.tokens[t]!r} (id {trace.token_ids[t]})"]
-    lines += [f"expert {int(e)}: {float(w):.3f}" for w, e in zip(weights[t], experts[t])]
-    return escape("\n".join(lines), quote=True).replace("\n", "&#10;")
+def state_class(g: int | None, experts: Sequence[int], selected: int | None, dimmed: int | None) -> str:
+    """' moe-sel' for parts of the selected span, ' moe-dim' for parts without the highlighted expert."""
+    cls = " moe-sel" if selected is not None and g == selected else ""
+    return cls + (" moe-dim" if dimmed is not None and dimmed not in experts else "")
+
+
+def style_block(root_id: str, num_experts: int) -> str:
+    """The CSS the views need, scoped to `#root_id`: hover cards, selection, dimming, cell padding and
+    one `.moe-e{e}` background class per expert (used inside hover cards only). Colours that carry
+    meaning are inline, so a page that strips `<style>` (GitHub) still shows them, without the cards."""
+    r = f"#{root_id}"
+    experts = "".join(f"{r} .moe-e{e}{{background:{expert_colour(e, num_experts)}}}" for e in range(num_experts))
+    return (
+        f"<style>{r} .moe-tok{{position:relative;cursor:pointer}}"
+        f"{r} .moe-tok:hover>.moe-card{{display:block!important}}"
+        f"{r} .moe-card{{position:absolute;left:0;top:100%;z-index:20;background:#fff;color:#000;"
+        "border:1px solid #888;border-radius:4px;padding:4px 6px;font:12px/1.7 sans-serif;white-space:nowrap;"
+        "box-shadow:0 2px 6px rgba(0,0,0,.25);text-align:left}"
+        f"{r} .moe-chip{{color:#000;padding:0 4px;margin-right:3px;border-radius:3px;white-space:nowrap}}"
+        f"{r} .moe-c{{padding:1px 4px;border:1px solid #e4e4e4;text-align:center;white-space:nowrap}}"
+        f"{r} .moe-sel:not(path):not(text){{outline:2px solid #111!important;outline-offset:1px;position:relative;z-index:1}}"
+        f"{r} tr.moe-sel>*{{background-color:#fff3b0!important}}"
+        f"{r} .moe-dim{{opacity:.2}}{r} [data-g]{{cursor:pointer}}"
+        f"{r} .moe-legend-item{{cursor:pointer;user-select:none}}{r} text.moe-sel{{font-weight:bold}}"
+        f"{r} path.moe-sel{{stroke-opacity:1}}{r}:has(path.moe-sel) path.moe-line:not(.moe-sel){{stroke-opacity:.12}}"
+        f"{experts}</style>"
+    )
+
+
+def bands(columns: Sequence[Sequence[tuple[int, float]]], num_experts: int) -> str:
+    """CSS background for one span: one column per token, each its experts stacked top to bottom with
+    heights from their weights (rounded to whole percent, so the HTML is the same on every CPU)."""
+    layers = []
+    n = len(columns)
+    for c, col in enumerate(columns):
+        stops, top = [], 0
+        for i, (e, w) in enumerate(col):
+            colour = expert_colour(e, num_experts)
+            if i == len(col) - 1:
+                stops.append(f"{colour} 0" if i else colour)
+            else:
+                top = min(100, top + round(100 * w))
+                stops.append(f"{colour} {'0 ' if i else ''}{top}%")
+        grad = f"linear-gradient({','.join(stops)})" if len(stops) > 1 else f"linear-gradient({stops[0]},{stops[0]})"
+        if n > 1:
+            x = round(100 * c / (n - 1))
+            grad += f" {x}% 0/{100 / n + 0.5:.1f}% 100% no-repeat"
+        layers.append(grad)
+    first = columns[0][0][0] if columns and columns[0] else 0
+    return f"background:{','.join(layers)};background-color:{expert_colour(first, num_experts)}"
+
+
+def chip(expert: int, weight: float | None, num_experts: int, *, inline: bool = True) -> str:
+    """A small coloured label 'e3 0.62' (weight to 2 decimals). `inline`: coloured by an inline style
+    (shown everywhere) with data-w holding 4 decimals for tests; else by the `.moe-e{e}` class, for the
+    hover cards, whose text must be the same on every CPU (the static picture in notebook 06)."""
+    w = "" if weight is None else f" {weight:.2f}"
+    data = "" if weight is None or not inline else f' data-w="{weight:.4f}"'  # no 4-digit data in cards
+    colour = f' style="background:{expert_colour(expert, num_experts)}"' if inline else ""
+    cls = "moe-chip" if inline else f"moe-chip moe-e{expert}"
+    return f'<span class="{cls}" data-expert="{expert}" data-experts="{expert}"{data}{colour}>e{expert}{w}</span>'
 
 
 def notice_html(trace: RoutingTrace) -> str:
     """A visible note when the text was cut to the model's context, else ''."""
     if not trace.truncated:
         return ""
-    return (f'<p class="moe-notice" style="color:#a63603;margin:2px 0">Showing the first {trace.num_tokens} '
-            f"of {trace.num_input_tokens} tokens: the rest does not fit the model's context.</p>")
+    return (
+        f'<p class="moe-notice" style="color:#a63603;margin:2px 0;font-size:12px">Showing the first '
+        f"{trace.num_tokens} of {trace.num_input_tokens} tokens: the rest does not fit the model's context.</p>"
+    )
 
 
-def legend_html(num_experts: int, counts: list[int] | None = None) -> str:
-    """One coloured swatch per expert, optionally with how many tokens chose it first."""
+def legend_html(num_experts: int, counts: Sequence[int] | None = None, *, topk_counts: Sequence[int] | None = None,
+                layer: int | None = None, k: int | None = None, dimmed: int | None = None) -> str:
+    """One swatch per expert with its counts, and a line saying what the counts and colours mean."""
     items = []
     for e in range(num_experts):
-        n = "" if counts is None else f" ({counts[e]})"
-        items.append(f'<span class="moe-legend-item" data-expert="{e}" '
-                     f'style="background:{expert_colour(e, num_experts)};'
-                     f'padding:0 6px;margin:0 4px 2px 0;border-radius:3px;display:inline-block;white-space:nowrap">'
-                     f"expert {e}{n}</span>")
-    return f'<div class="moe-legend" style="margin:4px 0;font-family:monospace">{"".join(items)}</div>'
+        n = "" if counts is None else f" · {counts[e]}"
+        n += "" if topk_counts is None or k == 1 else f" / {topk_counts[e]}"
+        dim = " moe-dim" if dimmed is not None and dimmed != e else ""
+        items.append(
+            f'<span class="moe-legend-item{dim}" data-expert="{e}" style="background:{expert_colour(e, num_experts)};'
+            f"color:#000;padding:1px 6px;margin:0 4px 2px 0;border-radius:3px;display:inline-block;"
+            f'white-space:nowrap;font-size:12px">expert {e}{n}</span>'
+        )
+    where = "" if layer is None else f" at layer {layer}"
+    if counts is None:
+        meaning = ""
+    elif topk_counts is None or k == 1:
+        meaning = f"number = tokens whose first choice is this expert{where}. "
+    else:
+        meaning = f"numbers = tokens with this expert first / among their top-{k}{where}. "
+    explain = (
+        f'<p style="{NOTE}">{meaning}Colour bands: each token\'s top-{k or "k"} experts stacked top to bottom, '
+        "each as tall as its renormalised weight; a character made of several byte tokens has one column per token. "
+        "Click an expert to dim the others, a token to follow it through the layers.</p>"
+    )
+    return f'<div class="moe-legend" style="margin:4px 0">{"".join(items)}{explain}</div>'
+
+
+def card_html(trace: RoutingTrace, g: int, layer: int, weights: list, experts: list) -> str:
+    """The hover card of span `g`: its text, then each token's top-k experts and weights (lists (T, k))."""
+    span = trace.spans[g]
+    n = span.stop - span.start
+    lines = [f"<b>{visible(span.text, html=False)}</b> · layer {layer}, top-{len(experts[0])}"]
+    for i, t in enumerate(range(span.start, span.stop)):
+        part = f" ({i + 1}/{n})" if n > 1 else ""
+        chips = "".join(chip(e, w, trace.num_experts, inline=False) for w, e in zip(weights[t], experts[t]))
+        lines.append(f"token {t}{part}, id {trace.token_ids[t]}: {chips}")
+    return f'<span class="moe-card" dir="ltr" style="display:none">{"<br>".join(lines)}</span>'
 
 
 def render_routing_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_prefix: str = "moe-routing",
-                        legend: bool = True) -> str:
-    """The text of `trace` with each token coloured by its first-choice expert at `layer`.
-
-    Each token is a `<span id="{id_prefix}-L{layer}-t{i}" data-expert="e">`; its `title`
-    lists the top-`k` experts (default: the model's k) with renormalised weights.
-    """
+                        legend: bool = True, notice: bool = True, selected: int | None = None,
+                        dimmed: int | None = None) -> str:
+    """The text of `trace`, each span coloured by its tokens' top-`k` experts at `layer` (default k:
+    the model's). Span g is `<span id="{id_prefix}-L{layer}-g{g}" class="moe-tok" data-g data-t data-expert>`
+    (data-expert: the first token's first choice; data-t: the token indices); `selected` / `dimmed`
+    mark a span / an expert as the explorer does."""
     if not isinstance(trace, RoutingTrace):
         raise TypeError(f"trace must be a RoutingTrace (see trace_routing), got {type(trace).__name__}")
     layer, k = trace.check_layer(layer), trace.check_k(k)
-    if not isinstance(id_prefix, str) or not id_prefix.replace("-", "").replace("_", "").isalnum():
-        raise ValueError(f"id_prefix must be letters, digits, '-' or '_', got {id_prefix!r}")
+    p = check_prefix(id_prefix)
     weights, experts = trace.topk(layer, k)  # (T, k), (T, k)
-    first = experts[:, 0].tolist()  # (T,)
-    spans = []
-    for t, tok in enumerate(trace.tokens):
-        e = first[t]
-        newline = "<br>" if "\n" in tok else ""
-        spans.append(f'<span id="{id_prefix}-L{layer}-t{t}" class="moe-tok" data-token="{t}" data-expert="{e}" '
-                     f'title="{token_detail(trace, t, weights, experts)}" '
-                     f'style="background:{expert_colour(e, trace.num_experts)};color:#000;'
-                     f'padding:1px 0;border-right:1px solid #fff">{token_label(tok)}</span>{newline}')
+    wl, el = weights.tolist(), experts.tolist()
+    parts = []
+    for g, span in enumerate(trace.spans):
+        toks = range(span.start, span.stop)
+        cols = [[(el[t][i], round(wl[t][i], 2)) for i in range(k)] for t in toks]
+        chosen = sorted({e for t in toks for e in el[t]})
+        newline = "<br>" if "\n" in span.text else ""
+        parts.append(
+            f'<span id="{p}-L{layer}-g{g}" class="moe-tok{state_class(g, chosen, selected, dimmed)}" data-g="{g}" '
+            f'data-t="{" ".join(map(str, toks))}" data-expert="{el[span.start][0] if toks else -1}" '
+            f'data-experts="{" ".join(map(str, chosen))}" style="{bands(cols, trace.num_experts)};color:#000;'
+            f'padding:2px 0 3px;border-right:1px solid #fff"><bdi>{visible(span.text)}</bdi>'
+            f"{card_html(trace, g, layer, wl, el)}</span>{newline}"
+        )
+    first = [el[t][0] for t in range(trace.num_tokens)]
     counts = [first.count(e) for e in range(trace.num_experts)]
-    parts = [f'<div id="{id_prefix}-L{layer}" class="moe-routing" data-layer="{layer}" data-k="{k}">',
-             notice_html(trace),
-             f'<div style="font-family:monospace;line-height:1.9;white-space:pre-wrap">{"".join(spans)}</div>',
-             legend_html(trace.num_experts, counts) if legend else "",
-             "</div>"]
-    return "".join(parts)
+    in_topk = [sum(e in row for row in el) for e in range(trace.num_experts)]
+    return "".join([
+        f'<div id="{p}-L{layer}" class="moe-routing" data-layer="{layer}" data-k="{k}">',
+        style_block(f"{p}-L{layer}", trace.num_experts),
+        notice_html(trace) if notice else "",
+        f'<div class="moe-text" dir="ltr" style="{FONT};font-size:15px;line-height:2.2;white-space:pre-wrap;'
+        f'color:#000">{"".join(parts)}</div>',
+        legend_html(trace.num_experts, counts, topk_counts=in_topk, layer=layer, k=k, dimmed=dimmed) if legend else "",
+        "</div>",
+    ])

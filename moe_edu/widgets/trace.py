@@ -16,6 +16,7 @@ import torch
 
 from ..analysis import expert_load
 from ..routing import softmax_topk
+from .text_spans import TextSpan, text_spans
 
 
 class Tokenizer(Protocol):
@@ -30,10 +31,23 @@ class RoutingTrace:
 
     text: str
     token_ids: list[int]
-    tokens: list[str]  # decode([id]) of each token, for display
+    tokens: list[str]  # decode([id]) of each token (a byte of a character decodes to U+FFFD alone)
     logits: torch.Tensor  # (L, T, E) fp32 on the CPU
     num_input_tokens: int  # tokens the text had before truncation
     top_k: int  # the model's k (num_experts_per_tok)
+    spans: tuple[TextSpan, ...] = ()  # whole characters as typed; default: one span per token
+
+    def __post_init__(self) -> None:
+        if not self.spans:
+            object.__setattr__(self, "spans", tuple(TextSpan(t, i, i + 1) for i, t in enumerate(self.tokens)))
+        covered = [t for s in self.spans for t in range(s.start, s.stop)]
+        if covered != list(range(len(self.token_ids))):
+            raise ValueError("spans must cover every token once, in order")
+
+    @property
+    def span_of_token(self) -> list[int]:
+        """The index of the span that holds each token: (T,)."""
+        return [g for g, s in enumerate(self.spans) for _ in range(s.start, s.stop)]
 
     @property
     def num_layers(self) -> int:
@@ -134,4 +148,5 @@ def trace_routing(model: Any, tokenizer: Tokenizer, text: str, max_tokens: int |
         logits=logits,
         num_input_tokens=len(ids),
         top_k=int(config.num_experts_per_tok),
+        spans=tuple(text_spans(tokenizer, kept)),
     )
