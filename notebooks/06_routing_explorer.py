@@ -88,41 +88,61 @@ print("first choice at each layer for token 0:", trace.first_choices()[:, 0].tol
 # %% [markdown]
 # ## 3. The text, coloured by expert
 #
-# `render_routing_html` colours each token by its **first-choice** expert at one layer. It is plain HTML with
-# inline styles and fixed ids, so it shows the same on GitHub and nbviewer as here. **Hover over a token** to see
-# its top-k experts and their renormalised weights.
+# `render_routing_html` colours each token by its **k chosen experts** at one layer: the experts are stacked top to
+# bottom, each band as tall as its renormalised weight (at k = 1 a token is one flat colour). It is plain HTML with
+# inline styles and fixed ids, so it shows the same on GitHub and nbviewer as here. **Hover over a token** to see a
+# card with its top-k experts and weights. The legend counts, per expert, the tokens that chose it first / among
+# their top k.
 
 # %%
 HTML(render_routing_html(trace, layer=0, id_prefix="nb06-static"))
 
 # %% [markdown]
+# **Text as typed.** A byte-level tokenizer may cut one character into several tokens: "專" is 3 UTF-8 bytes, and
+# 🙂 is 4. Decoded one by one, such tokens are not text (each would print as `�`). `trace_routing` therefore groups
+# consecutive tokens into **spans** of whole characters, and the views show each span once, split into one colour
+# column per token, so the routing of every byte token stays visible (hover for each token's experts). Control and
+# right-to-left-override characters show as labelled markers such as `‹RLO›` instead of acting on the page.
+
+# %%
+typed = trace_routing(model, tokenizer, "專家 🙂 café")
+print(f"{typed.num_tokens} tokens in {len(typed.spans)} spans:", [(s.text, s.stop - s.start) for s in typed.spans])
+HTML(render_routing_html(typed, layer=0, id_prefix="nb06-typed"))
+
+# %% [markdown]
 # ## 4. The explorer
 #
-# Now the live version. Type in the text box (the views update when the box loses focus), pick a preset (code,
-# prose, arithmetic, French), choose a layer, move k. The tabs show:
+# Now the live version (run the cell: a saved notebook shows only a static picture of it). Type in the text box (the
+# views follow a quarter of a second after you stop typing), pick a preset (code, prose, arithmetic, French, and a
+# Chinese / emoji / Hebrew line), choose a layer, move k. The tabs show:
 #
-# - **tokens** — the coloured text (hover for details) and a legend with how many tokens chose each expert first;
+# - **tokens** — the text in expert colours (k bands per token; hover for the card) and the legend;
+# - **flow** — tokens on the left, experts on the right, one line per chosen pair, as thick as its weight;
 # - **heatmap** — router probabilities, tokens × experts, at the chosen layer; the top-k cells are outlined;
-# - **expert load** — each expert's share of the T × k routed slots, against the uniform 1/E;
-# - **all layers** — first-choice experts, layers × tokens, to follow a token through the network;
+# - **expert load** — each expert's share of the T × k routed slots, against the even share 1/E (dashed);
+# - **all layers** — layers × tokens, each cell the token's top-k bands at that layer and its first choice's number;
 # - **top-k** — the chosen set and renormalised weights at your k, the probability mass they keep, and the model's own
 #   k beside them. Watch the weights: at k = 1 every weight is 1; at k = E they are the full softmax.
 #
-# Empty text shows a hint; text longer than the model's context (256 tokens here) is cut with a notice. To serve
-# this notebook as a standalone page, run `make explorer` (Voilà).
+# **Click a token** (in any view) to select it: it is outlined everywhere, and its path through all layers appears
+# under the text. **Click an expert in the legend** to dim all the others. Empty text shows a hint; text longer than
+# the model's context (256 tokens here) is cut with a notice. For the explorer alone on a page, run `make explorer`
+# (Voilà).
 
 # %%
 explorer = RoutingExplorer(model, tokenizer, text=PRESET_TEXTS["prose"])
 explorer
 
 # %% [markdown]
-# The explorer can be driven from code too: setting `.text`, `.layer` or `.k` updates the views exactly as the
-# controls do, and `.trace` holds the router outputs behind them.
+# The explorer can be driven from code too: setting `.text`, `.layer`, `.k`, `.selected` (a span) or `.dimmed` (an
+# expert) updates the views exactly as the controls and clicks do, and `.trace` holds the router outputs behind them.
 
 # %%
 explorer.text = PRESET_TEXTS["code"]
 explorer.layer = config.num_hidden_layers - 1
+explorer.selected = 0
 print(explorer)
+print("selected span:", explorer.trace.spans[explorer.selected])
 print("first choices of the first 10 tokens:", explorer.trace.first_choice(explorer.layer)[:10].tolist())
 
 # %% [markdown]
@@ -214,8 +234,9 @@ plt.show()
 #
 # - A router's output for a text is one `(T, E)` logit matrix per layer; softmax, top-k and renormalisation turn it
 #   into each token's experts and weights — the same `softmax_topk` the MoE block uses.
-# - `render_routing_html` colours a text by first-choice expert as static HTML (hover for top-k weights);
-#   `RoutingExplorer` adds the text box, layer and k controls, a heatmap, expert load and an all-layers grid.
+# - `render_routing_html` colours a text by each token's top-k experts as static HTML (hover for the weights), one
+#   span per whole character; `RoutingExplorer` adds the text box, layer and k controls, selection, a flow view, a
+#   heatmap, expert load and an all-layers grid.
 # - Pictures suggest, numbers decide: token consistency, load distance between domains, and consecutive-token
 #   repetition against 1/E are the measurements behind the paper's §5.
 #
