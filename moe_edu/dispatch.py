@@ -89,12 +89,14 @@ def combine(out: torch.Tensor, order: torch.Tensor, weights: torch.Tensor, dtype
     """Un-sort and combine: out (T*k, H) holds the assignments in `order` -> y (T, H) = sum_j w[t, j] out[t, j].
 
     The k-way sum runs in fp32 (the router's weights are fp32). On CPU one weighted
-    `index_add_` (in order, so deterministic); elsewhere an `index_copy` back to (token, slot)
+    `index_add_` (in order, so deterministic; the weighting in place when nothing needs `out`
+    for a gradient); elsewhere an `index_copy` back to (token, slot)
     order and a sum over k in a fixed order, so results are deterministic on every device.
     """
     T, k = weights.shape
     if out.device.type == "cpu":
-        scaled = out * weights.reshape(-1)[order, None]  # (T*k, H) weight of each sorted row
+        w = weights.reshape(-1).index_select(0, order)[:, None]  # (T*k, 1) weight of each sorted row
+        scaled = out * w if out.requires_grad or out.dtype != w.dtype else out.mul_(w)  # (T*k, H) fp32
         y = torch.zeros(T, out.shape[1], dtype=scaled.dtype, device=out.device)  # (T, H)
         return y.index_add_(0, order // k, scaled).to(dtype)  # (T, H)
     out = torch.empty_like(out).index_copy(0, order, out)  # (T*k, H) back in (token, slot) order
@@ -134,7 +136,7 @@ def grouped_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, e
         return decode_dispatch(x, experts, weights, expert_ids)  # (T, H)
     order, counts = sort_by_expert(expert_ids, experts.num_experts)  # (T*k,), (E,)
     sizes = None if path == "kernel" else counts.tolist()  # host sizes: free on CPU, one sync elsewhere
-    rows = x[order // expert_ids.shape[1]]  # (T*k, H) each assignment's token, grouped by expert
+    rows = x.index_select(0, order // expert_ids.shape[1])  # (T*k, H) each assignment's token, grouped by expert
     out = experts.grouped(rows, counts, sizes, path=path)  # (T*k, H)
     return combine(out, order, weights, x.dtype)  # (T, H)
 

@@ -1,12 +1,17 @@
 """The fast dispatch paths: grouped GEMM (portable loop + backward), decode, counts without host syncs, the bench."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from moe_edu import MixtralConfig, SparseMoeBlock, bench, dispatch
+from moe_edu import MixtralConfig, SparseMoeBlock, dispatch
+from moe_edu import bench as bench_cli
 from moe_edu.grouped_mm import grouped_matmul
+
+ROOT = Path(__file__).resolve().parents[1]
+bench = bench_cli.load(ROOT)  # benchmarks/cpu_dispatch.py, what `python -m moe_edu.bench` runs
 
 CONFIG = MixtralConfig(hidden_size=24, intermediate_size=40, num_attention_heads=2, num_key_value_heads=1,
                        num_local_experts=6, num_experts_per_tok=2)
@@ -87,13 +92,13 @@ def test_grouped_is_deterministic_and_keeps_dtype():
 
 @pytest.mark.parametrize("backward", [False, True])
 def test_bench_writes_table_json_and_plot(tmp_path, monkeypatch, backward):
-    monkeypatch.setattr(bench, "CASES", (bench.Case(16, 32, 1, 1.2, 0.9), bench.Case(16, 32, 8, 2.0, 0.7)))
+    monkeypatch.setattr(bench, "CASES", (bench.Case(16, 32, 1), bench.Case(16, 32, 8)))
     argv = ["--rounds", "2", "--out", str(tmp_path)] + (["--backward"] if backward else [])
     results = bench.main(argv)
-    assert len(results) == 2 and all({"ideal", "ours"} <= set(r.ms) for r in results)
+    assert len(results) == 2 and all({"ideal", "floor", "ours", "hf_eager"} <= set(r.ms) for r in results)
     stem = "cpu_dispatch_backward" if backward else "cpu_dispatch"
     table = (tmp_path / f"{stem}.md").read_text()
-    assert table.count("| H=16, I=32, T=") == 2 and "ours/ideal" in table
+    assert table.count("| H=16, I=32, T=") == 2 and "ours/floor (target)" in table and "(≤1.1)" in table
     data = json.loads((tmp_path / f"{stem}.json").read_text())
     assert [r["tokens"] for r in data["results"]] == [1, 8] and data["results"][0]["backward"] is backward
     assert (tmp_path / f"{stem}.png").stat().st_size > 1000
@@ -102,6 +107,14 @@ def test_bench_writes_table_json_and_plot(tmp_path, monkeypatch, backward):
 def test_bench_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="--rounds"):
         bench.main(["--rounds", "0", "--out", str(tmp_path)])
+
+
+def test_bench_command_runs_the_checkout_benchmark_and_says_where_it_must_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert [c.label for c in bench_cli.load().CASES] == [c.label for c in bench.CASES]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="run it from the repository root"):
+        bench_cli.main(["--help"])
 
 
 def test_cpu_grouped_kernel_is_chosen_only_where_it_applies():
