@@ -120,9 +120,7 @@ def test_bench_command_runs_the_checkout_benchmark_and_says_where_it_must_run(tm
 def test_cpu_grouped_kernel_is_chosen_only_where_it_applies():
     from moe_edu.grouped_mm import grouped_mm_kernel_available
 
-    if not hasattr(torch.nn.functional, "grouped_mm"):
-        pytest.skip("torch without grouped_mm")
-    w = torch.randn(4, 16, 24)
+    w = torch.randn(4, 16, 24)  # torch >= 2.13 (pyproject) has the CPU kernel
     assert grouped_mm_kernel_available(torch.randn(5, 16), w)  # fp32, 64- and 96-byte rows
     assert not grouped_mm_kernel_available(torch.randn(5, 16).double(), w.double())  # no fp64 kernel
     assert not grouped_mm_kernel_available(torch.randn(5, 6), torch.randn(4, 6, 24))  # 24-byte rows

@@ -1,10 +1,10 @@
+"""The router losses: the aux loss equals transformers' (masked or not), k under uniform routing; the z-loss formula."""
+
 import pytest
 import torch
+from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func  # a test dependency
 
 from moe_edu import load_balancing_loss, router_z_loss
-
-transformers = pytest.importorskip("transformers")
-from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func  # noqa: E402
 
 
 @pytest.mark.parametrize("e, k", [(8, 2), (4, 1), (16, 4), (8, 8)])

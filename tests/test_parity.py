@@ -5,12 +5,10 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock as HFBlock  # a test dependency
 
 from moe_edu import DISPATCHES, PRESETS, SparseMoeBlock
 from moe_edu.interop import v5_to_layout
-
-transformers = pytest.importorskip("transformers")
-from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock as HFBlock  # noqa: E402
 
 WORST = {"err": 0.0}
 

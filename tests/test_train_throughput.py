@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("transformers")
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
 
 
+@pytest.mark.slow
 def test_benchmark_runs_and_writes_a_ratio(tmp_path):
     spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
     bench = importlib.util.module_from_spec(spec)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
 import torch
 
 import moe_edu
-from moe_edu.dispatch import grouped_dispatch, loop_dispatch
+from moe_edu.capacity import capacity_dispatch
+from moe_edu.dispatch import loop_dispatch
 from moe_edu.variants import (
     VARIANTS, ExpertChoiceMoE, GShardMoE, MixtralDroplessMoE, MoEOutput, NoisyTopKMoE, SharedExpertMoE,
     SwitchMoE, build_variant, build_variants, expert_capacity, keep_within_capacity,
@@ -69,17 +69,16 @@ def test_keep_within_capacity_matches_python_reference(seed):
         assert torch.equal(keep_within_capacity(chosen, E, capacity, active), fcfs_keep(chosen, capacity, active))
 
 
-def test_keep_within_capacity_agrees_with_notebook03_capacity_dispatch():
-    if importlib.util.find_spec("moe_edu.capacity") is None:
-        pytest.skip("moe_edu.capacity (notebook 03) not present")
-    from moe_edu.capacity import capacity_dispatch
-
+def test_capacity_dispatch_matches_python_reference_and_masked_loop():
     block = MixtralDroplessMoE(H, I, E, 2)
-    x = hidden()[0]  # (48, H)
+    x = hidden()[0]  # (48, H): skewed, so capacity 0.75 drops assignments
     _, weights, chosen = block.gate(x)
-    ref = capacity_dispatch(x, block.experts, weights, chosen, 0.75)
-    keep = keep_within_capacity(chosen, E, ref.capacity)
-    assert torch.equal(keep, ref.kept)
+    out = capacity_dispatch(x, block.experts, weights, chosen, 0.75)
+    want_keep = fcfs_keep(chosen, expert_capacity(48, E, 2, 0.75))  # plain-Python first come, first served
+    assert out.capacity == expert_capacity(48, E, 2, 0.75) and torch.equal(out.kept, want_keep)
+    assert not want_keep.all()  # something was dropped: the test can fail
+    want_y = loop_dispatch(x, block.experts, weights * want_keep, chosen)  # dropped = weight 0 in the reference
+    torch.testing.assert_close(out.y, want_y, atol=1e-6, rtol=1e-5)
 
 
 # --- Switch -----------------------------------------------------------------------
@@ -90,15 +89,15 @@ def test_switch_respects_capacity_and_counts_drops_exactly(factor):
     out = moe(x)
     N = x.shape[0] * x.shape[1]
     C = expert_capacity(N, E, 1, factor)
-    assert int(out.expert_load.max()) <= C
+    assert int(out.load_counts.max()) <= C
     flat = x.reshape(-1, H)
     probs = torch.softmax(moe.router_logits(flat), -1)
     p, chosen = probs.max(-1, keepdim=True)
     keep = fcfs_keep(chosen, C)
     assert out.dropped == out.dropped_assignments == int((~keep).sum()) > 0  # the skew makes drops happen
-    assert int(out.expert_load.sum()) + out.dropped == N
-    assert torch.equal(out.expert_demand, torch.bincount(chosen[:, 0], minlength=E))
-    assert torch.equal(out.expert_load, out.expert_demand.clamp(max=C))  # top-1: overflow = demand - C
+    assert int(out.load_counts.sum()) + out.dropped == N
+    assert torch.equal(out.demand_counts, torch.bincount(chosen[:, 0], minlength=E))
+    assert torch.equal(out.load_counts, out.demand_counts.clamp(max=C))  # top-1: overflow = demand - C
     y = out.y.reshape(-1, H)
     assert torch.all(y[~keep[:, 0]] == 0)  # dropped tokens: output 0, the residual carries them
     expected = loop_dispatch(flat, moe.experts, p * keep, chosen)  # kept: p * expert(x)
@@ -125,12 +124,12 @@ def test_gshard_capacity_priority_and_drop_count():
     flat = x.reshape(-1, H)
     N = flat.shape[0]
     C = expert_capacity(N, E, 2, 0.5)
-    assert int(out.expert_load.max()) <= C
+    assert int(out.load_counts.max()) <= C
     _, chosen = moe_edu.softmax_topk(moe.router_logits(flat), 2)
     keep = fcfs_keep(chosen, C)
     assert out.dropped_assignments == int((~keep).sum()) > 0
     assert out.dropped == int((~keep.any(1)).sum())
-    assert int(out.expert_load.sum()) == int(keep.sum())
+    assert int(out.load_counts.sum()) == int(keep.sum())
     y = out.y.reshape(-1, H)
     assert torch.all(y[~keep.any(1)] == 0)
 
@@ -139,11 +138,11 @@ def test_gshard_random_routing_only_in_training():
     moe = seeded(GShardMoE, E, float(E))
     x = hidden()
     a, b = moe(x), moe(x)
-    assert torch.equal(a.y, b.y) and int(a.expert_load.sum()) == 2 * 96  # eval: both experts, deterministic
+    assert torch.equal(a.y, b.y) and int(a.load_counts.sum()) == 2 * 96  # eval: both experts, deterministic
     moe.train()
     torch.manual_seed(1)
     c = moe(x)
-    assert int(c.expert_load.sum()) < 2 * 96  # some second experts skipped at random
+    assert int(c.load_counts.sum()) < 2 * 96  # some second experts skipped at random
     assert c.dropped_assignments == 0  # skipping is not dropping
     moe.random_routing = False
     assert torch.equal(moe(x).y, a.y)
@@ -220,7 +219,7 @@ def test_expert_choice_gives_each_expert_exactly_its_capacity(factor):
     flat = x.reshape(-1, H)
     out = moe(x)
     C = expert_capacity(flat.shape[0], E, 1, factor)
-    assert out.expert_load.tolist() == [C] * E
+    assert out.load_counts.tolist() == [C] * E
     scores = torch.softmax(moe.router_logits(flat), -1)  # (N, E)
     gate, token = scores.t().topk(C, dim=-1)  # (E, C)
     y = torch.zeros_like(flat)
@@ -275,7 +274,7 @@ def test_registry_builds_every_variant_and_outputs_have_one_shape():
         assert isinstance(out, MoEOutput), name
         assert out.y.shape == x.shape and out.num_tokens == 96, name
         assert out.router_logits.shape == (96, moe.num_experts), name
-        assert out.expert_load.shape == (moe.num_experts,), name
+        assert out.load_counts.shape == (moe.num_experts,), name
         assert set(out.aux_losses) == set(moe.aux_loss_names), name
         assert all(math.isfinite(float(v.detach())) for v in out.aux_losses.values()), name
     with pytest.raises(ValueError, match="unknown MoE variant"):
@@ -458,10 +457,16 @@ def test_variants_on_cuda_in_bf16():
         assert out.y.device.type == "cuda" and out.y.dtype == torch.bfloat16 and out.y.shape == x.shape, name
         assert out.router_logits.dtype == torch.float32 and torch.isfinite(out.y).all(), name
         if name in ("switch", "gshard"):
-            assert int(out.expert_load.max()) <= moe.capacity(out.num_tokens), name
+            assert int(out.load_counts.max()) <= moe.capacity(out.num_tokens), name
         if name == "expert_choice":
-            assert out.expert_load.tolist() == [moe.capacity(out.num_tokens)] * moe.num_experts
+            assert out.load_counts.tolist() == [moe.capacity(out.num_tokens)] * moe.num_experts
     mixtral, noisy = seeded(MixtralDroplessMoE, E, 2), seeded(NoisyTopKMoE, E, 2)
     noisy.load_state_dict(mixtral.state_dict(), strict=False)
     mixtral, noisy = mixtral.cuda(), noisy.cuda()
     torch.testing.assert_close(noisy(x.float()).y, mixtral(x.float()).y)
+
+
+def test_output_names_one_meaning_and_old_names_still_read():
+    out = seeded(SwitchMoE, E, 0.5)(hidden())
+    assert out.load_counts.dtype == torch.int64 and int(out.load_counts.sum()) + out.dropped == 96  # counts, not shares
+    assert out.expert_load is out.load_counts and out.expert_demand is out.demand_counts  # compatibility aliases
