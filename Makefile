@@ -89,9 +89,12 @@ bench-train: install-test  ## training-step throughput against transformers
 train: install  ## reproduce the shipped checkpoint bit for bit
 	$(PY) -m moe_edu.train --threads 1 --out moe_edu/checkpoints/tiny
 
-explorer: install  ## serve the routing explorer with Voila
-	$(PIP) install -q -e ".[explorer]"
-	$(VENV)/bin/voila notebooks/06_routing_explorer.ipynb --port=$(PORT) --no-browser
+$(VENV)/.installed-explorer: $(VENV)/.installed  # Voila, once (the lock already holds it)
+	$(PIP) install -q "voila>=0.5.13"
+	@touch $@
+
+explorer: $(VENV)/.installed-explorer  ## serve the routing explorer alone on a page (Voila)
+	$(VENV)/bin/voila notebooks/apps/routing_explorer_app.ipynb --port=$(PORT) --no-browser
 
 clean:  ## remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -1,20 +1,25 @@
-"""Real-browser test of notebook 06: JupyterLab on loopback, headless Chromium driven by Playwright.
+"""Real-browser tests of the routing explorer: JupyterLab (notebook 06) and the Voila app, on loopback,
+in headless Chromium driven by Playwright.
 
-Runs every cell, types a new text into the routing explorer, changes the layer and checks that
-the colours painted in the page are the first-choice experts the model's router gives. Skipped
-when Chromium (/usr/bin/chromium) or playwright is missing, unless `CI` is set: then it fails.
-Writes `test-artifacts/routing_explorer.png`.
+JupyterLab: the saved notebook shows a static picture before anything runs; after run-all, typing
+Chinese text shows its characters with the model's routing, moving k changes the tokens, hovering
+opens a card with the weights, clicking a token highlights it in the heatmap and the all-layers grid,
+clicking a legend entry dims the other experts. Voila: `make explorer`'s page, typing changes the
+colouring. Skipped when Chromium (/usr/bin/chromium) or playwright is missing, unless `CI` is set:
+then it fails. Screenshots go to `test-artifacts/` (listed in the module's ARTIFACT_NOTES).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +28,7 @@ import pytest
 import torch
 
 import moe_edu
-from moe_edu.widgets import expert_colour
+from moe_edu.widgets import PRESET_TEXTS
 
 pytestmark = pytest.mark.browser
 
@@ -33,10 +38,22 @@ ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-HARD_LIMIT_S = 150  # the whole test; each browser step has its own, shorter timeout
-STEP_MS = 60_000
-NEW_TEXT = "Bonjour! The cat said: print(3 + 4)"
+APP = ROOT / "notebooks" / "apps" / "routing_explorer_app.ipynb"
+HARD_LIMIT_S = 300  # each whole test; each browser step has its own, shorter timeout
+STEP_MS = 90_000
+NEW_TEXT = "專家混合模型 🙂 café — שלום"  # Chinese, emoji, accents, a dash, Hebrew: several bytes per character
 NEW_LAYER = 2
+APP_TEXT = "def add(a, b):\n    return a + b"
+ARTIFACT_NOTES = {
+    "explorer_static.png": "notebook 06 opened without running: the static picture and the note to run the cell",
+    "explorer_typed.png": "after typing Chinese/emoji/accented/Hebrew text at layer 2: whole characters, k bands",
+    "explorer_hover.png": "the hover card of the first character: its 3 byte tokens' experts and weights",
+    "explorer_k3.png": "the same text after moving k up from 2 (one arrow key): k colour bands per token",
+    "explorer_heatmap.png": "heatmap tab after clicking a token: its rows highlighted",
+    "explorer_all_layers.png": "all-layers tab: the selected token's column and its per-layer path",
+    "explorer_flow.png": "flow tab with one expert highlighted from the legend, the others dimmed",
+    "voila_app.png": "make explorer's Voila page after typing code: the explorer alone",
+}
 
 
 def require_browser():
@@ -54,22 +71,20 @@ def require_browser():
         pytest.skip(reason)
 
 
-def expected_first_choices(text: str, layer: int) -> list[int]:
-    """The routing of notebook 06's model (the shipped tiny Mixtral and its tokenizer), computed here."""
+def expected_routing(text: str, layer: int) -> tuple[list[int], list[str]]:
+    """First choice of each displayed span's first token at `layer`, and the spans' texts, computed
+    here with notebook 06's model (the shipped tiny Mixtral and its tokenizer)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the notebook's setup()
     try:
         model, tokenizer = moe_edu.load_pretrained()
+        trace = moe_edu.trace_routing(model, tokenizer, text)
         with torch.no_grad():
             logits = model(torch.tensor([tokenizer.encode(text)]), output_router_logits=True).router_logits
     finally:
         torch.set_num_threads(threads)
-    return torch.softmax(logits[layer].float(), dim=-1).argmax(-1).tolist()  # (T,)
-
-
-def rgb(hex_colour: str) -> str:
-    r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
-    return f"rgb({r}, {g}, {b})"
+    first = torch.softmax(logits[layer].float(), dim=-1).argmax(-1).tolist()  # (T,)
+    return [first[s.start] for s in trace.spans], [s.text for s in trace.spans]
 
 
 @contextmanager
@@ -164,12 +179,47 @@ RUN_STATE = """() => {
   return last && last.executionCount && k.status === 'idle' ? {errors} : null;
 }"""
 
-TOKENS = """(layer) => {
-  const root = document.querySelector('#moe-explorer-tokens-L' + layer);
-  if (!root) return null;
-  return Array.from(root.querySelectorAll('.moe-tok')).map(
-    s => [Number(s.dataset.expert), getComputedStyle(s).backgroundColor, s.title]);
+# the live token view at a layer: [first-choice expert, text, colour stops, tokens in the span, renders so far]
+TOKENS = """([root, layer]) => {
+  const view = document.querySelector(root + ' .moe-explorer-view');
+  const text = view && view.querySelector('[id$="-tokens-L' + layer + '"] .moe-text');
+  if (!text) return null;
+  return Array.from(text.querySelectorAll('.moe-tok')).map(s => [
+    Number(s.dataset.expert), s.querySelector('bdi').textContent,
+    (s.style.backgroundImage.match(/rgb\\(/g) || []).length, s.dataset.t.split(' ').length,
+    Number(view.dataset.renders)]);
 }"""
+
+
+def wait_tokens(page, root: str, layer: int, want, what: str):
+    """Poll the token view until `want(tokens)` holds; returns the tokens."""
+    deadline = time.monotonic() + STEP_MS / 1000
+    while time.monotonic() < deadline:
+        tokens = page.evaluate(TOKENS, [root, layer])
+        if tokens and want(tokens):
+            return tokens
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}; last tokens: {tokens}")
+
+
+def type_and_time(page, root: str, text: str) -> float:
+    """Type `text` into the explorer's box; return ms from the last keystroke to the repaint, minus the debounce."""
+    box = page.locator(f"{root} .moe-explorer-view textarea.moe-input").first
+    box.scroll_into_view_if_needed()
+    return page.evaluate("""([root, text]) => new Promise(done => {
+      const view = document.querySelector(root + ' .moe-explorer-view'), box = view.querySelector('textarea');
+      const before = view.dataset.renders, debounce = 250, t0 = performance.now();
+      box.value = text;
+      box.dispatchEvent(new Event('input', {bubbles: true}));
+      const poll = () => view.dataset.renders !== before ? done(performance.now() - t0 - debounce)
+                                                         : setTimeout(poll, 5);
+      poll();
+    })""", [root, text])
+
+
+def shoot(page, locator, name: str) -> None:
+    locator.scroll_into_view_if_needed()
+    locator.screenshot(path=str(ARTIFACTS / name))
 
 
 def test_explorer_in_jupyterlab(tmp_path):
@@ -181,23 +231,37 @@ def test_explorer_in_jupyterlab(tmp_path):
     work = tmp_path / "lab"
     work.mkdir()
     notebook_without_outputs(work / NOTEBOOK.name)
+    saved = work / ("saved_" + NOTEBOOK.name)
+    saved.write_text(NOTEBOOK.read_text())  # as committed: outputs, no live widgets
 
     def expected():  # the notebook's last explorer state, then the state this test drives it to
-        code = moe_edu.widgets.PRESET_TEXTS["code"]
-        return expected_first_choices(code, 3), expected_first_choices(NEW_TEXT, NEW_LAYER)
+        code = PRESET_TEXTS["code"]
+        return expected_routing(code, 3), expected_routing(NEW_TEXT, NEW_LAYER)
 
-    n_experts = moe_edu.PRESETS["tiny"].num_local_experts
     start = time.monotonic()
 
     def phase(name: str) -> None:  # progress for `pytest -s` and for failure reports
         print(f"[browser test] {name}: {time.monotonic() - start:.1f} s")
+
+    root = ".jp-Notebook"
     with hard_limit(HARD_LIMIT_S), jupyter_lab(work, tmp_path, expected) as (url, token, log, (before, after)), \
             sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.set_default_timeout(STEP_MS)
         phase("server and browser up")
         try:
+            # 1. the saved notebook, not run: a static picture of the explorer and a note to run the cell
+            page.goto(f"{url}/lab/tree/{saved.name}?token={token}&reset")
+            static = page.locator(".moe-explorer-static").first
+            static.wait_for(state="attached")
+            static.scroll_into_view_if_needed()
+            assert "run this cell" in static.inner_text()
+            assert static.locator(".moe-tok").count() > 10, "the static picture shows the coloured tokens"
+            shoot(page, static, "explorer_static.png")
+            phase("static picture shown")
+
+            # 2. run every cell of a clean copy
             page.goto(f"{url}/lab/tree/{NOTEBOOK.name}?token={token}&reset")
             page.wait_for_function("() => !!window.jupyterapp", timeout=STEP_MS)
             page.wait_for_function(KERNEL_READY, timeout=STEP_MS, polling=250)
@@ -207,34 +271,144 @@ def test_explorer_in_jupyterlab(tmp_path):
             state = page.wait_for_function(RUN_STATE, timeout=STEP_MS, polling=250).json_value()
             assert not state["errors"], f"notebook cells raised: {state['errors']}"
             phase("all cells run")
+            tokens = wait_tokens(page, root, 3, lambda t: [e for e, *_ in t] == before[0], "the code preset")
 
-            tokens = page.wait_for_function(TOKENS, arg=3, timeout=STEP_MS, polling=250).json_value()
-            assert [e for e, *_ in tokens] == before, "explorer's colouring after run-all != model routing"
+            # 3. type Chinese (and emoji, accents, Hebrew) at layer 2: the characters are displayed
+            page.locator(".widget-dropdown select").filter(
+                has=page.locator("option", has_text="layer 0")).last.select_option(label=f"layer {NEW_LAYER}")
+            wait_tokens(page, root, NEW_LAYER, lambda t: len(t) > 0, "layer 2")
+            update_ms = type_and_time(page, root, NEW_TEXT)
+            tokens = wait_tokens(page, root, NEW_LAYER, lambda t: [x for _, x, *_ in t] == after[1], "typed text")
+            phase(f"typed text shown (update {update_ms:.0f} ms after the debounce)")
+            assert [e for e, *_ in tokens] == after[0], "the page's first-choice experts differ from the model's"
+            shown = page.locator(f"{root} .moe-explorer-view .moe-text").last.inner_text()
+            assert "專家混合模型" in shown and "🙂" in shown and "café" in shown and "\ufffd" not in shown
+            view = page.locator(f"{root} .moe-explorer-view").last
+            shoot(page, view, "explorer_typed.png")
 
-            box = page.locator(".widget-textarea textarea").first
-            box.scroll_into_view_if_needed()
-            box.fill(NEW_TEXT)
-            box.dispatch_event("change")  # continuous_update=False: the value syncs on change
-            layer = page.locator(".widget-dropdown select").filter(has=page.locator("option", has_text="layer 0"))
-            layer.select_option(label=f"layer {NEW_LAYER}")
-            check = f"""() => {{ const got = ({TOKENS})({NEW_LAYER});
-                return got && got.length === {len(after)} ? got : null; }}"""
-            tokens = page.wait_for_function(check, timeout=STEP_MS, polling=250).json_value()
-            phase("explorer updated")
-            explorer = page.locator(".widget-vbox").filter(has=box).last
-            explorer.scroll_into_view_if_needed()
-            explorer.screenshot(path=str(ARTIFACTS / "routing_explorer.png"))
-        except Exception:
+            # 4. hover: the card opens at once with the top-k experts and weights of the character's tokens
+            first = view.locator(".moe-text .moe-tok").first
+            first.hover()
+            card = first.locator(".moe-card")
+            card.wait_for(state="visible", timeout=2000)
+            assert re.search(r"token 0 \(1/3\).*e\d 0\.\d\d.*e\d 0\.\d\d", card.inner_text(), re.S), card.inner_text()
+            shoot(page, view, "explorer_hover.png")
+
+            # 5. move k up from 2: every byte token now shows k colour bands
+            assert all(stops == 2 * n for _, _, stops, n, _ in tokens), "k = 2: two bands per byte token"
+            handle = page.locator(".widget-slider .noUi-handle").last
+            handle.focus()
+            t0 = time.monotonic()
+            handle.press("ArrowRight")
+            page.wait_for_function("() => Number(document.querySelector('.widget-slider .noUi-handle')"
+                                   ".getAttribute('aria-valuenow')) > 2")
+            k = round(float(handle.get_attribute("aria-valuenow")))
+            tokens = wait_tokens(page, root, NEW_LAYER, lambda t: all(stops == k * n for _, _, stops, n, _ in t),
+                                 f"k = {k}: {k} bands per byte token")
+            k_ms = 1000 * (time.monotonic() - t0)
+            page.mouse.move(0, 0)
+            shoot(page, view, "explorer_k3.png")
+
+            # 6. click a token: highlighted in the heatmap and the all-layers grid, its path shown
+            view.locator(".moe-text .moe-tok").nth(2).click()
+            page.wait_for_function("() => !!document.querySelector('.moe-explorer-view .moe-path')")
+            view.locator(".moe-tab", has_text="heatmap").click()
+            rows = view.locator('.moe-panel[data-tab="heatmap"] tr.moe-sel')
+            assert rows.count() >= 1 and all(r.get_attribute("data-g") == "2" for r in rows.all())
+            assert rows.first.evaluate("r => getComputedStyle(r.cells[1]).backgroundColor") == "rgb(255, 243, 176)"
+            shoot(page, view, "explorer_heatmap.png")
+            view.locator(".moe-tab", has_text="all layers").click()
+            cells = view.locator('.moe-panel[data-tab="all layers"] td.moe-sel')
+            assert cells.count() >= 4 and view.locator('.moe-panel[data-tab="all layers"] .moe-path').count() == 1
+            shoot(page, view, "explorer_all_layers.png")
+
+            # 7. click a legend entry: the other experts dim
+            view.locator(".moe-tab", has_text="flow").click()
+            view.locator('.moe-panel[data-tab="tokens"] .moe-legend-item[data-expert="1"]').evaluate("n => n.click()")
+            page.wait_for_function("""() => document.querySelectorAll(
+                '.moe-explorer-view .moe-panel[data-tab="flow"] path.moe-dim').length > 0""")
+            lines = view.locator('.moe-panel[data-tab="flow"] path.moe-line')
+            assert all((l.get_attribute("data-experts") == "1") != ("moe-dim" in l.get_attribute("class"))
+                       for l in lines.all())
+            shoot(page, view, "explorer_flow.png")
+            phase(f"k update {k_ms:.0f} ms; selection and legend checked")
+            print(f"[browser test] typing -> repaint: {update_ms:.0f} ms after the 250 ms debounce; "
+                  f"k slider -> repaint: {k_ms:.0f} ms (including polling)")
+        except BaseException:  # pytest.fail raises a BaseException
             page.screenshot(path=str(ARTIFACTS / "routing_explorer_failure.png"))
             print(log.read_text()[-3000:])
             raise
         finally:
             browser.close()
-    assert [e for e, *_ in tokens] == after, "the page's first-choice experts differ from the model's router"
-    assert [c for _, c, _ in tokens] == [rgb(expert_colour(e, n_experts)) for e in after], "painted colours differ"
-    assert all(title.count("expert ") == 2 and f"expert {e}: " in title.splitlines()[1]
-               for e, _, title in tokens), "hover text should list the top-2 experts, first choice first"
-    assert len(set(after)) > 1, "a text routed to a single expert would not test the colouring"
+
+
+@contextmanager
+def voila(notebook: Path, tmp: Path):
+    """A Voila server for `notebook` on 127.0.0.1; yields its url."""
+    port = free_port()
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp / "vconfig"), JUPYTER_RUNTIME_DIR=str(tmp / "vruntime"),
+               IPYTHONDIR=str(tmp / "ipython"), OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    log = tmp / "voila.log"
+    cmd = [sys.executable, "-m", "voila", str(notebook), f"--port={port}", "--no-browser", "--Voila.ip=127.0.0.1"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=2):
+                    break
+            except urllib.error.HTTPError:  # the server answers: up
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"Voila did not start (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+                time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}/", log
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+def test_explorer_app_in_voila(tmp_path):
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    assert APP.exists(), f"{APP} is missing: build it with tools/build_notebooks.py"
+    ARTIFACTS.mkdir(exist_ok=True)
+    first, _ = expected_routing(PRESET_TEXTS["prose"], 0)
+    typed, spans = expected_routing(APP_TEXT, 0)
+    with hard_limit(HARD_LIMIT_S), voila(APP, tmp_path) as (url, log), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        page.set_default_timeout(STEP_MS)
+        try:
+            page.goto(url)
+            root = "body"
+            tokens = wait_tokens(page, root, 0, lambda t: len(t) > 0, "the app's first view")
+            assert page.get_by_text("load_pretrained").count() == 0, "a page, not a notebook: no code shown"
+            assert [e for e, *_ in tokens] == first
+            colours = page.evaluate("() => Array.from(document.querySelectorAll('.moe-text .moe-tok'))"
+                                    ".map(s => s.style.backgroundImage)")
+            type_and_time(page, root, APP_TEXT)
+            shown = [s.replace("\n", "↵") for s in spans]
+            tokens = wait_tokens(page, root, 0, lambda t: [x for _, x, *_ in t] == shown, "the typed code")
+            assert [e for e, *_ in tokens] == typed, "the app's colours are not the model's routing"
+            after = page.evaluate("() => Array.from(document.querySelectorAll('.moe-text .moe-tok'))"
+                                  ".map(s => s.style.backgroundImage)")
+            assert after != colours, "the colouring changed"
+            page.screenshot(path=str(ARTIFACTS / "voila_app.png"))
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / "voila_failure.png"))
+            print(log.read_text()[-3000:])
+            raise
+        finally:
+            browser.close()
 
 
 def test_missing_browser_fails_under_ci_and_skips_otherwise(monkeypatch, tmp_path):

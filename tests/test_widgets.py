@@ -9,8 +9,20 @@ import torch
 
 import moe_edu
 from moe_edu.plots import EXPERT_PALETTE
-from moe_edu.widgets import (RoutingExplorer, RoutingTrace, flow_html, heatmap_html, load_html, overview_html,
-                             path_html, render_routing_html, text_spans, topk_html, trace_routing, visible)
+from moe_edu.widgets import (
+    RoutingExplorer,
+    RoutingTrace,
+    flow_html,
+    heatmap_html,
+    load_html,
+    overview_html,
+    path_html,
+    render_routing_html,
+    text_spans,
+    topk_html,
+    trace_routing,
+    visible,
+)
 
 
 class ByteTokenizer:
@@ -81,7 +93,8 @@ def test_heatmap_load_and_overview_match_router(model, tok):
     top2 = probs[2].topk(2, dim=-1).indices  # (T, 2)
     expected = torch.bincount(top2.flatten(), minlength=E).float() / (2 * T)  # (E,)
     torch.testing.assert_close(torch.tensor(shares), expected, atol=1e-4, rtol=0)
-    grid = [int(e) for e in re.findall(r'<td class="moe-c[^"]*" data-g="\d+" data-expert="(\d+)"', ex.views["all layers"])]
+    cell = r'<td class="moe-c[^"]*" data-g="\d+" data-expert="(\d+)"'
+    grid = [int(e) for e in re.findall(cell, ex.views["all layers"])]
     assert grid == probs.argmax(-1).flatten().tolist()  # (L*T,)
 
 
@@ -95,12 +108,12 @@ def test_k_control_renormalises(model, tok, k):
     rows = re.findall(r'<tr id="moe-explorer-topk-L1-t\d+"[^>]*>(.*?)</tr>', ex.views["top-k"])
     assert len(rows) == len(text)
     for t, row in enumerate(rows):
-        chips = re.findall(r'data-expert="(\d+)" data-experts="\d+" data-w="([0-9.]+)"', row)[:k]  # this k's chips come first
+        chips = re.findall(r'data-expert="(\d+)" data-experts="\d+" data-w="([0-9.]+)"', row)[:k]  # this k's first
         assert [int(e) for e, _ in chips] == top_i[t].tolist()
         weights = torch.tensor([float(w) for _, w in chips])
         torch.testing.assert_close(weights, top_p[t] / top_p[t].sum(), atol=1e-4, rtol=0)
     assert ex.views["top-k"].count("model (k=2)") == (k != 2)
-    assert 'data-k="%d"' % k in ex.views["tokens"]
+    assert f'data-k="{k}"' in ex.views["tokens"]
 
 
 def test_empty_text_shows_message(model, tok):
@@ -131,7 +144,7 @@ def test_overlong_text_is_truncated_with_notice(model, tok):
 
 def test_unknown_characters_and_bad_tokens_never_raise(model, tok):
     ex = RoutingExplorer(model, tok, text="日本語 🙂 <b>&amp;</b>")
-    assert ex.message == "" and ex.trace.num_tokens == len("日本語 🙂 <b>&amp;</b>".encode("utf-8"))
+    assert ex.message == "" and ex.trace.num_tokens == len("日本語 🙂 <b>&amp;</b>".encode())
     assert shown_text(ex.views["tokens"]) == "日本語 🙂 &lt;b&gt;&amp;amp;&lt;/b&gt;"  # whole characters, escaped
 
     class OutOfVocab(ByteTokenizer):
@@ -163,8 +176,8 @@ def test_static_renderer_is_deterministic(model, tok):
     assert ids[0] == "demo-L1" and ids[1:] == [f"demo-L1-g{t}" for t in range(5)]
     assert "↵" in a and "⇥" in a and "<script" not in a and "title=" not in a  # no native tooltips
     w, e = trace.topk(1)  # (T, 2)
-    card = re.findall(r'<span class="moe-card"[^>]*>(.*?)</span><br>', a)
-    chips = re.findall(r'moe-e(\d+)" data-expert="\d+" data-experts="\d+">e\d+ ([0-9.]+)<', a.split('<span class="moe-card"')[1])
+    card = a.split('<span class="moe-card"')[1]
+    chips = re.findall(r'moe-e(\d+)" data-expert="\d+" data-experts="\d+">e\d+ ([0-9.]+)<', card)
     assert chips[:2] == [(str(int(e[0, j])), f"{float(w[0, j]):.2f}") for j in range(2)]  # the card shows the top-k
     assert not re.search(r"\d\.\d{3}", re.sub(r'data-(w|p|share)="[0-9.]+"', "", a)), "at most 2 decimals shown"
     for view in (heatmap_html, load_html, topk_html, flow_html):
@@ -292,6 +305,10 @@ def test_invisible_and_unsafe_characters_are_shown_safely(model, tok):
         assert label in html
     assert re.sub("<[^>]+>", "", shown_text(html)).endswith("e‹U+0000›&lt;script&gt;x&lt;/script&gt;&amp;")
     assert "<bdi>" in html and 'dir="ltr"' in html  # every span bidi-isolated, tokens in typed order
+    rtl = render_routing_html(trace_routing(model, tok, "hi שלום עולם, ok"), layer=0)
+    assert rtl.count('<bdi dir="rtl" class="moe-rtl">') == 1
+    run = rtl.split('class="moe-rtl">')[1].split("</span></bdi><span id=")[0]
+    assert "".join(re.findall(r"<bdi>(.*?)</bdi>", run)) == "שלום עולם"  # one run, read right to left
     assert visible("👩\u200d💻") == "👩\u200d💻" and visible("\u200d") != "\u200d"  # joiners kept inside emoji
     assert visible("") == "∅" and visible("a b", visible_space=True) == "a␣b"
 
@@ -342,7 +359,8 @@ def test_selection_and_dimming_state(model, tok):
 def test_flow_lines_are_as_thick_as_the_weights(model, tok):
     trace = trace_routing(model, tok, "12 + 35")
     html = flow_html(trace, 2, 3)
-    lines = re.findall(r'data-experts="(\d)" data-w="([0-9.]+)" d="[^"]*" stroke="[^"]*" stroke-width="([0-9.]+)"', html)
+    line = r'data-experts="(\d)" data-w="([0-9.]+)" d="[^"]*" stroke="[^"]*" stroke-width="([0-9.]+)"'
+    lines = re.findall(line, html)
     assert len(lines) == trace.num_tokens * 3
     w, e = trace.topk(2, 3)  # (T, 3)
     assert [int(x) for x, _, _ in lines] == e.flatten().tolist()
@@ -390,7 +408,8 @@ def test_one_palette_no_near_twins_and_readable_text(model, tok):
             0.32 * math.cos(math.radians(3 * hb + 6)) - 0.20 * math.cos(math.radians(4 * hb - 63))
         SL = 1 + 0.015 * (Lb - 50) ** 2 / math.sqrt(20 + (Lb - 50) ** 2)
         SC, SH = 1 + 0.045 * Cbp, 1 + 0.015 * Cbp * T
-        RT = -math.sin(math.radians(60 * math.exp(-(((hb - 275) / 25) ** 2)))) * 2 * math.sqrt(Cbp ** 7 / (Cbp ** 7 + 25 ** 7))
+        RC = 2 * math.sqrt(Cbp ** 7 / (Cbp ** 7 + 25 ** 7))
+        RT = -math.sin(math.radians(60 * math.exp(-(((hb - 275) / 25) ** 2)))) * RC
         return math.sqrt(((L2 - L1) / SL) ** 2 + ((C2 - C1) / SC) ** 2 + (dH / SH) ** 2 + RT * (C2 - C1) / SC * dH / SH)
 
     import itertools

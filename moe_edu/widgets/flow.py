@@ -12,6 +12,7 @@ from .views import token_labels
 
 ROW = 18  # px per token
 LEFT, RIGHT, WIDTH = 170, 430, 520  # token labels end at LEFT, expert boxes start at RIGHT
+MID = (LEFT + RIGHT) // 2  # the curves' control points
 
 
 def flow_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_prefix: str = "moe-flow",
@@ -27,11 +28,11 @@ def flow_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_prefi
     lines, texts = [], []
     for t in range(T):
         y, g = t * ROW + ROW // 2 + 5, span_of[t]
-        for w, e in zip(weights[t].tolist(), experts[t].tolist()):
+        for w, e in zip(weights[t].tolist(), experts[t].tolist(), strict=True):
             w = round(w, 2)
             cls = f"moe-line{state_class(g, [e], selected, dimmed)}"
             lines.append(f'<path class="{cls}" data-g="{g}" data-experts="{e}" data-w="{w:.2f}" '
-                         f'd="M{LEFT + 6} {y} C{(LEFT + RIGHT) // 2} {y} {(LEFT + RIGHT) // 2} {ey[e]} {RIGHT} {ey[e]}" '
+                         f'd="M{LEFT + 6} {y} C{MID} {y} {MID} {ey[e]} {RIGHT} {ey[e]}" '
                          f'stroke="{expert_colour(e, E)}" stroke-width="{1 + 8 * w:.1f}" fill="none" '
                          f'stroke-opacity="0.85"/>')
         cls = f"moe-flow-tok{state_class(g, [], selected, None)}"
@@ -40,7 +41,8 @@ def flow_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_prefi
     boxes = []
     for e in range(E):
         cls = f"moe-flow-expert{state_class(None, [e], None, dimmed)}"
-        boxes.append(f'<g class="{cls}" data-experts="{e}"><rect x="{RIGHT}" y="{ey[e] - 11}" width="{WIDTH - RIGHT - 4}" '
+        boxes.append(f'<g class="{cls}" data-experts="{e}"><rect x="{RIGHT}" y="{ey[e] - 11}" '
+                     f'width="{WIDTH - RIGHT - 4}" '
                      f'height="22" rx="4" fill="{expert_colour(e, E)}" stroke="#555"/>'
                      f'<text x="{RIGHT + 8}" y="{ey[e] + 4}">expert {e}</text></g>')
     svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
@@ -50,5 +52,6 @@ def flow_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_prefi
             f"experts (right); a line's width is the expert's renormalised weight (1 px + 8 px x weight). "
             "Click a token to select it, an expert in the legend to dim the rest.</p>")
     root = f"{p}-L{layer}"
-    return (f'<div id="{root}" class="moe-flow" data-layer="{layer}" data-k="{k}">{style_block(root, trace.num_experts)}{note}'
+    return (f'<div id="{root}" class="moe-flow" data-layer="{layer}" data-k="{k}">'
+            f"{style_block(root, trace.num_experts)}{note}"
             f'<div style="max-height:480px;overflow:auto">{svg}</div></div>')

@@ -11,8 +11,9 @@ card with its tokens' top-k experts and weights (pure CSS: instant, no `title` d
 from __future__ import annotations
 
 import colorsys
+import unicodedata
+from collections.abc import Sequence
 from html import escape
-from typing import Sequence
 
 from ..plots import EXPERT_PALETTE
 from .text_spans import visible
@@ -65,7 +66,8 @@ def style_block(root_id: str, num_experts: int) -> str:
         "box-shadow:0 2px 6px rgba(0,0,0,.25);text-align:left}"
         f"{r} .moe-chip{{color:#000;padding:0 4px;margin-right:3px;border-radius:3px;white-space:nowrap}}"
         f"{r} .moe-c{{padding:1px 4px;border:1px solid #e4e4e4;text-align:center;white-space:nowrap}}"
-        f"{r} .moe-sel:not(path):not(text){{outline:2px solid #111!important;outline-offset:1px;position:relative;z-index:1}}"
+        f"{r} .moe-sel:not(path):not(text){{outline:2px solid #111!important;outline-offset:1px;"
+        "position:relative;z-index:1}"
         f"{r} tr.moe-sel>*{{background-color:#fff3b0!important}}"
         f"{r} .moe-dim{{opacity:.2}}{r} [data-g]{{cursor:pointer}}"
         f"{r} .moe-legend-item{{cursor:pointer;user-select:none}}{r} text.moe-sel{{font-weight:bold}}"
@@ -153,9 +155,38 @@ def card_html(trace: RoutingTrace, g: int, layer: int, weights: list, experts: l
     lines = [f"<b>{visible(span.text, html=False)}</b> · layer {layer}, top-{len(experts[0])}"]
     for i, t in enumerate(range(span.start, span.stop)):
         part = f" ({i + 1}/{n})" if n > 1 else ""
-        chips = "".join(chip(e, w, trace.num_experts, inline=False) for w, e in zip(weights[t], experts[t]))
+        pairs = zip(weights[t], experts[t], strict=True)
+        chips = "".join(chip(e, w, trace.num_experts, inline=False) for w, e in pairs)
         lines.append(f"token {t}{part}, id {trace.token_ids[t]}: {chips}")
     return f'<span class="moe-card" dir="ltr" style="display:none">{"<br>".join(lines)}</span>'
+
+
+def _direction(text: str) -> str:
+    """'R' for right-to-left text (Hebrew, Arabic letters and no Latin ones), 'L' for left-to-right, 'N' neutral."""
+    kinds = {unicodedata.bidirectional(ch) for ch in text}
+    if "L" in kinds:
+        return "L"
+    return "R" if kinds & {"R", "AL"} else "N"
+
+
+def rtl_runs(texts: Sequence[str]) -> list[tuple[int, int]]:
+    """`(start, stop)` of each run of right-to-left spans (with the neutral spans between them): the tokens
+    view isolates each run with `<bdi dir="rtl">`, so "שלום" reads right to left, not as reversed letters."""
+    dirs = [_direction(t) for t in texts]
+    runs, g = [], 0
+    while g < len(dirs):
+        if dirs[g] != "R":
+            g += 1
+            continue
+        stop = g + 1
+        for h in range(g + 1, len(dirs)):
+            if dirs[h] == "L":
+                break
+            if dirs[h] == "R":
+                stop = h + 1
+        runs.append((g, stop))
+        g = stop
+    return runs
 
 
 def render_routing_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_prefix: str = "moe-routing",
@@ -184,6 +215,8 @@ def render_routing_html(trace: RoutingTrace, layer: int, k: int | None = None, *
             f'padding:2px 0 3px;border-right:1px solid #fff"><bdi>{visible(span.text)}</bdi>'
             f"{card_html(trace, g, layer, wl, el)}</span>{newline}"
         )
+    for start, stop in reversed(rtl_runs([span.text for span in trace.spans])):
+        parts[start:stop] = [f'<bdi dir="rtl" class="moe-rtl">{"".join(parts[start:stop])}</bdi>']
     first = [el[t][0] for t in range(trace.num_tokens)]
     counts = [first.count(e) for e in range(trace.num_experts)]
     in_topk = [sum(e in row for row in el) for e in range(trace.num_experts)]

@@ -10,8 +10,9 @@ control, bidi and unassigned characters show as labelled markers instead of acti
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 from html import escape
-from typing import NamedTuple, Protocol, Sequence
+from typing import NamedTuple, Protocol
 
 MAX_PIECES = 8  # a character has at most 4 UTF-8 bytes; a BPE piece can straddle two characters
 

@@ -54,7 +54,8 @@ def heatmap_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_pr
     note = (f'<p style="{NOTE}">Router probabilities at layer {layer}: softmax over all {trace.num_experts} experts, '
             f"one row per token. Shade: 0 {scale} {top:.2f} (the layer's largest). Outlined: the top-{k} chosen. "
             "Click a row to select its token.</p>")
-    body = f'{note}<div style="max-height:420px;overflow:auto"><table {_TABLE}><tr><th></th>{head}</tr>{"".join(rows)}</table></div>'
+    table = f'<table {_TABLE}><tr><th></th>{head}</tr>{"".join(rows)}</table>'
+    body = f'{note}<div style="max-height:420px;overflow:auto">{table}</div>'
     return _wrap("moe-heatmap", f"{p}-L{layer}", trace.num_experts, body, f' data-layer="{layer}"')
 
 
@@ -78,7 +79,8 @@ def load_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_prefi
                     f'<td class="moe-c">{100 * share:.1f}%</td></tr>')
     note = (f'<p style="{NOTE}">Expert load at layer {layer}: each expert\'s share of the {trace.num_tokens} tokens x '
             f"{k} routed slots. Dashed line: the even share, 1/E = {100 / trace.num_experts:.1f}%.</p>")
-    return _wrap("moe-load", f"{p}-L{layer}", trace.num_experts, f'{note}<table {_TABLE}>{"".join(rows)}</table>', f' data-layer="{layer}"')
+    body = f'{note}<table {_TABLE}>{"".join(rows)}</table>'
+    return _wrap("moe-load", f"{p}-L{layer}", trace.num_experts, body, f' data-layer="{layer}"')
 
 
 def overview_html(trace: RoutingTrace, k: int | None = None, *, id_prefix: str = "moe-overview",
@@ -94,11 +96,12 @@ def overview_html(trace: RoutingTrace, k: int | None = None, *, id_prefix: str =
     for layer in range(trace.num_layers):
         weights, experts = trace.topk(layer, k)  # (T, k), (T, k)
         cells = []
-        for t, (ws, es) in enumerate(zip(weights.tolist(), experts.tolist())):
+        for t, (ws, es) in enumerate(zip(weights.tolist(), experts.tolist(), strict=True)):
             g = span_of[t]
             cells.append(f'<td class="moe-c{state_class(g, es, selected, dimmed)}" data-g="{g}" data-expert="{es[0]}" '
                          f'data-experts="{" ".join(map(str, sorted(es)))}" style="'
-                         f'{bands([list(zip(es, [round(w, 2) for w in ws]))], trace.num_experts)}">{es[0]}</td>')
+                         f'{bands([[(e, round(w, 2)) for e, w in zip(es, ws, strict=True)]], trace.num_experts)}">'
+                         f"{es[0]}</td>")
         rows.append(f'<tr id="{p}-L{layer}"><th class="moe-c" style="position:sticky;left:0;background:#fff;z-index:2">'
                     f'layer&nbsp;{layer}</th>{"".join(cells)}</tr>')
     note = (f'<p style="{NOTE}">Every token (columns) at every layer (rows): the number is its first-choice expert, '
@@ -122,14 +125,15 @@ def topk_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_prefi
     rows = []
     for t in range(trace.num_tokens):
         g = span_of[t]
-        chips = "".join(chip(int(e), float(w), E) for w, e in zip(weights[t], experts[t]))
+        chips = "".join(chip(int(e), float(w), E) for w, e in zip(weights[t], experts[t], strict=True))
         extra = ""
         if compare:
-            extra = f'<td class="moe-c" style="text-align:left">' + "".join(
-                chip(int(e), float(w), E) for w, e in zip(w0[t], e0[t])) + "</td>"
+            extra = '<td class="moe-c" style="text-align:left">' + "".join(
+                chip(int(e), float(w), E) for w, e in zip(w0[t], e0[t], strict=True)) + "</td>"
         rows.append(f'<tr id="{p}-L{layer}-t{t}" class="{state_class(g, [], selected, None).strip()}" data-g="{g}">'
                     f'<th class="moe-c" style="text-align:right">{labels[t]}</th>'
-                    f'<td class="moe-c" style="text-align:left">{chips}</td><td class="moe-c">{kept[t]:.2f}</td>{extra}</tr>')
+                    f'<td class="moe-c" style="text-align:left">{chips}</td>'
+                    f'<td class="moe-c">{kept[t]:.2f}</td>{extra}</tr>')
     extra_head = f'<th class="moe-c">model (k={trace.top_k})</th>' if compare else ""
     note = (f'<p style="{NOTE}">k = {k}: the chosen experts and their weights, renormalised to sum to 1 '
             f"(weight = p / mass kept). k = 1 gives weight 1; k = {E} keeps the whole softmax.</p>")
@@ -149,8 +153,8 @@ def path_html(trace: RoutingTrace, g: int, k: int | None = None, *, id_prefix: s
     rows = []
     for layer in range(trace.num_layers):
         weights, experts = trace.topk(layer, k)  # (T, k), (T, k)
-        cells = "".join(f'<td class="moe-c" style="text-align:left">' + "".join(
-            chip(int(e), float(w), trace.num_experts) for w, e in zip(weights[t], experts[t])) + "</td>"
+        cells = "".join('<td class="moe-c" style="text-align:left">' + "".join(
+            chip(int(e), float(w), trace.num_experts) for w, e in zip(weights[t], experts[t], strict=True)) + "</td>"
             for t in range(span.start, span.stop))
         rows.append(f'<tr data-layer="{layer}"><th class="moe-c">layer&nbsp;{layer}</th>{cells}</tr>')
     n = span.stop - span.start
