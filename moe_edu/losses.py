@@ -50,9 +50,9 @@ def load_balancing_loss(
                 f"attention_mask has {mask.numel()} positions but router_logits have {logits.shape[1]} tokens"
             )
     rows = mask.sum() * logits.shape[0]  # tokens counted over all layers
-    tokens_per_expert = (hits * mask[:, None]).sum(dim=(0, 1)) / rows  # (E,) f_e, sums to k
-    prob_per_expert = (probs * mask[:, None]).sum(dim=(0, 1)) / rows  # (E,) P_e, sums to 1
-    return num_experts * torch.sum(tokens_per_expert * prob_per_expert)
+    load_share = (hits * mask[:, None]).sum(dim=(0, 1)) / rows  # (E,) f_e: share of tokens per expert, sums to k
+    mean_prob = (probs * mask[:, None]).sum(dim=(0, 1)) / rows  # (E,) P_e, sums to 1
+    return num_experts * torch.sum(load_share * mean_prob)
 
 
 def router_z_loss(router_logits: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
