@@ -16,15 +16,22 @@
 # > *"The output of the MoE module for a given input x is determined by the weighted sum of the outputs of the
 # > expert networks, where the weights are given by the gating network's output."* — Mixtral paper, §2.1
 #
+# > **中文導讀**　Mixtral 的路由網路（門控網路）只是一個沒有偏差項的線性層：每個 token 乘上權重矩陣 $W_g$，得到 8 個專家
+# > 各一個相關性分數（logit），再經 softmax 變成機率。本章說明為什麼不需要偏差項、softmax 的兩個性質（每列加總為 1、
+# > 整列加上同一常數不變），以及 bf16 精度會讓約 0.5% 的 token 換了專家：在 fp32 計算 logit 可去掉累加誤差，而只把
+# > softmax 改成 fp32 不會改變選到哪些專家。最後用熱圖與溫度觀察路由有多「果斷」。
+#
 # In Mixtral the "feed-forward network" of the gate is as small as it can be: **one matrix, no bias**. This notebook
-# builds it, looks at what it outputs, and explains two details that matter in practice: the softmax runs in
-# float32, and the scale of the router's weights acts like a temperature.
+# builds it, looks at what it outputs, and explains two details that matter in practice: the precision of the
+# router (fp32 logits are not the same thing as an fp32 softmax), and the scale of the router's weights, which acts
+# like a temperature.
 #
 # **Learning objectives.** After this notebook you can
 #
 # 1. write Mixtral's router in one line of torch and say why it has no bias;
 # 2. turn logits into probabilities and state two properties of softmax that the next notebooks rely on;
-# 3. explain — with a measured example — why the router's softmax runs in fp32 even when the model runs in bf16;
+# 3. explain — with a measured example — how bf16 changes the router's choices, and why computing the *logits* in
+#    fp32 helps while an fp32 *softmax* alone cannot change which experts are chosen;
 # 4. read a heatmap of router probabilities;
 # 5. predict how a temperature (or the size of the router's weights) sharpens or flattens the routing.
 
@@ -74,9 +81,14 @@ print("nn.Linear(bias=False) equals X @ W_g.T:", torch.equal(gate(X), logits))
 # %% [markdown]
 # **Why no bias?** A bias $b_e$ would add the same constant to expert $e$'s logit for *every* token: a fixed
 # preference that has nothing to do with the input. The whole point of a router is the opposite — 動態路由 (dynamic
-# routing): the choice should depend on the token. Whatever bias the model needs it can fold into the token vector
-# itself (the RMSNorm before the block has a learned scale). And a bias added to *all* experts equally does nothing
-# at all, as the next section shows.
+# routing): the choice should depend on the token. The RMSNorm before the block cannot supply one either: it has a
+# learned scale but no shift. A fixed preference can still arise from the data — hidden states are not centred, so a
+# direction shared by all tokens gives each expert a roughly constant offset through $W_g$ — but there is no
+# parameter for it. And a bias added to *all* experts equally does nothing at all, as the next section shows.
+#
+# The one place a per-expert bias earns its keep is load balancing: DeepSeek-V3 (2024) adds a bias to each expert's
+# score **for selection only** (the combine weights ignore it), raising it for under-loaded experts and lowering it
+# for over-loaded ones, instead of an auxiliary loss.
 
 # %% [markdown]
 # ## 2. From logits to probabilities: softmax
@@ -95,13 +107,22 @@ print("shift-invariant:", torch.allclose(torch.softmax(logits + 5.0, dim=-1), pr
 print("token 0:", [f"{p:.3f}" for p in probs[0].tolist()])
 
 # %% [markdown]
-# ## 3. Why the softmax runs in float32
+# ## 3. Router precision: fp32 logits vs an fp32 softmax
 #
 # Large models run in **bfloat16**: 8 exponent bits (the range of fp32) but only **8 significant bits** — about
 # 2–3 decimal digits. That is fine for activations, whose errors average out, but the router makes a *discrete*
-# decision from small differences between logits. Switch Transformer (Fedus et al., 2021) called the fix *selective
-# precision*: cast the router's input to float32, compute the softmax in float32, cast back. `transformers`'
-# Mixtral does `softmax(router_logits.float())`, and `moe_edu.TopKRouter` computes the logits in fp32 too.
+# decision from small differences between logits. Switch Transformer (Fedus et al., 2021) introduced *selective
+# precision* for **training stability**: it casts the router's input to float32 so that the softmax's exponentials,
+# which amplify rounding errors, are computed in float32, and casts the result back. Two different things are
+# called "an fp32 router":
+#
+# - **an fp32 softmax** — `transformers`' Mixtral computes the logits in the model's dtype (`F.linear` in bf16) and
+#   only then `softmax(router_logits.float())`. Softmax is monotone (a larger logit always gets a larger
+#   probability), so an fp32 softmax **cannot change which experts are chosen**: the choice is already fixed by the
+#   bf16 logits. It makes the weights accurate and makes them sum to 1.
+# - **fp32 logits** — `moe_edu.TopKRouter` (`fp32=True`) casts the input and $W_g$ to fp32 *before* the matmul, so
+#   the logits are accumulated and rounded in fp32. The inputs are still whatever the model feeds in (bf16 hidden
+#   states in a bf16 model).
 #
 # First, what bf16 can represent: between 0.25 and 0.5 the gap between neighbouring bf16 numbers is $2^{-9} \approx 0.002$.
 
@@ -142,9 +163,11 @@ print("0.1 % < tokens whose top-2 changes < 2 %:", 0.001 < rate < 0.02)
 print("10 % < bf16 softmax rows off by more than 1e-3 < 40 %:", 0.10 < off.float().mean().item() < 0.40)
 
 # %% [markdown]
-# About half a percent of tokens go to a different expert only because of rounding. That sounds small, but it
-# happens independently in each of Mixtral's 32 layers, on every forward pass, and differently on different
-# hardware:
+# About half a percent of tokens go to a different expert only because of rounding. Two sources are mixed in that
+# number: rounding the inputs and weights to bf16, and accumulating and rounding the logits in bf16. fp32 logits
+# remove the second; the first is the price of a bf16 model and stays. An fp32 softmax on top of bf16 logits removes
+# neither — it only fixes the rows that do not sum to 1. Half a percent sounds small, but it happens independently
+# in each of Mixtral's 32 layers, on every forward pass, and differently on different hardware:
 
 # %% tags=["nbval-ignore-output"]
 print(f"P(a token's routing differs in at least one of 32 layers) = 1 - (1 - {rate:.4f})^32 = {1 - (1 - rate) ** 32:.1%}")
@@ -154,9 +177,9 @@ print("at 0.1 % to 2 % per layer, 3 % to 48 % of tokens differ somewhere in 32 l
       0.03 < 1 - (1 - rate) ** 32 < 0.48)
 
 # %% [markdown]
-# During training that is noise in a discrete decision; computing the router in fp32 removes it, at a negligible
-# cost ($E \times H$ is tiny next to the experts). The router's weights can stay in bf16 storage; what matters is
-# the precision of the *computation*.
+# During training that is noise in a discrete decision; computing the logits in fp32 removes the part caused by
+# bf16 accumulation, at a negligible cost ($E \times H$ is tiny next to the experts). The router's weights can stay
+# in bf16 storage; what matters is the precision of the *computation*.
 
 # %% [markdown]
 # ## 4. A picture: router probabilities for a batch of tokens
@@ -258,8 +281,10 @@ print("block.gate.weight:", tuple(block.gate.weight.shape), "| has bias:", hasat
 # - The router (路由網絡 / 門控網絡) is one bias-free linear layer: `logits = x @ W_g.T`, shape `(T, E)`.
 # - Softmax turns each row into a distribution; it ignores constant shifts, which is why a shared bias is useless
 #   and a per-expert bias would be input-independent.
-# - Compute the router in **fp32**: bf16's 8 significant bits flip the top-2 choice of ~0.5 % of tokens per layer
-#   (~16 % of tokens somewhere in 32 layers).
+# - bf16 inputs, weights and accumulation flip the top-2 choice of ~0.5 % of tokens per layer (~16 % of tokens
+#   somewhere in 32 layers). **fp32 logits** (moe_edu) remove the accumulation part; an **fp32 softmax** alone
+#   (transformers) changes no choice — softmax is monotone — but gives accurate weights that sum to 1. Switch's
+#   reason for an fp32 router was training stability.
 # - The scale of $W_g$ is an inverse temperature; at init (std 0.02) routing is nearly uniform.
 # - `moe_edu.TopKRouter` and `SparseMoeBlock.gate` are exactly this.
 #
@@ -267,16 +292,64 @@ print("block.gate.weight:", tuple(block.gate.weight.shape), "| has bias:", hasat
 #
 # 1. What are the shapes of $W_g$ and of the logits for Mixtral 8x7B and a batch of 512 tokens? How many parameters
 #    does one layer's router have?
+#
+# <details><summary>Answer</summary>
+#
+# $W_g$ is $(E, H) = (8, 4096)$ and the logits are $(T, E) = (512, 8)$. One layer's router has
+# $8 \times 4096$ = 32,768 parameters (1,048,576 over all 32 layers) — tiny next to one expert's 176,160,768.
+#
+# </details>
+#
 # 2. Why is adding a bias $b$ with all entries equal useless? What would a bias with *different* entries do?
+#
+# <details><summary>Answer</summary>
+#
+# Softmax ignores a constant added to every logit of a row (section 2), so the probabilities, the top-k and the
+# weights are unchanged. Different entries add a fixed, input-independent preference: some experts win more often
+# for *every* token. That is not routing by content — though DeepSeek-V3 uses exactly such a bias, for selection
+# only, to balance the load.
+#
+# </details>
+#
 # 3. In bf16, could two experts whose fp32 probabilities are 0.3336 and 0.3346 be told apart? Why does it matter for
 #    the router but much less for an expert's output?
+#
+# <details><summary>Answer</summary>
+#
+# No: in $[0.25, 0.5)$ neighbouring bf16 numbers are $2^{-9} \approx 0.00195$ apart, and both values round to
+# 0.333984 (section 3 shows three such values collapsing). The router turns small differences into a *discrete*
+# choice — a different expert is a different function — whereas an expert's output only carries a small continuous
+# error that averages out in the sums that follow.
+#
+# </details>
+#
 # 4. You multiply $W_g$ by 10. What happens to the entropy of the routing, and to how "decisive" top-k becomes?
+#
+# <details><summary>Answer</summary>
+#
+# The logits are multiplied by 10: the same as temperature $\tau = 0.1$. The entropy drops (in section 5 the
+# mean entropy goes from 1.2994 at $\tau = 1$ to 0.1930 at $\tau = 0.1$), the distribution becomes nearly
+# one-hot, and the renormalised top-2 weights approach (1, 0): the first expert decides almost alone, and the
+# softmax saturates, so its gradients shrink.
+#
+# </details>
+#
 # 5. The heatmap's rows for "def" and "import" look alike. Which property of the router guarantees that similar
 #    tokens get similar probabilities?
 #
+# <details><summary>Answer</summary>
+#
+# Linearity: the logits are $x W_g^\top$, so two nearby inputs give nearby logits
+# ($\lVert \Delta\text{logits} \rVert \le \lVert W_g \rVert \, \lVert \Delta x \rVert$), and softmax is smooth, so nearby
+# logits give nearby probabilities. Tokens drawn around the same cluster centre therefore get similar rows, trained
+# or not.
+#
+# </details>
+#
 # ## Exercises
 #
-# Open `notebooks/exercises/ex01_gating.ipynb`: implement the router logits and the fp32 softmax yourself; the
-# checker compares them with `moe_edu` on seeded inputs.
+# Open `notebooks/exercises/ex01_gating.ipynb`: implement the router logits (1.1) and the router probabilities with
+# a float32 softmax (1.2) yourself — the checkers compare them with `moe_edu` on seeded inputs, including bf16
+# logits — run your router inside a tiny Mixtral block, and answer the open question "why float32?" (1.3).
 #
 # **Next:** [02 · Top-k selection](02_topk_selection.ipynb) — picking the experts.
