@@ -15,6 +15,11 @@
 #
 # > *"G(x) := Softmax(TopK(x · W_g))"* — Mixtral paper, eq. (2)
 #
+# > **中文導讀**　路由網路替每個 token 算出 8 個專家的機率後，只保留最高的 k 個：Mixtral 用 k = 2，種子文章說「通常 k=2 或 3」。
+# > 本章用 `torch.topk` 選出專家，並以三種方法建立 (T, E) 的布林遮罩；比較 k = 1、2、3 的計算成本（啟用參數）與保留的機率質量。
+# > 機率完全相同（平手）時選誰由實作決定，bf16 讓平手常見，需要可重現時可用穩定排序決定。最後看梯度：重新正規化後，
+# > 沒被選中的專家梯度為 0，而 k = 1 時路由網路完全收不到梯度。
+#
 # The router of notebook 01 gives every token a probability for each of the $E$ experts. Now we keep only the best
 # $k$. Mixtral uses $k = 2$; the seed says "usually 2 or 3". This notebook makes the choice concrete: `torch.topk`,
 # the boolean mask it defines, what $k$ costs and buys, what happens on ties, and — the subtle part — what a hard
@@ -143,7 +148,8 @@ plt.show()
 
 # %% [markdown]
 # Cost is linear in $k$ (each extra expert adds $3HI$ parameters per layer), while the router mass kept has
-# diminishing returns. $k = 2$ is the sweet spot Mixtral picked; $k = 1$ has a further problem, shown in section 5.
+# diminishing returns. Mixtral sets $k = 2$ (the paper states the choice without justifying it); $k = 1$ has a
+# further problem, shown in section 5.
 
 # %% [markdown]
 # ## 4. Ties
@@ -297,15 +303,60 @@ print("same weights:", torch.allclose(lib_w, top_p / top_p.sum(-1, keepdim=True)
 # ## Check your understanding
 #
 # 1. `top_i` has shape `(T, k)`. What is the shape of `F.one_hot(top_i, E)`, and why do we sum over dim 1?
+#
+# <details><summary>Answer</summary>
+#
+# `(T, k, E)`: one one-hot row per chosen slot. Summing over dim 1 (the $k$ slots) merges a token's $k$ one-hot rows
+# into one `(T, E)` row with $k$ ones — the experts are distinct, so no entry exceeds 1.
+#
+# </details>
+#
 # 2. Why does `probs >= kth` give more than $k$ `True`s in a row with a tie, while the scatter mask never does?
+#
+# <details><summary>Answer</summary>
+#
+# The threshold keeps *every* entry equal to the $k$-th largest value, so all tied experts pass. The scatter mask
+# writes `True` only at the $k$ indices `topk` returned, exactly $k$ per row, whichever tied expert it picked.
+#
+# </details>
+#
 # 3. Going from $k = 2$ to $k = 3$ in Mixtral 8x7B adds how many active parameters? (Hint: one expert, 32 layers.)
+#
+# <details><summary>Answer</summary>
+#
+# $32 \times 3 \times 4096 \times 14336$ = 5,637,144,576 ≈ 5.64B: the table's 12.88B becomes 18.52B (1.44× the
+# FLOPs).
+#
+# </details>
+#
 # 4. With renormalised $k = 2$ weights, can the router ever learn to pick an expert it currently never picks? What
 #    else in training could push it there? (Notebook 07 answers this.)
+#
+# <details><summary>Answer</summary>
+#
+# Not through the weights: after renormalising, unchosen experts get exactly zero gradient (section 5), so nothing
+# raises a never-chosen expert's logit. It can still happen indirectly — the inputs to the router change as the rest
+# of the model trains — and directly through an auxiliary loss: the load-balancing loss uses the softmax over *all*
+# $E$ experts, so it gives every logit a gradient and pushes probability towards under-used experts. Noisy top-k
+# (notebook 09) explores by adding noise to the logits.
+#
+# </details>
+#
 # 5. Why does Switch Transformer not renormalise its $k = 1$ weight?
+#
+# <details><summary>Answer</summary>
+#
+# A renormalised single weight is always exactly 1, a constant: no gradient reaches the router at all (the last line
+# of section 5 shows 0 on every logit). Multiplying the expert's output by the raw probability keeps the gate
+# differentiable, so the router learns from how much the chosen expert helped.
+#
+# </details>
 #
 # ## Exercises
 #
-# `notebooks/exercises/ex02_topk_selection.ipynb`: implement top-k selection and the routing mask, with a
-# deterministic tie-break; the checker tries tied and untied inputs.
+# `notebooks/exercises/ex02_topk_selection.ipynb`: build the `(T, E)` top-k mask (2.1) and the renormalised top-k
+# weights in float32 (2.2) — the checkers try $k$ = 1, 2, 3 and bf16 logits — count how many tokens each expert gets
+# for $k$ = 1, 2, 3, and answer an open question on ties (2.3: what `topk` does with equal values, and when that
+# matters).
 #
 # **Next:** [03 · Sparse activation](03_sparse_activation.ipynb) — running only the chosen experts.

@@ -13,6 +13,11 @@
 # > *"Sparse activation: only a few experts are activated each time, lowering compute cost and raising
 # > efficiency."* — the seed, §2
 #
+# > **中文導讀**　稀疏激活的意思是：沒被選中的專家根本不對那個 token 計算。本章用三種方式寫出分派（dispatch）：逐專家迴圈、
+# > 全部計算再遮罩的稠密版、以及先依專家排序再分組的版本，並確認三者數值相同；稠密版要多花 E/k = 4 倍的 FLOPs。
+# > 接著比較無丟棄（dropless，Mixtral 釋出的推論程式碼與 transformers 的做法）與容量因子（GShard、Switch）：
+# > 專家的名額滿了，多出來的指派就被丟棄，該 token 只靠殘差連接通過這一層。
+#
 # Notebook 02 ended with a `(T, E)` gate matrix that has $k$ non-zeros per row. The *mathematics* of an MoE layer
 # would be happy to multiply every expert by its gate and add up — zeros included. Sparse activation is the
 # *engineering* decision not to: an expert that a token did not choose is never run on that token. This notebook
@@ -24,8 +29,8 @@
 # 1. write dispatch as a loop over experts, as a dense masked computation, and as a sort-and-group computation, and
 #    show that all three give the same numbers;
 # 2. count the FLOPs each one spends ($E/k$ times more for the dense one) and relate that to measured times;
-# 3. explain *dropless* routing (Mixtral) versus *capacity-based* routing (GShard, Switch), compute a capacity and
-#    the fraction of dropped tokens.
+# 3. explain *dropless* routing (Mixtral's released inference code and `transformers`) versus *capacity-based*
+#    routing (GShard, Switch), compute a capacity and the fraction of dropped tokens.
 
 # %%
 import moe_edu
@@ -227,8 +232,10 @@ load = torch.bincount(chosen2.reshape(-1), minlength=E)  # (E,)
 print("assignments per expert:", load.tolist(), "| uniform share:", T2 * k // E)
 
 # %% [markdown]
-# **Mixtral is dropless**: every assignment is processed, however unbalanced — the grouped dispatch just makes some
-# groups bigger. That needs variable-sized matmuls (easy on a CPU, a grouped GEMM on a GPU).
+# **Mixtral's released inference code and `transformers`' implementation are dropless**: every assignment is
+# processed, however unbalanced — the grouped dispatch just makes some groups bigger. That needs variable-sized
+# matmuls (easy on a CPU, a grouped GEMM or block-sparse kernels on a GPU). (The paper does not describe how Mixtral
+# was trained, so whether its training dropped tokens is not published.)
 #
 # **Capacity-based MoEs** (GShard, Switch Transformer) instead give every expert a fixed buffer of
 #
@@ -278,8 +285,8 @@ with torch.no_grad():
 
 # %% [markdown]
 # The trade-off: a big capacity factor wastes compute on padding (empty slots are still multiplied), a small one
-# drops tokens. Mixtral avoids the dilemma by being dropless; the load-balancing loss (notebook 07) keeps the groups
-# from getting too uneven either way.
+# drops tokens. A dropless layer avoids the dilemma; in training, a load-balancing loss (notebook 07 — `transformers`
+# implements Switch's) keeps the groups from getting too uneven either way.
 
 # %% [markdown]
 # ## Recap
@@ -288,21 +295,68 @@ with torch.no_grad():
 # - Loop (reference), dense-masked ($E/k$ times the FLOPs), sorted/grouped (one sort, contiguous blocks, one GEMM
 #   per expert, or one grouped GEMM) — identical numbers.
 # - Sparse dispatch spends $Tk \cdot 6HI$ FLOPs per layer instead of $TE \cdot 6HI$: for Mixtral a factor of 4.
-# - Mixtral is **dropless**. Capacity-based MoEs cap each expert at $C = \lceil cf \cdot Tk/E \rceil$ and drop the
-#   overflow; the dropped token keeps only its residual.
+# - Mixtral's inference code and `transformers` are **dropless**. Capacity-based MoEs cap each expert at
+#   $C = \lceil cf \cdot Tk/E \rceil$ and drop the overflow; the dropped token keeps only its residual.
 #
 # ## Check your understanding
 #
 # 1. In the loop version, why do we batch all of an expert's tokens into one call instead of looping over tokens?
+#
+# <details><summary>Answer</summary>
+#
+# One call per expert reads the expert's weights once and runs one large matmul on $n_e$ rows, instead of $n_e$
+# matrix–vector products that each re-read the weights, plus $n_e$ Python iterations and kernel launches. Same
+# FLOPs, far fewer bytes and launches.
+#
+# </details>
+#
 # 2. The dense version is $E/k$ times the FLOPs. Why might it still win for very small $T$ on a GPU?
+#
+# <details><summary>Answer</summary>
+#
+# With few tokens a GPU is limited by memory traffic and kernel launches, not by FLOPs. Once $T \cdot k \gtrsim E$
+# every expert is hit anyway, so both versions read all the weights; the dense version then does its extra FLOPs
+# almost for free in a few large batched kernels, with none of the `where`/gather/scatter bookkeeping or the host
+# syncs that variable group sizes cause.
+#
+# </details>
+#
 # 3. What does `stable=True` in the argsort guarantee, and would the *result* change without it?
+#
+# <details><summary>Answer</summary>
+#
+# Equal keys keep their original order: inside each expert's group the assignments stay in token order (the
+# printout above shows it). The output would not change mathematically — every assignment still lands on its own
+# token's row — at most the float summation order, i.e. rounding in the last bits. Stability makes the grouping
+# deterministic, which matters for capacity (who arrives first) and for reproducibility.
+#
+# </details>
+#
 # 4. With $T = 4096$, $k = 2$, $E = 8$ and capacity factor 1.0, what is $C$? What is the smallest load imbalance that
 #    causes a drop?
+#
+# <details><summary>Answer</summary>
+#
+# $C = \lceil 1.0 \cdot 4096 \cdot 2 / 8 \rceil = 1024$, exactly the even share. Any imbalance drops something: one
+# expert asked for 1,025 assignments (one more than its share) already loses one.
+#
+# </details>
+#
 # 5. A dropped assignment contributes nothing. Why is the token's hidden state still not lost?
+#
+# <details><summary>Answer</summary>
+#
+# The block sits on a residual connection, $h \leftarrow h + \mathrm{MoE}(h)$. A dropped assignment only removes one
+# term from $\mathrm{MoE}(h)$ (all of it if every assignment of the token is dropped); $h$ itself passes on to the next
+# layer unchanged.
+#
+# </details>
 #
 # ## Exercises
 #
-# `notebooks/exercises/ex03_sparse_activation.ipynb`: write the loop and the sorted dispatch yourself and count their
-# FLOPs; the checker compares them with `moe_edu.dispatch` on seeded inputs.
+# `notebooks/exercises/ex03_sparse_activation.ipynb`: count the tokens per expert (3.1), write the dispatch loop
+# (3.2), sort the assignments by expert (3.3) and the grouped dispatch (3.4) — the checkers compare them with
+# `moe_edu` on seeded inputs — run your dispatch inside a tiny Mixtral block, and answer an open question on
+# dropless vs capacity routing (3.5).
 #
 # **Next:** [04 · Weighted combining](04_weighted_combining.ipynb) — the weights $w$ we have been using, derived.

@@ -16,6 +16,11 @@
 # > $$y = \sum_{i=0}^{n-1} \mathrm{Softmax}(\mathrm{Top2}(x \cdot W_g))_i \cdot \mathrm{SwiGLU}_i(x)$$
 # > — Mixtral paper, eq. (3)
 #
+# > **中文導讀**　被選中的專家各自輸出一個向量，這一層的輸出是它們的加權總和（加權融合）。權重有兩種寫法：先對全部專家做
+# > softmax、取前 k 個再重新正規化（transformers 的做法），或先取前 k 個 logit 再做 softmax（論文公式與 Mistral 的程式碼），
+# > 本章證明兩者完全相等。k = 2 時權重只取決於兩個 logit 的差（sigmoid），輸出落在兩個專家輸出之間的線段上；
+# > k = E 時則變成所有專家都參與的稠密混合（類似集成學習）。
+#
 # Each chosen expert returns a vector; the layer returns their **weighted sum**. This notebook pins down the
 # weights. There are two ways to write them — *softmax, then top-k, then renormalise* (what `transformers` does)
 # and *top-k of the logits, then softmax* (what the paper's formula and Mistral's reference code do) — and we prove
@@ -26,7 +31,7 @@
 #
 # 1. compute renormalised top-k weights and say why they sum to 1;
 # 2. prove that softmax → top-k → renormalise equals top-k → softmax, and check it numerically;
-# 3. show that $k = E$ turns the sparse layer into a dense (soft) mixture of experts;
+# 3. show that $k = E$ turns the sparse layer into a dense (soft-gated) mixture of experts;
 # 4. explain 加權融合 geometrically: the output is a convex combination of the chosen experts' outputs, and for
 #    $k = 2$ the split is a sigmoid of the logit gap.
 
@@ -197,9 +202,10 @@ plt.show()
 # ## 5. k = E: the dense mixture of experts
 #
 # Set $k = E$. Top-$E$ keeps everything, renormalising divides by 1, and the layer becomes
-# $y = \sum_{e=1}^{E} \mathrm{softmax}(l)_e\, E_e(x)$ — the classic *soft* mixture of experts (Jacobs et al., 1991)
-# and the seed's 集成學習 (ensemble) view: every expert votes, weighted by the gate. Sparse MoE is this sum with all
-# but $k$ terms dropped.
+# $y = \sum_{e=1}^{E} \mathrm{softmax}(l)_e\, E_e(x)$ — the classic dense, soft-gated mixture of experts (Jacobs et
+# al., 1991) and the seed's 集成學習 (ensemble) view: every expert votes, weighted by the gate. Sparse MoE is this
+# sum with all but $k$ terms dropped. (Not to be confused with *Soft MoE*, Puigcerver et al. 2023: there the name
+# means something else — every expert slot processes a weighted average of tokens.)
 
 # %%
 w_all, i_all = moe_edu.softmax_topk(logits, E)  # (T, E), (T, E)
@@ -222,9 +228,10 @@ with torch.no_grad():
         print(f"k = {kk}: mean relative distance to the dense mixture {rel:.3f}")
 
 # %% [markdown]
-# The sparse output is *not* an approximation the model tries to make close to the dense one — Mixtral is trained
-# with $k = 2$ from the start, so the experts learn to be useful in pairs. The table just shows how different the
-# two layers are for an untrained router.
+# The sparse output is *not* an approximation the model tries to keep close to the dense one: a model trained with
+# top-2 routing learns experts that are useful in pairs. (The paper does not publish how Mixtral was trained; what
+# is documented is that it routes with $k = 2$.) The table just shows how different the two layers are for an
+# untrained router.
 
 # %% [markdown]
 # ## 6. The library block uses either order
@@ -249,22 +256,68 @@ print("softmax->top-k->renorm block == top-k->softmax block:", torch.allclose(ya
 # - softmax → top-k → renormalise **=** top-k → softmax: same experts (softmax preserves order), same weights (the
 #   normaliser $Z$ cancels). Checked to float32 rounding.
 # - For $k = 2$: $w_1 = \sigma(l_1 - l_2)$; only the gap between the two chosen logits matters.
-# - $k = E$ gives the dense soft mixture $\sum_e \mathrm{softmax}(l)_e E_e(x)$: sparse MoE = that sum with all but
-#   $k$ terms skipped.
+# - $k = E$ gives the dense (soft-gated) mixture $\sum_e \mathrm{softmax}(l)_e E_e(x)$: sparse MoE = that sum with
+#   all but $k$ terms skipped.
 #
 # ## Check your understanding
 #
 # 1. Where exactly in the proof do we use that $\exp$ is increasing? Would the claim hold for any positive
 #    function $f$ in place of $\exp$?
+#
+# <details><summary>Answer</summary>
+#
+# Only in step 1 (same experts): because $\exp$ is strictly increasing, the $k$ largest probabilities sit at the
+# $k$ largest logits. Step 2 (the normaliser cancels) works for any positive $f$. So the claim holds for any positive,
+# strictly increasing $f$; for a positive $f$ that is not increasing, "top-k of the logits" and "top-k of $f$" can
+# pick different experts.
+#
+# </details>
+#
 # 2. Adding 3.0 to *all* logits of a token: what happens to the chosen experts and to their weights?
+#
+# <details><summary>Answer</summary>
+#
+# Nothing. The order of the logits is unchanged, so the same experts are chosen, and softmax is shift-invariant
+# (for $k = 2$: the gap $l_1 - l_2$ is unchanged), so the weights are identical.
+#
+# </details>
+#
 # 3. A token's two chosen logits are 1.2 and 1.2. Its other six are $-5$. What are the weights? What if the other
 #    six were 1.1?
+#
+# <details><summary>Answer</summary>
+#
+# 0.5 and 0.5 in both cases: $w_1 = \sigma(1.2 - 1.2) = 0.5$, and the unchosen logits drop out of the weights
+# entirely. What changes is the mass kept before renormalising: almost 1 in the first case, only
+# $2e^{1.2}/(2e^{1.2} + 6e^{1.1}) \approx 0.27$ in the second.
+#
+# </details>
+#
 # 4. With $k = 2$, the output always lies on a segment between two points. Where does it lie with $k = 3$?
+#
+# <details><summary>Answer</summary>
+#
+# In the triangle spanned by the three chosen experts' outputs (their convex hull): the weights are non-negative and
+# sum to 1, so the output is a convex combination of three points.
+#
+# </details>
+#
 # 5. Why is order B (top-k → softmax) cheaper, and why might a library still use order A?
+#
+# <details><summary>Answer</summary>
+#
+# Order B exponentiates and normalises only $k$ numbers and needs no extra division. Order A computes the softmax
+# over all $E$ experts, which a library often needs anyway: the load-balancing loss uses the full probabilities
+# $P_e$, and models that do *not* renormalise (e.g. a `norm_topk_prob=False` flag, DeepSeekMoE) need the raw top-k
+# probabilities — one code path serves both.
+#
+# </details>
 #
 # ## Exercises
 #
-# `notebooks/exercises/ex04_weighted_combining.ipynb`: implement the renormalised weights in both orders and the
-# weighted combination; the checker compares against `moe_edu` and asks you to verify the identity yourself.
+# `notebooks/exercises/ex04_weighted_combining.ipynb`: write the top-k → softmax order (4.1), a `same_routing`
+# function that checks two routings agree (4.2, used to verify the order identity), and the weighted combination
+# of expert outputs (4.3) — the checkers compare them with `moe_edu` — see $k = E$ give the dense mixture, and answer
+# an open question on why Mixtral renormalises (4.4).
 #
 # **Next:** [05 · The Mixtral SMoE block](05_mixtral_smoe_block.ipynb) — putting it all together.
