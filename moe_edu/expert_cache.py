@@ -1,0 +1,163 @@
+"""Caching experts: which experts to keep on the accelerator when they do not all fit.
+
+Decoding one token runs k of E experts per layer. If only C < E experts per layer fit in fast
+memory, the others are fetched on demand (over PCIe from CPU RAM, Eliseev & Mazur 2023,
+arXiv 2312.17238). Two ideas make the fetches rarer:
+
+* an **LRU cache** per layer: consecutive tokens often reuse experts (the locality of the
+  paper's Table 5, notebook 08), so the least recently used expert is the one to evict;
+* **speculative prefetch**: apply layer l+1's router to layer l's output (the residual stream
+  changes slowly) to guess layer l+1's experts, and start loading them early.
+
+`routing_trace` records, for each token, the experts each layer chose and the guess for it;
+`simulate_cache` replays a trace through LRU caches and counts hits, loads and prefetches.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Hashable, Sequence
+
+import torch
+
+
+class LRUCache:
+    """A fixed number of slots; `get` loads on a miss and evicts the least recently used entry."""
+
+    def __init__(self, capacity: int) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
+            raise ValueError(f"LRUCache: capacity must be an int >= 0, got {capacity!r}")
+        self.capacity = capacity
+        self.entries: OrderedDict = OrderedDict()
+        self.hits = self.misses = 0
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def put(self, key: Hashable, value=None) -> None:
+        """Insert (or refresh) `key` as most recently used, evicting the oldest entry if full."""
+        if self.capacity == 0:
+            return
+        self.entries[key] = value
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+
+    def get(self, key: Hashable, load: Callable[[], object] = lambda: None):
+        """The cached value (a hit), or `load()` stored as most recently used (a miss)."""
+        if key in self.entries:
+            self.hits += 1
+            self.entries.move_to_end(key)
+            return self.entries[key]
+        self.misses += 1
+        value = load()
+        self.put(key, value)
+        return value
+
+
+@dataclass(frozen=True)
+class RoutingTrace:
+    """Experts chosen per token and layer, in token order, and the speculative guesses for them."""
+
+    chosen: torch.Tensor  # (T, L, k) expert ids
+    guess: torch.Tensor  # (T, L, k) layer l's guess from layer l-1's output; row l=0 is -1 (no guess)
+    doc_starts: list[int]  # index of each document's first token
+
+    def shuffled(self, seed: int = 0) -> "RoutingTrace":
+        """The same routing decisions in a random token order: locality destroyed, load unchanged."""
+        perm = torch.randperm(self.chosen.shape[0], generator=torch.Generator().manual_seed(seed))  # (T,)
+        return RoutingTrace(self.chosen[perm], self.guess[perm], [0])
+
+
+@torch.no_grad()
+def routing_trace(model, token_ids: Sequence[Sequence[int]]) -> RoutingTrace:
+    """Route documents through a `MixtralForCausalLM`; guess layer l from layer l-1's output.
+
+    The guess applies layer l's own post-attention RMSNorm and router to the residual stream
+    *before* layer l's attention: what a server knows while layer l-1's experts still run.
+    """
+    layers = model.model.layers
+    k = model.config.num_experts_per_tok
+    chosen, guess, starts, n = [], [], [], 0
+    for ids in token_ids:
+        outputs: list[torch.Tensor] = []
+        hooks = [layer.register_forward_hook(lambda m, i, o: outputs.append(o[0])) for layer in layers]
+        try:
+            out = model(torch.as_tensor(ids, device=model.device).reshape(1, -1), output_router_logits=True)
+        finally:
+            for h in hooks:
+                h.remove()
+        real = torch.stack([torch.topk(lg.float(), k, dim=-1).indices for lg in out.router_logits], 1)  # (T, L, k)
+        g = torch.full_like(real, -1)  # (T, L, k)
+        for l in range(1, len(layers)):
+            h = layers[l].post_attention_layernorm(outputs[l - 1][0])  # (T, H) layer l-1's output, normalised
+            logits = layers[l].mlp.gate(h).logits  # (T, E)
+            g[:, l] = torch.topk(logits.float(), k, dim=-1).indices  # (T, k)
+        chosen.append(real.cpu())
+        guess.append(g.cpu())
+        starts.append(n)
+        n += real.shape[0]
+    return RoutingTrace(torch.cat(chosen), torch.cat(guess), starts)
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """What a replay of a trace through per-layer LRU caches of `capacity` experts cost."""
+
+    capacity: int
+    hits: torch.Tensor  # (L,) demanded experts found in the cache
+    accesses: torch.Tensor  # (L,) experts demanded (tokens x k)
+    prefetched: torch.Tensor  # (L,) experts loaded speculatively (not already cached)
+    tokens: int
+
+    @property
+    def hit_rate_per_layer(self) -> torch.Tensor:
+        return self.hits.double() / self.accesses  # (L,)
+
+    @property
+    def hit_rate(self) -> float:
+        return float(self.hits.sum() / self.accesses.sum())
+
+    @property
+    def loads_per_token(self) -> float:
+        """Experts moved into fast memory per token, all layers: demand misses + prefetches."""
+        return float((self.accesses - self.hits + self.prefetched).sum()) / self.tokens
+
+
+def simulate_cache(trace: RoutingTrace, capacity: int, *, prefetch: bool = False) -> CacheStats:
+    """Replay the trace token by token through one LRU cache of `capacity` experts per layer.
+
+    With `prefetch`, the guessed experts of layer l are loaded (as most recently used) before
+    layer l's real experts are looked up: a right guess turns a miss into a hit.
+    """
+    T, L, k = trace.chosen.shape
+    if not 0 <= capacity:
+        raise ValueError(f"capacity must be >= 0, got {capacity}")
+    caches = [LRUCache(capacity) for _ in range(L)]
+    prefetched = [0] * L
+    chosen, guess = trace.chosen.tolist(), trace.guess.tolist()
+    for t in range(T):
+        for l in range(L):
+            cache = caches[l]
+            if prefetch and l > 0:
+                for e in guess[t][l][:capacity]:
+                    if e not in cache:
+                        prefetched[l] += 1
+                    cache.put(e)
+            for e in chosen[t][l]:
+                cache.get(e)
+    return CacheStats(capacity, torch.tensor([c.hits for c in caches]), torch.full((L,), T * k),
+                      torch.tensor(prefetched), T)
+
+
+def prefetch_accuracy(trace: RoutingTrace) -> torch.Tensor:
+    """(L,) share of each layer's chosen experts that the guess named (layer 0: NaN, never guessed)."""
+    T, L, k = trace.chosen.shape
+    hit = (trace.chosen[:, :, :, None] == trace.guess[:, :, None, :]).any(-1)  # (T, L, k)
+    acc = hit.double().mean(dim=(0, 2))  # (L,)
+    acc[0] = float("nan")
+    return acc

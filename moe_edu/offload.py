@@ -1,0 +1,126 @@
+"""Expert offloading, for real: experts live in a safetensors file and come in through an LRU cache.
+
+    block = OffloadedMoeBlock.from_block(resident_block, "experts.safetensors", cache_size=2)
+    y, router_logits = block(x)          # equal to resident_block(x); block.bytes_read counts the I/O
+    model.model.layers[i].mlp = block    # a drop-in replacement inside MixtralForCausalLM
+
+Only the router stays resident: it must run before anyone knows which experts are needed.
+An expert is fetched (memory-mapped from the file, copied to `device`) the first time a token
+needs it, and kept while it is among the `cache_size` most recently used. On a GPU server the
+file is CPU RAM and the copy crosses PCIe; `offload_tokens_per_second` turns the resulting
+number of expert loads per token into a speed for Mixtral 8x7B.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import MixtralConfig
+from .experts import Experts, swiglu
+from .expert_cache import LRUCache
+from .memory import dtype_bits
+
+
+def expert_keys(e: int) -> tuple[str, str]:
+    """The safetensors keys of expert e: its fused gate+up (2I, H) and its down projection (H, I)."""
+    return f"experts.{e}.gate_up_proj", f"experts.{e}.down_proj"
+
+
+def save_experts(experts: Experts, path: str | Path) -> Path:
+    """Write each expert's weights as its own tensors, so one expert can be read without the others."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for e in range(experts.num_experts):
+        gu, down = expert_keys(e)
+        tensors[gu] = experts.gate_up_proj[e].detach().contiguous().cpu()  # (2I, H)
+        tensors[down] = experts.down_proj[e].detach().contiguous().cpu()  # (H, I)
+    save_file(tensors, str(path), metadata={"num_experts": str(experts.num_experts)})
+    return Path(path)
+
+
+class OffloadedMoeBlock(nn.Module):
+    """A sparse MoE block whose experts are read from `path` on demand through an LRU cache.
+
+    Returns `(y, router_logits)` like `SparseMoeBlock`. Counters: `bytes_read`, `cache.hits`,
+    `cache.misses` (one per expert fetched).
+    """
+
+    def __init__(self, router: nn.Module, path: str | Path, *, cache_size: int, device: str | torch.device = "cpu"):
+        super().__init__()
+        from safetensors import safe_open
+
+        self.gate = router  # resident: (E, H) weights, a few KB
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"OffloadedMoeBlock: no experts file at {self.path}")
+        with safe_open(str(self.path), framework="pt") as f:
+            meta = f.metadata() or {}
+            self.num_experts = int(meta.get("num_experts", router.num_experts))
+            self.intermediate_size, self.hidden_size = f.get_slice(expert_keys(0)[0]).get_shape()
+            self.intermediate_size //= 2
+        if self.num_experts != router.num_experts:
+            raise ValueError(f"experts file has {self.num_experts} experts, the router {router.num_experts}")
+        self.device = torch.device(device)
+        self.cache = LRUCache(cache_size)
+        self.bytes_read = 0
+
+    @classmethod
+    def from_block(cls, block: nn.Module, path: str | Path, *, cache_size: int,
+                   device: str | torch.device = "cpu") -> "OffloadedMoeBlock":
+        """Offload a resident block's experts to `path`; the router is copied."""
+        save_experts(block.experts, path)
+        return cls(copy.deepcopy(block.gate), path, cache_size=cache_size, device=device)
+
+    def load_expert(self, e: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read expert e from the file (a miss): (2I, H) and (H, I) on `self.device`."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as f:
+            gate_up, down = (f.get_tensor(key).to(self.device) for key in expert_keys(e))
+        self.bytes_read += gate_up.numel() * gate_up.element_size() + down.numel() * down.element_size()
+        return gate_up, down
+
+    def expert(self, e: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cache.get(e, lambda: self.load_expert(e))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, H) -> y (B, T, H), router_logits (B*T, E); experts fetched in order of first use."""
+        if x.dim() != 3 or x.shape[-1] != self.hidden_size:
+            raise ValueError(f"OffloadedMoeBlock expects x of shape (batch, tokens, {self.hidden_size}), "
+                             f"got {tuple(x.shape)}")
+        flat = x.reshape(-1, self.hidden_size)  # (N, H)
+        routing = self.gate(flat)  # logits (N, E), weights (N, k) fp32, expert_ids (N, k)
+        y = torch.zeros(flat.shape, dtype=torch.float32, device=flat.device)  # (N, H) fp32 accumulation
+        I = self.intermediate_size
+        for e in dict.fromkeys(routing.expert_ids.reshape(-1).tolist()):  # each needed expert once, in order
+            tok, slot = (routing.expert_ids == e).nonzero(as_tuple=True)  # (n,), (n,)
+            gate_up, down = self.expert(e)
+            out = swiglu(flat[tok], gate_up[:I], gate_up[I:], down)  # (n, H)
+            y.index_add_(0, tok, out.float() * routing.weights[tok, slot, None])  # (N, H)
+        return y.to(x.dtype).reshape(x.shape), routing.logits
+
+
+def offload_tokens_per_second(config: MixtralConfig, loads_per_token: float, *, pcie_gbs: float,
+                              device_gbs: float = 1000.0, weight_dtype: str | torch.dtype | int = torch.bfloat16,
+                              overlap: bool = False) -> float:
+    """Decoding speed (batch 1) when `loads_per_token` experts cross PCIe for every token.
+
+    Memory-bound model of a decode step: the experts loaded cross the bus at `pcie_gbs` GB/s;
+    the active weights (attention, router, the k experts of every layer) are read from device
+    memory at `device_gbs` GB/s. Serial by default; `overlap=True` lets the transfers hide
+    behind the device's reads (prefetching), so the slower of the two sets the pace.
+    """
+    if pcie_gbs <= 0 or device_gbs <= 0:
+        raise ValueError(f"bandwidths must be positive, got pcie_gbs={pcie_gbs}, device_gbs={device_gbs}")
+    from .accounting import count_parameters
+
+    bits = dtype_bits(weight_dtype)
+    expert_bytes = 3 * config.hidden_size * config.intermediate_size * bits / 8
+    bus = loads_per_token * expert_bytes / (pcie_gbs * 1e9)  # seconds
+    device = count_parameters(config).active * bits / 8 / (device_gbs * 1e9)  # seconds
+    return 1.0 / (max(bus, device) if overlap else bus + device)

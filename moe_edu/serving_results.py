@@ -1,0 +1,115 @@
+"""Precompute notebook 11's slow parts on the shipped model, into `moe_edu/results/serving/`.
+
+    python -m moe_edu.serving_results          # or: make serving-results
+
+Writes `routing_trace.safetensors` (experts chosen and guessed per held-out token, layer and
+slot, for the expert-cache simulation) and `quantization.json` (memory, routing changes and
+held-out loss of the shipped model with int8 / int4 experts, router quantised or not).
+Deterministic: the shipped checkpoint, the frozen corpus, one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .expert_cache import RoutingTrace, routing_trace
+from .quantize import quantize_model_experts
+
+RESULTS = Path(__file__).resolve().parent / "results" / "serving"
+MAX_TOKENS = 192  # per document: the shipped model's context is 256
+
+
+def held_out_ids(tokenizer, docs_per_domain: int = 30) -> list[list[int]]:
+    """Token ids of the first `docs_per_domain` held-out documents of each domain (>= 16 tokens each)."""
+    from .data.corpus import build_corpus, by_domain, split_corpus
+
+    _, held = split_corpus(build_corpus())
+    ids = []
+    for docs in by_domain(held).values():
+        chosen = [tokenizer.encode(d.text)[:MAX_TOKENS] for d in docs]
+        ids += [x for x in chosen if len(x) >= 16][:docs_per_domain]
+    return ids
+
+
+def save_trace(trace: RoutingTrace, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"chosen": trace.chosen.to(torch.int8).contiguous(), "guess": trace.guess.to(torch.int8).contiguous(),
+               "doc_starts": torch.tensor(trace.doc_starts)}, str(path))
+
+
+def load_trace(path: Path = RESULTS / "routing_trace.safetensors") -> RoutingTrace:
+    """The shipped model's routing trace on held-out text (see this module's docstring)."""
+    from safetensors.torch import load_file
+
+    t = load_file(str(path))
+    return RoutingTrace(t["chosen"].long(), t["guess"].long(), t["doc_starts"].tolist())
+
+
+@torch.no_grad()
+def evaluate(model, docs: list[list[int]], reference: list[torch.Tensor] | None = None):
+    """(held-out cross-entropy, per-layer share of tokens whose top-k set differs from `reference`, routing)."""
+    k = model.config.num_experts_per_tok
+    loss_sum, count, routes = 0.0, 0, []
+    changed = torch.zeros(model.config.num_hidden_layers, dtype=torch.float64)
+    for i, ids in enumerate(docs):
+        x = torch.tensor(ids)[None]  # (1, T)
+        out = model(x, output_router_logits=True)
+        loss_sum += F.cross_entropy(out.logits[0, :-1].float(), x[0, 1:], reduction="sum").item()
+        count += x.shape[1] - 1
+        top = torch.stack([torch.topk(lg.float(), k, -1).indices.sort(-1).values for lg in out.router_logits])  # (L, T, k)
+        routes.append(top)
+        if reference is not None:
+            changed += (top != reference[i]).any(-1).double().sum(-1)  # (L,)
+    tokens = sum(len(d) for d in docs)
+    return loss_sum / count, (changed / tokens).tolist(), routes
+
+
+def quantization_table(model, docs: list[list[int]]) -> list[dict]:
+    base_loss, _, base_routes = evaluate(model, docs)
+    experts_fp32 = sum(layer.mlp.experts.gate_up_proj.numel() + layer.mlp.experts.down_proj.numel()
+                       for layer in model.model.layers) * 4
+    rows = [{"experts": "fp32", "router": "fp32", "expert_bytes": experts_fp32, "loss": base_loss,
+             "loss_change": 0.0, "topk_changed": [0.0] * model.config.num_hidden_layers}]
+    for scheme, group in (("int8", None), ("int4", 16), ("int4", 32)):
+        for router in (None, scheme):
+            q, stored = quantize_model_experts(model, scheme, group_size=group or 32, router=router)
+            loss, changed, _ = evaluate(q, docs, base_routes)
+            rows.append({"experts": scheme if group is None else f"{scheme} g{group}", "router": router or "fp32",
+                         "expert_bytes": stored, "loss": loss, "loss_change": loss - base_loss, "topk_changed": changed})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    a = ap.parse_args(argv)
+    from .notebook import setup
+    from .shipped import load_pretrained
+
+    setup()
+    start = time.time()
+    model, tokenizer = load_pretrained()
+    docs = held_out_ids(tokenizer)
+    a.out.mkdir(parents=True, exist_ok=True)
+    save_trace(routing_trace(model, docs), a.out / "routing_trace.safetensors")
+    rows = quantization_table(model, docs)
+    meta = {"command": "python -m moe_edu.serving_results", "documents": len(docs),
+            "tokens": sum(len(d) for d in docs), "torch": torch.__version__, "rows": rows}
+    (a.out / "quantization.json").write_text(json.dumps(meta, indent=1) + "\n")
+    for r in rows:
+        print(f"{r['experts']:8s} router {r['router']:5s} {r['expert_bytes'] / 2**20:6.2f} MiB  loss {r['loss']:.4f} "
+              f"({r['loss_change']:+.4f})  top-k changed " + " ".join(f"{c:.3f}" for c in r["topk_changed"]))
+    print(f"wrote {a.out} in {time.time() - start:.0f} s ({meta['tokens']} tokens, {len(docs)} documents)")
+    assert math.isfinite(rows[-1]["loss"])
+
+
+if __name__ == "__main__":
+    main()

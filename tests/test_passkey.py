@@ -1,0 +1,98 @@
+"""Passkey harness: prompts built exactly, scored right on a model whose answer is known."""
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from moe_edu.passkey import make_prompt, passkey_grid, random_key, retrieved, spaced
+from moe_edu.passkey_train import WordVocab, make_batch, passkey_config
+
+VOCAB = WordVocab.passkey()
+
+
+class CopyKeyLM(nn.Module):
+    """A stub causal LM that knows the task: after 'the pass key is' (the question's), it
+    predicts the digits that followed the first 'the pass key is' of the prompt."""
+
+    def __init__(self, vocab: WordVocab, broken_beyond: int | None = None) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.v, self.broken_beyond = vocab, broken_beyond
+        self.pattern = vocab.encode("the pass key is")
+
+    def forward(self, ids):
+        B, T = ids.shape
+        logits = torch.zeros(B, T, len(self.v))
+        for b in range(B):
+            row = ids[b].tolist()
+            starts = [i for i in range(T - 3) if row[i:i + 4] == self.pattern]
+            key_at, ask_at = starts[0] + 4, starts[-1] + 4  # first digit of the key / of the answer
+            for j in range(ask_at - 1, T):
+                n = j - (ask_at - 1)
+                target = row[key_at + n] if self.broken_beyond is None or T < self.broken_beyond else 0
+                logits[b, j, target] = 1.0
+        return logits
+
+
+def test_prompt_has_exact_length_and_key_at_depth():
+    for length in (64, 100, 257):
+        for depth in (0.0, 0.5, 1.0):
+            p = make_prompt(VOCAB.encode, length=length, depth=depth, key="04219")
+            assert len(p.ids) == length
+            text = VOCAB.decode(p.ids)
+            assert text.count("0 4 2 1 9") == 2 and text.endswith("what is the pass key ? the pass key is")
+            assert VOCAB.decode(p.answer) == "0 4 2 1 9"
+            assert VOCAB.decode(p.ids[p.key_position:p.key_position + 4]) == "the pass key is"
+    early = make_prompt(VOCAB.encode, length=256, depth=0.0, key="1")
+    late = make_prompt(VOCAB.encode, length=256, depth=1.0, key="1")
+    assert early.key_position == len(VOCAB.encode("there is a pass key hidden in this text . find it and remember it ."))
+    assert late.key_position > 180
+
+
+def test_bad_prompts_are_refused():
+    with pytest.raises(ValueError, match="too short"):
+        make_prompt(VOCAB.encode, length=20, depth=0.5, key="12345")
+    with pytest.raises(ValueError, match="depth"):
+        make_prompt(VOCAB.encode, length=200, depth=1.5, key="12345")
+    with pytest.raises(ValueError, match="digits"):
+        spaced("12a45")
+
+
+def test_a_model_that_copies_gets_everything_and_a_broken_one_nothing():
+    grid = passkey_grid(CopyKeyLM(VOCAB), VOCAB.encode, lengths=[64, 128], depths=[0.0, 0.5, 1.0], trials=3)
+    assert grid.accuracy.tolist() == [[1.0] * 3] * 2
+    broken = passkey_grid(CopyKeyLM(VOCAB, broken_beyond=100), VOCAB.encode, lengths=[64, 128], depths=[0.5],
+                          trials=4)
+    assert broken.accuracy.tolist() == [[1.0], [0.0]]
+    assert len(grid.rows()) == 3
+
+
+def test_retrieved_needs_every_digit():
+    class OffByOne(CopyKeyLM):
+        def forward(self, ids):
+            logits = super().forward(ids)
+            logits[:, -1] = logits[:, -1].roll(1, dims=-1)  # the last digit is wrong
+            return logits
+
+    rng = random.Random(0)
+    prompts = [make_prompt(VOCAB.encode, length=80, depth=0.3, key=random_key(rng)) for _ in range(3)]
+    assert retrieved(CopyKeyLM(VOCAB), prompts) == [True] * 3
+    assert retrieved(OffByOne(VOCAB), prompts) == [False] * 3
+
+
+def test_training_batches_label_only_what_is_asked():
+    ids, labels = make_batch(VOCAB, random.Random(0), 2, 80, 5, answer_only=True)
+    assert ids.shape == labels.shape == (2, 85)
+    assert (labels[:, :80] == -100).all() and torch.equal(labels[:, 80:], ids[:, 80:])
+    assert passkey_config(len(VOCAB)).vocab_size == len(VOCAB) == 38
+
+
+def test_moe_edu_model_runs_in_the_harness():
+    from moe_edu import MixtralForCausalLM
+
+    torch.manual_seed(0)
+    model = MixtralForCausalLM(passkey_config(len(VOCAB))).eval()
+    grid = passkey_grid(model, VOCAB.encode, lengths=[64], depths=[0.0, 1.0], trials=2)
+    assert grid.accuracy.shape == (1, 2) and ((grid.accuracy >= 0) & (grid.accuracy <= 1)).all()
