@@ -1,0 +1,87 @@
+"""Expert pruning and merging (moe_edu.pruning): shapes, re-routing with renormalised top-k, merge weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import moe_edu
+from moe_edu.pruning import (expert_similarity, expert_usage, layer_inputs, least_used, merge_experts,
+                             most_similar_pair, prune_experts, random_experts)
+
+CFG = moe_edu.get_config("tiny").replace(vocab_size=128, num_hidden_layers=2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return moe_edu.MixtralForCausalLM(CFG).eval()
+
+
+IDS = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+
+
+def test_prune_shapes_and_kept_weights(model):
+    pruned = prune_experts(model, [3, 0])
+    assert pruned.config.num_local_experts == 7
+    for layer, old, d in zip(pruned.model.layers, model.model.layers, (3, 0)):
+        assert layer.mlp.gate.weight.shape == (7, 64) and layer.mlp.experts.gate_up_proj.shape == (7, 448, 64)
+        keep = [e for e in range(8) if e != d]
+        assert torch.equal(layer.mlp.experts.down_proj, old.mlp.experts.down_proj[keep])
+    assert pruned(IDS).logits.shape == (2, 16, 128)
+
+
+def test_pruned_block_equals_masking_the_logit_and_renormalising(model):
+    """Re-routing among E-1 experts = old router with the dropped logit at -inf, top-k renormalised."""
+    d = 5
+    pruned = prune_experts(model, [d, d])
+    old, new = model.model.layers[0].mlp, pruned.model.layers[0].mlp
+    x = torch.randn(3, 12, 64)  # (B, T, H)
+    logits = old.gate.logits(x.reshape(-1, 64))  # (N, E)
+    logits[:, d] = float("-inf")
+    w, ids = torch.topk(torch.softmax(logits, -1), 2, dim=-1)  # (N, k)
+    w = w / w.sum(-1, keepdim=True)
+    assert torch.allclose(w.sum(-1), torch.ones(36))
+    outs = old.experts(x.reshape(-1, 64))  # (E, N, H)
+    want = sum(w[:, j, None] * outs[ids[:, j], torch.arange(36)] for j in range(2))  # (N, H)
+    torch.testing.assert_close(new(x)[0].reshape(-1, 64), want, atol=1e-5, rtol=1e-4)
+    _, weights, chosen = new.route(x)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(36))
+
+
+def test_merge_is_usage_weighted_average(model):
+    usage = torch.tensor([[0.1, 0.3, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1], [0.125] * 8])
+    merged = merge_experts(model, [(1, 6), (2, 3)], usage)
+    a, b = model.model.layers[0].mlp, merged.model.layers[0].mlp
+    want = (0.3 * a.experts.gate_up_proj[1] + 0.1 * a.experts.gate_up_proj[6]) / 0.4
+    torch.testing.assert_close(b.experts.gate_up_proj[1], want)
+    assert b.experts.gate_up_proj.shape[0] == 7
+    assert torch.equal(b.gate.weight[1], a.gate.weight[1])  # the more used expert's router row
+    assert torch.equal(b.experts.down_proj[6], a.experts.down_proj[7])  # later experts shift down one slot
+    with pytest.raises(ValueError, match="pairs"):
+        merge_experts(model, [(1, 1), (2, 3)], usage)
+    with pytest.raises(ValueError, match="usage"):
+        merge_experts(model, [(1, 2), (2, 3)], usage[0])
+
+
+def test_usage_similarity_and_choices(model):
+    usage = expert_usage(model, [IDS])
+    assert usage.shape == (2, 8) and torch.allclose(usage.sum(1), torch.ones(2, dtype=usage.dtype))
+    xs = layer_inputs(model, IDS)
+    assert [tuple(x.shape) for x in xs] == [(32, 64), (32, 64)]
+    sim = expert_similarity(model.model.layers[0].mlp.experts, xs[0])
+    assert sim.shape == (8, 8) and torch.allclose(sim.diagonal(), torch.ones(8), atol=1e-5)
+    sim2 = torch.eye(4)
+    sim2[0, 2] = sim2[2, 0] = 0.9
+    assert most_similar_pair(sim2) == (0, 2)
+    assert least_used(torch.tensor([[0.5, 0.1, 0.4], [0.2, 0.3, 0.5]])) == [1, 0]
+    r = random_experts(2, 8, seed=3)
+    assert r == random_experts(2, 8, seed=3) and all(0 <= e < 8 for e in r)
+
+
+def test_prune_errors(model):
+    with pytest.raises(ValueError, match="drop"):
+        prune_experts(model, [8, 0])
+    tiny = moe_edu.MixtralForCausalLM(CFG.replace(num_local_experts=2, num_experts_per_tok=2))
+    with pytest.raises(ValueError, match="top_k"):
+        prune_experts(tiny, [0, 0])
