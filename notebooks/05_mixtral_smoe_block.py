@@ -15,6 +15,11 @@
 #
 # > *"We use the SwiGLU architecture as the expert function E_i(x) and set K = 2."* — Mixtral paper, §2.1
 #
+# > **中文導讀**　本章把前四章的零件組成完整的 Mixtral 稀疏混合專家區塊：每個專家是一個 SwiGLU 前饋神經網路
+# > （三個矩陣 $W_1$、$W_3$、$W_2$，共 $3HI$ 個參數），路由網路選出前 2 個專家並加權融合其輸出。我們用約 30 行 PyTorch
+# > 手寫這個區塊，證明它和 `moe_edu.SparseMoeBlock`、`transformers` 的 `MixtralSparseMoeBlock` 在相同權重下數值一致
+# > （fp32 下）。接著在 meta 裝置上建出真正的 8x7B，數出 46,702,792,704 個參數，並在 bf16 下執行，路由的 logit 仍以 fp32 計算。
+#
 # Notebooks 01–04 built the router, the top-k choice, the dispatch and the weighted sum. One piece is missing: the
 # experts themselves. This notebook writes a SwiGLU expert, assembles the whole block in ~30 lines of plain torch,
 # and then proves it is *the* Mixtral block: same numbers as `moe_edu.SparseMoeBlock` and as `transformers`'
@@ -27,7 +32,7 @@
 # 2. write the complete Mixtral sparse MoE block from memory;
 # 3. load its weights into `moe_edu` and `transformers` and show the outputs agree;
 # 4. instantiate Mixtral 8x7B on the meta device and check its 46.7B parameters against the formula of notebook 00;
-# 5. explain what changes on a GPU in bf16 — and what must not (the router stays in fp32).
+# 5. explain what changes on a GPU in bf16 — and why `moe_edu` keeps the router's logits in fp32.
 
 # %%
 import moe_edu
@@ -170,8 +175,11 @@ if MixtralSparseMoeBlock is not None:
     print(f"router logits max error < 1e-6: {(logits_hf - logits_lib).abs().max().item() < 1e-6}")
 
 # %% [markdown]
-# Three implementations, one set of numbers. (The full decoder, `moe_edu.MixtralForCausalLM`, matches
-# `transformers`' logits the same way; its tests load checkpoints in all three key layouts.)
+# Three implementations, one set of numbers — in fp32. (The full decoder, `moe_edu.MixtralForCausalLM`, matches
+# `transformers`' logits the same way; its tests load checkpoints in all three key layouts.) In bf16 the two
+# libraries part ways slightly: `moe_edu` computes the router logits in fp32, `transformers` in the model's dtype
+# (bf16, with only the softmax in fp32), so on a large batch a small share of tokens — of the order of the 0.5 %
+# notebook 01 measured — go to a different expert, and their outputs differ accordingly.
 
 # %% [markdown]
 # ## 5. From tiny to 8x7B
@@ -223,7 +231,8 @@ print("equal:", n_meta == moe_edu.count_parameters(mix).total)
 # to **bf16**. Two details matter:
 #
 # - the **router stays in fp32**: `SparseMoeBlock` computes the logits and softmax in float32 whatever the input
-#   dtype (notebook 01 showed why), so its `router_logits` are fp32;
+#   dtype (notebook 01 showed why), so its `router_logits` are fp32 (`transformers` computes them in bf16 and
+#   upcasts only for the softmax);
 # - the default **grouped** dispatch becomes one `grouped_mm` kernel per projection on CUDA (notebook 10 benchmarks it).
 #
 # This cell picks the GPU when there is one and the CPU otherwise; it prints only facts that hold on both.
@@ -242,7 +251,8 @@ print(f"relative error of the bf16 output vs fp32 < 2e-2: {rel < 2e-2}")
 
 # %% [markdown]
 # bf16 keeps about 3 significant digits, so the output differs from fp32 at the 1 % level — normal for bf16
-# inference — while the routing decisions, computed in fp32, are the same.
+# inference — while the routing decisions, computed from fp32 logits, are the same for these 14 tokens. (The
+# inputs themselves were rounded to bf16, so on thousands of tokens a few decisions would flip: notebook 01.)
 
 # %% [markdown]
 # ## Recap
@@ -254,22 +264,67 @@ print(f"relative error of the bf16 output vs fp32 < 2e-2: {rel < 2e-2}")
 #   on the same weights; state dicts convert between the v4/Mistral per-expert and the v5 fused layouts.
 # - `config.scaled` walks from the tiny model to 8x7B; on the `meta` device the real 8x7B has exactly
 #   46,702,792,704 parameters.
-# - On a GPU: same code, bf16 weights and activations, fp32 router.
+# - On a GPU: same code, bf16 weights and activations, router logits in fp32 (in `transformers`: bf16 logits, fp32
+#   softmax — a small share of tokens route differently).
 #
 # ## Check your understanding
 #
 # 1. Why does SwiGLU need three weight matrices where a classic FFN ($W_2\,\mathrm{relu}(W_1 x)$, $I = 4H$) needs
 #    two? Which $I$ would give SwiGLU the same parameter count, and how does Mistral's $I = 3.5H$ compare?
+#
+# <details><summary>Answer</summary>
+#
+# A gated unit multiplies two projections of the input — the gate $\mathrm{silu}(W_1x)$ and the values $W_3x$ —
+# before projecting down with $W_2$: three matrices. Equal parameters need $3HI = 2 \cdot 4H^2$, i.e.
+# $I = 8H/3 \approx 2.67H$. Mistral's $I = 3.5H$ gives $10.5H^2$, about 31 % more than a classic $I = 4H$ FFN.
+#
+# </details>
+#
 # 2. In `MixtralMoE.forward`, which line would you change to make it a Switch Transformer layer ($k = 1$, raw
 #    probability as the weight)?
+#
+# <details><summary>Answer</summary>
+#
+# The renormalisation, `weights = top_p / top_p.sum(-1, keepdim=True)` → `weights = top_p`, and build it with
+# `top_k=1`. (A full Switch layer also caps each expert at a capacity and drops the overflow — notebook 09.)
+#
+# </details>
+#
 # 3. `gate_up_proj` has shape $(E, 2I, H)$. Which slice is $W_1$ and which is $W_3$, and why fuse them at all?
+#
+# <details><summary>Answer</summary>
+#
+# `gate_up_proj[e, :I]` is $W_1$ (gate) and `gate_up_proj[e, I:]` is $W_3$ (up) — notebook 03 builds it as
+# `torch.cat([w1, w3], dim=1)`. Both multiply the same input, so one matmul with a $(2I, H)$ matrix does the work of
+# two: the input is read once, one kernel is launched, and the GEMM is larger and more efficient.
+#
+# </details>
+#
 # 4. One 8x7B MoE block has 1,409,318,912 parameters. How many bytes is that in bf16, and how many of them does one
 #    token read?
+#
+# <details><summary>Answer</summary>
+#
+# 2 bytes each: 2,818,637,824 bytes ≈ 2.8 GB per layer (× 32 layers ≈ 90 GB of experts). One token reads the router
+# and 2 experts, the table's 352,354,304 active parameters: 704,708,608 bytes ≈ 705 MB.
+#
+# </details>
+#
 # 5. Why keep the router in fp32 when everything else runs in bf16? What would go wrong otherwise?
+#
+# <details><summary>Answer</summary>
+#
+# The router makes a discrete choice from small logit differences. bf16 accumulation and rounding of the logits flip
+# the top-2 of about 0.5 % of tokens per layer (notebook 01), create ties, and make the softmax's exponentials
+# noisy — Switch Transformer kept its router in fp32 for training stability. The cost is negligible: the router is
+# $E \times H$ next to $E \cdot 3HI$ for the experts.
+#
+# </details>
 #
 # ## Exercises
 #
-# `notebooks/exercises/ex05_mixtral_smoe_block.ipynb`: assemble the block yourself, load a state dict into it and
-# pass the parity checker.
+# `notebooks/exercises/ex05_mixtral_smoe_block.ipynb`: write the SwiGLU expert (5.1) and the whole block from plain
+# tensors (5.2), check it against `moe_edu.SparseMoeBlock` (and `transformers`), count the active parameters of a
+# config (5.3), and answer an open question on active parameters vs speed (5.4).
 #
 # **Next:** [06 · Routing explorer](06_routing_explorer.ipynb) — watch a trained model route real text.

@@ -12,6 +12,11 @@
 # > **每個 token 僅選 2 個專家，透過路由網絡決定** — *"each token picks only 2 experts, decided by the router
 # > network."* — the seed article, §2
 #
+# > **中文導讀**　本章把前面的路由計算變成一個觀察工具：輸入任何文字，就能逐層看到每個 token 被送到哪些專家、權重多少。
+# > 我們先手算一句話的路由（logit → softmax → 前 k 個 → 重新正規化），再用互動式的 `RoutingExplorer` 觀察文字著色、
+# > 熱圖、專家負載與各層總覽。最後用數字檢驗看到的現象：同一個 token 是否總去同一個專家、程式碼與一般文字的負載差異，
+# > 以及相鄰 token 共用專家的比例和隨機路由（1/E）相比如何——這正是論文第 5 節提出的問題。
+#
 # Notebooks 01–05 built the router, top-k and the weighted combination one tensor at a time. This notebook turns
 # them into an instrument: type any text and watch, layer by layer, **which expert each token goes to and with
 # what weight**. It is the question every student of mixtures of experts asks, and the Mixtral paper (§5, "Routing
@@ -181,8 +186,10 @@ for layer in range(config.num_hidden_layers):
 # %% [markdown]
 # **Q2. Compare code and prose.** Switch the explorer between the *code* and *prose* presets and look at the
 # expert-load tab. Is one expert "the code expert"? The paper found no obvious topic specialisation in Mixtral
-# (its Fig. 7: expert shares look alike across arXiv, biology, philosophy, maths, GitHub). Measure the distance
-# between the two load vectors (total variation: 0 = identical, 1 = disjoint):
+# (§5, Fig. 7: expert shares look alike across ArXiv, PubMed Abstracts, PhilPapers, GitHub and the other Pile
+# subsets; only DM Mathematics shows a "marginally different" distribution, which the authors put down to its
+# synthetic nature and limited coverage of natural language). Measure the distance between the two load vectors
+# (total variation: 0 = identical, 1 = disjoint):
 
 # %%
 for layer in range(config.num_hidden_layers):
@@ -223,12 +230,14 @@ plt.show()
 #   context that attention has mixed in. The paper saw the same kind of thing: tokens such as `self` in Python or
 #   `Question` in English going through the same expert, a syntactic rather than a topical pattern.
 # - **Q2.** Code and prose do load the experts differently here. But with a few dozen tokens per text, part of that
-#   is simply *which tokens* occur; the paper found per-domain loads that look alike (its Fig. 7). Is one expert
-#   "the code expert"? Check it on more data in notebook 08 before you believe it.
-# - **Q3.** Layer 0 is the closest to a random router, deeper layers repeat the previous token's expert far more
-#   often than 1/E: the direction the paper reports (Table 5: layer 0 near random, layers 15 and 31 well above).
-#   Repetition is not evidence of meaning by itself: repeated tokens and neighbouring pieces of one word share an
-#   expert for the reasons of Q1.
+#   is simply *which tokens* occur; the paper found per-domain loads that look alike (its Fig. 7), DM Mathematics
+#   aside. Is one expert "the code expert"? Check it on more data in notebook 08 before you believe it.
+# - **Q3.** Layer 0 repeats the previous token's expert least (though on this model still well above 1/E), deeper
+#   layers far more often: the direction the paper reports. In its Table 5, layer 0 is near random in both columns
+#   (first choice 13.6–14.9 %), layer 15 is above random in both (23.6–28.4 % and 61.6–67.0 %), and layer 31 is
+#   above random for the first choice (19.7–26.3 %) but close to the 46 % baseline for "first or second" (44.5–53.6 %;
+#   DM Mathematics is even below it). Repetition is not evidence of meaning by itself: repeated tokens and
+#   neighbouring pieces of one word share an expert for the reasons of Q1.
 #
 # ## Recap
 #
@@ -244,13 +253,56 @@ plt.show()
 #
 # 1. Why can a token's first-choice expert be the same at k = 1 and k = 2 while its weight changes from 1.0 to
 #    something smaller? What does the "mass kept" column tell you?
+#
+# <details><summary>Answer</summary>
+#
+# The first choice is the argmax of the probabilities, whatever $k$ is; only the renormalisation changes: at $k = 1$
+# the weight is $p_1/p_1 = 1$, at $k = 2$ it is $p_1/(p_1 + p_2) < 1$. "Mass kept" is $\sum$ of the chosen
+# probabilities *before* renormalising: how much of the router's distribution the chosen experts cover (1 at
+# $k = E$).
+#
+# </details>
+#
 # 2. A token's two top probabilities are 0.30 and 0.20. What are its renormalised weights at k = 2?
+#
+# <details><summary>Answer</summary>
+#
+# $0.30/0.50 = 0.6$ and $0.20/0.50 = 0.4$ (the mass kept is 0.5).
+#
+# </details>
+#
 # 3. Expert load sums to 1 over experts. What load would a perfectly balanced router give each of 8 experts, and why
 #    does the load-balancing loss of notebook 07 equal k in that case?
+#
+# <details><summary>Answer</summary>
+#
+# $1/8 = 0.125$ each. The loss is $E\sum_e f_e P_e$ with $f_e$ = assignments per token ($\sum_e f_e = k$, so
+# $f_e = k/E$ when balanced) and $P_e = 1/E$ for a flat router: $E \cdot E \cdot \frac{k}{E} \cdot \frac{1}{E} = k$.
+#
+# </details>
+#
 # 4. Why is a byte-level tokenizer never faced with an "unknown character"? What would the explorer show for a
 #    character the tokenizer splits into two byte tokens?
+#
+# <details><summary>Answer</summary>
+#
+# Its base vocabulary holds all 256 byte values and any text is a sequence of UTF-8 bytes, so every character can
+# be encoded (BPE merges only shorten the sequence). The explorer shows the character once, as typed, as one span
+# split into two colour columns — one per byte token, each with its own experts (hover for each).
+#
+# </details>
+#
 # 5. Consecutive tokens share their first expert 40 % of the time at some layer. Why is that not, by itself, evidence
 #    that the experts have learnt syntax?
+#
+# <details><summary>Answer</summary>
+#
+# Other causes give the same number: repeated tokens and pieces of one word routed by token identity (Q1),
+# neighbours whose hidden states are similar after attention, and plain load imbalance — if one expert takes most
+# first choices, two neighbours agree often by chance ($\sum_e p_e^2$ instead of $1/E$). Evidence of syntax needs
+# more: a baseline that accounts for the load, and experts that track syntactic categories across texts.
+#
+# </details>
 #
 # ## Exercises
 #
