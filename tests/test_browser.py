@@ -191,6 +191,12 @@ TOKENS = """([root, layer]) => {
 }"""
 
 
+def bands(k: int) -> int:
+    """Colour stops the browser reports for k stacked bands: `linear-gradient(a 60%, b 0 90%, c 0)` reads back
+    with the middle colours twice (one stop per position), and k = 1 is drawn as `linear-gradient(a, a)`."""
+    return 2 if k == 1 else 2 * k - 2
+
+
 def wait_tokens(page, root: str, layer: int, want, what: str):
     """Poll the token view until `want(tokens)` holds; returns the tokens."""
     deadline = time.monotonic() + STEP_MS / 1000
@@ -224,7 +230,7 @@ def shoot(page, locator, name: str) -> None:
 
 def test_explorer_in_jupyterlab(tmp_path):
     require_browser()
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     assert NOTEBOOK.exists(), f"{NOTEBOOK} is missing: build it with tools/build_notebooks.py"
     ARTIFACTS.mkdir(exist_ok=True)
@@ -256,7 +262,7 @@ def test_explorer_in_jupyterlab(tmp_path):
             static = page.locator(".moe-explorer-static").first
             static.wait_for(state="attached")
             static.scroll_into_view_if_needed()
-            assert "run this cell" in static.inner_text()
+            expect(static).to_contain_text("run this cell", timeout=STEP_MS)  # waits for the cell to be laid out
             assert static.locator(".moe-tok").count() > 10, "the static picture shows the coloured tokens"
             shoot(page, static, "explorer_static.png")
             phase("static picture shown")
@@ -295,7 +301,7 @@ def test_explorer_in_jupyterlab(tmp_path):
             shoot(page, view, "explorer_hover.png")
 
             # 5. move k up from 2: every byte token now shows k colour bands
-            assert all(stops == 2 * n for _, _, stops, n, _ in tokens), "k = 2: two bands per byte token"
+            assert all(stops == bands(2) * n for _, _, stops, n, _ in tokens), "k = 2: two bands per byte token"
             handle = page.locator(".widget-slider .noUi-handle").last
             handle.focus()
             t0 = time.monotonic()
@@ -303,7 +309,7 @@ def test_explorer_in_jupyterlab(tmp_path):
             page.wait_for_function("() => Number(document.querySelector('.widget-slider .noUi-handle')"
                                    ".getAttribute('aria-valuenow')) > 2")
             k = round(float(handle.get_attribute("aria-valuenow")))
-            tokens = wait_tokens(page, root, NEW_LAYER, lambda t: all(stops == k * n for _, _, stops, n, _ in t),
+            tokens = wait_tokens(page, root, NEW_LAYER, lambda t: all(stops == bands(k) * n for _, _, stops, n, _ in t),
                                  f"k = {k}: {k} bands per byte token")
             k_ms = 1000 * (time.monotonic() - t0)
             page.mouse.move(0, 0)
@@ -315,7 +321,8 @@ def test_explorer_in_jupyterlab(tmp_path):
             view.locator(".moe-tab", has_text="heatmap").click()
             rows = view.locator('.moe-panel[data-tab="heatmap"] tr.moe-sel')
             assert rows.count() >= 1 and all(r.get_attribute("data-g") == "2" for r in rows.all())
-            assert rows.first.evaluate("r => getComputedStyle(r.cells[1]).backgroundColor") == "rgb(255, 243, 176)"
+            assert rows.first.evaluate("r => getComputedStyle(r.cells[0]).backgroundColor") == "rgb(255, 243, 176)"
+            assert rows.first.evaluate("r => getComputedStyle(r).outlineStyle") == "solid"
             shoot(page, view, "explorer_heatmap.png")
             view.locator(".moe-tab", has_text="all layers").click()
             cells = view.locator('.moe-panel[data-tab="all layers"] td.moe-sel')

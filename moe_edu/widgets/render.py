@@ -68,7 +68,7 @@ def style_block(root_id: str, num_experts: int) -> str:
         f"{r} .moe-c{{padding:1px 4px;border:1px solid #e4e4e4;text-align:center;white-space:nowrap}}"
         f"{r} .moe-sel:not(path):not(text){{outline:2px solid #111!important;outline-offset:1px;"
         "position:relative;z-index:1}"
-        f"{r} tr.moe-sel>*{{background-color:#fff3b0!important}}"
+        f"{r} tr.moe-sel>th{{background-color:#fff3b0!important}}"
         f"{r} .moe-dim{{opacity:.2}}{r} [data-g]{{cursor:pointer}}"
         f"{r} .moe-legend-item{{cursor:pointer;user-select:none}}{r} text.moe-sel{{font-weight:bold}}"
         f"{r} path.moe-sel{{stroke-opacity:1}}{r}:has(path.moe-sel) path.moe-line:not(.moe-sel){{stroke-opacity:.12}}"
