@@ -65,23 +65,31 @@ class Result:
     backward: bool
     ms: dict[str, float] = field(default_factory=dict)  # median milliseconds per implementation
     spread: dict[str, float] = field(default_factory=dict)  # interquartile range / median: the noise
+    samples: dict[str, list[float]] = field(default_factory=dict)  # seconds per call, one per round
 
-    @property
-    def hf_best(self) -> float | None:
-        hf = [self.ms[n] for n in ("hf_eager", "hf_grouped_mm") if n in self.ms]
-        return min(hf) if hf else None
+    def paired(self, names: tuple[str, ...]) -> float | None:
+        """Median over rounds of ours / (fastest of `names` in the same round).
+
+        Each round times every implementation back to back, so a ratio within a round cancels
+        the slow drifts of a shared machine's load that a ratio of medians would keep.
+        """
+        names = tuple(n for n in names if n in self.samples)
+        if not names or "ours" not in self.samples:
+            return None
+        return statistics.median(o / min(self.samples[n][i] for n in names)
+                                 for i, o in enumerate(self.samples["ours"]))
 
     @property
     def vs_ideal(self) -> float:
-        return self.ms["ours"] / self.ms["ideal"]
+        return self.paired(("ideal",))
 
     @property
     def vs_floor(self) -> float | None:
-        return self.ms["ours"] / self.ms["floor"] if "floor" in self.ms else None
+        return self.paired(("floor",))
 
     @property
     def vs_hf(self) -> float | None:
-        return self.ms["ours"] / self.hf_best if self.hf_best else None
+        return self.paired(("hf_eager", "hf_grouped_mm"))
 
 
 def _hf_block(config: MixtralConfig, ours: SparseMoeBlock, impl: str) -> torch.nn.Module | None:
@@ -179,7 +187,7 @@ def time_case(case: Case, threads: int, backward: bool, rounds: int, min_s: floa
     for name, s in samples.items():
         q1, _, q3 = statistics.quantiles(s, n=4) if len(s) > 1 else (s[0], s[0], s[0])
         spread[name] = (q3 - q1) / statistics.median(s)
-    return Result(case, threads, backward, ms, spread)
+    return Result(case, threads, backward, ms, spread, samples)
 
 
 def markdown(results: list[Result], rounds: int, load: float | None = None) -> str:
@@ -195,7 +203,9 @@ def markdown(results: list[Result], rounds: int, load: float | None = None) -> s
         "floor = the same expert GEMMs ours runs, on rows already sorted by expert (no router, sort, gather or combine): "
         "ours/floor is the cost of dispatch itself; "
         "HF best = faster of transformers' `eager` and `grouped_mm` experts. "
-        "Noise = ± half the interquartile range / median, the largest among the implementations of that row.",
+        "Ratios are medians over rounds of the ratio within a round (back-to-back timings, so the load drift of a "
+        "shared machine cancels). Noise = ± half the interquartile range / median of the times, the largest among "
+        "the implementations of that row.",
         "",
         "| case | threads | ideal ms | floor ms | ours ms | HF eager ms | HF grouped_mm ms | ours/ideal "
         "| ours/floor (target) | ours/HF best (target) | noise |",
@@ -247,7 +257,8 @@ def write(results: list[Result], out_dir: Path, rounds: int, load: float | None 
     stem = "cpu_dispatch_backward" if results[0].backward else "cpu_dispatch"
     paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.json", out_dir / f"{stem}.png"]
     paths[0].write_text(markdown(results, rounds, load))
-    rows = [{**asdict(r.case), "threads": r.threads, "backward": r.backward, "ms": r.ms, "spread": r.spread}
+    rows = [{**asdict(r.case), "threads": r.threads, "backward": r.backward, "ms": r.ms, "spread": r.spread,
+             "ratios": {"ours/floor": r.vs_floor, "ours/hf_best": r.vs_hf, "ours/ideal": r.vs_ideal}}
             for r in results]
     meta = {"torch": torch.__version__, "rounds": rounds, "load_average": load}
     paths[1].write_text(json.dumps({**meta, "results": rows}, indent=1) + "\n")
