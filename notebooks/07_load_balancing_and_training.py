@@ -1,11 +1,19 @@
 # %% [markdown]
 # # 07 · Load balancing & training
 #
+# > **中文導讀**　路由網路和模型其他部分一起用梯度訓練，但語言模型的損失並不要求它把 token 平均分給各專家；放著不管，
+# > 少數專家會越用越多而「崩塌」。本章手算負載平衡損失（load-balancing loss，平衡時等於 k）與路由 z-loss（把每個 token
+# > logit 的 logsumexp 推向 0），並發現負載平衡損失的盲點：機率很平時，即使硬指派全擠在兩個專家也會得到 k。接著現場訓練
+# > 單層 Mixtral，比較有無這些損失時的專家負載。注意：論文並未公開 Mixtral 的訓練配方，這裡的損失是 transformers 實作的版本。
+#
 # A router is trained by the same gradient as everything else, and nothing in the language-model
 # loss asks it to spread tokens over the experts. Left alone, it tends to *collapse*: the experts
-# that happen to be chosen early get the gradient, improve, and are chosen even more. Mixtral is
-# trained (as in `transformers`) with Switch Transformer's auxiliary **load-balancing loss**;
-# ST-MoE adds a **router z-loss** that keeps router logits small.
+# that happen to be chosen early get the gradient, improve, and are chosen even more. The Mixtral
+# paper does not publish its training recipe: no load-balancing loss, capacity or initialisation
+# is described. What `transformers`' Mixtral implements is Switch Transformer's auxiliary
+# **load-balancing loss** (added to the loss when `output_router_logits=True`; the released config
+# sets `router_aux_loss_coef` to 0.02). ST-MoE adds a **router z-loss** that pushes the
+# log-sum-exp of each token's router logits toward 0, which keeps them from growing large.
 #
 # **You will**
 #
@@ -66,7 +74,7 @@ for name, logits in [("balanced", balanced), ("collapsed", collapsed)]:
 # Balanced routing gives $k = 2$ (up to the tiny $\epsilon$); collapsed routing gives
 # $E\,(f_0 P_0 + f_1 P_1)$ with $f_0 = f_1 = 1$ and $P_0 + P_1 \approx 0.97$: about 7.8, close to the
 # maximum $E = 8$. The same function in `transformers` (it adds `router_aux_loss_coef` times this
-# to Mixtral's loss) agrees:
+# to Mixtral's loss when `output_router_logits=True`) agrees:
 
 # %%
 try:
@@ -99,10 +107,14 @@ print(f"aux loss {moe_edu.load_balancing_loss([sneaky], E, k).item():.4f}, "
 # %% [markdown]
 # ## 2 · The router z-loss
 #
-# ST-MoE (Zoph et al., 2022) penalises large router logits, which make the softmax saturate and
-# training unstable (especially in bf16):
-# $\mathcal{L}_z = \frac{1}{T}\sum_t \big(\log\sum_e e^{l_{t,e}}\big)^2$. It grows with the logits'
-# scale, so its gradient shrinks them:
+# ST-MoE (Zoph et al., 2022) penalises the squared log-sum-exp of each token's router logits,
+# $\mathcal{L}_z = \frac{1}{T}\sum_t \big(\log\sum_e e^{l_{t,e}}\big)^2$, because large logits make
+# the softmax's exponentials round badly and training unstable (especially in bf16). The loss is 0
+# when the log-sum-exp is 0, i.e. $\sum_e e^{l_{t,e}} = 1$: it pushes the log-sum-exp **toward 0**,
+# not the logits toward 0. Small logits do not give 0 — all-zero logits give $(\log E)^2 = 4.32$,
+# close to the first line below — and the loss can fall both by shrinking large logits and by
+# shifting all of a token's logits down together (which changes no routing). Large logits are
+# what it punishes hardest:
 
 # %%
 torch.manual_seed(0)
@@ -273,22 +285,70 @@ for layer in range(layers):
 # - $\mathcal{L}_{\text{aux}} = E\sum_e f_e P_e$ equals $k$ under uniform routing and grows as routing
 #   collapses; only $P_e$ carries gradient, so flat router probabilities also give $k$. Watch the
 #   hard load as well as the loss.
-# - The z-loss $\operatorname{mean}_t(\operatorname{logsumexp}(l_t))^2$ keeps router logits small.
+# - The z-loss $\operatorname{mean}_t(\operatorname{logsumexp}(l_t))^2$ pushes each token's log-sum-exp
+#   toward 0, so the router logits cannot grow large.
+# - The Mixtral paper publishes no training recipe; `transformers` implements the Switch-style aux
+#   loss (coefficient 0.02 in the released config).
 # - `moe_edu.train` logs both losses and the per-layer expert load at every step; the shipped
 #   tiny model is the one notebook 08 analyses.
 #
 # ## Check your understanding
 #
 # 1. Why is $f_e$ multiplied by $P_e$ rather than used alone, e.g. $\sum_e f_e^2$?
+#
+# <details><summary>Answer</summary>
+#
+# $f_e$ comes from a hard top-$k$ and has no gradient, so $\sum_e f_e^2$ would give the router nothing to learn
+# from. $P_e$ is a mean of softmax probabilities and is differentiable: in $E\sum_e f_e P_e$ the gradient lowers
+# the probability of experts in proportion to how overloaded they are ($f_e$ acts as a constant weight).
+#
+# </details>
+#
 # 2. With $E = 8$, $k = 2$, what is the largest value the aux loss can take, and for which routing?
+#
+# <details><summary>Answer</summary>
+#
+# $E = 8$, approached when every token goes to the same two experts ($f_0 = f_1 = 1$) and those two hold all the
+# probability ($P_0 + P_1 \to 1$): $8 \cdot (P_0 + P_1) \to 8$. The "collapsed" example gives 7.7703.
+#
+# </details>
+#
 # 3. A router outputs logits of exactly zero for every token. What are the aux loss and the z-loss?
 #    Which experts does top-2 pick?
+#
+# <details><summary>Answer</summary>
+#
+# $P_e = 1/8$ for every expert, so the aux loss is $\sum_e f_e = k = 2$ whatever is chosen; the z-loss is
+# $(\log 8)^2 \approx 4.32$. Every row is an 8-way tie, so `topk` picks the same implementation-defined pair for
+# every token (notebook 02) — complete collapse onto two experts, scored as perfectly balanced: the blind spot.
+#
+# </details>
+#
 # 4. The shipped model uses an aux coefficient of 1.0 where Switch used 0.01. Its README compares
 #    0.01, 0.1, 0.3 and 1.0: why could a small coefficient leave the hard load skewed while the aux
 #    loss reads almost exactly 2?
+#
+# <details><summary>Answer</summary>
+#
+# The loss only sees $P_e$ through its gradient. A router can drive $P_e$ towards $1/E$ by making its
+# probabilities nearly flat, and then the loss reads $\approx k$ whatever the hard top-2 choices are — small logit
+# differences still send most tokens to a few experts. With a weak coefficient, that cheap way out is all the
+# router learns (the README's 0.01 run: imbalance 2.91, some experts with 0–1 % of the load).
+#
+# </details>
+#
 # 5. Which of the two losses would you raise if bf16 training diverged with huge router logits?
+#
+# <details><summary>Answer</summary>
+#
+# The router z-loss: it penalises the log-sum-exp of the logits and so their magnitude, which is what makes the
+# softmax unstable in low precision. The load-balancing loss is indifferent to scale — it only looks at how the
+# load is spread.
+#
+# </details>
 #
 # ## Exercises
 #
-# `notebooks/exercises/ex07_load_balancing.ipynb`: write the load-balancing loss and the z-loss
-# yourself; a checker compares them with the library.
+# `notebooks/exercises/ex07_load_balancing.ipynb`: write the load-balancing loss (7.1) and the
+# router z-loss (7.2) yourself — the checkers compare them with the library — see uniform routing
+# give $k$ and collapse give more, and answer an open question on what the loss cannot see (7.3).

@@ -5,11 +5,17 @@
 # > The Pile validation dataset [...] Surprisingly, we do not observe obvious patterns in the
 # > assignment of experts based on the topic." — Mixtral of Experts, §5 (Jiang et al., 2024)
 #
+# > **中文導讀**　論文第 5 節問：專家會依主題分工嗎？答案出乎意料——在 The Pile 的各個子集上看不出明顯的主題分工
+# > （只有合成的 DM Mathematics 略有不同），路由看起來比較跟語法有關，而且相鄰 token 常共用專家（表 5）。本章在隨套件
+# > 附上的小型 Mixtral 上重做這三項分析：各領域的專家負載（圖 7）、依專家著色的文字（圖 8）、相鄰 token 的重複率與
+# > 隨機基準（12.5% 與 46.4%），並與論文表 5 的數字並列比較。最後誠實列出小模型重現了什麼、沒有重現什麼。
+#
 # The paper's routing analysis has three parts: the share of tokens each expert receives per
 # domain (its Fig. 7), text coloured by the expert each token was sent to (Fig. 8), and how often
 # *consecutive* tokens go to the same expert (Table 5). Mixtral's experts turn out not to be topic
-# experts; routing follows syntax (indentation in code, `self`, punctuation) and neighbouring tokens
-# often share experts.
+# experts: routing looks aligned with syntax (in Fig. 8: indentation in code, `self` in Python,
+# "Question" in English), especially at the first and last layers, and neighbouring tokens often
+# share experts.
 #
 # We run the same three analyses on the tiny Mixtral shipped with `moe_edu` (4 layers, 8 experts,
 # top-2, 1.5 M parameters, trained for minutes on a CPU; notebook 07 shows its training), on
@@ -154,19 +160,21 @@ for name, r in reps.items():
     print(f"{name:10s}" + "".join(f"{100 * r[l, 0]:8.1f} {100 * r[l, 1]:13.1f}" for l in LAYERS.values()))
 
 # %% [markdown]
-# The paper's values for Mixtral 8x7B on The Pile, **as reported in the paper's Table 5**
-# (percent; first choice / first or second choice; layers 0, 15, 31 of 32):
+# The paper's values for Mixtral 8x7B on The Pile, **as reported in the paper's Table 5** (p. 8;
+# percent; first choice / first or second choice; layers 0, 15, 31 of 32). The table's caption says
+# "first and second", its header "first or second"; the 46 % baseline counts an overlap of at
+# least one expert, i.e. "or":
 
 # %%
 PAPER_TABLE_5 = {  # domain: {layer: (first choice, first or second choice)}
-    "ArXiv": {0: (14.0, 46.9), 15: (27.9, 62.3), 31: (22.7, 52.9)},
-    "DM Mathematics": {0: (14.1, 44.7), 15: (28.4, 62.3), 31: (19.7, 48.2)},
-    "Github": {0: (14.9, 49.9), 15: (28.1, 66.0), 31: (19.7, 51.8)},
-    "Gutenberg": {0: (13.9, 47.1), 15: (26.1, 62.2), 31: (26.3, 61.2)},
-    "PhilPapers": {0: (13.6, 46.5), 15: (25.3, 60.7), 31: (22.3, 55.3)},
-    "PubMed Abstracts": {0: (14.2, 46.7), 15: (24.6, 60.1), 31: (22.7, 54.0)},
-    "StackExchange": {0: (13.6, 47.3), 15: (27.2, 60.7), 31: (23.6, 55.1)},
-    "Wikipedia (en)": {0: (14.4, 46.3), 15: (23.6, 59.4), 31: (25.2, 58.6)},
+    "ArXiv": {0: (14.0, 46.5), 15: (27.9, 62.3), 31: (22.7, 52.9)},
+    "DM Mathematics": {0: (14.1, 44.9), 15: (28.4, 67.0), 31: (19.7, 44.5)},
+    "Github": {0: (14.9, 49.9), 15: (28.1, 66.9), 31: (19.7, 49.2)},
+    "Gutenberg": {0: (13.9, 49.5), 15: (26.1, 63.1), 31: (26.3, 52.2)},
+    "PhilPapers": {0: (13.6, 46.9), 15: (25.3, 61.9), 31: (22.1, 51.3)},
+    "PubMed Abstracts": {0: (14.2, 48.6), 15: (24.6, 61.6), 31: (22.0, 51.8)},
+    "StackExchange": {0: (13.6, 48.2), 15: (27.2, 64.6), 31: (23.6, 53.6)},
+    "Wikipedia (en)": {0: (14.4, 49.8), 15: (23.6, 62.1), 31: (25.3, 51.8)},
 }
 print(f"{'paper':17s}" + "".join(f"{'L' + str(l):>20s}" for l in (0, 15, 31)))
 for name, row in PAPER_TABLE_5.items():
@@ -196,14 +204,20 @@ plt.show()
 #
 # **Reproduced**
 #
-# - *Routing is not random.* Every domain and layer repeats first choices far above 12.5 % and
-#   overlaps top-2 sets far above 46.4 %, as in the paper's Table 5.
+# - *Routing is not random.* Every domain and layer repeats first choices above 12.5 % — only a
+#   little above for English and Python at layer 0 (about 18–20 %), far above elsewhere — and
+#   overlaps top-2 sets above 46.4 %. In the paper's Table 5 this holds at layer 15 in both columns
+#   (23.6–28.4 % and 61.6–67.0 %) and at layer 31 for the first choice (19.7–26.3 %); layer 0 is
+#   near random (13.6–14.9 %), and in the first-or-second column DM Mathematics at layers 0 (44.9 %)
+#   and 31 (44.5 %) is even *below* the 46 % baseline, so "above random" does not hold for every cell.
 # - *Deeper layers repeat more than layer 0* for Python and English (first choice about 18-20 % at
-#   layer 0, up to 45-55 % at the last layer) — the paper sees the same rise from layer 0 (about 14 %)
-#   to layer 15 (about 24-28 %).
+#   layer 0, up to 45-55 % at the last layer) — the paper sees the same rise from layer 0
+#   (13.6–14.9 %) to layer 15 (23.6–28.4 %).
 # - *Syntax over topic.* The favourite tokens of an expert are punctuation and operators (`,` `?`
-#   `=` `+` `Answer`), Python syntax (`(` `_`), line starts (`def`, `What`, newline): the same kind
-#   of pattern as the paper's Fig. 8, where indentation and `self` are routed consistently in code.
+#   `=` `+` `Answer`), Python syntax (`(` `_`), line starts (`def`, `What`, newline): a syntactic
+#   pattern of the same kind as the paper's Fig. 8 (indentation and `self` in Python, "Question" in
+#   English). Punctuation as a routing cue is **this course's own finding** on the tiny model — the
+#   paper does not name punctuation.
 # - *Arithmetic stands apart.* Our generated arithmetic has the most distinct expert distribution
 #   (total variation 0.4-0.5 from the mean, against 0.15-0.3 for the rest), just as DM Mathematics
 #   is the one Pile subset the paper finds "marginally different" — both are synthetic, with a tiny
@@ -212,22 +226,23 @@ plt.show()
 # **Not reproduced**
 #
 # - *Far too much repetition.* Our rates (first choice 34-76 % at the middle layer, top-2 overlap
-#   71-95 %) are well above Mixtral's (23-28 % and 59-66 % at layer 15). A 4-layer, 64-wide model
+#   71-95 %) are well above Mixtral's (23.6–28.4 % and 61.6–67.0 % at layer 15). A 4-layer, 64-wide model
 #   trained for 300 steps routes whole runs of tokens together.
-# - *Layer 0 is not near random for the four languages* (35-58 % against the paper's 14 %): with
+# - *Layer 0 is not near random for the four languages* (35-58 % against the paper's 13.6–14.9 %): with
 #   short sub-word tokens and only a few pages of each language, the routers learn "language"
 #   experts: already at layer 0 long runs of a French or Italian paragraph share one expert, and
 #   at the last layer expert 2 takes ` die` and ` les` every time.
-# - *Unbalanced load.* Mixtral's per-domain bars in Fig. 7 are close to even; ours reach 2-4 times
+# - *Unbalanced load.* Mixtral's per-domain bars in Fig. 7 stay close to the figure's 1/8 line; ours reach 2-4 times
 #   the mean at deeper layers, even with an aux-loss coefficient of 1.0 (notebook 07 explains why
 #   the loss can be satisfied while the hard load is skewed), and some experts take almost nothing.
-# - *Some topic (language) specialisation.* Mixtral shows none across ArXiv, PubMed or PhilPapers.
+# - *Some topic (language) specialisation.* Mixtral shows no obvious one across ArXiv, PubMed or PhilPapers.
 #   In our Fig. 7 bars the four languages share one "non-English prose" expert at every layer
 #   (expert 1 at layer 0, 7 at layer 2, 2 at layer 3) and arithmetic leans on its own experts. Our
 #   domains differ far more (other languages, other token pieces) than the English Pile subsets do.
 #
-# Scale is the honest explanation for the gaps: Mixtral's routers read a 4096-wide residual stream
-# after 32 layers of trillions of tokens; ours read 64 numbers after minutes of training.
+# Scale is the honest explanation for the gaps: Mixtral's routers read a 4096-wide residual stream,
+# over 32 layers, after training at a scale the paper does not disclose; ours read 64 numbers after
+# minutes of training.
 
 # %% [markdown]
 # ## Recap
@@ -237,21 +252,73 @@ plt.show()
 # - Fig. 8's view shows routing token by token; in both Mixtral and our model it follows token
 #   identity and syntax more than topic.
 # - Table 5's statistic compares consecutive first choices with $1/E$ and top-k overlap with
-#   $1 - \binom{E-k}{k}/\binom{E}{k}$ (12.5 % and 46.4 % for 8 experts, top-2).
+#   $1 - \binom{E-k}{k}/\binom{E}{k}$ (12.5 % and 46.4 % for 8 experts, top-2). In the paper, layer 0
+#   is near random, layer 15 is above random in both columns, layer 31 above it for the first
+#   choice but near (DM Mathematics: below) the 46 % baseline for first-or-second.
+# - Punctuation as a routing cue is our own finding on the tiny model; the paper's Fig. 8 names
+#   indentation, `self` and "Question".
 #
 # ## Check your understanding
 #
 # 1. Why is the first-or-second baseline 46.4 % and not $2/8 = 25$ %?
+#
+# <details><summary>Answer</summary>
+#
+# The event is "the two top-2 sets share *at least one* expert", and either of token $i$'s two experts can match
+# either of token $i+1$'s. The complement is easier: token $i+1$'s pair avoids both of token $i$'s experts with
+# probability $\binom{6}{2}/\binom{8}{2} = 15/28$, so the overlap rate is $13/28 = 46.4$ %. ($2/8$ is the chance
+# that one *given* expert is among a random pair.)
+#
+# </details>
+#
 # 2. Our layer-0 router sees mostly token embeddings. Why does that make layer 0 the layer where
 #    repetition is closest to random, in the paper as in many small models?
+#
+# <details><summary>Answer</summary>
+#
+# If the router routes by token identity, two neighbours share an expert only as often as two *different* tokens
+# happen to map to the same expert — roughly chance when the load is even. Deeper routers read hidden states that
+# attention has filled with shared context, so neighbours look alike and share experts more often.
+#
+# </details>
+#
 # 3. A model routes every token of a document to the same expert. What are its first-choice
 #    repetition rate and its load imbalance on that document? Is it "specialised by topic"?
+#
+# <details><summary>Answer</summary>
+#
+# Repetition 100 %, and an imbalance (max/mean of first choices) of $E = 8$. That alone says nothing about topic: a
+# collapsed router sends *every* document there. Topic specialisation needs different topics to go to different
+# experts, consistently across documents of the same topic.
+#
+# </details>
+#
 # 4. What would you change in our training (data, steps, aux coefficient) to make per-domain load
 #    look more like the paper's Fig. 7?
+#
+# <details><summary>Answer</summary>
+#
+# Mostly data and scale: far more text per domain (each language has only a few pages, two held out), more steps
+# and a wider model, so routers learn features shared across domains rather than "which language is this". The
+# aux coefficient is already 1.0; balance per *batch* is not balance per *domain*. And measure on more held-out
+# tokens: the language rows are noisy by several points.
+#
+# </details>
+#
 # 5. Mixtral's Fig. 7 singles out DM Mathematics. Which of our domains plays that role, and why might
 #    synthetic text be routed differently?
+#
+# <details><summary>Answer</summary>
+#
+# Our generated arithmetic (`math`): its load is the farthest from the mean (total variation 0.40–0.53 against
+# 0.15–0.30 for the others). Synthetic text uses a tiny vocabulary of digits and templates, unlike natural
+# language, so its hidden states sit in their own region and the routers treat them apart — the paper attributes
+# DM Mathematics' difference to its synthetic nature and limited coverage of natural language.
+#
+# </details>
 #
 # ## Exercises
 #
 # `notebooks/exercises/ex08_what_do_experts_learn.ipynb`: write the consecutive-repetition statistic
-# and its exact random baseline, and run them on the shipped model.
+# (8.1) and its exact random baseline (8.2), run them on simulated routing and on the shipped model,
+# and answer an open question on why neighbours share experts (8.3).
