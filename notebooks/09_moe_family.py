@@ -15,6 +15,11 @@
 # > **MoE 架構更靈活，允許不同專家數量與門控機制，應用範圍更廣。** — *"The MoE architecture is more flexible: it
 # > allows different numbers of experts and different gating mechanisms, so it applies more widely."* — §5
 #
+# > **中文導讀**　種子文章比較了 Mixtral 與一般 MoE，但兩張比較表在匯出時遺失了；本章用程式碼把它們重建出來。六種路由
+# > 規則——Mixtral 的無丟棄前 2 名、雜訊前 k 名、Switch（前 1 名加容量因子）、GShard、專家選擇路由、共享專家加細粒度專家
+# > （DeepSeekMoE）——都用相同的 SwiGLU 專家與相同的分派程式，在相同的 token 上比較總參數、啟用參數、負載平衡與被丟棄的
+# > token。最後逐點回應種子文章的結論：Mixtral 在這個家族中的位置，以及它選擇了什麼、放棄了什麼。
+#
 # The seed compares Mixtral with "MoE in general", but its tables are gone. This notebook rebuilds them **from code**:
 # six routing rules, each a small module in `moe_edu.variants`, all built from the *same* SwiGLU experts
 # (`moe_edu.experts.Experts`) and the *same* dispatch (`moe_edu.dispatch.grouped_dispatch`), run on the *same*
@@ -78,8 +83,8 @@ print("token choice, top-2: tokens per expert", mixtral_assign.sum(0).tolist(),
 
 # %% [markdown]
 # Token choice gives every token exactly k experts, but the experts get whatever the tokens ask for: here expert 0
-# is asked by many more tokens than expert 3. Mixtral accepts that (it is **dropless**): a busy expert simply runs
-# on more rows. Earlier systems could not, because their experts lived on different devices with fixed-size buffers.
+# is asked by many more tokens than expert 3. Mixtral's released inference code and `transformers` accept that
+# (they are **dropless**): a busy expert simply runs on more rows. Earlier systems could not, because their experts lived on different devices with fixed-size buffers.
 #
 # **(b) Capacity and dropping (Switch, GShard).** Each expert gets `C = ceil(capacity_factor · k · N / E)` rows.
 # Tokens queue in order; a token that finds its expert full is **dropped** from that expert. With top-1 a dropped
@@ -276,9 +281,11 @@ switch.capacity_factor = 1.25
 
 # %% [markdown]
 # Drops only vanish when C reaches the busiest expert's demand — for an unbalanced router that is a large buffer
-# mostly filled with padding. This is the problem Mixtral's **dropless** dispatch sidesteps (MegaBlocks-style
-# grouped matmuls of variable size, notebook 03 and 10): no buffer, no padding, no drop, at the price of uneven
-# per-expert work that the load-balancing loss (notebook 07) keeps in check.
+# mostly filled with padding. This is the problem a **dropless** dispatch sidesteps: every expert runs on however
+# many rows it got — one matmul per expert in Mixtral's released code and `transformers`, a grouped GEMM in
+# notebooks 03 and 10. The paper (§2.1) cites MegaBlocks, which casts the whole MoE layer as *block-sparse* matrix
+# multiplications — another kernel for the same variable-size work. No buffer, no padding, no drop, at the price of
+# uneven per-expert work that a load-balancing loss (notebook 07) keeps in check during training.
 
 # %% [markdown]
 # ### Noise and random routing: training only
@@ -336,7 +343,8 @@ else:
                                  "dropped assignments %"))
 
 # %% [markdown]
-# A router trained with Mixtral's load-balancing loss is balanced *on average over training batches*, not on every
+# A router trained with a load-balancing loss (here the Switch-style loss `transformers` implements for Mixtral)
+# is balanced *on average over training batches*, not on every
 # handful of documents: different domains prefer different experts (notebook 08). A dropless layer does not care;
 # a capacity layer drops whatever exceeds `C` on *this* batch — the load CV and the dropped-token columns above
 # are the two faces of the same imbalance.
@@ -369,12 +377,14 @@ Table(rows)
 # which cuts compute.* True, and the table says how much: the active share is ~1/4 of the expert parameters
 # per layer. But "fixed" describes the configuration, not a limitation of the design: the same code runs with any
 # E and k (`num_local_experts`, `num_experts_per_tok`). What *is* distinctive is that the 2 experts are **always**
-# 2: Mixtral is dropless, so no token ever silently skips its layer, unlike Switch and GShard above.
+# 2: Mixtral's released inference code is dropless, so no token ever silently skips its layer, unlike Switch and
+# GShard above.
 #
 # **"MoE 架構更靈活，允許不同專家數量與門控機制，應用範圍更廣"** — *MoE in general is more flexible: other
 # expert counts and gating mechanisms.* Yes — and every variant here is a one-file change of the routing rule on
 # identical experts. Mixtral chose the simplest point in that space: softmax → top-2 → renormalise, no noise, no
-# capacity, no random routing, one standard load-balancing loss (notebook 07). Each alternative buys something:
+# capacity, no random routing — and, in `transformers`' implementation, one standard load-balancing loss (notebook
+# 07; the paper does not publish how Mixtral was trained). Each alternative buys something:
 # Switch halves the FLOPs; expert choice gets perfect balance (but routes using the whole batch, i.e. future
 # tokens, which does not fit autoregressive decoding); DeepSeekMoE's shared + fine-grained experts give more
 # combinations at the same cost.
@@ -392,7 +402,7 @@ Table(rows)
 #
 # - One router score matrix `(N, E)`, many rules: top-k along rows (token choice), top-C down columns (expert choice).
 # - Capacity `C = ceil(capacity_factor · k · N / E)` fixes buffer sizes and drops the overflow; dropped tokens pass
-#   through on the residual only. Mixtral is dropless.
+#   through on the residual only. Mixtral's inference code and `transformers` are dropless.
 # - Noise (Shazeer) and random routing (GShard) are training-time devices; at inference the routing is deterministic.
 # - Aux losses differ by variant (importance + load, f·P load balancing, expert-level balance, none for expert
 #   choice) but all push towards even expert load.
@@ -403,14 +413,67 @@ Table(rows)
 #
 # 1. With top-1 routing, N = 256 tokens, E = 8 and capacity factor 1.25, what is C? If one expert is asked by
 #    60 tokens, how many are dropped from it, and what does the layer output for them?
+#
+# <details><summary>Answer</summary>
+#
+# $C = \lceil 1.25 \cdot 1 \cdot 256 / 8 \rceil = 40$ (the sweep above prints it). 60 − 40 = 20 tokens are dropped;
+# with top-1 they have no expert at all, so the MoE layer outputs 0 for them and only the residual carries them on.
+#
+# </details>
+#
 # 2. Why does GShard queue *all* first choices before any second choice? What would go wrong with token order only?
+#
+# <details><summary>Answer</summary>
+#
+# A token's first choice carries the larger weight, so it should not lose its place to another token's less
+# important second choice. In token order, tokens late in the batch would lose even their first choice to early
+# tokens' second choices: the position in the batch, not the router, would decide who is dropped.
+#
+# </details>
+#
 # 3. In expert choice every expert gets exactly C tokens. Why does that not mean every token gets 2 experts?
+#
+# <details><summary>Answer</summary>
+#
+# The experts choose independently. $E \cdot C = 2N$ assignments means 2 per token *on average*, but a token many
+# experts score highly is taken by several, and one nobody ranks high by none (section 1: experts per token
+# `[2, 2, 3, 2, 2, 2, 1, 2, 3, 3, 1, 1]`; with capacity factor 1, tokens 7 and 9 got none).
+#
+# </details>
+#
 # 4. Why is expert choice hard to use when generating text one token at a time?
+#
+# <details><summary>Answer</summary>
+#
+# An expert picks its top-$C$ tokens from the *whole batch*, so a token's experts depend on the other tokens —
+# including later ones in the sequence. That breaks causality in training, and when decoding there is no batch of
+# future tokens to choose among: routing at inference would differ from routing in training.
+#
+# </details>
+#
 # 5. Noisy top-k in eval mode equals Mixtral's block on the same weights. Which two things make that true?
+#
+# <details><summary>Answer</summary>
+#
+# In eval mode the noise is switched off, leaving the plain logits; and noisy top-k's gate — top-k of the logits,
+# then softmax over those $k$ — equals Mixtral's softmax → top-k → renormalise (notebook 04's proof). Both are
+# dropless and share the router and experts, so the outputs agree.
+#
+# </details>
+#
 # 6. DeepSeekMoE here has Mixtral's total and active expert parameters. What does it gain by splitting experts in
 #    two and sharing one of them?
 #
+# <details><summary>Answer</summary>
+#
+# More combinations for the same cost: choosing 3 of 15 routed experts gives $\binom{15}{3} = 455$ possible
+# mixtures against $\binom{8}{2} = 28$ for Mixtral, so experts can specialise more finely. The always-on shared
+# expert holds what every token needs, so the routed experts need not each learn a copy of it.
+#
+# </details>
+#
 # ## Exercises
 #
-# `notebooks/exercises/ex09_moe_family.ipynb`: implement Switch capacity with dropping, and expert-choice routing,
-# with checkers in `moe_edu.exercises.family`.
+# `notebooks/exercises/ex09_moe_family.ipynb`: Switch routing with a capacity (9.1) and the Switch layer with its
+# dropped tokens (9.2), expert-choice routing (9.3) and the expert-choice layer with its unrouted tokens (9.4) —
+# checkers in `moe_edu.exercises.family` — and an open question: why does Mixtral not use expert choice (9.5)?
