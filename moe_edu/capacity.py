@@ -27,20 +27,18 @@ import torch
 from .dispatch import dispatch_assignments, dispatch_kept, sort_by_expert
 from .experts import Experts
 from .routing import Router
+from .validation import nonnegative_int, positive_float, positive_int
 
 
 def check_capacity_factor(value: float, name: str = "capacity_factor") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    return float(positive_float(name, value))
 
 
 def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
     """C = ceil(capacity_factor * T * k / E) slots per expert, at most T (an expert cannot use more rows)."""
     check_capacity_factor(capacity_factor)
     for name, value in (("num_tokens", num_tokens), ("num_experts", num_experts), ("top_k", top_k)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"expert_capacity: {name} must be a positive int, got {value!r}")
+        positive_int(f"expert_capacity: {name}", value)
     return min(num_tokens, math.ceil(capacity_factor * num_tokens * top_k / num_experts))
 
 
@@ -69,8 +67,7 @@ def keep_within_capacity(chosen: torch.Tensor, num_experts: int, capacity: int,
     """(T, k) bool: assignments that fit in their expert's buffer of `capacity` rows."""
     if chosen.dim() != 2:
         raise ValueError(f"chosen must be (tokens, k), got shape {tuple(chosen.shape)}")
-    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
-        raise ValueError(f"capacity must be an int >= 0, got {capacity!r}")
+    nonnegative_int("capacity", capacity)
     if active is not None and active.shape != chosen.shape:
         raise ValueError(f"active must have chosen's shape {tuple(chosen.shape)}, got {tuple(active.shape)}")
     position = queue_positions(chosen, num_experts, active)  # (T, k)

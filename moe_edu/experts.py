@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .grouped_mm import grouped_matmul
+from .validation import positive_int
 
 
 def swiglu(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
@@ -26,8 +27,7 @@ class Experts(nn.Module):
         super().__init__()
         for name, value in (("num_experts", num_experts), ("hidden_size", hidden_size),
                             ("intermediate_size", intermediate_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"Experts: {name} must be a positive int, got {value!r}")
+            positive_int(f"Experts: {name}", value)
         self.num_experts, self.hidden_size, self.intermediate_size = num_experts, hidden_size, intermediate_size
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))  # (E, 2I, H)
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))  # (E, H, I)

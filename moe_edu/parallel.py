@@ -29,6 +29,7 @@ import torch.distributed as dist
 from .dispatch import combine, sort_by_expert
 from .experts import Experts
 from .moe_block import MoEBlock, SparseMoeBlock
+from .validation import positive_float
 
 
 class _AllToAll(torch.autograd.Function):
@@ -105,8 +106,7 @@ class ExpertParallelMoeBlock(MoEBlock):
     def __init__(self, block: SparseMoeBlock, group=None, *, timeout_s: float = 60.0) -> None:
         if not dist.is_initialized():
             raise RuntimeError("ExpertParallelMoeBlock needs torch.distributed.init_process_group() first")
-        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
-            raise ValueError(f"timeout_s must be a number > 0, got {timeout_s!r}")
+        positive_float("timeout_s", timeout_s)
         dispatch = AllToAllDispatch(block.num_experts, group, timedelta(seconds=timeout_s))
         local = dispatch.local
         first = dispatch.rank * local  # global id of this rank's first expert

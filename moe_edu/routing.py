@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .losses import load_balancing_loss
+from .validation import int_in_range, one_of, positive_int
 
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -87,9 +88,8 @@ class Router(nn.Module):
 
     def __init__(self, hidden_size: int, num_experts: int, *, fp32: bool = True) -> None:
         super().__init__()
-        for name, value in (("hidden_size", hidden_size), ("num_experts", num_experts)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{type(self).__name__}: {name} must be a positive int, got {value!r}")
+        positive_int(f"{type(self).__name__}: hidden_size", hidden_size)
+        positive_int(f"{type(self).__name__}: num_experts", num_experts)
         self.num_experts, self.fp32 = num_experts, fp32
         self.weight = nn.Parameter(torch.empty(num_experts, hidden_size))  # (E, H)
 
@@ -122,10 +122,8 @@ class TopKRouter(Router):
     def __init__(self, hidden_size: int, num_experts: int, top_k: int, *, fp32: bool = True,
                  order: str = "softmax_topk") -> None:
         super().__init__(hidden_size, num_experts, fp32=fp32)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= num_experts:
-            raise ValueError(f"top_k must be an int in [1, num_experts={num_experts}], got {top_k!r}")
-        if order not in ROUTING_ORDERS:
-            raise ValueError(f"order must be one of {sorted(ROUTING_ORDERS)}, got {order!r}")
+        int_in_range("top_k", top_k, 1, num_experts)
+        one_of("order", order, ROUTING_ORDERS)
         self.top_k, self.order = top_k, order
 
     def forward(self, x: torch.Tensor) -> Routing:

@@ -19,6 +19,7 @@ from torch import nn
 from ..config import MixtralConfig
 from ..experts import Experts
 from ..routing import Router, Routing, at_least_fp32, topk_softmax
+from ..validation import int_in_range
 from .base import RoutedMoE
 
 
@@ -48,9 +49,7 @@ class NoisyTopKRouter(Router):
 
     def __init__(self, hidden_size: int, num_experts: int, top_k: int, noise_epsilon: float = 1e-2) -> None:
         super().__init__(hidden_size, num_experts)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k < num_experts:
-            raise ValueError(f"NoisyTopKMoE: top_k must be in [1, num_experts={num_experts}) "
-                             f"(the load loss needs an expert outside the top k), got {top_k!r}")
+        int_in_range("NoisyTopKMoE: top_k (the load loss needs an expert outside the top k)", top_k, 1, num_experts - 1)
         self.top_k, self.noise_epsilon = top_k, noise_epsilon
         self.noise = nn.Linear(hidden_size, num_experts, bias=False)  # W_noise (E, H)
         self.noise.weight.zero_init = True  # as in the paper: noise std starts at softplus(0)

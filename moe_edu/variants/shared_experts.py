@@ -19,6 +19,7 @@ from ..config import MixtralConfig
 from ..experts import Experts
 from ..losses import load_balancing_loss
 from ..routing import Routing, TopKRouter
+from ..validation import int_in_range, positive_int
 from .base import RoutedMoE
 
 
@@ -40,10 +41,8 @@ class SharedExpertMoE(RoutedMoE):
 
     def __init__(self, hidden_size: int, intermediate_size: int, num_routed: int = 15, num_shared: int = 1,
                  top_k: int = 3) -> None:
-        if isinstance(num_shared, bool) or not isinstance(num_shared, int) or num_shared < 1:
-            raise ValueError(f"SharedExpertMoE: num_shared must be an int >= 1, got {num_shared!r}")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= num_routed:
-            raise ValueError(f"SharedExpertMoE: top_k must be in [1, num_routed={num_routed}], got {top_k!r}")
+        positive_int("SharedExpertMoE: num_shared", num_shared)
+        int_in_range(f"SharedExpertMoE: top_k (num_routed={num_routed})", top_k, 1, num_routed)
         super().__init__(FineGrainedRouter(hidden_size, num_routed, top_k),
                          Experts(num_routed, hidden_size, intermediate_size),
                          shared=Experts(num_shared, hidden_size, intermediate_size))
@@ -53,7 +52,7 @@ class SharedExpertMoE(RoutedMoE):
     def from_config(cls, config: MixtralConfig, granularity: int = 2, num_shared: int = 1) -> "SharedExpertMoE":
         """Same total and active parameters as `config`'s layer: E*m experts of width I/m, k*m active."""
         E, k, I = config.num_local_experts, config.num_experts_per_tok, config.intermediate_size
-        if isinstance(granularity, bool) or not isinstance(granularity, int) or granularity < 1 or I % granularity:
+        if positive_int("granularity", granularity) and I % granularity:
             raise ValueError(f"granularity must be a positive int dividing intermediate_size={I}, got {granularity!r}")
         if not 1 <= num_shared < k * granularity:
             raise ValueError(f"num_shared must be in [1, k*granularity={k * granularity}), got {num_shared}")
