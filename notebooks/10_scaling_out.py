@@ -11,6 +11,11 @@
 #
 # > **顯著降低計算成本** — *"significantly lower compute cost"*: each token uses 13B of 47B parameters. — the seed article, §1
 #
+# > **中文導讀**　稀疏模型之所以便宜，前提是把 token 送到專家的成本幾乎可以忽略。本章從 FLOPs、搬移的位元組與核心啟動次數
+# > 三方面估算一層 MoE 的成本：解碼（一次一個 token）受記憶體頻寬限制，大批次才受計算限制。接著閱讀課程自己的 CPU 基準
+# > 測試（與不含路由的下限、`transformers` 比較），再用 `torch.distributed` 做專家平行：每個行程只放部分專家，token 經由
+# > 全對全通訊（all-to-all）送到專家所在的行程再送回；負載不均時，最忙的行程決定整體速度。
+#
 # Sparse is cheaper **only if** sending tokens to their experts costs next to nothing. This notebook counts what a
 # mixture-of-experts layer really pays — FLOPs, bytes and kernel launches — reads the course's own benchmark
 # against an ideal dense layer and against `transformers`, and then spreads the experts over several processes
@@ -20,7 +25,9 @@
 #
 # 1. cost a MoE layer three ways — FLOPs, bytes moved, launches — and say which one binds at T = 1, 64 and 16k tokens;
 # 2. explain the three fast paths of `moe_edu.dispatch` (decode, grouped GEMM, `grouped_mm` on CUDA) and why each wins where it does;
-# 3. read the committed CPU benchmark (ours vs the routing-free floor vs `transformers`) and the GPU one;
+# 3. read the committed CPU benchmark (ours vs the routing-free floor vs `transformers`) and, when a GPU result file
+#    (`benchmarks/results/gpu_dispatch.md`) has been committed, the GPU table — without that file the notebook only
+#    says the GPU benchmark was not run;
 # 4. run expert parallelism on 2 gloo processes, predict the all-to-all traffic by hand, and check the result equals one process;
 # 5. quantify load imbalance: under expert parallelism the slowest rank sets the pace.
 
@@ -311,8 +318,9 @@ plt.show()
 # %% [markdown]
 # At efficiency 0.5 the whole layer runs at half speed: three ranks wait for one. This is the systems reason for
 # the load-balancing loss of notebook 07 (it pushes the router towards uniform loads) and for expert capacity in
-# notebook 09 (it caps the busiest expert, at the price of dropped tokens). Mixtral trains with the auxiliary
-# loss and serves dropless.
+# notebook 09 (it caps the busiest expert, at the price of dropped tokens). The paper does not say how Mixtral was
+# trained (§2 only names expert parallelism and its load-balancing challenge); `transformers` implements the
+# auxiliary loss (coefficient 0.02 in the released config), and Mixtral's released inference code is dropless.
 
 # %% [markdown]
 # ## Recap
@@ -330,11 +338,67 @@ plt.show()
 # ## Check your understanding
 #
 # 1. Why do the active FLOPs not depend on the dispatch, while the time does?
+#
+# <details><summary>Answer</summary>
+#
+# The router fixes the work: each of the $T \cdot k$ assignments runs one SwiGLU expert, $6HI$ FLOPs, however the
+# rows are arranged. The dispatch decides everything else — how many bytes are moved (weights read once or many
+# times, activations gathered and scattered), how many kernels are launched, whether the host waits for the
+# device, and how large and contiguous the GEMMs are.
+#
+# </details>
+#
 # 2. At T = 1, how many bytes of expert weights must a Mixtral-8x7B layer read in bf16? Why can no dispatch beat that?
+#
+# <details><summary>Answer</summary>
+#
+# Two experts of $3 \cdot 4096 \cdot 14336$ = 176,160,768 parameters at 2 bytes: 704,643,072 bytes ≈ 705 MB (the
+# router adds 64 KiB). The token needs every weight of both experts once, so each byte must be read at least once:
+# at T = 1 the step is bounded by memory bandwidth, whatever the dispatch.
+#
+# </details>
+#
 # 3. At T = 64 with 8 experts, why is even a perfect sparse layer slower than one dense expert over 128 rows?
+#
+# <details><summary>Answer</summary>
+#
+# Same FLOPs ($64 \cdot 2 = 128$ rows through one expert each), but the sparse layer hits all 8 experts, so it must
+# read 8 experts' weights instead of 1 — 8× the bytes in a memory-bound regime — and runs 8 small GEMMs of about 16
+# rows, which reach a lower fraction of peak than one GEMM of 128 rows.
+#
+# </details>
+#
 # 4. Why does CUDA's `bincount` break "no host syncs", and what replaces it here?
+#
+# <details><summary>Answer</summary>
+#
+# `bincount` sizes its output from the largest value, so on CUDA it first copies that maximum to the host, and the
+# host waits for the device. The library counts with `scatter_add_` into a zero tensor of known length $E$, and
+# keeps the offsets `counts.cumsum()` on the device for `grouped_mm`.
+#
+# </details>
+#
 # 5. With 8 ranks and uniform routing, what fraction of the all-to-all stays on the sending rank?
-# 6. Why must the router's gradients be summed across ranks but the experts' gradients need no all-reduce?
+#
+# <details><summary>Answer</summary>
+#
+# $1/8$: each assignment's expert lives on one of the 8 ranks with equal probability, so $(world - 1)/world = 7/8$
+# of the rows cross the wire.
+#
+# </details>
+#
+# 6. Within one expert-parallel group, why must the router's gradients be summed across ranks while the experts'
+#    gradients need no all-reduce there? What changes with several data-parallel replicas of the group?
+#
+# <details><summary>Answer</summary>
+#
+# Every rank holds a full copy of the router but routes only its own tokens, so each copy's gradient covers part of
+# the batch: they must be summed (all-reduced). An expert lives on one rank of the group and receives *all* rows
+# routed to it from every rank; the all-to-all backward returns their gradients, so its weight gradient is already
+# complete. With several data-parallel replicas of the group, each expert has one copy per replica, and those copies
+# still need an all-reduce across the replicas, like any data-parallel weight.
+#
+# </details>
 #
 # ## Exercises
 #
