@@ -278,6 +278,7 @@ def test_explorer_in_jupyterlab(tmp_path):
             assert not state["errors"], f"notebook cells raised: {state['errors']}"
             phase("all cells run")
             tokens = wait_tokens(page, root, 3, lambda t: [e for e, *_ in t] == before[0], "the code preset")
+            expect(page.locator(".moe-explorer-static").first).to_be_hidden()  # the live widget replaces it
 
             # 3. type Chinese (and emoji, accents, Hebrew) at layer 2: the characters are displayed
             page.locator(".widget-dropdown select").filter(
@@ -384,7 +385,7 @@ def voila(notebook: Path, tmp: Path):
 
 def test_explorer_app_in_voila(tmp_path):
     require_browser()
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     assert APP.exists(), f"{APP} is missing: build it with tools/build_notebooks.py"
     ARTIFACTS.mkdir(exist_ok=True)
@@ -399,14 +400,15 @@ def test_explorer_app_in_voila(tmp_path):
             root = "body"
             tokens = wait_tokens(page, root, 0, lambda t: len(t) > 0, "the app's first view")
             assert page.get_by_text("load_pretrained").count() == 0, "a page, not a notebook: no code shown"
+            expect(page.locator(".moe-explorer-static").first).to_be_hidden()  # the live widget replaces it
             assert [e for e, *_ in tokens] == first
-            colours = page.evaluate("() => Array.from(document.querySelectorAll('.moe-text .moe-tok'))"
+            colours = page.evaluate("() => Array.from(document.querySelectorAll('.moe-explorer-view .moe-text .moe-tok'))"
                                     ".map(s => s.style.backgroundImage)")
             type_and_time(page, root, APP_TEXT)
             shown = [s.replace("\n", "↵") for s in spans]
             tokens = wait_tokens(page, root, 0, lambda t: [x for _, x, *_ in t] == shown, "the typed code")
             assert [e for e, *_ in tokens] == typed, "the app's colours are not the model's routing"
-            after = page.evaluate("() => Array.from(document.querySelectorAll('.moe-text .moe-tok'))"
+            after = page.evaluate("() => Array.from(document.querySelectorAll('.moe-explorer-view .moe-text .moe-tok'))"
                                   ".map(s => s.style.backgroundImage)")
             assert after != colours, "the colouring changed"
             page.screenshot(path=str(ARTIFACTS / "voila_app.png"))

@@ -371,10 +371,11 @@ def test_flow_lines_are_as_thick_as_the_weights(model, tok):
 def test_static_picture_in_the_saved_notebook(model, tok):
     a = RoutingExplorer(model, tok, text="The cat sat.", id_prefix="nb")
     b = RoutingExplorer(model, tok, text="The cat sat.", id_prefix="nb")
-    bundle = a._repr_mimebundle_()
-    assert set(bundle) == {"text/plain", "text/html", "application/vnd.jupyter.widget-view+json"}
-    html = bundle["text/html"]
-    assert html == b._repr_mimebundle_()["text/html"], "deterministic (nbval compares it)"
+    static, live = a.display_bundles()
+    assert set(static) == {"text/plain", "text/html"} and "RoutingExplorer(layer=0" in static["text/plain"]
+    assert set(live) == {"text/plain", "application/vnd.jupyter.widget-view+json"}
+    html = static["text/html"]
+    assert html == b.display_bundles()[0]["text/html"], "deterministic (nbval compares it)"
     assert moe_edu.widgets.explorer.RUN_NOTE in html and 'id="nb-tokens-L0"' in html
     assert not re.search(r"\d\.\d{3}", html), "no digits that could differ between CPUs"
     a.tab = "all layers"

@@ -3,7 +3,7 @@
 ipywidgets controls (preset, layer, k) above a `RoutingView` (anywidget: text box, tabs, panels).
 Python routes the text and renders every panel as HTML; callbacks only set widget traits, never
 print, so nbval and Voila stay clean, and errors become a message in the widget, never a
-traceback. Displayed, the explorer also carries a static HTML picture of its current view, which
+traceback. Displayed, the explorer first outputs a static HTML picture of its current view, which
 is what a saved notebook shows where no kernel runs (GitHub, nbviewer, JupyterLab before running).
 """
 
@@ -233,5 +233,17 @@ class RoutingExplorer:
     def _repr_mimebundle_(self, **kwargs: Any) -> dict:
         bundle = self.widget._repr_mimebundle_(**kwargs)
         bundle["text/plain"] = repr(self)
-        bundle["text/html"] = self.static_html()
         return bundle
+
+    def display_bundles(self) -> list[dict]:
+        """What displaying the explorer outputs: the static picture (its own output, so every viewer shows
+        it: JupyterLab before running, GitHub, nbviewer), then the live widget. The widget's CSS hides the
+        picture in front ends where the widget runs (view.py)."""
+        return [{"text/html": self.static_html(), "text/plain": f"<static picture of {self!r}>"},
+                self._repr_mimebundle_()]
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        for bundle in self.display_bundles():
+            display(bundle, raw=True)

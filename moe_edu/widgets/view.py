@@ -126,6 +126,9 @@ CSS = """
   background: #f1f1f1; border-radius: 4px 4px 0 0; cursor: pointer; color: #222; }
 .moe-explorer-view .moe-tab.moe-tab-on { background: #fff; font-weight: bold; border-color: #777; }
 .moe-explorer-view.moe-pending .moe-body { opacity: 0.75; }
+/* where the live widget runs, hide the static picture output just before it (RoutingExplorer.display_bundles) */
+.jp-OutputArea-child:has(+ .jp-OutputArea-child .moe-explorer-view) .moe-explorer-static,
+.output_area:has(+ .output_area .moe-explorer-view) .moe-explorer-static { display: none; }
 """
 
 
