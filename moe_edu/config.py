@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .validation import (boolean, finite_float, nonnegative_float, optional_positive_int, positive_float, positive_int,
+                         probability, token_id)
 
 
 @dataclass(frozen=True)
@@ -47,28 +49,24 @@ class MixtralConfig:
     name: str = field(default="custom", compare=False)  # a label for printing; not a model field
 
     def __post_init__(self) -> None:
+        f = "MixtralConfig."
         positive = (
             "vocab_size hidden_size intermediate_size num_hidden_layers num_attention_heads "
             "num_key_value_heads max_position_embeddings num_local_experts num_experts_per_tok"
         ).split()
         for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"MixtralConfig.{name} must be an int, got {value!r}")
-            if value <= 0:
-                raise ValueError(f"MixtralConfig.{name} must be positive, got {value}")
+            positive_int(f + name, getattr(self, name))
         k, e = self.num_experts_per_tok, self.num_local_experts
         if k > e:
             raise ValueError(
                 f"MixtralConfig.num_experts_per_tok (k={k}) must be between 1 and num_local_experts (E={e})"
             )
+        optional_positive_int(f + "head_dim", self.head_dim)
         if self.head_dim is None and self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"MixtralConfig.hidden_size ({self.hidden_size}) must be divisible by "
                 f"num_attention_heads ({self.num_attention_heads}) unless head_dim is given"
             )
-        if self.head_dim is not None and (not isinstance(self.head_dim, int) or self.head_dim <= 0):
-            raise ValueError(f"MixtralConfig.head_dim must be a positive int or None, got {self.head_dim!r}")
         if self.head_dim_ % 2:
             raise ValueError(f"MixtralConfig.head_dim must be even for rotary embeddings, got {self.head_dim_}")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -76,21 +74,20 @@ class MixtralConfig:
                 f"MixtralConfig.num_attention_heads ({self.num_attention_heads}) must be divisible by "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
-        if self.sliding_window is not None and (
-            not isinstance(self.sliding_window, int) or self.sliding_window <= 0
-        ):
-            raise ValueError(f"MixtralConfig.sliding_window must be a positive int or None, got {self.sliding_window!r}")
+        optional_positive_int(f + "sliding_window", self.sliding_window)
         for name in ("rope_theta", "rms_norm_eps", "initializer_range"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"MixtralConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("router_aux_loss_coef", "router_z_loss_coef", "router_jitter_noise", "attention_dropout"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"MixtralConfig.{name} must be a finite number >= 0, got {value!r}")
-        if self.router_jitter_noise >= 1:
-            raise ValueError(f"MixtralConfig.router_jitter_noise must be < 1, got {self.router_jitter_noise}")
+            positive_float(f + name, getattr(self, name))
+        for name in ("router_aux_loss_coef", "router_z_loss_coef"):
+            nonnegative_float(f + name, getattr(self, name))
+        probability(f + "attention_dropout", self.attention_dropout)
+        finite_float(f + "router_jitter_noise", self.router_jitter_noise, ge=0, lt=1)
         if self.hidden_act != "silu":
             raise ValueError(f"MixtralConfig.hidden_act must be 'silu' (SwiGLU), got {self.hidden_act!r}")
+        boolean(f + "tie_word_embeddings", self.tie_word_embeddings)
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            token_id(f + name, getattr(self, name), self.vocab_size)
+        if not isinstance(self.name, str):
+            raise ValueError(f"MixtralConfig.name must be a str, got {self.name!r}")
 
     # ------------------------------------------------------------------ derived
     @property
@@ -116,7 +113,10 @@ class MixtralConfig:
         defaults to this config's, capped so that there is at least one K/V group).
         """
         group = self.num_attention_heads // self.num_key_value_heads
-        hd = head_dim or min(self.head_dim_, max(2, hidden_size // group))
+        positive_int("scaled: hidden_size", hidden_size)
+        optional_positive_int("scaled: num_hidden_layers", num_hidden_layers)
+        optional_positive_int("scaled: head_dim", head_dim)
+        hd = head_dim if head_dim is not None else min(self.head_dim_, max(2, hidden_size // group))
         heads = max(group, (hidden_size // hd) // group * group)
         values = dict(
             hidden_size=hidden_size,
@@ -124,7 +124,7 @@ class MixtralConfig:
             num_attention_heads=heads,
             num_key_value_heads=heads // group,
             head_dim=None if heads * hd == hidden_size else hd,
-            num_hidden_layers=num_hidden_layers or self.num_hidden_layers,
+            num_hidden_layers=self.num_hidden_layers if num_hidden_layers is None else num_hidden_layers,
             name=f"{self.name}-scaled-{hidden_size}",
         )
         values.update(overrides)
@@ -143,11 +143,17 @@ class MixtralConfig:
         Keys transformers writes that do not change the computation (`architectures`,
         `torch_dtype`, ...) are ignored; with `strict=True` any unknown key raises.
         """
+        if not isinstance(d, dict):
+            raise ValueError(f"a Mixtral config must be a JSON object (dict), got {type(d).__name__}")
         d = dict(d)
         rope = d.pop("rope_parameters", None) or d.pop("rope_scaling", None)
+        if rope is not None and not isinstance(rope, dict):
+            raise ValueError(f"MixtralConfig: rope_parameters must be an object, got {rope!r}")
         if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in d:
             d["rope_theta"] = rope["rope_theta"]
-        if isinstance(d.get("eos_token_id"), list):
+        if isinstance(d.get("eos_token_id"), list):  # transformers allows several; we stop on the first
+            if not d["eos_token_id"]:
+                raise ValueError("MixtralConfig.eos_token_id must be an int or a non-empty list, got []")
             d["eos_token_id"] = d["eos_token_id"][0]
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)

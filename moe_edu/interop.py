@@ -9,7 +9,8 @@ Three layouts exist in the wild (E experts, I intermediate, H hidden):
 | `mistral` | `feed_forward.gate.weight` | `feed_forward.experts.{j}.w1/w3/w2.weight`     |
 
 `v5` is what `SparseMoeBlock` stores (transformers >= 5); `v4` is transformers 4.x;
-`mistral` is the naming of Mistral's own consolidated checkpoints.
+`mistral` is the naming of Mistral's own consolidated checkpoints. Loading itself (strict:
+keys, shapes, dtypes) is `loading.load_into`, the one loader for memory and files alike.
 """
 
 from __future__ import annotations
@@ -20,26 +21,13 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from .loading import StateDictError, check_and_load
+
+__all__ = ["LAYOUTS", "StateDictError", "block_to_v5", "check_and_load", "detect_layout", "export_block_state",
+           "load_block_state", "model_from_v5", "model_to_v5", "split_moe_blocks", "v5_to_layout"]
+
 LAYOUTS = ("v5", "v4", "mistral")
 _MISTRAL_PREFIX = "feed_forward."
-
-
-class StateDictError(KeyError):
-    """A state dict that does not fit: every problem is listed, nothing was loaded."""
-
-    def __init__(self, what: str, missing=(), unexpected=(), mismatched=()) -> None:
-        lines = [f"cannot load {what}:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {sorted(missing)}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {sorted(unexpected)}")
-        for key, want, got in mismatched:
-            lines.append(f"  {key}: expected shape {tuple(want)}, got {tuple(got)}")
-        self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
-        super().__init__("\n".join(lines))
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return self.args[0]
 
 
 def detect_layout(keys) -> str:
@@ -95,20 +83,6 @@ def v5_to_layout(sd: Mapping[str, torch.Tensor], layout: str) -> dict[str, torch
     if layout == "mistral":
         out = {_MISTRAL_PREFIX + k: v for k, v in out.items()}
     return out
-
-
-def check_and_load(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:
-    """Load `sd` into `module` only if keys and shapes match exactly; else raise, listing all problems."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    mismatched = [(k, own[k].shape, sd[k].shape) for k in own if k in sd and own[k].shape != sd[k].shape]
-    not_tensor = [k for k in own if k in sd and not isinstance(sd[k], torch.Tensor)]
-    if missing or unexpected or mismatched or not_tensor:
-        raise StateDictError(what, missing + not_tensor, unexpected, mismatched)
-    with torch.no_grad():
-        for k, t in own.items():
-            t.copy_(sd[k])
 
 
 def load_block_state(block: nn.Module, sd: Mapping[str, torch.Tensor], *, prefix: str = "") -> None:

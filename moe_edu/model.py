@@ -3,6 +3,8 @@
 Module names mirror transformers' `MixtralForCausalLM` (`model.layers.{i}.self_attn.q_proj`,
 `model.layers.{i}.mlp.experts.gate_up_proj`, `lm_head`, ...), so its v5 state dict
 loads as is; v4 and Mistral-native keys are converted (see `interop.model_to_v5`).
+The model knows nothing about files: checkpoints are read and written by `pretrained`
+(`from_pretrained`, `save_pretrained`) and `run_dir` (training runs).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from torch import nn
 
 from .attention import Attention, attention_mask
 from .config import MixtralConfig
+from .generation import generate
+from .interop import model_from_v5, model_to_v5
+from .loading import check_and_load
 from .losses import load_balancing_loss, router_z_loss
 from .moe_block import SparseMoeBlock
 from .norm import RMSNorm
@@ -122,7 +127,7 @@ class MixtralForCausalLM(nn.Module):
             out.z_loss = router_z_loss(out.router_logits)
         if labels is not None:
             shifted = F.pad(labels, (0, 1), value=-100)[:, 1:]  # (B, T): token t predicts t+1
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shifted.reshape(-1), ignore_index=-100)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shifted.reshape(-1).long(), ignore_index=-100)
             if output_router_logits:
                 loss = loss + cfg.router_aux_loss_coef * out.aux_loss
                 if cfg.router_z_loss_coef:
@@ -132,14 +137,10 @@ class MixtralForCausalLM(nn.Module):
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 32, **kwargs) -> torch.Tensor:
         """Greedy (default) or sampled continuation with a KV cache; see `generation.generate`."""
-        from .generation import generate
-
         return generate(self, input_ids, max_new_tokens, **kwargs)
 
     def load_hf_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> "MixtralForCausalLM":
         """Load a whole transformers (v5 or v4) or Mistral-native state dict; strict, all-or-nothing."""
-        from .interop import check_and_load, model_to_v5
-
         sd = model_to_v5(state_dict, self.config)
         if self.config.tie_word_embeddings and "lm_head.weight" not in sd and "model.embed_tokens.weight" in sd:
             sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
@@ -148,30 +149,15 @@ class MixtralForCausalLM(nn.Module):
 
     def hf_state_dict(self, layout: str = "v5") -> dict[str, torch.Tensor]:
         """This model's weights with transformers v5 / v4 keys, or Mistral-native ones ("mistral")."""
-        from .interop import model_from_v5
-
         return model_from_v5({k: v.detach().clone() for k, v in self.state_dict().items()}, self.config, layout)
-
-    @classmethod
-    def from_pretrained(cls, path, **kwargs) -> "MixtralForCausalLM":
-        """Load a local transformers checkpoint directory (config.json + safetensors) lazily."""
-        from .pretrained import from_pretrained
-
-        return from_pretrained(path, **kwargs)
-
-    def save_pretrained(self, path, **kwargs):
-        """Write a checkpoint directory that transformers' `from_pretrained` loads."""
-        from .pretrained import save_pretrained
-
-        return save_pretrained(self, path, **kwargs)
 
 
 def check_ids(input_ids: torch.Tensor, labels: torch.Tensor | None, vocab_size: int) -> None:
     """Token ids must be a (batch, tokens) integer tensor inside the vocabulary; labels alike or -100."""
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
-    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
-        raise TypeError(f"input_ids must be an integer tensor (torch.long), got dtype {input_ids.dtype}")
+    if input_ids.dtype not in (torch.long, torch.int32):
+        raise TypeError(f"input_ids must be an integer tensor of dtype torch.long (or torch.int32), got {input_ids.dtype}")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must have shape (batch, tokens), got {tuple(input_ids.shape)}")
     if input_ids.numel():
@@ -179,8 +165,9 @@ def check_ids(input_ids: torch.Tensor, labels: torch.Tensor | None, vocab_size: 
         if lo < 0 or hi >= vocab_size:
             raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got values in [{lo}, {hi}]")
     if labels is not None:
-        if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
-            raise TypeError(f"labels must be an integer tensor, got {getattr(labels, 'dtype', type(labels).__name__)}")
+        if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.long, torch.int32):
+            raise TypeError(f"labels must be an integer tensor of dtype torch.long (or torch.int32), "
+                            f"got {getattr(labels, 'dtype', type(labels).__name__)}")
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
+from typing import Mapping
+
 from .config import MixtralConfig
 
 MIXTRAL_8X7B = MixtralConfig(name="mixtral-8x7b")  # the defaults are Mixtral-8x7B-v0.1's config.json
@@ -31,14 +34,15 @@ TINY = MixtralConfig(
 # Mixtral's shape at 1/16 of its width: big enough for meaningful timings on a CPU.
 SMALL = MIXTRAL_8X7B.scaled(256, num_hidden_layers=8, head_dim=32, max_position_embeddings=2048, name="small")
 
-PRESETS: dict[str, MixtralConfig] = {
+# Read-only: a notebook cannot change "tiny" for every later caller by accident.
+PRESETS: Mapping[str, MixtralConfig] = MappingProxyType({
     c.name: c for c in (TINY, SMALL, MIXTRAL_8X7B, MIXTRAL_8X22B)
-}
+})
 
 
 def get_config(name: str) -> MixtralConfig:
     """A preset by name, with a helpful error for unknown names."""
     try:
         return PRESETS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None

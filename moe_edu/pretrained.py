@@ -11,6 +11,11 @@ Safetensors files are memory-mapped and read one tensor at a time, so
   and reads only those: with the real Mixtral-8x7B files (~90 GB) one layer's block is
   ~1.4 GB, so a student can route their own text through a real layer on a laptop.
 
+Everything is bounded by the checkpoint itself before any object is built: the layer and
+expert counts of `config.json` must agree with the tensor names and header shapes, so an
+absurd config fails at once, naming the field. Saving is atomic (`atomic.atomic_directory`):
+a reader sees the old checkpoint or the new one, whole; stale shards never survive.
+
 Expert weights may be stored fused (transformers v5: `mlp.experts.gate_up_proj`) or per
 expert (v4, and what v5 still writes: `block_sparse_moe.experts.{j}.w1/w2/w3.weight`).
 """
@@ -21,14 +26,19 @@ import json
 import re
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Mapping
+
 import torch
 from safetensors import SafetensorError, safe_open
-from torch import nn
+from safetensors.torch import save_file
 
+from .atomic import atomic_directory
 from .config import MixtralConfig
-from .interop import StateDictError, model_from_v5
+from .interop import model_from_v5
+from .loading import load_into
 from .model import MixtralForCausalLM
 from .moe_block import SparseMoeBlock
+from .validation import int_in_range, positive_int
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -47,6 +57,8 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint directory {self.path} does not exist")
         if not (self.path / "config.json").is_file():
             raise CheckpointError(f"{self.path / 'config.json'} is missing: not a transformers checkpoint")
+        if (self.path / "config.json").stat().st_size > MAX_CONFIG_BYTES:
+            raise CheckpointError(f"{self.path / 'config.json'} is over {MAX_CONFIG_BYTES} bytes: not a config")
         self.config = MixtralConfig.from_json(self.path / "config.json")
         self.files: dict[str, str] = {}  # tensor name -> shard file name
         index = self.path / INDEX
@@ -55,10 +67,17 @@ class Checkpoint:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
                 raise CheckpointError(f"cannot read the shard index {index}: {err!r}") from err
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{index}: weight_map must be an object of tensor name -> shard file")
             self.files = dict(weight_map)
+            for name in self.files.values():
+                if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+                    raise CheckpointError(f"{index} names shard {name!r} outside {self.path}: only file names allowed")
             for name in sorted(set(self.files.values())):
                 if not (self.path / name).is_file():
                     raise CheckpointError(f"{index} lists shard {name}, which is missing from {self.path}")
+                if (self.path / name).resolve().parent != self.path.resolve():  # a symlink out of the directory
+                    raise CheckpointError(f"{index} names shard {name!r}, which links outside {self.path}")
         elif (self.path / SINGLE).is_file():
             with self._open(SINGLE) as f:
                 self.files = {k: SINGLE for k in f.keys()}
@@ -66,6 +85,11 @@ class Checkpoint:
             raise CheckpointError(f"no {SINGLE} or {INDEX} in {self.path}")
         self._handles: dict[str, object] = {}
         self._stack: ExitStack | None = None
+
+    @property
+    def keys(self) -> Mapping[str, str]:
+        """The stored tensor names (what `loading.load_into` looks up)."""
+        return self.files
 
     def _open(self, name: str):
         try:
@@ -99,6 +123,44 @@ class Checkpoint:
         except SafetensorError as err:
             raise CheckpointError(f"cannot read {key!r} from {self.path / self.files[key]}: {err}") from err
 
+    def dtype(self, key: str) -> str:
+        """The stored dtype ("F32", "BF16", "I64", ...), from the file header only."""
+        try:
+            return self._handle(key).get_slice(key).get_dtype()
+        except SafetensorError as err:
+            raise CheckpointError(f"cannot read {key!r} from {self.path / self.files[key]}: {err}") from err
+
+    def check_counts(self, layers: range | None = None) -> None:
+        """config.json's layer and expert counts must match the stored names and header shapes.
+
+        Runs before any model is built, so a config claiming 10^8 layers or 10^9 experts fails
+        in milliseconds instead of building Python objects for minutes. Expert counts are checked
+        for `layers` (default: all); per-expert names need no file opened, fused tensors one header.
+        """
+        cfg, stored_layers, per_expert = self.config, set(), {}
+        for key in self.files:
+            m = re.match(r"model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.", key)
+            if m:
+                i, j = int(m.group(1)), int(m.group(2))
+                per_expert[i] = max(per_expert.get(i, 0), j + 1)
+            m = m or re.match(r"model\.layers\.(\d+)\.", key)
+            if m:
+                stored_layers.add(int(m.group(1)))
+        n = len(stored_layers)
+        if cfg.num_hidden_layers != n or stored_layers != set(range(n)):
+            raise CheckpointError(f"{self.path / 'config.json'}: num_hidden_layers={cfg.num_hidden_layers}, but the "
+                                  f"tensors hold {n} layers (indices {_span(stored_layers)})")
+        for i in range(n) if layers is None else layers:
+            stored = per_expert.get(i, 0)
+            fused = [f"model.layers.{i}.{name}" for name in ("mlp.experts.gate_up_proj", "mlp.gate.weight",
+                                                               "block_sparse_moe.gate.weight")]
+            fused = [k for k in fused if k in self.files]
+            if not stored and fused:
+                stored = (self.shape(fused[0]) or (0,))[0]  # rows = experts, from the header only
+            if stored != cfg.num_local_experts:
+                raise CheckpointError(f"{self.path / 'config.json'}: num_local_experts={cfg.num_local_experts}, but "
+                                      f"layer {i} stores {stored} experts")
+
     def tensor(self, key: str) -> torch.Tensor:
         try:
             return self._handle(key).get_tensor(key)
@@ -106,101 +168,20 @@ class Checkpoint:
             raise CheckpointError(f"cannot read {key!r} from {self.path / self.files[key]}: {err}") from err
 
 
-# --- which stored tensors make each of our parameters -------------------------------
-# A source is (keys, pieces): pieces = 0 for one stored tensor; else the keys are per-expert
-# tensors, `pieces` per expert (2: w1 then w3 stacked into gate_up_proj; 1: w2 into down_proj).
-Source = tuple[list[str], int]
+MAX_CONFIG_BYTES = 1 << 20  # a Mixtral config.json is ~1 kB
 
 
-def _experts_source(ckpt: Checkpoint, prefix: str, name: str, num_experts: int) -> tuple[Source | None, list[str]]:
-    """Fused v5 tensor if stored, else the per-expert v4 tensors; or None and the keys that are missing."""
-    for moe in ("mlp.", "block_sparse_moe."):
-        if f"{prefix}{moe}experts.{name}" in ckpt.files:
-            return ([f"{prefix}{moe}experts.{name}"], 0), []
-    ns = (1, 3) if name == "gate_up_proj" else (2,)  # gate_up_proj = [w1; w3] per expert, down_proj = w2
-    for moe in ("block_sparse_moe.", "mlp."):
-        keys = [f"{prefix}{moe}experts.{j}.w{n}.weight" for j in range(num_experts) for n in ns]
-        present = [k for k in keys if k in ckpt.files]
-        if len(present) == len(keys):
-            return (keys, len(ns)), []
-        if present:  # a per-expert layout with holes: name the holes
-            return None, [k for k in keys if k not in ckpt.files]
-    return None, [f"{prefix}mlp.experts.{name}"]
+def _span(indices: set[int]) -> str:
+    return f"{min(indices)}..{max(indices)}" if indices else "none"
 
 
-def _source(ckpt: Checkpoint, param: str, num_experts: int) -> tuple[Source | None, list[str]]:
-    m = re.match(r"(model\.layers\.\d+\.)mlp\.(.+)$", param)
-    if m is None:
-        return (([param], 0), []) if param in ckpt.files else (None, [param])
-    prefix, rest = m.groups()
-    if rest.startswith("experts."):
-        return _experts_source(ckpt, prefix, rest[len("experts."):], num_experts)
-    for moe in ("mlp.", "block_sparse_moe."):
-        if f"{prefix}{moe}{rest}" in ckpt.files:
-            return ([f"{prefix}{moe}{rest}"], 0), []
-    return None, [param]
-
-
-def _stored_shape(ckpt: Checkpoint, src: Source) -> tuple[tuple[int, ...], list]:
-    """The shape `src` assembles to, from file headers only, and any per-expert tensors of odd shape."""
-    keys, pieces = src
-    shapes = [ckpt.shape(k) for k in keys]
-    if not pieces:
-        return shapes[0], []
-    odd = [(k, shapes[0], s) for k, s in zip(keys, shapes) if s != shapes[0]]
-    return (len(keys) // pieces, pieces * shapes[0][0], *shapes[0][1:]), odd
-
-
-def _read(ckpt: Checkpoint, src: Source, dtype: torch.dtype | None, device) -> torch.Tensor:
-    """Assemble one parameter, reading its stored tensors one at a time into one buffer."""
-    keys, pieces = src
-    first = ckpt.tensor(keys[0])
-    if not pieces:
-        return first.to(device=device, dtype=dtype)
-    rows = first.shape[0]
-    out = torch.empty(len(keys) // pieces, pieces * rows, *first.shape[1:], dtype=dtype or first.dtype, device=device)
-    for i, key in enumerate(keys):
-        j, part = divmod(i, pieces)
-        out[j, part * rows:(part + 1) * rows] = first if i == 0 else ckpt.tensor(key)  # (rows, cols)
-    return out
-
-
-def load_into(module: nn.Module, ckpt: Checkpoint, prefix: str, what: str, *, dtype: torch.dtype | None = None,
-              device: torch.device | str = "cpu", strict_prefix: str | None = None) -> None:
-    """Fill `module`'s (meta) parameters from `ckpt` keys `prefix + name`, checking all keys and shapes first.
-
-    `strict_prefix`: checkpoint keys under it that no parameter used are reported as unexpected.
-    """
-    E = module.config.num_local_experts
-    plan, missing, mismatched, used = {}, [], [], set()
-    for name, p in module.named_parameters():
-        src, absent = _source(ckpt, prefix + name, E)
-        missing += absent
-        if src is None:
-            continue
-        stored, odd = _stored_shape(ckpt, src)
-        mismatched += odd
-        if stored != tuple(p.shape):
-            mismatched.append((prefix + name, p.shape, stored))
-        plan[name] = src
-        used.update(src[0])
-    unexpected = []
-    if strict_prefix is not None:
-        unexpected = [k for k in ckpt.files if k.startswith(strict_prefix) and k not in used]
-        if getattr(module.config, "tie_word_embeddings", False):
-            unexpected = [k for k in unexpected if k != "lm_head.weight"]
-    if missing or unexpected or mismatched:
-        raise StateDictError(f"{what} from {ckpt.path}", missing, unexpected, mismatched)
-    for name, src in plan.items():  # one parameter at a time: peak = model + one stored tensor
-        owner, attr = _owner(module, name)
-        with torch.no_grad():
-            value = _read(ckpt, src, dtype, device)
-        setattr(owner, attr, nn.Parameter(value, requires_grad=getattr(owner, attr).requires_grad))
-
-
-def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
-    path, _, attr = name.rpartition(".")
-    return (module.get_submodule(path) if path else module), attr
+def _dtype(dtype) -> torch.dtype | None:
+    """None, a floating-point torch.dtype, or its name ("bfloat16")."""
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype.removeprefix("torch."), None), torch.dtype):
+        dtype = getattr(torch, dtype.removeprefix("torch."))
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be None or a floating-point torch.dtype (e.g. torch.bfloat16), got {dtype!r}")
+    return dtype
 
 
 def from_pretrained(path: str | Path, *, dtype: torch.dtype | None = None, device: torch.device | str = "cpu",
@@ -212,18 +193,19 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype | None = None, devic
     `num_hidden_layers=n` keeps only the first n decoder layers and never reads the others:
     with Mixtral-8x7B, `n=1` (~2 GB) is enough to route real text through a real layer.
     """
+    dtype = _dtype(dtype)
     with Checkpoint(path) as ckpt:
         cfg, total = ckpt.config, ckpt.config.num_hidden_layers
         if num_hidden_layers is not None:
-            if isinstance(num_hidden_layers, bool) or not isinstance(num_hidden_layers, int) or not (
-                    1 <= num_hidden_layers <= total):
-                raise ValueError(f"num_hidden_layers must be an int in [1, {total}], got {num_hidden_layers!r}")
+            int_in_range(f"num_hidden_layers (the checkpoint has num_hidden_layers={total})", num_hidden_layers, 1, total)
+        ckpt.check_counts(range(num_hidden_layers or total))  # before anything is built
+        if num_hidden_layers is not None:
             cfg = cfg.replace(num_hidden_layers=num_hidden_layers)
             dropped = tuple(f"model.layers.{i}." for i in range(num_hidden_layers, total))
             ckpt.files = {k: f for k, f in ckpt.files.items() if not k.startswith(dropped)}
         with torch.device("meta"):
             model = MixtralForCausalLM(cfg, dispatch=dispatch)
-        load_into(model, ckpt, "", f"a MixtralForCausalLM ({cfg.num_hidden_layers} layers)",
+        load_into(model, ckpt, f"a MixtralForCausalLM ({cfg.num_hidden_layers} layers) from {ckpt.path}",
                   dtype=dtype, device=device, strict_prefix="")
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
@@ -234,14 +216,16 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype | None = None, devic
 def load_moe_block(path: str | Path, layer: int, *, dtype: torch.dtype | None = None,
                    device: torch.device | str = "cpu", dispatch: str = "grouped") -> SparseMoeBlock:
     """Layer `layer`'s sparse MoE block alone: only its shards are opened, only its tensors read."""
+    dtype = _dtype(dtype)
     with Checkpoint(path) as ckpt:
         n = ckpt.config.num_hidden_layers
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
-            raise ValueError(f"layer must be an int in [0, num_hidden_layers={n}), got {layer!r}")
+        int_in_range(f"layer (the checkpoint has num_hidden_layers={n})", layer, 0, n - 1)
+        ckpt.check_counts(range(layer, layer + 1))
         with torch.device("meta"):
             block = SparseMoeBlock(ckpt.config, dispatch=dispatch)
         prefix = f"model.layers.{layer}."
-        load_into(block, ckpt, prefix + "mlp.", f"the MoE block of layer {layer}", dtype=dtype, device=device)
+        load_into(block, ckpt, f"the MoE block of layer {layer} from {ckpt.path}", prefix=prefix + "mlp.",
+                  dtype=dtype, device=device, strict_prefix=None)
     return block.eval()
 
 
@@ -250,43 +234,57 @@ def save_pretrained(model: MixtralForCausalLM, path: str | Path, *, max_shard_si
 
     Weights are written as transformers' own `save_pretrained` writes them (per-expert
     `block_sparse_moe.experts.{j}.w1/w2/w3.weight`); `max_shard_size` is in bytes.
+    Atomic: `path` holds the old checkpoint or the new one, whole, whatever happens.
     """
-    from safetensors.torch import save_file
-
     if not isinstance(model, MixtralForCausalLM):
         raise TypeError(f"save_pretrained expects a moe_edu MixtralForCausalLM, got {type(model).__name__}")
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    positive_int("max_shard_size", max_shard_size)
     cfg = model.config
     sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     if cfg.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
-    sd = model_from_v5(sd, cfg, "v4")
+    return write_checkpoint(path, model_from_v5(sd, cfg, "v4"), cfg, max_shard_size=max_shard_size)
+
+
+def write_checkpoint(path: str | Path, tensors: Mapping[str, torch.Tensor], config: MixtralConfig, *,
+                     max_shard_size: int = 5 * 2**30, metadata: Mapping[str, str] | None = None,
+                     files: Mapping[str, str] | None = None) -> Path:
+    """The one checkpoint writer: shards (+ index), `config.json` and any extra text `files`, atomically.
+
+    Everything goes into a temporary sibling directory that then replaces `path` in one swap,
+    so files of an older checkpoint (other shards, an index) can never survive next to the new one.
+    """
+    path = Path(path)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
-    for k in sorted(sd):
-        nbytes = sd[k].numel() * sd[k].element_size()
+    for k in sorted(tensors):
+        nbytes = tensors[k].numel() * tensors[k].element_size()
         if shards[-1] and size + nbytes > max_shard_size:
             shards.append({})
             size = 0
-        shards[-1][k] = sd[k]
+        shards[-1][k] = tensors[k]
         size += nbytes
     names = [SINGLE] if len(shards) == 1 else [
         f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    for name, shard in zip(names, shards):
-        save_file(shard, str(path / name), metadata={"format": "pt"})
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in sd.values())},
-                 "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
-        (path / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    (path / "config.json").write_text(json.dumps(hf_config_dict(cfg, next(iter(sd.values())).dtype), indent=2) + "\n")
+    dtype = next(iter(tensors.values())).dtype
+    with atomic_directory(path) as tmp:
+        for name, shard in zip(names, shards):
+            save_file(shard, str(tmp / name), metadata=dict(metadata or {"format": "pt"}))
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+                     "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
+            (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        (tmp / "config.json").write_text(json.dumps(hf_config_dict(config, dtype), indent=2) + "\n")
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
     return path
 
 
 def hf_config_dict(cfg: MixtralConfig, dtype: torch.dtype) -> dict:
-    """`cfg` as transformers' `config.json` (read by transformers 4.x and 5.x alike)."""
-    d = cfg.to_dict()
-    d.pop("router_z_loss_coef")  # ours only; transformers has no z-loss
-    d.update(architectures=["MixtralForCausalLM"], model_type="mixtral", dtype=str(dtype).removeprefix("torch."),
-             rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta})
+    """`cfg` as transformers' `config.json` (read by transformers 4.x and 5.x alike); the one config writer.
+
+    `router_z_loss_coef` is ours (transformers keeps unknown keys as attributes and ignores it).
+    """
+    d = {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", **cfg.to_dict()}
+    d.update(dtype=str(dtype).removeprefix("torch."), rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta})
     return d

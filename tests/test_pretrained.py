@@ -77,7 +77,7 @@ def test_checkpoint_is_sharded_with_an_index(checkpoint):
 def test_from_pretrained_equals_transformers(checkpoint, monkeypatch):
     path, hf = checkpoint
     spy = Spy(monkeypatch)
-    model = MixtralForCausalLM.from_pretrained(path)
+    model = moe_edu.from_pretrained(path)
     assert sorted(spy.read) == sorted(index_of(path))  # every stored tensor read exactly once
     assert not any(p.is_meta for p in model.parameters()) and not model.training
     assert model.config == CFG
@@ -108,7 +108,7 @@ def test_one_layer_block_reads_nothing_else(checkpoint, monkeypatch):
 def test_first_layers_only(checkpoint, monkeypatch):
     path, hf = checkpoint
     spy = Spy(monkeypatch)
-    model = MixtralForCausalLM.from_pretrained(path, num_hidden_layers=1)
+    model = moe_edu.from_pretrained(path, num_hidden_layers=1)
     assert model.config.num_hidden_layers == 1 and len(model.model.layers) == 1
     assert spy.read and not any(k.startswith(("model.layers.1.", "model.layers.2.")) for k in spy.read)
     with torch.no_grad():
@@ -116,31 +116,31 @@ def test_first_layers_only(checkpoint, monkeypatch):
         theirs = hf(input_ids=ids(), output_router_logits=True).router_logits
     assert len(mine) == 1 and (mine[0] - theirs[0]).abs().max().item() <= 1e-5  # layer 0 routes real text alike
     with pytest.raises(ValueError, match="num_hidden_layers"):
-        MixtralForCausalLM.from_pretrained(path, num_hidden_layers=4)
+        moe_edu.from_pretrained(path, num_hidden_layers=4)
 
 
 def test_save_pretrained_is_loaded_by_transformers(checkpoint, tmp_path):
     path, hf = checkpoint
-    ours = MixtralForCausalLM.from_pretrained(path)
+    ours = moe_edu.from_pretrained(path)
     out = tmp_path / "ours"
-    ours.save_pretrained(out, max_shard_size=30_000)
+    moe_edu.save_pretrained(ours, out, max_shard_size=30_000)
     assert (out / "model.safetensors.index.json").is_file()
     theirs = transformers.MixtralForCausalLM.from_pretrained(out).eval()
-    again = MixtralForCausalLM.from_pretrained(out)
+    again = moe_edu.from_pretrained(out)
     with torch.no_grad():
         ref = hf(input_ids=ids()).logits
         assert torch.equal(theirs(input_ids=ids()).logits, ref)
         assert (again(ids()).logits - ref).abs().max().item() <= 1e-4
     single = moe_edu.save_pretrained(ours, tmp_path / "single")
     assert (single / "model.safetensors").is_file() and not (single / "model.safetensors.index.json").exists()
-    assert torch.equal(MixtralForCausalLM.from_pretrained(single).lm_head.weight, ours.lm_head.weight)
+    assert torch.equal(moe_edu.from_pretrained(single).lm_head.weight, ours.lm_head.weight)
 
 
 def test_tied_embeddings_round_trip(tmp_path):
     cfg = CFG.replace(tie_word_embeddings=True)
     model = MixtralForCausalLM(cfg)
-    model.save_pretrained(tmp_path)
-    loaded = MixtralForCausalLM.from_pretrained(tmp_path)
+    moe_edu.save_pretrained(model, tmp_path)
+    loaded = moe_edu.from_pretrained(tmp_path)
     assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
     assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
 
@@ -163,15 +163,15 @@ def test_corrupted_and_missing_files_name_the_file(checkpoint, tmp_path):
     data = (path / shard).read_bytes()
     (bad / shard).write_bytes(data[: len(data) - 100])  # truncated
     with pytest.raises(CheckpointError, match=shard):
-        MixtralForCausalLM.from_pretrained(bad)
+        moe_edu.from_pretrained(bad)
     (bad / shard).unlink()
     with pytest.raises(CheckpointError, match=f"lists shard {shard}"):
-        MixtralForCausalLM.from_pretrained(bad)
+        moe_edu.from_pretrained(bad)
     with pytest.raises(CheckpointError, match="does not exist"):
-        MixtralForCausalLM.from_pretrained(tmp_path / "nowhere")
+        moe_edu.from_pretrained(tmp_path / "nowhere")
     (bad / "config.json").unlink()
     with pytest.raises(CheckpointError, match="config.json"):
-        MixtralForCausalLM.from_pretrained(bad)
+        moe_edu.from_pretrained(bad)
 
 
 def test_missing_key_and_wrong_shape_are_listed(checkpoint, tmp_path):
@@ -181,7 +181,7 @@ def test_missing_key_and_wrong_shape_are_listed(checkpoint, tmp_path):
     del index["weight_map"]["model.layers.0.self_attn.k_proj.weight"]
     (bad / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(StateDictError, match="model.layers.0.self_attn.k_proj.weight"):
-        MixtralForCausalLM.from_pretrained(bad)
+        moe_edu.from_pretrained(bad)
     shard = index["weight_map"].pop("model.layers.1.block_sparse_moe.experts.2.w3.weight")
     (bad / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(StateDictError) as err:
