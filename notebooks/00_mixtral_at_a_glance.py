@@ -59,7 +59,7 @@ from moe_edu.plots import parameter_breakdown
 # | 超越或匹配 Llama 2 70B 和 GPT-3.5 | matches or beats Llama 2 70B and GPT-3.5 | *cited* — paper Table 2 and Fig. 2 (Llama 2), Table 3 (GPT-3.5); on *most*, not all, benchmarks (see below) | — |
 # | 數學、程式碼生成、多語言處理表現卓越 | strong at maths, code, multilingual | *cited* — paper Tables 2–4 | — |
 # | 法語、德語、西班牙語、義大利語優於 Llama 2 70B | beats Llama 2 70B in French, German, Spanish, Italian | *cited* — paper Table 4 | — |
-# | Passkey 檢索任務達到 100% 準確度 | 100 % passkey retrieval | *cited* — paper Fig. 4 | — |
+# | Passkey 檢索任務達到 100% 準確度 | 100 % passkey retrieval | *cited* — paper §3.2, Fig. 4 (at every context length and passkey position) | — |
 # | Instruct 超越 GPT-3.5 Turbo、Claude-2.1、Gemini Pro、Llama 2 70B-chat | Instruct beats GPT-3.5 Turbo, Claude-2.1, Gemini Pro, Llama 2 70B-chat | *cited* — paper §4, LMSys Arena (Dec 2023) | — |
 # | BBQ 偏差較少，BOLD 情感更正向 | less bias on BBQ, more positive sentiment on BOLD | *cited* — paper §3.3, Fig. 5 (BBQ accuracy 56.0 % vs 51.5 % for Llama 2 70B) | — |
 # | Apache 2.0 許可 | Apache 2.0 licence | *fact* (this course is Apache 2.0 too) | — |
@@ -240,7 +240,8 @@ print("equal:", n_module == tiny_count.total)
 # ## 7. Glossary: the seed's words, in English and in code
 #
 # The seed writes in Traditional Chinese; the paper and the code write in English. This table links the three and
-# names the notebook that teaches each idea. (`moe_edu.glossary.GLOSSARY` holds it as data.)
+# names the notebook that teaches each idea, from the seed's own words (notebooks 00–05) to the terms of notebooks
+# 05–12 that the seed never uses (written in Taiwan usage). (`moe_edu.glossary.GLOSSARY` holds it as data.)
 
 # %%
 moe_edu.glossary_table()
@@ -249,6 +250,12 @@ moe_edu.glossary_table()
 # Two of these deserve a note. **路由網絡** (router network) and **門控網絡** (gating network) are the same thing —
 # the seed uses both; the code calls it `gate` (as in `transformers`). And **加權輸出 / 加權融合** (weighted output /
 # weighted combination) is the last step of the block: $y = \sum_{i \in \text{top-}k} w_i \, E_i(x)$.
+#
+# **Taiwan usage.** The seed is written in Traditional characters but uses some Mainland words. The last column
+# gives the form a Taiwan reader expects, and the course's own Chinese (the summary boxes, the later terms) uses it:
+# 網絡 → **網路** (路由網路、門控網路), 數據 → **資料**, 活動參數 → **啟用參數**, 激活 → **啟用** (稀疏啟用),
+# 推理 → **推論**, 優化 → **最佳化**, 性能 → **效能**, 許可 → **授權** (Apache 2.0 授權).
+# `moe_edu.glossary.TAIWAN_USAGE` lists them, and `term(...)` finds a row by either form.
 
 # %% [markdown]
 # ## Recap
@@ -321,8 +328,12 @@ moe_edu.glossary_table()
 #
 # ## Exercises
 #
-# The hands-on exercises start with the next notebook: `notebooks/exercises/ex01_gating.ipynb` (router logits and
-# probabilities) through `notebooks/exercises/ex05_mixtral_smoe_block.ipynb` (the full block). Question 3 above is a
-# good warm-up: do it in a scratch cell here.
+# The hands-on exercises start with the next notebook: every course notebook from 01 to 12 has a companion in
+# `notebooks/exercises/` with the same number — `ex01_gating` (router logits and probabilities), `ex02` (top-k mask
+# and weights), `ex03` (dispatch), `ex04` (combining), `ex05` (the full block), `ex06` (routing explorer), `ex07`
+# (load-balancing and z-loss), `ex08` (consecutive repetition), `ex09` (Switch and expert choice), `ex10` (scaling
+# out), `ex11` (KV cache, expert cache, int8) and `ex12` (upcycling, pruning, aux-loss-free balancing); each has
+# checked coding exercises and one open question. Notebook 00 has none: question 3 above is a good warm-up — do it
+# in a scratch cell here.
 #
 # **Next:** [01 · Gating](01_gating.ipynb) — the router.

@@ -204,7 +204,8 @@ plt.show()
 # Tokens of one "domain" get similar rows, so they tend to share experts. Nothing here was trained — a random
 # router already maps similar inputs to similar distributions, because the logits are linear in the input.
 # Whether *trained* Mixtral experts specialise by domain is a different question (surprisingly, mostly not: the
-# paper's §5 finds routing follows syntax more than topic; notebook 08 repeats that analysis).
+# paper's §5 finds no obvious topic specialisation, and routing that looks aligned with syntax; notebook 08
+# repeats that analysis).
 
 # %% [markdown]
 # ## 5. Temperature: how peaked is the routing?

@@ -319,7 +319,7 @@ plt.show()
 # At efficiency 0.5 the whole layer runs at half speed: three ranks wait for one. This is the systems reason for
 # the load-balancing loss of notebook 07 (it pushes the router towards uniform loads) and for expert capacity in
 # notebook 09 (it caps the busiest expert, at the price of dropped tokens). The paper does not say how Mixtral was
-# trained (§2 only names expert parallelism and its load-balancing challenge); `transformers` implements the
+# trained (§2.1 only names expert parallelism and its load-balancing challenge); `transformers` implements the
 # auxiliary loss (coefficient 0.02 in the released config), and Mixtral's released inference code is dropless.
 
 # %% [markdown]
