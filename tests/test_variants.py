@@ -470,3 +470,13 @@ def test_output_names_one_meaning_and_old_names_still_read():
     out = seeded(SwitchMoE, E, 0.5)(hidden())
     assert out.load_counts.dtype == torch.int64 and int(out.load_counts.sum()) + out.dropped == 96  # counts, not shares
     assert out.expert_load is out.load_counts and out.expert_demand is out.demand_counts  # compatibility aliases
+
+
+def test_capacity_factor_can_be_changed_on_the_layer():
+    moe = seeded(SwitchMoE, E, 1.25)
+    x = hidden()
+    moe.capacity_factor = 0.5
+    assert moe.gate.capacity_factor == 0.5 and moe.capacity(96) == expert_capacity(96, E, 1, 0.5)
+    assert moe(x).dropped > 0
+    with pytest.raises(ValueError, match="capacity_factor"):
+        moe.capacity_factor = 0

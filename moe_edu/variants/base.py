@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..capacity import check_capacity_factor
 from ..moe_block import MoEBlock
 
 
@@ -92,7 +93,12 @@ class RoutedMoE(MoEBlock):
 
     @property
     def capacity_factor(self) -> float:
+        """The router's capacity factor (routers with a capacity limit only); settable."""
         return self.gate.capacity_factor
+
+    @capacity_factor.setter
+    def capacity_factor(self, value: float) -> None:
+        self.gate.capacity_factor = check_capacity_factor(value)
 
     def copy_from_block(self, block: nn.Module) -> "RoutedMoE":
         """Take the router and experts of a `SparseMoeBlock` (same E, H, I), so variants differ only in routing."""
