@@ -80,7 +80,7 @@ GLOSSARY: tuple[Term, ...] = (
     Term("SwiGLU 專家", "SwiGLU expert", "moe_edu.experts.Experts", "05",
          "w2(silu(w1 x) * (w3 x)): three H x I matrices, 3HI parameters per expert."),
     Term("路由分析", "routing analysis", "moe_edu.analysis.repetition_rates", "06, 08",
-         "The paper's section 5: which experts tokens of each domain and layer go to, and how often neighbours share them."),
+         "The paper's section 5: which experts each domain's tokens use per layer; how often neighbours share them."),
     Term("負載平衡損失", "load-balancing (auxiliary) loss", "moe_edu.losses.load_balancing_loss", "07",
          "E * sum_e f_e * P_e (Switch style): k when routing is balanced, up to E when it collapses."),
     Term("路由 z 損失", "router z-loss", "moe_edu.losses.router_z_loss", "07",
@@ -167,7 +167,7 @@ class GlossaryTable:
         head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in COLUMNS)
         body = "".join(
             "<tr>" + "".join(
-                f"<td style='text-align:left'>{'<code>' + html.escape(v) + '</code>' if i == 2 else html.escape(v)}</td>"
+                f"<td style='text-align:left'>{f'<code>{html.escape(v)}</code>' if i == 2 else html.escape(v)}</td>"
                 for i, v in enumerate(row)
             ) + "</tr>"
             for row in self.rows()

@@ -319,8 +319,9 @@ for layer in range(layers):
 # <details><summary>Answer</summary>
 #
 # $P_e = 1/8$ for every expert, so the aux loss is $\sum_e f_e = k = 2$ whatever is chosen; the z-loss is
-# $(\log 8)^2 \approx 4.32$. Every row is an 8-way tie, so `topk` picks the same implementation-defined pair for
-# every token (notebook 02) — complete collapse onto two experts, scored as perfectly balanced: the blind spot.
+# $(\log 8)^2 \approx 4.32$. Every row is an 8-way tie, so `topk` picks an implementation-defined pair (notebook
+# 02) — in practice the same pair for every identical row: complete collapse onto two experts, scored as perfectly
+# balanced. That is the blind spot.
 #
 # </details>
 #
