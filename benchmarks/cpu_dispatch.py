@@ -24,9 +24,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -200,7 +200,8 @@ def markdown(results: list[Result], rounds: int, load: float | None = None) -> s
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {rounds} interleaved rounds, medians"
         + (f"; load average {load:.1f} on {os.cpu_count()} CPUs when it started." if load is not None else "."),
         "Ideal = one SwiGLU expert over T*k rows (same active FLOPs, no routing); "
-        "floor = the same expert GEMMs ours runs, on rows already sorted by expert (no router, sort, gather or combine): "
+        "floor = the same expert GEMMs ours runs, on rows already sorted by expert "
+        "(no router, sort, gather or combine): "
         "ours/floor is the cost of dispatch itself; "
         "HF best = faster of transformers' `eager` and `grouped_mm` experts. "
         "Ratios are medians over rounds of the ratio within a round (back-to-back timings, so the load drift of a "
@@ -223,7 +224,8 @@ def markdown(results: list[Result], rounds: int, load: float | None = None) -> s
     for r in results:
         lines.append(f"| {r.case.label} | {r.threads} | {cell(r, 'ideal')} | {cell(r, 'floor')} | {cell(r, 'ours')} | "
                      f"{cell(r, 'hf_eager')} | {cell(r, 'hf_grouped_mm')} | {r.vs_ideal:.2f} | "
-                     f"{ratio(r.vs_floor, r.case.max_vs_floor)} | {ratio(r.vs_hf, r.case.max_vs_hf)} | ±{50 * max(r.spread.values(), default=0):.0f}% |")
+                     f"{ratio(r.vs_floor, r.case.max_vs_floor)} | {ratio(r.vs_hf, r.case.max_vs_hf)} | "
+                     f"±{50 * max(r.spread.values(), default=0):.0f}% |")
     return "\n".join(lines) + "\n"
 
 

@@ -75,7 +75,7 @@ def keep_within_capacity(chosen: torch.Tensor, num_experts: int, capacity: int,
 
 
 class CapacityRouter(Router):
-    """A router whose experts hold C = ceil(capacity_factor * N * slots / E) rows each (Switch, GShard, expert choice)."""
+    """A router whose experts hold C = ceil(capacity_factor * N * slots / E) rows each (Switch, GShard, EC)."""
 
     slots_per_token = 1  # k in C's formula
 
@@ -99,7 +99,7 @@ class CapacityDispatch(NamedTuple):
 def capacity_dispatch(
     x: torch.Tensor, experts: Experts, weights: torch.Tensor, chosen: torch.Tensor, capacity_factor: float = 1.25
 ) -> CapacityDispatch:
-    """Dispatch like `moe_edu.dispatch.loop_dispatch`, but each expert keeps at most C assignments (first come, first served).
+    """Dispatch like `moe_edu.dispatch.loop_dispatch`, but each expert keeps at most C assignments (FCFS).
 
     Dropped assignments contribute nothing (weights are *not* renormalised over the kept
     ones). With `capacity_factor >= E / k` nothing is dropped and `y` equals the dropless result.
@@ -115,5 +115,6 @@ def capacity_dispatch(
     return CapacityDispatch(dispatch_kept(x, experts, weights, chosen, kept), kept, C)
 
 
-__all__ = ["CapacityDispatch", "CapacityRouter", "capacity_dispatch", "check_capacity_factor", "dispatch_assignments", "dispatch_kept",
+__all__ = ["CapacityDispatch", "CapacityRouter", "capacity_dispatch", "check_capacity_factor", "dispatch_assignments",
+           "dispatch_kept",
            "expert_capacity", "keep_within_capacity", "queue_positions"]

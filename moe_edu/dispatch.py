@@ -21,7 +21,7 @@ tests check all agree (values and gradients).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -125,7 +125,8 @@ def choose_path(x: torch.Tensor, experts: Experts) -> str:
     return "kernel" if kernel else "loop"
 
 
-def grouped_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
+def grouped_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor,
+                     expert_ids: torch.Tensor) -> torch.Tensor:
     """Sort assignments by expert, run each expert on its contiguous rows, un-sort, weighted sum over k.
 
     On CUDA bf16 this is two `grouped_mm` kernels and no host sync; elsewhere one

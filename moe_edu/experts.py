@@ -87,7 +87,7 @@ class Experts(nn.Module):
                 rows = slice(s, min(s + step, start + n))
                 h = buf[: rows.stop - rows.start]  # (n, 2I)
                 torch.mm(xs[rows], self.gate_up_proj[e].t(), out=h)  # (n, 2I)
-                gate, up = h.chunk(2, dim=-1)  # (n, I), (n, I) views into the buffer (silu in place on a strided view is slower)
+                gate, up = h.chunk(2, dim=-1)  # (n, I), (n, I) views (silu in place on this strided view is slower)
                 torch.mm(F.silu(gate).mul_(up), self.down_proj[e].t(), out=out[rows])  # (n, H)
             start += n
         return out

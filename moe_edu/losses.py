@@ -5,7 +5,7 @@ Notebook 07 trains the tiny model with and without them.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -15,7 +15,7 @@ router_logits `(B*T, E)`, transformers' convention.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -109,7 +109,7 @@ class SparseMoeBlock(MoEBlock):
         self.top_k = config.num_experts_per_tok
 
     # --- interop -------------------------------------------------------------
-    def load_hf_state_dict(self, state_dict: Mapping[str, torch.Tensor], *, prefix: str = "") -> "SparseMoeBlock":
+    def load_hf_state_dict(self, state_dict: Mapping[str, torch.Tensor], *, prefix: str = "") -> SparseMoeBlock:
         """Load a transformers (v5 fused or v4 per-expert) or Mistral-native MoE state dict.
 
         Everything is checked before anything is copied: a mismatch raises

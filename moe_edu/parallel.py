@@ -50,7 +50,7 @@ class _AllToAll(torch.autograd.Function):
 
 def all_to_all(x: torch.Tensor, send: list[int], recv: list[int], group=None,
                timeout: timedelta = timedelta(seconds=60)) -> torch.Tensor:
-    """Send `send[r]` consecutive rows of x (N, ...) to rank r; receive `recv[r]` rows from rank r (waits <= timeout)."""
+    """Send `send[r]` consecutive rows of x (N, ...) to rank r; receive `recv[r]` rows from rank r; wait <= timeout."""
     return _AllToAll.apply(x, send, recv, group, timeout)
 
 

@@ -11,8 +11,8 @@ Notebooks 01 (gating), 02 (top-k) and 04 (weighted combining) derive these by ha
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F

@@ -65,7 +65,7 @@ def test_fast_paths_equal_loop_with_grads(name, tokens):
         grads = torch.autograd.grad((y * y).sum(), [x, *block.parameters()])
         outs.append((y, grads))
     torch.testing.assert_close(outs[1][0], outs[0][0], rtol=0, atol=1e-12)
-    for a, b in zip(outs[1][1], outs[0][1]):
+    for a, b in zip(outs[1][1], outs[0][1], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
@@ -136,7 +136,7 @@ def test_fp32_training_path_matches_loop():
     for block in (ref, fast):
         y, _ = block(x)
         grads.append(torch.autograd.grad((y * y).sum(), [x, *block.parameters()]))
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 

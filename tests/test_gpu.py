@@ -36,7 +36,7 @@ def test_low_precision_matches_loop(dispatch, dtype, tokens):
     torch.testing.assert_close(logits, l0)
     scale = y0.abs().max()
     assert (y - y0).abs().max() <= 2e-2 * scale
-    for a, b in zip(g, g0):
+    for a, b in zip(g, g0, strict=True):
         assert (a - b).abs().max() <= 3e-2 * b.abs().max() + 1e-6
 
 

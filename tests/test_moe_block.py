@@ -43,7 +43,7 @@ def test_all_dispatch_paths_agree_in_values_and_gradients(ek, tokens, seed):
     for name, (y, gx, gp) in results.items():
         torch.testing.assert_close(y, ref[0], rtol=1e-5, atol=1e-5, msg=f"{name} values")
         torch.testing.assert_close(gx, ref[1], rtol=1e-4, atol=1e-5, msg=f"{name} input grad")
-        for a, b in zip(gp, ref[2]):
+        for a, b in zip(gp, ref[2], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"{name} weight grad")
 
 

@@ -11,8 +11,18 @@ import moe_edu
 from moe_edu.capacity import capacity_dispatch
 from moe_edu.dispatch import loop_dispatch
 from moe_edu.variants import (
-    VARIANTS, ExpertChoiceMoE, GShardMoE, MixtralDroplessMoE, MoEOutput, NoisyTopKMoE, SharedExpertMoE,
-    SwitchMoE, build_variant, build_variants, expert_capacity, keep_within_capacity,
+    VARIANTS,
+    ExpertChoiceMoE,
+    GShardMoE,
+    MixtralDroplessMoE,
+    MoEOutput,
+    NoisyTopKMoE,
+    SharedExpertMoE,
+    SwitchMoE,
+    build_variant,
+    build_variants,
+    expert_capacity,
+    keep_within_capacity,
 )
 from moe_edu.variants.compare import Table, compare, load_stats
 from moe_edu.variants.noisy_topk import prob_in_topk
@@ -107,7 +117,8 @@ def test_switch_respects_capacity_and_counts_drops_exactly(factor):
 def test_switch_with_full_capacity_is_p_times_the_top1_block():
     moe = seeded(SwitchMoE, E, float(E))
     block = moe_edu.SparseMoeBlock(CFG.replace(num_experts_per_tok=1)).eval()
-    block.load_state_dict({"gate.weight": moe.gate.weight, **{f"experts.{k}": v for k, v in moe.experts.state_dict().items()}})
+    experts = {f"experts.{k}": v for k, v in moe.experts.state_dict().items()}
+    block.load_state_dict({"gate.weight": moe.gate.weight, **experts})
     x = hidden()
     out = moe(x)
     y_block, logits = block(x)
@@ -292,7 +303,7 @@ def test_copy_from_block_shares_router_and_experts():
 @pytest.mark.parametrize("bad, err", [(torch.randn(4, 3), ValueError), (torch.randn(8), ValueError),
                                       (torch.ones(2, 4, H, dtype=torch.long), TypeError), ([1.0], TypeError)])
 def test_bad_input_raises_clear_errors(bad, err):
-    for name, moe in build_variants(CFG).items():
+    for moe in build_variants(CFG).values():
         with pytest.raises(err, match="expects"):
             moe(bad)
 
@@ -325,7 +336,8 @@ def test_compare_table_is_deterministic_and_complete():
     md = table.select("variant", "load CV").to_markdown().splitlines()
     assert md[0] == "| variant | load CV |" and len(md) == 2 + len(VARIANTS)
     html = table.select("variant", "load CV").to_html()
-    assert html.startswith("<table><thead><tr><th>variant</th><th>load CV</th></tr>") and html.count("<tr>") == 1 + len(VARIANTS)
+    assert html.startswith("<table><thead><tr><th>variant</th><th>load CV</th></tr>")
+    assert html.count("<tr>") == 1 + len(VARIANTS)
     assert load_stats(torch.tensor([2, 2, 2, 2]))["load CV"] == 0.0
     with pytest.raises(KeyError, match="no such columns"):
         table.select("nope")

@@ -100,7 +100,7 @@ class RoutedMoE(MoEBlock):
     def capacity_factor(self, value: float) -> None:
         self.gate.capacity_factor = check_capacity_factor(value)
 
-    def copy_from_block(self, block: nn.Module) -> "RoutedMoE":
+    def copy_from_block(self, block: nn.Module) -> RoutedMoE:
         """Take the router and experts of a `SparseMoeBlock` (same E, H, I), so variants differ only in routing."""
         mine = {"gate.weight": self.gate.weight, "experts.gate_up_proj": self.experts.gate_up_proj,
                 "experts.down_proj": self.experts.down_proj}

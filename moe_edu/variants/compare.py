@@ -8,8 +8,8 @@ a markdown table (or `to_html()`) whose text is deterministic, so nbval can comp
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 
@@ -48,7 +48,7 @@ def measure(variant: RoutedMoE, x: torch.Tensor) -> tuple[dict, MoEOutput]:
     return row, out
 
 
-def compare(variants: Mapping[str, RoutedMoE], x: torch.Tensor) -> tuple["Table", dict[str, MoEOutput]]:
+def compare(variants: Mapping[str, RoutedMoE], x: torch.Tensor) -> tuple[Table, dict[str, MoEOutput]]:
     """The table (one row per variant, same x for all) and each variant's output."""
     if not variants:
         raise ValueError("compare needs at least one variant")
@@ -86,7 +86,7 @@ class Table:
             seen.update(dict.fromkeys(row))
         return list(seen)
 
-    def select(self, *columns: str) -> "Table":
+    def select(self, *columns: str) -> Table:
         missing = sorted(set(columns) - set(self.header()))
         if missing:
             raise KeyError(f"no such columns {missing}; have {self.header()}")

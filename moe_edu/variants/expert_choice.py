@@ -60,7 +60,7 @@ class ExpertChoiceMoE(RoutedMoE):
         self.capacity_rule = f"exactly C = ceil({self.capacity_factor:g} N/E) per expert"
 
     @classmethod
-    def from_config(cls, config: MixtralConfig, capacity_factor: float | None = None) -> "ExpertChoiceMoE":
+    def from_config(cls, config: MixtralConfig, capacity_factor: float | None = None) -> ExpertChoiceMoE:
         """capacity_factor defaults to k, so a token gets Mixtral's k experts on average."""
         c = float(config.num_experts_per_tok) if capacity_factor is None else capacity_factor
         return cls(config.hidden_size, config.intermediate_size, config.num_local_experts, c)

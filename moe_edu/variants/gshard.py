@@ -66,6 +66,6 @@ class GShardMoE(RoutedMoE):
 
     @classmethod
     def from_config(cls, config: MixtralConfig, capacity_factor: float = 1.25,
-                    random_routing: bool = True) -> "GShardMoE":
+                    random_routing: bool = True) -> GShardMoE:
         return cls(config.hidden_size, config.intermediate_size, config.num_local_experts, capacity_factor,
                    random_routing)

@@ -89,5 +89,5 @@ class NoisyTopKMoE(RoutedMoE):
         return self.gate.noise
 
     @classmethod
-    def from_config(cls, config: MixtralConfig) -> "NoisyTopKMoE":
+    def from_config(cls, config: MixtralConfig) -> NoisyTopKMoE:
         return cls(config.hidden_size, config.intermediate_size, config.num_local_experts, config.num_experts_per_tok)

@@ -49,7 +49,7 @@ class SharedExpertMoE(RoutedMoE):
         self.num_shared = num_shared
 
     @classmethod
-    def from_config(cls, config: MixtralConfig, granularity: int = 2, num_shared: int = 1) -> "SharedExpertMoE":
+    def from_config(cls, config: MixtralConfig, granularity: int = 2, num_shared: int = 1) -> SharedExpertMoE:
         """Same total and active parameters as `config`'s layer: E*m experts of width I/m, k*m active."""
         E, k, I = config.num_local_experts, config.num_experts_per_tok, config.intermediate_size
         if positive_int("granularity", granularity) and I % granularity:

@@ -58,5 +58,5 @@ class SwitchMoE(RoutedMoE):
         self.capacity_rule = f"C = ceil({self.capacity_factor:g} N/E), overflow dropped"
 
     @classmethod
-    def from_config(cls, config: MixtralConfig, capacity_factor: float = 1.25) -> "SwitchMoE":
+    def from_config(cls, config: MixtralConfig, capacity_factor: float = 1.25) -> SwitchMoE:
         return cls(config.hidden_size, config.intermediate_size, config.num_local_experts, capacity_factor)
