@@ -89,6 +89,9 @@ bench-train: install-test  ## training-step throughput against transformers
 train: install  ## reproduce the shipped checkpoint bit for bit
 	$(PY) -m moe_edu.train --threads 1 --out moe_edu/checkpoints/tiny
 
+adapting-results: install  ## regenerate notebook 12's precomputed results (about 2 min of CPU, 1 thread)
+	$(PY) -m moe_edu.adapt_experiments --threads 1 --out moe_edu/results/adapting.json
+
 $(VENV)/.installed-explorer: $(VENV)/.installed  # Voila, once (the lock already holds it)
 	$(PIP) install -q "voila>=0.5.13"
 	@touch $@

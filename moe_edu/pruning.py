@@ -64,6 +64,19 @@ def most_similar_pair(similarity: torch.Tensor) -> tuple[int, int]:
     return (i, j) if i < j else (j, i)
 
 
+def pruned_routing(logits: torch.Tensor, dropped: int, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Route without expert `dropped`: logits (T, E) -> weights (T, k) fp32 summing to 1, expert_ids (T, k)
+    in the original numbering (never `dropped`). Softmax over the E-1 others, top-k, renormalise."""
+    E = logits.shape[-1]
+    if not 0 <= dropped < E or top_k > E - 1:
+        raise ValueError(f"pruned_routing: need 0 <= dropped < E={E} and top_k <= E-1, got {dropped}, {top_k}")
+    masked = logits.float().clone()  # (T, E)
+    masked[:, dropped] = float("-inf")
+    probs = torch.softmax(masked, dim=-1)  # (T, E), 0 for the dropped expert
+    weights, expert_ids = torch.topk(probs, top_k, dim=-1)  # (T, k), (T, k)
+    return weights / weights.sum(dim=-1, keepdim=True), expert_ids
+
+
 def _one_fewer(model: MixtralForCausalLM) -> MixtralForCausalLM:
     """A model with E-1 experts per layer, every non-MoE weight copied (MoE weights filled by the caller)."""
     cfg = model.config

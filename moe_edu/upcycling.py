@@ -27,6 +27,14 @@ def dense_config(config: MixtralConfig) -> MixtralConfig:
                           router_z_loss_coef=0.0, name=f"{config.name}-dense")
 
 
+def upcycle_weights(gate_up: torch.Tensor, down: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copy one FFN into E experts: gate_up (1, 2I, H), down (1, H, I) -> (E, 2I, H), (E, H, I) (new memory)."""
+    if gate_up.dim() != 3 or down.dim() != 3 or gate_up.shape[0] != 1 or down.shape[0] != 1:
+        raise ValueError(f"upcycle_weights expects one expert: gate_up (1, 2I, H) and down (1, H, I), "
+                         f"got {tuple(gate_up.shape)} and {tuple(down.shape)}")
+    return gate_up.repeat(num_experts, 1, 1), down.repeat(num_experts, 1, 1)  # (E, 2I, H), (E, H, I)
+
+
 def _check_dense(experts, where: str) -> None:
     if experts.num_experts != 1:
         raise ValueError(f"{where}: expected a dense FFN (num_experts=1), got {experts.num_experts} experts")
@@ -51,10 +59,11 @@ def _copy_into(block: SparseMoeBlock, dense: SparseMoeBlock, router_std: float, 
                generator: torch.Generator | None) -> None:
     """Fill `block` (E experts) from `dense` (1 expert): copies of the FFN, a normal(0, router_std) router."""
     with torch.no_grad():
-        for name in ("gate_up_proj", "down_proj"):
+        copies = upcycle_weights(dense.experts.gate_up_proj, dense.experts.down_proj, block.experts.num_experts)
+        for name, copy in zip(("gate_up_proj", "down_proj"), copies):
             src = getattr(dense.experts, name)  # (1, ., .)
             dst = getattr(block.experts, name)  # (E, ., .)
-            dst.copy_(src.expand_as(dst))
+            dst.copy_(copy)
             if noise_std > 0:
                 noise = torch.randn(dst.shape, generator=generator, dtype=dst.dtype).to(dst.device)  # (E, ., .)
                 dst.add_(noise * noise_std * src.std())

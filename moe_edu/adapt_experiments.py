@@ -1,0 +1,205 @@
+"""Notebook 12's precomputed experiments: upcycling, fine-tuning regimes, pruning and merging.
+
+    python -m moe_edu.adapt_experiments --out moe_edu/results/adapting.json     (about 2-3 min, 1 thread)
+
+All runs use the shipped tokenizer and corpus split, batches of 8 x 64 tokens, one CPU thread,
+fixed seeds. The notebook reads the JSON (`load_results`); its live cells redo small pieces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .accounting import count_parameters
+from .data.corpus import DOMAINS, build_corpus, split_corpus
+from .finetune import REGIMES, finetune
+from .model import MixtralForCausalLM
+from .pruning import (expert_similarity, expert_usage, layer_inputs, least_used, merge_experts, most_similar_pair,
+                      prune_experts, random_experts)
+from .shipped import load_pretrained
+from .train import DEFAULT_WEIGHTS, TokenStreams, eval_loss, train_steps
+from .upcycling import dense_config, expert_spread, upcycle_model
+
+RESULTS = Path(__file__).resolve().parent / "results" / "adapting.json"
+BATCH, SEQ = 8, 64
+
+
+def load_results(path: str | Path = RESULTS) -> dict:
+    """The shipped results of `python -m moe_edu.adapt_experiments`."""
+    return json.loads(Path(path).read_text())
+
+
+class Data:
+    """Training streams (mixed and per domain) and fixed held-out batches (mixed and per domain)."""
+
+    def __init__(self, tokenizer, seed: int = 0, eval_batches: int = 2) -> None:
+        train_docs, held_docs = split_corpus(build_corpus())
+        self.train = TokenStreams(train_docs, tokenizer, DEFAULT_WEIGHTS)
+        self.domain_train = {d: TokenStreams(train_docs, tokenizer, {d: 1.0}) for d in DOMAINS}
+        held = TokenStreams(held_docs, tokenizer, DEFAULT_WEIGHTS)
+        g = torch.Generator().manual_seed(seed + 1)
+        self.held_mixed = [held.sample(BATCH, SEQ, g) for _ in range(4)]
+        self.held = {d: [TokenStreams(held_docs, tokenizer, {d: 1.0}).sample(BATCH, SEQ, g) for _ in range(eval_batches)]
+                     for d in DOMAINS}
+
+    def sampler(self, streams: TokenStreams, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        return lambda step: streams.sample(BATCH, SEQ, g)
+
+    def domain_losses(self, model) -> dict[str, float]:
+        return {d: round(eval_loss(model, b), 4) for d, b in self.held.items()}
+
+    def domain_loads(self, model) -> dict[str, list[list[float]]]:
+        return {d: rounded(expert_usage(model, b)) for d, b in self.held.items()}
+
+
+def rounded(t: torch.Tensor, digits: int = 4) -> list:
+    return [[round(float(v), digits) for v in row] for row in t]
+
+
+def _curve(log: list[dict], offset: int = 0) -> list[dict]:
+    return [{"step": e["step"] + offset, "train_ce": round(e["ce"], 4), "eval_ce": round(e["eval_ce"], 4),
+             "imbalance": round(e["imbalance"], 3)} for e in log if "eval_ce" in e]
+
+
+def upcycling(data: Data, vocab_size: int, dense_steps: int, more_steps: int, every: int, seed: int = 0) -> dict:
+    """Dense pretrain -> (dense continued | upcycled MoE) vs an MoE from scratch for dense_steps + more_steps."""
+    moe_cfg = load_pretrained()[0].config.replace(vocab_size=vocab_size, router_aux_loss_coef=0.1)
+    opts = dict(eval_every=every, log_every=every, progress=False)
+    ev = lambda m: lambda: eval_loss(m, data.held_mixed)  # noqa: E731
+    torch.manual_seed(seed)
+    dense = MixtralForCausalLM(dense_config(moe_cfg))
+    dense_log = train_steps(dense, data.sampler(data.train, seed), dense_steps, lr=5e-3, warmup=10,
+                            evaluate=ev(dense), **opts)
+    upcycled = upcycle_model(dense, moe_cfg.num_local_experts, moe_cfg.num_experts_per_tok, seed=seed,
+                             aux_loss_coef=moe_cfg.router_aux_loss_coef)
+    ids = data.held_mixed[0]
+    with torch.no_grad():
+        step0 = float((upcycled.eval()(ids).logits - dense.eval()(ids).logits).abs().max())
+    spread = []
+    more = dict(lr=2e-3, warmup=5, **opts)
+
+    def spread_sampler(model, sample):
+        def next_batch(step):
+            if step % every == 0:
+                spread.append({"step": dense_steps + step,
+                               "spread": round(sum(expert_spread(l.mlp) for l in model.model.layers) / len(model.model.layers), 5)})
+            return sample(step)
+        return next_batch
+
+    up_log = train_steps(upcycled, spread_sampler(upcycled, data.sampler(data.train, seed + 1)), more_steps,
+                         evaluate=ev(upcycled), **more)
+    cont = MixtralForCausalLM(dense.config)
+    cont.load_state_dict(dense.state_dict())
+    cont_log = train_steps(cont, data.sampler(data.train, seed + 1), more_steps, evaluate=ev(cont), **more)
+    torch.manual_seed(seed)
+    scratch = MixtralForCausalLM(moe_cfg)
+    scratch_log = train_steps(scratch, data.sampler(data.train, seed), dense_steps + more_steps, lr=5e-3, warmup=10,
+                              evaluate=ev(scratch), **opts)
+    return {
+        "settings": {"dense_steps": dense_steps, "more_steps": more_steps, "batch": [BATCH, SEQ],
+                     "aux_loss_coef": moe_cfg.router_aux_loss_coef, "lr_pretrain": 5e-3, "lr_continue": 2e-3},
+        "active_params": {"dense": count_parameters(dense.config).active, "moe": count_parameters(moe_cfg).active},
+        "total_params": {"dense": count_parameters(dense.config).total, "moe": count_parameters(moe_cfg).total},
+        "step0_max_abs_logit_diff": step0,
+        "curves": {"dense_pretrain": _curve(dense_log), "dense_continued": _curve(cont_log, dense_steps),
+                   "upcycled": _curve(up_log, dense_steps), "moe_scratch": _curve(scratch_log)},
+        "expert_spread": spread,
+        "final_domain_ce": {"dense_continued": data.domain_losses(cont), "upcycled": data.domain_losses(upcycled),
+                            "moe_scratch": data.domain_losses(scratch)},
+    }
+
+
+def finetuning(data: Data, target: str, steps: int, lr: float, seed: int = 0) -> dict:
+    """The shipped model fine-tuned on one domain: 3 regimes x aux loss on/off."""
+    model, _ = load_pretrained()
+    before = {"ce": data.domain_losses(model), "load": data.domain_loads(model)}
+    runs = {}
+    for regime in REGIMES:
+        for aux in (model.config.router_aux_loss_coef, 0.0):
+            torch.manual_seed(seed)
+            tuned, log = finetune(model, data.sampler(data.domain_train[target], seed), steps, regime=regime,
+                                  aux_loss_coef=aux, lr=lr, warmup=3)
+            runs[f"{regime}, aux {aux:g}"] = {"regime": regime, "aux_loss_coef": aux, "ce": data.domain_losses(tuned),
+                                             "load": data.domain_loads(tuned),
+                                             "train_ce": [round(e["ce"], 4) for e in log]}
+    return {"target": target, "steps": steps, "lr": lr, "batch": [BATCH, SEQ], "before": before, "runs": runs}
+
+
+def pruning(data: Data, random_seeds: int = 3) -> dict:
+    """Drop the least-used expert per layer / merge the two most similar / drop a random one."""
+    model, _ = load_pretrained()
+    mixed = data.held_mixed
+    usage = expert_usage(model, mixed)  # (L, E) on held-out mixed text
+    domain_usage = {d: expert_usage(model, b) for d, b in data.held.items()}  # domain -> (L, E)
+    xs = [torch.cat(t) for t in zip(*(layer_inputs(model, ids) for ids in mixed))]  # L x (N, H)
+    sims = [expert_similarity(layer.mlp.experts, x) for layer, x in zip(model.model.layers, xs)]
+    pairs = [most_similar_pair(s) for s in sims]
+
+    def rerouted(removed: list[int]) -> dict[str, float]:
+        """Share of each domain's assignments that went to a removed expert (mean over layers)."""
+        return {d: round(float(sum(u[l, e] for l, e in enumerate(removed)) / len(removed)), 4)
+                for d, u in domain_usage.items()}
+
+    methods = {"original": {"removed": [], "ce": data.domain_losses(model)},
+               "least used dropped": {"removed": least_used(usage)},
+               "most similar merged": {"removed": [j for _, j in pairs], "pairs": [list(p) for p in pairs],
+                                       "similarity": [round(float(s[i, j]), 4) for s, (i, j) in zip(sims, pairs)]}}
+    methods["least used dropped"]["ce"] = data.domain_losses(prune_experts(model, methods["least used dropped"]["removed"]))
+    methods["most similar merged"]["ce"] = data.domain_losses(merge_experts(model, pairs, usage))
+    for s in range(random_seeds):
+        drop = random_experts(model.config.num_hidden_layers, model.config.num_local_experts, seed=s)
+        methods[f"random dropped (seed {s})"] = {"removed": drop, "ce": data.domain_losses(prune_experts(model, drop))}
+    for name, m in methods.items():
+        if name != "original":
+            m["rerouted"] = rerouted(m["removed"])
+    return {"usage": rounded(usage), "mean_similarity": round(float(torch.stack(
+        [s[~torch.eye(len(s), dtype=torch.bool)].mean() for s in sims]).mean()), 4), "methods": methods}
+
+
+def run(dense_steps: int = 150, more_steps: int = 150, every: int = 25, target: str = "italian",
+        ft_steps: int = 40, ft_lr: float = 1e-3, seed: int = 0, command: str | None = None) -> dict:
+    start = time.perf_counter()
+    model, tokenizer = load_pretrained()
+    data = Data(tokenizer, seed)
+    out = {"command": command, "torch": torch.__version__, "python": platform.python_version(),
+           "threads": torch.get_num_threads()}
+    for name, fn in (("pruning", lambda: pruning(data)),
+                     ("finetuning", lambda: finetuning(data, target, ft_steps, ft_lr, seed)),
+                     ("upcycling", lambda: upcycling(data, tokenizer.vocab_size, dense_steps, more_steps, every, seed))):
+        t = time.perf_counter()
+        out[name] = fn()
+        out[name]["wall_seconds"] = round(time.perf_counter() - t, 1)
+        print(f"{name}: {out[name]['wall_seconds']} s", flush=True)
+    out["wall_seconds"] = round(time.perf_counter() - start, 1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m moe_edu.adapt_experiments", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--dense-steps", type=int, default=150)
+    p.add_argument("--more-steps", type=int, default=150)
+    p.add_argument("--target", default="italian", choices=DOMAINS)
+    p.add_argument("--ft-steps", type=int, default=40)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    command = "python -m moe_edu.adapt_experiments " + " ".join(sys.argv[1:] if argv is None else argv)
+    res = run(a.dense_steps, a.more_steps, target=a.target, ft_steps=a.ft_steps, command=command.strip())
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+    print(f"done in {res['wall_seconds']} s -> {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
