@@ -137,21 +137,29 @@ def simulate_cache(trace: RoutingTrace, capacity: int, *, prefetch: bool = False
     T, L, k = trace.chosen.shape
     if not 0 <= capacity:
         raise ValueError(f"capacity must be >= 0, got {capacity}")
-    caches = [LRUCache(capacity) for _ in range(L)]
-    prefetched = [0] * L
+    caches: list[list[int]] = [[] for _ in range(L)]  # per layer, least recently used first (LRUCache, inlined)
+    hits, prefetched = [0] * L, [0] * L
     chosen, guess = trace.chosen.tolist(), trace.guess.tolist()
     for t in range(T):
         for l in range(L):
             cache = caches[l]
             if prefetch and l > 0:
                 for e in guess[t][l][:capacity]:
-                    if e not in cache:
+                    if e in cache:
+                        cache.remove(e)
+                    else:
                         prefetched[l] += 1
-                    cache.put(e)
+                    cache.append(e)
+                    if len(cache) > capacity:
+                        del cache[0]
             for e in chosen[t][l]:
-                cache.get(e)
-    return CacheStats(capacity, torch.tensor([c.hits for c in caches]), torch.full((L,), T * k),
-                      torch.tensor(prefetched), T)
+                if e in cache:
+                    hits[l] += 1
+                    cache.remove(e)
+                cache.append(e)
+                if len(cache) > capacity:
+                    del cache[0]
+    return CacheStats(capacity, torch.tensor(hits), torch.full((L,), T * k), torch.tensor(prefetched), T)
 
 
 def prefetch_accuracy(trace: RoutingTrace) -> torch.Tensor:

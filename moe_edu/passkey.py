@@ -72,8 +72,12 @@ def make_prompt(encode: Encode, *, length: int, depth: float, key: str) -> Passk
     return PasskeyPrompt(ids, encode(" " + spaced(key)), key, depth, len(intro) + cut)
 
 
-def random_key(rng: random.Random, digits: int = 5) -> str:
-    """A random key of `digits` digits (leading zeros allowed)."""
+def random_key(rng: random.Random, digits: int = 5, distinct: bool = False) -> str:
+    """A random key of `digits` digits (leading zeros allowed); `distinct`: no digit twice."""
+    if distinct:
+        if not 0 < digits <= 10:
+            raise ValueError(f"a key of distinct digits has 1 to 10 digits, got {digits}")
+        return "".join(str(d) for d in rng.sample(range(10), digits))
     return "".join(str(rng.randrange(10)) for _ in range(digits))
 
 
@@ -120,12 +124,12 @@ class PasskeyGrid:
 
 
 def passkey_grid(model, encode: Encode, *, lengths: Sequence[int], depths: Sequence[float], trials: int = 10,
-                 digits: int = 5, seed: int = 0, batch_size: int = 16) -> PasskeyGrid:
+                 digits: int = 5, distinct: bool = False, seed: int = 0, batch_size: int = 16) -> PasskeyGrid:
     """Accuracy of passkey retrieval over lengths x depths, `trials` random keys per cell (seeded)."""
     if trials <= 0:
         raise ValueError(f"trials must be positive, got {trials}")
     rng = random.Random(seed)
-    prompts = [make_prompt(encode, length=n, depth=d, key=random_key(rng, digits))
+    prompts = [make_prompt(encode, length=n, depth=d, key=random_key(rng, digits, distinct))
                for n in lengths for d in depths for _ in range(trials)]
     hits = torch.tensor(retrieved(model, prompts, batch_size), dtype=torch.float64)  # (cells * trials,)
     acc = hits.reshape(len(lengths), len(depths), trials).mean(-1)  # (lengths, depths)

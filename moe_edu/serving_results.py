@@ -3,7 +3,8 @@
     python -m moe_edu.serving_results          # or: make serving-results
 
 Writes `routing_trace.safetensors` (experts chosen and guessed per held-out token, layer and
-slot, for the expert-cache simulation) and `quantization.json` (memory, routing changes and
+slot), `cache.json` (LRU hit rates per cache size: real token order, shuffled, with prefetch)
+and `quantization.json` (memory, routing changes and
 held-out loss of the shipped model with int8 / int4 experts, router quantised or not).
 Deterministic: the shipped checkpoint, the frozen corpus, one thread.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .expert_cache import RoutingTrace, routing_trace
+from .expert_cache import RoutingTrace, prefetch_accuracy, routing_trace, simulate_cache
 from .quantize import quantize_model_experts
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serving"
@@ -72,6 +73,20 @@ def evaluate(model, docs: list[list[int]], reference: list[torch.Tensor] | None 
     return loss_sum / count, (changed / tokens).tolist(), routes
 
 
+def cache_table(trace: RoutingTrace) -> dict:
+    """Hit rates (overall and per layer) and loads per token for every cache size, three ways."""
+    E = int(trace.chosen.max()) + 1
+    rows = []
+    for capacity in range(E + 1):
+        for mode, t, pre in (("ordered", trace, False), ("shuffled", trace.shuffled(0), False),
+                             ("prefetch", trace, True)):
+            s = simulate_cache(t, capacity, prefetch=pre)
+            rows.append({"capacity": capacity, "mode": mode, "hit_rate": s.hit_rate,
+                         "per_layer": s.hit_rate_per_layer.tolist(), "loads_per_token": s.loads_per_token})
+    acc = prefetch_accuracy(trace)
+    return {"tokens": trace.chosen.shape[0], "prefetch_accuracy": [None] + acc[1:].tolist(), "rows": rows}
+
+
 def quantization_table(model, docs: list[list[int]]) -> list[dict]:
     base_loss, _, base_routes = evaluate(model, docs)
     experts_fp32 = sum(layer.mlp.experts.gate_up_proj.numel() + layer.mlp.experts.down_proj.numel()
@@ -100,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     docs = held_out_ids(tokenizer)
     a.out.mkdir(parents=True, exist_ok=True)
     save_trace(routing_trace(model, docs), a.out / "routing_trace.safetensors")
+    cache = cache_table(load_trace(a.out / "routing_trace.safetensors"))
+    (a.out / "cache.json").write_text(json.dumps(cache, indent=1) + "\n")
     rows = quantization_table(model, docs)
     meta = {"command": "python -m moe_edu.serving_results", "documents": len(docs),
             "tokens": sum(len(d) for d in docs), "torch": torch.__version__, "rows": rows}
