@@ -18,7 +18,7 @@ NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.
 # compatible code path): what a student's laptop may run. The notebooks must print the same there.
 OTHER_ISA := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_CBWR=COMPATIBLE
 
-.PHONY: lab test test-fast lint test-lib test-notebooks test-notebooks-other-isa test-browser notebooks check-notebooks install install-test lock bench bench-train explorer train clean help
+.PHONY: lab test test-fast lint test-lib test-notebooks test-notebooks-other-isa test-browser notebooks check-notebooks install install-test lock bench bench-train explorer train passkey serving-results clean help
 
 help:  ## list every target
 	@awk -F':.*## ' '/^[a-zA-Z_-]+:.*## / { printf "make %-26s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -87,7 +87,7 @@ bench-train: install-test  ## training-step throughput against transformers
 	$(PY) benchmarks/train_throughput.py --breakdown
 
 train: install  ## reproduce the shipped checkpoint bit for bit
-	$(PY) -m moe_edu.train --threads 1 --out moe_edu/checkpoints/tiny
+	$(PY) -m moe_edu.train --threads 1 --out moe_edu/checkpoints/tiny --overwrite
 
 adapting-results: install  ## regenerate notebook 12's precomputed results (about 2 min of CPU, 1 thread)
 	$(PY) -m moe_edu.adapt_experiments --threads 1 --out moe_edu/results/adapting.json
@@ -95,6 +95,12 @@ adapting-results: install  ## regenerate notebook 12's precomputed results (abou
 $(VENV)/.installed-explorer: $(VENV)/.installed  # Voila, once (the lock already holds it)
 	$(PIP) install -q "voila>=0.5.13"
 	@touch $@
+
+passkey: install  ## retrain the shipped passkey model (notebook 11), ~3 min on one core
+	$(PY) -m moe_edu.passkey_train --out moe_edu/checkpoints/passkey
+
+serving-results: install  ## recompute notebook 11's routing traces, cache and quantisation tables
+	$(PY) -m moe_edu.serving_results
 
 explorer: $(VENV)/.installed-explorer  ## serve the routing explorer alone on a page (Voila)
 	$(VENV)/bin/voila notebooks/apps/routing_explorer_app.ipynb --port=$(PORT) --no-browser

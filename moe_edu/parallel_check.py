@@ -25,6 +25,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from .config import MixtralConfig
+from .moe_block import SparseMoeBlock
+from .parallel import ExpertParallelMoeBlock, traffic_matrix
+from .validation import positive_float
 
 
 @dataclass
@@ -50,9 +53,6 @@ def tiny_config(num_experts: int = 8, top_k: int = 2) -> MixtralConfig:
 
 def _worker(rank: int, world: int, port: int, config_dict: dict, tokens: int, seed: int, skew: float,
             out_dir: str, timeout_s: float) -> None:
-    from .moe_block import SparseMoeBlock
-    from .parallel import ExpertParallelMoeBlock, traffic_matrix
-
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=timeout_s))
@@ -92,21 +92,36 @@ def _worker(rank: int, world: int, port: int, config_dict: dict, tokens: int, se
         dist.destroy_process_group()
 
 
+def _reap(processes, grace_s: float = 5.0) -> None:
+    """Stop and wait for every worker (SIGTERM, then SIGKILL after `grace_s`): no zombie, no orphan."""
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in processes:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 def check_expert_parallel(world: int = 2, config: MixtralConfig | None = None, tokens: int = 32, *,
                           seed: int = 0, skew: float = 0.0, timeout_s: float = 60.0) -> ParallelReport:
     """Spawn `world` gloo processes, run the EP block vs one process, return errors and traffic."""
     config = config or tiny_config()
-    if world < 1 or config.num_local_experts % world:
+    positive_float("timeout_s", timeout_s)
+    if isinstance(world, bool) or not isinstance(world, int) or world < 1 or config.num_local_experts % world:
         raise ValueError(f"world ({world}) must be >= 1 and divide num_local_experts ({config.num_local_experts})")
     with tempfile.TemporaryDirectory() as out_dir:
         args = (world, free_port(), config.to_dict(), tokens, seed, skew, out_dir, timeout_s / 2)
         ctx = mp.start_processes(_worker, args=args, nprocs=world, join=False, start_method="spawn")
         deadline = time.monotonic() + timeout_s
-        while not ctx.join(timeout=0.5):  # raises if a rank raised
-            if time.monotonic() > deadline:
-                for p in ctx.processes:
-                    p.terminate()
-                raise TimeoutError(f"expert-parallel run with {world} ranks did not finish in {timeout_s} s")
+        try:
+            while not ctx.join(timeout=0.5):  # raises if a rank raised
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"expert-parallel run with {world} ranks did not finish in {timeout_s} s")
+        finally:
+            _reap(ctx.processes)
         ranks = [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(world)]
     max_err = {key: max(r["errs"][key] for r in ranks) for key in ranks[0]["errs"]}
     return ParallelReport(world, ranks[0]["traffic"], [r["expert_rows"] for r in ranks], max_err)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .config import MixtralConfig
+from .pretrained import from_pretrained
 from .tokenizer import Tokenizer
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
@@ -29,18 +29,13 @@ def checkpoint_dir(name: str = "tiny") -> Path:
 
 
 def load_run(path: str | Path, device: str | torch.device = "cpu"):
-    """(model, tokenizer) from a directory written by `moe_edu.train` (strict: every weight must match)."""
-    from safetensors.torch import load_file
+    """(model, tokenizer) from a directory written by `moe_edu.train`.
 
-    from .model import MixtralForCausalLM
-
+    Read by the one strict loader (`pretrained.from_pretrained`): every weight must match the
+    config, whose layer and expert counts are first checked against the stored tensors.
+    """
     path = Path(path)
-    config = MixtralConfig.from_json(path / "config.json")
-    model = MixtralForCausalLM(config)
-    missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not fit its config: missing {missing}, unexpected {unexpected}")
-    return model.to(device).eval(), Tokenizer.from_file(path / "tokenizer.json")
+    return from_pretrained(path, device=device), Tokenizer.from_file(path / "tokenizer.json")
 
 
 def load_pretrained(name: str = "tiny", device: str | torch.device = "cpu"):

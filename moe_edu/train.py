@@ -2,34 +2,44 @@
 
     python -m moe_edu.train --preset tiny --steps 300 --threads 1 --out runs/tiny
 
-writes `model.safetensors`, `config.json`, `tokenizer.json` and `train_log.json` into
-`--out`. Seeded: the same command, interpreter, torch version and thread count give the
-same weights. The defaults are the shipped checkpoint's settings. CUDA when present
-(`--device auto`), else the CPU. Notebook 07 calls
-`train_steps` directly for its live runs; the shipped checkpoint came from `main`
-(its command is in `moe_edu/checkpoints/tiny/README.md`).
+writes `model.safetensors`, `config.json`, `tokenizer.json`, `train_log.json` and a README
+into `--out`, all at once at the end (an existing non-empty `--out` is refused unless
+`--overwrite`). Every `--checkpoint-every` steps the training state goes to `<out>/checkpoint/`;
+`--resume` continues from it to the same final weights as an uninterrupted run. A non-finite
+loss or gradient stops the run (exit code 1) and saves nothing as a result.
+Seeded: the same command, interpreter, torch version and thread count give the same weights.
+The defaults are the shipped checkpoint's settings. CUDA when present (`--device auto`), else
+the CPU. Notebook 07 calls `train_steps` directly for its live runs; the shipped checkpoint
+came from `main` (its command is in `moe_edu/checkpoints/tiny/README.md`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .analysis import load_imbalance, routing_load
 from .config import MixtralConfig
 from .data.corpus import DOMAINS, Document, build_corpus, by_domain, split_corpus
-from .presets import get_config
-from .run_dir import save_run
+from .model import MixtralForCausalLM
+from .presets import PRESETS, get_config
+from .run_dir import STATE_DIR, load_training_state, save_run, save_training_state
 from .tokenizer import Tokenizer
+from .validation import finite_float, int_in_range, nonnegative_float, nonnegative_int, one_of, positive_float, \
+    positive_int, probability
 
 DEFAULT_WEIGHTS = {"python": 0.3, "english": 0.3, "math": 0.2,
                    "french": 0.05, "german": 0.05, "spanish": 0.05, "italian": 0.05}
@@ -58,14 +68,23 @@ class TrainConfig:
     domain_weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "seq_len", "batch_size", "steps", "eval_every", "eval_batches"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ValueError(f"TrainConfig.{name} must be a positive int, got {getattr(self, name)!r}")
-        if not self.lr > 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
+        f = "TrainConfig."
+        one_of(f + "preset", self.preset, PRESETS)
+        int_in_range(f + "vocab_size", self.vocab_size, 259, None)  # 256 bytes + 3 special tokens
+        int_in_range(f + "seq_len", self.seq_len, 2, None)  # one token predicts nothing: the loss would be NaN
+        for name in ("batch_size", "steps", "eval_every", "eval_batches"):
+            positive_int(f + name, getattr(self, name))
+        nonnegative_int(f + "seed", self.seed)
+        positive_float(f + "lr", self.lr)
+        for name in ("min_lr_ratio", "warmup_frac"):
+            probability(f + name, getattr(self, name))
+        for name in ("weight_decay", "grad_clip", "aux_loss_coef", "z_loss_coef"):
+            nonnegative_float(f + name, getattr(self, name))
         unknown = sorted(set(self.domain_weights) - set(DOMAINS))
         if unknown:
             raise ValueError(f"TrainConfig.domain_weights has unknown domains {unknown}; expected {DOMAINS}")
+        for d, w in self.domain_weights.items():
+            nonnegative_float(f"TrainConfig.domain_weights[{d!r}]", w)
 
     def model_config(self) -> MixtralConfig:
         return get_config(self.preset).replace(
@@ -135,24 +154,46 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+class NonFiniteError(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite: the run diverged."""
+
+
+def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on embeddings, norms)."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+
+
+def _check_finite(step: int, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> None:
+    if not (bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))):
+        raise NonFiniteError(
+            f"step {step}: loss {float(loss)}, gradient norm {float(grad_norm)} (lr {lr:g}): training diverged "
+            "and was stopped before the optimizer step; nothing was saved as a result (try a smaller --lr)")
+
+
 def train_steps(model, next_batch: Callable[[int], torch.Tensor], steps: int, *, lr: float = 3e-3,
                 weight_decay: float = 0.1, warmup: int = 0, min_lr_ratio: float = 0.1, grad_clip: float = 1.0,
                 log_every: int = 1, evaluate: Callable[[], float] | None = None, eval_every: int = 0,
-                progress: bool = True) -> list[dict]:
+                progress: bool = True, optimizer: torch.optim.Optimizer | None = None, start_step: int = 0,
+                log: list[dict] | None = None,
+                on_step: Callable[[int, torch.optim.Optimizer, list[dict]], None] | None = None) -> list[dict]:
     """The loop: AdamW + warmup/cosine on `next_batch(step) -> (B, T) ids`; returns the log.
 
     Each log entry: step, lr, loss (total), ce, aux, z, router logit RMS, imbalance
     (max/mean expert load, 1 = balanced) and the (L, E) expert load of that step's batch.
+    A resumed run passes its restored `optimizer`, `start_step` and `log` so far; `on_step`
+    runs after every step (periodic checkpoints). A non-finite loss or gradient norm raises
+    `NonFiniteError` before the optimizer step.
     """
-    from tqdm.auto import tqdm
-
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
-    cfg, log = model.config, []
-    bar = tqdm(range(steps), disable=not progress, dynamic_ncols=True)
+    positive_int("steps", steps)
+    int_in_range("start_step", start_step, 0, steps)
+    opt = optimizer or make_optimizer(model, lr, weight_decay)
+    cfg, log = model.config, list(log or [])
+    bar = tqdm(range(start_step, steps), disable=not progress, dynamic_ncols=True, initial=start_step, total=steps)
     model.train()
+    params = [p for p in model.parameters()]
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup, min_lr_ratio)
@@ -161,7 +202,10 @@ def train_steps(model, next_batch: Callable[[int], torch.Tensor], steps: int, *,
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        _check_finite(step, out.loss.detach(), norm, opt.param_groups[0]["lr"])
         opt.step()
         if step % log_every == 0 or step == steps - 1:
             load = routing_load(out.router_logits, cfg.num_experts_per_tok)  # (L, E)
@@ -176,6 +220,8 @@ def train_steps(model, next_batch: Callable[[int], torch.Tensor], steps: int, *,
                 model.train()
             log.append(entry)
             bar.set_postfix(loss=f"{entry['ce']:.3f}", imb=f"{entry['imbalance']:.2f}")
+        if on_step is not None:
+            on_step(step, opt, log)
     model.eval()
     return log
 
@@ -183,8 +229,6 @@ def train_steps(model, next_batch: Callable[[int], torch.Tensor], steps: int, *,
 @torch.no_grad()
 def eval_loss(model, batches: list[torch.Tensor]) -> float:
     """Mean next-token cross-entropy (no router losses) over fixed batches."""
-    import torch.nn.functional as F
-
     model.eval()
     total = 0.0
     for ids in batches:
@@ -194,15 +238,54 @@ def eval_loss(model, batches: list[torch.Tensor]) -> float:
     return total / len(batches)
 
 
-def train(tc: TrainConfig, out_dir: str | Path | None = None, *, progress: bool = True,
-          command: str | None = None) -> tuple[torch.nn.Module, Tokenizer, dict]:
+def check_out_dir(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Refuse, before any work, an `--out` that would clobber a run or that cannot be written."""
+    out = Path(out)
+    state = out / STATE_DIR / "training_state.json"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    if resume and not state.is_file():
+        raise ValueError(f"--resume: no training state in {out / STATE_DIR} (is --out the interrupted run's?)")
+    if not resume and not overwrite and out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"--out {out} exists and is not empty: pass --overwrite to replace it (it is replaced "
+                         f"whole, only at the end of a successful run), --resume to continue it, or another --out")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:  # the run directory is written as a temporary sibling, then swapped in: the parent must take it
+        Path(tempfile.mkdtemp(prefix=".moe_edu-write-check-", dir=parent)).rmdir()
+    except OSError as err:
+        raise ValueError(f"--out {out} cannot be written ({parent}: {err.strerror or err})") from None
+    return out
+
+
+def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    rng = {"gen": gen.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def train(tc: TrainConfig, out_dir: str | Path | None = None, *, progress: bool = True, command: str | None = None,
+          overwrite: bool = False, resume: bool = False, checkpoint_every: int = 0) -> tuple[MixtralForCausalLM, Tokenizer, dict]:
     """The whole run: corpus -> tokenizer -> model -> training; saves into `out_dir` if given.
 
-    Returns `(model, tokenizer, log)`; `log` is what `train_log.json` holds.
+    Returns `(model, tokenizer, log)`; `log` is what `train_log.json` holds. `out_dir` is checked
+    first (see `check_out_dir`); every `checkpoint_every` steps the training state is saved in
+    `out_dir/checkpoint/`, and `resume=True` continues from it.
     """
-    from .model import MixtralForCausalLM
-
     start = time.perf_counter()
+    nonnegative_int("checkpoint_every", checkpoint_every)
+    if out_dir is None and (resume or checkpoint_every):
+        raise ValueError("resume and checkpoint_every need an out_dir")
+    state_dir, saved = None, {}
+    if out_dir is not None:
+        state_dir = check_out_dir(out_dir, overwrite=overwrite, resume=resume) / STATE_DIR
+    if resume:
+        saved = json.loads((state_dir / "training_state.json").read_text())
+        if saved.get("train_config") != json.loads(json.dumps(dataclasses.asdict(tc))):
+            diff = sorted(k for k, v in dataclasses.asdict(tc).items() if saved.get("train_config", {}).get(k) != v)
+            raise ValueError(f"--resume: the saved run in {state_dir} has other settings ({', '.join(diff)})")
     device = pick_device(tc.device)
     torch.manual_seed(tc.seed)
     train_docs, held_docs = split_corpus(build_corpus(seed=tc.seed))
@@ -214,54 +297,103 @@ def train(tc: TrainConfig, out_dir: str | Path | None = None, *, progress: bool 
     eval_batches = [held_data.sample(tc.batch_size, tc.seq_len, eval_gen) for _ in range(tc.eval_batches)]
     config = tc.model_config()
     model = MixtralForCausalLM(config).to(device)
+    opt = make_optimizer(model, tc.lr, tc.weight_decay)
+    start_step, log_so_far, earlier_seconds = 0, [], 0.0
+    if resume:
+        rng, meta = load_training_state(state_dir, model, opt)
+        gen.set_state(rng["gen"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], device)
+        start_step, log_so_far, earlier_seconds = meta["step"] + 1, meta["log"], meta["wall_seconds"]
+
+    def checkpoint(step: int, opt: torch.optim.Optimizer, log: list[dict]) -> None:
+        if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < tc.steps:
+            meta = {"step": step, "train_config": dataclasses.asdict(tc), "log": log,
+                    "wall_seconds": earlier_seconds + time.perf_counter() - start}
+            save_training_state(state_dir, model, opt, _rng_state(gen, device), meta)
+
     steps_log = train_steps(
         model, lambda step: train_data.sample(tc.batch_size, tc.seq_len, gen), tc.steps, lr=tc.lr,
         weight_decay=tc.weight_decay, warmup=max(1, round(tc.warmup_frac * tc.steps)), min_lr_ratio=tc.min_lr_ratio,
         grad_clip=tc.grad_clip, evaluate=lambda: eval_loss(model, eval_batches), eval_every=tc.eval_every,
-        progress=progress)
+        progress=progress, optimizer=opt, start_step=start_step, log=log_so_far, on_step=checkpoint)
     log = {
         "command": command, "train_config": dataclasses.asdict(tc), "model_config": config.to_dict(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_tokens": {d: len(s) for d, s in train_data.streams.items()},
-        "wall_seconds": round(time.perf_counter() - start, 1), "device": str(device),
+        "wall_seconds": round(earlier_seconds + time.perf_counter() - start, 1), "device": str(device),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
         "final": {k: steps_log[-1][k] for k in ("step", "ce", "eval_ce", "aux", "z", "imbalance") if k in steps_log[-1]},
         "steps": steps_log,
     }
     if out_dir is not None:
-        save_run(model, tokenizer, log, out_dir)
+        save_run(model, tokenizer, log, out_dir)  # replaces out_dir whole (the training state goes with it)
     return model, tokenizer, log
+
+
+def _arg(check: Callable, kind: type) -> Callable[[str], object]:
+    """An argparse `type=` that parses `kind` and validates it, so bad values are usage errors."""
+    def parse(text: str):
+        try:
+            return check("value", kind(text))
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err).replace("value ", "", 1)) from None
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m moe_edu.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = TrainConfig()
-    p.add_argument("--preset", default=defaults.preset)
-    p.add_argument("--steps", type=int, default=defaults.steps)
+    d = TrainConfig()
+    pos_int, pos_float, nonneg_float = _arg(positive_int, int), _arg(positive_float, float), _arg(nonnegative_float, float)
+    p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
+    p.add_argument("--steps", type=pos_int, default=d.steps)
     p.add_argument("--out", default="runs/tiny", help="output directory (default: runs/tiny)")
-    p.add_argument("--vocab-size", type=int, default=defaults.vocab_size)
-    p.add_argument("--seq-len", type=int, default=defaults.seq_len)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--aux-loss-coef", type=float, default=defaults.aux_loss_coef)
-    p.add_argument("--z-loss-coef", type=float, default=defaults.z_loss_coef)
-    p.add_argument("--eval-every", type=int, default=defaults.eval_every)
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--device", default=defaults.device, help="auto (CUDA when present), cpu, cuda, ...")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (results depend on it)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (at the end of the run)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--checkpoint-every", type=_arg(nonnegative_int, int), default=50,
+                   help="save the training state to <out>/checkpoint every N steps (0: never; default 50)")
+    p.add_argument("--vocab-size", type=_arg(lambda n, v: int_in_range(n, v, 259), int), default=d.vocab_size)
+    p.add_argument("--seq-len", type=_arg(lambda n, v: int_in_range(n, v, 2), int), default=d.seq_len)
+    p.add_argument("--batch-size", type=pos_int, default=d.batch_size)
+    p.add_argument("--lr", type=pos_float, default=d.lr)
+    p.add_argument("--aux-loss-coef", type=nonneg_float, default=d.aux_loss_coef)
+    p.add_argument("--z-loss-coef", type=nonneg_float, default=d.z_loss_coef)
+    p.add_argument("--eval-every", type=pos_int, default=d.eval_every)
+    p.add_argument("--seed", type=_arg(nonnegative_int, int), default=d.seed)
+    p.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda, ...")
+    p.add_argument("--threads", type=pos_int, default=None, help="torch CPU threads (results depend on it)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    try:  # everything is checked before the corpus is built
+        tc = TrainConfig(preset=a.preset, steps=a.steps, vocab_size=a.vocab_size, seq_len=a.seq_len,
+                         batch_size=a.batch_size, lr=a.lr, aux_loss_coef=a.aux_loss_coef, z_loss_coef=a.z_loss_coef,
+                         eval_every=a.eval_every, seed=a.seed, device=a.device)
+        device = pick_device(a.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {a.device}: CUDA is not available here")
+        check_out_dir(a.out, overwrite=a.overwrite, resume=a.resume)
+    except (ValueError, RuntimeError) as err:
+        p.error(str(err))
     if a.threads:
         torch.set_num_threads(a.threads)
-    tc = TrainConfig(preset=a.preset, steps=a.steps, vocab_size=a.vocab_size, seq_len=a.seq_len,
-                     batch_size=a.batch_size, lr=a.lr, aux_loss_coef=a.aux_loss_coef, z_loss_coef=a.z_loss_coef,
-                     eval_every=a.eval_every, seed=a.seed, device=a.device)
-    command = "python -m moe_edu.train " + " ".join(sys.argv[1:] if argv is None else argv)
-    _, _, log = train(tc, a.out, progress=not a.no_progress, command=command)
+    args = sys.argv[1:] if argv is None else list(argv)
+    for flag in ("--overwrite", "--resume"):  # how the directory is written, not what is trained
+        while flag in args:
+            args.remove(flag)
+    command = "python -m moe_edu.train " + " ".join(args)
+    try:
+        _, _, log = train(tc, a.out, progress=not a.no_progress, command=command, overwrite=a.overwrite,
+                          resume=a.resume, checkpoint_every=a.checkpoint_every)
+    except NonFiniteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     f = log["final"]
-    print(f"done in {log['wall_seconds']} s: train ce {f['ce']:.3f}, eval ce {f.get('eval_ce', float('nan')):.3f}, "
-          f"imbalance {f['imbalance']:.2f} -> {a.out}")
+    eval_ce = f.get("eval_ce")
+    print(f"done in {log['wall_seconds']} s: train ce {f['ce']:.3f}, eval ce "
+          f"{float('nan') if eval_ce is None else eval_ce:.3f}, imbalance {f['imbalance']:.2f} -> {a.out}")
     return 0
 
 

@@ -1,0 +1,224 @@
+"""Checkpoints never lose, mix or clobber data: atomic saves, no stale shards, bounded loaders."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import moe_edu
+from moe_edu import CheckpointError, MixtralConfig, MixtralForCausalLM, StateDictError
+from moe_edu.atomic import atomic_directory
+
+CFG = MixtralConfig(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+                    num_key_value_heads=1, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=32)
+SHARD = 6_000  # bytes: the tiny model above splits into several shards
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def model(seed: int) -> MixtralForCausalLM:
+    torch.manual_seed(seed)
+    return MixtralForCausalLM(CFG)
+
+
+def same_weights(a: MixtralForCausalLM, b: MixtralForCausalLM) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_resave_over_a_sharded_checkpoint_leaves_no_stale_shard(tmp_path):
+    """The old code kept the old index and shards beside the new single file, and loaded the OLD model."""
+    old, new = model(0), model(1)
+    moe_edu.save_pretrained(old, tmp_path, max_shard_size=SHARD)
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 2
+    moe_edu.save_pretrained(new, tmp_path)  # one file this time
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert same_weights(moe_edu.from_pretrained(tmp_path), new)
+    moe_edu.save_pretrained(old, tmp_path, max_shard_size=SHARD // 2)  # and back to more, smaller shards
+    names = {p.name for p in tmp_path.iterdir()}
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
+    assert names == {"config.json", "model.safetensors.index.json", *index.values()}
+    assert same_weights(moe_edu.from_pretrained(tmp_path), old)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import torch
+    import safetensors.torch
+    import moe_edu, moe_edu.atomic, moe_edu.pretrained
+    from moe_edu import MixtralConfig, MixtralForCausalLM
+
+    path, point, cfg = sys.argv[1], sys.argv[2], MixtralConfig.from_json(sys.argv[3])
+    torch.manual_seed(1)
+    new = MixtralForCausalLM(cfg)
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    calls = []
+    real_save = moe_edu.pretrained.save_file
+    def save_file(*a, **k):
+        calls.append(1)
+        if point == f"before-shard-{len(calls)}":
+            die()
+        real_save(*a, **k)
+    moe_edu.pretrained.save_file = save_file
+    real_exchange = moe_edu.atomic.exchange
+    def exchange(a, b):
+        if point == "before-swap":
+            die()
+        ok = real_exchange(a, b)
+        if point == "after-swap":
+            die()
+        return ok
+    moe_edu.atomic.exchange = exchange
+    moe_edu.save_pretrained(new, path, max_shard_size=int(sys.argv[4]))
+    print("finished")
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["before-shard-1", "before-shard-2", "before-shard-4", "before-swap", "after-swap"])
+def test_killed_save_leaves_the_old_or_the_new_checkpoint_whole(tmp_path, point):
+    """SIGKILL the writer between shards, before and after the swap: the directory loads whole, never a mix."""
+    path = tmp_path / "ckpt"
+    old, new = model(0), model(1)
+    moe_edu.save_pretrained(old, path, max_shard_size=SHARD)
+    (tmp_path / "cfg.json").write_text(json.dumps(CFG.to_dict()))
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(path), point, str(tmp_path / "cfg.json"), str(SHARD)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == -9, proc.stderr  # killed, as planned
+    loaded = moe_edu.from_pretrained(path)
+    assert same_weights(loaded, new if point == "after-swap" else old)
+    stray = [p.name for p in tmp_path.iterdir() if p.name not in ("ckpt", "cfg.json")]
+    assert all(p.startswith(".ckpt.tmp-") for p in stray)  # only a hidden temporary sibling may remain
+    moe_edu.save_pretrained(new, path)  # and the next save works
+    assert same_weights(moe_edu.from_pretrained(path), new)
+
+
+def test_failed_save_keeps_the_old_directory(tmp_path):
+    """An exception inside the writer (disk full, a bug) leaves the old directory untouched and no temp dir."""
+    path = tmp_path / "d"
+    path.mkdir()
+    (path / "keep.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_directory(path) as tmp:
+            (tmp / "half.txt").write_text("new")
+            raise RuntimeError("disk full")
+    assert [p.name for p in tmp_path.iterdir()] == ["d"] and [p.name for p in path.iterdir()] == ["keep.txt"]
+
+
+BOMB_SCRIPT = textwrap.dedent("""
+    import json, resource, sys, time
+    import moe_edu
+    from moe_edu.shipped import load_run
+
+    path, field, value = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    cfg = json.load(open(path + "/config.json"))
+    cfg[field] = value
+    json.dump(cfg, open(path + "/config.json", "w"))
+    vm = int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (vm + 512 * 2**20, resource.RLIM_INFINITY))  # 512 MiB more
+    for name, load in (("from_pretrained", moe_edu.from_pretrained), ("load_moe_block", lambda p: moe_edu.load_moe_block(p, 0)),
+                       ("load_run", load_run)):
+        start = time.perf_counter()
+        try:
+            load(path)
+            print(name, "LOADED")
+        except MemoryError:
+            print(name, "MemoryError", time.perf_counter() - start)
+        except ValueError as err:
+            print(name, "ValueError", time.perf_counter() - start, str(err).replace(chr(10), " "))
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmSize from /proc (Linux)")
+@pytest.mark.parametrize("field,value", [("num_local_experts", 10**9), ("num_hidden_layers", 10**8),
+                                         ("num_hidden_layers", 10**5)])
+def test_config_bomb_fails_fast_naming_the_field(tmp_path, field, value):
+    """An absurd count in config.json fails in well under a second, under a 512 MiB memory cap, naming the field."""
+    moe_edu.save_pretrained(model(0), tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{}")  # load_run reaches the weights first
+    proc = subprocess.run([sys.executable, "-c", BOMB_SCRIPT, str(tmp_path), field, str(value)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3, proc.stdout + proc.stderr
+    for line in lines:
+        name, kind, seconds, message = (line.split(" ", 3) + ["", ""])[:4]
+        assert kind == "ValueError", line
+        assert float(seconds) < 0.5, line
+        assert field in message, line
+
+
+def test_shard_index_cannot_name_files_outside_the_checkpoint(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    moe_edu.save_pretrained(model(0), ckpt, max_shard_size=SHARD)
+    index_path = ckpt / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    key = next(iter(index["weight_map"]))
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_bytes((ckpt / index["weight_map"][key]).read_bytes())
+    for name in ("../elsewhere.safetensors", str(outside)):
+        index["weight_map"][key] = name
+        index_path.write_text(json.dumps(index))
+        with pytest.raises(CheckpointError, match="outside"):
+            moe_edu.from_pretrained(ckpt)
+
+
+def test_integer_tensors_and_bad_dtype_arguments_get_clear_errors(tmp_path):
+    moe_edu.save_pretrained(model(0), tmp_path)
+    sd = moe_edu.from_pretrained(tmp_path).hf_state_dict("v4")
+    sd["model.norm.weight"] = torch.ones(CFG.hidden_size, dtype=torch.int64)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(StateDictError, match=r"model.norm.weight: expected a floating-point tensor, got dtype I64"):
+        moe_edu.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="dtype must be"):
+        moe_edu.from_pretrained(tmp_path, dtype=torch.int8)
+    with pytest.raises(ValueError, match="dtype must be"):
+        moe_edu.load_moe_block(tmp_path, 0, dtype="int8")
+
+
+def test_from_pretrained_accepts_a_dtype_name(tmp_path):
+    moe_edu.save_pretrained(model(0), tmp_path)
+    assert moe_edu.from_pretrained(tmp_path, dtype="float16").lm_head.weight.dtype == torch.float16
+
+
+def test_model_module_knows_nothing_about_files():
+    """model.py imports no I/O module (the old model <-> pretrained cycle), and has no deferred imports."""
+    source = (ROOT / "moe_edu" / "model.py").read_text()
+    assert "pretrained" not in source.split('"""', 2)[2].replace("`pretrained`", "")
+    assert not hasattr(MixtralForCausalLM, "from_pretrained") and not hasattr(MixtralForCausalLM, "save_pretrained")
+    for name in ("model", "pretrained", "run_dir", "shipped", "interop", "loading", "train", "generation", "config"):
+        body = (ROOT / "moe_edu" / f"{name}.py").read_text().splitlines()
+        assert not [line for line in body if line.startswith((" ", "\t")) and line.strip().startswith(
+            ("import ", "from ."))], name
+
+
+def test_atomic_swap_replaces_a_directory_in_one_step(tmp_path):
+    path = tmp_path / "d"
+    path.mkdir()
+    (path / "old.txt").write_text("old")
+    mode = os.stat(path).st_mode
+    with atomic_directory(path) as tmp:
+        (tmp / "new.txt").write_text("new")
+        assert [p.name for p in path.iterdir()] == ["old.txt"]  # untouched until the swap
+    assert [p.name for p in path.iterdir()] == ["new.txt"] and os.stat(path).st_mode == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+def test_loading_a_config_bomb_in_process_is_fast(tmp_path):
+    """The same bound, in process (no memory cap): milliseconds, not minutes."""
+    moe_edu.save_pretrained(model(0), tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["num_hidden_layers"] = 10**8
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="num_hidden_layers=100000000"):
+        moe_edu.from_pretrained(tmp_path)
+    assert time.perf_counter() - start < 0.5
