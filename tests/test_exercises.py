@@ -39,6 +39,21 @@ def _block(x, gate, w1, w3, w2, k, renorm=True, fp32=True):
     return y, (logits if fp32 else logits.half())
 
 
+def _bf16_router(x, gate, w1, w3, w2, k):
+    """Right block, but the router logits computed in the input's dtype (bf16) and cast afterwards."""
+    from moe_edu.exercises.smoe_block import moe_block_reference
+
+    y, _ = moe_block_reference(x, gate, w1, w3, w2, k)
+    return y, F.linear(x.reshape(-1, x.shape[-1]), gate).float()
+
+
+def _edit_inputs_to_agree(a, b):
+    """A cheat: overwrite a with b in place, then report agreement."""
+    a[0].copy_(b[0])
+    a[1].copy_(b[1])
+    return True
+
+
 def _lb(l, E, k):
     return load_balancing_loss(l, E, k)
 
@@ -91,6 +106,7 @@ WRONG = {
         (lambda l, k: (torch.topk(torch.softmax(l.float(), -1), k, -1).values, torch.topk(l, k, -1).indices), "weights differs at"),
     ],
     "combining.same_routing": [
+        (lambda a, b, atol=1e-6: _edit_inputs_to_agree(a, b), "case 4 (one weight off by 1e-3): output: expected False, got True"),
         (lambda a, b, atol=1e-6: torch.allclose(a[0], b[0], atol=atol) and torch.equal(a[1], b[1]),
          "case 3 (same routing, slots swapped): output: expected True, got False"),
         (lambda a, b, atol=1e-6: torch.equal(a[1].sort(-1).values, b[1].sort(-1).values),
@@ -102,6 +118,7 @@ WRONG = {
         (lambda o, w: o.mean(1), "case 1 (T=4, k=2, H=8): output differs at"),
         (lambda o, w: (o * w[..., None]).sum(1), "dtype: expected torch.bfloat16, got torch.float32"),
         (lambda o, w: (o * w[:, None, :]).sum(1), "raised RuntimeError"),
+        (lambda o, w: (o * w[..., None].to(o.dtype)).sum(1), "case 5 (bf16 outputs that nearly cancel"),
     ],
     "smoe_block.swiglu_expert": [
         (lambda x, w1, w3, w2: F.linear(F.silu(F.linear(x, w3)) * F.linear(x, w1), w2), "output differs at"),
@@ -112,6 +129,7 @@ WRONG = {
         (lambda *a: _block(*a, renorm=False), "y differs at"),
         (lambda *a: _block(*a, fp32=False), "router_logits dtype: expected torch.float32, got torch.float16"),
         (lambda *a: _block(*a)[0], "expected a tuple of 2 values, got a tensor"),
+        (_bf16_router, "case 4 (bf16 x and weights: router logits in float32"),
     ],
     "smoe_block.active_parameters": [
         (lambda c: __import__("moe_edu").count_parameters(c).total,
@@ -119,6 +137,8 @@ WRONG = {
         (lambda c: __import__("moe_edu").count_parameters(c).active - c.num_hidden_layers * c.num_local_experts * c.hidden_size,
          "expected 12,879,925,248, got"),
         (lambda c: float(__import__("moe_edu").count_parameters(c).active), "expected int 12,879,925,248, got float"),
+        (lambda c: __import__("moe_edu").count_parameters(c.replace(tie_word_embeddings=False)).active,
+         "case 5 (tiny with tie_word_embeddings=True"),
     ],
     "load_balancing.load_balancing_loss": [
         (lambda l, E, k: _lb(l, E, k) / E, "case 1 (T=8, E=4, k=2): output: expected 2.04, got"),
@@ -129,6 +149,7 @@ WRONG = {
         (lambda l: torch.logsumexp(l.float(), -1).mean(), "case 1 (T=8, E=4): output: expected"),
         (lambda l: torch.logsumexp(l.float(), -1).pow(2).sum(), "output: expected"),
         (lambda l: torch.logsumexp(l, -1).pow(2).mean(), "dtype: expected torch.float32, got torch.bfloat16"),
+        (lambda l: torch.log(torch.exp(l.float()).sum(-1)).pow(2).mean(), "case 4 (huge logits (about 100: exp overflows"),
     ],
 }
 
@@ -198,3 +219,56 @@ def test_checker_output_is_deterministic(capsys):
 def test_library_orders_both_pass_topk_renormalised(capsys):
     assert one_line(capsys, EXERCISES["topk.topk_renormalised"], topk_softmax)[0]
     assert one_line(capsys, EXERCISES["load_balancing.router_z_loss"], router_z_loss)[0]
+
+
+def _same_routing_sorting_in_place(a, b, atol=1e-6):
+    """An honest answer that sorts both routings' slots in place before comparing."""
+    for w, e in (a, b):
+        e_sorted, order = e.sort(-1)
+        w.copy_(w.gather(-1, order))
+        e.copy_(e_sorted)
+    return torch.equal(a[1], b[1]) and torch.allclose(a[0].float(), b[0].float(), rtol=0.0, atol=atol)
+
+
+def _combine_einsum(o, w):
+    return torch.einsum("tkh,tk->th", o.float(), w.float()).to(o.dtype)
+
+
+def _block_per_token(x, gate, w1, w3, w2, k):
+    """An honest block written differently: a per-token loop accumulating y in x's dtype."""
+    B, T, H = x.shape
+    flat = x.reshape(-1, H)
+    logits = flat.float() @ gate.float().T
+    w, e = torch.softmax(logits, -1).topk(k, -1)
+    w = w / w.sum(-1, keepdim=True)
+    y = torch.zeros_like(flat)
+    for t in range(flat.shape[0]):
+        for j in range(k):
+            i = e[t, j]
+            h = F.silu(flat[t] @ w1[i].T) * (flat[t] @ w3[i].T)
+            y[t] += (w[t, j] * (h @ w2[i].T)).to(y.dtype)
+    return y.reshape(B, T, H), logits
+
+
+def _active_with_tied(c):
+    from moe_edu import count_parameters
+
+    full = count_parameters(c.replace(tie_word_embeddings=False)).active
+    return full - c.vocab_size * c.hidden_size if c.tie_word_embeddings else full
+
+
+# honest answers written differently from the reference: each checker defect's fix must accept them
+HONEST = {
+    "combining.same_routing": _same_routing_sorting_in_place,
+    "combining.combine": _combine_einsum,
+    "smoe_block.moe_block": _block_per_token,
+    "smoe_block.active_parameters": _active_with_tied,
+    "load_balancing.router_z_loss": lambda l: (l.float().max(-1).values
+                                               + torch.log(torch.exp(l.float() - l.float().max(-1, keepdim=True).values).sum(-1))).pow(2).mean(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HONEST))
+def test_honest_answer_written_differently_passes(capsys, name):
+    ok, line = one_line(capsys, EXERCISES[name], HONEST[name])
+    assert ok, line

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from decimal import Decimal
+from fractions import Fraction
+
+import numpy as np
+import pytest
 import torch
 
 from moe_edu.exercises.core import ALL, Case, Registry, compare, randn
@@ -74,14 +81,47 @@ def test_global_rng_untouched():
     assert torch.equal(torch.rand(1), a)
 
 
-def test_use_falls_back_silently(capsys):
+def test_use_says_when_it_falls_back(capsys):
     def stub(x):
         raise NotImplementedError()
 
     good = lambda x: x * 2  # noqa: E731
-    assert reg.use(stub, "double") is _double
     assert reg.use(good, "double") is good
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr().out == ""  # a passing function is used silently
+    assert reg.use(stub, "double") is _double
+    assert capsys.readouterr().out == "○ double: the cells below use moe_edu's reference (yours is not attempted yet)\n"
+    assert reg.use(lambda x: x, "double") is _double
+    assert capsys.readouterr().out == "✗ double: the cells below use moe_edu's reference (yours does not pass its checker yet)\n"
+
+
+def test_endless_loop_is_stopped_with_a_clear_line(capsys, monkeypatch):
+    monkeypatch.setattr(reg.get("double"), "time_limit", 0.5)
+
+    def loops(x):
+        while True:
+            x = x + 0
+
+    start = time.perf_counter()
+    ok, line = run(capsys, loops)
+    assert not ok and line == ("✗ double: case 1 (small): your function did not finish within 0.5 s "
+                               "and was stopped (an endless loop?)")
+    assert time.perf_counter() - start < 5
+    time.sleep(0.2)
+    assert not [t for t in threading.enumerate() if t.name == "moe_edu-checker"]  # the loop really stopped
+    assert run(capsys, lambda x: 2 * x)[0]  # and the kernel still works
+
+
+def test_grad_mode_and_errors_cross_the_worker_thread(capsys):
+    assert run(capsys, lambda x: (2 * x).requires_grad_(False) if not torch.is_grad_enabled() else None)[0]
+    assert "raised KeyError" in run(capsys, lambda x: {}["k"])[1]
+
+
+def test_nbgrader_autograde_raises_on_failure(capsys, monkeypatch):
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    assert reg.check("double", _double)
+    with pytest.raises(AssertionError, match="not attempted"):
+        reg.check("double", lambda x: (_ for _ in ()).throw(NotImplementedError()))
+    assert capsys.readouterr().out.count("\n") == 2  # the line is still printed
 
 
 def test_hint_and_unknown_names(capsys):
@@ -89,6 +129,26 @@ def test_hint_and_unknown_names(capsys):
     assert capsys.readouterr().out == "hint 1/1 for double: multiply by two\n"
     assert not reg.check("nope", _double)
     assert capsys.readouterr().out.startswith("✗ nope: no exercise 'nope'")
+
+
+def test_numbers_of_any_exact_type_are_accepted_and_bools_named():
+    assert compare(3, np.int64(3), atol=0, rtol=0) is None
+    assert compare(3, Fraction(6, 2), atol=0, rtol=0) is None
+    assert compare(3, torch.tensor(3), atol=0, rtol=0) is None
+    assert compare(3, Fraction(7, 2), atol=0, rtol=0) == "output: expected int 3, got fractions.Fraction 7/2"
+    assert compare(3, np.float64(3.0), atol=0, rtol=0) == "output: expected int 3, got numpy.float64 3"
+    assert compare(1, np.bool_(True), atol=0, rtol=0) == "output: expected int 1, got numpy.bool_ True"
+    assert compare(0.5, Fraction(1, 2), atol=0, rtol=0) is None
+    assert compare(0.5, np.float32(0.5), atol=0, rtol=0) is None
+    assert compare(0.5, Decimal("0.5"), atol=0, rtol=0) is None
+    assert compare(0.5, np.float64(0.7), atol=0, rtol=0) == "output: expected 0.5, got 0.7"
+    assert compare(1.0, np.bool_(True), atol=0, rtol=0) == "output: expected a number 1, got numpy.bool_ True"
+    assert compare(1.0, True, atol=0, rtol=0) == "output: expected a number 1, got bool True"
+    assert compare(True, np.bool_(True), atol=0, rtol=0) is None
+    assert compare(True, torch.tensor(True), atol=0, rtol=0) is None
+    assert compare(True, np.bool_(False), atol=0, rtol=0) == "output: expected True, got False"
+    assert compare(True, 1, atol=0, rtol=0) == "output: expected bool True, got int 1"
+    assert compare(True, "yes", atol=0, rtol=0) == "output: expected bool True, got str"
 
 
 def test_compare_scalars():

@@ -99,7 +99,14 @@ def _combine_cases():
         Case("square k=H=4, T=5", (randn(5, 4, 4, seed=94), torch.softmax(randn(5, 4, seed=95), -1))),
         Case("bf16 expert outputs, fp32 weights", (randn(4, 2, 8, seed=96, dtype=torch.bfloat16),
                                                    torch.softmax(randn(4, 2, seed=97), -1))),
+        Case("bf16 outputs that nearly cancel: products and sum must be float32", _cancelling()),
     ]
+
+
+def _cancelling() -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs about +70 and -30 weighted 0.3 / 0.7: y is O(1), but bf16 products would be off by ~0.1."""
+    out = torch.stack([70.0 + randn(4, 8, seed=98), -30.0 + randn(4, 8, seed=99)], dim=1)  # (T, 2, H)
+    return out.to(torch.bfloat16), torch.tensor([[0.3, 0.7]]).repeat(4, 1)  # (T, 2, H), (T, 2)
 
 
 check_topk_softmax = _topk_softmax_cases.check

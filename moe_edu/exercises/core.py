@@ -7,26 +7,32 @@ A checker never raises into the notebook. It prints exactly one line:
     ○ router_logits: not attempted yet (the stub still raises NotImplementedError)
 
 and returns a `Verdict` (bool-like, shows nothing as a cell's value) that is true only
-when every case passes. `use(fn, name)` is the silent twin that
-later notebook cells call: the student's function when it passes, else the reference,
+when every case passes. `use(fn, name)` is the twin that later notebook cells call: the
+student's function when it passes (silently), else the reference with one line saying so,
 so a notebook stays usable top to bottom before any exercise is done.
+
+Every call gets its own deep copy of the case's arguments (the reference runs first, on its
+own copy), a student function that loops is stopped after `TIME_LIMIT` seconds, and numbers
+are compared by value whatever their type (int, float, numpy scalar, `Fraction`, one-element
+tensor; booleans are never numbers). Under nbgrader (`NBGRADER_EXECUTION` set) a failing
+check also raises `AssertionError`, so an autograded checker cell scores 0.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 import math
-import warnings
+import numbers
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
-from torch import nn
+
+from .calling import TimeLimitExceeded, _call, _fresh  # noqa: F401 (re-exported)
 
 PASS, FAIL, TODO = "✓", "✗", "○"
 MAX_SHOWN = 3  # mismatching entries named in a failure line
+TIME_LIMIT = 10.0  # seconds one student call may take before it is stopped
 
 
 class Verdict(int):
@@ -59,19 +65,57 @@ def randn(*shape: int, seed: int, dtype: torch.dtype = torch.float32, scale: flo
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return repr(v)
+    if isinstance(v, bool) or _is_bool(v):
+        return str(bool(v))
+    if isinstance(v, numbers.Integral):
+        return f"{int(v):,}"
+    if isinstance(v, float) or _type_name(v).startswith("numpy.float"):
+        return f"{float(v):.4g}"
+    return str(v) if isinstance(v, numbers.Number) else repr(v)
+
+
+def _type_name(v: Any) -> str:
+    """`int`, `numpy.bool_`, `fractions.Fraction`: the type as the student would write it."""
+    t = type(v)
+    if t.__module__ == "builtins":
+        return t.__name__
+    if t.__module__ == "numpy":
+        return "numpy.bool_" if t.__name__ in ("bool", "bool_") else f"numpy.{t.__name__}"
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool) or _type_name(v) == "numpy.bool_"
 
 
 def _kind(v: Any) -> str:
     if isinstance(v, torch.Tensor):
         return f"a tensor of shape {tuple(v.shape)}"
-    return f"{type(v).__name__} {_fmt(v)}" if isinstance(v, (bool, int, float)) else type(v).__name__
+    if _is_bool(v) or isinstance(v, numbers.Number):
+        return f"{_type_name(v)} {_fmt(v)}"
+    return _type_name(v)
+
+
+def _exact_int(v: Any) -> int | None:
+    """`v` as an int when it is an integer by type (int, numpy integer, Fraction n/1, integer
+    one-element tensor), else None. Floats are not: an int answer is counted, not measured."""
+    if isinstance(v, torch.Tensor):
+        if v.numel() == 1 and not v.is_floating_point() and not v.is_complex() and v.dtype != torch.bool:
+            return int(v.item())
+        return None
+    if _is_bool(v) or not isinstance(v, numbers.Rational):  # int, numpy integer, Fraction
+        return None
+    return int(v) if v.denominator == 1 else None
+
+
+def _real(v: Any) -> float | None:
+    """`v` as a float when it is a real number (int, float, numpy scalar, Fraction, Decimal,
+    one-element non-bool tensor), else None."""
+    if isinstance(v, torch.Tensor):
+        return float(v.item()) if v.numel() == 1 and v.dtype != torch.bool and not v.is_complex() else None
+    if _is_bool(v) or not isinstance(v, (numbers.Real, __import__("decimal").Decimal)):
+        return None
+    return float(v)
 
 
 def compare(expected: Any, got: Any, *, atol: float, rtol: float, where: str = "output",
@@ -113,57 +157,49 @@ def compare(expected: Any, got: Any, *, atol: float, rtol: float, where: str = "
                 return msg
         return None
     if isinstance(expected, bool):
-        if not isinstance(got, (bool, torch.Tensor)) or (isinstance(got, torch.Tensor) and got.numel() != 1):
+        # a bool: Python or numpy bool, or a one-element bool tensor (never the int 0 / 1)
+        if isinstance(got, torch.Tensor) and got.numel() == 1 and got.dtype == torch.bool:
+            got = bool(got.item())
+        if not _is_bool(got):
             return f"{where}: expected bool {expected}, got {_kind(got)}"
         return None if bool(got) == expected else f"{where}: expected {expected}, got {bool(got)}"
     if isinstance(expected, int):
-        if isinstance(got, bool) or not isinstance(got, int):
+        value = _exact_int(got)
+        if value is None:
             return f"{where}: expected int {_fmt(expected)}, got {_kind(got)}"
-        return None if got == expected else f"{where}: expected {_fmt(expected)}, got {_fmt(got)} (off by {_fmt(got - expected)})"
+        return None if value == expected else (
+            f"{where}: expected {_fmt(expected)}, got {_fmt(value)} (off by {_fmt(value - expected)})")
     if isinstance(expected, float):
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
-        if isinstance(got, bool) or not isinstance(got, (int, float)):
+        value = _real(got)
+        if value is None:
             return f"{where}: expected a number {_fmt(expected)}, got {_kind(got)}"
-        return None if math.isclose(got, expected, rel_tol=rtol, abs_tol=atol) else (
-            f"{where}: expected {_fmt(expected)}, got {_fmt(float(got))}")
+        return None if math.isclose(value, expected, rel_tol=rtol, abs_tol=atol) else (
+            f"{where}: expected {_fmt(expected)}, got {_fmt(value)}")
     return None if got == expected else f"{where}: expected {expected!r}, got {got!r}"
 
 
-def _fresh(value: Any) -> Any:
-    """A private copy of an argument, so an in-place edit cannot leak into the next call."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, (nn.Module, list, dict)):
-        return copy.deepcopy(value)
-    return value
-
-
-def _call(fn: Callable, case: Case) -> Any:
-    """Call quietly: the student's prints and warnings must not add lines to the checker's one."""
-    args = tuple(_fresh(a) for a in case.args)
-    kwargs = {k: _fresh(v) for k, v in case.kwargs.items()}
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with torch.no_grad():
-            return fn(*args, **kwargs)
-
-
 def _outcome(fn: Callable, reference: Callable, cases: Sequence[Case], normalize: Callable | None,
-             atol: float, rtol: float, names: Sequence[str] | None = None) -> tuple[str, str]:
-    """(symbol, message) for one student function; never raises."""
+             atol: float, rtol: float, names: Sequence[str] | None = None,
+             time_limit: float = TIME_LIMIT) -> tuple[str, str]:
+    """(symbol, message) for one student function; never raises. The reference runs first, on
+    its own copy of the case, so nothing the student's call does can change the expected answer."""
     if not callable(fn):
-        return FAIL, f"expected a function, got {type(fn).__name__}"
+        return FAIL, f"expected a function, got {_type_name(fn)}"
     for n, case in enumerate(cases, 1):
         try:
-            got = _call(fn, case)
+            expected = _call(reference, case)
+        except Exception as err:  # pragma: no cover - a failing reference is our bug
+            return FAIL, f"case {n} ({case.label}): the reference failed ({type(err).__name__}: {err})"
+        try:
+            got = _call(fn, case, time_limit)
         except NotImplementedError:
             return TODO, "not attempted yet (the stub still raises NotImplementedError)"
+        except TimeLimitExceeded:
+            return FAIL, (f"case {n} ({case.label}): your function did not finish within {time_limit:g} s "
+                          "and was stopped (an endless loop?)")
         except Exception as err:  # the student's bug, reported rather than raised
             return FAIL, f"case {n} ({case.label}): your function raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
         try:
-            expected = _call(reference, case)
             if normalize is not None:
                 expected = normalize(expected)
                 try:
@@ -190,6 +226,7 @@ class Exercise:
     rtol: float = 1e-4
     normalize: Callable | None = None  # applied to both outputs first (e.g. sort top-k slots)
     outputs: Sequence[str] | None = None  # names of a tuple output's parts, for messages
+    time_limit: float = TIME_LIMIT  # seconds per student call
 
     def outcome(self, fn: Callable) -> tuple[str, str]:
         try:
@@ -197,17 +234,28 @@ class Exercise:
         except Exception as err:  # pragma: no cover - a broken case generator is our bug
             return FAIL, f"could not build the test cases ({type(err).__name__}: {err})"
         with torch.random.fork_rng(devices=[]):
-            return _outcome(fn, self.reference, cases, self.normalize, self.atol, self.rtol, self.outputs)
+            return _outcome(fn, self.reference, cases, self.normalize, self.atol, self.rtol, self.outputs,
+                            self.time_limit)
 
     def check(self, fn: Callable) -> Verdict:
-        """Print one line (✓ / ✗ / ○) and return whether every case passes (a bool-like `Verdict`)."""
+        """Print one line (✓ / ✗ / ○) and return whether every case passes (a bool-like `Verdict`).
+        Under nbgrader's validate/autograde runs a failure also raises, so the cell scores 0."""
         symbol, message = self.outcome(fn)
-        print(f"{symbol} {self.name}: {message}")
+        line = f"{symbol} {self.name}: {message}"
+        print(line)
+        if symbol != PASS and os.environ.get("NBGRADER_EXECUTION"):
+            raise AssertionError(line)
         return Verdict(symbol == PASS)
 
     def use(self, fn: Callable) -> Callable:
-        """The student's function when it passes every case, else the reference; prints nothing."""
-        return fn if self.outcome(fn)[0] == PASS else self.reference
+        """The student's function when it passes every case (silently); else the reference, and
+        one line saying that the cells below run the reference instead."""
+        symbol, _ = self.outcome(fn)
+        if symbol == PASS:
+            return fn
+        why = "yours is not attempted yet" if symbol == TODO else "yours does not pass its checker yet"
+        print(f"{symbol} {self.name}: the cells below use moe_edu's reference ({why})")
+        return self.reference
 
     def hint(self, level: int | None = None) -> None:
         """Print hint `level` (1-based), or all hints, one per line."""
@@ -267,7 +315,7 @@ class Registry:
             print(err.args[0])
 
     def use(self, fn: Callable, name: str) -> Callable:
-        """`fn` when it passes exercise `name`, else the library's reference (silent)."""
+        """`fn` when it passes exercise `name`, else the library's reference (with one line saying so)."""
         return self.get(name).use(fn)
 
     def reference(self, name: str) -> Callable:

@@ -36,14 +36,19 @@ def _lb_cases():
 
 
 @exercises.add("router_z_loss", reference=router_z_loss, hints=(
-    "z = logsumexp of each token's logits (torch.logsumexp(..., dim=-1)), in float32.",
-    "Square it and average over the tokens: a 0-d tensor.",
+    "z_t = log(sum_e exp(logit_te)): one number per token, in float32. Written literally, exp overflows for logits near 100.",
+    "torch.logsumexp(..., dim=-1) subtracts each row's max before exp, so it never overflows.",
+    "Square the per-token values and average over the tokens: a 0-d tensor.",
 ))
 def _z_cases():
     return [
         Case("T=8, E=4", (randn(8, 4, seed=151),)),
         Case("large logits, T=5, E=8", (randn(5, 8, seed=152, scale=10.0),)),
         Case("bf16 logits, T=6, E=8", (randn(6, 8, seed=153, dtype=torch.bfloat16),)),
+        Case("huge logits (about 100: exp overflows float32, logsumexp does not), T=4, E=8",
+             (randn(4, 8, seed=154, scale=5.0) + 100.0,)),
+        Case("huge negative logits (about -120: exp underflows to 0), T=4, E=8",
+             (randn(4, 8, seed=155, scale=5.0) - 120.0,)),
     ]
 
 

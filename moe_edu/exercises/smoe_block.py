@@ -69,6 +69,9 @@ def _moe_block_cases():
         Case("B=1, T=5, H=8, E=4, k=2", (randn(1, 5, 8, seed=111), *_weights(4, 8, 12, 112), 2)),
         Case("B=2, T=3, H=8, E=8, k=2 (Mixtral)", (randn(2, 3, 8, seed=121), *_weights(8, 8, 12, 122), 2)),
         Case("k=1, B=1, T=4, H=8, E=4", (randn(1, 4, 8, seed=131), *_weights(4, 8, 12, 132), 1)),
+        Case("bf16 x and weights: router logits in float32, y in bf16, B=2, T=4, H=8, E=4, k=2",
+             (randn(2, 4, 8, seed=141, dtype=torch.bfloat16),
+              *(w.to(torch.bfloat16) for w in _weights(4, 8, 12, 142)), 2)),
     ]
 
 
@@ -76,6 +79,7 @@ def _moe_block_cases():
     "Start from the total: embedding V*H, attention per layer, router E*H per layer, E experts of 3*H*I each per layer, norms, lm_head H*V.",
     "A token runs only k of the E experts: subtract (E - k) * 3*H*I per layer from the total.",
     "Everything else (embedding, attention, router, norms, lm_head) is active for every token; Mixtral 8x7B gives 12,879,925,248.",
+    "With config.tie_word_embeddings the lm_head is the embedding matrix itself: count those V*H weights once.",
 ))
 def _active_parameters_cases():
     return [
@@ -83,6 +87,8 @@ def _active_parameters_cases():
         Case("tiny", (PRESETS["tiny"],)),
         Case("mixtral-8x22b", (PRESETS["mixtral-8x22b"],)),
         Case("tiny with k=1 and E=16", (PRESETS["tiny"].replace(num_experts_per_tok=1, num_local_experts=16),)),
+        Case("tiny with tie_word_embeddings=True (lm_head shares the embedding's weights)",
+             (PRESETS["tiny"].replace(tie_word_embeddings=True),)),
     ]
 
 
