@@ -6,9 +6,8 @@ Regimes (`REGIMES`):
 - "router_frozen"   the routers (`mlp.gate.weight` of every layer) are fixed, so routing can
                     change only through the hidden states feeding them;
 - "experts_frozen"  the experts are fixed; attention, norms, embeddings and routers train.
-                    (ST-MoE found that updating only the non-MoE parameters worked about as
-                    well as updating all, and that freezing the MoE parameters is a way to
-                    fine-tune with fewer parameters.)
+                    (ST-MoE, Zoph et al. 2022, report that freezing the MoE parameters worked
+                    almost as well as updating everything, while updating only them hurt.)
 
 `finetune` runs `moe_edu.train.train_steps` on a copy of the model, with the aux-loss
 coefficient set in the copy's config (0 turns it off).

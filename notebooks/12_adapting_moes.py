@@ -1,0 +1,456 @@
+# %% [markdown]
+# # 12 · Adapting MoEs: upcycling, fine-tuning, pruning and merging
+#
+# > "Mixtral – Instruct [is] trained with supervised fine-tuning and Direct Preference Optimization."
+# > — Mixtral of Experts, §4 (Jiang et al., 2024), paraphrased
+#
+# The paper releases a base model and an instruction-tuned one; it does not describe how the base
+# model was initialised (from scratch or from a dense model) nor how the fine-tuning treated the
+# routers. This notebook asks the practical questions anyone adapting an MoE meets, and answers each
+# with a measurement on the course's tiny Mixtral (4 layers, 8 experts, top-2, 1.55 M parameters):
+#
+# **You will**
+#
+# 1. *upcycle* a dense model into an MoE (Komatsuzaki et al., 2022), check that it computes exactly
+#    the dense function at step 0, and see what breaks the symmetry between the copied experts;
+# 2. compare continued training of the dense model, the upcycled MoE and an MoE trained from scratch;
+# 3. fine-tune the shipped MoE on one domain with the routers frozen, the experts frozen or everything
+#    trainable, with and without the aux loss — target loss, forgetting, routing shift;
+# 4. remove one expert per layer by *pruning* (least used / random) or *merging* (two most similar),
+#    and measure what it costs per domain.
+#
+# > **中文導讀**　本章談「改造」已訓練好的 MoE。第一，稀疏升級（sparse upcycling）：把稠密模型的 FFN 複製到每個專家，
+# > 再加上新的路由器；因為 top-k 權重加總為 1，第 0 步的輸出與原本的稠密模型完全相同，真正打破專家對稱的是路由器把
+# > 不同 token 送往不同專家。第二，微調：比較凍結路由器、凍結專家與全部參數更新，有無輔助損失，量測目標領域的損失、
+# > 其他領域的遺忘與路由的變化。第三，剪枝與合併專家：移除使用率最低的專家、合併最相似的兩個專家，與隨機移除比較。
+# > 較長的實驗已預先算好並隨套件附上，重新產生的指令寫在下方。
+
+# %%
+import moe_edu
+from moe_edu.notebook import setup
+
+setup()
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+
+from moe_edu.adapt_experiments import load_results
+
+results = load_results()  # precomputed: python -m moe_edu.adapt_experiments --out moe_edu/results/adapting.json
+print(results["command"])
+
+# %% [markdown]
+# ## 1 · Sparse upcycling in plain torch
+#
+# A dense FFN is one SwiGLU, $\mathrm{FFN}(x) = W_2(\mathrm{silu}(W_1x)\odot W_3x)$. Upcycling copies it into all
+# $E$ experts and adds a **fresh** router. For any token, the MoE output is
+#
+# $$y = \sum_{i\in\text{top-}k} w_i\,\mathrm{FFN}_i(x) = \mathrm{FFN}(x)\sum_{i\in\text{top-}k} w_i = \mathrm{FFN}(x),$$
+#
+# because every $\mathrm{FFN}_i$ is the same function and Mixtral's renormalised top-k weights sum to 1. So
+# the new model starts exactly where the dense one stopped, whatever the random router does.
+
+# %%
+torch.manual_seed(0)
+H, I, E, k = 64, 224, 8, 2
+w1, w3, w2 = 0.1 * torch.randn(I, H), 0.1 * torch.randn(I, H), 0.1 * torch.randn(H, I)  # the dense FFN
+x = torch.randn(32, H)  # (T, H)
+
+
+def ffn(x, w1, w3, w2):
+    return F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)  # (T, H)
+
+
+experts = [(w1.clone(), w3.clone(), w2.clone()) for _ in range(E)]  # E identical copies
+router = 0.02 * torch.randn(E, H)  # (E, H) fresh, random
+weights, chosen = torch.topk(torch.softmax(x @ router.T, dim=-1), k, dim=-1)  # (T, k), (T, k)
+weights = weights / weights.sum(-1, keepdim=True)  # renormalised: each row sums to 1
+y_moe = torch.stack([sum(weights[t, j] * ffn(x[t : t + 1], *experts[int(chosen[t, j])])[0] for j in range(k))
+                     for t in range(len(x))])  # (T, H)
+print("distinct experts used:", len(torch.unique(chosen)))
+print("max |y_moe - y_dense| < 1e-6:", (y_moe - ffn(x, w1, w3, w2)).abs().max().item() < 1e-6)
+
+# %% [markdown]
+# The library does the same for a whole model: `dense_config(config)` is the dense twin (one expert, $k = 1$:
+# its one routing weight is softmax of one logit = 1), and `upcycle_model` copies every non-MoE weight and
+# every layer's FFN into $E$ experts with a fresh router.
+
+# %%
+from moe_edu.upcycling import dense_config, expert_spread, upcycle_block, upcycle_model
+
+cfg = moe_edu.get_config("tiny").replace(vocab_size=1024)
+torch.manual_seed(0)
+dense = moe_edu.MixtralForCausalLM(dense_config(cfg)).eval()
+upcycled = upcycle_model(dense, num_experts=8, top_k=2, seed=0).eval()
+ids = torch.randint(0, 1024, (2, 32))  # (B, T)
+with torch.no_grad():
+    diff = (upcycled(ids).logits - dense(ids).logits).abs().max().item()
+print(f"dense: {sum(p.numel() for p in dense.parameters()):,} parameters; "
+      f"upcycled: {sum(p.numel() for p in upcycled.parameters()):,}")
+print("upcycled logits = dense logits (max diff < 1e-5):", diff < 1e-5)
+print("expert spread at step 0:", expert_spread(upcycled.model.layers[0].mlp))
+
+# %% [markdown]
+# ### What breaks the symmetry?
+#
+# If all experts are equal, the output does not depend on the routing weights at all, so **the router gets
+# exactly zero gradient** at step 0. The experts do get gradients — but only from the tokens routed to them.
+# With a random router, different experts see different tokens, their gradients differ, they drift apart, and
+# from then on the router has something to choose between. With an all-zero router every token ties and goes
+# to the same two experts: those two get identical gradients, the other six get none,
+# and the symmetry never breaks.
+#
+# A live check on one upcycled block, trained for 30 steps to imitate a random target FFN:
+
+# %%
+def symmetry_run(router_std: float, steps: int = 30) -> dict:
+    torch.manual_seed(0)
+    dense_block = moe_edu.SparseMoeBlock(dense_config(cfg))
+    block = upcycle_block(dense_block, 8, 2, router_std=router_std, generator=torch.Generator().manual_seed(1))
+    target = moe_edu.SparseMoeBlock(dense_config(cfg))  # an unrelated FFN to imitate
+    xs = torch.randn(4, 64, cfg.hidden_size)  # (B, T, H)
+    with torch.no_grad():
+        goal = target(xs)[0]
+    opt = torch.optim.Adam(block.parameters(), lr=3e-3)
+    router_grads = []
+    for _ in range(steps):
+        loss = F.mse_loss(block(xs)[0], goal)
+        opt.zero_grad()
+        loss.backward()
+        router_grads.append(block.gate.weight.grad.abs().max().item())
+        opt.step()
+    w = torch.cat([block.experts.gate_up_proj.flatten(1), block.experts.down_proj.flatten(1)], 1)  # (E, P)
+    distinct = len({tuple(row.tolist()) for row in w})  # experts that are not exact copies of another
+    used = torch.unique(block.route(xs).expert_ids).numel()
+    return {"grad0": router_grads[0], "grad_last": router_grads[-1], "distinct": distinct, "used": used}
+
+
+sym = {"random router (std 0.02)": symmetry_run(0.02), "zero router": symmetry_run(0.0)}
+for name, r in sym.items():
+    print(f"{name:25s} router grad at step 30 > 1000 x step 0: {r['grad_last'] > 1000 * r['grad0']} | "
+          f"experts used {r['used']}, distinct experts {r['distinct']}")
+
+# %% [markdown]
+# With the random router all 8 experts are in use and all 8 have become different functions, and by step 30 the
+# router has a gradient. With the zero router two experts do all the work as one (the other six are untouched
+# copies: 2 distinct functions), and the router's gradient stays exactly zero — it will never learn. (At step 0
+# the random router's gradient is zero up to float rounding too: the experts are still equal.)
+
+# %% [markdown]
+# Komatsuzaki et al. (2022) upcycle T5 and ViT checkpoints this way (experts copied from the dense MLP, a new
+# router) and report that the upcycled models beat continued dense training, while MoEs trained from scratch
+# need a much larger extra budget to catch up. Adding a little noise to the copies (`noise_std`) is another
+# way to break the tie; the router's random initialisation alone already does it.
+#
+# ## 2 · Dense continued vs upcycled vs MoE from scratch
+#
+# The precomputed run (batches of 8 × 64 tokens, the course corpus, one CPU thread): a dense tiny model
+# trains for 150 steps; then (a) the dense model continues for 150 steps, (b) its upcycled MoE (E = 8, k = 2,
+# aux-loss coefficient 0.1) continues for 150 steps on the same batches, and (c) an MoE from scratch trains
+# for all 300 steps. Held-out cross-entropy on the same mixed batches:
+
+# %%
+up = results["upcycling"]
+curves = up["curves"]
+print(f"step-0 max |logit difference| upcycled vs dense < 1e-4: {up['step0_max_abs_logit_diff'] < 1e-4}")
+print(f"active parameters per token: dense {up['active_params']['dense']:,}, MoE {up['active_params']['moe']:,}")
+print(f"{'step':>5} {'dense':>8} {'dense cont.':>12} {'upcycled':>9} {'MoE scratch':>12}")
+rows = {e["step"]: {"moe_scratch": e["eval_ce"]} for e in curves["moe_scratch"]}
+for name in ("dense_pretrain", "dense_continued", "upcycled"):
+    for e in curves[name]:
+        rows.setdefault(e["step"], {})[name] = e["eval_ce"]
+fmt = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
+for step in sorted(rows):
+    r = rows[step]
+    print(f"{step:5d} {fmt(r.get('dense_pretrain')):>8} {fmt(r.get('dense_continued')):>12} "
+          f"{fmt(r.get('upcycled')):>9} {fmt(r.get('moe_scratch')):>12}")
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11.0, 3.8))
+tokens = 8 * 64
+flops = {"dense": 6 * up["active_params"]["dense"] * tokens, "moe": 6 * up["active_params"]["moe"] * tokens}
+style = {"dense_pretrain": ("dense", "k-"), "dense_continued": ("dense", "k--"), "upcycled": ("moe", "C1-"),
+         "moe_scratch": ("moe", "C0-")}
+for name, (kind, st) in style.items():
+    steps = [e["step"] for e in curves[name]]
+    ce = [e["eval_ce"] for e in curves[name]]
+    axes[0].plot(steps, ce, st, label=name.replace("_", " "))
+    # training FLOPs ~ 6 x active parameters x tokens; the continuations start from the dense run's FLOPs
+    start = flops["dense"] * up["settings"]["dense_steps"] if name in ("dense_continued", "upcycled") else 0
+    offset = up["settings"]["dense_steps"] if start else 0
+    axes[1].plot([(start + flops[kind] * (s - offset)) / 1e12 for s in steps], ce, st, label=name.replace("_", " "))
+axes[0].set_xlabel("step")
+axes[1].set_xlabel("training FLOPs (x 1e12, ~6 x active params x tokens)")
+for ax in axes:
+    ax.set_ylabel("held-out cross-entropy")
+    ax.set_ylim(4.2, 6.0)
+    ax.legend(fontsize=7)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# What the numbers say (from the shipped file, so they are the same on every machine):
+
+# %%
+last = {name: curves[name][-1]["eval_ce"] for name in ("dense_continued", "upcycled", "moe_scratch")}
+print(f"at step 300: dense continued {last['dense_continued']:.3f}, upcycled {last['upcycled']:.3f}, "
+      f"MoE from scratch {last['moe_scratch']:.3f}")
+print("upcycled beats dense continued:", last["upcycled"] < last["dense_continued"])
+print("MoE from scratch beats both here:", last["moe_scratch"] < min(last["upcycled"], last["dense_continued"]))
+print("expert spread during the upcycled run:", [(s["step"], round(s["spread"], 2)) for s in up["expert_spread"]])
+
+# %% [markdown]
+# - The upcycled MoE starts **exactly** on the dense curve and then edges below the continued dense model
+#   (it has 8× the FFN parameters, 1.5× the active ones).
+# - Here the MoE trained **from scratch** ends lowest. Our dense model trained for only 150 short steps, so the
+#   "sunk cost" that upcycling reuses is small, and the continuations used a lower learning rate (2e-3 vs
+#   5e-3 with its own warm-up). Upcycling pays off when the dense checkpoint is expensive — a real pretraining
+#   run — and the extra budget is a fraction of it, which is the regime Komatsuzaki et al. study.
+# - The experts' spread (relative distance from expert 0) grows from 0 at once: the random router breaks the
+#   symmetry within the first few steps.
+#
+# ## 3 · Fine-tuning an MoE: what to freeze, and the aux loss
+#
+# Freezing is `requires_grad = False`; the three regimes of `moe_edu.finetune`:
+
+# %%
+from moe_edu.finetune import REGIMES, apply_regime, finetune
+
+model, tokenizer = moe_edu.load_pretrained()
+for regime in REGIMES:
+    counts = apply_regime(model, regime)
+    print(f"{regime:15s} trainable {counts['trainable']:>9,}  frozen {counts['frozen']:>9,}")
+_ = apply_regime(model, "everything")  # back to all trainable
+
+# %% [markdown]
+# A live taste (a few seconds): 6 steps on Italian with the routers frozen. Only the routers must stay
+# bit-identical; everything else moves.
+
+# %%
+from moe_edu.adapt_experiments import Data
+
+data = Data(tokenizer)
+tuned, log = finetune(model, data.sampler(data.domain_train["italian"], 0), 6, regime="router_frozen", lr=1e-3)
+same_router = all(torch.equal(a.mlp.gate.weight, b.mlp.gate.weight) for a, b in zip(model.model.layers, tuned.model.layers))
+moved = not torch.equal(model.model.layers[0].mlp.experts.down_proj, tuned.model.layers[0].mlp.experts.down_proj)
+print("routers unchanged:", same_router, "| experts changed:", moved, "| training loss fell:", log[-1]["ce"] < log[0]["ce"])
+
+# %% [markdown]
+# The precomputed runs: the shipped model fine-tuned for 40 steps (8 × 64 tokens, lr 1e-3) on **Italian** —
+# one of its four smallest training domains (5 % of the mix each) — in each regime, with the aux loss at the coefficient it
+# was trained with (1.0) and switched off. *Forgetting* is the mean rise of held-out loss on the six other
+# domains; *routing shift* is the total-variation distance between the Italian text's expert load before and
+# after (mean over layers; 0 = unchanged, 1 = disjoint).
+
+# %%
+ft = results["finetuning"]
+target, before = ft["target"], ft["before"]
+others = [d for d in before["ce"] if d != target]
+
+
+def tv_shift(a, b):
+    return sum(0.5 * sum(abs(x - y) for x, y in zip(ra, rb)) for ra, rb in zip(a, b)) / len(a)
+
+
+print(f"before: {target} {before['ce'][target]:.3f}, others mean {sum(before['ce'][d] for d in others) / 6:.3f}")
+print(f"{'run':24s} {target:>8} {'forgetting':>11} {'worst':>14} {'routing shift':>14} {'final train ce':>15}")
+ft_rows = {}
+for name, run in ft["runs"].items():
+    forget = {d: run["ce"][d] - before["ce"][d] for d in others}
+    worst = max(forget, key=forget.get)
+    shift = tv_shift(before["load"][target], run["load"][target])
+    ft_rows[name] = {"target": run["ce"][target], "forgetting": sum(forget.values()) / 6, "shift": shift}
+    print(f"{name:24s} {run['ce'][target]:8.3f} {sum(forget.values()) / 6:+11.3f} {worst:>8} {forget[worst]:+.2f} "
+          f"{shift:14.3f} {run['train_ce'][-1]:15.3f}")
+
+# %%
+best = min(ft_rows, key=lambda n: ft_rows[n]["target"])
+least = min(ft_rows, key=lambda n: ft_rows[n]["forgetting"])
+print("lowest target loss:", best, "| least forgetting:", least)
+print("every run overfits (train ce < held-out ce - 2):",
+      all(run["train_ce"][-1] < run["ce"][target] - 2 for run in ft["runs"].values()))
+print("aux loss on/off changes the target loss by < 0.02 in every regime:",
+      all(abs(ft_rows[f"{r}, aux 1"]["target"] - ft_rows[f"{r}, aux 0"]["target"]) < 0.02 for r in REGIMES))
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.2), sharey=True)
+L = len(before["load"][target])
+for ax, (title, load) in zip(axes, [("before", before["load"][target]),
+                                    ("after: everything, aux 1", ft["runs"]["everything, aux 1"]["load"][target]),
+                                    ("after: experts_frozen, aux 1", ft["runs"]["experts_frozen, aux 1"]["load"][target])]):
+    im = ax.imshow(load, vmin=0, vmax=0.4, cmap="viridis", aspect="auto")
+    ax.set_title(f"{target} load, {title}", fontsize=9)
+    ax.set_xlabel("expert")
+    ax.set_yticks(range(L))
+axes[0].set_ylabel("layer")
+fig.colorbar(im, ax=axes, shrink=0.8, label="share of assignments")
+plt.show()
+
+# %% [markdown]
+# Read the table against what is known:
+#
+# - **Everything moves, and it overfits.** The Italian training text is small: after 40 steps the training loss is
+#   far below the held-out loss, and the other languages (French, German, Spanish) lose the most. ST-MoE
+#   (Zoph et al., 2022) found sparse models more prone to overfitting in fine-tuning than dense ones, and
+#   used more dropout inside the experts.
+# - **Freezing the experts** gives here both the lowest Italian loss and the least forgetting: attention,
+#   norms, embeddings and routers adapt, the experts' knowledge stays. ST-MoE reports the same direction:
+#   freezing the MoE parameters worked almost as well as updating everything (and updating *only* them hurt).
+# - **Freezing the routers** changes little against "everything": 40 steps barely move a router either way —
+#   the routing shift is small in every regime, because the hidden states feeding the routers change slowly.
+# - **The aux loss** makes no measurable difference in 40 steps on one domain. On a single-domain fine-tune the
+#   load is *supposed* to be uneven (notebook 08: domains prefer experts); a strong aux loss would fight that.
+# - Mixtral – Instruct was made with SFT and DPO (paper §4) on top of the base model; the paper gives no
+#   details of frozen parts or router losses. Flan-MoE (Shen et al., 2023) found that instruction tuning helps
+#   MoEs more than dense models of equal active size.
+#
+# ## 4 · Pruning and merging experts
+#
+# Dropping expert $d$ removes its router row and its weights. A token that had $d$ in its top-k now takes its
+# next choice: it is exactly the old router with $\ell_d = -\infty$, renormalised top-k. In plain torch, on
+# layer 0 of the shipped model:
+
+# %%
+from moe_edu.pruning import expert_usage, least_used, prune_experts
+
+block = model.model.layers[0].mlp
+h = torch.randn(1, 24, cfg.hidden_size)  # (1, T, H)
+with torch.no_grad():
+    logits = block.gate.logits(h[0]).clone()  # (T, E)
+    d = 2
+    logits[:, d] = float("-inf")
+    w, e = torch.topk(torch.softmax(logits, -1), 2, dim=-1)  # (T, k)
+    w = w / w.sum(-1, keepdim=True)
+    all_out = block.experts(h[0])  # (E, T, H): every expert on every token
+    y_plain = (w[..., None] * all_out[e, torch.arange(24)[:, None]]).sum(1)  # (T, H)
+    pruned = prune_experts(model, [d, 0, 0, 0])
+    y_lib = pruned.model.layers[0].mlp(h)[0][0]  # (T, H)
+print("pruned layer has", pruned.model.layers[0].mlp.experts.num_experts, "experts")
+print("max |plain - prune_experts| < 1e-5:", (y_plain - y_lib).abs().max().item() < 1e-5)
+
+# %% [markdown]
+# **Merging** replaces the two most similar experts $i, j$ by one with weights $(u_iW_i + u_jW_j)/(u_i+u_j)$
+# ($u$: usage shares), keeping the router row of the more used one. Similarity is measured on what the
+# experts *compute* — cosine of their outputs on the layer's real inputs — because two experts trained from
+# different random starts number their hidden units arbitrarily: their weights can be far apart while their
+# functions are close, and averaging unaligned weights is a gamble (upcycled experts, which share a start,
+# are the friendly case).
+#
+# The precomputed comparison on the shipped model, one expert fewer per layer (held-out cross-entropy per
+# domain; *rerouted* = share of the domain's assignments that went to the removed expert, mean over layers):
+
+# %%
+pr = results["pruning"]
+domains = list(pr["methods"]["original"]["ce"])
+print("usage per layer (held-out mixed text):")
+for l, row in enumerate(pr["usage"]):
+    print(f"  layer {l}: {[round(v, 3) for v in row]}")
+print(f"mean pairwise output similarity of experts: {pr['mean_similarity']:.3f}; "
+      f"merged pairs {pr['methods']['most similar merged']['pairs']} at {pr['methods']['most similar merged']['similarity']}")
+print(f"\n{'method':26s} " + " ".join(f"{d[:7]:>7}" for d in domains) + f" {'mean':>7} {'rerouted':>9}")
+mean_ce = {}
+for name, m in pr["methods"].items():
+    mean_ce[name] = sum(m["ce"].values()) / len(domains)
+    rer = sum(m["rerouted"].values()) / len(domains) if "rerouted" in m else 0.0
+    print(f"{name:26s} " + " ".join(f"{m['ce'][d]:7.3f}" for d in domains) + f" {mean_ce[name]:7.3f} {rer:9.3f}")
+
+# %%
+rand = [v for n, v in mean_ce.items() if n.startswith("random")]
+print("least-used drop costs less than the average random drop:", mean_ce["least used dropped"] < sum(rand) / len(rand))
+print("worst single domain after a random drop: +%.2f" % max(m["ce"][d] - pr["methods"]["original"]["ce"][d]
+                                                      for n, m in pr["methods"].items() if n.startswith("random") for d in domains))
+print("merging the most similar costs more than dropping the least used:",
+      mean_ce["most similar merged"] > mean_ce["least used dropped"])
+
+fig, ax = plt.subplots(figsize=(8.0, 3.4))
+width = 0.8 / (len(pr["methods"]) - 1)
+for i, (name, m) in enumerate((n, m) for n, m in pr["methods"].items() if n != "original"):
+    ax.bar([j + i * width for j in range(len(domains))],
+           [m["ce"][d] - pr["methods"]["original"]["ce"][d] for d in domains], width, label=name)
+ax.set_xticks([j + 0.4 - width / 2 for j in range(len(domains))], domains)
+ax.set_ylabel("held-out CE increase")
+ax.legend(fontsize=7)
+plt.show()
+
+# %% [markdown]
+# - Dropping the **least-used** expert of each layer (5–8 % of the assignments) costs about 0.03 nats on
+#   average; most of it lands on math, a domain that used those experts more than average (the *rerouted*
+#   column). Usage is a cheap pruning criterion, but not a guarantee.
+# - A **random** expert costs more on average, and one draw cost 0.4 nats on Python alone: a busy expert's tokens
+#   all have to move. A lucky draw (seed 2) is as cheap as the least-used choice — with 4 layers and one
+#   held-out sample, the ranking of single draws is noisy.
+# - **Merging** here is the worst: even the most similar pair agrees only weakly (output cosine ~0.25–0.3), and
+#   averaging the weights of two experts whose hidden units are not aligned yields a third function that
+#   neither expert computed, used by every token that went to either. Merging methods in the literature first
+#   align the experts' hidden units (or merge within groups of experts that were trained to be similar).
+#
+# The first live cell of this section showed the re-routing is exact; the per-domain table comes from the
+# shipped run.
+#
+# ## Recap
+#
+# - **Upcycling** = copy the dense FFN into every expert + a fresh router; the renormalised top-k weights sum
+#   to 1, so the MoE equals the dense model at step 0. The router gets zero gradient while experts are equal;
+#   a random router sends different tokens to different experts and that breaks the symmetry.
+# - Upcycling reuses a dense model's training; from a cheap dense start, an MoE from scratch can win.
+# - **Fine-tuning**: full fine-tuning on a small domain overfits and forgets; freezing the experts forgot least
+#   and fitted best here; the aux loss barely matters over a short single-domain run.
+# - **Pruning** the least-used expert costs little and re-routes exactly (masked logit, renormalised top-k);
+#   **merging** unaligned experts by weight averaging is costly.
+#
+# ## Check your understanding
+#
+# 1. Why is the upcycled MoE equal to the dense model at step 0 only because of the *renormalisation*? What
+#    would the output be with Switch's unrenormalised top-1 weight $p_i$?
+#
+# <details><summary>Answer</summary>
+#
+# With identical experts the output is $\mathrm{FFN}(x)\sum_i w_i$. Mixtral's renormalised weights sum to 1, so it
+# is $\mathrm{FFN}(x)$. With Switch's $y = p_i\,\mathrm{FFN}(x)$ the output is scaled by the top probability — about
+# $1/E$ for a fresh router — so the upcycled model would start far from the dense one (Switch-style upcycling has to
+# compensate, e.g. by renormalising or rescaling).
+# </details>
+#
+# 2. An upcycled model is trained with an all-zero router. Why do its experts never become different?
+#
+# <details><summary>Answer</summary>
+#
+# All logits tie, so every token picks the same two experts with weights 1/2 each. Those two
+# receive identical gradients and stay identical; the other six receive no gradient at all. The router's own
+# gradient is zero while the experts it chooses between are equal. Nothing ever breaks the tie.
+# </details>
+#
+# 3. Why can freezing the router still change the routing during fine-tuning?
+#
+# <details><summary>Answer</summary>
+#
+# The router reads the hidden state at its layer; attention, norms, embeddings and earlier layers' experts keep
+# training, so the hidden states move and the same router weights pick different experts.
+# </details>
+#
+# 4. Pruning expert $d$ equals setting its logit to $-\infty$. Why must the remaining top-k weights be
+#    renormalised, and what does Mixtral's order (softmax → top-k → renormalise) give for free?
+#
+# <details><summary>Answer</summary>
+#
+# A token that had $d$ in its top-k takes its next choice; without renormalising, its weights would no longer sum
+# to 1 and the layer's output would change scale. With softmax → top-k → renormalise, the softmax's normaliser
+# cancels, so the weights are the same whether the softmax ran over all $E$ logits (with $\ell_d = -\infty$) or over
+# the $E-1$ others: the pruned block is just a smaller Mixtral block.
+# </details>
+#
+# 5. Why is merging two experts by averaging their weights riskier than averaging two fine-tuned copies of one
+#    model?
+#
+# <details><summary>Answer</summary>
+#
+# A SwiGLU's hidden units can be permuted without changing the function, and two experts trained from different
+# random starts have no reason to order them alike. Averaging then mixes unrelated units. Two fine-tunes of one
+# model (or two upcycled experts) share their start, so their units stay roughly aligned and averaging is gentler.
+# </details>
+#
+# ## Exercises
+#
+# `notebooks/exercises/ex12_adapting.ipynb`: upcycle a block and check equality, prune an expert and renormalise,
+# and DeepSeek-V3's bias update rule — checkers in `moe_edu.exercises.adapting`.
