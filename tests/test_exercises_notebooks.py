@@ -105,3 +105,24 @@ def test_renders_ran_without_errors_and_carry_nbgrader_metadata(name):
 
 def test_at_least_twelve_exercises():
     assert sum(len(checker_outputs(student(n))) for n in NAMES) >= 12
+
+
+def _norm(line: str) -> str:
+    return re.sub(r"\s+", "", line.split("#")[0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_hint_contains_a_solution_line(name):
+    from moe_edu.exercises import load_all
+
+    by_function = {key.split(".")[1]: ex for key, ex in load_all().items()}
+    text = (EX_DIR / f"{name}.py").read_text()
+    for m in re.finditer(r"def (\w+)\(.*?### BEGIN SOLUTION\n(.*?)### END SOLUTION", text, re.S):
+        ex = by_function.get(m.group(1))
+        if ex is None:  # a helper that is not itself a checked exercise
+            continue
+        hints = [_norm(h) for h in ex.hints]
+        for line in map(_norm, m.group(2).splitlines()):
+            body = line.removeprefix("return")
+            if len(body) >= 12:
+                assert not any(body in h for h in hints), (m.group(1), line)

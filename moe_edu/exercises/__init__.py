@@ -45,8 +45,12 @@ two typical wrong implementations of yours in `tests/test_exercises_<topic>.py`,
 `assert ex.outcome(wrong)[0] == "✗" and "dtype" in ex.outcome(wrong)[1]` (`outcome` is the
 silent (symbol, message) pair behind the printed line).
 
+Every call gets a deep copy of the arguments, the reference runs first on its own copy, and a
+student call that runs past `core.TIME_LIMIT` seconds is stopped with a clear line. `use` prints
+one line when it falls back to the reference.
+
 Modules: `gating` (01), `topk` (02), `sparse` (03), `combining` (04), `smoe_block` (05),
-`load_balancing` (07), `repetition` (08), `family` (09).
+`routing_explorer` (06), `load_balancing` (07), `repetition` (08), `family` (09), `scaling` (10).
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ import importlib
 
 from .core import ALL, Case, Exercise, Registry, Verdict, compare, randn
 
-MODULES = ("gating", "topk", "sparse", "combining", "smoe_block", "load_balancing", "repetition", "family")
+MODULES = ("gating", "topk", "sparse", "combining", "smoe_block", "routing_explorer", "load_balancing", "repetition",
+           "family", "scaling")
 
 __all__ = ["ALL", "Case", "Exercise", "Registry", "Verdict", "compare", "randn", "load_all", *MODULES]
 

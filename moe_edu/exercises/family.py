@@ -55,7 +55,7 @@ def _layer_case(label: str, N: int, E: int, factor: float, seed: int, popular: f
 
 
 @exercises.add("switch_route", reference=switch_route, outputs=("weight", "expert", "keep"), hints=(
-    "probs = softmax(logits.float(), -1); weight, expert = probs.max(-1): Switch keeps p, it does not renormalise.",
+    "Softmax the logits in float32; a token's weight and expert are the max and argmax of its probabilities (Switch keeps p, it does not renormalise).",
     "C = math.ceil(capacity_factor * N / E) (and at most N). Walk the tokens in order, counting each expert's rows.",
     "Token t is kept if its expert has fewer than C rows so far: first come, first served. keep is a bool (N,) tensor.",
 ))
@@ -71,7 +71,7 @@ def _switch_route_cases():
 
 @exercises.add("switch_moe", reference=switch_moe_reference, outputs=("y", "dropped"), hints=(
     "Route with your switch_route; only the kept tokens go to an expert.",
-    "For each expert e: rows = kept tokens with expert == e; y[rows] = weight[rows, None] * experts.expert(e, x[rows]).",
+    "For each expert e, take the kept tokens routed to e and write its outputs, scaled by their router probability, into those rows of y.",
     "A dropped token's MoE output is 0 (the residual x + y carries it), and dropped = number of tokens not kept (an int).",
 ))
 def _switch_moe_cases():
@@ -84,8 +84,8 @@ def _switch_moe_cases():
 
 @exercises.add("expert_choice_route", reference=expert_choice_route, outputs=("gate", "token"), hints=(
     "Scores are a softmax over the experts, as usual: scores = softmax(logits.float(), dim=-1), shape (N, E).",
-    "Now each expert (a column) picks: C = ceil(capacity_factor * N / E) tokens with torch.topk along the tokens.",
-    "torch.topk(scores.t(), C, dim=-1) returns gate (E, C) and token (E, C), best first.",
+    "Now each expert (a column) picks: C = ceil(capacity_factor * N / E), at most N, tokens with torch.topk along the tokens.",
+    "torch.topk works along the last dimension: transpose the scores so each row is an expert; the values are the gates, the indices the tokens.",
 ))
 def _expert_choice_route_cases():
     return [
@@ -98,7 +98,7 @@ def _expert_choice_route_cases():
 
 @exercises.add("expert_choice_moe", reference=expert_choice_moe_reference, outputs=("y", "unrouted"), hints=(
     "Route with your expert_choice_route: gate (E, C), token (E, C).",
-    "For each expert e: y.index_add_(0, token[e], gate[e, :, None] * experts.expert(e, x[token[e]])).",
+    "For each expert e, run it on the tokens in its list, scale by its gates and add the results into y at those tokens (index_add_).",
     "unrouted = tokens that appear in no expert's list (an int); their output stays 0.",
 ))
 def _expert_choice_moe_cases():

@@ -22,7 +22,7 @@ def _collapsed(T: int, E: int) -> torch.Tensor:
 
 
 @exercises.add("load_balancing_loss", reference=load_balancing_loss, hints=(
-    "f_e: the share of the T*k (token, slot) assignments that went to expert e (top-k of the softmax); the f_e sum to k.",
+    "f_e: the number of tokens whose top-k (of the softmax) includes expert e, divided by T; the f_e sum to k.",
     "P_e: the mean router probability of expert e over the T tokens (softmax in float32); the P_e sum to 1.",
     "loss = E * sum_e f_e * P_e, a 0-d tensor; it equals k under uniform routing.",
 ))

@@ -29,8 +29,8 @@ def _random_routing(T: int, E: int, k: int, seed: int) -> torch.Tensor:
                hints=(
     "chosen[t] holds token t's experts, best first: compare each row with the row before it (T - 1 pairs).",
     "First choice: the share of pairs with chosen[t, 0] == chosen[t-1, 0].",
-    "Overlap: the share of pairs whose two expert sets share at least one expert; broadcasting "
-    "(prev[:, :, None] == cur[:, None, :]).any(-1).any(-1) compares every slot with every slot.",
+    "Overlap: the share of pairs whose expert sets share at least one expert; compare every slot of the previous "
+    "row with every slot of the current one by broadcasting a (T-1, k, 1) tensor against a (T-1, 1, k) one.",
     "Return two Python floats (use float(...) or .item()).",
 ))
 def _repetition_cases():
@@ -45,7 +45,7 @@ def _repetition_cases():
 
 @exercises.add("random_topk_overlap_rate", reference=random_topk_overlap_rate, hints=(
     "Count the ways the second token can pick k experts that avoid all k of the first token's: C(E-k, k).",
-    "Divide by all the ways to pick k of E: C(E, k) (math.comb). The overlap chance is 1 minus that.",
+    "Divide that by the number of all k-sets of E experts (math.comb): the chance of no overlap. Which event do you want?",
 ))
 def _baseline_cases():
     return [

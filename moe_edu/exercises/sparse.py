@@ -65,7 +65,7 @@ def _tokens_per_expert_cases():
 _dispatch_hints = (
     "For each expert e: torch.where(chosen == e) gives the tokens that chose e and in which slot.",
     "Run experts.expert(e, x[token]) only on those rows, scale by weights[token, slot] (unsqueeze to (n, 1)).",
-    "Add the results back with y.index_add_(0, token, out); start from y = torch.zeros_like(x).",
+    "Accumulate into an all-zero tensor shaped like x: index_add_ along dim 0 at the token indices, cast to x's dtype.",
 )
 
 
@@ -84,7 +84,7 @@ exercises.add("loop_dispatch", reference=loop_dispatch, hints=_dispatch_hints)(_
 @exercises.add("sort_by_expert", reference=sort_by_expert, outputs=("order", "counts"), hints=(
     "Flatten chosen to (T*k,); entry i belongs to token i // k.",
     "torch.argsort(flat, stable=True) groups the assignments by expert and keeps token order inside a group.",
-    "counts = torch.bincount(flat, minlength=num_experts); return (order, counts).",
+    "counts is a histogram of the flat ids with one bin per expert (bincount has an argument for empty bins); return the pair.",
 ))
 def _sort_by_expert_cases():
     return [
@@ -95,9 +95,9 @@ def _sort_by_expert_cases():
 
 
 exercises.add("grouped_dispatch", reference=loop_dispatch, hints=(
-    "Use your sort_by_expert: order (T*k,) and counts (E,); token = order // k.",
+    "Use your sort_by_expert: order (T*k,) and counts (E,); the sorted assignment i belongs to token order[i] // k.",
     "x[token] is expert-sorted: split it by counts.tolist() and run expert e on group e.",
-    "Concatenate, multiply by weights.reshape(-1)[order, None], index_add_ back into zeros_like(x) at token.",
+    "Concatenate the group outputs, scale each row by its assignment's weight (the flat weights, reordered by the same sort), and scatter-add back to the tokens.",
 ))(_dispatch_cases)
 
 check_tokens_per_expert = _tokens_per_expert_cases.check
