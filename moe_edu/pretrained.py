@@ -269,7 +269,7 @@ def write_checkpoint(path: str | Path, tensors: Mapping[str, torch.Tensor], conf
     dtype = next(iter(tensors.values())).dtype
     with atomic_directory(path) as tmp:
         for name, shard in zip(names, shards):
-            save_file(shard, str(tmp / name), metadata=dict(metadata or {"format": "pt"}))
+            save_safetensors(shard, tmp / name, metadata or {"format": "pt"})
         if len(shards) > 1:
             index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
                      "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
@@ -278,6 +278,24 @@ def write_checkpoint(path: str | Path, tensors: Mapping[str, torch.Tensor], conf
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
     return path
+
+
+def save_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> None:
+    """`safetensors.torch.save_file`, with the header's metadata in the order given.
+
+    safetensors (0.8) writes the metadata in hash order, which changes from process to
+    process: two identical saves could differ in their bytes. The header is rewritten in
+    place (same length, only the order of its keys changes), so a seeded run gives one file.
+    """
+    save_file(dict(tensors), str(path), metadata=dict(metadata))
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        header = {"__metadata__": dict(metadata), **{k: v for k, v in header.items() if k != "__metadata__"}}
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= n:
+            f.seek(8)
+            f.write(text.ljust(n, b" "))
 
 
 def hf_config_dict(cfg: MixtralConfig, dtype: torch.dtype) -> dict:

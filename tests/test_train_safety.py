@@ -1,0 +1,152 @@
+"""Training runs never lose, mix or clobber data: NaN stops, --out checks, argparse errors, --resume."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import moe_edu
+import moe_edu.train as train_mod
+from moe_edu.run_dir import STATE_DIR, dump_json, merge_readme, save_run
+from moe_edu.shipped import checkpoint_dir, load_train_log
+from moe_edu.train import NonFiniteError, TrainConfig, check_out_dir, main, train, train_steps
+
+FAST = ["--steps", "3", "--batch-size", "2", "--seq-len", "16", "--eval-every", "1000", "--no-progress"]
+
+
+@pytest.fixture
+def no_corpus(monkeypatch):
+    """Fail the test if the corpus is built (every argument error must come before it)."""
+    def boom(*a, **k):
+        raise AssertionError("the corpus was built before the arguments were checked")
+    monkeypatch.setattr(train_mod, "build_corpus", boom)
+
+
+def usage_error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--seq-len", "1"], "--seq-len: must be an int in [2"),  # one token predicts nothing: NaN loss every step
+    (["--lr", "inf"], "--lr: must be a finite number"),
+    (["--lr", "-1"], "--lr: must be > 0"),
+    (["--steps", "0"], "--steps: must be an int in [1"),
+    (["--batch-size", "x"], "--batch-size: invalid literal"),
+    (["--preset", "huge"], "invalid choice: 'huge'"),
+    (["--vocab-size", "100"], "--vocab-size: must be an int in [259"),
+    (["--threads", "0"], "--threads"),
+])
+def test_bad_arguments_are_usage_errors_before_the_corpus(capsys, no_corpus, tmp_path, argv, message):
+    err = usage_error(capsys, argv + ["--out", str(tmp_path / "run")])
+    assert message in err and "Traceback" not in err
+
+
+def test_out_is_checked_before_any_work(capsys, no_corpus, tmp_path):
+    """A second run into a used --out is refused (unless --overwrite); an unwritable --out too, at once."""
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "model.safetensors").write_bytes(b"the first run")
+    assert "exists and is not empty: pass --overwrite" in usage_error(capsys, ["--out", str(used)])
+    assert (used / "model.safetensors").read_bytes() == b"the first run"
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert "cannot be written" in usage_error(capsys, ["--out", str(blocker / "run")])
+    assert "is not a directory" in usage_error(capsys, ["--out", str(blocker)])
+    assert "--resume: no training state" in usage_error(capsys, ["--out", str(used), "--resume"])
+    assert check_out_dir(used, overwrite=True) == used and check_out_dir(tmp_path / "new") == tmp_path / "new"
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return moe_edu.MixtralForCausalLM(moe_edu.PRESETS["tiny"].replace(vocab_size=64, num_hidden_layers=1))
+
+
+def test_train_steps_stops_on_a_non_finite_loss_or_gradient():
+    data = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))  # (B, T)
+    model = tiny_model()
+    with pytest.raises(NonFiniteError, match=r"step \d+: loss .* training diverged"):
+        train_steps(model, lambda step: data, 20, lr=1e6, warmup=1, progress=False)
+    model = tiny_model()
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")
+    before = model.lm_head.weight.detach().clone()
+    with pytest.raises(NonFiniteError, match="step 0"):
+        train_steps(model, lambda step: data, 3, grad_clip=0.0, progress=False)
+    assert torch.equal(model.lm_head.weight, before)  # stopped before the optimizer step
+
+
+@pytest.mark.slow
+def test_a_diverging_run_exits_non_zero_and_saves_nothing(capsys, tmp_path):
+    """The old code ran --lr 1e6 to the end, exited 0 and saved all-NaN weights with bare NaN in the JSON log."""
+    out = tmp_path / "run"
+    threads = torch.get_num_threads()
+    try:
+        assert main(FAST + ["--lr", "1e6", "--steps", "6", "--out", str(out), "--checkpoint-every", "0"]) == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert "training diverged" in capsys.readouterr().err
+    assert not (out / "model.safetensors").exists() and not (out / "train_log.json").exists()
+
+
+def test_logs_are_valid_json_even_with_non_finite_numbers():
+    text = dump_json({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}})
+    assert json.loads(text) == {"a": None, "b": [1.0, None], "c": {"d": None}}
+
+
+def test_rewriting_the_shipped_run_keeps_its_bytes_and_hand_written_readme(tmp_path):
+    """`make train` rewrites only the generated README section; the writer reproduces the weights' bytes."""
+    shipped = checkpoint_dir("tiny")
+    copy = tmp_path / "tiny"
+    shutil.copytree(shipped, copy)
+    model, tok = moe_edu.load_pretrained()
+    save_run(model, tok, load_train_log(), copy)
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "train_log.json", "README.md"):
+        assert (copy / name).read_bytes() == (shipped / name).read_bytes(), name
+    readme = (copy / "README.md").read_text()
+    assert "## Checked" in readme and "## Why the aux-loss coefficient is 1.0" in readme
+    readme_path = copy / "README.md"
+    readme_path.write_text("A note above.\n" + readme.replace("## Checked", "## Checked by hand"))
+    merged = merge_readme(readme_path, "NEW SECTION")
+    assert merged.startswith("A note above.\n") and "## Checked by hand" in merged and "NEW SECTION" in merged
+    assert "final training cross-entropy" not in merged  # the old generated section is gone
+    assert merge_readme(copy / "absent.md", "NEW SECTION").count("NEW SECTION") == 1
+
+
+def run_config(steps=4):
+    return TrainConfig(steps=steps, batch_size=2, seq_len=16, eval_every=2, eval_batches=1)
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_final_weights_as_an_uninterrupted_run(tmp_path, monkeypatch):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref, _, ref_log = train(run_config(), tmp_path / "ref", progress=False, checkpoint_every=2)
+        assert not (tmp_path / "ref" / STATE_DIR).exists()  # a finished run keeps only its result
+
+        real = train_mod.save_training_state
+
+        def save_then_crash(*args, **kwargs):
+            real(*args, **kwargs)
+            raise KeyboardInterrupt  # the machine went down right after the step-2 checkpoint
+
+        monkeypatch.setattr(train_mod, "save_training_state", save_then_crash)
+        with pytest.raises(KeyboardInterrupt):
+            train(run_config(), tmp_path / "run", progress=False, checkpoint_every=2)
+        monkeypatch.setattr(train_mod, "save_training_state", real)
+        assert (tmp_path / "run" / STATE_DIR / "training_state.json").is_file()
+        assert not (tmp_path / "run" / "model.safetensors").exists()  # nothing saved as a result
+        with pytest.raises(ValueError, match="other settings"):
+            train(run_config(steps=5), tmp_path / "run", progress=False, resume=True)
+        resumed, _, log = train(run_config(), tmp_path / "run", progress=False, resume=True, checkpoint_every=2)
+    finally:
+        torch.set_num_threads(threads)
+    for (name, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [e["loss"] for e in log["steps"]] == [e["loss"] for e in ref_log["steps"]]
+    assert [e.get("eval_ce") for e in log["steps"]] == [e.get("eval_ce") for e in ref_log["steps"]]
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
