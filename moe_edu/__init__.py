@@ -51,6 +51,13 @@ _EXPORTS = {
     "RoutingExplorer": "widgets",
     "render_routing_html": "widgets",
     "trace_routing": "widgets",
+    "memory_budget": "memory",
+    "MemoryBudget": "memory",
+    "passkey_grid": "passkey",
+    "OffloadedMoeBlock": "offload",
+    "LRUCache": "expert_cache",
+    "quantize_int8": "quantize",
+    "quantize_int4": "quantize",
 }
 
 __all__ = sorted(_EXPORTS)

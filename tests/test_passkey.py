@@ -96,3 +96,26 @@ def test_moe_edu_model_runs_in_the_harness():
     model = MixtralForCausalLM(passkey_config(len(VOCAB))).eval()
     grid = passkey_grid(model, VOCAB.encode, lengths=[64], depths=[0.0, 1.0], trials=2)
     assert grid.accuracy.shape == (1, 2) and ((grid.accuracy >= 0) & (grid.accuracy <= 1)).all()
+
+
+def test_distinct_keys():
+    rng = random.Random(3)
+    keys = [random_key(rng, 5, distinct=True) for _ in range(50)]
+    assert all(len(set(k)) == 5 for k in keys)
+    with pytest.raises(ValueError, match="distinct"):
+        random_key(rng, 11, distinct=True)
+
+
+@pytest.mark.slow
+def test_training_is_reproducible_and_loads(tmp_path):
+    from moe_edu.passkey_train import load_passkey_model, train
+
+    kwargs = dict(steps=3, batch_size=2, min_len=64, max_len=72, digits=5, lr=3e-3, seed=0, threads=1, progress=False)
+    a = train(tmp_path / "a", **kwargs)
+    train(tmp_path / "b", **kwargs)
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert len(a["log"]) == 3 and a["settings"]["distinct"] is True
+    model, vocab = load_passkey_model(tmp_path / "a")
+    assert len(vocab) == 38 and model.config.num_hidden_layers == 2
+    with pytest.raises(ValueError, match="no passkey checkpoint"):
+        load_passkey_model(tmp_path / "missing")
