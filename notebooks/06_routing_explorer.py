@@ -306,5 +306,8 @@ plt.show()
 #
 # ## Exercises
 #
-# The exercises for the routing analysis are in `notebooks/exercises/` (see the list in the README); the checkers
-# print one line each. Notebook 07 trains the tiny model; notebook 08 repeats the questions above on it.
+# `notebooks/exercises/ex06_routing_explorer.ipynb`: compute the explorer's three views yourself from a routing
+# trace — each token's first-choice expert per layer (6.1), the per-layer expert loads (6.2) and one token's
+# renormalised top-k weights (6.3), checked against the library — run them on the shipped model, and answer an open
+# question: does a perfectly balanced layer mean the router learned nothing (6.4)? Notebook 07 trains the tiny
+# model; notebook 08 repeats the questions above on it.
