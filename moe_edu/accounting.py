@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import MixtralConfig
+from .validation import nonnegative_int
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class ParameterCount:
 
 
 def count_parameters(config: MixtralConfig) -> ParameterCount:
+    """Every parameter of a `MixtralForCausalLM` built from `config`, by component (exact integers)."""
+    if not isinstance(config, MixtralConfig):
+        raise TypeError(f"count_parameters expects a MixtralConfig, got {type(config).__name__}")
     c = config
     H, I, L, E, k = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_local_experts, c.num_experts_per_tok
     q_out = c.num_attention_heads * c.head_dim_
@@ -71,6 +75,7 @@ def flops_per_token(config: MixtralConfig, context: int = 0) -> FlopCount:
 
     The embedding lookup is free (a gather); the LM head is a real matmul.
     """
+    nonnegative_int("context", context)
     p = count_parameters(config)
     c = config
     attn_scores = 2 * 2 * c.num_hidden_layers * context * c.num_attention_heads * c.head_dim_  # QK^T and AV

@@ -45,3 +45,10 @@ def test_flops_per_token():
     assert f.active == 2 * (p.active - p.embedding - p.norms)  # every active matrix weight multiplies once
     assert 0.25 < f.ratio < 0.3
     assert flops_per_token(c, context=4096).active > f.active
+
+
+def test_bad_arguments_name_themselves():
+    with pytest.raises(ValueError, match="context must be an int"):
+        flops_per_token(PRESETS["tiny"], context=-1)
+    with pytest.raises(TypeError, match="expects a MixtralConfig"):
+        count_parameters({"hidden_size": 64})

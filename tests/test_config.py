@@ -34,6 +34,18 @@ TINY = PRESETS["tiny"]
         (dict(hidden_act="gelu"), "hidden_act"),
         (dict(hidden_size=64.0), "hidden_size"),
         (dict(num_local_experts=True), "num_local_experts"),
+        # the gaps found adversarially (issue 14):
+        (dict(attention_dropout=1.5), "attention_dropout"),
+        (dict(rms_norm_eps=float("inf")), "rms_norm_eps"),
+        (dict(initializer_range=float("inf")), "initializer_range"),
+        (dict(rope_theta=float("inf")), "rope_theta"),
+        (dict(rope_theta=float("nan")), "rope_theta"),
+        (dict(tie_word_embeddings="no"), "tie_word_embeddings"),
+        (dict(bos_token_id=512), "bos_token_id"),
+        (dict(eos_token_id=-1), "eos_token_id"),
+        (dict(pad_token_id="0"), "pad_token_id"),
+        (dict(sliding_window=True), "sliding_window"),
+        (dict(head_dim=True), "head_dim"),
     ],
 )
 def test_invalid_configs_name_the_field(changes, field):
@@ -93,3 +105,49 @@ def test_package_imports_lazily_and_lists_its_api():
     assert "SparseMoeBlock" in dir(moe_edu)
     with pytest.raises(AttributeError):
         moe_edu.does_not_exist  # noqa: B018
+
+
+@pytest.mark.parametrize("data, field", [
+    ([1, 2], "JSON object"),
+    ({"eos_token_id": []}, "eos_token_id"),
+    ({"rope_parameters": 5}, "rope_parameters"),
+    ({"num_hidden_layers": [4]}, "num_hidden_layers"),
+    ({"hidden_size": {"a": 1}}, "hidden_size"),
+])
+def test_bad_config_json_shapes_are_value_errors_naming_the_field(data, field):
+    """Not a raw TypeError / IndexError from deep inside."""
+    with pytest.raises(ValueError, match=field):
+        MixtralConfig.from_dict(data)
+
+
+def test_scaled_rejects_zero_instead_of_using_the_default():
+    with pytest.raises(ValueError, match="num_hidden_layers"):
+        TINY.scaled(128, num_hidden_layers=0)
+    with pytest.raises(ValueError, match="head_dim"):
+        TINY.scaled(128, head_dim=0)
+    assert TINY.scaled(128).num_hidden_layers == TINY.num_hidden_layers
+
+
+def test_presets_cannot_be_changed_by_accident():
+    with pytest.raises(TypeError):
+        PRESETS["tiny"] = TINY.replace(hidden_size=128)
+    assert get_config("tiny") is TINY
+
+
+def test_validation_helpers_name_the_field():
+    from moe_edu import validation as v
+
+    assert v.positive_int("f", 3) == 3 and v.probability("p", 1) == 1 and v.token_id("t", None, 5) is None
+    for call, message in [
+        (lambda: v.positive_int("MyConfig.width", 0), r"MyConfig.width must be an int in \[1, inf\], got 0"),
+        (lambda: v.positive_int("n", True), "n must be an int, got True"),
+        (lambda: v.finite_float("x", float("nan")), "x must be a finite number"),
+        (lambda: v.positive_float("lr", 0.0), "lr must be > 0"),
+        (lambda: v.probability("p", 1.01), "p must be >= 0 and <= 1"),
+        (lambda: v.boolean("flag", 1), "flag must be True or False"),
+        (lambda: v.one_of("mode", "c", ("a", "b")), "mode must be one of"),
+        (lambda: v.token_id("eos", 5, 5), r"eos must be an int in \[0, 4\]"),
+        (lambda: v.int_in_range("k", 9, 1, 8), r"k must be an int in \[1, 8\], got 9"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            call()

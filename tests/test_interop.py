@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import moe_edu
 from moe_edu import PRESETS, SparseMoeBlock, StateDictError
 from moe_edu.interop import detect_layout, v5_to_layout
 
@@ -107,3 +108,23 @@ def test_v5_to_v4_matches_transformers_conversion(block):
     for j in range(CONFIG.num_local_experts):
         fused = torch.cat([v4[f"experts.{j}.w1.weight"], v4[f"experts.{j}.w3.weight"]])
         assert torch.equal(fused, v5["experts.gate_up_proj"][j])
+
+
+def test_integer_tensors_are_refused_with_a_clear_message():
+    """One strict loader for memory and files: dtypes are checked with keys and shapes, before any copy."""
+    block = SparseMoeBlock(PRESETS["tiny"])
+    sd = {k: v.clone() for k, v in block.state_dict().items()}
+    sd["gate.weight"] = sd["gate.weight"].long()
+    before = block.gate.weight.detach().clone()
+    with pytest.raises(StateDictError, match="gate.weight: expected a floating-point tensor, got dtype int64"):
+        block.load_hf_state_dict(sd)
+    assert torch.equal(block.gate.weight, before)
+
+
+def test_one_loader_for_memory_and_files():
+    import moe_edu.interop as interop
+    import moe_edu.loading as loading
+    import moe_edu.pretrained as pretrained
+
+    assert interop.check_and_load is loading.check_and_load and pretrained.load_into is loading.load_into
+    assert interop.StateDictError is loading.StateDictError is moe_edu.StateDictError

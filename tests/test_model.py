@@ -260,3 +260,20 @@ def test_cuda_matches_cpu_and_generates():
     assert (out.logits.cpu() - ref.logits).abs().max().item() <= 1e-3
     assert abs(out.loss.item() - ref.loss.item()) <= 1e-3
     assert torch.equal(gpu.generate(ids.cuda(), 4).cpu()[:, :11], ids)
+
+
+def test_generate_refuses_non_finite_logits_and_restores_the_mode():
+    """The old generate() emitted token 0 for NaN logits, and left the model in eval mode when it raised."""
+    cfg = CONFIGS["gqa2"]
+    _, ours = pair(cfg)
+    ours.train()
+    with torch.no_grad():
+        ours.lm_head.weight[3, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite logits"):
+        ours.generate(torch.zeros(1, 4, dtype=torch.long), max_new_tokens=3)
+    assert ours.training  # restored although it raised
+    for kwargs, field in [(dict(max_new_tokens=-1), "max_new_tokens"), (dict(temperature=float("nan")), "temperature"),
+                          (dict(top_k=0), "top_k"), (dict(eos_token_id=cfg.vocab_size), "eos_token_id")]:
+        with pytest.raises(ValueError, match=field):
+            ours.generate(torch.zeros(1, 4, dtype=torch.long), **{"max_new_tokens": 2, **kwargs})
+    assert ours.training
