@@ -16,8 +16,8 @@ arXiv 2312.17238). Two ideas make the fetches rarer:
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Hashable, Sequence
 
 import torch
 
@@ -67,7 +67,7 @@ class RoutingTrace:
     guess: torch.Tensor  # (T, L, k) layer l's guess from layer l-1's output; row l=0 is -1 (no guess)
     doc_starts: list[int]  # index of each document's first token
 
-    def shuffled(self, seed: int = 0) -> "RoutingTrace":
+    def shuffled(self, seed: int = 0) -> RoutingTrace:
         """The same routing decisions in a random token order: locality destroyed, load unchanged."""
         perm = torch.randperm(self.chosen.shape[0], generator=torch.Generator().manual_seed(seed))  # (T,)
         return RoutingTrace(self.chosen[perm], self.guess[perm], [0])
@@ -85,7 +85,7 @@ def routing_trace(model, token_ids: Sequence[Sequence[int]]) -> RoutingTrace:
     chosen, guess, starts, n = [], [], [], 0
     for ids in token_ids:
         outputs: list[torch.Tensor] = []
-        hooks = [layer.register_forward_hook(lambda m, i, o: outputs.append(o[0])) for layer in layers]
+        hooks = [layer.register_forward_hook(lambda m, i, o, out=outputs: out.append(o[0])) for layer in layers]
         try:
             out = model(torch.as_tensor(ids, device=model.device).reshape(1, -1), output_router_logits=True)
         finally:

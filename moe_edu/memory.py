@@ -13,8 +13,8 @@ buffer of the last W tokens (Mistral 7B), so it stops growing at W; Mixtral v0.1
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from .config import MixtralConfig
-from .experts import Experts, swiglu
 from .expert_cache import LRUCache
+from .experts import Experts, swiglu
 from .memory import dtype_bits
 
 
@@ -71,7 +71,7 @@ class OffloadedMoeBlock(nn.Module):
 
     @classmethod
     def from_block(cls, block: nn.Module, path: str | Path, *, cache_size: int,
-                   device: str | torch.device = "cpu") -> "OffloadedMoeBlock":
+                   device: str | torch.device = "cpu") -> OffloadedMoeBlock:
         """Offload a resident block's experts to `path`; the router is copied."""
         save_experts(block.experts, path)
         return cls(copy.deepcopy(block.gate), path, cache_size=cache_size, device=device)

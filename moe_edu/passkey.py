@@ -16,8 +16,8 @@ greedy decoding, which would only continue from correct digits).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -97,7 +97,7 @@ def retrieved(model, prompts: Sequence[PasskeyPrompt], batch_size: int = 16) -> 
     by_len: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
         by_len.setdefault(len(p.ids) + len(p.answer), []).append(i)
-    for total, members in by_len.items():
+    for members in by_len.values():
         for s in range(0, len(members), batch_size):
             chunk = members[s: s + batch_size]
             seqs = torch.tensor([prompts[i].ids + prompts[i].answer for i in chunk], device=device)  # (b, total)
@@ -120,7 +120,7 @@ class PasskeyGrid:
         """The grid as text: one line per length, accuracies in percent."""
         head = "length \\ depth " + " ".join(f"{d:>5.2f}" for d in self.depths)
         return [head] + [f"{n:>14d} " + " ".join(f"{100 * a:>5.0f}" for a in row)
-                         for n, row in zip(self.lengths, self.accuracy.tolist())]
+                         for n, row in zip(self.lengths, self.accuracy.tolist(), strict=True)]
 
 
 def passkey_grid(model, encode: Encode, *, lengths: Sequence[int], depths: Sequence[float], trials: int = 10,

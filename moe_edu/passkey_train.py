@@ -3,13 +3,14 @@
     python -m moe_edu.passkey_train --out moe_edu/checkpoints/passkey
 
 The prompts are `moe_edu.passkey`'s (instruction, filler, key sentence at a random depth,
-question) in a word-level vocabulary of 37 tokens (`WordVocab`: the prompt's words and the ten
-digits), not the course's BPE tokenizer: every token is a word, every digit one token. Lengths vary per batch up to `--max-len`, so the model sees the
-question at many positions — but never beyond `--max-len`; notebook 11 measures what happens
-there (RoPE positions it never trained on). The loss is on the key's digits only, and keys
-have 5 *distinct* digits: then "copy the digit that followed this one" is never ambiguous. With
-repeated digits a 2-layer model must also track its place inside the key, which it did not
-learn within the budget (`--repeated-digits`; notebook 11 shows both).
+question) in a word-level vocabulary of 38 tokens (`WordVocab`: the prompt's words and the ten
+digits), not the course's BPE tokenizer: every token is a word, every digit one token. Lengths
+vary per batch up to `--max-len`, so the model sees the question at many positions — but never
+beyond `--max-len`; notebook 11 measures what happens there (RoPE positions it never trained on).
+The loss is on the key's digits only, and keys have 5 *distinct* digits: then "copy the digit
+that followed this one" is never ambiguous. With repeated digits a 2-layer model must also
+track its place inside the key, which it did not learn within the budget (`--repeated-digits`;
+the checkpoint README and notebook 11's last question give the numbers).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class WordVocab:
         self.index = {w: i for i, w in enumerate(words)}
 
     @classmethod
-    def passkey(cls) -> "WordVocab":
+    def passkey(cls) -> WordVocab:
         text = " ".join((INTRO, *FILLER, KEY_SENTENCE.format(key=""), QUESTION))
         words = sorted(set(text.split()))
         return cls([str(d) for d in range(10)] + words)

@@ -37,7 +37,7 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import format_tensor, setup
+from moe_edu.notebook import setup
 
 setup()  # seed 0, one thread, 4-digit printing: the same numbers every run
 
@@ -158,7 +158,7 @@ window = attention_mask(T, 0, torch.device("cpu"), W, None)[0, 0]  # (T, T) caus
 hand = torch.tril(torch.ones(T, T, dtype=torch.bool)) & ~torch.tril(torch.ones(T, T, dtype=torch.bool), -W)
 print("window mask equals tril minus the band below -W:", torch.equal(window, hand))
 fig, axes = plt.subplots(1, 2, figsize=(7.0, 3.4))
-for ax, (name, m) in zip(axes, (("dense causal", dense), (f"sliding window W = {W}", window))):
+for ax, (name, m) in zip(axes, (("dense causal", dense), (f"sliding window W = {W}", window)), strict=True):
     ax.imshow(m.numpy(), cmap="Greys")
     ax.set_title(name)
     ax.set_xlabel("key position")
@@ -476,7 +476,7 @@ for r in quant["rows"]:
 # %%
 fig, ax = plt.subplots(figsize=(7.0, 3.2))
 picked = [r for r in quant["rows"] if r["experts"] != "fp32"]
-for i, r in enumerate(picked):
+for r in picked:
     ax.plot(range(4), [100 * c for c in r["topk_changed"]], "-o" if r["router"] == "fp32" else "--s",
             label=f"{r['experts']}, router {r['router']}")
 ax.set_xlabel("layer")

@@ -44,7 +44,7 @@ def test_prefetch_turns_right_guesses_into_hits():
     good = simulate_cache(RoutingTrace(chosen, right, [0]), 2, prefetch=True)
     bad = simulate_cache(RoutingTrace(chosen, wrong, [0]), 2, prefetch=True)
     assert good.hits.tolist() == [0, 4] and bad.hits.tolist() == [0, 0]
-    assert good.prefetched.tolist() == [0, 4] and bad.prefetched.tolist() == [0, 4]  # wrong guesses are evicted, reloaded
+    assert good.prefetched.tolist() == [0, 4] and bad.prefetched.tolist() == [0, 4]  # evicted, reloaded
     acc = prefetch_accuracy(RoutingTrace(chosen, right, [0]))
     assert torch.isnan(acc[0]) and acc[1] == 1.0
 

@@ -47,7 +47,8 @@ def test_prompt_has_exact_length_and_key_at_depth():
             assert VOCAB.decode(p.ids[p.key_position:p.key_position + 4]) == "the pass key is"
     early = make_prompt(VOCAB.encode, length=256, depth=0.0, key="1")
     late = make_prompt(VOCAB.encode, length=256, depth=1.0, key="1")
-    assert early.key_position == len(VOCAB.encode("there is a pass key hidden in this text . find it and remember it ."))
+    intro = "there is a pass key hidden in this text . find it and remember it ."
+    assert early.key_position == len(VOCAB.encode(intro))
     assert late.key_position > 180
 
 
