@@ -20,9 +20,9 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2  # linux/fs.h

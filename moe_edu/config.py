@@ -13,8 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .validation import (boolean, finite_float, nonnegative_float, optional_positive_int, positive_float, positive_int,
-                         probability, token_id)
+from .validation import (
+    boolean,
+    finite_float,
+    nonnegative_float,
+    optional_positive_int,
+    positive_float,
+    positive_int,
+    probability,
+    token_id,
+)
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,7 @@ class MixtralConfig:
         """The per-head width actually used."""
         return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_attention_heads
 
-    def replace(self, **changes: Any) -> "MixtralConfig":
+    def replace(self, **changes: Any) -> MixtralConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
@@ -105,7 +113,7 @@ class MixtralConfig:
         num_hidden_layers: int | None = None,
         head_dim: int | None = None,
         **overrides: Any,
-    ) -> "MixtralConfig":
+    ) -> MixtralConfig:
         """Derive a config of another width that keeps Mixtral's ratios.
 
         Kept: intermediate/hidden (3.5 for Mixtral), query heads per K/V head (4),
@@ -137,7 +145,7 @@ class MixtralConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], *, strict: bool = False) -> "MixtralConfig":
+    def from_dict(cls, d: dict[str, Any], *, strict: bool = False) -> MixtralConfig:
         """Build from a transformers-style dict (e.g. `config.json`).
 
         Keys transformers writes that do not change the computation (`architectures`,
@@ -162,7 +170,7 @@ class MixtralConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "MixtralConfig":
+    def from_json(cls, path: str | Path) -> MixtralConfig:
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"

@@ -16,7 +16,7 @@ keys, shapes, dtypes) is `loading.load_into`, the one loader for memory and file
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn

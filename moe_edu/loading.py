@@ -11,7 +11,8 @@ stack into our fused `experts.gate_up_proj`).
 from __future__ import annotations
 
 import re
-from typing import Mapping, Protocol
+from collections.abc import Mapping
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -109,7 +110,7 @@ def _stored_shape(src: Source, plan: Plan) -> tuple[tuple[int, ...], list]:
     shapes = [src.shape(k) for k in keys]
     if not pieces:
         return shapes[0], []
-    odd = [(k, shapes[0], s) for k, s in zip(keys, shapes) if s != shapes[0]]
+    odd = [(k, shapes[0], s) for k, s in zip(keys, shapes, strict=True) if s != shapes[0]]
     return (len(keys) // pieces, pieces * shapes[0][0], *shapes[0][1:]), odd
 
 

@@ -9,8 +9,8 @@ The model knows nothing about files: checkpoints are read and written by `pretra
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -139,7 +139,7 @@ class MixtralForCausalLM(nn.Module):
         """Greedy (default) or sampled continuation with a KV cache; see `generation.generate`."""
         return generate(self, input_ids, max_new_tokens, **kwargs)
 
-    def load_hf_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> "MixtralForCausalLM":
+    def load_hf_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> MixtralForCausalLM:
         """Load a whole transformers (v5 or v4) or Mistral-native state dict; strict, all-or-nothing."""
         sd = model_to_v5(state_dict, self.config)
         if self.config.tie_word_embeddings and "lm_head.weight" not in sd and "model.embed_tokens.weight" in sd:

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -97,7 +97,7 @@ class Checkpoint:
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"cannot read safetensors file {self.path / name}: {err}") from err
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> Checkpoint:
         self._stack = ExitStack()
         return self
 
@@ -197,7 +197,8 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype | None = None, devic
     with Checkpoint(path) as ckpt:
         cfg, total = ckpt.config, ckpt.config.num_hidden_layers
         if num_hidden_layers is not None:
-            int_in_range(f"num_hidden_layers (the checkpoint has num_hidden_layers={total})", num_hidden_layers, 1, total)
+            what = f"num_hidden_layers (the checkpoint has num_hidden_layers={total})"
+            int_in_range(what, num_hidden_layers, 1, total)
         ckpt.check_counts(range(num_hidden_layers or total))  # before anything is built
         if num_hidden_layers is not None:
             cfg = cfg.replace(num_hidden_layers=num_hidden_layers)
@@ -268,11 +269,11 @@ def write_checkpoint(path: str | Path, tensors: Mapping[str, torch.Tensor], conf
         f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     dtype = next(iter(tensors.values())).dtype
     with atomic_directory(path) as tmp:
-        for name, shard in zip(names, shards):
+        for name, shard in zip(names, shards, strict=True):
             save_safetensors(shard, tmp / name, metadata or {"format": "pt"})
         if len(shards) > 1:
             index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
-                     "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
+                     "weight_map": {k: name for name, shard in zip(names, shards, strict=True) for k in shard}}
             (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(config, dtype), indent=2) + "\n")
         for name, text in (files or {}).items():
@@ -304,5 +305,6 @@ def hf_config_dict(cfg: MixtralConfig, dtype: torch.dtype) -> dict:
     `router_z_loss_coef` is ours (transformers keeps unknown keys as attributes and ignores it).
     """
     d = {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", **cfg.to_dict()}
-    d.update(dtype=str(dtype).removeprefix("torch."), rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta})
+    d["dtype"] = str(dtype).removeprefix("torch.")
+    d["rope_parameters"] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
     return d

@@ -14,7 +14,8 @@ is expected (`True` is an `int` in Python, never a layer count).
 from __future__ import annotations
 
 import math
-from typing import Any, Collection
+from collections.abc import Collection
+from typing import Any
 
 
 def _is_int(value: Any) -> bool:

@@ -28,7 +28,7 @@ def model(seed: int) -> MixtralForCausalLM:
 
 
 def same_weights(a: MixtralForCausalLM, b: MixtralForCausalLM) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 def test_resave_over_a_sharded_checkpoint_leaves_no_stale_shard(tmp_path):
@@ -124,8 +124,9 @@ BOMB_SCRIPT = textwrap.dedent("""
     json.dump(cfg, open(path + "/config.json", "w"))
     vm = int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (vm + 512 * 2**20, resource.RLIM_INFINITY))  # 512 MiB more
-    for name, load in (("from_pretrained", moe_edu.from_pretrained), ("load_moe_block", lambda p: moe_edu.load_moe_block(p, 0)),
-                       ("load_run", load_run)):
+    loaders = (("from_pretrained", moe_edu.from_pretrained), ("load_moe_block", lambda p: moe_edu.load_moe_block(p, 0)),
+               ("load_run", load_run))
+    for name, load in loaders:
         start = time.perf_counter()
         try:
             load(path)

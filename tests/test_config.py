@@ -2,10 +2,9 @@ import dataclasses
 import json
 
 import pytest
-import torch
 
 import moe_edu
-from moe_edu import MixtralConfig, PRESETS
+from moe_edu import PRESETS, MixtralConfig
 from moe_edu.presets import get_config
 
 TINY = PRESETS["tiny"]

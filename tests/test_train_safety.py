@@ -145,8 +145,9 @@ def test_resume_gives_the_same_final_weights_as_an_uninterrupted_run(tmp_path, m
         resumed, _, log = train(run_config(), tmp_path / "run", progress=False, resume=True, checkpoint_every=2)
     finally:
         torch.set_num_threads(threads)
-    for (name, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+    for (name, a), b in zip(ref.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert [e["loss"] for e in log["steps"]] == [e["loss"] for e in ref_log["steps"]]
     assert [e.get("eval_ce") for e in log["steps"]] == [e.get("eval_ce") for e in ref_log["steps"]]
-    assert (tmp_path / "run" / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
+    run, ref_dir = tmp_path / "run", tmp_path / "ref"
+    assert (run / "model.safetensors").read_bytes() == (ref_dir / "model.safetensors").read_bytes()
