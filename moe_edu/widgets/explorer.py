@@ -189,6 +189,7 @@ class RoutingExplorer:
         self.view.status = f'<p class="moe-message" style="color:#a63603;margin:2px 0">{escape(text)}</p>'
         self.panels = {}
         self.view.html = ""
+        self.view.revision += 1
 
     def render_panels(self) -> dict[str, str]:
         """Every tab's HTML for the current text, layer, k, selection and highlighted expert."""
@@ -214,6 +215,7 @@ class RoutingExplorer:
         self.panels = panels
         self.view.status = notice_html(self.trace)  # the one place the truncation notice appears
         self.view.html = "".join(f'<div class="moe-panel" data-tab="{escape(n)}">{h}</div>' for n, h in panels.items())
+        self.view.revision += 1
         self.last_update_ms = 1000 * (time.perf_counter() - start)
 
     # ------------------------------------------------------------------- display

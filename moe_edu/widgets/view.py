@@ -104,6 +104,7 @@ function render({ model, el }) {
     }
   });
   model.on("change:html", paint);
+  model.on("change:revision", () => el.classList.remove("moe-pending"));  // also when the views did not change
   model.on("change:status", () => { status.innerHTML = model.get("status"); });
   model.on("change:tab", show);
   model.on("change:tabs", tabs);
@@ -145,3 +146,4 @@ class RoutingView(anywidget.AnyWidget):
     selected = traitlets.Int(-1).tag(sync=True)  # span index, -1: none
     dimmed = traitlets.Int(-1).tag(sync=True)  # expert index, -1: none
     debounce_ms = traitlets.Int(250).tag(sync=True)
+    revision = traitlets.Int(0).tag(sync=True)  # +1 per Python update, even one that changes no HTML
