@@ -383,6 +383,10 @@ def voila(notebook: Path, tmp: Path):
             proc.wait(timeout=5)
 
 
+BACKGROUNDS = """() => Array.from(document.querySelectorAll('.moe-explorer-view .moe-text .moe-tok'))
+  .map(s => s.style.backgroundImage)"""
+
+
 def test_explorer_app_in_voila(tmp_path):
     require_browser()
     from playwright.sync_api import expect, sync_playwright
@@ -402,14 +406,12 @@ def test_explorer_app_in_voila(tmp_path):
             assert page.get_by_text("load_pretrained").count() == 0, "a page, not a notebook: no code shown"
             expect(page.locator(".moe-explorer-static").first).to_be_hidden()  # the live widget replaces it
             assert [e for e, *_ in tokens] == first
-            colours = page.evaluate("() => Array.from(document.querySelectorAll('.moe-explorer-view .moe-text .moe-tok'))"
-                                    ".map(s => s.style.backgroundImage)")
+            colours = page.evaluate(BACKGROUNDS)
             type_and_time(page, root, APP_TEXT)
             shown = [s.replace("\n", "↵") for s in spans]
             tokens = wait_tokens(page, root, 0, lambda t: [x for _, x, *_ in t] == shown, "the typed code")
             assert [e for e, *_ in tokens] == typed, "the app's colours are not the model's routing"
-            after = page.evaluate("() => Array.from(document.querySelectorAll('.moe-explorer-view .moe-text .moe-tok'))"
-                                  ".map(s => s.style.backgroundImage)")
+            after = page.evaluate(BACKGROUNDS)
             assert after != colours, "the colouring changed"
             page.screenshot(path=str(ARTIFACTS / "voila_app.png"))
         except BaseException:
