@@ -15,7 +15,7 @@
 # > *"Mixtral supports a fully dense context length of 32k tokens"* — Mixtral paper, §2
 #
 # > **中文導讀**　稀疏模型每個 token 只用 13B 啟用參數，但服務時 47B 的權重全都得放在記憶體裡：bf16 約 93.4 GB。
-# > 另一個大戶是 KV 快取：Mixtral 每個 token 需 128 KiB，32k 上下文就是 4 GiB，批次 32 時遠超過啟用專家的大小。
+# > 另一個大戶是 KV 快取：Mixtral 每個 token 需 128 KiB，32k 上下文就是 4 GiB；32k 上下文、批次 32 時達 128 GiB，遠超過啟用專家的 22.5 GB。
 # > 本章計算記憶體帳、比較稠密注意力與滑動視窗、在小模型上做 passkey 檢索（並誠實看它在訓練長度之外失敗），
 # > 再用路由的局部性做專家快取與預取（offloading），最後把專家權重量化成 int8 / int4，量測對路由與損失的影響。
 #
