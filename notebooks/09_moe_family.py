@@ -398,6 +398,200 @@ Table(rows)
 # variant is an SMoE: the family differs in the gate, not in sparsity.
 
 # %% [markdown]
+# ## 6. Soft MoE: no routing decision at all
+#
+# Soft MoE (Puigcerver et al., 2023) replaces the discrete choice by two softmaxes over the same logits. Each
+# expert owns $p$ *slots*; slot $s$ has a parameter vector $\phi_s$, and for the $m$ tokens $X$ of one sequence
+# $L = X\Phi^\top$ is $(m, S)$ with $S = Ep$:
+#
+# - **dispatch** $D = \mathrm{softmax}$ over the *tokens* (each column sums to 1): slot $s$ receives
+#   $\tilde x_s = \sum_t D_{ts} x_t$, a weighted average of every token;
+# - each expert runs on its $p$ slots: $\tilde y_s = \mathrm{Expert}_{e(s)}(\tilde x_s)$;
+# - **combine** $C = \mathrm{softmax}$ over the *slots* (each row sums to 1): $y_t = \sum_s C_{ts}\,\tilde y_s$.
+#
+# Nothing is dropped, every expert processes exactly $p$ slots (perfect balance by construction), and everything
+# is differentiable. In plain torch, for one sequence, checked against `moe_edu.variants.soft_moe.SoftMoE`
+# (with $p = 1$, $\Phi$ has the shape of Mixtral's router, so we copy the same block's weights in):
+
+# %%
+from moe_edu.variants.soft_moe import SoftMoE
+
+soft = SoftMoE.from_config(cfg).copy_from_block(block).eval()  # p = 1 slot per expert, Phi = the router weight
+xs = x_random[0]  # (m, H): one sequence of 64 tokens
+L = xs @ block.gate.weight.T  # (m, S) slot logits, S = E * p = 8
+D, C = torch.softmax(L, dim=0), torch.softmax(L, dim=1)  # dispatch over tokens, combine over slots
+slots_in = D.T @ xs  # (S, H): each slot a convex mix of all 64 tokens
+slots_out = torch.stack([block.experts.expert(s, slots_in[s : s + 1])[0] for s in range(8)])  # (S, H)
+y_soft = C @ slots_out  # (m, H)
+with torch.no_grad():
+    y_lib = soft(xs).y  # (m, H)
+print("dispatch columns sum to 1:", torch.allclose(D.sum(0), torch.ones(8)), "| combine rows sum to 1:",
+      torch.allclose(C.sum(1), torch.ones(64)))
+print("plain torch = SoftMoE (max diff < 1e-5):", (y_soft.detach() - y_lib).abs().max().item() < 1e-5)
+
+# %% [markdown]
+# **Why it does not fit causal decoding.** A slot mixes *all* tokens of the sequence, so token $t$'s output
+# depends on tokens after $t$. Change only the last token and watch the first one's output — in Soft MoE and in
+# Mixtral's block (where each token's experts and weights depend on that token alone):
+
+# %%
+x_changed = xs.clone()
+x_changed[-1] += 3.0  # only the last token differs
+with torch.no_grad():
+    soft_moved = (soft(x_changed).y[0] - soft(xs).y[0]).abs().max().item()
+    mixtral_moved = (block(x_changed[None])[0][0, 0] - block(xs[None])[0][0, 0]).abs().max().item()
+print("Soft MoE: token 0's output changed:", soft_moved > 1e-6)
+print("Mixtral:  token 0's output changed:", mixtral_moved > 1e-6)
+
+# %% [markdown]
+# A decoder needs token $t$ to ignore the future (training with a causal mask) and generates one token at a
+# time (a group of one: the softmax over tokens becomes trivial and every slot is that one token). Puigcerver et
+# al. designed Soft MoE for vision transformers, whose patches all see each other; making it causal is an open
+# problem the paper discusses. Its row in the table — the cost per token shrinks as the group grows, because
+# $E p$ expert calls are shared by $m$ tokens:
+
+# %%
+soft_table, _ = compare({"mixtral": variants["mixtral"], "soft_moe": soft}, x_random)
+soft_table.select("variant", "k", "active params", "FLOPs/token", "load CV", "dropped tokens %")
+
+# %% [markdown]
+# ## 7. Balancing without an auxiliary loss (DeepSeek-V3)
+#
+# Every aux loss adds a gradient that pulls the router away from what the language-modelling loss wants.
+# DeepSeek-V3 (2024) balances differently: each expert $e$ gets a bias $b_e$ that is added to its score **only to
+# choose** the top k; the combine weights use the unbiased scores. After each batch, the bias moves by a fixed step
+# $\gamma$ against the load: $b_e \leftarrow b_e - \gamma\,\mathrm{sign}(c_e - \bar c)$ — overloaded experts
+# become less attractive, underloaded ones more. No loss, no gradient; `moe_edu.variants.aux_free.AuxFreeMoE`
+# (with `score="softmax"` it is Mixtral's rule when $b = 0$; DeepSeek-V3 scores with a sigmoid, `score="sigmoid"`).
+
+# %%
+from moe_edu.variants.aux_free import AuxFreeMoE, bias_update
+
+free = AuxFreeMoE.from_config(cfg).copy_from_block(block).eval()
+flat = x_random.reshape(-1, cfg.hidden_size)  # (N, H)
+with torch.no_grad():
+    same = torch.equal(free(x_random).y, variants["mixtral"](x_random).y)
+    scores = torch.softmax(free.gate.logits(flat), dim=-1)  # (N, E)
+    before = torch.bincount(free.gate(flat).expert_ids.reshape(-1), minlength=8)  # (E,)
+    free.gate.bias.copy_(bias_update(free.gate.bias, before, 0.05))  # one big nudge
+    routed = free.gate(flat)
+    after = torch.bincount(routed.expert_ids.reshape(-1), minlength=8)  # (E,)
+    chosen_scores = scores.gather(1, routed.expert_ids)  # (N, k)
+print("b = 0 gives Mixtral's output exactly:", same)
+print("load before:", before.tolist(), "\nload after one bias step:", after.tolist())
+print("weights still the unbiased scores, renormalised:",
+      torch.allclose(routed.weights, chosen_scores / chosen_scores.sum(-1, keepdim=True)))
+
+# %% [markdown]
+# One step of $\gamma = 0.05$ is far too big for scores of this size: it empties the busy experts and floods the idle
+# ones. DeepSeek-V3 applies a small $\gamma$ after every batch, so the bias tracks the load instead of jumping.
+#
+# ### A live mini-run: no balancing, the Switch aux loss, the bias
+#
+# One MoE layer (the tiny width, 8 experts, top-2) learns to imitate a fixed random FFN on skewed inputs (a shared
+# offset, and a router initialised with std 0.1 so that it starts opinionated). 100 Adam steps of 128 tokens,
+# three ways: no balancing; the Switch loss with coefficient 0.01; the aux-free bias with $\gamma = 0.01$. We record
+# the hard load's imbalance (max / mean, 1 = even) at every step. A few seconds.
+
+# %%
+import torch.nn.functional as F
+
+g = torch.Generator().manual_seed(0)
+offset = 2.0 * torch.randn(cfg.hidden_size, generator=g)  # (H,)
+teacher = moe_edu.SparseMoeBlock(cfg.replace(num_local_experts=1, num_experts_per_tok=1)).eval()
+with torch.no_grad():
+    for p in teacher.parameters():
+        p.normal_(0.0, 0.2, generator=g)
+
+
+def mini_batch(step: int):
+    x = torch.randn(128, cfg.hidden_size, generator=torch.Generator().manual_seed(1000 + step)) + offset  # (N, H)
+    with torch.no_grad():
+        return x, teacher(x[None])[0][0] / 30.0  # (N, H): a target of about unit scale
+
+
+def balance_run(kind: str, steps: int = 100) -> list[tuple[float, float]]:
+    torch.manual_seed(0)
+    moe = AuxFreeMoE.from_config(cfg, bias_update_speed=0.01) if kind == "aux-free bias" else \
+        VARIANTS["mixtral"].from_config(cfg)  # the same initial weights in all three runs
+    with torch.no_grad():
+        moe.gate.weight.normal_(0.0, 0.1)  # an opinionated start
+    opt = torch.optim.Adam(moe.parameters(), lr=1e-3)
+    history = []
+    for step in range(steps):
+        x, y = mini_batch(step)
+        out = moe.train()(x)  # the aux-free router nudges its bias inside this training forward
+        task = F.mse_loss(out.y, y)
+        loss = task + 0.01 * moe_edu.load_balancing_loss(out.router_logits, 8, 2) if kind == "Switch aux loss" else task
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        counts = out.load_counts.float()
+        history.append((float(counts.max() / counts.mean()), task.item()))
+    return history
+
+
+balance = {kind: balance_run(kind) for kind in ("no balancing", "Switch aux loss", "aux-free bias")}
+late = {kind: sum(imb for imb, _ in h[-25:]) / 25 for kind, h in balance.items()}  # mean of the last 25 steps
+
+# %% [markdown]
+# The exact numbers of a 100-step run depend on your CPU's floating-point kernels; the lines after the table hold
+# everywhere.
+
+# %% tags=["nbval-ignore-output"]
+for kind, h in balance.items():
+    print(f"{kind:16s} imbalance: step 0 {h[0][0]:.2f}, mean of last 25 steps {late[kind]:.2f} | "
+          f"task loss at the end {h[-1][1]:.3f}")
+
+# %%
+print("without balancing the load collapses (imbalance > 3.5):", late["no balancing"] > 3.5)
+print("both balancers keep it well below that (< 3):", late["Switch aux loss"] < 3 and late["aux-free bias"] < 3)
+
+fig, ax = plt.subplots(figsize=(7.0, 3.2))
+for kind, h in balance.items():
+    ax.plot([imb for imb, _ in h], label=kind)
+ax.axhline(1.0, color="k", lw=0.8, ls="--")
+ax.set_xlabel("step")
+ax.set_ylabel("max / mean expert load")
+ax.legend(fontsize=7)
+plt.show()
+
+# %% [markdown]
+# **Notebook 07's blind spot, revisited.** The Switch loss $E\sum_e f_e P_e$ equals $k$ whenever the probabilities
+# are flat, whatever the hard choices: a router with tiny logits that sends every token to experts 0 and 1 scores
+# an almost perfect 2. The bias rule reads the hard counts themselves, so it sees the collapse and fixes it at once:
+
+# %%
+sneaky = 1e-3 * torch.randn(64, 8, generator=torch.Generator().manual_seed(0))  # (T, E) tiny logits
+sneaky[:, :2] += 5e-3  # ... but every token prefers experts 0 and 1, by a hair
+probs = torch.softmax(sneaky, dim=-1)  # (T, E), nearly flat
+b = torch.zeros(8)
+for _ in range(10):
+    counts = torch.bincount(torch.topk(probs + b, 2, dim=-1).indices.reshape(-1), minlength=8)  # (E,)
+    b = bias_update(b, counts, 5e-5)
+print(f"Switch aux loss {moe_edu.load_balancing_loss([sneaky], 8, 2).item():.3f} (k = 2 would be perfect)")
+print("hard load before:", torch.bincount(torch.topk(probs, 2, -1).indices.reshape(-1), minlength=8).tolist())
+after = torch.bincount(torch.topk(probs + b, 2, -1).indices.reshape(-1), minlength=8).float()  # (E,)
+print("after 10 bias steps every expert is used:", bool((after > 0).all()), "| max/mean < 2:", (after.max() / after.mean()).item() < 2)
+
+# %% [markdown]
+# In this toy the collapsed run fits the target best — the target is a single dense FFN, so two experts suffice and
+# balance only costs — while both balancers trade a little task loss for an even load, the bias more evenly than a
+# Switch loss of this size. On a real model, where idle experts are wasted capacity, that trade is the point.
+#
+# The price: the bias is a controller with its own step size (too large and the load oscillates, as the curve
+# shows; too small and it lags the router), it balances each *batch*, not each sequence (DeepSeek-V3 keeps a very
+# small sequence-wise balance loss for that), and at inference the bias stays frozen at its last value.
+#
+# <details><summary>Check: why may the bias enter the choice but not the combine weights?</summary>
+#
+# The choice is a discrete top-k: shifting it changes *which* experts run and so the load, which is all the bias is
+# for. If the bias entered the weights it would also change *how much* each expert's output counts — a change to the
+# model's function that no gradient asked for. Kept out of the weights, the language-modelling loss still decides
+# the mixture among the chosen experts.
+# </details>
+
+# %% [markdown]
 # ## Recap
 #
 # - One router score matrix `(N, E)`, many rules: top-k along rows (token choice), top-C down columns (expert choice).
