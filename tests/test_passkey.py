@@ -120,3 +120,21 @@ def test_training_is_reproducible_and_loads(tmp_path):
     assert len(vocab) == 38 and model.config.num_hidden_layers == 2
     with pytest.raises(ValueError, match="no passkey checkpoint"):
         load_passkey_model(tmp_path / "missing")
+
+
+@pytest.mark.slow
+def test_a_transformers_model_runs_in_the_harness():
+    try:
+        from transformers import MixtralForCausalLM as HFMixtral
+    except Exception:  # transformers missing or refusing this torch
+        pytest.skip("transformers not importable")
+    from moe_edu.passkey_train import load_passkey_model
+
+    ours, vocab = load_passkey_model()  # the shipped checkpoint: it retrieves most keys at these lengths
+    hf = HFMixtral(ours.config.to_hf()).eval()
+    missing, unexpected = hf.load_state_dict(ours.hf_state_dict(), strict=False)
+    assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
+    kwargs = dict(lengths=[64, 96], depths=[0.0, 0.5, 1.0], trials=4, distinct=True, seed=2)
+    a = passkey_grid(ours, vocab.encode, **kwargs)
+    b = passkey_grid(hf, vocab.encode, **kwargs)
+    assert a.accuracy.mean() > 0.5 and torch.equal(a.accuracy, b.accuracy)
