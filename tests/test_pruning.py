@@ -85,3 +85,18 @@ def test_prune_errors(model):
     tiny = moe_edu.MixtralForCausalLM(CFG.replace(num_local_experts=2, num_experts_per_tok=2))
     with pytest.raises(ValueError, match="top_k"):
         prune_experts(tiny, [0, 0])
+
+
+def test_pruned_routing_never_picks_the_dropped_expert_and_renormalises():
+    from moe_edu.pruning import pruned_routing
+
+    logits = torch.randn(20, 8, generator=torch.Generator().manual_seed(2))
+    logits[:, 4] += 5.0  # everyone's first choice is the expert we drop
+    w, ids = pruned_routing(logits, 4, 2)
+    assert not (ids == 4).any() and torch.allclose(w.sum(-1), torch.ones(20))
+    rest = [e for e in range(8) if e != 4]
+    w2, ids2 = torch.topk(torch.softmax(logits[:, rest], -1), 2, dim=-1)  # the E-1 router directly
+    torch.testing.assert_close(w, w2 / w2.sum(-1, keepdim=True))
+    assert torch.equal(ids, torch.tensor(rest)[ids2])
+    with pytest.raises(ValueError, match="dropped"):
+        pruned_routing(logits, 8, 2)

@@ -58,3 +58,16 @@ def test_router_gradient_breaks_symmetry():
 def test_upcycle_rejects_a_model_that_is_already_sparse():
     with pytest.raises(ValueError, match="num_experts=1"):
         upcycle_model(moe_edu.MixtralForCausalLM(CFG), 8, 2)
+
+
+def test_upcycle_weights_copies_and_owns_its_memory():
+    from moe_edu.upcycling import upcycle_weights
+
+    gu, d = torch.randn(1, 6, 4), torch.randn(1, 4, 3)
+    gu8, d8 = upcycle_weights(gu, d, 8)
+    assert gu8.shape == (8, 6, 4) and d8.shape == (8, 4, 3)
+    assert all(torch.equal(gu8[e], gu[0]) and torch.equal(d8[e], d[0]) for e in range(8))
+    gu8[1] += 1.0
+    assert not torch.equal(gu8[0], gu8[1])  # not views of one tensor
+    with pytest.raises(ValueError, match="one expert"):
+        upcycle_weights(gu8, d8, 2)
