@@ -209,8 +209,9 @@ print(len(p.ids), "tokens:", vocab.decode(p.ids))
 print("answer:", vocab.decode(p.answer))
 
 # %% [markdown]
-# Our model (2 layers, width 64, 8 experts, top-2, 38-word vocabulary) was trained here for about three minutes
-# of one CPU core on such prompts of 64–128 tokens, loss on the key's digits only
+# Our model (2 layers, width 64, 8 experts, top-2, 38-word vocabulary) was trained here for 1,500 steps — about
+# 1.5 minutes on an idle CPU core, 5 on our shared machine — on such prompts of 64–128 tokens, loss on the key's
+# digits only
 # (`moe_edu/checkpoints/passkey/README.md` has the command). Keys have five *distinct* digits; why that matters
 # is in the last question.
 
