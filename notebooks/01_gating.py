@@ -16,10 +16,11 @@
 # > *"The output of the MoE module for a given input x is determined by the weighted sum of the outputs of the
 # > expert networks, where the weights are given by the gating network's output."* — Mixtral paper, §2.1
 #
-# > **中文導讀**　Mixtral 的路由網路（門控網路）只是一個沒有偏差項的線性層：每個 token 乘上權重矩陣 $W_g$，得到 8 個專家
-# > 各一個相關性分數（logit），再經 softmax 變成機率。本章說明為什麼不需要偏差項、softmax 的兩個性質（每列加總為 1、
-# > 整列加上同一常數不變），以及 bf16 精度會讓約 0.5% 的 token 換了專家：在 fp32 計算 logit 可去掉累加誤差，而只把
-# > softmax 改成 fp32 不會改變選到哪些專家。最後用熱圖與溫度觀察路由有多「果斷」。
+# > **中文導讀**　Mixtral 的路由網路（門控網路）只是一個沒有偏差項的線性層：每個 token 乘上權重矩陣 $W_g$，
+# > 得到 8 個專家各一個相關性分數（logit），再經 softmax 變成機率。本章說明為什麼不需要偏差項、
+# > softmax 的兩個性質（每列加總為 1、整列加上同一常數不變），以及 bf16 精度會讓約 0.5% 的 token 換了專家：
+# > 在 fp32 計算 logit 可去掉累加誤差，而只把 softmax 改成 fp32 不會改變選到哪些專家。
+# > 最後用熱圖與溫度觀察路由有多「果斷」。
 #
 # In Mixtral the "feed-forward network" of the gate is as small as it can be: **one matrix, no bias**. This notebook
 # builds it, looks at what it outputs, and explains two details that matter in practice: the precision of the
@@ -341,8 +342,8 @@ print("block.gate.weight:", tuple(block.gate.weight.shape), "| has bias:", hasat
 # <details><summary>Answer</summary>
 #
 # Linearity: the logits are $x W_g^\top$, so two nearby inputs give nearby logits
-# ($\lVert \Delta\text{logits} \rVert \le \lVert W_g \rVert \, \lVert \Delta x \rVert$), and softmax is smooth, so nearby
-# logits give nearby probabilities. Tokens drawn around the same cluster centre therefore get similar rows, trained
+# ($\lVert \Delta\text{logits} \rVert \le \lVert W_g \rVert \, \lVert \Delta x \rVert$), and softmax is smooth,
+# so nearby logits give nearby probabilities. Tokens drawn around the same cluster centre therefore get similar rows, trained
 # or not.
 #
 # </details>

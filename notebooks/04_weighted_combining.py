@@ -16,9 +16,10 @@
 # > $$y = \sum_{i=0}^{n-1} \mathrm{Softmax}(\mathrm{Top2}(x \cdot W_g))_i \cdot \mathrm{SwiGLU}_i(x)$$
 # > — Mixtral paper, eq. (3)
 #
-# > **中文導讀**　被選中的專家各自輸出一個向量，這一層的輸出是它們的加權總和（加權融合）。權重有兩種寫法：先對全部專家做
-# > softmax、取前 k 個再重新正規化（transformers 的做法），或先取前 k 個 logit 再做 softmax（論文公式與 Mistral 的程式碼），
-# > 本章證明兩者完全相等。k = 2 時權重只取決於兩個 logit 的差（sigmoid），輸出落在兩個專家輸出之間的線段上；
+# > **中文導讀**　被選中的專家各自輸出一個向量，這一層的輸出是它們的加權總和（加權融合）。權重有兩種寫法：
+# > 先對全部專家做 softmax、取前 k 個再重新正規化（transformers 的做法），
+# > 或先取前 k 個 logit 再做 softmax（論文公式與 Mistral 的程式碼），本章證明兩者完全相等。
+# > k = 2 時權重只取決於兩個 logit 的差（sigmoid），輸出落在兩個專家輸出之間的線段上；
 # > k = E 時則變成所有專家都參與的稠密混合（類似集成學習）。
 #
 # Each chosen expert returns a vector; the layer returns their **weighted sum**. This notebook pins down the

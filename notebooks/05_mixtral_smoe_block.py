@@ -15,10 +15,11 @@
 #
 # > *"We use the SwiGLU architecture as the expert function E_i(x) and set K = 2."* — Mixtral paper, §2.1
 #
-# > **中文導讀**　本章把前四章的零件組成完整的 Mixtral 稀疏混合專家區塊：每個專家是一個 SwiGLU 前饋神經網路
-# > （三個矩陣 $W_1$、$W_3$、$W_2$，共 $3HI$ 個參數），路由網路選出前 2 個專家並加權融合其輸出。我們用約 30 行 PyTorch
-# > 手寫這個區塊，證明它和 `moe_edu.SparseMoeBlock`、`transformers` 的 `MixtralSparseMoeBlock` 在相同權重下數值一致
-# > （fp32 下）。接著在 meta 裝置上建出真正的 8x7B，數出 46,702,792,704 個參數，並在 bf16 下執行，路由的 logit 仍以 fp32 計算。
+# > **中文導讀**　本章把前四章的零件組成完整的 Mixtral 稀疏混合專家區塊：
+# > 每個專家是一個 SwiGLU 前饋神經網路（三個矩陣 $W_1$、$W_3$、$W_2$，共 $3HI$ 個參數），
+# > 路由網路選出前 2 個專家並加權融合其輸出。我們用約 30 行 PyTorch 手寫這個區塊，證明它和 `moe_edu.SparseMoeBlock`、
+# > `transformers` 的 `MixtralSparseMoeBlock` 在相同權重下數值一致（fp32 下）。接著在 meta 裝置上建出真正的 8x7B，
+# > 數出 46,702,792,704 個參數，並在 bf16 下執行，路由的 logit 仍以 fp32 計算。
 #
 # Notebooks 01–04 built the router, the top-k choice, the dispatch and the weighted sum. One piece is missing: the
 # experts themselves. This notebook writes a SwiGLU expert, assembles the whole block in ~30 lines of plain torch,

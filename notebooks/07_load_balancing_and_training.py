@@ -2,9 +2,10 @@
 # # 07 · Load balancing & training
 #
 # > **中文導讀**　路由網路和模型其他部分一起用梯度訓練，但語言模型的損失並不要求它把 token 平均分給各專家；放著不管，
-# > 少數專家會越用越多而「崩塌」。本章手算負載平衡損失（load-balancing loss，平衡時等於 k）與路由 z-loss（把每個 token
-# > logit 的 logsumexp 推向 0），並發現負載平衡損失的盲點：機率很平時，即使硬指派全擠在兩個專家也會得到 k。接著現場訓練
-# > 單層 Mixtral，比較有無這些損失時的專家負載。注意：論文並未公開 Mixtral 的訓練配方，這裡的損失是 transformers 實作的版本。
+# > 少數專家會越用越多而「崩塌」。本章手算負載平衡損失（load-balancing loss，平衡時等於 k）
+# > 與路由 z-loss（把每個 token logit 的 logsumexp 推向 0），並發現負載平衡損失的盲點：機率很平時，
+# > 即使硬指派全擠在兩個專家也會得到 k。接著現場訓練單層 Mixtral，比較有無這些損失時的專家負載。注意：
+# > 論文並未公開 Mixtral 的訓練配方，這裡的損失是 transformers 實作的版本。
 #
 # A router is trained by the same gradient as everything else, and nothing in the language-model
 # loss asks it to spread tokens over the experts. Left alone, it tends to *collapse*: the experts

@@ -5,10 +5,11 @@
 # > The Pile validation dataset [...] Surprisingly, we do not observe obvious patterns in the
 # > assignment of experts based on the topic." — Mixtral of Experts, §5 (Jiang et al., 2024)
 #
-# > **中文導讀**　論文第 5 節問：專家會依主題分工嗎？答案出乎意料——在 The Pile 的各個子集上看不出明顯的主題分工
-# > （只有合成的 DM Mathematics 略有不同），路由看起來比較跟語法有關，而且相鄰 token 常共用專家（表 5）。本章在隨套件
-# > 附上的小型 Mixtral 上重做這三項分析：各領域的專家負載（圖 7）、依專家著色的文字（圖 8）、相鄰 token 的重複率與
-# > 隨機基準（12.5% 與 46.4%），並與論文表 5 的數字並列比較。最後誠實列出小模型重現了什麼、沒有重現什麼。
+# > **中文導讀**　論文第 5 節問：
+# > 專家會依主題分工嗎？答案出乎意料——在 The Pile 的各個子集上看不出明顯的主題分工（只有合成的 DM Mathematics 略有不同）
+# > ，路由看起來比較跟語法有關，而且相鄰 token 常共用專家（表 5）。本章在隨套件附上的小型 Mixtral 上重做這三項分析：
+# > 各領域的專家負載（圖 7）、依專家著色的文字（圖 8）、相鄰 token 的重複率與隨機基準（12.5% 與 46.4%），
+# > 並與論文表 5 的數字並列比較。最後誠實列出小模型重現了什麼、沒有重現什麼。
 #
 # The paper's routing analysis has three parts: the share of tokens each expert receives per
 # domain (its Fig. 7), text coloured by the expert each token was sent to (Fig. 8), and how often

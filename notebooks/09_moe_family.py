@@ -15,10 +15,10 @@
 # > **MoE 架構更靈活，允許不同專家數量與門控機制，應用範圍更廣。** — *"The MoE architecture is more flexible: it
 # > allows different numbers of experts and different gating mechanisms, so it applies more widely."* — §5
 #
-# > **中文導讀**　種子文章比較了 Mixtral 與一般 MoE，但兩張比較表在匯出時遺失了；本章用程式碼把它們重建出來。六種路由
-# > 規則——Mixtral 的無丟棄前 2 名、雜訊前 k 名、Switch（前 1 名加容量因子）、GShard、專家選擇路由、共享專家加細粒度專家
-# > （DeepSeekMoE）——都用相同的 SwiGLU 專家與相同的分派程式，在相同的 token 上比較總參數、啟用參數、負載平衡與被丟棄的
-# > token。最後逐點回應種子文章的結論：Mixtral 在這個家族中的位置，以及它選擇了什麼、放棄了什麼。
+# > **中文導讀**　種子文章比較了 Mixtral 與一般 MoE，但兩張比較表在匯出時遺失了；本章用程式碼把它們重建出來。
+# > 六種路由規則——Mixtral 的無丟棄前 2 名、雜訊前 k 名、Switch（前 1 名加容量因子）、GShard、專家選擇路由、
+# > 共享專家加細粒度專家（DeepSeekMoE）——都用相同的 SwiGLU 專家與相同的分派程式，在相同的 token 上比較總參數、啟用參數、
+# > 負載平衡與被丟棄的 token。最後逐點回應種子文章的結論：Mixtral 在這個家族中的位置，以及它選擇了什麼、放棄了什麼。
 #
 # The seed compares Mixtral with "MoE in general", but its tables are gone. This notebook rebuilds them **from code**:
 # six routing rules, each a small module in `moe_edu.variants`, all built from the *same* SwiGLU experts
@@ -84,7 +84,8 @@ print("token choice, top-2: tokens per expert", mixtral_assign.sum(0).tolist(),
 # %% [markdown]
 # Token choice gives every token exactly k experts, but the experts get whatever the tokens ask for: here expert 0
 # is asked by many more tokens than expert 3. Mixtral's released inference code and `transformers` accept that
-# (they are **dropless**): a busy expert simply runs on more rows. Earlier systems could not, because their experts lived on different devices with fixed-size buffers.
+# (they are **dropless**): a busy expert simply runs on more rows. Earlier systems could not, because their
+# experts lived on different devices with fixed-size buffers.
 #
 # **(b) Capacity and dropping (Switch, GShard).** Each expert gets `C = ceil(capacity_factor · k · N / E)` rows.
 # Tokens queue in order; a token that finds its expert full is **dropped** from that expert. With top-1 a dropped
