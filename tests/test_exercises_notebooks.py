@@ -73,7 +73,7 @@ def test_student_render_hides_solutions(name):
     only_code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert "SOLUTION" not in code
     assert only_code.count("raise NotImplementedError()") == len(blocks)
-    assert code.count("*YOUR ANSWER HERE*") == len(answers)
+    assert code.count("YOUR ANSWER HERE") == len(answers)
     for block in blocks:
         for line in block.splitlines():
             if line.strip() and not line.strip().startswith(("#", "return y")):
@@ -126,3 +126,17 @@ def test_no_hint_contains_a_solution_line(name):
             body = line.removeprefix("return")
             if len(body) >= 12:
                 assert not any(body in h for h in hints), (m.group(1), line)
+
+
+def test_readme_table_lists_every_exercise_source():
+    rows = [line for line in (EX_DIR / "README.md").read_text().splitlines() if line.startswith("| `ex")]
+    assert sorted(line.split("`")[1] for line in rows) == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_student_render_says_when_it_falls_back_to_the_reference(name):
+    nb = student(name)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and re.search(r"^\S.*ex\.use\(", cell.source, re.M):
+            text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+            assert "the cells below use moe_edu's reference" in text, cell.source

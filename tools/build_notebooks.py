@@ -5,14 +5,22 @@
     python tools/build_notebooks.py --check         # no execution: fail if a committed .ipynb is stale
 
 Course notebooks: `notebooks/NN_name.py` -> `notebooks/NN_name.ipynb`.
-Exercises: one source `notebooks/exercises/exNN_name.py` with nbgrader-style markers
-(`### BEGIN SOLUTION` / `### END SOLUTION` in code, `<!-- BEGIN SOLUTION -->` /
-`<!-- END SOLUTION -->` in markdown) -> a student render `notebooks/exercises/exNN_name.ipynb`
-(solutions replaced by `raise NotImplementedError()` / "YOUR ANSWER HERE") and a solution
-render `notebooks/exercises/solutions/exNN_name.ipynb`. Both carry nbgrader cell metadata
-(solution cells, manually graded answers, read-only checker cells);
-`--nbgrader DIR` also writes the unexecuted sources with their markers, ready for
-nbgrader's `source/<assignment>/` folder.
+Exercises: one source `notebooks/exercises/exNN_name.py` with nbgrader's markers
+(`### BEGIN SOLUTION` / `### END SOLUTION` lines in code, `<!-- BEGIN SOLUTION -->` /
+`<!-- END SOLUTION -->` lines in markdown: nbgrader matches "BEGIN SOLUTION" anywhere in a line)
+-> a student render `notebooks/exercises/exNN_name.ipynb` (each solution region replaced exactly
+as nbgrader's ClearSolutions does: `# YOUR CODE HERE` / `raise NotImplementedError()` in code,
+`YOUR ANSWER HERE` in markdown) and a solution render
+`notebooks/exercises/solutions/exNN_name.ipynb` (marker lines removed). Both carry nbgrader
+cell metadata (schema 3): code solution cells, manually graded written answers (1 point), and
+checker cells as read-only autograder test cells (1 point; a failing checker raises under
+nbgrader, see `moe_edu.exercises.core`). `--nbgrader DIR` writes the unexecuted sources with
+their markers, ready for nbgrader's `source/<assignment>/` folder; `tests/test_nbgrader.py` runs
+`nbgrader generate_assignment` and `autograde` on them.
+
+Rules for an exercise source: a solution region's marker lines stand alone (one marker per
+line, BEGIN and END in the same cell, not nested); a checker cell calls `ex.check_<name>(...)`;
+nothing else in a source may contain the words BEGIN SOLUTION / END SOLUTION.
 """
 
 from __future__ import annotations
@@ -31,8 +39,6 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 EX_DIR = NB_DIR / "exercises"
-CODE_SOLUTION = re.compile(r"^([ \t]*)### BEGIN SOLUTION[^\n]*\n(.*?)^[ \t]*### END SOLUTION[^\n]*\n?", re.M | re.S)
-MD_SOLUTION = re.compile(r"<!-- BEGIN SOLUTION -->.*?<!-- END SOLUTION -->", re.S)
 
 
 def sources(selection: list[str]) -> list[Path]:
@@ -44,43 +50,66 @@ def sources(selection: list[str]) -> list[Path]:
 
 
 CHECKER_CALL = re.compile(r"\.check_\w+\(")
+BEGIN, END = "BEGIN SOLUTION", "END SOLUTION"  # nbgrader's default delimiters (substring match per line)
+CODE_STUB = ["# YOUR CODE HERE", "raise NotImplementedError()"]  # nbgrader's ClearSolutions.code_stub["python"]
+TEXT_STUB = ["YOUR ANSWER HERE"]  # nbgrader's ClearSolutions.text_stub
 
 
 def mark_nbgrader(nb: nbformat.NotebookNode, stem: str) -> nbformat.NotebookNode:
-    """nbgrader metadata: code solutions, manually graded written answers, read-only checker cells."""
+    """nbgrader metadata: code solutions, manually graded written answers, autograded checker cells."""
     for i, cell in enumerate(nb.cells):
-        if cell.cell_type == "code" and "### BEGIN SOLUTION" in cell.source:
+        if cell.cell_type == "code" and BEGIN in cell.source:
             meta = {"grade": False, "locked": False, "solution": True}
-        elif cell.cell_type == "markdown" and "<!-- BEGIN SOLUTION -->" in cell.source:
+        elif cell.cell_type == "markdown" and BEGIN in cell.source:
             meta = {"grade": True, "locked": False, "points": 1, "solution": True}
         elif cell.cell_type == "code" and CHECKER_CALL.search(cell.source):
-            meta = {"grade": False, "locked": True, "solution": False}
+            meta = {"grade": True, "locked": True, "points": 1, "solution": False}
         else:
             continue
         cell.metadata["nbgrader"] = {"grade_id": f"{stem}-cell-{i:02d}", "schema_version": 3, "task": False, **meta}
     return nb
 
 
+def clear_solutions(source: str, stub: list[str]) -> str:
+    """Replace every BEGIN/END SOLUTION region by `stub`, indented like the BEGIN line: the
+    algorithm of nbgrader's ClearSolutions._replace_solution_region, line for line."""
+    out, inside = [], False
+    for line in source.split("\n"):
+        if BEGIN in line:
+            if inside:
+                raise ValueError(f"nested {BEGIN!r} in cell:\n{source}")
+            inside = True
+            indent = re.match(r"\s*", line).group(0)
+            out.extend(indent + s for s in stub)
+        elif END in line:
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise ValueError(f"no {END!r} in cell:\n{source}")
+    return "\n".join(out)
+
+
 def student_version(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     nb = nbformat.from_dict(nb)
     for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.source = CODE_SOLUTION.sub(
-                lambda m: f"{m.group(1)}# YOUR CODE HERE\n{m.group(1)}raise NotImplementedError()\n", cell.source
-            ).rstrip("\n")
-        elif cell.cell_type == "markdown":
-            cell.source = MD_SOLUTION.sub("*YOUR ANSWER HERE*", cell.source)
+        cell.source = clear_solutions(cell.source, CODE_STUB if cell.cell_type == "code" else TEXT_STUB)
     return nb
 
 
 def solution_version(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     nb = nbformat.from_dict(nb)
     for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.source = re.sub(r"^[ \t]*### (BEGIN|END) SOLUTION[^\n]*\n?", "", cell.source, flags=re.M).rstrip("\n")
-        elif cell.cell_type == "markdown":
-            cell.source = re.sub(r"<!-- (BEGIN|END) SOLUTION -->\n?", "", cell.source)
+        cell.source = "\n".join(line for line in cell.source.split("\n") if BEGIN not in line and END not in line)
     return nb
+
+
+def exercise_source(src: Path) -> nbformat.NotebookNode:
+    """The exercise source as an nbgrader source notebook: markers kept, metadata set, not executed."""
+    nb = jupytext.read(src)
+    nb.metadata.pop("jupytext", None)
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    return mark_nbgrader(nb, src.stem)
 
 
 def renders(src: Path) -> list[tuple[Path, nbformat.NotebookNode]]:
@@ -89,7 +118,7 @@ def renders(src: Path) -> list[tuple[Path, nbformat.NotebookNode]]:
     nb.metadata.pop("jupytext", None)
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     if src.parent == EX_DIR:
-        nb = mark_nbgrader(nb, src.stem)
+        nb = exercise_source(src)
         return [(src.with_suffix(".ipynb"), student_version(nb)),
                 (EX_DIR / "solutions" / (src.stem + ".ipynb"), solution_version(nb))]
     return [(src.with_suffix(".ipynb"), nb)]
@@ -122,10 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.nbgrader:
         for src in sources(args.paths):
             if src.parent == EX_DIR:
-                nb = jupytext.read(src)
-                nb.metadata.pop("jupytext", None)
                 args.nbgrader.mkdir(parents=True, exist_ok=True)
-                nbformat.write(mark_nbgrader(nb, src.stem), args.nbgrader / (src.stem + ".ipynb"))
+                nbformat.write(exercise_source(src), args.nbgrader / (src.stem + ".ipynb"))
                 print(f"wrote {args.nbgrader / (src.stem + '.ipynb')}")
         return 0
     stale = []

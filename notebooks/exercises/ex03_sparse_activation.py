@@ -45,7 +45,9 @@ ex.check_tokens_per_expert(tokens_per_expert)
 # $$y_t = \sum_{j=1}^{k} w_{t,j}\, \text{expert}_{c_{t,j}}(x_t)$$
 #
 # Write `loop_dispatch(x, experts, weights, chosen)` with one pass **per expert** over the tokens
-# that chose it: `x` `(T, H)`, `weights` `(T, k)` float32, `chosen` `(T, k)` -> `y` `(T, H)`.
+# that chose it: `x` `(T, H)`, `weights` `(T, k)` float32, `chosen` `(T, k)` int64 -> `y` `(T, H)`
+# in `x`'s dtype (start from `torch.zeros_like(x)`). The number of experts is
+# `E = experts.num_experts`; `experts.expert(e, rows)` runs expert `e` on rows `(n, H)`.
 # Skip experts nobody chose.
 
 # %%
@@ -72,7 +74,8 @@ ex.check_loop_dispatch(loop_dispatch)
 # Fast implementations first **sort** the `T*k` assignments by expert so every expert reads one
 # contiguous block of rows. Write `sort_by_expert(chosen, num_experts)` returning
 # `(order, counts)`: `order` `(T*k,)` indexes the flattened `chosen` so that experts appear in
-# increasing order — **stable**, tokens keep their order inside a group — and `counts` `(E,)`.
+# increasing order — **stable**, tokens keep their order inside a group — and `counts` `(E,)`;
+# both int64 (`E = num_experts`; an expert nobody chose still gets a count of 0).
 
 # %%
 def sort_by_expert(chosen: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:

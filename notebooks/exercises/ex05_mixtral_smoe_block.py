@@ -47,8 +47,10 @@ ex.check_swiglu_expert(swiglu_expert)
 #
 # Write `moe_block(x, gate, w1, w3, w2, k)` from plain tensors: `x` `(B, T, H)`, `gate` `(E, H)`,
 # `w1`, `w3` `(E, I, H)`, `w2` `(E, H, I)`. Return `(y, router_logits)` like `transformers`:
-# `y` `(B, T, H)` and the float32 router logits `(B*T, E)`. Your `swiglu_expert` is used when it
-# passes, else the reference.
+# `y` `(B, T, H)` in `x`'s dtype (bf16 in, bf16 out) and the router logits `(B*T, E)` in
+# float32, computed from float32 copies of `x` and `gate` (not cast after a bf16 product). The
+# number of experts is `E = gate.shape[0]` (also `w1.shape[0]`); if you count tokens per expert,
+# `torch.bincount` gives int64 counts. Your `swiglu_expert` is used when it passes, else the reference.
 
 # %%
 swiglu_fn = ex.use(swiglu_expert, "swiglu_expert")

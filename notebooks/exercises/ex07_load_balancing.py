@@ -25,8 +25,10 @@ from moe_edu.exercises import load_balancing as ex
 #
 # $$\mathcal{L}_{\text{aux}} = E \sum_{e=1}^{E} f_e\, P_e$$
 #
-# - $f_e$: the fraction of the $T \cdot k$ (token, slot) assignments routed to expert $e$ (top-k of
-#   the softmax), so $\sum_e f_e = k$;
+# - $f_e = \frac{1}{T}\,\#\{t : e \in \text{top-}k(t)\}$: the number of tokens that chose expert
+#   $e$ among their top $k$ (top-k of the softmax), divided by the number of tokens $T$. Each
+#   token makes $k$ choices, so $\sum_e f_e = k$ (it is *not* a share of the $T \cdot k$
+#   assignments, which would sum to 1);
 # - $P_e$: the mean router probability of expert $e$ over the $T$ tokens (softmax in float32).
 #
 # Write `load_balancing_loss(router_logits, num_experts, top_k)` for logits `(T, E)`, returning a

@@ -103,7 +103,8 @@ for factor in (0.5, 1.0, 1.25, 2.0, 4.0):
 #
 # Expert choice (Zhou et al. 2022) turns the table around. The scores are still a softmax over the
 # experts, `S = softmax(logits)` `(N, E)`, but now **each expert** takes the `C` tokens it scores
-# highest, with `C = ceil(capacity_factor · N / E)`: every expert gets exactly `C` tokens.
+# highest, with `C = ceil(capacity_factor · N / E)`, **at most `N`** (an expert cannot take more
+# tokens than there are): every expert gets exactly `C` tokens.
 #
 # Write `expert_choice_route(logits, capacity_factor)` → `gate` `(E, C)` float32 (the chosen
 # scores, best first) and `token` `(E, C)` int64 (which tokens).
