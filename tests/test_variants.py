@@ -445,6 +445,7 @@ def test_family_checker_reference_stub_and_mistakes(capsys, name):
         ok, line = _one_line(capsys, ex, fn)
         assert not ok and line.startswith(f"✗ {name}: case ") and phrase in line, line
         assert ex.use(fn) is ex.reference
+        assert "reference" in capsys.readouterr().out  # use() says it fell back to the reference
 
 
 def test_family_references_are_the_layers():
