@@ -23,6 +23,7 @@ expert (v4, and what v5 still writes: `block_sparse_moe.experts.{j}.w1/w2/w3.wei
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from contextlib import ExitStack
@@ -282,7 +283,7 @@ def write_checkpoint(path: str | Path, tensors: Mapping[str, torch.Tensor], conf
 
 
 def save_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> None:
-    """`safetensors.torch.save_file`, with the header's metadata in the order given.
+    """`safetensors.torch.save_file`, with the header's metadata in the order given, readable as umask allows.
 
     safetensors (0.8) writes the metadata in hash order, which changes from process to
     process: two identical saves could differ in their bytes. The header is rewritten in
@@ -297,6 +298,9 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: 
         if len(text) <= n:
             f.seek(8)
             f.write(text.ljust(n, b" "))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # safetensors creates 0600 files; a checkpoint is meant to be shared
 
 
 def hf_config_dict(cfg: MixtralConfig, dtype: torch.dtype) -> dict:

@@ -236,3 +236,6 @@ def test_saved_files_are_byte_identical_whatever_the_hash_order(tmp_path):
         blobs.add((tmp_path / f"{i}.safetensors").read_bytes())
     assert len(blobs) == 1
     assert b'{"__metadata__":{"producer":"moe_edu.train","format":"pt"}' in blobs.pop()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tmp_path / "0.safetensors").st_mode & 0o777 == 0o666 & ~umask  # not safetensors' 0600
