@@ -18,7 +18,7 @@ NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.
 # compatible code path): what a student's laptop may run. The notebooks must print the same there.
 OTHER_ISA := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_CBWR=COMPATIBLE
 
-.PHONY: lab test test-fast lint test-lib test-notebooks test-notebooks-other-isa test-browser notebooks check-notebooks install install-test lock bench bench-train explorer train passkey serving-results clean help
+.PHONY: lab test test-fast lint test-lib test-notebooks test-notebooks-other-isa test-browser notebooks check-notebooks install install-test lock bench bench-train explorer train passkey serving-results adapting-results clean help
 
 help:  ## list every target
 	@awk -F':.*## ' '/^[a-zA-Z_-]+:.*## / { printf "make %-26s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
