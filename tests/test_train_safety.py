@@ -151,3 +151,27 @@ def test_resume_gives_the_same_final_weights_as_an_uninterrupted_run(tmp_path, m
     assert [e.get("eval_ce") for e in log["steps"]] == [e.get("eval_ce") for e in ref_log["steps"]]
     run, ref_dir = tmp_path / "run", tmp_path / "ref"
     assert (run / "model.safetensors").read_bytes() == (ref_dir / "model.safetensors").read_bytes()
+
+
+def test_a_run_writer_that_fails_midway_leaves_the_old_run_whole(tmp_path, monkeypatch):
+    """The old writer wrote file by file in place: a failure left new weights beside an old log and README."""
+    import moe_edu.pretrained as pretrained
+
+    shipped = checkpoint_dir("tiny")
+    run = tmp_path / "run"
+    shutil.copytree(shipped, run)
+    model, tok = moe_edu.load_pretrained()
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)  # a different model
+    real = pretrained.save_safetensors
+
+    def write_then_fail(*args, **kwargs):
+        real(*args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pretrained, "save_safetensors", write_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        save_run(model, tok, load_train_log(), run)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary directory left behind
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "train_log.json", "README.md"):
+        assert (run / name).read_bytes() == (shipped / name).read_bytes(), name
