@@ -21,8 +21,16 @@ from .accounting import count_parameters
 from .data.corpus import DOMAINS, build_corpus, split_corpus
 from .finetune import REGIMES, finetune
 from .model import MixtralForCausalLM
-from .pruning import (expert_similarity, expert_usage, layer_inputs, least_used, merge_experts, most_similar_pair,
-                      prune_experts, random_experts)
+from .pruning import (
+    expert_similarity,
+    expert_usage,
+    layer_inputs,
+    least_used,
+    merge_experts,
+    most_similar_pair,
+    prune_experts,
+    random_experts,
+)
 from .shipped import load_pretrained
 from .train import DEFAULT_WEIGHTS, TokenStreams, eval_loss, train_steps
 from .upcycling import dense_config, expert_spread, upcycle_model
@@ -46,8 +54,10 @@ class Data:
         held = TokenStreams(held_docs, tokenizer, DEFAULT_WEIGHTS)
         g = torch.Generator().manual_seed(seed + 1)
         self.held_mixed = [held.sample(BATCH, SEQ, g) for _ in range(4)]
-        self.held = {d: [TokenStreams(held_docs, tokenizer, {d: 1.0}).sample(BATCH, SEQ, g) for _ in range(eval_batches)]
-                     for d in DOMAINS}
+        self.held = {}
+        for d in DOMAINS:
+            stream = TokenStreams(held_docs, tokenizer, {d: 1.0})
+            self.held[d] = [stream.sample(BATCH, SEQ, g) for _ in range(eval_batches)]
 
     def sampler(self, streams: TokenStreams, seed: int):
         g = torch.Generator().manual_seed(seed)
@@ -89,8 +99,9 @@ def upcycling(data: Data, vocab_size: int, dense_steps: int, more_steps: int, ev
     def spread_sampler(model, sample):
         def next_batch(step):
             if step % every == 0:
-                spread.append({"step": dense_steps + step,
-                               "spread": round(sum(expert_spread(l.mlp) for l in model.model.layers) / len(model.model.layers), 5)})
+                layers = model.model.layers
+                mean = sum(expert_spread(layer.mlp) for layer in layers) / len(layers)
+                spread.append({"step": dense_steps + step, "spread": round(mean, 5)})
             return sample(step)
         return next_batch
 
@@ -139,8 +150,8 @@ def pruning(data: Data, random_seeds: int = 3) -> dict:
     mixed = data.held_mixed
     usage = expert_usage(model, mixed)  # (L, E) on held-out mixed text
     domain_usage = {d: expert_usage(model, b) for d, b in data.held.items()}  # domain -> (L, E)
-    xs = [torch.cat(t) for t in zip(*(layer_inputs(model, ids) for ids in mixed))]  # L x (N, H)
-    sims = [expert_similarity(layer.mlp.experts, x) for layer, x in zip(model.model.layers, xs)]
+    xs = [torch.cat(t) for t in zip(*(layer_inputs(model, ids) for ids in mixed), strict=True)]  # L x (N, H)
+    sims = [expert_similarity(layer.mlp.experts, x) for layer, x in zip(model.model.layers, xs, strict=True)]
     pairs = [most_similar_pair(s) for s in sims]
 
     def rerouted(removed: list[int]) -> dict[str, float]:
@@ -151,8 +162,10 @@ def pruning(data: Data, random_seeds: int = 3) -> dict:
     methods = {"original": {"removed": [], "ce": data.domain_losses(model)},
                "least used dropped": {"removed": least_used(usage)},
                "most similar merged": {"removed": [j for _, j in pairs], "pairs": [list(p) for p in pairs],
-                                       "similarity": [round(float(s[i, j]), 4) for s, (i, j) in zip(sims, pairs)]}}
-    methods["least used dropped"]["ce"] = data.domain_losses(prune_experts(model, methods["least used dropped"]["removed"]))
+                                       "similarity": [round(float(s[i, j]), 4)
+                                                      for s, (i, j) in zip(sims, pairs, strict=True)]}}
+    least = methods["least used dropped"]
+    least["ce"] = data.domain_losses(prune_experts(model, least["removed"]))
     methods["most similar merged"]["ce"] = data.domain_losses(merge_experts(model, pairs, usage))
     for s in range(random_seeds):
         drop = random_experts(model.config.num_hidden_layers, model.config.num_local_experts, seed=s)
@@ -173,7 +186,8 @@ def run(dense_steps: int = 150, more_steps: int = 150, every: int = 25, target: 
            "threads": torch.get_num_threads()}
     for name, fn in (("pruning", lambda: pruning(data)),
                      ("finetuning", lambda: finetuning(data, target, ft_steps, ft_lr, seed)),
-                     ("upcycling", lambda: upcycling(data, tokenizer.vocab_size, dense_steps, more_steps, every, seed))):
+                     ("upcycling",
+                      lambda: upcycling(data, tokenizer.vocab_size, dense_steps, more_steps, every, seed))):
         t = time.perf_counter()
         out[name] = fn()
         out[name]["wall_seconds"] = round(time.perf_counter() - t, 1)

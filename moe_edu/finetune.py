@@ -16,7 +16,7 @@ coefficient set in the copy's config (0 turns it off).
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

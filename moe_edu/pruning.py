@@ -15,7 +15,7 @@ far apart while their functions are close (and averaging such weights is a gambl
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -103,7 +103,7 @@ def prune_experts(model: MixtralForCausalLM, drop: Sequence[int]) -> MixtralForC
     drop = _check_per_layer(model, drop, "drop")
     new = _one_fewer(model)
     E = model.config.num_local_experts
-    for d, old, layer in zip(drop, model.model.layers, new.model.layers):
+    for d, old, layer in zip(drop, model.model.layers, new.model.layers, strict=True):
         keep = torch.tensor([e for e in range(E) if e != d], device=model.device)  # (E-1,)
         layer.mlp.gate.weight.copy_(old.mlp.gate.weight[keep])  # (E-1, H)
         layer.mlp.experts.gate_up_proj.copy_(old.mlp.experts.gate_up_proj[keep])  # (E-1, 2I, H)
@@ -112,7 +112,8 @@ def prune_experts(model: MixtralForCausalLM, drop: Sequence[int]) -> MixtralForC
 
 
 @torch.no_grad()
-def merge_experts(model: MixtralForCausalLM, pairs: Sequence[tuple[int, int]], usage: torch.Tensor) -> MixtralForCausalLM:
+def merge_experts(model: MixtralForCausalLM, pairs: Sequence[tuple[int, int]],
+                  usage: torch.Tensor) -> MixtralForCausalLM:
     """Merge the pair (i, j) of every layer into one expert: usage-weighted average of their weights.
 
     usage (L, E): each expert's share of assignments (`expert_usage`). The merged expert takes
@@ -125,7 +126,7 @@ def merge_experts(model: MixtralForCausalLM, pairs: Sequence[tuple[int, int]], u
     if len(pairs) != L or any(len(p) != 2 or p[0] == p[1] or not all(0 <= e < E for e in p) for p in pairs):
         raise ValueError(f"pairs must give two different experts in [0, {E}) for each of the {L} layers, got {pairs}")
     new = _one_fewer(model)
-    for l, ((i, j), old, layer) in enumerate(zip(pairs, model.model.layers, new.model.layers)):
+    for l, ((i, j), old, layer) in enumerate(zip(pairs, model.model.layers, new.model.layers, strict=True)):
         i, j = min(i, j), max(i, j)
         u = usage[l].to(model.device).float()  # (E,)
         wi, wj = (u[i] / (u[i] + u[j]), u[j] / (u[i] + u[j])) if u[i] + u[j] > 0 else (0.5, 0.5)

@@ -60,7 +60,7 @@ def _copy_into(block: SparseMoeBlock, dense: SparseMoeBlock, router_std: float, 
     """Fill `block` (E experts) from `dense` (1 expert): copies of the FFN, a normal(0, router_std) router."""
     with torch.no_grad():
         copies = upcycle_weights(dense.experts.gate_up_proj, dense.experts.down_proj, block.experts.num_experts)
-        for name, copy in zip(("gate_up_proj", "down_proj"), copies):
+        for name, copy in zip(("gate_up_proj", "down_proj"), copies, strict=True):
             src = getattr(dense.experts, name)  # (1, ., .)
             dst = getattr(block.experts, name)  # (E, ., .)
             dst.copy_(copy)
@@ -94,7 +94,7 @@ def upcycle_model(dense: MixtralForCausalLM, num_experts: int = 8, top_k: int = 
         raise ValueError(f"upcycle_model: dense and MoE layouts differ: missing {missing}, unexpected {unexpected}")
     gen = torch.Generator().manual_seed(seed)
     std = router_std if router_std is not None else config.initializer_range
-    for layer, dense_layer in zip(model.model.layers, dense.model.layers):
+    for layer, dense_layer in zip(model.model.layers, dense.model.layers, strict=True):
         _copy_into(layer.mlp, dense_layer.mlp, std, noise_std, gen)
     return model.train(dense.training)
 

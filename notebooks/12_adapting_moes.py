@@ -234,15 +234,17 @@ from moe_edu.adapt_experiments import Data
 
 data = Data(tokenizer)
 tuned, log = finetune(model, data.sampler(data.domain_train["italian"], 0), 6, regime="router_frozen", lr=1e-3)
-same_router = all(torch.equal(a.mlp.gate.weight, b.mlp.gate.weight) for a, b in zip(model.model.layers, tuned.model.layers))
+pairs_of_layers = list(zip(model.model.layers, tuned.model.layers, strict=True))
+same_router = all(torch.equal(a.mlp.gate.weight, b.mlp.gate.weight) for a, b in pairs_of_layers)
 moved = not torch.equal(model.model.layers[0].mlp.experts.down_proj, tuned.model.layers[0].mlp.experts.down_proj)
-print("routers unchanged:", same_router, "| experts changed:", moved, "| training loss fell:", log[-1]["ce"] < log[0]["ce"])
+print("routers unchanged:", same_router, "| experts changed:", moved,
+      "| training loss fell:", log[-1]["ce"] < log[0]["ce"])
 
 # %% [markdown]
 # The precomputed runs: the shipped model fine-tuned for 40 steps (8 × 64 tokens, lr 1e-3) on **Italian** —
-# one of its four smallest training domains (5 % of the mix each) — in each regime, with the aux loss at the coefficient it
-# was trained with (1.0) and switched off. *Forgetting* is the mean rise of held-out loss on the six other
-# domains; *routing shift* is the total-variation distance between the Italian text's expert load before and
+# one of its four smallest training domains (5 % of the mix each) — in each regime, with the aux loss at the
+# coefficient it was trained with (1.0) and switched off. *Forgetting* is the mean rise of held-out loss on the
+# six other domains; *routing shift* is the total-variation distance between the Italian text's expert load before and
 # after (mean over layers; 0 = unchanged, 1 = disjoint).
 
 # %%
@@ -252,7 +254,7 @@ others = [d for d in before["ce"] if d != target]
 
 
 def tv_shift(a, b):
-    return sum(0.5 * sum(abs(x - y) for x, y in zip(ra, rb)) for ra, rb in zip(a, b)) / len(a)
+    return sum(0.5 * sum(abs(x - y) for x, y in zip(ra, rb, strict=True)) for ra, rb in zip(a, b, strict=True)) / len(a)
 
 
 print(f"before: {target} {before['ce'][target]:.3f}, others mean {sum(before['ce'][d] for d in others) / 6:.3f}")
@@ -278,9 +280,10 @@ print("aux loss on/off changes the target loss by < 0.02 in every regime:",
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.2), sharey=True)
 L = len(before["load"][target])
-for ax, (title, load) in zip(axes, [("before", before["load"][target]),
-                                    ("after: everything, aux 1", ft["runs"]["everything, aux 1"]["load"][target]),
-                                    ("after: experts_frozen, aux 1", ft["runs"]["experts_frozen, aux 1"]["load"][target])]):
+panels = [("before", before["load"][target]),
+          ("after: everything, aux 1", ft["runs"]["everything, aux 1"]["load"][target]),
+          ("after: experts_frozen, aux 1", ft["runs"]["experts_frozen, aux 1"]["load"][target])]
+for ax, (title, load) in zip(axes, panels, strict=True):
     im = ax.imshow(load, vmin=0, vmax=0.4, cmap="viridis", aspect="auto")
     ax.set_title(f"{target} load, {title}", fontsize=9)
     ax.set_xlabel("expert")
@@ -314,7 +317,7 @@ plt.show()
 # layer 0 of the shipped model:
 
 # %%
-from moe_edu.pruning import expert_usage, least_used, prune_experts
+from moe_edu.pruning import prune_experts
 
 block = model.model.layers[0].mlp
 h = torch.randn(1, 24, cfg.hidden_size)  # (1, T, H)
@@ -348,8 +351,9 @@ domains = list(pr["methods"]["original"]["ce"])
 print("usage per layer (held-out mixed text):")
 for l, row in enumerate(pr["usage"]):
     print(f"  layer {l}: {[round(v, 3) for v in row]}")
+merged = pr["methods"]["most similar merged"]
 print(f"mean pairwise output similarity of experts: {pr['mean_similarity']:.3f}; "
-      f"merged pairs {pr['methods']['most similar merged']['pairs']} at {pr['methods']['most similar merged']['similarity']}")
+      f"merged pairs {merged['pairs']} at {merged['similarity']}")
 print(f"\n{'method':26s} " + " ".join(f"{d[:7]:>7}" for d in domains) + f" {'mean':>7} {'rerouted':>9}")
 mean_ce = {}
 for name, m in pr["methods"].items():
@@ -360,8 +364,9 @@ for name, m in pr["methods"].items():
 # %%
 rand = [v for n, v in mean_ce.items() if n.startswith("random")]
 print("least-used drop costs less than the average random drop:", mean_ce["least used dropped"] < sum(rand) / len(rand))
-print("worst single domain after a random drop: +%.2f" % max(m["ce"][d] - pr["methods"]["original"]["ce"][d]
-                                                      for n, m in pr["methods"].items() if n.startswith("random") for d in domains))
+worst = max(m["ce"][d] - pr["methods"]["original"]["ce"][d]
+            for n, m in pr["methods"].items() if n.startswith("random") for d in domains)
+print(f"worst single domain after a random drop: +{worst:.2f}")
 print("merging the most similar costs more than dropping the least used:",
       mean_ce["most similar merged"] > mean_ce["least used dropped"])
 

@@ -41,7 +41,8 @@ def test_bias_changes_the_choice_but_not_the_weights(score):
 
 def test_zero_bias_is_mixtral_and_eval_does_not_update():
     block = moe_edu.SparseMoeBlock(CFG).eval()
-    free, mixtral = AuxFreeMoE.from_config(CFG).copy_from_block(block).eval(), MixtralDroplessMoE.from_config(CFG).copy_from_block(block).eval()
+    free = AuxFreeMoE.from_config(CFG).copy_from_block(block).eval()
+    mixtral = MixtralDroplessMoE.from_config(CFG).copy_from_block(block).eval()
     x = skewed(40)
     torch.testing.assert_close(free(x).y, mixtral(x).y)
     assert free(x).aux_losses == {} and torch.equal(free.bias, torch.zeros(E))

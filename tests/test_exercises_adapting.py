@@ -29,7 +29,9 @@ def test_typical_mistakes_are_caught():
     m = ex()
     get = m.exercises.get
     # upcycling: only the first expert copied, the others left at zero
-    zeros = lambda gu, d, E: (torch.cat([gu, gu.new_zeros(E - 1, *gu.shape[1:])]), torch.cat([d, d.new_zeros(E - 1, *d.shape[1:])]))  # noqa: E731
+    def zeros(gu, d, E):
+        return torch.cat([gu, gu.new_zeros(E - 1, *gu.shape[1:])]), torch.cat([d, d.new_zeros(E - 1, *d.shape[1:])])
+
     assert get("upcycle_weights").outcome(zeros)[0] == "✗"
     # pruning: the dropped expert removed after the softmax, weights not renormalised (they no longer sum to 1)
     def no_renorm(logits, d, k):
@@ -39,7 +41,10 @@ def test_typical_mistakes_are_caught():
     sym, msg = get("pruned_routing").outcome(no_renorm)
     assert sym == "✗" and "weights" in msg
     # pruning: the dropped expert still chosen
-    ignore_drop = lambda l, d, k: (lambda w, i: (w / w.sum(-1, keepdim=True), i))(*torch.topk(torch.softmax(l.float(), -1), k, -1))  # noqa: E731
+    def ignore_drop(logits, d, k):
+        w, i = torch.topk(torch.softmax(logits.float(), -1), k, -1)
+        return w / w.sum(-1, keepdim=True), i
+
     assert get("pruned_routing").outcome(ignore_drop)[0] == "✗"
     # bias update with the sign flipped (rewarding the overloaded experts)
     flipped = lambda b, c, s: b + s * torch.sign(c.to(b.dtype) - c.to(b.dtype).mean())  # noqa: E731

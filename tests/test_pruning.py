@@ -6,8 +6,16 @@ import pytest
 import torch
 
 import moe_edu
-from moe_edu.pruning import (expert_similarity, expert_usage, layer_inputs, least_used, merge_experts,
-                             most_similar_pair, prune_experts, random_experts)
+from moe_edu.pruning import (
+    expert_similarity,
+    expert_usage,
+    layer_inputs,
+    least_used,
+    merge_experts,
+    most_similar_pair,
+    prune_experts,
+    random_experts,
+)
 
 CFG = moe_edu.get_config("tiny").replace(vocab_size=128, num_hidden_layers=2)
 
@@ -24,7 +32,7 @@ IDS = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
 def test_prune_shapes_and_kept_weights(model):
     pruned = prune_experts(model, [3, 0])
     assert pruned.config.num_local_experts == 7
-    for layer, old, d in zip(pruned.model.layers, model.model.layers, (3, 0)):
+    for layer, old, d in zip(pruned.model.layers, model.model.layers, (3, 0), strict=True):
         assert layer.mlp.gate.weight.shape == (7, 64) and layer.mlp.experts.gate_up_proj.shape == (7, 448, 64)
         keep = [e for e in range(8) if e != d]
         assert torch.equal(layer.mlp.experts.down_proj, old.mlp.experts.down_proj[keep])

@@ -60,7 +60,8 @@ def _pruned_cases():
 def _bias_cases():
     return [
         Case("E=4, counts [10, 2, 4, 0]", (torch.zeros(4), torch.tensor([10, 2, 4, 0]), 0.1)),
-        Case("E=8, a running bias", (randn(8, seed=1221, scale=0.05), torch.tensor([30, 1, 9, 16, 16, 0, 40, 16]), 1e-3)),
+        Case("E=8, a running bias",
+             (randn(8, seed=1221, scale=0.05), torch.tensor([30, 1, 9, 16, 16, 0, 40, 16]), 1e-3)),
         Case("balanced load: nothing moves", (randn(4, seed=1222), torch.tensor([5, 5, 5, 5]), 0.5)),
     ]
 

@@ -92,6 +92,6 @@ class AuxFreeMoE(RoutedMoE):
         return self.gate.bias
 
     @classmethod
-    def from_config(cls, config: MixtralConfig, bias_update_speed: float = 1e-3, score: str = "softmax") -> "AuxFreeMoE":
+    def from_config(cls, config: MixtralConfig, bias_update_speed: float = 1e-3, score: str = "softmax") -> AuxFreeMoE:
         return cls(config.hidden_size, config.intermediate_size, config.num_local_experts, config.num_experts_per_tok,
                    bias_update_speed=bias_update_speed, score=score)

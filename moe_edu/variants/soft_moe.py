@@ -33,7 +33,8 @@ def soft_weights(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class SoftRouter(Router):
     """Phi: one vector per slot, `weight` (E p, H); computes dispatch and combine weights for a group."""
 
-    def __init__(self, hidden_size: int, num_experts: int, slots_per_expert: int = 1, tokens_per_group: int = 64) -> None:
+    def __init__(self, hidden_size: int, num_experts: int, slots_per_expert: int = 1,
+                 tokens_per_group: int = 64) -> None:
         for name, value in (("slots_per_expert", slots_per_expert), ("tokens_per_group", tokens_per_group)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"SoftRouter: {name} must be a positive int, got {value!r}")
@@ -105,6 +106,6 @@ class SoftMoE(RoutedMoE):
         return f"soft: {self.gate.num_slots} slots / {self.gate.tokens_per_group} tokens"
 
     @classmethod
-    def from_config(cls, config: MixtralConfig, slots_per_expert: int = 1, tokens_per_group: int = 64) -> "SoftMoE":
+    def from_config(cls, config: MixtralConfig, slots_per_expert: int = 1, tokens_per_group: int = 64) -> SoftMoE:
         return cls(config.hidden_size, config.intermediate_size, config.num_local_experts, slots_per_expert,
                    tokens_per_group)
