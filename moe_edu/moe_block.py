@@ -65,6 +65,10 @@ class MoEBlock(nn.Module):
             raise ValueError(f"{name} expects x of shape {lead}, hidden_size={self.hidden_size}), got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"{name} expects a floating-point x, got dtype {x.dtype}")
+        weight = self.experts.gate_up_proj
+        if x.dtype != weight.dtype and weight.device.type != "meta":
+            raise TypeError(f"{name} holds {weight.dtype} weights but x is {x.dtype}: convert one to the other "
+                            f"(e.g. block.to({x.dtype}) or x.to({weight.dtype}))")
         return x.reshape(-1, self.hidden_size)  # (N, H)
 
     def mix(self, flat: torch.Tensor) -> tuple[torch.Tensor, Routing]:

@@ -178,3 +178,12 @@ def test_cuda_matches_cpu_reference(dtype):
     y, logits = gpu(x.to("cuda", dtype))
     assert y.device.type == "cuda" and y.dtype == dtype and logits.dtype == torch.float32
     torch.testing.assert_close(y.float().cpu(), want, rtol=5e-2, atol=5e-2)
+
+
+def test_block_and_input_dtypes_must_agree():
+    block = SparseMoeBlock(PRESETS["tiny"])
+    x = torch.randn(1, 3, PRESETS["tiny"].hidden_size, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"float32 weights but x is torch.float64"):
+        block(x)
+    y, _ = block.to(torch.float64)(x)
+    assert y.dtype == torch.float64 and y.shape == x.shape
