@@ -66,11 +66,11 @@ def repetition_rates(sequences: Iterable[torch.Tensor]) -> tuple[float, float]:
     return first / pairs, overlap / pairs
 
 
-def expert_load(chosen: torch.Tensor, num_experts: int) -> torch.Tensor:
+def load_share(chosen: torch.Tensor, num_experts: int) -> torch.Tensor:
     """Share of the (token, slot) assignments that went to each expert: (..., k) ids -> (E,), sums to 1."""
     flat = chosen.reshape(-1)
     if flat.numel() == 0:
-        raise ValueError("expert_load needs at least one assignment")
+        raise ValueError("load_share needs at least one assignment")
     if int(flat.min()) < 0 or int(flat.max()) >= num_experts:
         raise ValueError(f"expert ids must lie in [0, num_experts={num_experts})")
     return torch.bincount(flat, minlength=num_experts).double() / flat.numel()  # (E,)
@@ -127,7 +127,7 @@ def load_by_domain(routed: Mapping[str, list[torch.Tensor]], num_experts: int) -
     result = {}
     for domain, seqs in routed.items():
         layers = seqs[0].shape[0]
-        result[domain] = torch.stack([expert_load(torch.cat([s[l] for s in seqs]), num_experts)
+        result[domain] = torch.stack([load_share(torch.cat([s[l] for s in seqs]), num_experts)
                                       for l in range(layers)])  # (L, E)
     return result
 
@@ -147,4 +147,4 @@ def routing_load(router_logits: Sequence[torch.Tensor], top_k: int) -> torch.Ten
     logits = torch.stack([t.detach().float() for t in router_logits])  # (L, T, E)
     E = logits.shape[-1]
     chosen = torch.topk(logits, top_k, dim=-1).indices  # (L, T, k)
-    return torch.stack([expert_load(c, E) for c in chosen])  # (L, E)
+    return torch.stack([load_share(c, E) for c in chosen])  # (L, E)

@@ -156,7 +156,7 @@ plt.show()
 # `(E, H)` plus `Experts`) and returns one `MoEOutput`:
 #
 # ```
-# MoEOutput(y, router_logits, aux_losses: dict, expert_load (E,), expert_demand (E,), dropped, dropped_assignments, num_tokens)
+# MoEOutput(y, router_logits, aux_losses: dict, load_counts (E,), demand_counts (E,), dropped, dropped_assignments, num_tokens)
 # ```
 #
 # None of them re-implements SwiGLU or dispatch. Dropping is a boolean mask over the `(N, k)` assignments; the kept
@@ -256,7 +256,7 @@ table
 fig, axes = plt.subplots(2, 3, figsize=(12.0, 6.0))
 for ax, (name, out) in zip(axes.flat, outputs.items()):
     v = variants[name]
-    demand = out.expert_demand if out.expert_demand is not None else out.expert_load
+    demand = out.demand_counts if out.demand_counts is not None else out.load_counts
     cap = v.capacity(out.num_tokens) if name in ("switch", "gshard") else None
     expert_load_bars(demand, ax=ax, capacity=cap, title=v.label)
     ax.legend().set_visible(False)
@@ -310,7 +310,7 @@ torch.manual_seed(1)
 out = gshard(x_random)
 gshard.eval()
 print(f"GShard in training: second experts skipped at random: "
-      f"{100 * (1 - (out.expert_demand.sum() - out.num_tokens) / out.num_tokens):.1f} %")
+      f"{100 * (1 - (out.demand_counts.sum() - out.num_tokens) / out.num_tokens):.1f} %")
 
 # %% [markdown]
 # Most routes change under noise here because this router is untrained: its logits are small next to the initial

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from moe_edu import MixtralForCausalLM, PRESETS
-from moe_edu.analysis import (expert_load, load_by_domain, load_imbalance, random_first_choice_rate,
+from moe_edu.analysis import (load_share, load_by_domain, load_imbalance, random_first_choice_rate,
                               random_topk_overlap_rate, repetition_by_domain, repetition_counts, repetition_rates,
                               route, route_domains)
 from moe_edu.tokenizer import Tokenizer
@@ -45,12 +45,12 @@ def test_repetition_counts_by_hand():
 
 
 def test_expert_load_and_imbalance():
-    load = expert_load(torch.tensor([[0, 1], [0, 2]]), 4)
+    load = load_share(torch.tensor([[0, 1], [0, 2]]), 4)
     assert load.tolist() == [0.5, 0.25, 0.25, 0.0]
     assert load_imbalance(torch.full((8,), 1 / 8)) == 1.0
     assert load_imbalance(torch.eye(8)[0]) == 8.0
     with pytest.raises(ValueError, match="num_experts"):
-        expert_load(torch.tensor([[9]]), 4)
+        load_share(torch.tensor([[9]]), 4)
 
 
 def test_route_domains_on_a_random_model():

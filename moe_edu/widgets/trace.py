@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..analysis import expert_load
+from ..analysis import load_share
 from ..routing import softmax_topk
 from .text_spans import TextSpan, text_spans
 
@@ -95,7 +95,7 @@ class RoutingTrace:
 
     def load(self, layer: int, k: int | None = None) -> torch.Tensor:
         """Share of the T*k routed slots that each expert receives at `layer`: (E,), sums to 1."""
-        return expert_load(self.topk(layer, k)[1], self.num_experts).float()  # (E,)
+        return load_share(self.topk(layer, k)[1], self.num_experts).float()  # (E,)
 
 
 def _model_device(model: Any) -> torch.device:
