@@ -37,7 +37,7 @@ def int8_round_trip(w: torch.Tensor) -> torch.Tensor:
 @exercises.add("kv_bytes_per_token", reference=kv_bytes_per_token, hints=(
     "Each layer stores one K and one V vector per KV head: 2 tensors.",
     "Grouped-query attention: count num_kv_heads (8 for Mixtral), not the 32 query heads.",
-    "bytes = 2 * num_layers * num_kv_heads * head_dim * bytes_per_value, an int (Mixtral bf16: 131072).",
+    "Multiply: tensors per layer, layers, KV heads, values per head, bytes per value; an int (Mixtral bf16: 131072).",
 ))
 def _kv_cases():
     return [
@@ -52,7 +52,7 @@ def _kv_cases():
     "Keep the cached keys in order of last use (a list, or collections.OrderedDict).",
     "A hit moves the key to the most-recent end; a miss inserts it there and, if the cache is over "
     "capacity, drops the least recently used key.",
-    "Return hits / len(trace) as a float; a cache of capacity 0 never hits.",
+    "Return the share of the accesses that were hits, as a float; a cache of capacity 0 never hits.",
 ))
 def _lru_cases():
     return [
@@ -73,7 +73,8 @@ def _with_zero_row() -> torch.Tensor:
 
 @exercises.add("int8_round_trip", reference=int8_round_trip, atol=1e-6, rtol=1e-5, hints=(
     "One scale per row (output channel): scale = max |w| over the row / 127, shape (out, 1).",
-    "codes = round(w / scale), clamped to [-127, 127] and stored as torch.int8; back: codes.float() * scale.",
+    "Codes: w / scale rounded to the nearest integer, clamped to [-127, 127], stored as torch.int8; "
+    "to go back, multiply the codes (as floats) by the scale.",
     "A row of zeros has scale 0: clamp the scale to a tiny positive number (e.g. 1e-12) so 0/0 never happens.",
 ))
 def _int8_cases():
