@@ -21,7 +21,7 @@
 # > 負載平衡與被丟棄的 token。最後逐點回應種子文章的結論：Mixtral 在這個家族中的位置，以及它選擇了什麼、放棄了什麼。
 #
 # The seed compares Mixtral with "MoE in general", but its tables are gone. This notebook rebuilds them **from code**:
-# six routing rules, each a small module in `moe_edu.variants`, all built from the *same* SwiGLU experts
+# eight routing rules, each a small module in `moe_edu.variants`, all built from the *same* SwiGLU experts
 # (`moe_edu.experts.Experts`) and the *same* dispatch (`moe_edu.dispatch.grouped_dispatch`), run on the *same*
 # tokens and measured on the *same* axes.
 #
@@ -33,6 +33,8 @@
 # | GShard top-2 | Lepikhin et al. 2020 | two experts, capacity, second expert sometimes skipped at random |
 # | expert choice | Zhou et al. 2022 | the experts pick their tokens: perfect balance by construction |
 # | shared + fine-grained | Dai et al. 2024 (DeepSeekMoE) | always-on shared experts plus many small routed ones |
+# | Soft MoE | Puigcerver et al. 2023 | no choice: slots are softmax mixes of all tokens (§6) |
+# | aux-loss-free bias | DeepSeek-V3, 2024 | Mixtral's top-k chosen with a load-driven bias, no aux loss (§7) |
 #
 # **Learning objectives.** After this notebook you can
 #
@@ -150,7 +152,7 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ## 2. Six variants, one set of pieces
+# ## 2. Eight variants, one set of pieces
 #
 # `moe_edu.variants` holds one module per rule; each is a `RoutedMoE` (a bias-free router `gate.weight` of shape
 # `(E, H)` plus `Experts`) and returns one `MoEOutput`:
@@ -162,7 +164,7 @@ plt.show()
 # None of them re-implements SwiGLU or dispatch. Dropping is a boolean mask over the `(N, k)` assignments; the kept
 # ones go through `grouped_dispatch` unchanged, so a dropped assignment costs nothing and adds nothing.
 #
-# We size every variant from the course's `tiny` config (H = 64, I = 224, E = 8, k = 2) and give the five that have
+# We size every variant from the course's `tiny` config (H = 64, I = 224, E = 8, k = 2) and give the seven that have
 # Mixtral's shapes **the same router and experts** — copied from one `SparseMoeBlock` — so that only the routing
 # rule differs. The DeepSeekMoE variant has a different shape (16 experts of half the width: 1 shared + 15 routed)
 # and keeps its own weights of the same scale.
@@ -253,7 +255,7 @@ table
 # part of a bar is the overflow that was dropped.
 
 # %%
-fig, axes = plt.subplots(2, 3, figsize=(12.0, 6.0))
+fig, axes = plt.subplots(2, 4, figsize=(14.0, 6.0))
 for ax, (name, out) in zip(axes.flat, outputs.items()):
     v = variants[name]
     demand = out.demand_counts if out.demand_counts is not None else out.load_counts
@@ -322,7 +324,7 @@ print(f"GShard in training: second experts skipped at random: "
 #
 # The same table on real hidden states (when the checkpoint exists): the input of MoE layer 1 for six short
 # documents (English and code, the four languages of the paper's multilingual claims, arithmetic), with that
-# layer's trained router and experts copied into the five Mixtral-shaped variants. The routers of the other variants were
+# layer's trained router and experts copied into the seven Mixtral-shaped variants. The routers of the other variants were
 # not trained under their own rules, so read this as *"what would each rule do with Mixtral's trained scores?"*.
 # (The DeepSeekMoE row keeps its own untrained weights: its experts have another shape.)
 
@@ -464,6 +466,7 @@ soft_table.select("variant", "k", "active params", "FLOPs/token", "load CV", "dr
 # $\gamma$ against the load: $b_e \leftarrow b_e - \gamma\,\mathrm{sign}(c_e - \bar c)$ — overloaded experts
 # become less attractive, underloaded ones more. No loss, no gradient; `moe_edu.variants.aux_free.AuxFreeMoE`
 # (with `score="softmax"` it is Mixtral's rule when $b = 0$; DeepSeek-V3 scores with a sigmoid, `score="sigmoid"`).
+# That is why its row in the table of §3 equals Mixtral's: the bias starts at 0 and moves only in training.
 
 # %%
 from moe_edu.variants.aux_free import AuxFreeMoE, bias_update

@@ -8,6 +8,8 @@
 | `gshard`         | `gshard.py`         | GShard top-2 with capacity and random second expert       |
 | `expert_choice`  | `expert_choice.py`  | experts pick their top-C tokens (Zhou et al. 2022)        |
 | `shared_experts` | `shared_experts.py` | DeepSeekMoE: shared + fine-grained routed experts         |
+| `soft_moe`       | `soft_moe.py`       | Soft MoE (Puigcerver 2023): slots mix tokens, no choice   |
+| `aux_free`       | `aux_free.py`       | DeepSeek-V3: a selection-only bias instead of an aux loss |
 
 Each module is a router (`...Router`) plus a thin `RoutedMoE` that plugs it into the library's
 `MoEBlock` (same experts, same dispatch-and-combine step); every variant returns a `MoEOutput`;
@@ -18,12 +20,14 @@ from __future__ import annotations
 
 from ..capacity import dispatch_assignments, dispatch_kept, expert_capacity, keep_within_capacity
 from ..config import MixtralConfig
+from .aux_free import AuxFreeMoE
 from .base import MoEOutput, RoutedMoE
 from .expert_choice import ExpertChoiceMoE
 from .gshard import GShardMoE
 from .mixtral import MixtralDroplessMoE
 from .noisy_topk import NoisyTopKMoE
 from .shared_experts import SharedExpertMoE
+from .soft_moe import SoftMoE
 from .switch import SwitchMoE
 
 VARIANTS: dict[str, type[RoutedMoE]] = {
@@ -33,6 +37,8 @@ VARIANTS: dict[str, type[RoutedMoE]] = {
     "gshard": GShardMoE,
     "expert_choice": ExpertChoiceMoE,
     "shared_experts": SharedExpertMoE,
+    "soft_moe": SoftMoE,
+    "aux_free": AuxFreeMoE,
 }
 
 
@@ -57,5 +63,6 @@ def build_variants(config: MixtralConfig, options: dict[str, dict] | None = None
 __all__ = [
     "VARIANTS", "MoEOutput", "RoutedMoE", "build_variant", "build_variants",
     "MixtralDroplessMoE", "NoisyTopKMoE", "SwitchMoE", "GShardMoE", "ExpertChoiceMoE", "SharedExpertMoE",
+    "SoftMoE", "AuxFreeMoE",
     "expert_capacity", "keep_within_capacity", "dispatch_assignments", "dispatch_kept",
 ]
