@@ -140,10 +140,12 @@ for name, r in sym.items():
 # the random router's gradient is zero up to float rounding too: the experts are still equal.)
 
 # %% [markdown]
-# Komatsuzaki et al. (2022) upcycle T5 and ViT checkpoints this way (experts copied from the dense MLP, a new
-# router) and report that the upcycled models beat continued dense training, while MoEs trained from scratch
-# need a much larger extra budget to catch up. Adding a little noise to the copies (`noise_std`) is another
-# way to break the tie; the router's random initialisation alone already does it.
+# Komatsuzaki et al. (2022) upcycle T5 and ViT checkpoints this way (every weight copied, optionally the optimizer
+# state too, the experts as copies of the dense MLP, only the router new). Their abstract: with about 50 % of the
+# dense model's original pretraining cost as extra compute, the upcycled models clearly beat their dense
+# counterparts, and they also beat sparse models trained from scratch on 100 % of that original budget. Adding a
+# little noise to the copies (`noise_std`) is another way to break the tie; the router's random initialisation
+# alone already does it.
 #
 # ## 2 · Dense continued vs upcycled vs MoE from scratch
 #
