@@ -206,7 +206,8 @@ print("expert spread during the upcycled run:", [(s["step"], round(s["spread"], 
 
 # %% [markdown]
 # - The upcycled MoE starts **exactly** on the dense curve and then edges below the continued dense model
-#   (it has 8× the FFN parameters, 1.5× the active ones).
+#   (it has 8× the FFN parameters, 1.5× the active ones) — per *step*. Per *FLOP* (right panel) it trails the
+#   dense continuation: each of its steps costs 1.5× as much, and 150 steps do not recover that.
 # - Here the MoE trained **from scratch** ends lowest. Our dense model trained for only 150 short steps, so the
 #   "sunk cost" that upcycling reuses is small, and the continuations used a lower learning rate (2e-3 vs
 #   5e-3 with its own warm-up). Upcycling pays off when the dense checkpoint is expensive — a real pretraining
