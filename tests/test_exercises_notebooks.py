@@ -29,14 +29,34 @@ def solution(name: str):
     return nbformat.read(EX_DIR / "solutions" / f"{name}.ipynb", as_version=4)
 
 
+def shown(cell) -> list[str]:
+    """A cell's outputs as text lines: printed streams, and checker lines shown as display data
+    (text/plain, with a coloured text/html twin)."""
+    lines = []
+    for o in cell.outputs:
+        if o.output_type == "stream":
+            lines.extend(o.text.splitlines())
+        elif o.output_type == "display_data" and "text/plain" in o.data:
+            assert "text/html" in o.data and o.data["text/plain"][0] in "✓✗○", o.data
+            lines.append(o.data["text/plain"])
+    return lines
+
+
 def checker_outputs(nb) -> list[str]:
     outs = []
     for cell in nb.cells:
         if cell.cell_type == "code" and CHECK.search(cell.source):
-            texts = [o.get("text", "") for o in cell.outputs if o.output_type == "stream"]
-            assert len(cell.outputs) == 1 and len(texts) == 1, cell.source
-            outs.append(texts[0])
+            assert len(cell.outputs) == 1 and len(shown(cell)) == 1, cell.source
+            outs.append(shown(cell)[0] + "\n")
     return outs
+
+
+def test_checker_lines_are_coloured_in_html_with_the_same_plain_text():
+    nb = solution("ex01_gating")
+    data = [o.data for c in nb.cells for o in c.get("outputs", []) if o.output_type == "display_data"]
+    assert data and all(d["text/plain"] in d["text/html"] and "#1a7f37" in d["text/html"] for d in data)
+    todo = [o.data for c in student("ex01_gating").cells for o in c.get("outputs", []) if o.output_type == "display_data"]
+    assert todo and all("#6e7781" in d["text/html"] for d in todo)
 
 
 def test_every_course_notebook_from_01_to_05_has_exercises():
@@ -139,5 +159,4 @@ def test_student_render_says_when_it_falls_back_to_the_reference(name):
     nb = student(name)
     for cell in nb.cells:
         if cell.cell_type == "code" and re.search(r"^\S.*ex\.use\(", cell.source, re.M):
-            text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
-            assert "the cells below use moe_edu's reference" in text, cell.source
+            assert any("the cells below use moe_edu's reference" in line for line in shown(cell)), cell.source

@@ -20,9 +20,11 @@ check also raises `AssertionError`, so an autograded checker cell scores 0.
 
 from __future__ import annotations
 
+import html
 import math
 import numbers
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -47,6 +49,24 @@ class Verdict(int):
 
     def _ipython_display_(self) -> None:
         pass
+
+
+COLOURS = {PASS: "#1a7f37", FAIL: "#cf222e", TODO: "#6e7781"}  # green, red, grey
+
+
+def emit(symbol: str, line: str) -> None:
+    """Show one checker line: printed as plain text, and in a Jupyter kernel also as coloured HTML
+    (✓ green, ✗ red, ○ grey) with the same text/plain. Inside a checked call (stdout redirected)
+    or outside a kernel it is a plain print."""
+    stdout = sys.stdout
+    if type(stdout).__module__ != "ipykernel.iostream":
+        print(line)
+        return
+    from IPython.display import display
+
+    colour = COLOURS.get(symbol, "inherit")
+    display({"text/plain": line,
+             "text/html": f'<pre style="margin:0;color:{colour}">{html.escape(line)}</pre>'}, raw=True)
 
 
 @dataclass(frozen=True)
@@ -242,7 +262,7 @@ class Exercise:
         Under nbgrader's validate/autograde runs a failure also raises, so the cell scores 0."""
         symbol, message = self.outcome(fn)
         line = f"{symbol} {self.name}: {message}"
-        print(line)
+        emit(symbol, line)
         if symbol != PASS and os.environ.get("NBGRADER_EXECUTION"):
             raise AssertionError(line)
         return Verdict(symbol == PASS)
@@ -254,7 +274,7 @@ class Exercise:
         if symbol == PASS:
             return fn
         why = "yours is not attempted yet" if symbol == TODO else "yours does not pass its checker yet"
-        print(f"{symbol} {self.name}: the cells below use moe_edu's reference ({why})")
+        emit(symbol, f"{symbol} {self.name}: the cells below use moe_edu's reference ({why})")
         return self.reference
 
     def hint(self, level: int | None = None) -> None:
@@ -303,7 +323,7 @@ class Registry:
         try:
             ex = self.get(name)
         except KeyError as err:
-            print(f"{FAIL} {name}: {err.args[0]}")
+            emit(FAIL, f"{FAIL} {name}: {err.args[0]}")
             return Verdict(False)
         return ex.check(fn)
 
