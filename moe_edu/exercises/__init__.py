@@ -50,7 +50,8 @@ student call that runs past `core.TIME_LIMIT` seconds is stopped with a clear li
 one line when it falls back to the reference.
 
 Modules: `gating` (01), `topk` (02), `sparse` (03), `combining` (04), `smoe_block` (05),
-`routing_explorer` (06), `load_balancing` (07), `repetition` (08), `family` (09), `scaling` (10).
+`routing_explorer` (06), `load_balancing` (07), `repetition` (08), `family` (09), `scaling` (10),
+`serving` (11), `adapting` (12).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ import importlib
 from .core import ALL, Case, Exercise, Registry, Verdict, compare, randn
 
 MODULES = ("gating", "topk", "sparse", "combining", "smoe_block", "routing_explorer", "load_balancing", "repetition",
-           "family", "scaling")
+           "family", "scaling", "serving", "adapting")
 
 __all__ = ["ALL", "Case", "Exercise", "Registry", "Verdict", "compare", "randn", "load_all", *MODULES]
 
