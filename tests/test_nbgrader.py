@@ -16,7 +16,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-pytest.importorskip("nbgrader")
+if sys.version_info < (3, 11):  # nbgrader 0.9.6 needs Python 3.11; the lock installs it from 3.11 on
+    pytest.skip("nbgrader needs Python >= 3.11", allow_module_level=True)
 from nbgrader.api import Gradebook  # noqa: E402
 
 pytestmark = pytest.mark.slow
