@@ -97,6 +97,7 @@ def test_committed_notebooks_match_their_py_percent_twins():
 
 
 def test_every_notebook_has_a_twin_and_every_twin_a_notebook():
-    nbs = {p.with_suffix("") for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
-    twins = {p.with_suffix("") for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.py")}
-    assert nbs == twins
+    for pattern in ("[0-9][0-9]_*", "apps/*"):
+        nbs = {p.with_suffix("") for p in (ROOT / "notebooks").glob(f"{pattern}.ipynb")}
+        twins = {p.with_suffix("") for p in (ROOT / "notebooks").glob(f"{pattern}.py")}
+        assert nbs == twins, pattern

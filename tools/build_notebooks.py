@@ -39,6 +39,7 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 EX_DIR = NB_DIR / "exercises"
+APP_DIR = NB_DIR / "apps"  # standalone pages (the Voila routing explorer), built like course notebooks
 
 
 def sources(selection: list[str]) -> list[Path]:
@@ -46,7 +47,7 @@ def sources(selection: list[str]) -> list[Path]:
         return [Path(p).resolve() for p in selection]
     course = sorted(NB_DIR.glob("[0-9][0-9]_*.py"))
     exercises = sorted(EX_DIR.glob("ex[0-9][0-9]_*.py"))
-    return course + exercises
+    return course + sorted(APP_DIR.glob("*.py")) + exercises
 
 
 CHECKER_CALL = re.compile(r"\.check_\w+\(")
