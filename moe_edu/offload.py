@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .accounting import count_parameters
 from .config import MixtralConfig
 from .expert_cache import LRUCache
 from .experts import Experts, swiglu
@@ -117,8 +118,6 @@ def offload_tokens_per_second(config: MixtralConfig, loads_per_token: float, *, 
     """
     if pcie_gbs <= 0 or device_gbs <= 0:
         raise ValueError(f"bandwidths must be positive, got pcie_gbs={pcie_gbs}, device_gbs={device_gbs}")
-    from .accounting import count_parameters
-
     bits = dtype_bits(weight_dtype)
     expert_bytes = 3 * config.hidden_size * config.intermediate_size * bits / 8
     bus = loads_per_token * expert_bytes / (pcie_gbs * 1e9)  # seconds

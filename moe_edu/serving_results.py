@@ -20,8 +20,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .course.notebook import setup
+from .data.corpus import build_corpus, by_domain, split_corpus
 from .expert_cache import RoutingTrace, prefetch_accuracy, routing_trace, simulate_cache
 from .quantize import quantize_model_experts
+from .shipped import load_pretrained
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serving"
 MAX_TOKENS = 192  # per document: the shipped model's context is 256
@@ -29,7 +32,6 @@ MAX_TOKENS = 192  # per document: the shipped model's context is 256
 
 def held_out_ids(tokenizer, docs_per_domain: int = 30) -> list[list[int]]:
     """Token ids of the first `docs_per_domain` held-out documents of each domain (>= 16 tokens each)."""
-    from .data.corpus import build_corpus, by_domain, split_corpus
 
     _, held = split_corpus(build_corpus())
     ids = []
@@ -106,8 +108,6 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(argv)
-    from .notebook import setup
-    from .shipped import load_pretrained
 
     setup()
     start = time.time()

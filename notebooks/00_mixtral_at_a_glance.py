@@ -33,14 +33,14 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.course.notebook import setup
 
 setup()  # seed 0, one thread, 4-digit printing: the same numbers every run
 
 import matplotlib.pyplot as plt
 import torch
 
-from moe_edu.plots import parameter_breakdown
+from moe_edu.course.plots import parameter_breakdown
 
 # %% [markdown]
 # ## 1. What the seed claims — and what this course can check
@@ -242,7 +242,7 @@ print("equal:", n_module == tiny_count.total)
 #
 # The seed writes in Traditional Chinese; the paper and the code write in English. This table links the three and
 # names the notebook that teaches each idea, from the seed's own words (notebooks 00–05) to the terms of notebooks
-# 05–12 that the seed never uses (written in Taiwan usage). (`moe_edu.glossary.GLOSSARY` holds it as data.)
+# 05–12 that the seed never uses (written in Taiwan usage). (`moe_edu.course.glossary.GLOSSARY` holds it as data.)
 
 # %%
 moe_edu.glossary_table()
@@ -256,7 +256,7 @@ moe_edu.glossary_table()
 # gives the form a Taiwan reader expects, and the course's own Chinese (the summary boxes, the later terms) uses it:
 # 網絡 → **網路** (路由網路、門控網路), 數據 → **資料**, 活動參數 → **啟用參數**, 激活 → **啟用** (稀疏啟用),
 # 推理 → **推論**, 優化 → **最佳化**, 性能 → **效能**, 許可 → **授權** (Apache 2.0 授權).
-# `moe_edu.glossary.TAIWAN_USAGE` lists them, and `term(...)` finds a row by either form.
+# `moe_edu.course.glossary.TAIWAN_USAGE` lists them, and `term(...)` finds a row by either form.
 
 # %% [markdown]
 # ## Recap

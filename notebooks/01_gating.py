@@ -38,7 +38,7 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import format_tensor, setup
+from moe_edu.course.notebook import format_tensor, setup
 
 setup()
 
@@ -48,7 +48,7 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from moe_edu.plots import router_heatmap
+from moe_edu.course.plots import router_heatmap
 
 # %% [markdown]
 # ## 1. The router is a bias-free linear layer

@@ -35,7 +35,7 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import format_tensor, setup
+from moe_edu.course.notebook import format_tensor, setup
 
 setup()
 

@@ -35,7 +35,7 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import format_tensor, setup
+from moe_edu.course.notebook import format_tensor, setup
 
 setup()
 
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from moe_edu.capacity import capacity_dispatch
 from moe_edu.dispatch import DISPATCHES
 from moe_edu.experts import Experts
-from moe_edu.plots import expert_load_bars, ratio_bars
+from moe_edu.course.plots import expert_load_bars, ratio_bars
 
 # %% [markdown]
 # ## 1. The ingredients

@@ -38,7 +38,7 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.course.notebook import setup
 
 setup()
 

@@ -25,14 +25,14 @@
 # **Learning objectives.** After this notebook you can
 #
 # 1. read a model's router outputs for a text by hand: logits → softmax → top-k → renormalised weights, per layer;
-# 2. use `moe_edu.widgets.RoutingExplorer` (text, layer, k) and its static twin `render_routing_html`;
+# 2. use `moe_edu.course.widgets.RoutingExplorer` (text, layer, k) and its static twin `render_routing_html`;
 # 3. read a tokens × experts probability heatmap, an expert-load chart and an all-layers overview;
 # 4. measure what the pictures suggest: token-level consistency, code-vs-prose load, consecutive-token repetition
 #    against the 1/E a random router would give.
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.course.notebook import setup
 
 setup()  # seed 0, one thread, 4-digit printing: the same numbers every run
 
@@ -40,7 +40,7 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import HTML
 
-from moe_edu.widgets import PRESET_TEXTS, RoutingExplorer, render_routing_html, trace_routing
+from moe_edu.course.widgets import PRESET_TEXTS, RoutingExplorer, render_routing_html, trace_routing
 
 # %% [markdown]
 # ## 1. A model and a tokenizer
@@ -81,7 +81,7 @@ for t in range(6):
     print(f"token {t} {tok!r:8} -> experts {top_e[t].tolist()}  weights {[f'{w:.3f}' for w in weights[t].tolist()]}")
 
 # %% [markdown]
-# `moe_edu.widgets.trace_routing` does the same once for all layers and keeps the logits in a `RoutingTrace`; its
+# `moe_edu.course.widgets.trace_routing` does the same once for all layers and keeps the logits in a `RoutingTrace`; its
 # `topk` uses the library's `softmax_topk`, the very function the MoE block routes with. Same experts, same weights:
 
 # %%

@@ -27,7 +27,7 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.course.notebook import setup
 
 setup()
 
@@ -200,7 +200,7 @@ print("imbalance without aux loss > 2.5, with it < 2.0:",
 print("the z-loss lowers the router's logsumexp:", lse["aux 1.0 + z-loss 0.05"] < lse["aux loss (coef 1.0)"])
 
 # %%
-from moe_edu.plots_training import load_history
+from moe_edu.course.plots_training import load_history
 
 fig, axes = plt.subplots(3, 1, figsize=(6.4, 6.6), sharex=True)
 for ax, (name, run) in zip(axes, runs.items()):
@@ -257,7 +257,7 @@ print(f"final train cross-entropy {final['ce']:.3f}, held-out {final['eval_ce']:
       f"(uniform guess: ln {log['model_config']['vocab_size']} = {math.log(log['model_config']['vocab_size']):.3f})")
 
 # %%
-from moe_edu.plots_training import loss_curves
+from moe_edu.course.plots_training import loss_curves
 
 fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.2))
 loss_curves(log["steps"], ax=axes[0], keys=("ce", "eval_ce"), title="cross-entropy")

@@ -33,7 +33,7 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.course.notebook import setup
 
 setup()
 
@@ -69,7 +69,7 @@ for name, seqs in routed.items():
 
 # %%
 from moe_edu.analysis import load_by_domain, load_imbalance
-from moe_edu.plots_training import domain_load_bars
+from moe_edu.course.plots_training import domain_load_bars
 
 LAYERS = {"first": 0, "middle": L // 2, "last": L - 1}
 loads = load_by_domain(routed, E)  # domain -> (L, E)
@@ -102,7 +102,7 @@ for name, load in loads.items():
 # %%
 from IPython.display import HTML, display
 
-from moe_edu.widgets import render_routing_html, trace_routing
+from moe_edu.course.widgets import render_routing_html, trace_routing
 
 snippets = {
     "python": domains["python"][1].text[:260],
@@ -186,7 +186,7 @@ fig, axes = plt.subplots(1, 2, figsize=(11.2, 3.4), sharey=True)  # one scale: o
 ours_first = {n: {f"{lab} (L{l})": float(r[l, 0]) for lab, l in LAYERS.items()} for n, r in reps.items()}
 ours_overlap = {n: {f"{lab} (L{l})": float(r[l, 1]) for lab, l in LAYERS.items()} for n, r in reps.items()}
 paper_first = {n: {f"L{l}": v[0] / 100 for l, v in row.items()} for n, row in PAPER_TABLE_5.items()}
-from moe_edu.plots_training import repetition_bars
+from moe_edu.course.plots_training import repetition_bars
 
 repetition_bars(ours_first, base_first, ax=axes[0], title="ours: first choice repeated")
 repetition_bars(paper_first, base_first, ax=axes[1], title="Mixtral 8x7B (Table 5): first choice repeated")

@@ -46,7 +46,7 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.course.notebook import setup
 
 setup()  # seed 0, one thread, 4-digit printing: the same numbers every run
 
@@ -55,7 +55,7 @@ import math
 import matplotlib.pyplot as plt
 import torch
 
-from moe_edu.plots import expert_load_bars
+from moe_edu.course.plots import expert_load_bars
 from moe_edu.variants import VARIANTS, build_variants, expert_capacity, keep_within_capacity
 from moe_edu.variants.compare import Table, compare, load_stats
 
@@ -674,4 +674,4 @@ print("after 10 bias steps every expert is used:", bool((after > 0).all()), "| m
 #
 # `notebooks/exercises/ex09_moe_family.ipynb`: Switch routing with a capacity (9.1) and the Switch layer with its
 # dropped tokens (9.2), expert-choice routing (9.3) and the expert-choice layer with its unrouted tokens (9.4) —
-# checkers in `moe_edu.exercises.family` — and an open question: why does Mixtral not use expert choice (9.5)?
+# checkers in `moe_edu.course.exercises.family` — and an open question: why does Mixtral not use expert choice (9.5)?

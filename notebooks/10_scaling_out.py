@@ -34,7 +34,7 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import format_tensor, setup
+from moe_edu.course.notebook import format_tensor, setup
 
 setup()  # seed 0, one thread, 4-digit printing: the same numbers every run
 

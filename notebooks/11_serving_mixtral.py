@@ -37,7 +37,7 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.course.notebook import setup
 
 setup()  # seed 0, one thread, 4-digit printing: the same numbers every run
 

@@ -27,7 +27,7 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.course.notebook import setup
 
 setup()
 
@@ -463,4 +463,4 @@ plt.show()
 # ## Exercises
 #
 # `notebooks/exercises/ex12_adapting.ipynb`: upcycle a block and check equality, prune an expert and renormalise,
-# and DeepSeek-V3's bias update rule — checkers in `moe_edu.exercises.adapting`.
+# and DeepSeek-V3's bias update rule — checkers in `moe_edu.course.exercises.adapting`.

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from moe_edu.dispatch import dense_dispatch, grouped_dispatch, loop_dispatch
-from moe_edu.exercises import load_all
+from moe_edu.course.exercises import load_all
 from moe_edu.losses import load_balancing_loss, router_z_loss
 from moe_edu.routing import softmax_topk, topk_softmax
 
@@ -26,7 +26,7 @@ def _sort(c, E, stable=True, minlength=True, descending=False):
 
 
 def _block(x, gate, w1, w3, w2, k, renorm=True, fp32=True):
-    from moe_edu.exercises.smoe_block import moe_block_reference
+    from moe_edu.course.exercises.smoe_block import moe_block_reference
 
     y, logits = moe_block_reference(x, gate, w1, w3, w2, k)
     if not renorm:  # forgot to renormalise: weights are the raw top-k softmax probabilities
@@ -41,7 +41,7 @@ def _block(x, gate, w1, w3, w2, k, renorm=True, fp32=True):
 
 def _bf16_router(x, gate, w1, w3, w2, k):
     """Right block, but the router logits computed in the input's dtype (bf16) and cast afterwards."""
-    from moe_edu.exercises.smoe_block import moe_block_reference
+    from moe_edu.course.exercises.smoe_block import moe_block_reference
 
     y, _ = moe_block_reference(x, gate, w1, w3, w2, k)
     return y, F.linear(x.reshape(-1, x.shape[-1]), gate).float()

@@ -1,6 +1,6 @@
-"""Checkers of notebook 12's exercises (moe_edu.exercises.adapting): references pass, typical mistakes fail.
+"""Checkers of notebook 12's exercises (moe_edu.course.exercises.adapting): references pass, typical mistakes fail.
 
-Imported inside the tests: importing registers the exercises in moe_edu.exercises.ALL, which
+Imported inside the tests: importing registers the exercises in moe_edu.course.exercises.ALL, which
 tests/test_exercises.py compares with its own list."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 
 
 def ex():
-    from moe_edu.exercises import adapting
+    from moe_edu.course.exercises import adapting
 
     return adapting
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from moe_edu.exercises.core import ALL, Case, Registry, compare, randn
+from moe_edu.course.exercises.core import ALL, Case, Registry, compare, randn
 
 reg = Registry("_test_core")
 

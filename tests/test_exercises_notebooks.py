@@ -137,7 +137,7 @@ def test_no_hint_contains_a_solution_line(name):
 
     text = (EX_DIR / f"{name}.py").read_text()
     topic = re.search(r"from moe_edu\.exercises import (\w+) as ex", text).group(1)
-    by_function = importlib.import_module(f"moe_edu.exercises.{topic}").exercises.exercises
+    by_function = importlib.import_module(f"moe_edu.course.exercises.{topic}").exercises.exercises
     for m in re.finditer(r"def (\w+)\(.*?### BEGIN SOLUTION\n(.*?)### END SOLUTION", text, re.S):
         ex = by_function.get(m.group(1))
         if ex is None:  # a helper that is not itself a checked exercise

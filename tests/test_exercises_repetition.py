@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from moe_edu.exercises import repetition as ex
+from moe_edu.course.exercises import repetition as ex
 
 
 def one_line(capsys, check, fn) -> tuple[bool, str]:

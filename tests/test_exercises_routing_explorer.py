@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moe_edu.exercises import routing_explorer as ex
+from moe_edu.course.exercises import routing_explorer as ex
 
 EXERCISES = ex.exercises.exercises
 
@@ -72,7 +72,7 @@ def test_wrong_implementation_is_caught(capsys, name, i):
 
 
 def test_reference_agrees_with_the_trace_methods():
-    from moe_edu.widgets.trace import RoutingTrace
+    from moe_edu.course.widgets.trace import RoutingTrace
 
     logits = torch.randn(3, 6, 8, generator=torch.Generator().manual_seed(0))  # (L, T, E)
     trace = RoutingTrace(text="abcdef", token_ids=list(range(6)), tokens=list("abcdef"), logits=logits,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from moe_edu.exercises import scaling as ex
+from moe_edu.course.exercises import scaling as ex
 
 EXERCISES = ex.exercises.exercises
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from moe_edu.exercises import serving as ex
+from moe_edu.course.exercises import serving as ex
 
 
 def one_line(capsys, check, fn) -> tuple[bool, str]:

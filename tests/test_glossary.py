@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import moe_edu
-from moe_edu.glossary import GLOSSARY, TAIWAN_USAGE, glossary_table, term
+from moe_edu.course.glossary import GLOSSARY, TAIWAN_USAGE, glossary_table, term
 
 SEED_TERMS = ["專家", "路由網絡", "門控網絡", "稀疏激活", "加權輸出", "加權融合", "前 k 個專家"]
 # The terms of notebooks 05-12 (issue 12's list), in Taiwan usage.
@@ -126,14 +126,14 @@ def test_table_renders_html_markdown_and_text():
 
 
 def test_html_escapes():
-    from moe_edu.glossary import GlossaryTable, Term
+    from moe_edu.course.glossary import GlossaryTable, Term
 
     html = GlossaryTable([Term("<a>", "b & c", "d", "00", "e")])._repr_html_()
     assert "&lt;a&gt;" in html and "b &amp; c" in html
 
 
 def test_empty_table_raises():
-    from moe_edu.glossary import GlossaryTable
+    from moe_edu.course.glossary import GlossaryTable
 
     with pytest.raises(ValueError, match="at least one term"):
         GlossaryTable([])

@@ -9,8 +9,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from moe_edu import PRESETS, count_parameters  # noqa: E402
-from moe_edu.diagram import CHOSEN, draw_mixtral_block  # noqa: E402
-from moe_edu.plots import expert_load_bars, parameter_breakdown, ratio_bars, router_heatmap  # noqa: E402
+from moe_edu.course.diagram import CHOSEN, draw_mixtral_block  # noqa: E402
+from moe_edu.course.plots import expert_load_bars, parameter_breakdown, ratio_bars, router_heatmap  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

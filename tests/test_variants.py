@@ -343,8 +343,8 @@ def test_compare_table_is_deterministic_and_complete():
         table.select("nope")
 
 
-# --- exercise checkers (moe_edu.exercises.family), imported lazily: importing registers them in
-# moe_edu.exercises.ALL, which tests/test_exercises.py compares with its own list -------------------
+# --- exercise checkers (moe_edu.course.exercises.family), imported lazily: importing registers them in
+# moe_edu.course.exercises.ALL, which tests/test_exercises.py compares with its own list -------------------
 def _switch_route_renormalised(logits, factor):  # weight = 1 after renormalising a single expert
     from moe_edu.variants.switch import switch_route
 
@@ -367,7 +367,7 @@ def _switch_route_last_first(logits, factor):  # the last tokens win the buffer
 
 
 def _switch_moe_passthrough(x, experts, logits, factor):  # dropped tokens output x instead of 0
-    from moe_edu.exercises.family import switch_moe_reference
+    from moe_edu.course.exercises.family import switch_moe_reference
     from moe_edu.variants.switch import switch_route
 
     y, dropped = switch_moe_reference(x, experts, logits, factor)
@@ -376,7 +376,7 @@ def _switch_moe_passthrough(x, experts, logits, factor):  # dropped tokens outpu
 
 
 def _switch_moe_counts_kept(x, experts, logits, factor):
-    from moe_edu.exercises.family import switch_moe_reference
+    from moe_edu.course.exercises.family import switch_moe_reference
 
     y, dropped = switch_moe_reference(x, experts, logits, factor)
     return y, x.shape[0] - dropped
@@ -406,7 +406,7 @@ def _ec_moe_renormalised(x, experts, logits, factor):  # renormalises each token
 
 
 def _ec_moe_no_count(x, experts, logits, factor):
-    from moe_edu.exercises.family import expert_choice_moe_reference
+    from moe_edu.course.exercises.family import expert_choice_moe_reference
 
     return expert_choice_moe_reference(x, experts, logits, factor)[0], 0
 
@@ -429,7 +429,7 @@ def _one_line(capsys, ex, fn):
 
 @pytest.mark.parametrize("name", sorted(FAMILY_WRONG))
 def test_family_checker_reference_stub_and_mistakes(capsys, name):
-    from moe_edu.exercises import family
+    from moe_edu.course.exercises import family
 
     ex = family.exercises.get(name)
     assert len(ex.hints) >= 2
@@ -449,7 +449,7 @@ def test_family_checker_reference_stub_and_mistakes(capsys, name):
 
 
 def test_family_references_are_the_layers():
-    from moe_edu.exercises.family import expert_choice_moe_reference, switch_moe_reference
+    from moe_edu.course.exercises.family import expert_choice_moe_reference, switch_moe_reference
 
     x = hidden()
     for cls, ref in ((SwitchMoE, switch_moe_reference), (ExpertChoiceMoE, expert_choice_moe_reference)):

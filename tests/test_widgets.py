@@ -1,4 +1,4 @@
-"""Headless tests of the routing explorer (moe_edu.widgets): views must match the model's router."""
+"""Headless tests of the routing explorer (moe_edu.course.widgets): views must match the model's router."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import moe_edu
-from moe_edu.plots import EXPERT_PALETTE
-from moe_edu.widgets import (
+from moe_edu.course.plots import EXPERT_PALETTE
+from moe_edu.course.widgets import (
     RoutingExplorer,
     RoutingTrace,
     flow_html,
@@ -75,7 +75,7 @@ def test_token_colouring_follows_first_choice_expert(model, tok):
         expected = probs[layer].argmax(-1).tolist()  # (T,)
         assert token_experts(html) == expected
         colours = re.findall(r'class="moe-tok[^"]*"[^>]*background-color:(#[0-9a-f]{6})', html)
-        assert colours == [moe_edu.widgets.expert_colour(e, 8) for e in expected]
+        assert colours == [moe_edu.course.widgets.expert_colour(e, 8) for e in expected]
         seen.add(tuple(expected))
     assert len(seen) > 1, "layers route differently on a random model"
     assert ex.message == ""
@@ -326,8 +326,8 @@ def test_k_changes_the_rendered_tokens_and_grid(model, tok):
     w, e = trace.topk(1, 2)  # (T, 2)
     first = re.findall(r'class="moe-tok[^"]*"[^>]*style="background:linear-gradient\(([^)]*)\)', seen[2][0])[0]
     top = round(100 * round(float(w[0, 0]), 2))
-    assert first == f"{moe_edu.widgets.expert_colour(int(e[0, 0]), 8)} {top}%," \
-                    f"{moe_edu.widgets.expert_colour(int(e[0, 1]), 8)} 0"  # band heights = weights
+    assert first == f"{moe_edu.course.widgets.expert_colour(int(e[0, 0]), 8)} {top}%," \
+                    f"{moe_edu.course.widgets.expert_colour(int(e[0, 1]), 8)} 0"  # band heights = weights
 
 
 def test_selection_and_dimming_state(model, tok):
@@ -376,7 +376,7 @@ def test_static_picture_in_the_saved_notebook(model, tok):
     assert set(live) == {"text/plain", "application/vnd.jupyter.widget-view+json"}
     html = static["text/html"]
     assert html == b.display_bundles()[0]["text/html"], "deterministic (nbval compares it)"
-    assert moe_edu.widgets.explorer.RUN_NOTE in html and 'id="nb-tokens-L0"' in html
+    assert moe_edu.course.widgets.explorer.RUN_NOTE in html and 'id="nb-tokens-L0"' in html
     assert not re.search(r"\d\.\d{3}", html), "no digits that could differ between CPUs"
     a.tab = "all layers"
     assert 'class="moe-overview"' in a.static_html()
@@ -417,7 +417,7 @@ def test_one_palette_no_near_twins_and_readable_text(model, tok):
     assert min(de2000(a, b) for a, b in itertools.combinations(EXPERT_PALETTE[:8], 2)) >= 20
     assert min(de2000(a, b) for a, b in itertools.combinations(EXPERT_PALETTE, 2)) >= 11
     assert all((lab(c)[3] + 0.05) / 0.05 >= 7 for c in EXPERT_PALETTE), "black text on every expert colour"
-    assert [moe_edu.widgets.expert_colour(e, 8) for e in range(8)] == list(EXPERT_PALETTE[:8])
+    assert [moe_edu.course.widgets.expert_colour(e, 8) for e in range(8)] == list(EXPERT_PALETTE[:8])
     ex = RoutingExplorer(model, tok, text="The cat sat.")
     ex.selected = 1
     sizes = [int(s) for s in re.findall(r"font(?:-size)?:\s*(\d+)px", ex.view.html + ex.static_html())]

@@ -14,7 +14,7 @@ as nbgrader's ClearSolutions does: `# YOUR CODE HERE` / `raise NotImplementedErr
 `notebooks/exercises/solutions/exNN_name.ipynb` (marker lines removed). Both carry nbgrader
 cell metadata (schema 3): code solution cells, manually graded written answers (1 point), and
 checker cells as read-only autograder test cells (1 point; a failing checker raises under
-nbgrader, see `moe_edu.exercises.core`). `--nbgrader DIR` writes the unexecuted sources with
+nbgrader, see `moe_edu.course.exercises.core`). `--nbgrader DIR` writes the unexecuted sources with
 their markers, ready for nbgrader's `source/<assignment>/` folder; `tests/test_nbgrader.py` runs
 `nbgrader generate_assignment` and `autograde` on them.
 

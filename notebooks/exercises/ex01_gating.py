@@ -16,14 +16,14 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.course.notebook import setup
 
 setup()
 
 import torch
 import torch.nn.functional as F
 
-from moe_edu.exercises import gating as ex
+from moe_edu.course.exercises import gating as ex
 
 # %% [markdown]
 # ## Exercise 1.1 — router logits

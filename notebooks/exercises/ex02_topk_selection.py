@@ -11,13 +11,13 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.course.notebook import setup
 
 setup()
 
 import torch
 
-from moe_edu.exercises import topk as ex
+from moe_edu.course.exercises import topk as ex
 
 # %% [markdown]
 # ## Exercise 2.1 — the top-k mask

@@ -14,13 +14,13 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.course.notebook import setup
 
 setup()
 
 import torch
 
-from moe_edu.exercises import sparse as ex
+from moe_edu.course.exercises import sparse as ex
 
 # %% [markdown]
 # ## Exercise 3.1 — tokens per expert

@@ -12,13 +12,13 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.course.notebook import setup
 
 setup()
 
 import torch
 
-from moe_edu.exercises import combining as ex
+from moe_edu.course.exercises import combining as ex
 from moe_edu.routing import softmax_topk
 
 # %% [markdown]

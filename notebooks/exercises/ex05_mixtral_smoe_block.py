@@ -11,14 +11,14 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.course.notebook import setup
 
 setup()
 
 import torch
 import torch.nn.functional as F
 
-from moe_edu.exercises import smoe_block as ex
+from moe_edu.course.exercises import smoe_block as ex
 
 # %% [markdown]
 # ## Exercise 5.1 — the SwiGLU expert

@@ -17,13 +17,13 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.course.notebook import setup
 
 setup()
 
 import torch
 
-from moe_edu.exercises import routing_explorer as ex
+from moe_edu.course.exercises import routing_explorer as ex
 
 # %% [markdown]
 # ## A routing trace

@@ -12,13 +12,13 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.course.notebook import setup
 
 setup()
 
 import torch
 
-from moe_edu.exercises import load_balancing as ex
+from moe_edu.course.exercises import load_balancing as ex
 
 # %% [markdown]
 # ## Exercise 7.1 — the load-balancing loss

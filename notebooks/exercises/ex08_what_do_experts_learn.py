@@ -12,7 +12,7 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.course.notebook import setup
 
 setup()
 
@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from moe_edu.exercises import repetition as ex
+from moe_edu.course.exercises import repetition as ex
 
 # %% [markdown]
 # ## Exercise 8.1 — consecutive repetition

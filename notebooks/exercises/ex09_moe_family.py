@@ -15,7 +15,7 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.course.notebook import setup
 
 setup()
 
@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from moe_edu.exercises import family as ex
+from moe_edu.course.exercises import family as ex
 
 # %% [markdown]
 # ## Exercise 9.1 — Switch routing with capacity

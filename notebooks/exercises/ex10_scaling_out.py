@@ -22,13 +22,13 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.course.notebook import setup
 
 setup()
 
 import torch
 
-from moe_edu.exercises import scaling as ex
+from moe_edu.course.exercises import scaling as ex
 
 # %% [markdown]
 # ## Exercise 10.1 — tokens per rank

@@ -11,13 +11,13 @@
 
 # %%
 import moe_edu
-from moe_edu.notebook import setup
+from moe_edu.course.notebook import setup
 
 setup()
 
 import torch
 
-from moe_edu.exercises import serving as ex
+from moe_edu.course.exercises import serving as ex
 
 # %% [markdown]
 # ## Exercise 11.1 — KV-cache bytes per token

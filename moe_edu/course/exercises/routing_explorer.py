@@ -1,6 +1,6 @@
 """Checkers for notebook 06 (routing explorer): reading a routing trace by hand.
 
-    from moe_edu.exercises import routing_explorer as ex
+    from moe_edu.course.exercises import routing_explorer as ex
     ex.check_first_choices(my_first_choices); ex.hint("first_choices")
 
 Inputs are a trace's router logits `(L, T, E)` (what `moe_edu.trace_routing(...).logits` holds),
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..routing import softmax_topk
-from .core import Case, Registry, randn
+from moe_edu.routing import softmax_topk
+from moe_edu.course.exercises.core import Case, Registry, randn
 
 exercises = Registry("routing_explorer")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference

@@ -1,6 +1,6 @@
 """Checkers for notebook 03 (sparse activation): expert loads, the dispatch loop, sorted dispatch.
 
-    from moe_edu.exercises import sparse as ex
+    from moe_edu.course.exercises import sparse as ex
     ex.check_loop_dispatch(my_loop_dispatch); ex.hint("loop_dispatch")
 """
 
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from ..dispatch import loop_dispatch, sort_by_expert
-from ..experts import Experts
-from ..routing import softmax_topk
-from .core import Case, Registry, randn
+from moe_edu.dispatch import loop_dispatch, sort_by_expert
+from moe_edu.experts import Experts
+from moe_edu.routing import softmax_topk
+from moe_edu.course.exercises.core import Case, Registry, randn
 
 exercises = Registry("sparse")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference

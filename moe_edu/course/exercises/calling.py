@@ -10,12 +10,9 @@ import ctypes
 import io
 import threading
 import warnings
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
-
-if TYPE_CHECKING:
-    from .core import Case
 
 
 def _fresh(value: Any) -> Any:
@@ -39,8 +36,8 @@ def _stop(thread: threading.Thread) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(TimeLimitExceeded))
 
 
-def _call(fn: Callable, case: Case, time_limit: float | None = None) -> Any:
-    """Call quietly on a private copy of the case: the student's prints and warnings must not add
+def _call(fn: Callable, case: Any, time_limit: float | None = None) -> Any:
+    """Call quietly on a private copy of the case (a `core.Case`): the student's prints and warnings must not add
     lines to the checker's one. With `time_limit`, the call runs in a worker thread (so this works
     in any Jupyter kernel, no signals) and is stopped when it runs longer: TimeLimitExceeded."""
     args = tuple(_fresh(a) for a in case.args)

@@ -1,6 +1,6 @@
 """Checkers for notebook 11 (serving Mixtral): KV-cache bytes, an LRU expert cache, int8 weights.
 
-    from moe_edu.exercises import serving as ex
+    from moe_edu.course.exercises import serving as ex
     ex.check_kv_bytes_per_token(my_fn); ex.hint("lru_hit_rate")
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from ..expert_cache import LRUCache
-from ..quantize import quantize_int8
-from .core import Case, Registry, randn
+from moe_edu.expert_cache import LRUCache
+from moe_edu.quantize import quantize_int8
+from moe_edu.course.exercises.core import Case, Registry, randn
 
 exercises = Registry("serving")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference

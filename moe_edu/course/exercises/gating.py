@@ -1,6 +1,6 @@
 """Checkers for notebook 01 (gating): the router's logits and its fp32 softmax.
 
-    from moe_edu.exercises import gating as ex
+    from moe_edu.course.exercises import gating as ex
     ex.check_router_logits(my_router_logits); ex.hint("router_logits")
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .core import Case, Registry, randn
+from moe_edu.course.exercises.core import Case, Registry, randn
 
 exercises = Registry("gating")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference

@@ -1,6 +1,6 @@
 """Checkers for notebook 07 (load balancing): Switch's auxiliary loss and ST-MoE's router z-loss.
 
-    from moe_edu.exercises import load_balancing as ex
+    from moe_edu.course.exercises import load_balancing as ex
     ex.check_load_balancing_loss(my_loss); ex.hint("load_balancing_loss")
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import load_balancing_loss, router_z_loss
-from .core import Case, Registry, randn
+from moe_edu.losses import load_balancing_loss, router_z_loss
+from moe_edu.course.exercises.core import Case, Registry, randn
 
 exercises = Registry("load_balancing")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference

@@ -1,6 +1,6 @@
 """Checkers for notebook 12 (adapting MoEs): sparse upcycling, pruning an expert, the aux-free bias update.
 
-    from moe_edu.exercises import adapting as ex
+    from moe_edu.course.exercises import adapting as ex
     ex.check_upcycle_weights(my_fn); ex.hint("upcycle_weights")
 """
 
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from ..pruning import pruned_routing
-from ..upcycling import upcycle_weights
-from ..variants.aux_free import bias_update
-from .core import Case, Registry, randn
-from .topk import by_expert
+from moe_edu.pruning import pruned_routing
+from moe_edu.upcycling import upcycle_weights
+from moe_edu.variants.aux_free import bias_update
+from moe_edu.course.exercises.core import Case, Registry, randn
+from moe_edu.course.exercises.topk import by_expert
 
 exercises = Registry("adapting")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference

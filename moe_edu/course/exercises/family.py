@@ -1,6 +1,6 @@
 """Checkers for notebook 09 (the MoE family): Switch capacity with dropping, expert-choice routing.
 
-    from moe_edu.exercises import family as ex
+    from moe_edu.course.exercises import family as ex
     ex.check_switch_route(my_switch_route); ex.hint("switch_route")
 
 References are the library's own routing functions (`moe_edu.variants.switch.switch_route`,
@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from ..experts import Experts
-from ..capacity import dispatch_assignments, dispatch_kept
-from ..variants.expert_choice import expert_choice_route
-from ..variants.switch import switch_route
-from .core import Case, Registry, randn
-from .sparse import make_experts
+from moe_edu.experts import Experts
+from moe_edu.capacity import dispatch_assignments, dispatch_kept
+from moe_edu.variants.expert_choice import expert_choice_route
+from moe_edu.variants.switch import switch_route
+from moe_edu.course.exercises.core import Case, Registry, randn
+from moe_edu.course.exercises.sparse import make_experts
 
 exercises = Registry("family")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from .calling import TimeLimitExceeded, _call, _fresh  # noqa: F401 (re-exported)
+from moe_edu.course.exercises.calling import TimeLimitExceeded, _call, _fresh  # noqa: F401 (re-exported)
 
 PASS, FAIL, TODO = "✓", "✗", "○"
 MAX_SHOWN = 3  # mismatching entries named in a failure line

@@ -15,11 +15,11 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from .flow import flow_html
-from .render import check_prefix, notice_html, render_routing_html
-from .trace import RoutingTrace, Tokenizer, trace_routing
-from .view import RoutingView
-from .views import heatmap_html, load_html, overview_html, path_html, topk_html
+from moe_edu.course.widgets.flow import flow_html
+from moe_edu.course.widgets.render import check_prefix, notice_html, render_routing_html
+from moe_edu.course.widgets.trace import RoutingTrace, Tokenizer, trace_routing
+from moe_edu.course.widgets.view import RoutingView
+from moe_edu.course.widgets.views import heatmap_html, load_html, overview_html, path_html, topk_html
 
 PRESET_TEXTS: dict[str, str] = {
     "prose": "The cat sat on the warm mat and watched the rain fall. When the sun came out, the cat went "

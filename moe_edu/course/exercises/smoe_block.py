@@ -1,7 +1,7 @@
 """Checkers for notebook 05 (the Mixtral SMoE block): the SwiGLU expert, the whole block,
 and active-parameter accounting.
 
-    from moe_edu.exercises import smoe_block as ex
+    from moe_edu.course.exercises import smoe_block as ex
     ex.check_swiglu_expert(my_swiglu); ex.hint("moe_block")
 """
 
@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..accounting import count_parameters
-from ..config import MixtralConfig
-from ..dispatch import loop_dispatch
-from ..experts import Experts, swiglu
-from ..presets import PRESETS
-from ..routing import softmax_topk
-from .core import Case, Registry, randn
+from moe_edu.accounting import count_parameters
+from moe_edu.config import MixtralConfig
+from moe_edu.dispatch import loop_dispatch
+from moe_edu.experts import Experts, swiglu
+from moe_edu.presets import PRESETS
+from moe_edu.routing import softmax_topk
+from moe_edu.course.exercises.core import Case, Registry, randn
 
 exercises = Registry("smoe_block")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference

@@ -14,9 +14,9 @@ from typing import Any, Protocol
 
 import torch
 
-from ..analysis import load_share
-from ..routing import softmax_topk
-from .text_spans import TextSpan, text_spans
+from moe_edu.analysis import load_share
+from moe_edu.routing import softmax_topk
+from moe_edu.course.widgets.text_spans import TextSpan, text_spans
 
 
 class Tokenizer(Protocol):

@@ -1,6 +1,6 @@
 """Checkers for notebook 10 (scaling out): expert-parallel arithmetic on a given routing.
 
-    from moe_edu.exercises import scaling as ex
+    from moe_edu.course.exercises import scaling as ex
     ex.check_tokens_per_rank(my_tokens_per_rank); ex.hint("tokens_per_rank")
 
 Conventions (as `moe_edu.parallel`): W ranks, E experts split into contiguous blocks of E / W
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import Case, Registry
+from moe_edu.course.exercises.core import Case, Registry
 
 exercises = Registry("scaling")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference

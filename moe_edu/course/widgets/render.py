@@ -15,11 +15,11 @@ import unicodedata
 from collections.abc import Sequence
 from html import escape
 
-from ..plots import EXPERT_PALETTE
-from .text_spans import visible
-from .trace import RoutingTrace
+from moe_edu.course.plots import EXPERT_PALETTE
+from moe_edu.course.widgets.text_spans import visible
+from moe_edu.course.widgets.trace import RoutingTrace
 
-PALETTE = EXPERT_PALETTE  # the course's expert palette (moe_edu.plots)
+PALETTE = EXPERT_PALETTE  # the course's expert palette (moe_edu.course.plots)
 FONT = "font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace"
 NOTE = "margin:2px 0;font-size:12px;color:#333"
 

@@ -3,7 +3,7 @@
 Every function takes plain tensors/ints, draws on `ax` (or a new figure of a fixed
 size, so nbval's `<Figure size ...>` text stays stable) and returns the figure.
 matplotlib and seaborn are imported inside the functions: `import moe_edu` stays light.
-The Mixtral block diagram lives in `moe_edu.diagram`.
+The Mixtral block diagram lives in `moe_edu.course.diagram`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Sequence
 
 import torch
 
-from .accounting import ParameterCount
-from .diagram import CHOSEN, IDLE, draw_mixtral_block  # noqa: F401  (re-exported for notebooks)
+from moe_edu.accounting import ParameterCount
+from moe_edu.course.diagram import CHOSEN, IDLE, draw_mixtral_block  # noqa: F401  (re-exported for notebooks)
 
 # One colour per expert for every figure and view of the course: expert e has the same colour everywhere.
 # Light enough for black text (contrast >= 7:1); the first 8 (Mixtral's E) are pairwise CIEDE2000 >= 20

@@ -1,6 +1,6 @@
 """Checkers for notebook 08 (what do experts learn?): consecutive-token repetition and its random baseline.
 
-    from moe_edu.exercises import repetition as ex
+    from moe_edu.course.exercises import repetition as ex
     ex.check_consecutive_repetition(my_fn); ex.hint("consecutive_repetition")
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..analysis import random_topk_overlap_rate, repetition_rates
-from .core import Case, Registry
+from moe_edu.analysis import random_topk_overlap_rate, repetition_rates
+from moe_edu.course.exercises.core import Case, Registry
 
 exercises = Registry("repetition")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .config import MixtralConfig
+from moe_edu.config import MixtralConfig
 
 CHOSEN = "#f4a259"  # experts that run for this token
 IDLE = "#e9ecef"  # experts that are skipped (sparse activation)

@@ -1,6 +1,6 @@
 """Checkers for notebook 02 (top-k selection): the top-k mask and renormalised top-k weights.
 
-    from moe_edu.exercises import topk as ex
+    from moe_edu.course.exercises import topk as ex
     ex.check_topk_mask(my_topk_mask); ex.hint("topk_mask")
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..routing import softmax_topk
-from .core import Case, Registry, randn
+from moe_edu.routing import softmax_topk
+from moe_edu.course.exercises.core import Case, Registry, randn
 
 exercises = Registry("topk")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference

@@ -1,7 +1,7 @@
 """Checkers for notebook 04 (weighted combining): the other routing order, the
 order-equivalence check, and the weighted sum of expert outputs.
 
-    from moe_edu.exercises import combining as ex
+    from moe_edu.course.exercises import combining as ex
     ex.check_topk_softmax(my_topk_softmax); ex.hint("same_routing")
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ..routing import softmax_topk, topk_softmax
-from .core import Case, Registry, randn
-from .topk import by_expert
+from moe_edu.routing import softmax_topk, topk_softmax
+from moe_edu.course.exercises.core import Case, Registry, randn
+from moe_edu.course.exercises.topk import by_expert
 
 exercises = Registry("combining")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference

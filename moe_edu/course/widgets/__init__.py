@@ -5,13 +5,13 @@ make whole characters); `render_routing_html` colours the text by each token's t
 static HTML; `RoutingExplorer` is the app built on both (ipywidgets controls + an anywidget view).
 """
 
-from .explorer import PRESET_TEXTS, SCRIPT_TEXTS, TABS, RoutingExplorer
-from .flow import flow_html
-from .render import expert_colour, render_routing_html
-from .text_spans import TextSpan, text_spans, visible
-from .trace import RoutingTrace, trace_routing
-from .view import RoutingView
-from .views import heatmap_html, load_html, overview_html, path_html, topk_html
+from moe_edu.course.widgets.explorer import PRESET_TEXTS, SCRIPT_TEXTS, TABS, RoutingExplorer
+from moe_edu.course.widgets.flow import flow_html
+from moe_edu.course.widgets.render import expert_colour, render_routing_html
+from moe_edu.course.widgets.text_spans import TextSpan, text_spans, visible
+from moe_edu.course.widgets.trace import RoutingTrace, trace_routing
+from moe_edu.course.widgets.view import RoutingView
+from moe_edu.course.widgets.views import heatmap_html, load_html, overview_html, path_html, topk_html
 
 __all__ = ["PRESET_TEXTS", "SCRIPT_TEXTS", "TABS", "RoutingExplorer", "RoutingTrace", "RoutingView", "TextSpan",
            "expert_colour", "flow_html", "heatmap_html", "load_html", "overview_html", "path_html",
