@@ -96,7 +96,7 @@ $(VENV)/.installed-explorer: $(VENV)/.installed  # Voila, once (the lock already
 	$(PIP) install -q "voila>=0.5.13"
 	@touch $@
 
-passkey: install  ## retrain the shipped passkey model (notebook 11), ~3 min on one core
+passkey: install  ## retrain the shipped passkey model (notebook 11), ~1.5 min on an idle core
 	$(PY) -m moe_edu.passkey_train --out moe_edu/checkpoints/passkey
 
 serving-results: install  ## recompute notebook 11's routing traces, cache and quantisation tables

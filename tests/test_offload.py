@@ -113,3 +113,17 @@ def test_cost_model_by_hand():
     assert offload_tokens_per_second(cfg, 10, pcie_gbs=32, weight_dtype="int4") > tps
     with pytest.raises(ValueError, match="bandwidth"):
         offload_tokens_per_second(cfg, 1, pcie_gbs=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_offloaded_block_loads_experts_onto_the_gpu(tmp_path):
+    torch.manual_seed(0)
+    block = moe_edu.SparseMoeBlock(TINY).eval()
+    off = OffloadedMoeBlock.from_block(block, tmp_path / "experts.safetensors", cache_size=2, device="cuda").to("cuda")
+    x = torch.randn(2, 5, TINY.hidden_size)
+    with torch.no_grad():
+        y, logits = block(x)
+        y_gpu, logits_gpu = off(x.cuda())
+    assert off.expert(0)[0].device.type == "cuda"
+    assert (y - y_gpu.cpu()).abs().max() < 1e-5 and (logits - logits_gpu.cpu()).abs().max() < 1e-5
