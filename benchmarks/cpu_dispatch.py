@@ -76,8 +76,7 @@ class Result:
         names = tuple(n for n in names if n in self.samples)
         if not names or "ours" not in self.samples:
             return None
-        return statistics.median(o / min(self.samples[n][i] for n in names)
-                                 for i, o in enumerate(self.samples["ours"]))
+        return statistics.median(o / min(self.samples[n][i] for n in names) for i, o in enumerate(self.samples["ours"]))
 
     @property
     def vs_ideal(self) -> float:
@@ -108,9 +107,11 @@ def _hf_block(config: MixtralConfig, ours: SparseMoeBlock, impl: str) -> torch.n
 def _step(fn: Callable[[], torch.Tensor], params: list[torch.Tensor], backward: bool) -> Callable[[], None]:
     """One timed call: forward only (no_grad), or forward + backward of sum(y)."""
     if not backward:
+
         def run() -> None:
             with torch.no_grad():
                 fn()
+
         return run
 
     def run_bwd() -> None:
@@ -118,20 +119,29 @@ def _step(fn: Callable[[], torch.Tensor], params: list[torch.Tensor], backward: 
             p.grad = None
         y = fn()
         y.backward(torch.ones_like(y))  # a dense upstream gradient (sum()'s is an expanded, stride-0 view)
+
     return run_bwd
 
 
 def implementations(case: Case, backward: bool, seed: int = 0) -> dict[str, Callable[[], None]]:
     """The callables timed for one case: ideal, ours, and transformers' two experts implementations."""
     torch.manual_seed(seed)
-    config = MixtralConfig(hidden_size=case.hidden, intermediate_size=case.intermediate,
-                           num_attention_heads=8, num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2)
+    config = MixtralConfig(
+        hidden_size=case.hidden,
+        intermediate_size=case.intermediate,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+    )
     ours = SparseMoeBlock(config)
     k = config.num_experts_per_tok
     x = torch.randn(1, case.tokens, case.hidden)  # (1, T, H)
     rows = torch.randn(case.tokens * k, case.hidden)  # (T*k, H): the ideal's rows
-    ideal_w = [ours.experts.gate_up_proj.detach()[0].clone().requires_grad_(backward),
-               ours.experts.down_proj.detach()[0].clone().requires_grad_(backward)]
+    ideal_w = [
+        ours.experts.gate_up_proj.detach()[0].clone().requires_grad_(backward),
+        ours.experts.down_proj.detach()[0].clone().requires_grad_(backward),
+    ]
 
     def ideal() -> torch.Tensor:  # one SwiGLU expert, no routing
         gate, up = torch.nn.functional.linear(rows, ideal_w[0]).chunk(2, dim=-1)  # (T*k, I) each
@@ -148,9 +158,11 @@ def implementations(case: Case, backward: bool, seed: int = 0) -> dict[str, Call
         path = "per_expert" if path == "decode" else path  # decode's k GEMVs = per-expert GEMMs on k rows
         return ours.experts.grouped(grouped_rows, counts, sizes, path=path)  # (T*k, H)
 
-    fns = {"ideal": _step(ideal, ideal_w, backward),
-           "floor": _step(floor, list(ours.parameters()), backward),
-           "ours": _step(lambda: ours(x)[0], list(ours.parameters()), backward)}
+    fns = {
+        "ideal": _step(ideal, ideal_w, backward),
+        "floor": _step(floor, list(ours.parameters()), backward),
+        "ours": _step(lambda: ours(x)[0], list(ours.parameters()), backward),
+    }
     for impl in ("eager", "grouped_mm"):
         hf = _hf_block(config, ours, impl)
         if hf is None:
@@ -222,10 +234,12 @@ def markdown(results: list[Result], rounds: int, load: float | None = None) -> s
         return f"{value:.2f} (≤{target}) {'met' if value <= target else 'missed'}"
 
     for r in results:
-        lines.append(f"| {r.case.label} | {r.threads} | {cell(r, 'ideal')} | {cell(r, 'floor')} | {cell(r, 'ours')} | "
-                     f"{cell(r, 'hf_eager')} | {cell(r, 'hf_grouped_mm')} | {r.vs_ideal:.2f} | "
-                     f"{ratio(r.vs_floor, r.case.max_vs_floor)} | {ratio(r.vs_hf, r.case.max_vs_hf)} | "
-                     f"±{50 * max(r.spread.values(), default=0):.0f}% |")
+        lines.append(
+            f"| {r.case.label} | {r.threads} | {cell(r, 'ideal')} | {cell(r, 'floor')} | {cell(r, 'ours')} | "
+            f"{cell(r, 'hf_eager')} | {cell(r, 'hf_grouped_mm')} | {r.vs_ideal:.2f} | "
+            f"{ratio(r.vs_floor, r.case.max_vs_floor)} | {ratio(r.vs_hf, r.case.max_vs_hf)} | "
+            f"±{50 * max(r.spread.values(), default=0):.0f}% |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -259,9 +273,17 @@ def write(results: list[Result], out_dir: Path, rounds: int, load: float | None 
     stem = "cpu_dispatch_backward" if results[0].backward else "cpu_dispatch"
     paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.json", out_dir / f"{stem}.png"]
     paths[0].write_text(markdown(results, rounds, load))
-    rows = [{**asdict(r.case), "threads": r.threads, "backward": r.backward, "ms": r.ms, "spread": r.spread,
-             "ratios": {"ours/floor": r.vs_floor, "ours/hf_best": r.vs_hf, "ours/ideal": r.vs_ideal}}
-            for r in results]
+    rows = [
+        {
+            **asdict(r.case),
+            "threads": r.threads,
+            "backward": r.backward,
+            "ms": r.ms,
+            "spread": r.spread,
+            "ratios": {"ours/floor": r.vs_floor, "ours/hf_best": r.vs_hf, "ours/ideal": r.vs_ideal},
+        }
+        for r in results
+    ]
     meta = {"torch": torch.__version__, "rounds": rounds, "load_average": load}
     paths[1].write_text(json.dumps({**meta, "results": rows}, indent=1) + "\n")
     plot(results, paths[2])
@@ -275,8 +297,12 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, nargs="+", default=[1])
     parser.add_argument("--cases", type=int, nargs="+", default=list(range(len(CASES))), help="indices into CASES")
-    parser.add_argument("--out", type=Path, default=RESULTS,
-                        help="folder for the .md/.json/.png (default: benchmarks/results under the current directory)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS,
+        help="folder for the .md/.json/.png (default: benchmarks/results under the current directory)",
+    )
     args = parser.parse_args(argv)
     rounds = 3 if args.quick else args.rounds
     if rounds < 1 or any(t < 1 for t in args.threads):

@@ -52,7 +52,6 @@ def copy_bandwidth(gib: float = 4.0) -> float:
     src = torch.empty(int(gib * 2**30), dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     ms = cuda_time(lambda: dst.copy_(src), iters=10)
-    del src, dst
     return 2 * gib * 2**30 / (ms * 1e-3) / 1e9
 
 
@@ -117,9 +116,9 @@ def main() -> None:
         a = torch.randn(T * k, H, device="cuda", dtype=torch.bfloat16)  # same FLOPs as the active experts
         b = torch.randn(H, 3 * I, device="cuda", dtype=torch.bfloat16)
         with torch.no_grad():
-            ours_ms = cuda_time(lambda: block(x))
-            dense_ms = cuda_time(lambda: a @ b)
-            hf_ms = cuda_time(lambda: hf(x)) if hf is not None else None
+            ours_ms = cuda_time(lambda x=x: block(x))
+            dense_ms = cuda_time(lambda a=a, b=b: a @ b)
+            hf_ms = cuda_time(lambda x=x: hf(x)) if hf is not None else None
             active = block.route(x)[2].unique().numel()
         flops = 6 * T * k * H * I
         tflops = flops / (ours_ms * 1e-3) / 1e12

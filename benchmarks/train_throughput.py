@@ -89,7 +89,7 @@ def bench(preset: str, batch: int, seq: int, rounds: int, steps: int, warmup: in
         out[f"tps_ours_{clock}"] = tokens / statistics.median(mine)
         out[f"tps_hf_{clock}"] = tokens / statistics.median(theirs)
         out[f"ratio_{clock}"] = out[f"tps_ours_{clock}"] / out[f"tps_hf_{clock}"]
-        out[f"ratio_per_round_{clock}"] = [b / a for a, b in zip(mine, theirs)]
+        out[f"ratio_per_round_{clock}"] = [b / a for a, b in zip(mine, theirs, strict=False)]
     return out
 
 
@@ -108,11 +108,14 @@ def breakdown(preset: str, batch: int, seq: int, rounds: int = 3) -> dict[str, f
         "AdamW update": lambda: opt.step(),
         "step (all)": lambda: full(),
         "lm_head + cross-entropy": lambda: torch.nn.functional.cross_entropy(
-            ours.lm_head(x).flatten(0, 1), ids.flatten()).backward(),
-        f"attention x {L} (norm, q/k/v/o, RoPE, SDPA)": lambda: layer.self_attn(
-            layer.input_layernorm(x), cos, sin, None)[0].sum().backward(),
-        f"MoE block x {L} (norm, router, experts)": lambda: layer.mlp(
-            layer.post_attention_layernorm(x))[0].sum().backward(),
+            ours.lm_head(x).flatten(0, 1), ids.flatten()
+        ).backward(),
+        f"attention x {L} (norm, q/k/v/o, RoPE, SDPA)": lambda: (
+            layer.self_attn(layer.input_layernorm(x), cos, sin, None)[0].sum().backward()
+        ),
+        f"MoE block x {L} (norm, router, experts)": lambda: (
+            layer.mlp(layer.post_attention_layernorm(x))[0].sum().backward()
+        ),
     }
     for p in ours.parameters():
         p.grad = torch.zeros_like(p)
@@ -153,8 +156,14 @@ def write_markdown(results: list[dict], path: Path, threads: int) -> None:
     for r in results:
         if r.get("breakdown"):
             total = r["breakdown"]["step (all)"]
-            lines += ["", f"Where moe_edu's step goes ({r['preset']}, B x T = {r['batch']} x {r['seq']}, CPU seconds, "
-                      "parts timed separately):", "", "| part | seconds | share of step |", "|---|---|---|"]
+            lines += [
+                "",
+                f"Where moe_edu's step goes ({r['preset']}, B x T = {r['batch']} x {r['seq']}, CPU seconds, "
+                "parts timed separately):",
+                "",
+                "| part | seconds | share of step |",
+                "|---|---|---|",
+            ]
             lines += [f"| {k} | {v:.3f} | {v / total:.0%} |" for k, v in r["breakdown"].items() if k != "step (all)"]
             lines.append(f"| whole step | {total:.3f} | 100% |")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,9 +186,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = []
     for preset in args.preset or ["tiny", "small"]:
         r = bench(preset, args.batch, args.seq, args.rounds, args.steps, args.warmup)
-        print(f"{preset:>6}  B={r['batch']} T={r['seq']}  moe_edu {r['tps_ours_wall']:9.0f} tok/s  "
-              f"transformers {r['tps_hf_wall']:9.0f} tok/s  ratio {r['ratio_wall']:.2f}x wall, "
-              f"{r['ratio_cpu']:.2f}x per CPU second  (logit err {r['logits_err']:.1e})", flush=True)
+        print(
+            f"{preset:>6}  B={r['batch']} T={r['seq']}  moe_edu {r['tps_ours_wall']:9.0f} tok/s  "
+            f"transformers {r['tps_hf_wall']:9.0f} tok/s  ratio {r['ratio_wall']:.2f}x wall, "
+            f"{r['ratio_cpu']:.2f}x per CPU second  (logit err {r['logits_err']:.1e})",
+            flush=True,
+        )
         if args.breakdown:
             r["breakdown"] = breakdown(preset, args.batch, args.seq)
             print("   " + ", ".join(f"{k}: {v:.3f}s" for k, v in r["breakdown"].items()), flush=True)

@@ -75,8 +75,16 @@ def rounded(t: torch.Tensor, digits: int = 4) -> list:
 
 
 def _curve(log: list[dict], offset: int = 0) -> list[dict]:
-    return [{"step": e["step"] + offset, "train_ce": round(e["ce"], 4), "eval_ce": round(e["eval_ce"], 4),
-             "imbalance": round(e["imbalance"], 3)} for e in log if "eval_ce" in e]
+    return [
+        {
+            "step": e["step"] + offset,
+            "train_ce": round(e["ce"], 4),
+            "eval_ce": round(e["eval_ce"], 4),
+            "imbalance": round(e["imbalance"], 3),
+        }
+        for e in log
+        if "eval_ce" in e
+    ]
 
 
 def upcycling(data: Data, vocab_size: int, dense_steps: int, more_steps: int, every: int, seed: int = 0) -> dict:
@@ -86,10 +94,16 @@ def upcycling(data: Data, vocab_size: int, dense_steps: int, more_steps: int, ev
     ev = lambda m: lambda: eval_loss(m, data.held_mixed)  # noqa: E731
     torch.manual_seed(seed)
     dense = MixtralForCausalLM(dense_config(moe_cfg))
-    dense_log = train_steps(dense, data.sampler(data.train, seed), dense_steps, lr=5e-3, warmup=10,
-                            evaluate=ev(dense), **opts)
-    upcycled = upcycle_model(dense, moe_cfg.num_local_experts, moe_cfg.num_experts_per_tok, seed=seed,
-                             aux_loss_coef=moe_cfg.router_aux_loss_coef)
+    dense_log = train_steps(
+        dense, data.sampler(data.train, seed), dense_steps, lr=5e-3, warmup=10, evaluate=ev(dense), **opts
+    )
+    upcycled = upcycle_model(
+        dense,
+        moe_cfg.num_local_experts,
+        moe_cfg.num_experts_per_tok,
+        seed=seed,
+        aux_loss_coef=moe_cfg.router_aux_loss_coef,
+    )
     ids = data.held_mixed[0]
     with torch.no_grad():
         step0 = float((upcycled.eval()(ids).logits - dense.eval()(ids).logits).abs().max())
@@ -103,28 +117,54 @@ def upcycling(data: Data, vocab_size: int, dense_steps: int, more_steps: int, ev
                 mean = sum(expert_spread(layer.mlp) for layer in layers) / len(layers)
                 spread.append({"step": dense_steps + step, "spread": round(mean, 5)})
             return sample(step)
+
         return next_batch
 
-    up_log = train_steps(upcycled, spread_sampler(upcycled, data.sampler(data.train, seed + 1)), more_steps,
-                         evaluate=ev(upcycled), **more)
+    up_log = train_steps(
+        upcycled,
+        spread_sampler(upcycled, data.sampler(data.train, seed + 1)),
+        more_steps,
+        evaluate=ev(upcycled),
+        **more,
+    )
     cont = MixtralForCausalLM(dense.config)
     cont.load_state_dict(dense.state_dict())
     cont_log = train_steps(cont, data.sampler(data.train, seed + 1), more_steps, evaluate=ev(cont), **more)
     torch.manual_seed(seed)
     scratch = MixtralForCausalLM(moe_cfg)
-    scratch_log = train_steps(scratch, data.sampler(data.train, seed), dense_steps + more_steps, lr=5e-3, warmup=10,
-                              evaluate=ev(scratch), **opts)
+    scratch_log = train_steps(
+        scratch,
+        data.sampler(data.train, seed),
+        dense_steps + more_steps,
+        lr=5e-3,
+        warmup=10,
+        evaluate=ev(scratch),
+        **opts,
+    )
     return {
-        "settings": {"dense_steps": dense_steps, "more_steps": more_steps, "batch": [BATCH, SEQ],
-                     "aux_loss_coef": moe_cfg.router_aux_loss_coef, "lr_pretrain": 5e-3, "lr_continue": 2e-3},
+        "settings": {
+            "dense_steps": dense_steps,
+            "more_steps": more_steps,
+            "batch": [BATCH, SEQ],
+            "aux_loss_coef": moe_cfg.router_aux_loss_coef,
+            "lr_pretrain": 5e-3,
+            "lr_continue": 2e-3,
+        },
         "active_params": {"dense": count_parameters(dense.config).active, "moe": count_parameters(moe_cfg).active},
         "total_params": {"dense": count_parameters(dense.config).total, "moe": count_parameters(moe_cfg).total},
         "step0_max_abs_logit_diff": step0,
-        "curves": {"dense_pretrain": _curve(dense_log), "dense_continued": _curve(cont_log, dense_steps),
-                   "upcycled": _curve(up_log, dense_steps), "moe_scratch": _curve(scratch_log)},
+        "curves": {
+            "dense_pretrain": _curve(dense_log),
+            "dense_continued": _curve(cont_log, dense_steps),
+            "upcycled": _curve(up_log, dense_steps),
+            "moe_scratch": _curve(scratch_log),
+        },
         "expert_spread": spread,
-        "final_domain_ce": {"dense_continued": data.domain_losses(cont), "upcycled": data.domain_losses(upcycled),
-                            "moe_scratch": data.domain_losses(scratch)},
+        "final_domain_ce": {
+            "dense_continued": data.domain_losses(cont),
+            "upcycled": data.domain_losses(upcycled),
+            "moe_scratch": data.domain_losses(scratch),
+        },
     }
 
 
@@ -136,11 +176,22 @@ def finetuning(data: Data, target: str, steps: int, lr: float, seed: int = 0) ->
     for regime in REGIMES:
         for aux in (model.config.router_aux_loss_coef, 0.0):
             torch.manual_seed(seed)
-            tuned, log = finetune(model, data.sampler(data.domain_train[target], seed), steps, regime=regime,
-                                  aux_loss_coef=aux, lr=lr, warmup=3)
-            runs[f"{regime}, aux {aux:g}"] = {"regime": regime, "aux_loss_coef": aux, "ce": data.domain_losses(tuned),
-                                             "load": data.domain_loads(tuned),
-                                             "train_ce": [round(e["ce"], 4) for e in log]}
+            tuned, log = finetune(
+                model,
+                data.sampler(data.domain_train[target], seed),
+                steps,
+                regime=regime,
+                aux_loss_coef=aux,
+                lr=lr,
+                warmup=3,
+            )
+            runs[f"{regime}, aux {aux:g}"] = {
+                "regime": regime,
+                "aux_loss_coef": aux,
+                "ce": data.domain_losses(tuned),
+                "load": data.domain_loads(tuned),
+                "train_ce": [round(e["ce"], 4) for e in log],
+            }
     return {"target": target, "steps": steps, "lr": lr, "batch": [BATCH, SEQ], "before": before, "runs": runs}
 
 
@@ -156,14 +207,20 @@ def pruning(data: Data, random_seeds: int = 3) -> dict:
 
     def rerouted(removed: list[int]) -> dict[str, float]:
         """Share of each domain's assignments that went to a removed expert (mean over layers)."""
-        return {d: round(float(sum(u[l, e] for l, e in enumerate(removed)) / len(removed)), 4)
-                for d, u in domain_usage.items()}
+        return {
+            d: round(float(sum(u[l, e] for l, e in enumerate(removed)) / len(removed)), 4)
+            for d, u in domain_usage.items()
+        }
 
-    methods = {"original": {"removed": [], "ce": data.domain_losses(model)},
-               "least used dropped": {"removed": least_used(usage)},
-               "most similar merged": {"removed": [j for _, j in pairs], "pairs": [list(p) for p in pairs],
-                                       "similarity": [round(float(s[i, j]), 4)
-                                                      for s, (i, j) in zip(sims, pairs, strict=True)]}}
+    methods = {
+        "original": {"removed": [], "ce": data.domain_losses(model)},
+        "least used dropped": {"removed": least_used(usage)},
+        "most similar merged": {
+            "removed": [j for _, j in pairs],
+            "pairs": [list(p) for p in pairs],
+            "similarity": [round(float(s[i, j]), 4) for s, (i, j) in zip(sims, pairs, strict=True)],
+        },
+    }
     least = methods["least used dropped"]
     least["ce"] = data.domain_losses(prune_experts(model, least["removed"]))
     methods["most similar merged"]["ce"] = data.domain_losses(merge_experts(model, pairs, usage))
@@ -173,21 +230,39 @@ def pruning(data: Data, random_seeds: int = 3) -> dict:
     for name, m in methods.items():
         if name != "original":
             m["rerouted"] = rerouted(m["removed"])
-    return {"usage": rounded(usage), "mean_similarity": round(float(torch.stack(
-        [s[~torch.eye(len(s), dtype=torch.bool)].mean() for s in sims]).mean()), 4), "methods": methods}
+    return {
+        "usage": rounded(usage),
+        "mean_similarity": round(
+            float(torch.stack([s[~torch.eye(len(s), dtype=torch.bool)].mean() for s in sims]).mean()), 4
+        ),
+        "methods": methods,
+    }
 
 
-def run(dense_steps: int = 150, more_steps: int = 150, every: int = 25, target: str = "italian",
-        ft_steps: int = 40, ft_lr: float = 1e-3, seed: int = 0, command: str | None = None) -> dict:
+def run(
+    dense_steps: int = 150,
+    more_steps: int = 150,
+    every: int = 25,
+    target: str = "italian",
+    ft_steps: int = 40,
+    ft_lr: float = 1e-3,
+    seed: int = 0,
+    command: str | None = None,
+) -> dict:
     start = time.perf_counter()
     model, tokenizer = load_pretrained()
     data = Data(tokenizer, seed)
-    out = {"command": command, "torch": torch.__version__, "python": platform.python_version(),
-           "threads": torch.get_num_threads()}
-    for name, fn in (("pruning", lambda: pruning(data)),
-                     ("finetuning", lambda: finetuning(data, target, ft_steps, ft_lr, seed)),
-                     ("upcycling",
-                      lambda: upcycling(data, tokenizer.vocab_size, dense_steps, more_steps, every, seed))):
+    out = {
+        "command": command,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+    }
+    for name, fn in (
+        ("pruning", lambda: pruning(data)),
+        ("finetuning", lambda: finetuning(data, target, ft_steps, ft_lr, seed)),
+        ("upcycling", lambda: upcycling(data, tokenizer.vocab_size, dense_steps, more_steps, every, seed)),
+    ):
         t = time.perf_counter()
         out[name] = fn()
         out[name]["wall_seconds"] = round(time.perf_counter() - t, 1)
@@ -197,8 +272,11 @@ def run(dense_steps: int = 150, more_steps: int = 150, every: int = 25, target: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m moe_edu.adapt_experiments", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m moe_edu.adapt_experiments",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--dense-steps", type=int, default=150)
     p.add_argument("--more-steps", type=int, default=150)

@@ -13,8 +13,8 @@ Notebook 08 runs all of this on the shipped tiny model; the exercise `ex08` re-d
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from math import comb
-from typing import Iterable, Mapping, Sequence
 
 import torch
 
@@ -37,8 +37,10 @@ def random_topk_overlap_rate(num_experts: int, top_k: int) -> float:
 # ------------------------------------------------------------ per-sequence stats
 def _check_chosen(chosen: torch.Tensor) -> None:
     if not isinstance(chosen, torch.Tensor) or chosen.dim() != 2 or chosen.is_floating_point():
-        raise ValueError(f"chosen must be an integer tensor of shape (tokens, k) ordered by expert rank, "
-                         f"got {getattr(chosen, 'shape', type(chosen).__name__)}")
+        raise ValueError(
+            f"chosen must be an integer tensor of shape (tokens, k) ordered by expert rank, "
+            f"got {getattr(chosen, 'shape', type(chosen).__name__)}"
+        )
 
 
 def repetition_counts(chosen: torch.Tensor) -> tuple[int, int, int]:
@@ -99,8 +101,9 @@ def route(model, input_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
     return torch.topk(logits.float(), k, dim=-1).indices.cpu()  # (L, T, k); softmax keeps the order
 
 
-def route_domains(model, tokenizer, docs_by_domain: Mapping[str, Sequence], max_tokens: int = 2000,
-                  max_len: int | None = None) -> dict[str, list[torch.Tensor]]:
+def route_domains(
+    model, tokenizer, docs_by_domain: Mapping[str, Sequence], max_tokens: int = 2000, max_len: int | None = None
+) -> dict[str, list[torch.Tensor]]:
     """Route up to `max_tokens` held-out tokens per domain, document by document.
 
     docs_by_domain: domain -> documents (objects with `.text`, or strings). Each document is
@@ -127,8 +130,9 @@ def load_by_domain(routed: Mapping[str, list[torch.Tensor]], num_experts: int) -
     result = {}
     for domain, seqs in routed.items():
         layers = seqs[0].shape[0]
-        result[domain] = torch.stack([load_share(torch.cat([s[l] for s in seqs]), num_experts)
-                                      for l in range(layers)])  # (L, E)
+        result[domain] = torch.stack(
+            [load_share(torch.cat([s[l] for s in seqs]), num_experts) for l in range(layers)]
+        )  # (L, E)
     return result
 
 
@@ -137,8 +141,9 @@ def repetition_by_domain(routed: Mapping[str, list[torch.Tensor]]) -> dict[str, 
     result = {}
     for domain, seqs in routed.items():
         layers = seqs[0].shape[0]
-        result[domain] = torch.tensor([repetition_rates(s[l] for s in seqs) for l in range(layers)],
-                                      dtype=torch.float64)  # (L, 2)
+        result[domain] = torch.tensor(
+            [repetition_rates(s[l] for s in seqs) for l in range(layers)], dtype=torch.float64
+        )  # (L, 2)
     return result
 
 

@@ -40,7 +40,11 @@ def attention_mask(
 class Attention(nn.Module):
     def __init__(self, config: MixtralConfig) -> None:
         super().__init__()
-        self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim_
+        self.heads, self.kv_heads, self.head_dim = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim_,
+        )
         H = config.hidden_size
         self.q_proj = nn.Linear(H, self.heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(H, self.kv_heads * self.head_dim, bias=False)
@@ -48,8 +52,14 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.heads * self.head_dim, H, bias=False)
         self.dropout = config.attention_dropout
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
-                cache: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, tuple]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple]:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, nh, T, D)
         k = self.k_proj(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, D)
@@ -59,8 +69,13 @@ class Attention(nn.Module):
             k = torch.cat([cache[0], k], dim=2)  # (B, nkv, S, D)
             v = torch.cat([cache[1], v], dim=2)  # (B, nkv, S, D)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-            dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.kv_heads != self.heads,
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=mask is None and T > 1,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.kv_heads != self.heads,
         )  # (B, nh, T, D)
         out = out.transpose(1, 2).reshape(B, T, self.heads * self.head_dim)  # (B, T, nh*D)
         return self.o_proj(out), (k, v)  # (B, T, H)

@@ -19,8 +19,10 @@ def load(root: Path | None = None) -> ModuleType:
     """Import `benchmarks/cpu_dispatch.py` under `root` (default: the working directory)."""
     path = (root or Path.cwd()) / SCRIPT
     if not path.is_file():
-        raise SystemExit(f"python -m moe_edu.bench runs {SCRIPT} of a moe_edu checkout; "
-                         f"{path} does not exist: run it from the repository root")
+        raise SystemExit(
+            f"python -m moe_edu.bench runs {SCRIPT} of a moe_edu checkout; "
+            f"{path} does not exist: run it from the repository root"
+        )
     spec = importlib.util.spec_from_file_location("cpu_dispatch", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the file runs

@@ -62,8 +62,9 @@ def queue_positions(chosen: torch.Tensor, num_experts: int, active: torch.Tensor
     return position
 
 
-def keep_within_capacity(chosen: torch.Tensor, num_experts: int, capacity: int,
-                         active: torch.Tensor | None = None) -> torch.Tensor:
+def keep_within_capacity(
+    chosen: torch.Tensor, num_experts: int, capacity: int, active: torch.Tensor | None = None
+) -> torch.Tensor:
     """(T, k) bool: assignments that fit in their expert's buffer of `capacity` rows."""
     if chosen.dim() != 2:
         raise ValueError(f"chosen must be (tokens, k), got shape {tuple(chosen.shape)}")
@@ -115,6 +116,14 @@ def capacity_dispatch(
     return CapacityDispatch(dispatch_kept(x, experts, weights, chosen, kept), kept, C)
 
 
-__all__ = ["CapacityDispatch", "CapacityRouter", "capacity_dispatch", "check_capacity_factor", "dispatch_assignments",
-           "dispatch_kept",
-           "expert_capacity", "keep_within_capacity", "queue_positions"]
+__all__ = [
+    "CapacityDispatch",
+    "CapacityRouter",
+    "capacity_dispatch",
+    "check_capacity_factor",
+    "dispatch_assignments",
+    "dispatch_kept",
+    "expert_capacity",
+    "keep_within_capacity",
+    "queue_positions",
+]

@@ -120,13 +120,15 @@ def choose_path(x: torch.Tensor, experts: Experts) -> str:
     if x.device.type == "cpu" and not grad:
         return "decode" if x.shape[0] <= DECODE_MAX_TOKENS else "per_expert"
     down = experts.down_proj  # (E, H, I): its rows stand in for the (N, I) intermediate in the check
-    kernel = (grouped_mm_kernel_available(x, experts.gate_up_proj.mT)
-              and grouped_mm_kernel_available(down[0], down.mT))  # both projections must qualify
+    kernel = grouped_mm_kernel_available(x, experts.gate_up_proj.mT) and grouped_mm_kernel_available(
+        down[0], down.mT
+    )  # both projections must qualify
     return "kernel" if kernel else "loop"
 
 
-def grouped_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor,
-                     expert_ids: torch.Tensor) -> torch.Tensor:
+def grouped_dispatch(
+    x: torch.Tensor, experts: Experts, weights: torch.Tensor, expert_ids: torch.Tensor
+) -> torch.Tensor:
     """Sort assignments by expert, run each expert on its contiguous rows, un-sort, weighted sum over k.
 
     On CUDA bf16 this is two `grouped_mm` kernels and no host sync; elsewhere one
@@ -160,8 +162,14 @@ def get_dispatch(dispatch: str | Dispatch) -> Dispatch:
         raise ValueError(f"unknown dispatch {dispatch!r}; choose one of {sorted(DISPATCHES)}") from None
 
 
-def dispatch_assignments(x: torch.Tensor, experts: Experts, token: torch.Tensor, expert_ids: torch.Tensor,
-                         weights: torch.Tensor, dispatch: str | Dispatch = "grouped") -> torch.Tensor:
+def dispatch_assignments(
+    x: torch.Tensor,
+    experts: Experts,
+    token: torch.Tensor,
+    expert_ids: torch.Tensor,
+    weights: torch.Tensor,
+    dispatch: str | Dispatch = "grouped",
+) -> torch.Tensor:
     """Run a flat list of A (token, expert, weight) assignments: y[t] = sum weight * expert(x[t]).
 
     x (T, H); token, expert_ids, weights (A,). Each assignment becomes one row with k = 1 for
@@ -171,8 +179,14 @@ def dispatch_assignments(x: torch.Tensor, experts: Experts, token: torch.Tensor,
     return torch.zeros_like(x).index_add_(0, token, rows.to(x.dtype))  # (T, H)
 
 
-def dispatch_kept(x: torch.Tensor, experts: Experts, weights: torch.Tensor, expert_ids: torch.Tensor,
-                  keep: torch.Tensor, dispatch: str | Dispatch = "grouped") -> torch.Tensor:
+def dispatch_kept(
+    x: torch.Tensor,
+    experts: Experts,
+    weights: torch.Tensor,
+    expert_ids: torch.Tensor,
+    keep: torch.Tensor,
+    dispatch: str | Dispatch = "grouped",
+) -> torch.Tensor:
     """`dispatch` restricted to the kept assignments (keep (T, k) bool): dropped ones cost nothing and add nothing.
 
     A token with no kept assignment gets 0 (only the residual carries it).

@@ -25,8 +25,11 @@ class Experts(nn.Module):
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
         super().__init__()
-        for name, value in (("num_experts", num_experts), ("hidden_size", hidden_size),
-                            ("intermediate_size", intermediate_size)):
+        for name, value in (
+            ("num_experts", num_experts),
+            ("hidden_size", hidden_size),
+            ("intermediate_size", intermediate_size),
+        ):
             positive_int(f"Experts: {name}", value)
         self.num_experts, self.hidden_size, self.intermediate_size = num_experts, hidden_size, intermediate_size
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))  # (E, 2I, H)
@@ -50,8 +53,9 @@ class Experts(nn.Module):
         gate, up = F.linear(x, self.gate_up_proj[e]).chunk(2, dim=-1)  # (N, I), (N, I)
         return F.linear(F.silu(gate) * up, self.down_proj[e])  # (N, H)
 
-    def grouped(self, xs: torch.Tensor, counts: torch.Tensor, sizes: list[int] | None = None,
-                path: str | None = None) -> torch.Tensor:
+    def grouped(
+        self, xs: torch.Tensor, counts: torch.Tensor, sizes: list[int] | None = None, path: str | None = None
+    ) -> torch.Tensor:
         """All experts on expert-sorted rows: xs (N, H) holds `counts[e]` (E,) rows for expert e -> (N, H).
 
         `path` is what `moe_edu.dispatch.choose_path` decided: "kernel" or "loop" run two

@@ -48,9 +48,16 @@ def apply_regime(model: torch.nn.Module, regime: str) -> dict[str, int]:
     return counts
 
 
-def finetune(model: MixtralForCausalLM, next_batch: Callable[[int], torch.Tensor], steps: int, *,
-             regime: str = "everything", aux_loss_coef: float | None = None, lr: float = 1e-3,
-             **train_options) -> tuple[MixtralForCausalLM, list[dict]]:
+def finetune(
+    model: MixtralForCausalLM,
+    next_batch: Callable[[int], torch.Tensor],
+    steps: int,
+    *,
+    regime: str = "everything",
+    aux_loss_coef: float | None = None,
+    lr: float = 1e-3,
+    **train_options,
+) -> tuple[MixtralForCausalLM, list[dict]]:
     """Fine-tune a deep copy of `model` (the original is untouched); returns (tuned model, log).
 
     aux_loss_coef: the router_aux_loss_coef during fine-tuning (None keeps the model's; 0 = off).

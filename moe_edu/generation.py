@@ -8,9 +8,16 @@ from .validation import finite_float, nonnegative_int, optional_positive_int
 
 
 @torch.no_grad()
-def generate(model, input_ids: torch.Tensor, max_new_tokens: int = 32, *, temperature: float = 0.0,
-             top_k: int | None = None, eos_token_id: int | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+def generate(
+    model,
+    input_ids: torch.Tensor,
+    max_new_tokens: int = 32,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    eos_token_id: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """input_ids (B, T) -> (B, T + n). temperature 0 = greedy; stops early when all rows hit eos.
 
     Non-finite logits (a diverged model) raise instead of silently emitting token 0; the
@@ -23,8 +30,9 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int = 32, *, temper
         nonnegative_int("eos_token_id", eos_token_id, maximum=model.config.vocab_size - 1)
     limit = model.config.max_position_embeddings
     if input_ids.dim() == 2 and input_ids.shape[1] + max_new_tokens > limit:
-        raise ValueError(f"prompt + max_new_tokens = {input_ids.shape[1] + max_new_tokens} exceeds "
-                         f"max_position_embeddings={limit}")
+        raise ValueError(
+            f"prompt + max_new_tokens = {input_ids.shape[1] + max_new_tokens} exceeds max_position_embeddings={limit}"
+        )
     was_training = model.training
     model.eval()
     try:
@@ -41,8 +49,10 @@ def _decode(model, input_ids, max_new_tokens, temperature, top_k, eos_token_id, 
         cache = res.past_key_values
         logits = res.logits[:, -1, :].float()  # (B, V)
         if not bool(torch.isfinite(logits).all()):
-            raise ValueError(f"generate: the model produced non-finite logits at new token {i} "
-                             "(NaN/inf weights or activations); no token can be chosen")
+            raise ValueError(
+                f"generate: the model produced non-finite logits at new token {i} "
+                "(NaN/inf weights or activations); no token can be chosen"
+            )
         if temperature == 0:
             nxt = logits.argmax(-1)  # (B,)
         else:

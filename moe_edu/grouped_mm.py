@@ -30,8 +30,12 @@ def grouped_mm_kernel_available(x: torch.Tensor, w: torch.Tensor) -> bool:
         return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0)
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16):
         size = x.element_size()
-        return (x.shape[-1] * size % 16 == 0 and w.shape[-1] * size % 16 == 0
-                and x.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0)
+        return (
+            x.shape[-1] * size % 16 == 0
+            and w.shape[-1] * size % 16 == 0
+            and x.data_ptr() % 16 == 0
+            and w.data_ptr() % 16 == 0
+        )
     return False
 
 
@@ -68,8 +72,14 @@ class _LoopGroupedMM(torch.autograd.Function):
         return gx, gw, None
 
 
-def grouped_matmul(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor,
-                   sizes: list[int] | None = None, *, kernel: bool | None = None) -> torch.Tensor:
+def grouped_matmul(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    counts: torch.Tensor,
+    sizes: list[int] | None = None,
+    *,
+    kernel: bool | None = None,
+) -> torch.Tensor:
     """x (N, K) sorted into G row blocks of `counts` (G,) rows; w (G, K, M) -> (N, M).
 
     `sizes` is `counts.tolist()` when the caller already has it (the loop needs host

@@ -23,8 +23,19 @@ from torch import nn
 
 from .loading import StateDictError, check_and_load
 
-__all__ = ["LAYOUTS", "StateDictError", "block_to_v5", "check_and_load", "detect_layout", "export_block_state",
-           "load_block_state", "model_from_v5", "model_to_v5", "split_moe_blocks", "v5_to_layout"]
+__all__ = [
+    "LAYOUTS",
+    "StateDictError",
+    "block_to_v5",
+    "check_and_load",
+    "detect_layout",
+    "export_block_state",
+    "load_block_state",
+    "model_from_v5",
+    "model_to_v5",
+    "split_moe_blocks",
+    "v5_to_layout",
+]
 
 LAYOUTS = ("v5", "v4", "mistral")
 _MISTRAL_PREFIX = "feed_forward."
@@ -46,7 +57,7 @@ def block_to_v5(sd: Mapping[str, torch.Tensor], num_experts: int) -> dict[str, t
     if layout == "v5":
         return dict(sd)
     if layout == "mistral":
-        sd = {k[len(_MISTRAL_PREFIX):] if k.startswith(_MISTRAL_PREFIX) else k: v for k, v in sd.items()}
+        sd = {k[len(_MISTRAL_PREFIX) :] if k.startswith(_MISTRAL_PREFIX) else k: v for k, v in sd.items()}
     out = {k: v for k, v in sd.items() if not re.match(r"experts\.\d+\.w[123]\.weight$", k)}
     names = [f"experts.{j}.w{n}.weight" for j in range(num_experts) for n in (1, 2, 3)]
     missing = [n for n in names if n not in sd]
@@ -58,11 +69,16 @@ def block_to_v5(sd: Mapping[str, torch.Tensor], num_experts: int) -> dict[str, t
     w2 = [sd[f"experts.{j}.w2.weight"] for j in range(num_experts)]
     shapes = {tuple(t.shape) for t in w1 + w3}
     if len(shapes) != 1 or len({tuple(t.shape) for t in w2}) != 1:
-        bad = [(f"experts.{j}.w{n}.weight", w1[0].shape if n != 2 else w2[0].shape, t.shape)
-               for j in range(num_experts) for n, t in ((1, w1[j]), (3, w3[j]), (2, w2[j]))
-               if t.shape != (w2[0].shape if n == 2 else w1[0].shape)]
+        bad = [
+            (f"experts.{j}.w{n}.weight", w1[0].shape if n != 2 else w2[0].shape, t.shape)
+            for j in range(num_experts)
+            for n, t in ((1, w1[j]), (3, w3[j]), (2, w2[j]))
+            if t.shape != (w2[0].shape if n == 2 else w1[0].shape)
+        ]
         raise StateDictError(f"a {layout} MoE block", mismatched=bad)
-    out["experts.gate_up_proj"] = torch.stack([torch.cat([a, b], dim=0) for a, b in zip(w1, w3)])  # (E, 2I, H)
+    out["experts.gate_up_proj"] = torch.stack(
+        [torch.cat([a, b], dim=0) for a, b in zip(w1, w3, strict=False)]
+    )  # (E, 2I, H)
     out["experts.down_proj"] = torch.stack(w2)  # (E, H, I)
     return out
 
@@ -89,7 +105,7 @@ def load_block_state(block: nn.Module, sd: Mapping[str, torch.Tensor], *, prefix
     if not isinstance(sd, Mapping):
         raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(sd).__name__}")
     if prefix:
-        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
         if not sd:
             raise StateDictError(f"a MoE block: no key starts with prefix {prefix!r}", missing=["gate.weight"])
     v5 = block_to_v5(sd, block.num_experts)
@@ -110,17 +126,25 @@ def _unpermute_rotary(w: torch.Tensor, heads: int) -> torch.Tensor:
 
 def _mistral_model_key(key: str, sd: Mapping[str, torch.Tensor], config) -> tuple[str, torch.Tensor]:
     tensor = sd[key]
-    simple = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-              "output.weight": "lm_head.weight"}
+    simple = {
+        "tok_embeddings.weight": "model.embed_tokens.weight",
+        "norm.weight": "model.norm.weight",
+        "output.weight": "lm_head.weight",
+    }
     if key in simple:
         return simple[key], tensor
     m = re.match(r"layers\.(\d+)\.(.+)$", key)
     if not m:
         return key, tensor
     i, rest = m.groups()
-    attn = {"attention.wq.weight": "self_attn.q_proj.weight", "attention.wk.weight": "self_attn.k_proj.weight",
-            "attention.wv.weight": "self_attn.v_proj.weight", "attention.wo.weight": "self_attn.o_proj.weight",
-            "attention_norm.weight": "input_layernorm.weight", "ffn_norm.weight": "post_attention_layernorm.weight"}
+    attn = {
+        "attention.wq.weight": "self_attn.q_proj.weight",
+        "attention.wk.weight": "self_attn.k_proj.weight",
+        "attention.wv.weight": "self_attn.v_proj.weight",
+        "attention.wo.weight": "self_attn.o_proj.weight",
+        "attention_norm.weight": "input_layernorm.weight",
+        "ffn_norm.weight": "post_attention_layernorm.weight",
+    }
     if rest == "attention.wq.weight" and tensor.dim() == 2:
         tensor = _unpermute_rotary(tensor, config.num_attention_heads)
     elif rest == "attention.wk.weight" and tensor.dim() == 2:
@@ -128,7 +152,7 @@ def _mistral_model_key(key: str, sd: Mapping[str, torch.Tensor], config) -> tupl
     if rest in attn:
         return f"model.layers.{i}.{attn[rest]}", tensor
     if rest.startswith(_MISTRAL_PREFIX):
-        return f"model.layers.{i}.mlp.{rest[len(_MISTRAL_PREFIX):]}", tensor
+        return f"model.layers.{i}.mlp.{rest[len(_MISTRAL_PREFIX) :]}", tensor
     return key, tensor
 
 
@@ -182,11 +206,19 @@ def model_from_v5(sd: Mapping[str, torch.Tensor], config, layout: str = "v5") ->
         out.update({prefix + "block_sparse_moe." + k: v for k, v in v5_to_layout(block, "v4").items()})
     if layout == "v4":
         return out
-    simple = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight",
-              "lm_head.weight": "output.weight"}
-    attn = {"self_attn.q_proj.weight": "attention.wq.weight", "self_attn.k_proj.weight": "attention.wk.weight",
-            "self_attn.v_proj.weight": "attention.wv.weight", "self_attn.o_proj.weight": "attention.wo.weight",
-            "input_layernorm.weight": "attention_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight"}
+    simple = {
+        "model.embed_tokens.weight": "tok_embeddings.weight",
+        "model.norm.weight": "norm.weight",
+        "lm_head.weight": "output.weight",
+    }
+    attn = {
+        "self_attn.q_proj.weight": "attention.wq.weight",
+        "self_attn.k_proj.weight": "attention.wk.weight",
+        "self_attn.v_proj.weight": "attention.wv.weight",
+        "self_attn.o_proj.weight": "attention.wo.weight",
+        "input_layernorm.weight": "attention_norm.weight",
+        "post_attention_layernorm.weight": "ffn_norm.weight",
+    }
     mistral: dict[str, torch.Tensor] = {}
     for k, v in out.items():
         m = re.match(r"model\.layers\.(\d+)\.(.+)$", k)
@@ -199,7 +231,7 @@ def model_from_v5(sd: Mapping[str, torch.Tensor], config, layout: str = "v5") ->
                 v = _permute_rotary(v, config.num_key_value_heads)
             mistral[f"layers.{m.group(1)}.{attn[m.group(2)]}"] = v
         elif m and m.group(2).startswith("block_sparse_moe."):
-            mistral[f"layers.{m.group(1)}.{_MISTRAL_PREFIX}{m.group(2)[len('block_sparse_moe.'):]}"] = v
+            mistral[f"layers.{m.group(1)}.{_MISTRAL_PREFIX}{m.group(2)[len('block_sparse_moe.') :]}"] = v
         else:
             mistral[k] = v
     return mistral

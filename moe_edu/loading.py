@@ -97,7 +97,7 @@ def _plan(src: Source, param: str, num_experts: int) -> tuple[Plan | None, list[
         return (([param], 0), []) if param in src.keys else (None, [param])
     prefix, rest = m.groups()
     if rest.startswith("experts."):
-        return _experts_plan(src, prefix, rest[len("experts."):], num_experts)
+        return _experts_plan(src, prefix, rest[len("experts.") :], num_experts)
     for moe in ("mlp.", "block_sparse_moe."):
         if f"{prefix}{moe}{rest}" in src.keys:
             return ([f"{prefix}{moe}{rest}"], 0), []
@@ -124,12 +124,20 @@ def _read(src: Source, plan: Plan, dtype: torch.dtype | None, device) -> torch.T
     out = torch.empty(len(keys) // pieces, pieces * rows, *first.shape[1:], dtype=dtype or first.dtype, device=device)
     for i, key in enumerate(keys):
         j, part = divmod(i, pieces)
-        out[j, part * rows:(part + 1) * rows] = first if i == 0 else src.tensor(key)  # (rows, cols)
+        out[j, part * rows : (part + 1) * rows] = first if i == 0 else src.tensor(key)  # (rows, cols)
     return out
 
 
-def load_into(module: nn.Module, src: Source, what: str, *, prefix: str = "", dtype: torch.dtype | None = None,
-              device: torch.device | str | None = None, strict_prefix: str | None = "") -> None:
+def load_into(
+    module: nn.Module,
+    src: Source,
+    what: str,
+    *,
+    prefix: str = "",
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    strict_prefix: str | None = "",
+) -> None:
     """Fill `module`'s parameters from `src` keys `prefix + name`, checking every key, shape and dtype first.
 
     Meta parameters are replaced (stored dtype unless `dtype`); real ones are copied into in place.

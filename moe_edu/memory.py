@@ -22,8 +22,17 @@ from .accounting import count_parameters
 from .config import MixtralConfig
 
 # bits per stored element, by name; torch dtypes are read from torch
-DTYPE_BITS = {"fp32": 32, "float32": 32, "bf16": 16, "bfloat16": 16, "fp16": 16, "float16": 16,
-              "fp8": 8, "int8": 8, "int4": 4}
+DTYPE_BITS = {
+    "fp32": 32,
+    "float32": 32,
+    "bf16": 16,
+    "bfloat16": 16,
+    "fp16": 16,
+    "float16": 16,
+    "fp8": 8,
+    "int8": 8,
+    "int4": 4,
+}
 
 
 def dtype_bits(dtype: str | torch.dtype | int) -> int:
@@ -69,9 +78,11 @@ class MemoryBudget:
 
     def __str__(self) -> str:
         gib = 2**30
-        return (f"weights {self.weights_total / 1e9:.1f} GB ({self.weights_active / 1e9:.1f} GB active per token), "
-                f"KV cache {self.kv_total / gib:.2f} GiB ({self.kv_per_token:,} B/token x {self.kv_tokens:,} tokens "
-                f"x {self.batch_size}), total {self.total / 1e9:.1f} GB")
+        return (
+            f"weights {self.weights_total / 1e9:.1f} GB ({self.weights_active / 1e9:.1f} GB active per token), "
+            f"KV cache {self.kv_total / gib:.2f} GiB ({self.kv_per_token:,} B/token x {self.kv_tokens:,} tokens "
+            f"x {self.batch_size}), total {self.total / 1e9:.1f} GB"
+        )
 
 
 def kv_bytes_per_token(config: MixtralConfig, kv_dtype: str | torch.dtype | int = torch.bfloat16) -> int:
@@ -80,9 +91,14 @@ def kv_bytes_per_token(config: MixtralConfig, kv_dtype: str | torch.dtype | int 
     return _bytes(2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim_, dtype_bits(kv_dtype))
 
 
-def memory_budget(config: MixtralConfig, *, context_len: int, batch_size: int = 1,
-                  weight_dtype: str | torch.dtype | int = torch.bfloat16,
-                  kv_dtype: str | torch.dtype | int = torch.bfloat16) -> MemoryBudget:
+def memory_budget(
+    config: MixtralConfig,
+    *,
+    context_len: int,
+    batch_size: int = 1,
+    weight_dtype: str | torch.dtype | int = torch.bfloat16,
+    kv_dtype: str | torch.dtype | int = torch.bfloat16,
+) -> MemoryBudget:
     """Weights (total and active per token) and the KV cache of `batch_size` sequences of `context_len`.
 
     The cache is GQA-aware (only `num_key_value_heads` heads are stored) and, when the config
@@ -116,9 +132,13 @@ def kv_cache_bytes(past_key_values: Iterable[tuple[torch.Tensor, torch.Tensor]])
     return total
 
 
-def kv_equals_active_weights(config: MixtralConfig, *, batch_size: int = 1,
-                             weight_dtype: str | torch.dtype | int = torch.bfloat16,
-                             kv_dtype: str | torch.dtype | int = torch.bfloat16) -> int | None:
+def kv_equals_active_weights(
+    config: MixtralConfig,
+    *,
+    batch_size: int = 1,
+    weight_dtype: str | torch.dtype | int = torch.bfloat16,
+    kv_dtype: str | torch.dtype | int = torch.bfloat16,
+) -> int | None:
     """Context length from which the KV cache of `batch_size` sequences outweighs the active weights.
 
     A dense cache grows without bound; with a sliding window it stops at the window, so a

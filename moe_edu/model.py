@@ -105,10 +105,14 @@ class MixtralForCausalLM(nn.Module):
         B, T = input_ids.shape
         past = 0 if not past_key_values else past_key_values[0][0].shape[2]
         if attention_mask is not None and tuple(attention_mask.shape) != (B, past + T):
-            raise ValueError(f"attention_mask must have shape (batch, past + tokens) = {(B, past + T)}, "
-                             f"got {tuple(attention_mask.shape)}")
+            raise ValueError(
+                f"attention_mask must have shape (batch, past + tokens) = {(B, past + T)}, "
+                f"got {tuple(attention_mask.shape)}"
+            )
         if past + T > cfg.max_position_embeddings:
-            raise ValueError(f"sequence of {past + T} tokens exceeds max_position_embeddings={cfg.max_position_embeddings}")
+            raise ValueError(
+                f"sequence of {past + T} tokens exceeds max_position_embeddings={cfg.max_position_embeddings}"
+            )
         x = self.model.embed_tokens(input_ids)  # (B, T, H)
         positions = torch.arange(past, past + T, device=input_ids.device)  # (T,)
         cos, sin = self.model.rotary_emb(positions, x.dtype)  # (T, D), (T, D)
@@ -123,11 +127,15 @@ class MixtralForCausalLM(nn.Module):
         if output_router_logits:
             out.router_logits = tuple(router_logits)
             token_mask = attention_mask if past == 0 else None
-            out.aux_loss = load_balancing_loss(out.router_logits, cfg.num_local_experts, cfg.num_experts_per_tok, token_mask)
+            out.aux_loss = load_balancing_loss(
+                out.router_logits, cfg.num_local_experts, cfg.num_experts_per_tok, token_mask
+            )
             out.z_loss = router_z_loss(out.router_logits)
         if labels is not None:
             shifted = F.pad(labels, (0, 1), value=-100)[:, 1:]  # (B, T): token t predicts t+1
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shifted.reshape(-1).long(), ignore_index=-100)
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), shifted.reshape(-1).long(), ignore_index=-100
+            )
             if output_router_logits:
                 loss = loss + cfg.router_aux_loss_coef * out.aux_loss
                 if cfg.router_z_loss_coef:
@@ -157,7 +165,9 @@ def check_ids(input_ids: torch.Tensor, labels: torch.Tensor | None, vocab_size: 
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
     if input_ids.dtype not in (torch.long, torch.int32):
-        raise TypeError(f"input_ids must be an integer tensor of dtype torch.long (or torch.int32), got {input_ids.dtype}")
+        raise TypeError(
+            f"input_ids must be an integer tensor of dtype torch.long (or torch.int32), got {input_ids.dtype}"
+        )
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must have shape (batch, tokens), got {tuple(input_ids.shape)}")
     if input_ids.numel():
@@ -166,8 +176,10 @@ def check_ids(input_ids: torch.Tensor, labels: torch.Tensor | None, vocab_size: 
             raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got values in [{lo}, {hi}]")
     if labels is not None:
         if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.long, torch.int32):
-            raise TypeError(f"labels must be an integer tensor of dtype torch.long (or torch.int32), "
-                            f"got {getattr(labels, 'dtype', type(labels).__name__)}")
+            raise TypeError(
+                f"labels must be an integer tensor of dtype torch.long (or torch.int32), "
+                f"got {getattr(labels, 'dtype', type(labels).__name__)}"
+            )
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
 

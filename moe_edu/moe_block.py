@@ -35,9 +35,16 @@ class MoEBlock(nn.Module):
 
     input_rank: int | None = 3  # x must be (B, T, H); None accepts (..., H)
 
-    def __init__(self, router: Router, experts: Experts, *, shared: Experts | None = None,
-                 dispatch: str | Dispatch = "grouped", jitter_noise: float = 0.0,
-                 initializer_range: float = 0.02) -> None:
+    def __init__(
+        self,
+        router: Router,
+        experts: Experts,
+        *,
+        shared: Experts | None = None,
+        dispatch: str | Dispatch = "grouped",
+        jitter_noise: float = 0.0,
+        initializer_range: float = 0.02,
+    ) -> None:
         super().__init__()
         get_dispatch(dispatch)  # validate the name now, not at the first forward
         self.gate, self.experts = router, experts
@@ -67,8 +74,10 @@ class MoEBlock(nn.Module):
             raise TypeError(f"{name} expects a floating-point x, got dtype {x.dtype}")
         weight = self.experts.gate_up_proj
         if x.dtype != weight.dtype and weight.device.type != "meta":
-            raise TypeError(f"{name} holds {weight.dtype} weights but x is {x.dtype}: convert one to the other "
-                            f"(e.g. block.to({x.dtype}) or x.to({weight.dtype}))")
+            raise TypeError(
+                f"{name} holds {weight.dtype} weights but x is {x.dtype}: convert one to the other "
+                f"(e.g. block.to({x.dtype}) or x.to({weight.dtype}))"
+            )
         return x.reshape(-1, self.hidden_size)  # (N, H)
 
     def mix(self, flat: torch.Tensor) -> tuple[torch.Tensor, Routing]:
@@ -102,13 +111,29 @@ class MoEBlock(nn.Module):
 class SparseMoeBlock(MoEBlock):
     """Mixtral's sparse MoE block from a config: dropless top-k routing over E SwiGLU experts."""
 
-    def __init__(self, config: MixtralConfig, *, dispatch: str | Dispatch = "grouped", router_fp32: bool = True,
-                 routing_order: str = "softmax_topk") -> None:
-        router = TopKRouter(config.hidden_size, config.num_local_experts, config.num_experts_per_tok,
-                            fp32=router_fp32, order=routing_order)
+    def __init__(
+        self,
+        config: MixtralConfig,
+        *,
+        dispatch: str | Dispatch = "grouped",
+        router_fp32: bool = True,
+        routing_order: str = "softmax_topk",
+    ) -> None:
+        router = TopKRouter(
+            config.hidden_size,
+            config.num_local_experts,
+            config.num_experts_per_tok,
+            fp32=router_fp32,
+            order=routing_order,
+        )
         experts = Experts(config.num_local_experts, config.hidden_size, config.intermediate_size)
-        super().__init__(router, experts, dispatch=dispatch, jitter_noise=config.router_jitter_noise,
-                         initializer_range=config.initializer_range)
+        super().__init__(
+            router,
+            experts,
+            dispatch=dispatch,
+            jitter_noise=config.router_jitter_noise,
+            initializer_range=config.initializer_range,
+        )
         self.config = config
         self.top_k = config.num_experts_per_tok
 

@@ -71,8 +71,9 @@ class OffloadedMoeBlock(nn.Module):
         self.bytes_read = 0
 
     @classmethod
-    def from_block(cls, block: nn.Module, path: str | Path, *, cache_size: int,
-                   device: str | torch.device = "cpu") -> OffloadedMoeBlock:
+    def from_block(
+        cls, block: nn.Module, path: str | Path, *, cache_size: int, device: str | torch.device = "cpu"
+    ) -> OffloadedMoeBlock:
         """Offload a resident block's experts to `path`; the router is copied."""
         save_experts(block.experts, path)
         return cls(copy.deepcopy(block.gate), path, cache_size=cache_size, device=device)
@@ -92,8 +93,9 @@ class OffloadedMoeBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, H) -> y (B, T, H), router_logits (B*T, E); experts fetched in order of first use."""
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
-            raise ValueError(f"OffloadedMoeBlock expects x of shape (batch, tokens, {self.hidden_size}), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"OffloadedMoeBlock expects x of shape (batch, tokens, {self.hidden_size}), got {tuple(x.shape)}"
+            )
         flat = x.reshape(-1, self.hidden_size)  # (N, H)
         routing = self.gate(flat)  # logits (N, E), weights (N, k) fp32, expert_ids (N, k)
         y = torch.zeros(flat.shape, dtype=torch.float32, device=flat.device)  # (N, H) fp32 accumulation
@@ -106,9 +108,15 @@ class OffloadedMoeBlock(nn.Module):
         return y.to(x.dtype).reshape(x.shape), routing.logits
 
 
-def offload_tokens_per_second(config: MixtralConfig, loads_per_token: float, *, pcie_gbs: float,
-                              device_gbs: float = 1000.0, weight_dtype: str | torch.dtype | int = torch.bfloat16,
-                              overlap: bool = False) -> float:
+def offload_tokens_per_second(
+    config: MixtralConfig,
+    loads_per_token: float,
+    *,
+    pcie_gbs: float,
+    device_gbs: float = 1000.0,
+    weight_dtype: str | torch.dtype | int = torch.bfloat16,
+    overlap: bool = False,
+) -> float:
     """Decoding speed (batch 1) when `loads_per_token` experts cross PCIe for every token.
 
     Memory-bound model of a decode step: the experts loaded cross the bus at `pcie_gbs` GB/s;

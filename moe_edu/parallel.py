@@ -39,8 +39,9 @@ class _AllToAll(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, send: list[int], recv: list[int], group, timeout: timedelta) -> torch.Tensor:
         ctx.send, ctx.recv, ctx.group, ctx.timeout = send, recv, group, timeout
         out = x.new_empty(sum(recv), *x.shape[1:])  # (sum(recv), H)
-        dist.all_to_all_single(out, x.contiguous(), output_split_sizes=recv, input_split_sizes=send, group=group,
-                               async_op=True).wait(timeout)
+        dist.all_to_all_single(
+            out, x.contiguous(), output_split_sizes=recv, input_split_sizes=send, group=group, async_op=True
+        ).wait(timeout)
         return out
 
     @staticmethod
@@ -48,8 +49,9 @@ class _AllToAll(torch.autograd.Function):
         return _AllToAll.apply(grad.contiguous(), ctx.recv, ctx.send, ctx.group, ctx.timeout), None, None, None, None
 
 
-def all_to_all(x: torch.Tensor, send: list[int], recv: list[int], group=None,
-               timeout: timedelta = timedelta(seconds=60)) -> torch.Tensor:
+def all_to_all(
+    x: torch.Tensor, send: list[int], recv: list[int], group=None, timeout: timedelta = timedelta(seconds=60)
+) -> torch.Tensor:
     """Send `send[r]` consecutive rows of x (N, ...) to rank r; receive `recv[r]` rows from rank r; wait <= timeout."""
     return _AllToAll.apply(x, send, recv, group, timeout)
 
@@ -69,8 +71,9 @@ class AllToAllDispatch:
         self.num_experts, self.local = num_experts, num_experts // self.world
         self.last_sent = torch.zeros(self.world, dtype=torch.long)  # rows sent to each rank, last call
 
-    def __call__(self, x: torch.Tensor, experts: Experts, weights: torch.Tensor,
-                 expert_ids: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, experts: Experts, weights: torch.Tensor, expert_ids: torch.Tensor
+    ) -> torch.Tensor:
         """x (N, H) on this rank -> y (N, H): each assignment runs on the rank that owns its expert."""
         k, W, L = expert_ids.shape[1], self.world, self.local
         order, counts = sort_by_expert(expert_ids, self.num_experts)  # (N*k,), (E,) by expert = by rank

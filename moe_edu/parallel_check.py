@@ -47,15 +47,32 @@ def free_port() -> int:
 
 def tiny_config(num_experts: int = 8, top_k: int = 2) -> MixtralConfig:
     """A block small enough to spawn in a test: H=16, I=24."""
-    return MixtralConfig(hidden_size=16, intermediate_size=24, num_attention_heads=2, num_key_value_heads=1,
-                         num_local_experts=num_experts, num_experts_per_tok=top_k, vocab_size=64)
+    return MixtralConfig(
+        hidden_size=16,
+        intermediate_size=24,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_local_experts=num_experts,
+        num_experts_per_tok=top_k,
+        vocab_size=64,
+    )
 
 
-def _worker(rank: int, world: int, port: int, config_dict: dict, tokens: int, seed: int, skew: float,
-            out_dir: str, timeout_s: float) -> None:
+def _worker(
+    rank: int,
+    world: int,
+    port: int,
+    config_dict: dict,
+    tokens: int,
+    seed: int,
+    skew: float,
+    out_dir: str,
+    timeout_s: float,
+) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=timeout_s))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s)
+    )
     try:
         config = MixtralConfig.from_dict(config_dict)
         torch.manual_seed(seed)  # same block and batch on every rank
@@ -105,8 +122,15 @@ def _reap(processes, grace_s: float = 5.0) -> None:
             p.join()
 
 
-def check_expert_parallel(world: int = 2, config: MixtralConfig | None = None, tokens: int = 32, *,
-                          seed: int = 0, skew: float = 0.0, timeout_s: float = 60.0) -> ParallelReport:
+def check_expert_parallel(
+    world: int = 2,
+    config: MixtralConfig | None = None,
+    tokens: int = 32,
+    *,
+    seed: int = 0,
+    skew: float = 0.0,
+    timeout_s: float = 60.0,
+) -> ParallelReport:
     """Spawn `world` gloo processes, run the EP block vs one process, return errors and traffic."""
     config = config or tiny_config()
     positive_float("timeout_s", timeout_s)

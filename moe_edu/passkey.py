@@ -22,8 +22,7 @@ from dataclasses import dataclass
 import torch
 
 INTRO = "there is a pass key hidden in this text . find it and remember it ."
-FILLER = ("the grass is green .", "the sky is blue .", "the sun is yellow .", "here we go .",
-          "there and back again .")
+FILLER = ("the grass is green .", "the sky is blue .", "the sun is yellow .", "here we go .", "there and back again .")
 KEY_SENTENCE = "the pass key is {key} . remember it . {key} is the pass key ."
 QUESTION = "what is the pass key ? the pass key is"
 
@@ -58,8 +57,9 @@ def make_prompt(encode: Encode, *, length: int, depth: float, key: str) -> Passk
     key_ids = encode(" " + KEY_SENTENCE.format(key=spaced(key)))
     n_filler = length - len(intro) - len(key_ids) - len(question)
     if n_filler < 0:
-        raise ValueError(f"length={length} is too short: instruction, key sentence and question "
-                         f"take {length - n_filler} tokens")
+        raise ValueError(
+            f"length={length} is too short: instruction, key sentence and question take {length - n_filler} tokens"
+        )
     sentences = [encode(" " + s) for s in FILLER]
     filler, bounds, i = [], [0], 0
     while len(filler) < n_filler:
@@ -85,7 +85,9 @@ def logits_of(output) -> torch.Tensor:
     """(B, T, V) logits from a model's output: a tensor, or anything with `.logits` (moe_edu, transformers)."""
     logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
-        raise TypeError(f"the model must return (B, T, V) logits or an object with .logits, got {type(output).__name__}")
+        raise TypeError(
+            f"the model must return (B, T, V) logits or an object with .logits, got {type(output).__name__}"
+        )
     return logits
 
 
@@ -99,7 +101,7 @@ def retrieved(model, prompts: Sequence[PasskeyPrompt], batch_size: int = 16) -> 
         by_len.setdefault(len(p.ids) + len(p.answer), []).append(i)
     for members in by_len.values():
         for s in range(0, len(members), batch_size):
-            chunk = members[s: s + batch_size]
+            chunk = members[s : s + batch_size]
             seqs = torch.tensor([prompts[i].ids + prompts[i].answer for i in chunk], device=device)  # (b, total)
             logits = logits_of(model(seqs[:, :-1]))  # (b, total-1, V)
             for row, i in enumerate(chunk):
@@ -119,18 +121,34 @@ class PasskeyGrid:
     def rows(self) -> list[str]:
         """The grid as text: one line per length, accuracies in percent."""
         head = "length \\ depth " + " ".join(f"{d:>5.2f}" for d in self.depths)
-        return [head] + [f"{n:>14d} " + " ".join(f"{100 * a:>5.0f}" for a in row)
-                         for n, row in zip(self.lengths, self.accuracy.tolist(), strict=True)]
+        return [head] + [
+            f"{n:>14d} " + " ".join(f"{100 * a:>5.0f}" for a in row)
+            for n, row in zip(self.lengths, self.accuracy.tolist(), strict=True)
+        ]
 
 
-def passkey_grid(model, encode: Encode, *, lengths: Sequence[int], depths: Sequence[float], trials: int = 10,
-                 digits: int = 5, distinct: bool = False, seed: int = 0, batch_size: int = 16) -> PasskeyGrid:
+def passkey_grid(
+    model,
+    encode: Encode,
+    *,
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    trials: int = 10,
+    digits: int = 5,
+    distinct: bool = False,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> PasskeyGrid:
     """Accuracy of passkey retrieval over lengths x depths, `trials` random keys per cell (seeded)."""
     if trials <= 0:
         raise ValueError(f"trials must be positive, got {trials}")
     rng = random.Random(seed)
-    prompts = [make_prompt(encode, length=n, depth=d, key=random_key(rng, digits, distinct))
-               for n in lengths for d in depths for _ in range(trials)]
+    prompts = [
+        make_prompt(encode, length=n, depth=d, key=random_key(rng, digits, distinct))
+        for n in lengths
+        for d in depths
+        for _ in range(trials)
+    ]
     hits = torch.tensor(retrieved(model, prompts, batch_size), dtype=torch.float64)  # (cells * trials,)
     acc = hits.reshape(len(lengths), len(depths), trials).mean(-1)  # (lengths, depths)
     return PasskeyGrid(list(lengths), list(depths), acc, trials)

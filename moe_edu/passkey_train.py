@@ -62,13 +62,28 @@ class WordVocab:
 
 def passkey_config(vocab_size: int, max_len: int = 1024) -> MixtralConfig:
     """Mixtral's shape, tiny: 2 layers, width 64, 4 query / 2 K/V heads of 16, 8 experts (width 128), top-2."""
-    return MixtralConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_len,
-                         router_aux_loss_coef=0.01, name="passkey")
+    return MixtralConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_len,
+        router_aux_loss_coef=0.01,
+        name="passkey",
+    )
 
 
-def make_batch(vocab: WordVocab, rng: random.Random, batch_size: int, length: int, digits: int,
-               answer_only: bool = True, distinct: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def make_batch(
+    vocab: WordVocab,
+    rng: random.Random,
+    batch_size: int,
+    length: int,
+    digits: int,
+    answer_only: bool = True,
+    distinct: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, labels), both (B, length + digits); with `answer_only` labels are -100 except on the answer."""
     rows, labels = [], []
     for _ in range(batch_size):
@@ -78,8 +93,21 @@ def make_batch(vocab: WordVocab, rng: random.Random, batch_size: int, length: in
     return torch.tensor(rows), torch.tensor(labels)
 
 
-def train(out: Path, *, steps: int, batch_size: int, min_len: int, max_len: int, digits: int, lr: float,
-          seed: int, threads: int, answer_only: bool = True, distinct: bool = True, progress: bool = True) -> dict:
+def train(
+    out: Path,
+    *,
+    steps: int,
+    batch_size: int,
+    min_len: int,
+    max_len: int,
+    digits: int,
+    lr: float,
+    seed: int,
+    threads: int,
+    answer_only: bool = True,
+    distinct: bool = True,
+    progress: bool = True,
+) -> dict:
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     rng = random.Random(seed)
@@ -89,7 +117,8 @@ def train(out: Path, *, steps: int, batch_size: int, min_len: int, max_len: int,
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+    )
     log, start = [], time.time()
     for step in range(steps):
         length = rng.randrange(min_len, max_len + 1, 8)
@@ -102,11 +131,14 @@ def train(out: Path, *, steps: int, batch_size: int, min_len: int, max_len: int,
         sched.step()
         with torch.no_grad():
             n = digits
-            ok = (res.logits[:, -n - 1:-1].argmax(-1) == ids[:, -n:]).all(-1).float().mean().item()  # (B,) -> share
+            ok = (res.logits[:, -n - 1 : -1].argmax(-1) == ids[:, -n:]).all(-1).float().mean().item()  # (B,) -> share
         log.append({"step": step, "length": length, "loss": round(res.loss.item(), 5), "retrieved": ok})
         if progress and (step % 50 == 0 or step == steps - 1):
-            print(f"step {step:5d}  len {length:4d}  loss {res.loss.item():.4f}  retrieved {ok:.2f}  "
-                  f"{time.time() - start:.0f}s", file=sys.stderr)
+            print(
+                f"step {step:5d}  len {length:4d}  loss {res.loss.item():.4f}  retrieved {ok:.2f}  "
+                f"{time.time() - start:.0f}s",
+                file=sys.stderr,
+            )
     wall = time.time() - start
     out.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
@@ -115,8 +147,18 @@ def train(out: Path, *, steps: int, batch_size: int, min_len: int, max_len: int,
     cfg = config.to_dict()
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (out / "vocab.json").write_text(json.dumps(vocab.words) + "\n")
-    settings = dict(steps=steps, batch_size=batch_size, min_len=min_len, max_len=max_len, digits=digits, lr=lr,
-                    seed=seed, threads=threads, answer_only=answer_only, distinct=distinct)
+    settings = dict(
+        steps=steps,
+        batch_size=batch_size,
+        min_len=min_len,
+        max_len=max_len,
+        digits=digits,
+        lr=lr,
+        seed=seed,
+        threads=threads,
+        answer_only=answer_only,
+        distinct=distinct,
+    )
     result = {"settings": settings, "wall_seconds": round(wall, 1), "torch": torch.__version__, "log": log}
     (out / "train_log.json").write_text(json.dumps(result) + "\n")
     return result
@@ -128,7 +170,9 @@ def load_passkey_model(path: str | Path = CHECKPOINT) -> tuple[MixtralForCausalL
 
     path = Path(path)
     if not (path / "model.safetensors").is_file():
-        raise ValueError(f"no passkey checkpoint in {path}; train one with `python -m moe_edu.passkey_train --out {path}`")
+        raise ValueError(
+            f"no passkey checkpoint in {path}; train one with `python -m moe_edu.passkey_train --out {path}`"
+        )
     config = MixtralConfig.from_json(path / "config.json").replace(name="passkey")
     model = MixtralForCausalLM(config)
     model.load_state_dict(load_file(str(path / "model.safetensors")))
@@ -154,11 +198,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeated-digits", action="store_true", help="keys may repeat a digit (default: 5 distinct)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
-    r = train(a.out, steps=a.steps, batch_size=a.batch_size, min_len=a.min_len, max_len=a.max_len, digits=a.digits,
-              lr=a.lr, seed=a.seed, threads=a.threads, answer_only=not a.loss_on_all, distinct=not a.repeated_digits, progress=not a.no_progress)
+    r = train(
+        a.out,
+        steps=a.steps,
+        batch_size=a.batch_size,
+        min_len=a.min_len,
+        max_len=a.max_len,
+        digits=a.digits,
+        lr=a.lr,
+        seed=a.seed,
+        threads=a.threads,
+        answer_only=not a.loss_on_all,
+        distinct=not a.repeated_digits,
+        progress=not a.no_progress,
+    )
     tail = r["log"][-50:]
-    print(f"wrote {a.out}: {a.steps} steps in {r['wall_seconds']} s, last-50-step retrieval "
-          f"{sum(x['retrieved'] for x in tail) / len(tail):.3f}")
+    print(
+        f"wrote {a.out}: {a.steps} steps in {r['wall_seconds']} s, last-50-step retrieval "
+        f"{sum(x['retrieved'] for x in tail) / len(tail):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -35,9 +35,7 @@ TINY = MixtralConfig(
 SMALL = MIXTRAL_8X7B.scaled(256, num_hidden_layers=8, head_dim=32, max_position_embeddings=2048, name="small")
 
 # Read-only: a notebook cannot change "tiny" for every later caller by accident.
-PRESETS: Mapping[str, MixtralConfig] = MappingProxyType({
-    c.name: c for c in (TINY, SMALL, MIXTRAL_8X7B, MIXTRAL_8X22B)
-})
+PRESETS: Mapping[str, MixtralConfig] = MappingProxyType({c.name: c for c in (TINY, SMALL, MIXTRAL_8X7B, MIXTRAL_8X22B)})
 
 
 def get_config(name: str) -> MixtralConfig:

@@ -149,18 +149,24 @@ class Checkpoint:
                 stored_layers.add(int(m.group(1)))
         n = len(stored_layers)
         if cfg.num_hidden_layers != n or stored_layers != set(range(n)):
-            raise CheckpointError(f"{self.path / 'config.json'}: num_hidden_layers={cfg.num_hidden_layers}, but the "
-                                  f"tensors hold {n} layers (indices {_span(stored_layers)})")
+            raise CheckpointError(
+                f"{self.path / 'config.json'}: num_hidden_layers={cfg.num_hidden_layers}, but the "
+                f"tensors hold {n} layers (indices {_span(stored_layers)})"
+            )
         for i in range(n) if layers is None else layers:
             stored = per_expert.get(i, 0)
-            fused = [f"model.layers.{i}.{name}" for name in ("mlp.experts.gate_up_proj", "mlp.gate.weight",
-                                                               "block_sparse_moe.gate.weight")]
+            fused = [
+                f"model.layers.{i}.{name}"
+                for name in ("mlp.experts.gate_up_proj", "mlp.gate.weight", "block_sparse_moe.gate.weight")
+            ]
             fused = [k for k in fused if k in self.files]
             if not stored and fused:
                 stored = (self.shape(fused[0]) or (0,))[0]  # rows = experts, from the header only
             if stored != cfg.num_local_experts:
-                raise CheckpointError(f"{self.path / 'config.json'}: num_local_experts={cfg.num_local_experts}, but "
-                                      f"layer {i} stores {stored} experts")
+                raise CheckpointError(
+                    f"{self.path / 'config.json'}: num_local_experts={cfg.num_local_experts}, but "
+                    f"layer {i} stores {stored} experts"
+                )
 
     def tensor(self, key: str) -> torch.Tensor:
         try:
@@ -185,8 +191,14 @@ def _dtype(dtype) -> torch.dtype | None:
     return dtype
 
 
-def from_pretrained(path: str | Path, *, dtype: torch.dtype | None = None, device: torch.device | str = "cpu",
-                    dispatch: str = "grouped", num_hidden_layers: int | None = None) -> MixtralForCausalLM:
+def from_pretrained(
+    path: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    dispatch: str = "grouped",
+    num_hidden_layers: int | None = None,
+) -> MixtralForCausalLM:
     """A `MixtralForCausalLM` from a local transformers checkpoint directory.
 
     `dtype=None` keeps the stored dtype (bf16 for the released Mixtral weights). Every key
@@ -207,16 +219,28 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype | None = None, devic
             ckpt.files = {k: f for k, f in ckpt.files.items() if not k.startswith(dropped)}
         with torch.device("meta"):
             model = MixtralForCausalLM(cfg, dispatch=dispatch)
-        load_into(model, ckpt, f"a MixtralForCausalLM ({cfg.num_hidden_layers} layers) from {ckpt.path}",
-                  dtype=dtype, device=device, strict_prefix="")
+        load_into(
+            model,
+            ckpt,
+            f"a MixtralForCausalLM ({cfg.num_hidden_layers} layers) from {ckpt.path}",
+            dtype=dtype,
+            device=device,
+            strict_prefix="",
+        )
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary_emb.reset_buffers(device)
     return model.eval()
 
 
-def load_moe_block(path: str | Path, layer: int, *, dtype: torch.dtype | None = None,
-                   device: torch.device | str = "cpu", dispatch: str = "grouped") -> SparseMoeBlock:
+def load_moe_block(
+    path: str | Path,
+    layer: int,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    dispatch: str = "grouped",
+) -> SparseMoeBlock:
     """Layer `layer`'s sparse MoE block alone: only its shards are opened, only its tensors read."""
     dtype = _dtype(dtype)
     with Checkpoint(path) as ckpt:
@@ -226,8 +250,15 @@ def load_moe_block(path: str | Path, layer: int, *, dtype: torch.dtype | None = 
         with torch.device("meta"):
             block = SparseMoeBlock(ckpt.config, dispatch=dispatch)
         prefix = f"model.layers.{layer}."
-        load_into(block, ckpt, f"the MoE block of layer {layer} from {ckpt.path}", prefix=prefix + "mlp.",
-                  dtype=dtype, device=device, strict_prefix=None)
+        load_into(
+            block,
+            ckpt,
+            f"the MoE block of layer {layer} from {ckpt.path}",
+            prefix=prefix + "mlp.",
+            dtype=dtype,
+            device=device,
+            strict_prefix=None,
+        )
     return block.eval()
 
 
@@ -248,9 +279,15 @@ def save_pretrained(model: MixtralForCausalLM, path: str | Path, *, max_shard_si
     return write_checkpoint(path, model_from_v5(sd, cfg, "v4"), cfg, max_shard_size=max_shard_size)
 
 
-def write_checkpoint(path: str | Path, tensors: Mapping[str, torch.Tensor], config: MixtralConfig, *,
-                     max_shard_size: int = 5 * 2**30, metadata: Mapping[str, str] | None = None,
-                     files: Mapping[str, str] | None = None) -> Path:
+def write_checkpoint(
+    path: str | Path,
+    tensors: Mapping[str, torch.Tensor],
+    config: MixtralConfig,
+    *,
+    max_shard_size: int = 5 * 2**30,
+    metadata: Mapping[str, str] | None = None,
+    files: Mapping[str, str] | None = None,
+) -> Path:
     """The one checkpoint writer: shards (+ index), `config.json` and any extra text `files`, atomically.
 
     Everything goes into a temporary sibling directory that then replaces `path` in one swap,
@@ -266,15 +303,20 @@ def write_checkpoint(path: str | Path, tensors: Mapping[str, torch.Tensor], conf
             size = 0
         shards[-1][k] = tensors[k]
         size += nbytes
-    names = [SINGLE] if len(shards) == 1 else [
-        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    names = (
+        [SINGLE]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
     dtype = next(iter(tensors.values())).dtype
     with atomic_directory(path) as tmp:
         for name, shard in zip(names, shards, strict=True):
             save_safetensors(shard, tmp / name, metadata or {"format": "pt"})
         if len(shards) > 1:
-            index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
-                     "weight_map": {k: name for name, shard in zip(names, shards, strict=True) for k in shard}}
+            index = {
+                "metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+                "weight_map": {k: name for name, shard in zip(names, shards, strict=True) for k in shard},
+            }
             (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(config, dtype), indent=2) + "\n")
         for name, text in (files or {}).items():

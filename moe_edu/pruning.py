@@ -27,8 +27,12 @@ from .model import MixtralForCausalLM
 def expert_usage(model: MixtralForCausalLM, batches: Sequence[torch.Tensor]) -> torch.Tensor:
     """(L, E) share of the top-k assignments each expert received over `batches` of ids (B, T)."""
     model.eval()
-    loads = [routing_load(model(ids.to(model.device), output_router_logits=True).router_logits,
-                          model.config.num_experts_per_tok) for ids in batches]  # each (L, E)
+    loads = [
+        routing_load(
+            model(ids.to(model.device), output_router_logits=True).router_logits, model.config.num_experts_per_tok
+        )
+        for ids in batches
+    ]  # each (L, E)
     return torch.stack(loads).mean(0)  # (L, E)
 
 
@@ -36,8 +40,10 @@ def expert_usage(model: MixtralForCausalLM, batches: Sequence[torch.Tensor]) -> 
 def layer_inputs(model: MixtralForCausalLM, ids: torch.Tensor) -> list[torch.Tensor]:
     """What each layer's MoE block receives for ids (B, T): one (B*T, H) tensor per layer."""
     seen: list[torch.Tensor] = []
-    hooks = [layer.mlp.register_forward_hook(lambda m, args, out: seen.append(args[0].reshape(-1, args[0].shape[-1])))
-             for layer in model.model.layers]
+    hooks = [
+        layer.mlp.register_forward_hook(lambda m, args, out: seen.append(args[0].reshape(-1, args[0].shape[-1])))
+        for layer in model.model.layers
+    ]
     try:
         model.eval()
         model(ids.to(model.device))
@@ -112,8 +118,9 @@ def prune_experts(model: MixtralForCausalLM, drop: Sequence[int]) -> MixtralForC
 
 
 @torch.no_grad()
-def merge_experts(model: MixtralForCausalLM, pairs: Sequence[tuple[int, int]],
-                  usage: torch.Tensor) -> MixtralForCausalLM:
+def merge_experts(
+    model: MixtralForCausalLM, pairs: Sequence[tuple[int, int]], usage: torch.Tensor
+) -> MixtralForCausalLM:
     """Merge the pair (i, j) of every layer into one expert: usage-weighted average of their weights.
 
     usage (L, E): each expert's share of assignments (`expert_usage`). The merged expert takes

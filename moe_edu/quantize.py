@@ -45,8 +45,9 @@ class QuantizedTensor:
 
 def _check_2d(w: torch.Tensor, name: str) -> None:
     if not isinstance(w, torch.Tensor) or w.dim() != 2 or not w.is_floating_point():
-        raise ValueError(f"{name} needs a 2-D floating-point weight (out, in), got "
-                         f"{getattr(w, 'shape', type(w).__name__)}")
+        raise ValueError(
+            f"{name} needs a 2-D floating-point weight (out, in), got {getattr(w, 'shape', type(w).__name__)}"
+        )
 
 
 def quantize_int8(w: torch.Tensor) -> QuantizedTensor:
@@ -93,8 +94,9 @@ def quantize(w: torch.Tensor, scheme: str, group_size: int = 32) -> QuantizedTen
 
 
 @torch.no_grad()
-def quantize_model_experts(model: nn.Module, scheme: str, *, group_size: int = 32,
-                           router: str | None = None) -> tuple[nn.Module, int]:
+def quantize_model_experts(
+    model: nn.Module, scheme: str, *, group_size: int = 32, router: str | None = None
+) -> tuple[nn.Module, int]:
     """A copy of a `MixtralForCausalLM` whose expert weights (and router if `router` names a scheme)
     are replaced by their dequantised values; returns (model, bytes the quantised weights take).
 

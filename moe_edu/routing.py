@@ -51,8 +51,11 @@ def softmax_topk_unnormalised(logits: torch.Tensor, k: int) -> tuple[torch.Tenso
     return torch.topk(torch.softmax(at_least_fp32(logits), dim=-1), k, dim=-1)  # (T, k), (T, k)
 
 
-ROUTING_ORDERS = {"softmax_topk": softmax_topk, "topk_softmax": topk_softmax,
-                  "softmax_topk_unnormalised": softmax_topk_unnormalised}
+ROUTING_ORDERS = {
+    "softmax_topk": softmax_topk,
+    "topk_softmax": topk_softmax,
+    "softmax_topk_unnormalised": softmax_topk_unnormalised,
+}
 
 
 @dataclass
@@ -119,8 +122,9 @@ class TopKRouter(Router):
     or "softmax_topk_unnormalised" (DeepSeekMoE: the top-k probabilities as they are).
     """
 
-    def __init__(self, hidden_size: int, num_experts: int, top_k: int, *, fp32: bool = True,
-                 order: str = "softmax_topk") -> None:
+    def __init__(
+        self, hidden_size: int, num_experts: int, top_k: int, *, fp32: bool = True, order: str = "softmax_topk"
+    ) -> None:
         super().__init__(hidden_size, num_experts, fp32=fp32)
         int_in_range("top_k", top_k, 1, num_experts)
         one_of("order", order, ROUTING_ORDERS)

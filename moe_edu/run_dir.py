@@ -49,8 +49,11 @@ def save_run(model, tokenizer: Tokenizer, log: dict, out_dir: str | Path) -> Non
     """model.safetensors (fp32), config.json, tokenizer.json, train_log.json, README.md: all or nothing."""
     out = Path(out_dir)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    files = {"tokenizer.json": tokenizer.backend.to_str(pretty=True), "train_log.json": dump_json(log),
-             "README.md": merge_readme(out / "README.md", readme_text(log))}
+    files = {
+        "tokenizer.json": tokenizer.backend.to_str(pretty=True),
+        "train_log.json": dump_json(log),
+        "README.md": merge_readme(out / "README.md", readme_text(log)),
+    }
     write_checkpoint(out, state, model.config, metadata={"producer": "moe_edu.train", "format": "pt"}, files=files)
 
 
@@ -75,8 +78,8 @@ def readme_text(log: dict) -> str:
     eval_ce = float("nan") if eval_ce is None else eval_ce
     return f"""# Tiny Mixtral trained by `moe_edu.train`
 
-{mc['num_hidden_layers']} layers, {mc['num_local_experts']} experts, top-{mc['num_experts_per_tok']}, \
-hidden {mc['hidden_size']}, vocabulary {mc['vocab_size']} (byte-level BPE): {log['parameters']:,} parameters, fp32.
+{mc["num_hidden_layers"]} layers, {mc["num_local_experts"]} experts, top-{mc["num_experts_per_tok"]}, \
+hidden {mc["hidden_size"]}, vocabulary {mc["vocab_size"]} (byte-level BPE): {log["parameters"]:,} parameters, fp32.
 
 Load it with `model, tokenizer = moe_edu.load_pretrained()`; notebook 07 plots this log,
 notebook 08 analyses the routing.
@@ -84,19 +87,19 @@ notebook 08 analyses the routing.
 ## Reproduce
 
 ```
-{log['command']}
+{log["command"]}
 ```
 
-Seeded: the same command with the same Python ({log['python']}: the corpus reads its standard
-library), torch ({log['torch']}) and thread count ({log['threads']}) gives the same weights.
+Seeded: the same command with the same Python ({log["python"]}: the corpus reads its standard
+library), torch ({log["torch"]}) and thread count ({log["threads"]}) gives the same weights.
 
 ## Result
 
-- {tc['steps']} steps of {tc['batch_size']} x {tc['seq_len']} tokens, AdamW (lr {tc['lr']}, warmup + cosine), \
-aux-loss coefficient {tc['aux_loss_coef']}, z-loss coefficient {tc['z_loss_coef']}
-- final training cross-entropy {f['ce']:.3f}, held-out cross-entropy {eval_ce:.3f} \
-(uniform guess: {math.log(mc['vocab_size']):.3f})
-- wall time {log['wall_seconds']:.0f} s on {log['device']} with {log['threads']} thread(s) \
+- {tc["steps"]} steps of {tc["batch_size"]} x {tc["seq_len"]} tokens, AdamW (lr {tc["lr"]}, warmup + cosine), \
+aux-loss coefficient {tc["aux_loss_coef"]}, z-loss coefficient {tc["z_loss_coef"]}
+- final training cross-entropy {f["ce"]:.3f}, held-out cross-entropy {eval_ce:.3f} \
+(uniform guess: {math.log(mc["vocab_size"]):.3f})
+- wall time {log["wall_seconds"]:.0f} s on {log["device"]} with {log["threads"]} thread(s) \
 (on a shared 2-core machine; corpus and tokenizer included)
 
 ## Data and licences
@@ -116,8 +119,9 @@ def write_readme(out_dir: str | Path, log: dict) -> None:
 
 
 # ------------------------------------------------------------ periodic training state
-def save_training_state(path: str | Path, model, optimizer: torch.optim.Optimizer, rng: dict[str, torch.Tensor],
-                        meta: dict) -> None:
+def save_training_state(
+    path: str | Path, model, optimizer: torch.optim.Optimizer, rng: dict[str, torch.Tensor], meta: dict
+) -> None:
     """Everything a run needs to continue bit for bit after `meta["step"]`; replaced atomically."""
     tensors = {f"model.{k}": v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()

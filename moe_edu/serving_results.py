@@ -44,8 +44,14 @@ def held_out_ids(tokenizer, docs_per_domain: int = 30) -> list[list[int]]:
 def save_trace(trace: RoutingTrace, path: Path) -> None:
     from safetensors.torch import save_file
 
-    save_file({"chosen": trace.chosen.to(torch.int8).contiguous(), "guess": trace.guess.to(torch.int8).contiguous(),
-               "doc_starts": torch.tensor(trace.doc_starts)}, str(path))
+    save_file(
+        {
+            "chosen": trace.chosen.to(torch.int8).contiguous(),
+            "guess": trace.guess.to(torch.int8).contiguous(),
+            "doc_starts": torch.tensor(trace.doc_starts),
+        },
+        str(path),
+    )
 
 
 def load_trace(path: Path = RESULTS / "routing_trace.safetensors") -> RoutingTrace:
@@ -67,7 +73,9 @@ def evaluate(model, docs: list[list[int]], reference: list[torch.Tensor] | None 
         out = model(x, output_router_logits=True)
         loss_sum += F.cross_entropy(out.logits[0, :-1].float(), x[0, 1:], reduction="sum").item()
         count += x.shape[1] - 1
-        top = torch.stack([torch.topk(lg.float(), k, -1).indices.sort(-1).values for lg in out.router_logits])  # (L, T, k)
+        top = torch.stack(
+            [torch.topk(lg.float(), k, -1).indices.sort(-1).values for lg in out.router_logits]
+        )  # (L, T, k)
         routes.append(top)
         if reference is not None:
             changed += (top != reference[i]).any(-1).double().sum(-1)  # (L,)
@@ -80,27 +88,57 @@ def cache_table(trace: RoutingTrace) -> dict:
     E = int(trace.chosen.max()) + 1
     rows = []
     for capacity in range(E + 1):
-        for mode, t, pre in (("ordered", trace, False), ("shuffled", trace.shuffled(0), False),
-                             ("prefetch", trace, True)):
+        for mode, t, pre in (
+            ("ordered", trace, False),
+            ("shuffled", trace.shuffled(0), False),
+            ("prefetch", trace, True),
+        ):
             s = simulate_cache(t, capacity, prefetch=pre)
-            rows.append({"capacity": capacity, "mode": mode, "hit_rate": s.hit_rate,
-                         "per_layer": s.hit_rate_per_layer.tolist(), "loads_per_token": s.loads_per_token})
+            rows.append(
+                {
+                    "capacity": capacity,
+                    "mode": mode,
+                    "hit_rate": s.hit_rate,
+                    "per_layer": s.hit_rate_per_layer.tolist(),
+                    "loads_per_token": s.loads_per_token,
+                }
+            )
     acc = prefetch_accuracy(trace)
     return {"tokens": trace.chosen.shape[0], "prefetch_accuracy": [None] + acc[1:].tolist(), "rows": rows}
 
 
 def quantization_table(model, docs: list[list[int]]) -> list[dict]:
     base_loss, _, base_routes = evaluate(model, docs)
-    experts_fp32 = sum(layer.mlp.experts.gate_up_proj.numel() + layer.mlp.experts.down_proj.numel()
-                       for layer in model.model.layers) * 4
-    rows = [{"experts": "fp32", "router": "fp32", "expert_bytes": experts_fp32, "loss": base_loss,
-             "loss_change": 0.0, "topk_changed": [0.0] * model.config.num_hidden_layers}]
+    experts_fp32 = (
+        sum(
+            layer.mlp.experts.gate_up_proj.numel() + layer.mlp.experts.down_proj.numel() for layer in model.model.layers
+        )
+        * 4
+    )
+    rows = [
+        {
+            "experts": "fp32",
+            "router": "fp32",
+            "expert_bytes": experts_fp32,
+            "loss": base_loss,
+            "loss_change": 0.0,
+            "topk_changed": [0.0] * model.config.num_hidden_layers,
+        }
+    ]
     for scheme, group in (("int8", None), ("int4", 16), ("int4", 32)):
         for router in (None, scheme):
             q, stored = quantize_model_experts(model, scheme, group_size=group or 32, router=router)
             loss, changed, _ = evaluate(q, docs, base_routes)
-            rows.append({"experts": scheme if group is None else f"{scheme} g{group}", "router": router or "fp32",
-                         "expert_bytes": stored, "loss": loss, "loss_change": loss - base_loss, "topk_changed": changed})
+            rows.append(
+                {
+                    "experts": scheme if group is None else f"{scheme} g{group}",
+                    "router": router or "fp32",
+                    "expert_bytes": stored,
+                    "loss": loss,
+                    "loss_change": loss - base_loss,
+                    "topk_changed": changed,
+                }
+            )
     return rows
 
 
@@ -118,12 +156,19 @@ def main(argv: list[str] | None = None) -> None:
     cache = cache_table(load_trace(a.out / "routing_trace.safetensors"))
     (a.out / "cache.json").write_text(json.dumps(cache, indent=1) + "\n")
     rows = quantization_table(model, docs)
-    meta = {"command": "python -m moe_edu.serving_results", "documents": len(docs),
-            "tokens": sum(len(d) for d in docs), "torch": torch.__version__, "rows": rows}
+    meta = {
+        "command": "python -m moe_edu.serving_results",
+        "documents": len(docs),
+        "tokens": sum(len(d) for d in docs),
+        "torch": torch.__version__,
+        "rows": rows,
+    }
     (a.out / "quantization.json").write_text(json.dumps(meta, indent=1) + "\n")
     for r in rows:
-        print(f"{r['experts']:8s} router {r['router']:5s} {r['expert_bytes'] / 2**20:6.2f} MiB  loss {r['loss']:.4f} "
-              f"({r['loss_change']:+.4f})  top-k changed " + " ".join(f"{c:.3f}" for c in r["topk_changed"]))
+        print(
+            f"{r['experts']:8s} router {r['router']:5s} {r['expert_bytes'] / 2**20:6.2f} MiB  loss {r['loss']:.4f} "
+            f"({r['loss_change']:+.4f})  top-k changed " + " ".join(f"{c:.3f}" for c in r["topk_changed"])
+        )
     print(f"wrote {a.out} in {time.time() - start:.0f} s ({meta['tokens']} tokens, {len(docs)} documents)")
     assert math.isfinite(rows[-1]["loss"])
 

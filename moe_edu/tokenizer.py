@@ -8,8 +8,8 @@ colours each token by the expert it was sent to.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from tokenizers import Tokenizer as _Backend
 from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -29,24 +29,34 @@ class Tokenizer:
 
     # ------------------------------------------------------------ construction
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2) -> "Tokenizer":
+    def train(cls, texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2) -> Tokenizer:
         """Learn BPE merges on `texts` (deterministic for the same texts and settings)."""
         alphabet = pre_tokenizers.ByteLevel.alphabet()
         if vocab_size < len(alphabet) + len(SPECIAL_TOKENS):
-            raise ValueError(f"vocab_size must be >= {len(alphabet) + len(SPECIAL_TOKENS)} "
-                             f"(256 bytes + special tokens), got {vocab_size}")
+            raise ValueError(
+                f"vocab_size must be >= {len(alphabet) + len(SPECIAL_TOKENS)} "
+                f"(256 bytes + special tokens), got {vocab_size}"
+            )
         backend = _Backend(models.BPE())
-        backend.pre_tokenizer = pre_tokenizers.Sequence([  # digits one by one, as Mixtral's tokenizer does
-            pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [  # digits one by one, as Mixtral's tokenizer does
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False),
+            ]
+        )
         backend.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                      special_tokens=list(SPECIAL_TOKENS), initial_alphabet=alphabet,
-                                      show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(SPECIAL_TOKENS),
+            initial_alphabet=alphabet,
+            show_progress=False,
+        )
         backend.train_from_iterator(list(texts), trainer=trainer)
         return cls(backend)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "Tokenizer":
+    def from_file(cls, path: str | Path) -> Tokenizer:
         """Load a `tokenizer.json` (a file, or a directory that holds one)."""
         path = Path(path)
         if path.is_dir():

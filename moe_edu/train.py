@@ -45,11 +45,31 @@ from .validation import (
     probability,
 )
 
-__all__ = ["DEFAULT_WEIGHTS", "NonFiniteError", "TokenStreams", "TrainConfig", "check_out_dir", "eval_loss", "lr_at",
-           "main", "make_optimizer", "pick_device", "train", "train_steps", "train_tokenizer"]
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "NonFiniteError",
+    "TokenStreams",
+    "TrainConfig",
+    "check_out_dir",
+    "eval_loss",
+    "lr_at",
+    "main",
+    "make_optimizer",
+    "pick_device",
+    "train",
+    "train_steps",
+    "train_tokenizer",
+]
 
-DEFAULT_WEIGHTS = {"python": 0.3, "english": 0.3, "math": 0.2,
-                   "french": 0.05, "german": 0.05, "spanish": 0.05, "italian": 0.05}
+DEFAULT_WEIGHTS = {
+    "python": 0.3,
+    "english": 0.3,
+    "math": 0.2,
+    "french": 0.05,
+    "german": 0.05,
+    "spanish": 0.05,
+    "italian": 0.05,
+}
 
 
 @dataclass
@@ -95,8 +115,11 @@ class TrainConfig:
 
     def model_config(self) -> MixtralConfig:
         return get_config(self.preset).replace(
-            vocab_size=self.vocab_size, max_position_embeddings=max(self.seq_len, 256),
-            router_aux_loss_coef=self.aux_loss_coef, router_z_loss_coef=self.z_loss_coef)
+            vocab_size=self.vocab_size,
+            max_position_embeddings=max(self.seq_len, 256),
+            router_aux_loss_coef=self.aux_loss_coef,
+            router_z_loss_coef=self.z_loss_coef,
+        )
 
 
 # ------------------------------------------------------------------------- data
@@ -162,8 +185,10 @@ def check_out_dir(out: str | Path, *, overwrite: bool = False, resume: bool = Fa
     if resume and not state.is_file():
         raise ValueError(f"--resume: no training state in {out / STATE_DIR} (is --out the interrupted run's?)")
     if not resume and not overwrite and out.is_dir() and any(out.iterdir()):
-        raise ValueError(f"--out {out} exists and is not empty: pass --overwrite to replace it (it is replaced "
-                         f"whole, only at the end of a successful run), --resume to continue it, or another --out")
+        raise ValueError(
+            f"--out {out} exists and is not empty: pass --overwrite to replace it (it is replaced "
+            f"whole, only at the end of a successful run), --resume to continue it, or another --out"
+        )
     parent = out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -181,9 +206,16 @@ def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, torch.Te
     return rng
 
 
-def train(tc: TrainConfig, out_dir: str | Path | None = None, *, progress: bool = True, command: str | None = None,
-          overwrite: bool = False, resume: bool = False,
-          checkpoint_every: int = 0) -> tuple[MixtralForCausalLM, Tokenizer, dict]:
+def train(
+    tc: TrainConfig,
+    out_dir: str | Path | None = None,
+    *,
+    progress: bool = True,
+    command: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    checkpoint_every: int = 0,
+) -> tuple[MixtralForCausalLM, Tokenizer, dict]:
     """The whole run: corpus -> tokenizer -> model -> training; saves into `out_dir` if given.
 
     Returns `(model, tokenizer, log)`; `log` is what `train_log.json` holds. `out_dir` is checked
@@ -225,23 +257,45 @@ def train(tc: TrainConfig, out_dir: str | Path | None = None, *, progress: bool 
 
     def checkpoint(step: int, opt: torch.optim.Optimizer, log: list[dict]) -> None:
         if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < tc.steps:
-            meta = {"step": step, "train_config": dataclasses.asdict(tc), "log": log,
-                    "wall_seconds": earlier_seconds + time.perf_counter() - start}
+            meta = {
+                "step": step,
+                "train_config": dataclasses.asdict(tc),
+                "log": log,
+                "wall_seconds": earlier_seconds + time.perf_counter() - start,
+            }
             save_training_state(state_dir, model, opt, _rng_state(gen, device), meta)
 
     steps_log = train_steps(
-        model, lambda step: train_data.sample(tc.batch_size, tc.seq_len, gen), tc.steps, lr=tc.lr,
-        weight_decay=tc.weight_decay, warmup=max(1, round(tc.warmup_frac * tc.steps)), min_lr_ratio=tc.min_lr_ratio,
-        grad_clip=tc.grad_clip, evaluate=lambda: eval_loss(model, eval_batches), eval_every=tc.eval_every,
-        progress=progress, optimizer=opt, start_step=start_step, log=log_so_far, on_step=checkpoint)
+        model,
+        lambda step: train_data.sample(tc.batch_size, tc.seq_len, gen),
+        tc.steps,
+        lr=tc.lr,
+        weight_decay=tc.weight_decay,
+        warmup=max(1, round(tc.warmup_frac * tc.steps)),
+        min_lr_ratio=tc.min_lr_ratio,
+        grad_clip=tc.grad_clip,
+        evaluate=lambda: eval_loss(model, eval_batches),
+        eval_every=tc.eval_every,
+        progress=progress,
+        optimizer=opt,
+        start_step=start_step,
+        log=log_so_far,
+        on_step=checkpoint,
+    )
     log = {
-        "command": command, "train_config": dataclasses.asdict(tc), "model_config": config.to_dict(),
+        "command": command,
+        "train_config": dataclasses.asdict(tc),
+        "model_config": config.to_dict(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_tokens": {d: len(s) for d, s in train_data.streams.items()},
-        "wall_seconds": round(earlier_seconds + time.perf_counter() - start, 1), "device": str(device),
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-        "final": {k: steps_log[-1][k] for k in ("step", "ce", "eval_ce", "aux", "z", "imbalance")
-                  if k in steps_log[-1]},
+        "wall_seconds": round(earlier_seconds + time.perf_counter() - start, 1),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "final": {
+            k: steps_log[-1][k] for k in ("step", "ce", "eval_ce", "aux", "z", "imbalance") if k in steps_log[-1]
+        },
         "steps": steps_log,
     }
     if out_dir is not None:
@@ -251,18 +305,21 @@ def train(tc: TrainConfig, out_dir: str | Path | None = None, *, progress: bool 
 
 def _arg(check: Callable, kind: type) -> Callable[[str], object]:
     """An argparse `type=` that parses `kind` and validates it, so bad values are usage errors."""
+
     def parse(text: str):
         try:
             return check("value", kind(text))
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err).replace("value ", "", 1)) from None
+
     parse.__name__ = kind.__name__
     return parse
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m moe_edu.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m moe_edu.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     d = TrainConfig()
     pos_int, pos_float = _arg(positive_int, int), _arg(positive_float, float)
     nonneg_float = _arg(nonnegative_float, float)
@@ -271,8 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/tiny", help="output directory (default: runs/tiny)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (at the end of the run)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--checkpoint-every", type=_arg(nonnegative_int, int), default=50,
-                   help="save the training state to <out>/checkpoint every N steps (0: never; default 50)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=_arg(nonnegative_int, int),
+        default=50,
+        help="save the training state to <out>/checkpoint every N steps (0: never; default 50)",
+    )
     p.add_argument("--vocab-size", type=_arg(lambda n, v: int_in_range(n, v, 259), int), default=d.vocab_size)
     p.add_argument("--seq-len", type=_arg(lambda n, v: int_in_range(n, v, 2), int), default=d.seq_len)
     p.add_argument("--batch-size", type=pos_int, default=d.batch_size)
@@ -286,9 +347,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:  # everything is checked before the corpus is built
-        tc = TrainConfig(preset=a.preset, steps=a.steps, vocab_size=a.vocab_size, seq_len=a.seq_len,
-                         batch_size=a.batch_size, lr=a.lr, aux_loss_coef=a.aux_loss_coef, z_loss_coef=a.z_loss_coef,
-                         eval_every=a.eval_every, seed=a.seed, device=a.device)
+        tc = TrainConfig(
+            preset=a.preset,
+            steps=a.steps,
+            vocab_size=a.vocab_size,
+            seq_len=a.seq_len,
+            batch_size=a.batch_size,
+            lr=a.lr,
+            aux_loss_coef=a.aux_loss_coef,
+            z_loss_coef=a.z_loss_coef,
+            eval_every=a.eval_every,
+            seed=a.seed,
+            device=a.device,
+        )
         device = pick_device(a.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {a.device}: CUDA is not available here")
@@ -303,15 +374,24 @@ def main(argv: list[str] | None = None) -> int:
             args.remove(flag)
     command = "python -m moe_edu.train " + " ".join(args)
     try:
-        _, _, log = train(tc, a.out, progress=not a.no_progress, command=command, overwrite=a.overwrite,
-                          resume=a.resume, checkpoint_every=a.checkpoint_every)
+        _, _, log = train(
+            tc,
+            a.out,
+            progress=not a.no_progress,
+            command=command,
+            overwrite=a.overwrite,
+            resume=a.resume,
+            checkpoint_every=a.checkpoint_every,
+        )
     except NonFiniteError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     f = log["final"]
     eval_ce = f.get("eval_ce")
-    print(f"done in {log['wall_seconds']} s: train ce {f['ce']:.3f}, eval ce "
-          f"{float('nan') if eval_ce is None else eval_ce:.3f}, imbalance {f['imbalance']:.2f} -> {a.out}")
+    print(
+        f"done in {log['wall_seconds']} s: train ce {f['ce']:.3f}, eval ce "
+        f"{float('nan') if eval_ce is None else eval_ce:.3f}, imbalance {f['imbalance']:.2f} -> {a.out}"
+    )
     return 0
 
 

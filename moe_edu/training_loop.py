@@ -34,23 +34,40 @@ def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not on embeddings, norms)."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.95),
+    )
 
 
 def _check_finite(step: int, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> None:
     if not (bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))):
         raise NonFiniteError(
             f"step {step}: loss {float(loss)}, gradient norm {float(grad_norm)} (lr {lr:g}): training diverged "
-            "and was stopped before the optimizer step; nothing was saved as a result (try a smaller --lr)")
+            "and was stopped before the optimizer step; nothing was saved as a result (try a smaller --lr)"
+        )
 
 
-def train_steps(model, next_batch: Callable[[int], torch.Tensor], steps: int, *, lr: float = 3e-3,
-                weight_decay: float = 0.1, warmup: int = 0, min_lr_ratio: float = 0.1, grad_clip: float = 1.0,
-                log_every: int = 1, evaluate: Callable[[], float] | None = None, eval_every: int = 0,
-                progress: bool = True, optimizer: torch.optim.Optimizer | None = None, start_step: int = 0,
-                log: list[dict] | None = None,
-                on_step: Callable[[int, torch.optim.Optimizer, list[dict]], None] | None = None) -> list[dict]:
+def train_steps(
+    model,
+    next_batch: Callable[[int], torch.Tensor],
+    steps: int,
+    *,
+    lr: float = 3e-3,
+    weight_decay: float = 0.1,
+    warmup: int = 0,
+    min_lr_ratio: float = 0.1,
+    grad_clip: float = 1.0,
+    log_every: int = 1,
+    evaluate: Callable[[], float] | None = None,
+    eval_every: int = 0,
+    progress: bool = True,
+    optimizer: torch.optim.Optimizer | None = None,
+    start_step: int = 0,
+    log: list[dict] | None = None,
+    on_step: Callable[[int, torch.optim.Optimizer, list[dict]], None] | None = None,
+) -> list[dict]:
     """The loop: AdamW + warmup/cosine on `next_batch(step) -> (B, T) ids`; returns the log.
 
     Each log entry: step, lr, loss (total), ce, aux, z, router logit RMS, imbalance
@@ -84,9 +101,17 @@ def train_steps(model, next_batch: Callable[[int], torch.Tensor], steps: int, *,
             aux, z = float(out.aux_loss.detach()), float(out.z_loss.detach())
             ce = float(out.loss.detach()) - cfg.router_aux_loss_coef * aux - cfg.router_z_loss_coef * z
             rms = float(torch.stack([t.detach().float().pow(2).mean() for t in out.router_logits]).mean().sqrt())
-            entry = {"step": step, "lr": opt.param_groups[0]["lr"], "loss": float(out.loss.detach()), "ce": ce,
-                     "aux": aux, "z": z, "logit_rms": rms, "imbalance": load_imbalance(load),
-                     "load": [[round(float(v), 5) for v in row] for row in load]}
+            entry = {
+                "step": step,
+                "lr": opt.param_groups[0]["lr"],
+                "loss": float(out.loss.detach()),
+                "ce": ce,
+                "aux": aux,
+                "z": z,
+                "logit_rms": rms,
+                "imbalance": load_imbalance(load),
+                "load": [[round(float(v), 5) for v in row] for row in load],
+            }
             if evaluate is not None and eval_every and (step % eval_every == 0 or step == steps - 1):
                 entry["eval_ce"] = evaluate()
                 model.train()

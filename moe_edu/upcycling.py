@@ -23,15 +23,22 @@ from .moe_block import SparseMoeBlock
 
 def dense_config(config: MixtralConfig) -> MixtralConfig:
     """The dense twin of an MoE config: same width and depth, one SwiGLU FFN per layer (E = k = 1)."""
-    return config.replace(num_local_experts=1, num_experts_per_tok=1, router_aux_loss_coef=0.0,
-                          router_z_loss_coef=0.0, name=f"{config.name}-dense")
+    return config.replace(
+        num_local_experts=1,
+        num_experts_per_tok=1,
+        router_aux_loss_coef=0.0,
+        router_z_loss_coef=0.0,
+        name=f"{config.name}-dense",
+    )
 
 
 def upcycle_weights(gate_up: torch.Tensor, down: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Copy one FFN into E experts: gate_up (1, 2I, H), down (1, H, I) -> (E, 2I, H), (E, H, I) (new memory)."""
     if gate_up.dim() != 3 or down.dim() != 3 or gate_up.shape[0] != 1 or down.shape[0] != 1:
-        raise ValueError(f"upcycle_weights expects one expert: gate_up (1, 2I, H) and down (1, H, I), "
-                         f"got {tuple(gate_up.shape)} and {tuple(down.shape)}")
+        raise ValueError(
+            f"upcycle_weights expects one expert: gate_up (1, 2I, H) and down (1, H, I), "
+            f"got {tuple(gate_up.shape)} and {tuple(down.shape)}"
+        )
     return gate_up.repeat(num_experts, 1, 1), down.repeat(num_experts, 1, 1)  # (E, 2I, H), (E, H, I)
 
 
@@ -40,8 +47,15 @@ def _check_dense(experts, where: str) -> None:
         raise ValueError(f"{where}: expected a dense FFN (num_experts=1), got {experts.num_experts} experts")
 
 
-def upcycle_block(dense: SparseMoeBlock, num_experts: int, top_k: int, *, router_std: float | None = None,
-                  noise_std: float = 0.0, generator: torch.Generator | None = None) -> SparseMoeBlock:
+def upcycle_block(
+    dense: SparseMoeBlock,
+    num_experts: int,
+    top_k: int,
+    *,
+    router_std: float | None = None,
+    noise_std: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> SparseMoeBlock:
     """A new E-expert block whose experts are all copies of `dense`'s one FFN, with a fresh router.
 
     router_std: std of the fresh router's normal init (default: the config's initializer_range).
@@ -55,8 +69,9 @@ def upcycle_block(dense: SparseMoeBlock, num_experts: int, top_k: int, *, router
     return block
 
 
-def _copy_into(block: SparseMoeBlock, dense: SparseMoeBlock, router_std: float, noise_std: float,
-               generator: torch.Generator | None) -> None:
+def _copy_into(
+    block: SparseMoeBlock, dense: SparseMoeBlock, router_std: float, noise_std: float, generator: torch.Generator | None
+) -> None:
     """Fill `block` (E experts) from `dense` (1 expert): copies of the FFN, a normal(0, router_std) router."""
     with torch.no_grad():
         copies = upcycle_weights(dense.experts.gate_up_proj, dense.experts.down_proj, block.experts.num_experts)
@@ -71,9 +86,16 @@ def _copy_into(block: SparseMoeBlock, dense: SparseMoeBlock, router_std: float, 
         w.copy_(torch.randn(w.shape, generator=generator, dtype=w.dtype).to(w.device) * router_std)
 
 
-def upcycle_model(dense: MixtralForCausalLM, num_experts: int = 8, top_k: int = 2, *,
-                  router_std: float | None = None, noise_std: float = 0.0, seed: int = 0,
-                  aux_loss_coef: float | None = None) -> MixtralForCausalLM:
+def upcycle_model(
+    dense: MixtralForCausalLM,
+    num_experts: int = 8,
+    top_k: int = 2,
+    *,
+    router_std: float | None = None,
+    noise_std: float = 0.0,
+    seed: int = 0,
+    aux_loss_coef: float | None = None,
+) -> MixtralForCausalLM:
     """The whole model upcycled: every non-MoE weight copied, every layer's FFN copied E times.
 
     aux_loss_coef: the new config's router_aux_loss_coef (default: the dense config's value).
@@ -81,8 +103,11 @@ def upcycle_model(dense: MixtralForCausalLM, num_experts: int = 8, top_k: int = 
     cfg = dense.config
     for i, layer in enumerate(dense.model.layers):
         _check_dense(layer.mlp.experts, f"upcycle_model: layer {i}")
-    changes = {"num_local_experts": num_experts, "num_experts_per_tok": top_k,
-               "name": cfg.name.removesuffix("-dense") + "-upcycled"}
+    changes = {
+        "num_local_experts": num_experts,
+        "num_experts_per_tok": top_k,
+        "name": cfg.name.removesuffix("-dense") + "-upcycled",
+    }
     if aux_loss_coef is not None:
         changes["router_aux_loss_coef"] = aux_loss_coef
     config = cfg.replace(**changes)

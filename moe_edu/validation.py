@@ -52,16 +52,31 @@ def optional_positive_int(name: str, value: Any) -> int | None:
     return None if value is None else positive_int(name, value)
 
 
-def finite_float(name: str, value: Any, *, gt: float | None = None, ge: float | None = None,
-                 lt: float | None = None, le: float | None = None) -> float:
+def finite_float(
+    name: str,
+    value: Any,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> float:
     """A finite real number (int or float, not bool) within the given open/closed bounds."""
     if not _is_number(value) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
-    bad = ((gt is not None and not value > gt) or (ge is not None and not value >= ge)
-           or (lt is not None and not value < lt) or (le is not None and not value <= le))
+    bad = (
+        (gt is not None and not value > gt)
+        or (ge is not None and not value >= ge)
+        or (lt is not None and not value < lt)
+        or (le is not None and not value <= le)
+    )
     if bad:
-        bounds = [f"> {gt}" if gt is not None else "", f">= {ge}" if ge is not None else "",
-                  f"< {lt}" if lt is not None else "", f"<= {le}" if le is not None else ""]
+        bounds = [
+            f"> {gt}" if gt is not None else "",
+            f">= {ge}" if ge is not None else "",
+            f"< {lt}" if lt is not None else "",
+            f"<= {le}" if le is not None else "",
+        ]
         raise ValueError(f"{name} must be {' and '.join(b for b in bounds if b)}, got {value!r}")
     return value
 

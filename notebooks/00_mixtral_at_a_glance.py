@@ -115,8 +115,17 @@ plt.show()
 # keeps them in a dataclass with the same field names as `transformers.MixtralConfig`.
 
 # %%
-fields = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-          "num_key_value_heads", "num_local_experts", "num_experts_per_tok", "max_position_embeddings"]
+fields = [
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "num_local_experts",
+    "num_experts_per_tok",
+    "max_position_embeddings",
+]
 for name in fields:
     print(f"{name:>24} = {getattr(config, name):>6}")
 print(f"{'head_dim':>24} = {config.head_dim_:>6}  (hidden_size / num_attention_heads)")
@@ -208,15 +217,19 @@ print(f"ratio active / dense = {flops.ratio:.4f}   (k / E = {k / E:.4f})")
 # %%
 for context in (0, 4096, 32768):
     f = moe_edu.flops_per_token(config, context=context)
-    print(f"context {context:>6}: active {f.active / 1e9:6.1f} GFLOPs, dense-equivalent "
-          f"{f.dense_equivalent / 1e9:6.1f} GFLOPs, ratio {f.ratio:.3f}")
+    print(
+        f"context {context:>6}: active {f.active / 1e9:6.1f} GFLOPs, dense-equivalent "
+        f"{f.dense_equivalent / 1e9:6.1f} GFLOPs, ratio {f.ratio:.3f}"
+    )
 
 # %% [markdown]
 # **Sparse compute, dense memory.** A token only *uses* 12.9B weights, but which 12.9B depends on the token, so all
 # 46.7B must be in memory: in bf16 (2 bytes each) that is
 
 # %%
-print(f"bf16 weights: {count.total * 2 / 1e9:.1f} GB to store, {count.active * 2 / 1e9:.1f} GB read per generated token at batch size 1")
+print(
+    f"bf16 weights: {count.total * 2 / 1e9:.1f} GB to store, {count.active * 2 / 1e9:.1f} GB read per generated token at batch size 1"
+)
 
 # %% [markdown]
 # That is the trade Mixtral makes: the *speed* of a 13B model with the *memory* of a 47B one.
@@ -232,7 +245,9 @@ tiny = moe_edu.PRESETS["tiny"]
 model = moe_edu.MixtralForCausalLM(tiny)
 n_module = sum(p.numel() for p in model.parameters())
 tiny_count = moe_edu.count_parameters(tiny)
-print(f"tiny: H={tiny.hidden_size}, I={tiny.intermediate_size}, L={tiny.num_hidden_layers}, E={tiny.num_local_experts}, k={tiny.num_experts_per_tok}")
+print(
+    f"tiny: H={tiny.hidden_size}, I={tiny.intermediate_size}, L={tiny.num_hidden_layers}, E={tiny.num_local_experts}, k={tiny.num_experts_per_tok}"
+)
 print(f"parameters in the nn.Module: {n_module:,}")
 print(f"count_parameters(tiny):      {tiny_count.total:,} total, {tiny_count.active:,} active")
 print("equal:", n_module == tiny_count.total)

@@ -142,7 +142,7 @@ H_big, T_big = 4096, 2000
 X_big = torch.randn(T_big, H_big)  # (T, H)
 W_big = torch.randn(E, H_big) / math.sqrt(H_big)  # (E, H) logits of order 1
 logits32 = X_big @ W_big.T  # (T, E)
-logits16 = (X_big.bfloat16() @ W_big.bfloat16().T)  # (T, E) in bf16
+logits16 = X_big.bfloat16() @ W_big.bfloat16().T  # (T, E) in bf16
 top32 = torch.topk(logits32, 2, dim=-1).indices.sort(-1).values  # (T, 2)
 top16 = torch.topk(logits16.float(), 2, dim=-1).indices.sort(-1).values  # (T, 2)
 changed = (top32 != top16).any(-1)  # (T,)
@@ -171,11 +171,15 @@ print("10 % < bf16 softmax rows off by more than 1e-3 < 40 %:", 0.10 < off.float
 # in each of Mixtral's 32 layers, on every forward pass, and differently on different hardware:
 
 # %% tags=["nbval-ignore-output"]
-print(f"P(a token's routing differs in at least one of 32 layers) = 1 - (1 - {rate:.4f})^32 = {1 - (1 - rate) ** 32:.1%}")
+print(
+    f"P(a token's routing differs in at least one of 32 layers) = 1 - (1 - {rate:.4f})^32 = {1 - (1 - rate) ** 32:.1%}"
+)
 
 # %%
-print("at 0.1 % to 2 % per layer, 3 % to 48 % of tokens differ somewhere in 32 layers:",
-      0.03 < 1 - (1 - rate) ** 32 < 0.48)
+print(
+    "at 0.1 % to 2 % per layer, 3 % to 48 % of tokens differ somewhere in 32 layers:",
+    0.03 < 1 - (1 - rate) ** 32 < 0.48,
+)
 
 # %% [markdown]
 # During training that is noise in a discrete decision; computing the logits in fp32 removes the part caused by
@@ -190,9 +194,20 @@ print("at 0.1 % to 2 % per layer, 3 % to 48 % of tokens differ somewhere in 32 l
 # distributes them. Each row is one token; the blue frames mark its top-2 experts (next notebook's subject).
 
 # %%
-words = ["def", "return", "import", "lambda",  # "code"
-         "sum", "integral", "pi", "sqrt",  # "maths"
-         "le", "chat", "est", "noir"]  # "French"
+words = [
+    "def",
+    "return",
+    "import",
+    "lambda",  # "code"
+    "sum",
+    "integral",
+    "pi",
+    "sqrt",  # "maths"
+    "le",
+    "chat",
+    "est",
+    "noir",
+]  # "French"
 centres = torch.randn(3, H) * 1.0  # (3, H) one centre per domain
 X_words = centres.repeat_interleave(4, dim=0) + 0.6 * torch.randn(len(words), H)  # (12, H)
 router = torch.randn(E, H) * 0.15  # (E, H)
@@ -218,7 +233,7 @@ plt.show()
 # %%
 temps = [0.25, 1.0, 4.0]
 fig, axes = plt.subplots(1, 3, figsize=(10, 2.8), sharey=True)
-for ax, tau in zip(axes, temps):
+for ax, tau in zip(axes, temps, strict=False):
     p = torch.softmax(logits[0] / tau, dim=-1)  # (E,)
     ax.bar(range(E), p.tolist(), color="#f4a259", edgecolor="#333333")
     ax.set_title(f"tau = {tau}")
@@ -230,6 +245,7 @@ plt.show()
 # %% [markdown]
 # The entropy $-\sum_e p_e \log p_e$ measures it in one number: $\log E = 2.0794$ for a uniform router, 0 for a
 # one-hot one.
+
 
 # %%
 def entropy(p: torch.Tensor) -> torch.Tensor:
@@ -249,8 +265,10 @@ print(f"log E = {math.log(E):.4f}")
 # %%
 W_init = torch.randn(E, H) * 0.02  # (E, H) transformers' initialisation
 p_init = torch.softmax(X @ W_init.T, dim=-1)  # (T, E)
-print(f"at init: probabilities in [{p_init.min():.3f}, {p_init.max():.3f}], "
-      f"mean entropy {entropy(p_init).mean():.4f} (uniform: {math.log(E):.4f})")
+print(
+    f"at init: probabilities in [{p_init.min():.3f}, {p_init.max():.3f}], "
+    f"mean entropy {entropy(p_init).mean():.4f} (uniform: {math.log(E):.4f})"
+)
 
 # %% [markdown]
 # ## 6. The same router in `moe_edu`

@@ -203,6 +203,7 @@ print("no fp32 ties, and more than 1 % of tokens tied in bf16:", ties["fp32"] ==
 # That is one more reason to route in fp32 (notebook 01). Where you need determinism — tests, exercises,
 # reproducible demos — break ties explicitly, e.g. *lowest expert id wins* with a stable sort:
 
+
 # %%
 def topk_stable(p: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k where equal values keep index order (lowest expert id first)."""
@@ -225,6 +226,7 @@ print("agrees with topk when there are no ties:", torch.equal(topk_stable(probs,
 # use the weights in a stand-in loss $\sum_i w_i c_i$ (as if $c_i$ were each expert's contribution to the loss), and
 # look at the gradient on each logit.
 
+
 # %%
 def logit_grads(k: int, renormalise: bool) -> torch.Tensor:
     l = logits[0].clone().requires_grad_(True)  # (E,)
@@ -242,8 +244,10 @@ print("token 0's experts, best first:", chosen0)
 for k_, renorm in ((2, False), (2, True), (1, False), (1, True)):
     g = logit_grads(k_, renorm)
     unchosen = [e for e in range(E) if e not in chosen0[:k_]]
-    print(f"k={k_}, renormalise={str(renorm):5}: |grad| on chosen {g[chosen0[:k_]].abs().max():.4f}, "
-          f"on unchosen {g[unchosen].abs().max():.4f}")
+    print(
+        f"k={k_}, renormalise={str(renorm):5}: |grad| on chosen {g[chosen0[:k_]].abs().max():.4f}, "
+        f"on unchosen {g[unchosen].abs().max():.4f}"
+    )
 
 # %% [markdown]
 # Read the four lines:

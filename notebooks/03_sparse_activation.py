@@ -46,9 +46,9 @@ import torch
 import torch.nn.functional as F
 
 from moe_edu.capacity import capacity_dispatch
+from moe_edu.course.plots import expert_load_bars, ratio_bars
 from moe_edu.dispatch import DISPATCHES
 from moe_edu.experts import Experts
-from moe_edu.course.plots import expert_load_bars, ratio_bars
 
 # %% [markdown]
 # ## 1. The ingredients
@@ -85,6 +85,7 @@ print("chosen experts of the first 4 tokens:", chosen[:4].tolist())
 # For each expert, find the tokens that chose it (`torch.where`), run the expert **once** on all of them as a batch,
 # and add the weighted results back into their rows. An expert nobody chose is skipped entirely.
 
+
 # %%
 def loop_dispatch(x, weights, chosen):
     y = torch.zeros_like(x)  # (T, H)
@@ -105,6 +106,7 @@ print("y:", tuple(y_loop.shape), " first row:", format_tensor(y_loop[0, :4]))
 # Run **every** expert on **every** token, then multiply by the `(T, E)` gate matrix that is zero for unchosen
 # experts. Simple, fully vectorised — and $E/k$ times the work, most of it multiplied by zero.
 
+
 # %%
 def dense_dispatch(x, weights, chosen):
     every = torch.stack([expert(e, x) for e in range(E)])  # (E, T, H) all experts on all tokens
@@ -122,6 +124,7 @@ print("max |dense - loop| < 1e-6:", (y_dense - y_loop).abs().max().item() < 1e-6
 # (token, slot) **assignments**, sort them by expert id **once**, and the tokens of each expert become one
 # contiguous block. Run one matmul per block, then scatter the results back. On a GPU the per-expert matmuls fuse
 # into a single *grouped GEMM* (`torch.nn.functional.grouped_mm`, notebook 10).
+
 
 # %%
 def grouped_dispatch(x, weights, chosen):
@@ -164,8 +167,10 @@ print(f"tokens per expert: {counts.tolist()}  (sum = T*k = {T * k})")
 print(f"loop / grouped: {sparse_flops:>12,} FLOPs")
 print(f"dense masked:   {dense_flops:>12,} FLOPs")
 print(f"dense / sparse = {dense_flops / sparse_flops:.1f} = E/k = {E // k}")
-print(f"for Mixtral 8x7B, one layer, 1,000 tokens: sparse {1000 * k * 6 * 4096 * 14336 / 1e12:.2f} TFLOPs, "
-      f"dense {1000 * E * 6 * 4096 * 14336 / 1e12:.2f} TFLOPs")
+print(
+    f"for Mixtral 8x7B, one layer, 1,000 tokens: sparse {1000 * k * 6 * 4096 * 14336 / 1e12:.2f} TFLOPs, "
+    f"dense {1000 * E * 6 * 4096 * 14336 / 1e12:.2f} TFLOPs"
+)
 
 # %% [markdown]
 # ## 4. Timing them side by side
@@ -198,8 +203,13 @@ with torch.no_grad():
     seconds = {name: best_of(lambda d=DISPATCHES[name]: d(x_big, experts_big, w_big, c_big)) for name in names}
 for name, s in seconds.items():
     print(f"{name:>8}: {s / seconds['grouped']:5.2f}x the grouped time")
-fig = ratio_bars(list(seconds), [seconds[n] / seconds["grouped"] for n in seconds], ylabel="time / grouped",
-                 title="measured time, relative to grouped", highlight=names.index("grouped"))
+fig = ratio_bars(
+    list(seconds),
+    [seconds[n] / seconds["grouped"] for n in seconds],
+    ylabel="time / grouped",
+    title="measured time, relative to grouped",
+    highlight=names.index("grouped"),
+)
 plt.show()
 
 # %% [markdown]
@@ -281,8 +291,10 @@ with torch.no_grad():
     dropless = DISPATCHES["grouped"](x2, experts_tiny, weights2, chosen2)  # (T, H)
     for cf in (0.5, 1.0, 1.25, 2.0, 4.0):
         out = capacity_dispatch(x2, experts_tiny, weights2, chosen2, capacity_factor=cf)
-        print(f"capacity factor {cf:>4}: C = {out.capacity:>3}, dropped {(~out.kept).float().mean():6.1%}, "
-              f"equals dropless: {torch.allclose(out.y, dropless, atol=1e-6)}")
+        print(
+            f"capacity factor {cf:>4}: C = {out.capacity:>3}, dropped {(~out.kept).float().mean():6.1%}, "
+            f"equals dropless: {torch.allclose(out.y, dropless, atol=1e-6)}"
+        )
 
 # %% [markdown]
 # The trade-off: a big capacity factor wastes compute on padding (empty slots are still multiplied), a small one

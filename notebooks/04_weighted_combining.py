@@ -131,7 +131,7 @@ print("library == ours:", torch.equal(li_a, a_idx) and torch.allclose(lw_a, a_w)
 # between the two chosen logits matters.** Equal logits → a 50/50 average; a gap of 2 → about 88/12.
 
 # %%
-gap = (b_logit[:, 0] - b_logit[:, 1])  # (T,) first minus second chosen logit, >= 0
+gap = b_logit[:, 0] - b_logit[:, 1]  # (T,) first minus second chosen logit, >= 0
 print("w_1 == sigmoid(l_1 - l_2):", torch.allclose(b_w[:, 0], torch.sigmoid(gap), atol=1e-6))
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
 g = torch.linspace(0, 6, 100)
@@ -187,8 +187,13 @@ chosen0 = top_i[0].tolist()
 for e, (px, py) in enumerate(pts):
     on = e in chosen0
     ax.scatter(px, py, s=90 if on else 40, color="#f4a259" if on else "#adb5bd", edgecolor="#333333", zorder=3)
-    ax.annotate(f"E{e}" + (f" (w={w_renorm[0, chosen0.index(e)]:.2f})" if on else ""), (px, py),
-                textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.annotate(
+        f"E{e}" + (f" (w={w_renorm[0, chosen0.index(e)]:.2f})" if on else ""),
+        (px, py),
+        textcoords="offset points",
+        xytext=(6, 4),
+        fontsize=8,
+    )
 a, b = (pts[i] for i in chosen0)
 ax.plot([a[0], b[0]], [a[1], b[1]], color="#f4a259", lw=1.5, zorder=2)
 ax.scatter(*y0, marker="*", s=220, color="#c0392b", zorder=4, label="y, top-2 (Mixtral)")
@@ -213,8 +218,10 @@ w_all, i_all = moe_edu.softmax_topk(logits, E)  # (T, E), (T, E)
 with torch.no_grad():
     y_sparse_kE = DISPATCHES["grouped"](X, experts, w_all, i_all)  # (T, H) the sparse code with k = E
     y_soft = torch.einsum("te,eth->th", torch.softmax(logits, -1), experts(X))  # (T, H) soft mixture
-print("renormalised top-E weights == softmax:",
-      torch.allclose(torch.zeros(T, E).scatter(1, i_all, w_all), torch.softmax(logits, -1), atol=1e-6))
+print(
+    "renormalised top-E weights == softmax:",
+    torch.allclose(torch.zeros(T, E).scatter(1, i_all, w_all), torch.softmax(logits, -1), atol=1e-6),
+)
 print("sparse block with k = E == dense soft mixture:", torch.allclose(y_sparse_kE, y_soft, atol=1e-6))
 
 # %% [markdown]

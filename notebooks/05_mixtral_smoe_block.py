@@ -59,6 +59,7 @@ from torch import nn
 #
 # Three matrices of $H \cdot I$ each, so $3HI$ parameters per expert — for Mixtral $I = 14336 = 3.5H$, about 176M.
 
+
 # %%
 class SwiGLUExpert(nn.Module):
     def __init__(self, hidden: int, inter: int) -> None:
@@ -76,12 +77,15 @@ H, I, E, k = cfg.hidden_size, cfg.intermediate_size, cfg.num_local_experts, cfg.
 ex = SwiGLUExpert(H, I)
 print(f"tiny expert: H={H}, I={I} (= {I / H} H), parameters {sum(p.numel() for p in ex.parameters()):,} = 3*H*I")
 mix = moe_edu.PRESETS["mixtral-8x7b"]
-print(f"Mixtral expert: 3 * {mix.hidden_size} * {mix.intermediate_size} = {3 * mix.hidden_size * mix.intermediate_size:,}")
+print(
+    f"Mixtral expert: 3 * {mix.hidden_size} * {mix.intermediate_size} = {3 * mix.hidden_size * mix.intermediate_size:,}"
+)
 
 # %% [markdown]
 # ## 2. The block, from memory
 #
 # Everything from notebooks 01–04 in one module. Read it top to bottom — this is the whole Mixtral MoE layer:
+
 
 # %%
 class MixtralMoE(nn.Module):
@@ -115,7 +119,14 @@ for p in hand.parameters():
 x = torch.randn(2, 7, H)  # (B, T, H)
 with torch.no_grad():
     y_hand, logits_hand = hand(x)
-print("y:", tuple(y_hand.shape), "| router logits:", tuple(logits_hand.shape), "| y[0, 0, :4]:", format_tensor(y_hand[0, 0, :4]))
+print(
+    "y:",
+    tuple(y_hand.shape),
+    "| router logits:",
+    tuple(logits_hand.shape),
+    "| y[0, 0, :4]:",
+    format_tensor(y_hand[0, 0, :4]),
+)
 
 # %% [markdown]
 # ## 3. The same block in `moe_edu`
@@ -160,7 +171,9 @@ try:
     from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 except Exception as err:  # not installed, or an installed version that fails to import (e.g. too old a torch)
     MixtralSparseMoeBlock = None
-    print(f"transformers unavailable ({type(err).__name__}): skipping the comparison (pip install 'moe_edu[notebooks]')")
+    print(
+        f"transformers unavailable ({type(err).__name__}): skipping the comparison (pip install 'moe_edu[notebooks]')"
+    )
 
 if MixtralSparseMoeBlock is not None:
     hf_config = cfg.to_hf()
@@ -189,6 +202,7 @@ if MixtralSparseMoeBlock is not None:
 # ($I = 3.5H$, 8 experts, top-2) at another width. One MoE block holds $E \cdot 3HI + EH$ parameters, of which a
 # token uses $k \cdot 3HI + EH$:
 
+
 # %%
 def block_params(c: moe_edu.MixtralConfig) -> tuple[int, int]:
     one = 3 * c.hidden_size * c.intermediate_size
@@ -202,7 +216,9 @@ configs += [moe_edu.PRESETS["mixtral-8x7b"], moe_edu.PRESETS["mixtral-8x22b"]]
 for c in configs:
     total, active = block_params(c)
     model_total = moe_edu.count_parameters(c).total
-    print(f"{c.name:>22} | {c.hidden_size:>5} | {c.intermediate_size:>6} | {total:>14,} | {active:>13,} | {model_total:>16,}")
+    print(
+        f"{c.name:>22} | {c.hidden_size:>5} | {c.intermediate_size:>6} | {total:>14,} | {active:>13,} | {model_total:>16,}"
+    )
 
 # %% [markdown]
 # ### 8x7B on the `meta` device
@@ -246,8 +262,12 @@ with torch.no_grad():
     y16, logits16 = block16(x16)  # (B, T, H) bf16, (B*T, E) fp32
 rel = ((y16.float().cpu() - y_lib).norm() / y_lib.norm()).item()
 print("output dtype:", y16.dtype, "| router logits dtype:", logits16.dtype)
-print("same experts chosen as fp32:",
-      torch.equal(torch.topk(logits16.cpu(), k).indices.sort(-1).values, torch.topk(logits_lib, k).indices.sort(-1).values))
+print(
+    "same experts chosen as fp32:",
+    torch.equal(
+        torch.topk(logits16.cpu(), k).indices.sort(-1).values, torch.topk(logits_lib, k).indices.sort(-1).values
+    ),
+)
 print(f"relative error of the bf16 output vs fp32 < 2e-2: {rel < 2e-2}")
 
 # %% [markdown]

@@ -56,8 +56,10 @@ from moe_edu.course.widgets import PRESET_TEXTS, RoutingExplorer, render_routing
 model, tokenizer = moe_edu.load_pretrained()
 config = model.config
 print(tokenizer)
-print(f"{config.num_hidden_layers} layers, E = {config.num_local_experts} experts, "
-      f"k = {config.num_experts_per_tok}, context = {config.max_position_embeddings} tokens")
+print(
+    f"{config.num_hidden_layers} layers, E = {config.num_local_experts} experts, "
+    f"k = {config.num_experts_per_tok}, context = {config.max_position_embeddings} tokens"
+)
 
 # %% [markdown]
 # ## 2. By hand first: router outputs for one sentence
@@ -167,7 +169,7 @@ def consistency(layer: int, min_count: int = 3) -> list[tuple[float, int, str, i
     """(share to the modal expert, occurrences, token, modal expert) for every frequent token, best first."""
     seen: dict[str, list[int]] = {}
     for tr in traces.values():
-        for tok, ex in zip(tr.tokens, tr.first_choice(layer).tolist()):
+        for tok, ex in zip(tr.tokens, tr.first_choice(layer).tolist(), strict=False):
             seen.setdefault(tok, []).append(ex)
     rows = []
     for tok, experts in seen.items():
@@ -195,8 +197,10 @@ for layer in range(config.num_hidden_layers):
 for layer in range(config.num_hidden_layers):
     code, prose = traces["code"].load(layer), traces["prose"].load(layer)  # (E,), (E,)
     tv = 0.5 * (code - prose).abs().sum()
-    print(f"layer {layer}: code {[f'{x:.2f}' for x in code.tolist()]}  prose {[f'{x:.2f}' for x in prose.tolist()]}"
-          f"  TV = {tv:.3f}")
+    print(
+        f"layer {layer}: code {[f'{x:.2f}' for x in code.tolist()]}  prose {[f'{x:.2f}' for x in prose.tolist()]}"
+        f"  TV = {tv:.3f}"
+    )
 
 # %% [markdown]
 # **Q3. Does layer 0 look random?** Look at the *all layers* tab: do neighbouring tokens share a colour more often
@@ -209,8 +213,10 @@ from moe_edu.analysis import random_first_choice_rate, random_topk_overlap_rate,
 
 E, k = config.num_local_experts, config.num_experts_per_tok
 rates = [repetition_rates(tr.topk(layer)[1] for tr in traces.values()) for layer in range(config.num_hidden_layers)]
-print(f"random router: same first choice {100 * random_first_choice_rate(E):.1f} %, "
-      f"share one of the top-{k} {100 * random_topk_overlap_rate(E, k):.1f} %")
+print(
+    f"random router: same first choice {100 * random_first_choice_rate(E):.1f} %, "
+    f"share one of the top-{k} {100 * random_topk_overlap_rate(E, k):.1f} %"
+)
 for layer, (first, overlap) in enumerate(rates):
     print(f"layer {layer}: same first choice {100 * first:.1f} %, share one of the top-{k} {100 * overlap:.1f} %")
 

@@ -49,6 +49,7 @@ import torch
 # ($\sum_e P_e = 1$). Under uniform routing $f_e = k/E$, $P_e = 1/E$ and the loss is
 # $E \cdot E \cdot \frac{k}{E}\cdot\frac{1}{E} = k$.
 
+
 # %%
 def aux_loss_by_hand(logits: torch.Tensor, E: int, k: int) -> torch.Tensor:
     probs = torch.softmax(logits.float(), dim=-1)  # (T, E)
@@ -98,8 +99,10 @@ if load_balancing_loss_func is not None:
 sneaky = torch.zeros(T, E)
 sneaky[:, 0], sneaky[:, 1] = 2e-3, 1e-3  # every token: experts 0 and 1, by a hair
 f = torch.zeros(T, E).scatter_(-1, torch.topk(sneaky, k).indices, 1.0).mean(0)  # (E,)
-print(f"aux loss {moe_edu.load_balancing_loss([sneaky], E, k).item():.4f}, "
-      f"hard load per expert {[round(v, 2) for v in (f / k).tolist()]}")
+print(
+    f"aux loss {moe_edu.load_balancing_loss([sneaky], E, k).item():.4f}, "
+    f"hard load per expert {[round(v, 2) for v in (f / k).tolist()]}"
+)
 
 # %% [markdown]
 # So we will always look at the **hard load** too: the share of assignments each expert actually
@@ -152,14 +155,18 @@ def probe_stats(model) -> dict:
     """Hard load, mean logsumexp and mean spread (std over experts) of the router logits on the probe."""
     with torch.no_grad():
         logits = model(probe, output_router_logits=True).router_logits  # 1 layer: ((B*T, E),)
-    return {"load": routing_load(logits, 2).tolist(),
-            "lse": torch.logsumexp(logits[0], -1).mean().item(), "spread": logits[0].std(-1).mean().item()}
+    return {
+        "load": routing_load(logits, 2).tolist(),
+        "lse": torch.logsumexp(logits[0], -1).mean().item(),
+        "spread": logits[0].std(-1).mean().item(),
+    }
 
 
 def live_run(aux_coef: float, z_coef: float) -> dict:
     torch.manual_seed(0)
-    cfg = moe_edu.PRESETS["tiny"].replace(vocab_size=tokenizer.vocab_size, num_hidden_layers=1,
-                                          router_aux_loss_coef=aux_coef, router_z_loss_coef=z_coef)
+    cfg = moe_edu.PRESETS["tiny"].replace(
+        vocab_size=tokenizer.vocab_size, num_hidden_layers=1, router_aux_loss_coef=aux_coef, router_z_loss_coef=z_coef
+    )
     model = moe_edu.MixtralForCausalLM(cfg)
     gen = torch.Generator().manual_seed(0)
     history = []  # probe statistics every EVERY steps
@@ -190,20 +197,24 @@ lse = {name: run["history"][-1]["lse"] for name, run in runs.items()}
 # %% tags=["nbval-ignore-output"]
 for name, run in runs.items():
     last, probe_end = run["log"][-1], run["history"][-1]
-    print(f"{name:22s} ce {last['ce']:.2f}  aux {last['aux']:.2f}  z {last['z']:5.2f} | probe: imbalance "
-          f"{imbalance[name]:.2f}, logsumexp {probe_end['lse']:5.2f}, spread {probe_end['spread']:.2f}")
+    print(
+        f"{name:22s} ce {last['ce']:.2f}  aux {last['aux']:.2f}  z {last['z']:5.2f} | probe: imbalance "
+        f"{imbalance[name]:.2f}, logsumexp {probe_end['lse']:5.2f}, spread {probe_end['spread']:.2f}"
+    )
 
 # %%
 print("the aux loss lowers the probe's imbalance:", imbalance["aux loss (coef 1.0)"] < imbalance["no aux loss"])
-print("imbalance without aux loss > 2.5, with it < 2.0:",
-      imbalance["no aux loss"] > 2.5 and imbalance["aux loss (coef 1.0)"] < 2.0)
+print(
+    "imbalance without aux loss > 2.5, with it < 2.0:",
+    imbalance["no aux loss"] > 2.5 and imbalance["aux loss (coef 1.0)"] < 2.0,
+)
 print("the z-loss lowers the router's logsumexp:", lse["aux 1.0 + z-loss 0.05"] < lse["aux loss (coef 1.0)"])
 
 # %%
 from moe_edu.course.plots_training import load_history
 
 fig, axes = plt.subplots(3, 1, figsize=(6.4, 6.6), sharex=True)
-for ax, (name, run) in zip(axes, runs.items()):
+for ax, (name, run) in zip(axes, runs.items(), strict=False):
     load_history(run["history"], 0, ax=ax, title=name)
 fig.tight_layout()
 plt.show()
@@ -214,7 +225,7 @@ import seaborn as sns
 fig, axes = plt.subplots(1, 3, figsize=(11.2, 3.2))
 for name, run in runs.items():
     sns.lineplot(x=[e["step"] for e in run["log"]], y=[e["aux"] for e in run["log"]], ax=axes[0], label=name)
-    for ax, key in zip(axes[1:], ("lse", "spread")):
+    for ax, key in zip(axes[1:], ("lse", "spread"), strict=False):
         sns.lineplot(x=[h["step"] for h in run["history"]], y=[h[key] for h in run["history"]], ax=ax, label=name)
 axes[0].axhline(2, color="k", ls="--", lw=0.8)
 axes[0].set_title("load-balancing loss (k = 2)")
@@ -251,10 +262,14 @@ plt.show()
 log = moe_edu.load_train_log()
 tc, final = log["train_config"], log["final"]
 print(log["command"])
-print(f"{log['parameters']:,} parameters; {tc['steps']} steps of {tc['batch_size']} x {tc['seq_len']} tokens; "
-      f"aux coef {tc['aux_loss_coef']}, z coef {tc['z_loss_coef']}")
-print(f"final train cross-entropy {final['ce']:.3f}, held-out {final['eval_ce']:.3f} "
-      f"(uniform guess: ln {log['model_config']['vocab_size']} = {math.log(log['model_config']['vocab_size']):.3f})")
+print(
+    f"{log['parameters']:,} parameters; {tc['steps']} steps of {tc['batch_size']} x {tc['seq_len']} tokens; "
+    f"aux coef {tc['aux_loss_coef']}, z coef {tc['z_loss_coef']}"
+)
+print(
+    f"final train cross-entropy {final['ce']:.3f}, held-out {final['eval_ce']:.3f} "
+    f"(uniform guess: ln {log['model_config']['vocab_size']} = {math.log(log['model_config']['vocab_size']):.3f})"
+)
 
 # %%
 from moe_edu.course.plots_training import loss_curves
@@ -277,8 +292,10 @@ plt.show()
 # %%
 last = torch.tensor(log["steps"][-1]["load"])  # (L, E)
 for layer in range(layers):
-    print(f"layer {layer}: final batch load {[round(v, 2) for v in last[layer].tolist()]}, "
-          f"imbalance {load_imbalance(last[layer]):.2f}")
+    print(
+        f"layer {layer}: final batch load {[round(v, 2) for v in last[layer].tolist()]}, "
+        f"imbalance {load_imbalance(last[layer]):.2f}"
+    )
 
 # %% [markdown]
 # ## Recap

@@ -46,7 +46,6 @@ import torch
 # `split_corpus` holds out every sixth document of each domain; the model never trained on them.
 # We route up to 1,500 tokens per domain, document by document (pairs of neighbours never cross
 # a document boundary).
-
 # %%
 from moe_edu.analysis import route_domains
 from moe_edu.data.corpus import build_corpus, by_domain, split_corpus
@@ -74,7 +73,7 @@ from moe_edu.course.plots_training import domain_load_bars
 LAYERS = {"first": 0, "middle": L // 2, "last": L - 1}
 loads = load_by_domain(routed, E)  # domain -> (L, E)
 fig, axes = plt.subplots(3, 1, figsize=(7.2, 8.4), sharex=True)
-for ax, (label, layer) in zip(axes, LAYERS.items()):
+for ax, (label, layer) in zip(axes, LAYERS.items(), strict=False):
     domain_load_bars(loads, layer, ax=ax, title=f"{label} layer ({layer})")
     ax.legend(fontsize=7, ncol=4)
 fig.tight_layout()
@@ -125,9 +124,9 @@ from collections import Counter, defaultdict
 def favourite_tokens(layer: int, top: int = 6, min_count: int = 8) -> dict[int, list[str]]:
     seen, first = Counter(), defaultdict(Counter)
     for name, seqs in routed.items():
-        for doc, chosen in zip(domains[name], seqs):
+        for doc, chosen in zip(domains[name], seqs, strict=False):
             ids = tokenizer.encode(doc.text)[: chosen.shape[1]]
-            for tok_id, e in zip(ids, chosen[layer, :, 0].tolist()):
+            for tok_id, e in zip(ids, chosen[layer, :, 0].tolist(), strict=False):
                 seen[tok_id] += 1
                 first[e][tok_id] += 1
     result = {}
@@ -152,8 +151,10 @@ for e, toks in favourite_tokens(LAYERS["last"]).items():
 from moe_edu.analysis import random_first_choice_rate, random_topk_overlap_rate, repetition_by_domain
 
 base_first, base_overlap = random_first_choice_rate(E), random_topk_overlap_rate(E, k)
-print(f"random routing, E={E}, k={k}: first choice {100 * base_first:.1f} %, "
-      f"first or second choice {100 * base_overlap:.1f} %  (1 - C(6,2)/C(8,2) = 1 - 15/28)")
+print(
+    f"random routing, E={E}, k={k}: first choice {100 * base_first:.1f} %, "
+    f"first or second choice {100 * base_overlap:.1f} %  (1 - C(6,2)/C(8,2) = 1 - 15/28)"
+)
 reps = repetition_by_domain(routed)  # domain -> (L, 2)
 print(f"\n{'ours':10s}" + "".join(f"{label + ' (L' + str(l) + ')':>22s}" for label, l in LAYERS.items()))
 print(f"{'':10s}" + "   first  first/second" * len(LAYERS))
@@ -193,8 +194,9 @@ repetition_bars(paper_first, base_first, ax=axes[1], title="Mixtral 8x7B (Table 
 fig.tight_layout()
 plt.show()
 fig, ax = plt.subplots(figsize=(6.4, 3.0))
-repetition_bars(ours_overlap, base_overlap, ax=ax, title="ours: top-2 sets overlap",
-                ylabel="consecutive tokens, shared expert")
+repetition_bars(
+    ours_overlap, base_overlap, ax=ax, title="ours: top-2 sets overlap", ylabel="consecutive tokens, shared expert"
+)
 plt.show()
 
 # %% [markdown]

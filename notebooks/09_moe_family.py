@@ -80,8 +80,12 @@ def assignment(tokens: torch.Tensor, experts: torch.Tensor, n: int = N, e: int =
 # (a) token choice, top-2 (Mixtral): every token picks its two best experts.
 top2 = probs.topk(2, dim=-1).indices  # (N, 2)
 mixtral_assign = assignment(torch.arange(N).repeat_interleave(2), top2.reshape(-1))
-print("token choice, top-2: tokens per expert", mixtral_assign.sum(0).tolist(),
-      "| experts per token", mixtral_assign.sum(1).tolist())
+print(
+    "token choice, top-2: tokens per expert",
+    mixtral_assign.sum(0).tolist(),
+    "| experts per token",
+    mixtral_assign.sum(1).tolist(),
+)
 
 # %% [markdown]
 # Token choice gives every token exactly k experts, but the experts get whatever the tokens ask for: here expert 0
@@ -139,9 +143,15 @@ print(f"with capacity factor 1 (C = {C_one}): tokens with no expert", torch.nonz
 # %%
 switch_assign = assignment(torch.nonzero(kept).flatten(), first[kept])
 fig, axes = plt.subplots(1, 3, figsize=(9.0, 3.6))
-for ax, (title, m) in zip(axes, [("Mixtral: top-2, dropless", mixtral_assign),
-                                 (f"Switch: top-1, C = {C}", switch_assign),
-                                 (f"expert choice: C = {C_ec}", ec_assign)]):
+for ax, (title, m) in zip(
+    axes,
+    [
+        ("Mixtral: top-2, dropless", mixtral_assign),
+        (f"Switch: top-1, C = {C}", switch_assign),
+        (f"expert choice: C = {C_ec}", ec_assign),
+    ],
+    strict=False,
+):
     ax.imshow(m.numpy(), cmap="Greys", vmin=0, vmax=1.4, aspect="auto")
     ax.set_title(title, fontsize=9)
     ax.set_xticks(range(E_small), [f"e{e}" for e in range(E_small)])
@@ -190,10 +200,12 @@ for name, v in variants.items():
 
 # %%
 LAYER = 1
-TEXT = ("The router sends every token to two experts. "
-        "def mean(values):\n    return sum(values) / len(values)\n"
-        "Le routeur envoie chaque jeton à deux experts. "
-        "What is 17 + 25? The answer is 42.")
+TEXT = (
+    "The router sends every token to two experts. "
+    "def mean(values):\n    return sum(values) / len(values)\n"
+    "Le routeur envoie chaque jeton à deux experts. "
+    "What is 17 + 25? The answer is 42."
+)
 
 
 def trained_hidden_states():
@@ -256,7 +268,7 @@ table
 
 # %%
 fig, axes = plt.subplots(2, 4, figsize=(14.0, 6.0))
-for ax, (name, out) in zip(axes.flat, outputs.items()):
+for ax, (name, out) in zip(axes.flat, outputs.items(), strict=False):
     v = variants[name]
     demand = out.demand_counts if out.demand_counts is not None else out.load_counts
     cap = v.capacity(out.num_tokens) if name in ("switch", "gshard") else None
@@ -279,7 +291,9 @@ for factor in (0.5, 1.0, 1.25, 1.5, 2.0, 4.0):
     switch.capacity_factor = factor
     out = switch(x_random)
     cap = switch.capacity(out.num_tokens)
-    print(f"{factor:5.2f}  {cap:3d}   {100 * out.dropped_rate:6.2f} %        {cfg.num_local_experts * cap / out.num_tokens:.3f}")
+    print(
+        f"{factor:5.2f}  {cap:3d}   {100 * out.dropped_rate:6.2f} %        {cfg.num_local_experts * cap / out.num_tokens:.3f}"
+    )
 switch.capacity_factor = 1.25
 
 # %% [markdown]
@@ -311,8 +325,10 @@ gshard.train()
 torch.manual_seed(1)
 out = gshard(x_random)
 gshard.eval()
-print(f"GShard in training: second experts skipped at random: "
-      f"{100 * (1 - (out.demand_counts.sum() - out.num_tokens) / out.num_tokens):.1f} %")
+print(
+    f"GShard in training: second experts skipped at random: "
+    f"{100 * (1 - (out.demand_counts.sum() - out.num_tokens) / out.num_tokens):.1f} %"
+)
 
 # %% [markdown]
 # Most routes change under noise here because this router is untrained: its logits are small next to the initial
@@ -337,13 +353,18 @@ else:
     for name, v in trained_variants.items():
         if name != "shared_experts":
             v.copy_from_block(trained_block)
-    print(f"{x_trained.shape[1]} tokens (English/code, French, German, Spanish, Italian, arithmetic) "
-          f"through layer {LAYER} of the trained model")
+    print(
+        f"{x_trained.shape[1]} tokens (English/code, French, German, Spanish, Italian, arithmetic) "
+        f"through layer {LAYER} of the trained model"
+    )
     trained_table, trained_outputs = compare(trained_variants, x_trained)
     from IPython.display import display
 
-    display(trained_table.select("variant", "aux losses", "load CV", "max/mean load", "dropped tokens %",
-                                 "dropped assignments %"))
+    display(
+        trained_table.select(
+            "variant", "aux losses", "load CV", "max/mean load", "dropped tokens %", "dropped assignments %"
+        )
+    )
 
 # %% [markdown]
 # A router trained with a load-balancing loss (here the Switch-style loss `transformers` implements for Mixtral)
@@ -363,9 +384,16 @@ else:
 big = moe_edu.get_config("mixtral-8x7b")
 with torch.device("meta"):
     big_variants = build_variants(big)
-rows = [{"variant": v.label, "total params (M)": v.total_parameters() / 1e6,
-         "active params (M)": v.active_parameters() / 1e6, "GFLOPs/token": v.flops_per_token() / 1e9,
-         "active share": v.active_parameters() / v.total_parameters()} for v in big_variants.values()]
+rows = [
+    {
+        "variant": v.label,
+        "total params (M)": v.total_parameters() / 1e6,
+        "active params (M)": v.active_parameters() / 1e6,
+        "GFLOPs/token": v.flops_per_token() / 1e9,
+        "active share": v.active_parameters() / v.total_parameters(),
+    }
+    for v in big_variants.values()
+]
 Table(rows)
 
 # %% [markdown]
@@ -428,8 +456,12 @@ slots_out = torch.stack([block.experts.expert(s, slots_in[s : s + 1])[0] for s i
 y_soft = C @ slots_out  # (m, H)
 with torch.no_grad():
     y_lib = soft(xs).y  # (m, H)
-print("dispatch columns sum to 1:", torch.allclose(D.sum(0), torch.ones(8)), "| combine rows sum to 1:",
-      torch.allclose(C.sum(1), torch.ones(64)))
+print(
+    "dispatch columns sum to 1:",
+    torch.allclose(D.sum(0), torch.ones(8)),
+    "| combine rows sum to 1:",
+    torch.allclose(C.sum(1), torch.ones(64)),
+)
 print("plain torch = SoftMoE (max diff < 1e-5):", (y_soft.detach() - y_lib).abs().max().item() < 1e-5)
 
 # %% [markdown]
@@ -483,8 +515,10 @@ with torch.no_grad():
     chosen_scores = scores.gather(1, routed.expert_ids)  # (N, k)
 print("b = 0 gives Mixtral's output exactly:", same)
 print("load before:", before.tolist(), "\nload after one bias step:", after.tolist())
-print("weights still the unbiased scores, renormalised:",
-      torch.allclose(routed.weights, chosen_scores / chosen_scores.sum(-1, keepdim=True)))
+print(
+    "weights still the unbiased scores, renormalised:",
+    torch.allclose(routed.weights, chosen_scores / chosen_scores.sum(-1, keepdim=True)),
+)
 
 # %% [markdown]
 # One step of $\gamma = 0.05$ is far too big for scores of this size: it empties the busy experts and floods the idle
@@ -516,8 +550,11 @@ def mini_batch(step: int):
 
 def balance_run(kind: str, steps: int = 100) -> list[tuple[float, float]]:
     torch.manual_seed(0)
-    moe = AuxFreeMoE.from_config(cfg, bias_update_speed=0.01) if kind == "aux-free bias" else \
-        VARIANTS["mixtral"].from_config(cfg)  # the same initial weights in all three runs
+    moe = (
+        AuxFreeMoE.from_config(cfg, bias_update_speed=0.01)
+        if kind == "aux-free bias"
+        else VARIANTS["mixtral"].from_config(cfg)
+    )  # the same initial weights in all three runs
     with torch.no_grad():
         moe.gate.weight.normal_(0.0, 0.1)  # an opinionated start
     opt = torch.optim.Adam(moe.parameters(), lr=1e-3)
@@ -544,8 +581,10 @@ late = {kind: sum(imb for imb, _ in h[-25:]) / 25 for kind, h in balance.items()
 
 # %% tags=["nbval-ignore-output"]
 for kind, h in balance.items():
-    print(f"{kind:16s} imbalance: step 0 {h[0][0]:.2f}, mean of last 25 steps {late[kind]:.2f} | "
-          f"task loss at the end {h[-1][1]:.3f}")
+    print(
+        f"{kind:16s} imbalance: step 0 {h[0][0]:.2f}, mean of last 25 steps {late[kind]:.2f} | "
+        f"task loss at the end {h[-1][1]:.3f}"
+    )
 
 # %%
 print("without balancing the load collapses (imbalance > 3.5):", late["no balancing"] > 3.5)
@@ -576,7 +615,12 @@ for _ in range(10):
 print(f"Switch aux loss {moe_edu.load_balancing_loss([sneaky], 8, 2).item():.3f} (k = 2 would be perfect)")
 print("hard load before:", torch.bincount(torch.topk(probs, 2, -1).indices.reshape(-1), minlength=8).tolist())
 after = torch.bincount(torch.topk(probs + b, 2, -1).indices.reshape(-1), minlength=8).float()  # (E,)
-print("after 10 bias steps every expert is used:", bool((after > 0).all()), "| max/mean < 2:", (after.max() / after.mean()).item() < 2)
+print(
+    "after 10 bias steps every expert is used:",
+    bool((after > 0).all()),
+    "| max/mean < 2:",
+    (after.max() / after.mean()).item() < 2,
+)
 
 # %% [markdown]
 # In this toy the collapsed run fits the target best — the target is a single dense FFN, so two experts suffice and

@@ -73,16 +73,28 @@ def layer_cost(T: int, E: int = E, k: int = K) -> dict:
     hit = E * (1 - (1 - k / E) ** T)  # expected experts with at least one token
     weight_bytes = hit * 3 * H * I * BYTES
     act_bytes = 2 * T * k * (2 * H + 3 * I) * BYTES
-    return {"T": T, "flops": flops, "hit": hit, "weight_MB": weight_bytes / 1e6, "act_MB": act_bytes / 1e6,
-            "intensity": flops / (weight_bytes + act_bytes), "launch_loop": 4 + 6 * hit, "launch_grouped": 12}
+    return {
+        "T": T,
+        "flops": flops,
+        "hit": hit,
+        "weight_MB": weight_bytes / 1e6,
+        "act_MB": act_bytes / 1e6,
+        "intensity": flops / (weight_bytes + act_bytes),
+        "launch_loop": 4 + 6 * hit,
+        "launch_grouped": 12,
+    }
 
 
-print(f"{'T':>6} {'GFLOP':>9} {'experts hit':>11} {'weights MB':>10} {'activ. MB':>9} {'FLOP/byte':>9} "
-      f"{'launches loop':>13} {'grouped':>7}")
+print(
+    f"{'T':>6} {'GFLOP':>9} {'experts hit':>11} {'weights MB':>10} {'activ. MB':>9} {'FLOP/byte':>9} "
+    f"{'launches loop':>13} {'grouped':>7}"
+)
 for T in (1, 8, 64, 512, 4096, 16384):
     c = layer_cost(T)
-    print(f"{T:>6} {c['flops'] / 1e9:>9.1f} {c['hit']:>11.2f} {c['weight_MB']:>10.0f} {c['act_MB']:>9.1f} "
-          f"{c['intensity']:>9.1f} {c['launch_loop']:>13.0f} {c['launch_grouped']:>7}")
+    print(
+        f"{T:>6} {c['flops'] / 1e9:>9.1f} {c['hit']:>11.2f} {c['weight_MB']:>10.0f} {c['act_MB']:>9.1f} "
+        f"{c['intensity']:>9.1f} {c['launch_loop']:>13.0f} {c['launch_grouped']:>7}"
+    )
 
 # %% [markdown]
 # Read the table top to bottom. At **T = 1** the layer does 0.7 GFLOP but must read ~705 MB of weights: about
@@ -189,19 +201,23 @@ for mode, stem in (("forward", "cpu_dispatch"), ("forward+backward", "cpu_dispat
     data = json.loads((RESULTS / f"{stem}.json").read_text())
     runs[mode] = data["results"]
     load = data.get("load_average")
-    print(f"{mode}: torch {data['torch']}, {data['rounds']} rounds, fp32, E=8, k=2"
-          + (f", load average {load:.1f} on the 2-CPU machine" if load is not None else ""))
+    print(
+        f"{mode}: torch {data['torch']}, {data['rounds']} rounds, fp32, E=8, k=2"
+        + (f", load average {load:.1f} on the 2-CPU machine" if load is not None else "")
+    )
     for r in data["results"]:
         ratio = r["ratios"]  # medians over rounds of the ratio within a round
         noise = 50 * max(r["spread"].values())
-        print(f"  H={r['hidden']:>4} T={r['tokens']:>4}: ours/floor {ratio['ours/floor']:.2f} "
-              f"(≤{r['max_vs_floor']}), ours/HF best {ratio['ours/hf_best']:.2f} (≤{r['max_vs_hf']}), "
-              f"ours/ideal {ratio['ours/ideal']:.2f}, noise ±{noise:.0f}%")
+        print(
+            f"  H={r['hidden']:>4} T={r['tokens']:>4}: ours/floor {ratio['ours/floor']:.2f} "
+            f"(≤{r['max_vs_floor']}), ours/HF best {ratio['ours/hf_best']:.2f} (≤{r['max_vs_hf']}), "
+            f"ours/ideal {ratio['ours/ideal']:.2f}, noise ±{noise:.0f}%"
+        )
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
 names = ["ours", "hf_eager", "hf_grouped_mm", "ideal"]
-for ax, (mode, rows) in zip(axes, runs.items()):
+for ax, (mode, rows) in zip(axes, runs.items(), strict=False):
     for i, name in enumerate(names):
         ys = [r["ms"].get(name, float("nan")) / r["ms"]["floor"] for r in rows]
         ax.bar([j + 0.2 * i for j in range(len(rows))], ys, 0.2, label=name)
@@ -241,7 +257,11 @@ plt.show()
 
 # %%
 gpu = RESULTS / "gpu_dispatch.md"
-print(gpu.read_text() if gpu.exists() else "GPU benchmark not run yet: python benchmarks/gpu_bench.py --out benchmarks/results/gpu_dispatch.md")
+print(
+    gpu.read_text()
+    if gpu.exists()
+    else "GPU benchmark not run yet: python benchmarks/gpu_bench.py --out benchmarks/results/gpu_dispatch.md"
+)
 
 # %% [markdown]
 # ## 4. Expert parallelism: experts on different processes

@@ -80,8 +80,10 @@ params = moe_edu.count_parameters(cfg)
 expert_bytes = 3 * 4096 * 14336 * bf16
 print(f"all weights:    {params.total:,} parameters -> {params.total * bf16 / GB:.1f} GB in bf16")
 print(f"active weights: {params.active:,} parameters -> {params.active * bf16 / GB:.1f} GB read per token")
-print(f"one expert:     {expert_bytes:,} bytes ({expert_bytes / 1e6:.0f} MB); "
-      f"2 per layer x 32 layers = {2 * 32 * expert_bytes / GB:.1f} GB of active experts")
+print(
+    f"one expert:     {expert_bytes:,} bytes ({expert_bytes / 1e6:.0f} MB); "
+    f"2 per layer x 32 layers = {2 * 32 * expert_bytes / GB:.1f} GB of active experts"
+)
 
 # %% [markdown]
 # ### 1.3 The same with `moe_edu.memory_budget`, at 4k and 32k tokens, batch 1 and 32
@@ -90,16 +92,20 @@ print(f"one expert:     {expert_bytes:,} bytes ({expert_bytes / 1e6:.0f} MB); "
 from moe_edu.memory import kv_cache_bytes, memory_budget
 
 b = memory_budget(cfg, context_len=32768)
-print("memory_budget matches the hand count:",
-      b.kv_per_token == kv_per_token and b.kv_total == 4 * GiB and b.weights_total == params.total * bf16)
+print(
+    "memory_budget matches the hand count:",
+    b.kv_per_token == kv_per_token and b.kv_total == 4 * GiB and b.weights_total == params.total * bf16,
+)
 active_experts = 2 * 32 * expert_bytes
 rows = []
 for context in (4096, 32768):
     for batch in (1, 32):
         b = memory_budget(cfg, context_len=context, batch_size=batch)
         rows.append((context, batch, b))
-        print(f"context {context:>6,} batch {batch:>2}: weights {b.weights_total / GB:5.1f} GB, KV cache "
-              f"{b.kv_total / GiB:6.1f} GiB, total {b.total / GB:6.1f} GB; KV > active experts: {b.kv_total > active_experts}")
+        print(
+            f"context {context:>6,} batch {batch:>2}: weights {b.weights_total / GB:5.1f} GB, KV cache "
+            f"{b.kv_total / GiB:6.1f} GiB, total {b.total / GB:6.1f} GB; KV > active experts: {b.kv_total > active_experts}"
+        )
 
 # %%
 fig, ax = plt.subplots(figsize=(7.0, 3.6))
@@ -123,8 +129,10 @@ plt.show()
 
 # %%
 tokens_needed = -(-active_experts // kv_per_token)
-print(f"KV cache > active experts from {tokens_needed:,} tokens at batch 1, "
-      f"{-(-active_experts // (kv_per_token * 32)):,} tokens per sequence at batch 32")
+print(
+    f"KV cache > active experts from {tokens_needed:,} tokens at batch 1, "
+    f"{-(-active_experts // (kv_per_token * 32)):,} tokens per sequence at batch 32"
+)
 
 # %% [markdown]
 # ### 1.4 Checked against a real cache
@@ -139,8 +147,10 @@ ids = torch.randint(0, tiny.vocab_size, (2, 24))  # (B, T)
 with torch.no_grad():
     cache = model(ids, use_cache=True).past_key_values
 print("layer 0 keys:", tuple(cache[0][0].shape))
-print("cache bytes == memory_budget:", kv_cache_bytes(cache) == memory_budget(tiny, context_len=24, batch_size=2,
-                                                                                  kv_dtype=torch.float32).kv_total)
+print(
+    "cache bytes == memory_budget:",
+    kv_cache_bytes(cache) == memory_budget(tiny, context_len=24, batch_size=2, kv_dtype=torch.float32).kv_total,
+)
 
 # %% [markdown]
 # ## 2. Dense 32k attention vs a 4096-token sliding window
@@ -170,6 +180,7 @@ plt.show()
 # after L layers information can come from L·(W − 1) tokens back — about W × L, as the Mistral 7B paper puts
 # it: 131k tokens for 32 layers of 4096. We can count it: multiply the boolean "can attend" matrix L times.
 
+
 # %%
 def receptive_field(T: int, W: int, layers: int) -> int:
     reach = torch.eye(T, dtype=torch.bool)  # (T, T) which positions each token depends on
@@ -181,11 +192,15 @@ def receptive_field(T: int, W: int, layers: int) -> int:
 
 
 for layers in (1, 2, 3):
-    print(f"W = 4, {layers} layer(s): last token depends on {receptive_field(40, 4, layers)} tokens back "
-          f"(L·(W-1) = {layers * 3})")
+    print(
+        f"W = 4, {layers} layer(s): last token depends on {receptive_field(40, 4, layers)} tokens back "
+        f"(L·(W-1) = {layers * 3})"
+    )
 mistral_like = cfg.replace(sliding_window=4096)
-print(f"Mixtral-shaped model with W = 4096: receptive field {32 * 4095:,} tokens; KV cache at 32k "
-      f"{memory_budget(mistral_like, context_len=32768).kv_total / GiB:.1f} GiB instead of 4 GiB")
+print(
+    f"Mixtral-shaped model with W = 4096: receptive field {32 * 4095:,} tokens; KV cache at 32k "
+    f"{memory_budget(mistral_like, context_len=32768).kv_total / GiB:.1f} GiB instead of 4 GiB"
+)
 
 # %% [markdown]
 # The window saves memory (8× at 32k) and attention FLOPs, but what lies beyond W reaches the last token only
@@ -218,7 +233,9 @@ print("answer:", vocab.decode(p.answer))
 # %%
 log = load_passkey_log()
 steps = [r["step"] for r in log["log"]]
-smooth = lambda xs, n=50: [sum(xs[max(0, i - n + 1): i + 1]) / len(xs[max(0, i - n + 1): i + 1]) for i in range(len(xs))]  # noqa: E731
+smooth = lambda xs, n=50: [
+    sum(xs[max(0, i - n + 1) : i + 1]) / len(xs[max(0, i - n + 1) : i + 1]) for i in range(len(xs))
+]  # noqa: E731
 fig, ax = plt.subplots(figsize=(6.4, 3.0))
 ax.plot(steps, smooth([r["loss"] for r in log["log"]]), label="loss (per digit)")
 ax.plot(steps, smooth([r["retrieved"] for r in log["log"]]), label="keys retrieved in the batch")
@@ -240,8 +257,10 @@ print("\n".join(grid.rows()))
 # %%
 acc = grid.accuracy
 seen, beyond = acc[:3].mean().item(), acc[4:].mean().item()
-print(f"retrieved at training lengths (<= 128): >= 80 %: {seen >= 0.8}; beyond 2x the training length: <= 50 %: "
-      f"{beyond <= 0.5}")
+print(
+    f"retrieved at training lengths (<= 128): >= 80 %: {seen >= 0.8}; beyond 2x the training length: <= 50 %: "
+    f"{beyond <= 0.5}"
+)
 fig, ax = plt.subplots(figsize=(7.0, 3.2))
 plot_passkey_grid(grid, ax=ax, title="tiny Mixtral, passkey retrieval", train_length=128)
 plt.show()
@@ -269,8 +288,12 @@ print("\n".join(windowed.rows()))
 
 # %%
 far = [0, 1]  # depths 0 and 0.25: the key sits 60+ tokens before the question at 96 and 128 tokens
-print("keys beyond the window's reach, 96-128 tokens: dense finds >= 50 %:", bool(acc[1:3, far].mean() >= 0.5),
-      "| W = 32 finds <= 10 %:", bool(windowed.accuracy[1:3, far].mean() <= 0.1))
+print(
+    "keys beyond the window's reach, 96-128 tokens: dense finds >= 50 %:",
+    bool(acc[1:3, far].mean() >= 0.5),
+    "| W = 32 finds <= 10 %:",
+    bool(windowed.accuracy[1:3, far].mean() <= 0.1),
+)
 
 # %% [markdown]
 # ## 4. Offloading experts, and caching them
@@ -328,13 +351,17 @@ trace = load_trace()
 table = json.loads((RESULTS / "cache.json").read_text())
 row = lambda c, mode: next(r for r in table["rows"] if r["capacity"] == c and r["mode"] == mode)  # noqa: E731
 live = simulate_cache(trace, 2)
-print(f"{trace.chosen.shape[0]:,} tokens x {trace.chosen.shape[1]} layers x top-{trace.chosen.shape[2]}; "
-      f"live replay equals the table: {live.hit_rate == row(2, 'ordered')['hit_rate']}")
+print(
+    f"{trace.chosen.shape[0]:,} tokens x {trace.chosen.shape[1]} layers x top-{trace.chosen.shape[2]}; "
+    f"live replay equals the table: {live.hit_rate == row(2, 'ordered')['hit_rate']}"
+)
 print("cache size | hit rate: real order  shuffled  + prefetch | experts loaded per token (4 layers)")
 for c in range(1, 9):
     o, s, pf = row(c, "ordered"), row(c, "shuffled"), row(c, "prefetch")
-    print(f"{c:>10} | {o['hit_rate']:>21.1%} {s['hit_rate']:>9.1%} {pf['hit_rate']:>11.1%} | "
-          f"{o['loads_per_token']:.2f} (LRU), {pf['loads_per_token']:.2f} (prefetch)")
+    print(
+        f"{c:>10} | {o['hit_rate']:>21.1%} {s['hit_rate']:>9.1%} {pf['hit_rate']:>11.1%} | "
+        f"{o['loads_per_token']:.2f} (LRU), {pf['loads_per_token']:.2f} (prefetch)"
+    )
 
 # %%
 caps = list(range(1, 9))
@@ -360,8 +387,10 @@ plt.show()
 
 # %%
 acc_pf = prefetch_accuracy(trace)
-print("prefetch accuracy per layer (share of chosen experts that were guessed):",
-      ", ".join(f"layer {l}: {a:.1%}" for l, a in enumerate(acc_pf.tolist()) if l > 0))
+print(
+    "prefetch accuracy per layer (share of chosen experts that were guessed):",
+    ", ".join(f"layer {l}: {a:.1%}" for l, a in enumerate(acc_pf.tolist()) if l > 0),
+)
 
 # %% [markdown]
 # — so with 2 slots the demanded expert is already there 76 % of the time, at the cost of some loads of
@@ -380,8 +409,12 @@ from moe_edu.offload import offload_tokens_per_second
 
 print("bits  hit rate          | tokens/s at PCIe 16 / 32 / 64 GB/s")
 for bits in (16, 4):
-    for label, h in (("0 % (no cache)", 0.0), ("48 % (LRU, 2)", row(2, "ordered")["hit_rate"]),
-                     ("78 % (LRU, 4)", row(4, "ordered")["hit_rate"]), ("100 % (all fit)", 1.0)):
+    for label, h in (
+        ("0 % (no cache)", 0.0),
+        ("48 % (LRU, 2)", row(2, "ordered")["hit_rate"]),
+        ("78 % (LRU, 4)", row(4, "ordered")["hit_rate"]),
+        ("100 % (all fit)", 1.0),
+    ):
         loads = 32 * 2 * (1 - h)
         tps = [offload_tokens_per_second(cfg, loads, pcie_gbs=bw, weight_dtype=bits) for bw in (16, 32, 64)]
         print(f"{bits:>4}  {label:<17} | " + " / ".join(f"{t:6.2f}" for t in tps))
@@ -411,15 +444,20 @@ got = shipped.generate(prompt, max_new_tokens=12)
 print("same tokens as the resident model:", torch.equal(got, want))
 blocks = [layer.mlp for layer in shipped.model.layers]
 one = 3 * shipped.config.hidden_size * shipped.config.intermediate_size * 4
-print("bytes read == misses x expert size:", sum(b.bytes_read for b in blocks) == one * sum(b.cache.misses for b in blocks))
+print(
+    "bytes read == misses x expert size:",
+    sum(b.bytes_read for b in blocks) == one * sum(b.cache.misses for b in blocks),
+)
 
 # %% [markdown]
 # How many experts it fetched depends on the routing of the tokens generated (your machine's numbers may differ
 # by a few):
 
 # %% tags=["nbval-ignore-output"]
-print(f"experts read: {sum(b.cache.misses for b in blocks)} ({sum(b.bytes_read for b in blocks):,} bytes, "
-      f"{one:,} per expert); cache hits: {sum(b.cache.hits for b in blocks)}")
+print(
+    f"experts read: {sum(b.cache.misses for b in blocks)} ({sum(b.bytes_read for b in blocks):,} bytes, "
+    f"{one:,} per expert); cache hits: {sum(b.cache.hits for b in blocks)}"
+)
 
 # %% [markdown]
 # ## 5. Quantised experts
@@ -457,7 +495,9 @@ expert_params = params.experts
 rest = (params.total - expert_params) * 2
 for name, bits_per_weight in (("bf16", 16), ("int8 per channel", 8 + 16 * 2 / 4096), ("int4 g128", 4 + 16 / 128)):
     total = rest + expert_params * bits_per_weight / 8
-    print(f"experts in {name:17s}: {total / GB:5.1f} GB in all ({expert_params * bits_per_weight / 8 / GB:4.1f} GB experts)")
+    print(
+        f"experts in {name:17s}: {total / GB:5.1f} GB in all ({expert_params * bits_per_weight / 8 / GB:4.1f} GB experts)"
+    )
 
 # %% [markdown]
 # (Scales counted in bf16: per channel 2 bytes per output row of each matrix, about 2·2/4096 extra bits per
@@ -471,15 +511,21 @@ for name, bits_per_weight in (("bf16", 16), ("int8 per channel", 8 + 16 * 2 / 40
 quant = json.loads((RESULTS / "quantization.json").read_text())
 print("experts   router  experts MiB  held-out loss (change)  top-2 set changed, layers 0-3")
 for r in quant["rows"]:
-    print(f"{r['experts']:9s} {r['router']:6s} {r['expert_bytes'] / 2**20:11.2f}  {r['loss']:.4f} ({r['loss_change']:+.4f})"
-          f"      " + "  ".join(f"{c:5.1%}" for c in r["topk_changed"]))
+    print(
+        f"{r['experts']:9s} {r['router']:6s} {r['expert_bytes'] / 2**20:11.2f}  {r['loss']:.4f} ({r['loss_change']:+.4f})"
+        f"      " + "  ".join(f"{c:5.1%}" for c in r["topk_changed"])
+    )
 
 # %%
 fig, ax = plt.subplots(figsize=(7.0, 3.2))
 picked = [r for r in quant["rows"] if r["experts"] != "fp32"]
 for r in picked:
-    ax.plot(range(4), [100 * c for c in r["topk_changed"]], "-o" if r["router"] == "fp32" else "--s",
-            label=f"{r['experts']}, router {r['router']}")
+    ax.plot(
+        range(4),
+        [100 * c for c in r["topk_changed"]],
+        "-o" if r["router"] == "fp32" else "--s",
+        label=f"{r['experts']}, router {r['router']}",
+    )
 ax.set_xlabel("layer")
 ax.set_ylabel("tokens with another top-2 set (%)")
 ax.set_xticks(range(4))

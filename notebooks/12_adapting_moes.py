@@ -66,12 +66,15 @@ experts = [(w1.clone(), w3.clone(), w2.clone()) for _ in range(E)]  # E identica
 router = 0.02 * torch.randn(E, H)  # (E, H) fresh, random
 weights, chosen = torch.topk(torch.softmax(x @ router.T, dim=-1), k, dim=-1)  # (T, k), (T, k)
 weights = weights / weights.sum(-1, keepdim=True)  # renormalised: each row sums to 1
-y_moe = torch.stack([sum(weights[t, j] * ffn(x[t : t + 1], *experts[int(chosen[t, j])])[0] for j in range(k))
-                     for t in range(len(x))])  # (T, H)
+y_moe = torch.stack(
+    [sum(weights[t, j] * ffn(x[t : t + 1], *experts[int(chosen[t, j])])[0] for j in range(k)) for t in range(len(x))]
+)  # (T, H)
 print("distinct experts used:", len(torch.unique(chosen)))
 y_dense = ffn(x, w1, w3, w2)  # (T, H)
-print("y_moe equals y_dense (max diff < 1e-5 x max |y|):",
-      (y_moe - y_dense).abs().max().item() < 1e-5 * y_dense.abs().max().item())
+print(
+    "y_moe equals y_dense (max diff < 1e-5 x max |y|):",
+    (y_moe - y_dense).abs().max().item() < 1e-5 * y_dense.abs().max().item(),
+)
 
 # %% [markdown]
 # The library does the same for a whole model: `dense_config(config)` is the dense twin (one expert, $k = 1$:
@@ -88,8 +91,10 @@ upcycled = upcycle_model(dense, num_experts=8, top_k=2, seed=0).eval()
 ids = torch.randint(0, 1024, (2, 32))  # (B, T)
 with torch.no_grad():
     diff = (upcycled(ids).logits - dense(ids).logits).abs().max().item()
-print(f"dense: {sum(p.numel() for p in dense.parameters()):,} parameters; "
-      f"upcycled: {sum(p.numel() for p in upcycled.parameters()):,}")
+print(
+    f"dense: {sum(p.numel() for p in dense.parameters()):,} parameters; "
+    f"upcycled: {sum(p.numel() for p in upcycled.parameters()):,}"
+)
 print("upcycled logits = dense logits (max diff < 1e-5):", diff < 1e-5)
 print("expert spread at step 0:", expert_spread(upcycled.model.layers[0].mlp))
 
@@ -104,6 +109,7 @@ print("expert spread at step 0:", expert_spread(upcycled.model.layers[0].mlp))
 # and the symmetry never breaks.
 #
 # A live check on one upcycled block, trained for 30 steps to imitate a random target FFN:
+
 
 # %%
 def symmetry_run(router_std: float, steps: int = 30) -> dict:
@@ -130,8 +136,10 @@ def symmetry_run(router_std: float, steps: int = 30) -> dict:
 
 sym = {"random router (std 0.02)": symmetry_run(0.02), "zero router": symmetry_run(0.0)}
 for name, r in sym.items():
-    print(f"{name:25s} router grad at step 30 > 1000 x step 0: {r['grad_last'] > 1000 * r['grad0']} | "
-          f"experts used {r['used']}, distinct experts {r['distinct']}")
+    print(
+        f"{name:25s} router grad at step 30 > 1000 x step 0: {r['grad_last'] > 1000 * r['grad0']} | "
+        f"experts used {r['used']}, distinct experts {r['distinct']}"
+    )
 
 # %% [markdown]
 # With the random router all 8 experts are in use and all 8 have become different functions, and by step 30 the
@@ -167,15 +175,21 @@ for name in ("dense_pretrain", "dense_continued", "upcycled"):
 fmt = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
 for step in sorted(rows):
     r = rows[step]
-    print(f"{step:5d} {fmt(r.get('dense_pretrain')):>8} {fmt(r.get('dense_continued')):>12} "
-          f"{fmt(r.get('upcycled')):>9} {fmt(r.get('moe_scratch')):>12}")
+    print(
+        f"{step:5d} {fmt(r.get('dense_pretrain')):>8} {fmt(r.get('dense_continued')):>12} "
+        f"{fmt(r.get('upcycled')):>9} {fmt(r.get('moe_scratch')):>12}"
+    )
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11.0, 3.8))
 tokens = 8 * 64
 flops = {"dense": 6 * up["active_params"]["dense"] * tokens, "moe": 6 * up["active_params"]["moe"] * tokens}
-style = {"dense_pretrain": ("dense", "k-"), "dense_continued": ("dense", "k--"), "upcycled": ("moe", "C1-"),
-         "moe_scratch": ("moe", "C0-")}
+style = {
+    "dense_pretrain": ("dense", "k-"),
+    "dense_continued": ("dense", "k--"),
+    "upcycled": ("moe", "C1-"),
+    "moe_scratch": ("moe", "C0-"),
+}
 for name, (kind, st) in style.items():
     steps = [e["step"] for e in curves[name]]
     ce = [e["eval_ce"] for e in curves[name]]
@@ -198,8 +212,10 @@ plt.show()
 
 # %%
 last = {name: curves[name][-1]["eval_ce"] for name in ("dense_continued", "upcycled", "moe_scratch")}
-print(f"at step 300: dense continued {last['dense_continued']:.3f}, upcycled {last['upcycled']:.3f}, "
-      f"MoE from scratch {last['moe_scratch']:.3f}")
+print(
+    f"at step 300: dense continued {last['dense_continued']:.3f}, upcycled {last['upcycled']:.3f}, "
+    f"MoE from scratch {last['moe_scratch']:.3f}"
+)
 print("upcycled beats dense continued:", last["upcycled"] < last["dense_continued"])
 print("MoE from scratch beats both here:", last["moe_scratch"] < min(last["upcycled"], last["dense_continued"]))
 print("expert spread during the upcycled run:", [(s["step"], round(s["spread"], 2)) for s in up["expert_spread"]])
@@ -240,8 +256,14 @@ tuned, log = finetune(model, data.sampler(data.domain_train["italian"], 0), 6, r
 pairs_of_layers = list(zip(model.model.layers, tuned.model.layers, strict=True))
 same_router = all(torch.equal(a.mlp.gate.weight, b.mlp.gate.weight) for a, b in pairs_of_layers)
 moved = not torch.equal(model.model.layers[0].mlp.experts.down_proj, tuned.model.layers[0].mlp.experts.down_proj)
-print("routers unchanged:", same_router, "| experts changed:", moved,
-      "| training loss fell:", log[-1]["ce"] < log[0]["ce"])
+print(
+    "routers unchanged:",
+    same_router,
+    "| experts changed:",
+    moved,
+    "| training loss fell:",
+    log[-1]["ce"] < log[0]["ce"],
+)
 
 # %% [markdown]
 # The precomputed runs: the shipped model fine-tuned for 40 steps (8 × 64 tokens, lr 1e-3) on **Italian** —
@@ -268,24 +290,32 @@ for name, run in ft["runs"].items():
     worst = max(forget, key=forget.get)
     shift = tv_shift(before["load"][target], run["load"][target])
     ft_rows[name] = {"target": run["ce"][target], "forgetting": sum(forget.values()) / 6, "shift": shift}
-    print(f"{name:24s} {run['ce'][target]:8.3f} {sum(forget.values()) / 6:+11.3f} {worst:>8} {forget[worst]:+.2f} "
-          f"{shift:14.3f} {run['train_ce'][-1]:15.3f}")
+    print(
+        f"{name:24s} {run['ce'][target]:8.3f} {sum(forget.values()) / 6:+11.3f} {worst:>8} {forget[worst]:+.2f} "
+        f"{shift:14.3f} {run['train_ce'][-1]:15.3f}"
+    )
 
 # %%
 best = min(ft_rows, key=lambda n: ft_rows[n]["target"])
 least = min(ft_rows, key=lambda n: ft_rows[n]["forgetting"])
 print("lowest target loss:", best, "| least forgetting:", least)
-print("every run overfits (train ce < held-out ce - 2):",
-      all(run["train_ce"][-1] < run["ce"][target] - 2 for run in ft["runs"].values()))
-print("aux loss on/off changes the target loss by < 0.02 in every regime:",
-      all(abs(ft_rows[f"{r}, aux 1"]["target"] - ft_rows[f"{r}, aux 0"]["target"]) < 0.02 for r in REGIMES))
+print(
+    "every run overfits (train ce < held-out ce - 2):",
+    all(run["train_ce"][-1] < run["ce"][target] - 2 for run in ft["runs"].values()),
+)
+print(
+    "aux loss on/off changes the target loss by < 0.02 in every regime:",
+    all(abs(ft_rows[f"{r}, aux 1"]["target"] - ft_rows[f"{r}, aux 0"]["target"]) < 0.02 for r in REGIMES),
+)
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.2), sharey=True)
 L = len(before["load"][target])
-panels = [("before", before["load"][target]),
-          ("after: everything, aux 1", ft["runs"]["everything, aux 1"]["load"][target]),
-          ("after: experts_frozen, aux 1", ft["runs"]["experts_frozen, aux 1"]["load"][target])]
+panels = [
+    ("before", before["load"][target]),
+    ("after: everything, aux 1", ft["runs"]["everything, aux 1"]["load"][target]),
+    ("after: experts_frozen, aux 1", ft["runs"]["experts_frozen, aux 1"]["load"][target]),
+]
 for ax, (title, load) in zip(axes, panels, strict=True):
     im = ax.imshow(load, vmin=0, vmax=0.4, cmap="viridis", aspect="auto")
     ax.set_title(f"{target} load, {title}", fontsize=9)
@@ -355,8 +385,10 @@ print("usage per layer (held-out mixed text):")
 for l, row in enumerate(pr["usage"]):
     print(f"  layer {l}: {[round(v, 3) for v in row]}")
 merged = pr["methods"]["most similar merged"]
-print(f"mean pairwise output similarity of experts: {pr['mean_similarity']:.3f}; "
-      f"merged pairs {merged['pairs']} at {merged['similarity']}")
+print(
+    f"mean pairwise output similarity of experts: {pr['mean_similarity']:.3f}; "
+    f"merged pairs {merged['pairs']} at {merged['similarity']}"
+)
 print(f"\n{'method':26s} " + " ".join(f"{d[:7]:>7}" for d in domains) + f" {'mean':>7} {'rerouted':>9}")
 mean_ce = {}
 for name, m in pr["methods"].items():
@@ -367,17 +399,27 @@ for name, m in pr["methods"].items():
 # %%
 rand = [v for n, v in mean_ce.items() if n.startswith("random")]
 print("least-used drop costs less than the average random drop:", mean_ce["least used dropped"] < sum(rand) / len(rand))
-worst = max(m["ce"][d] - pr["methods"]["original"]["ce"][d]
-            for n, m in pr["methods"].items() if n.startswith("random") for d in domains)
+worst = max(
+    m["ce"][d] - pr["methods"]["original"]["ce"][d]
+    for n, m in pr["methods"].items()
+    if n.startswith("random")
+    for d in domains
+)
 print(f"worst single domain after a random drop: +{worst:.2f}")
-print("merging the most similar costs more than dropping the least used:",
-      mean_ce["most similar merged"] > mean_ce["least used dropped"])
+print(
+    "merging the most similar costs more than dropping the least used:",
+    mean_ce["most similar merged"] > mean_ce["least used dropped"],
+)
 
 fig, ax = plt.subplots(figsize=(8.0, 3.4))
 width = 0.8 / (len(pr["methods"]) - 1)
 for i, (name, m) in enumerate((n, m) for n, m in pr["methods"].items() if n != "original"):
-    ax.bar([j + i * width for j in range(len(domains))],
-           [m["ce"][d] - pr["methods"]["original"]["ce"][d] for d in domains], width, label=name)
+    ax.bar(
+        [j + i * width for j in range(len(domains))],
+        [m["ce"][d] - pr["methods"]["original"]["ce"][d] for d in domains],
+        width,
+        label=name,
+    )
 ax.set_xticks([j + 0.4 - width / 2 for j in range(len(domains))], domains)
 ax.set_ylabel("held-out CE increase")
 ax.legend(fontsize=7)

@@ -1,14 +1,21 @@
 """Routing statistics: exact random baselines, repetition counts, expert load."""
 
-import math
-
 import pytest
 import torch
 
-from moe_edu import MixtralForCausalLM, PRESETS
-from moe_edu.analysis import (load_share, load_by_domain, load_imbalance, random_first_choice_rate,
-                              random_topk_overlap_rate, repetition_by_domain, repetition_counts, repetition_rates,
-                              route, route_domains)
+from moe_edu import PRESETS, MixtralForCausalLM
+from moe_edu.analysis import (
+    load_by_domain,
+    load_imbalance,
+    load_share,
+    random_first_choice_rate,
+    random_topk_overlap_rate,
+    repetition_by_domain,
+    repetition_counts,
+    repetition_rates,
+    route,
+    route_domains,
+)
 from moe_edu.tokenizer import Tokenizer
 
 

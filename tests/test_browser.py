@@ -36,8 +36,16 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "06_routing_explorer.ipynb"
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 APP = ROOT / "notebooks" / "apps" / "routing_explorer_app.ipynb"
 HARD_LIMIT_S = 300  # each whole test; each browser step has its own, shorter timeout
 STEP_MS = 90_000
@@ -113,17 +121,33 @@ def jupyter_lab(root_dir: Path, tmp: Path, while_starting=lambda: None):
 
     `while_starting()` runs while the server boots (it takes seconds), and its result is yielded too."""
     port, token = free_port(), "moe-edu-browser-test"
-    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp / "config"), JUPYTER_DATA_DIR=str(tmp / "data"),
-               JUPYTER_RUNTIME_DIR=str(tmp / "runtime"), IPYTHONDIR=str(tmp / "ipython"), OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        JUPYTER_CONFIG_DIR=str(tmp / "config"),
+        JUPYTER_DATA_DIR=str(tmp / "data"),
+        JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
+        IPYTHONDIR=str(tmp / "ipython"),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
     env["JUPYTERLAB_SETTINGS_DIR"] = str(tmp / "settings")
     quiet = tmp / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     quiet.parent.mkdir(parents=True, exist_ok=True)
     quiet.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))  # no news pop-up
     log = tmp / "jupyter.log"
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.token={token}", "--ip=127.0.0.1",
-           f"--port={port}", "--allow-root", f"--ServerApp.root_dir={root_dir}", "--ServerApp.port_retries=0",
-           "--LabApp.expose_app_in_browser=True"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        f"--ServerApp.token={token}",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--allow-root",
+        f"--ServerApp.root_dir={root_dir}",
+        "--ServerApp.port_retries=0",
+        "--LabApp.expose_app_in_browser=True",
+    ]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -212,7 +236,8 @@ def type_and_time(page, root: str, text: str) -> float:
     """Type `text` into the explorer's box; return ms from the last keystroke to the repaint, minus the debounce."""
     box = page.locator(f"{root} .moe-explorer-view textarea.moe-input").first
     box.scroll_into_view_if_needed()
-    return page.evaluate("""([root, text]) => new Promise(done => {
+    return page.evaluate(
+        """([root, text]) => new Promise(done => {
       const view = document.querySelector(root + ' .moe-explorer-view'), box = view.querySelector('textarea');
       const before = view.dataset.renders, debounce = 250, t0 = performance.now();
       box.value = text;
@@ -220,7 +245,9 @@ def type_and_time(page, root: str, text: str) -> float:
       const poll = () => view.dataset.renders !== before ? done(performance.now() - t0 - debounce)
                                                          : setTimeout(poll, 5);
       poll();
-    })""", [root, text])
+    })""",
+        [root, text],
+    )
 
 
 def shoot(page, locator, name: str) -> None:
@@ -250,8 +277,11 @@ def test_explorer_in_jupyterlab(tmp_path):
         print(f"[browser test] {name}: {time.monotonic() - start:.1f} s")
 
     root = ".jp-Notebook"
-    with hard_limit(HARD_LIMIT_S), jupyter_lab(work, tmp_path, expected) as (url, token, log, (before, after)), \
-            sync_playwright() as pw:
+    with (
+        hard_limit(HARD_LIMIT_S),
+        jupyter_lab(work, tmp_path, expected) as (url, token, log, (before, after)),
+        sync_playwright() as pw,
+    ):
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.set_default_timeout(STEP_MS)
@@ -282,7 +312,8 @@ def test_explorer_in_jupyterlab(tmp_path):
 
             # 3. type Chinese (and emoji, accents, Hebrew) at layer 2: the characters are displayed
             page.locator(".widget-dropdown select").filter(
-                has=page.locator("option", has_text="layer 0")).last.select_option(label=f"layer {NEW_LAYER}")
+                has=page.locator("option", has_text="layer 0")
+            ).last.select_option(label=f"layer {NEW_LAYER}")
             wait_tokens(page, root, NEW_LAYER, lambda t: len(t) > 0, "layer 2")
             update_ms = type_and_time(page, root, NEW_TEXT)
             tokens = wait_tokens(page, root, NEW_LAYER, lambda t: [x for _, x, *_ in t] == after[1], "typed text")
@@ -307,11 +338,17 @@ def test_explorer_in_jupyterlab(tmp_path):
             handle.focus()
             t0 = time.monotonic()
             handle.press("ArrowRight")
-            page.wait_for_function("() => Number(document.querySelector('.widget-slider .noUi-handle')"
-                                   ".getAttribute('aria-valuenow')) > 2")
+            page.wait_for_function(
+                "() => Number(document.querySelector('.widget-slider .noUi-handle').getAttribute('aria-valuenow')) > 2"
+            )
             k = round(float(handle.get_attribute("aria-valuenow")))
-            tokens = wait_tokens(page, root, NEW_LAYER, lambda t: all(stops == bands(k) * n for _, _, stops, n, _ in t),
-                                 f"k = {k}: {k} bands per byte token")
+            tokens = wait_tokens(
+                page,
+                root,
+                NEW_LAYER,
+                lambda t: all(stops == bands(k) * n for _, _, stops, n, _ in t),
+                f"k = {k}: {k} bands per byte token",
+            )
             k_ms = 1000 * (time.monotonic() - t0)
             page.mouse.move(0, 0)
             shoot(page, view, "explorer_k3.png")
@@ -336,12 +373,15 @@ def test_explorer_in_jupyterlab(tmp_path):
             page.wait_for_function("""() => document.querySelectorAll(
                 '.moe-explorer-view .moe-panel[data-tab="flow"] path.moe-dim').length > 0""")
             lines = view.locator('.moe-panel[data-tab="flow"] path.moe-line')
-            assert all((l.get_attribute("data-experts") == "1") != ("moe-dim" in l.get_attribute("class"))
-                       for l in lines.all())
+            assert all(
+                (l.get_attribute("data-experts") == "1") != ("moe-dim" in l.get_attribute("class")) for l in lines.all()
+            )
             shoot(page, view, "explorer_flow.png")
             phase(f"k update {k_ms:.0f} ms; selection and legend checked")
-            print(f"[browser test] typing -> repaint: {update_ms:.0f} ms after the 250 ms debounce; "
-                  f"k slider -> repaint: {k_ms:.0f} ms (including polling)")
+            print(
+                f"[browser test] typing -> repaint: {update_ms:.0f} ms after the 250 ms debounce; "
+                f"k slider -> repaint: {k_ms:.0f} ms (including polling)"
+            )
         except BaseException:  # pytest.fail raises a BaseException
             page.screenshot(path=str(ARTIFACTS / "routing_explorer_failure.png"))
             print(log.read_text()[-3000:])
@@ -354,9 +394,14 @@ def test_explorer_in_jupyterlab(tmp_path):
 def voila(notebook: Path, tmp: Path):
     """A Voila server for `notebook` on 127.0.0.1; yields its url."""
     port = free_port()
-    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp / "vconfig"), JUPYTER_RUNTIME_DIR=str(tmp / "vruntime"),
-               IPYTHONDIR=str(tmp / "ipython"), OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        JUPYTER_CONFIG_DIR=str(tmp / "vconfig"),
+        JUPYTER_RUNTIME_DIR=str(tmp / "vruntime"),
+        IPYTHONDIR=str(tmp / "ipython"),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
     log = tmp / "voila.log"
     cmd = [sys.executable, "-m", "voila", str(notebook), f"--port={port}", "--no-browser", "--Voila.ip=127.0.0.1"]
     with open(log, "w") as out:

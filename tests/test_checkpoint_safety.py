@@ -16,8 +16,17 @@ import moe_edu
 from moe_edu import CheckpointError, MixtralConfig, MixtralForCausalLM, StateDictError
 from moe_edu.atomic import atomic_directory
 
-CFG = MixtralConfig(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
-                    num_key_value_heads=1, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=32)
+CFG = MixtralConfig(
+    vocab_size=64,
+    hidden_size=16,
+    intermediate_size=24,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    num_local_experts=4,
+    num_experts_per_tok=2,
+    max_position_embeddings=32,
+)
 SHARD = 6_000  # bytes: the tiny model above splits into several shards
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,8 +99,13 @@ def test_killed_save_leaves_the_old_or_the_new_checkpoint_whole(tmp_path, point)
     old, new = model(0), model(1)
     moe_edu.save_pretrained(old, path, max_shard_size=SHARD)
     (tmp_path / "cfg.json").write_text(json.dumps(CFG.to_dict()))
-    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(path), point, str(tmp_path / "cfg.json"), str(SHARD)],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, str(path), point, str(tmp_path / "cfg.json"), str(SHARD)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == -9, proc.stderr  # killed, as planned
     loaded = moe_edu.from_pretrained(path)
     assert same_weights(loaded, new if point == "after-swap" else old)
@@ -140,14 +154,20 @@ BOMB_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmSize from /proc (Linux)")
-@pytest.mark.parametrize("field,value", [("num_local_experts", 10**9), ("num_hidden_layers", 10**8),
-                                         ("num_hidden_layers", 10**5)])
+@pytest.mark.parametrize(
+    "field,value", [("num_local_experts", 10**9), ("num_hidden_layers", 10**8), ("num_hidden_layers", 10**5)]
+)
 def test_config_bomb_fails_fast_naming_the_field(tmp_path, field, value):
     """An absurd count in config.json fails in well under a second, under a 512 MiB memory cap, naming the field."""
     moe_edu.save_pretrained(model(0), tmp_path)
     (tmp_path / "tokenizer.json").write_text("{}")  # load_run reaches the weights first
-    proc = subprocess.run([sys.executable, "-c", BOMB_SCRIPT, str(tmp_path), field, str(value)],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", BOMB_SCRIPT, str(tmp_path), field, str(value)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     lines = proc.stdout.splitlines()
     assert len(lines) == 3, proc.stdout + proc.stderr
     for line in lines:
@@ -197,8 +217,9 @@ def test_model_module_knows_nothing_about_files():
     assert not hasattr(MixtralForCausalLM, "from_pretrained") and not hasattr(MixtralForCausalLM, "save_pretrained")
     for name in ("model", "pretrained", "run_dir", "shipped", "interop", "loading", "train", "generation", "config"):
         body = (ROOT / "moe_edu" / f"{name}.py").read_text().splitlines()
-        assert not [line for line in body if line.startswith((" ", "\t")) and line.strip().startswith(
-            ("import ", "from ."))], name
+        assert not [
+            line for line in body if line.startswith((" ", "\t")) and line.strip().startswith(("import ", "from ."))
+        ], name
 
 
 def test_atomic_swap_replaces_a_directory_in_one_step(tmp_path):

@@ -106,13 +106,16 @@ def test_package_imports_lazily_and_lists_its_api():
         moe_edu.does_not_exist  # noqa: B018
 
 
-@pytest.mark.parametrize("data, field", [
-    ([1, 2], "JSON object"),
-    ({"eos_token_id": []}, "eos_token_id"),
-    ({"rope_parameters": 5}, "rope_parameters"),
-    ({"num_hidden_layers": [4]}, "num_hidden_layers"),
-    ({"hidden_size": {"a": 1}}, "hidden_size"),
-])
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ([1, 2], "JSON object"),
+        ({"eos_token_id": []}, "eos_token_id"),
+        ({"rope_parameters": 5}, "rope_parameters"),
+        ({"num_hidden_layers": [4]}, "num_hidden_layers"),
+        ({"hidden_size": {"a": 1}}, "hidden_size"),
+    ],
+)
 def test_bad_config_json_shapes_are_value_errors_naming_the_field(data, field):
     """Not a raw TypeError / IndexError from deep inside."""
     with pytest.raises(ValueError, match=field):

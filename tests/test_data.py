@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 
 import moe_edu.data.corpus as corpus_module
-from moe_edu.data.corpus import (DOMAINS, LANGUAGES, Document, build_corpus, by_domain, language_documents,
-                                 math_documents, split_corpus)
+from moe_edu.data.corpus import (
+    DOMAINS,
+    LANGUAGES,
+    Document,
+    build_corpus,
+    by_domain,
+    language_documents,
+    math_documents,
+    split_corpus,
+)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +127,9 @@ def pyenv_pythons() -> list[str]:
     root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
     found = []
     for minor in ("3.10", "3.11", "3.12", "3.13"):
-        found += sorted(str(p / "bin" / "python") for p in root.glob(f"{minor}.*") if (p / "bin" / "python").exists())[-1:]
+        found += sorted(str(p / "bin" / "python") for p in root.glob(f"{minor}.*") if (p / "bin" / "python").exists())[
+            -1:
+        ]
     return found
 
 

@@ -13,8 +13,14 @@ from moe_edu.grouped_mm import grouped_matmul
 ROOT = Path(__file__).resolve().parents[1]
 bench = bench_cli.load(ROOT)  # benchmarks/cpu_dispatch.py, what `python -m moe_edu.bench` runs
 
-CONFIG = MixtralConfig(hidden_size=24, intermediate_size=40, num_attention_heads=2, num_key_value_heads=1,
-                       num_local_experts=6, num_experts_per_tok=2)
+CONFIG = MixtralConfig(
+    hidden_size=24,
+    intermediate_size=40,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    num_local_experts=6,
+    num_experts_per_tok=2,
+)
 
 
 def per_group(x, w, counts):

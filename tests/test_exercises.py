@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from moe_edu.dispatch import dense_dispatch, grouped_dispatch, loop_dispatch
 from moe_edu.course.exercises import load_all
+from moe_edu.dispatch import dense_dispatch, grouped_dispatch, loop_dispatch
 from moe_edu.losses import load_balancing_loss, router_z_loss
 from moe_edu.routing import softmax_topk, topk_softmax
 
@@ -33,8 +33,16 @@ def _block(x, gate, w1, w3, w2, k, renorm=True, fp32=True):
         flat = x.reshape(-1, x.shape[-1])
         probs = torch.softmax(logits, -1)
         w, e = torch.topk(probs, k, -1)
-        y = torch.stack([sum(w[t, j] * F.linear(F.silu(F.linear(flat[t], w1[e[t, j]])) * F.linear(flat[t], w3[e[t, j]]),
-                                                  w2[e[t, j]]) for j in range(k)) for t in range(flat.shape[0])])
+        y = torch.stack(
+            [
+                sum(
+                    w[t, j]
+                    * F.linear(F.silu(F.linear(flat[t], w1[e[t, j]])) * F.linear(flat[t], w3[e[t, j]]), w2[e[t, j]])
+                    for j in range(k)
+                )
+                for t in range(flat.shape[0])
+            ]
+        )
         y = y.reshape(x.shape)
     return y, (logits if fp32 else logits.half())
 
@@ -82,7 +90,10 @@ WRONG = {
         (lambda l, k: softmax_topk(l, k)[0], "expected a tuple of 2 values, got a tensor"),
     ],
     "sparse.tokens_per_expert": [
-        (lambda c, E: torch.bincount(c.reshape(-1)), "case 3 (the last expert is never chosen): output shape: expected (4,), got (3,)"),
+        (
+            lambda c, E: torch.bincount(c.reshape(-1)),
+            "case 3 (the last expert is never chosen): output shape: expected (4,), got (3,)",
+        ),
         (lambda c, E: torch.bincount(c.reshape(-1) + 1, minlength=E)[:E], "differs at"),
         (lambda c, E: torch.bincount(c[:, 0], minlength=E), "differs at"),
     ],
@@ -101,18 +112,36 @@ WRONG = {
         (lambda x, ex, w, c: loop_dispatch(x, ex, w, c).double(), "dtype: expected torch.float32, got torch.float64"),
     ],
     "combining.topk_softmax": [
-        (lambda l, k: (torch.softmax(torch.topk(l, k, -1).values.float(), 0), torch.topk(l, k, -1).indices), "weights differs at"),
-        (lambda l, k: (torch.softmax(torch.topk(l, k, -1).values, -1), torch.topk(l, k, -1).indices), "weights dtype: expected torch.float32, got torch.bfloat16"),
-        (lambda l, k: (torch.topk(torch.softmax(l.float(), -1), k, -1).values, torch.topk(l, k, -1).indices), "weights differs at"),
+        (
+            lambda l, k: (torch.softmax(torch.topk(l, k, -1).values.float(), 0), torch.topk(l, k, -1).indices),
+            "weights differs at",
+        ),
+        (
+            lambda l, k: (torch.softmax(torch.topk(l, k, -1).values, -1), torch.topk(l, k, -1).indices),
+            "weights dtype: expected torch.float32, got torch.bfloat16",
+        ),
+        (
+            lambda l, k: (torch.topk(torch.softmax(l.float(), -1), k, -1).values, torch.topk(l, k, -1).indices),
+            "weights differs at",
+        ),
     ],
     "combining.same_routing": [
-        (lambda a, b, atol=1e-6: _edit_inputs_to_agree(a, b), "case 4 (one weight off by 1e-3): output: expected False, got True"),
-        (lambda a, b, atol=1e-6: torch.allclose(a[0], b[0], atol=atol) and torch.equal(a[1], b[1]),
-         "case 3 (same routing, slots swapped): output: expected True, got False"),
-        (lambda a, b, atol=1e-6: torch.equal(a[1].sort(-1).values, b[1].sort(-1).values),
-         "case 4 (one weight off by 1e-3): output: expected False, got True"),
-        (lambda a, b, atol=1e-6: torch.allclose(a[0].sort(-1).values, b[0].sort(-1).values, atol=atol),
-         "expected False, got True"),
+        (
+            lambda a, b, atol=1e-6: _edit_inputs_to_agree(a, b),
+            "case 4 (one weight off by 1e-3): output: expected False, got True",
+        ),
+        (
+            lambda a, b, atol=1e-6: torch.allclose(a[0], b[0], atol=atol) and torch.equal(a[1], b[1]),
+            "case 3 (same routing, slots swapped): output: expected True, got False",
+        ),
+        (
+            lambda a, b, atol=1e-6: torch.equal(a[1].sort(-1).values, b[1].sort(-1).values),
+            "case 4 (one weight off by 1e-3): output: expected False, got True",
+        ),
+        (
+            lambda a, b, atol=1e-6: torch.allclose(a[0].sort(-1).values, b[0].sort(-1).values, atol=atol),
+            "expected False, got True",
+        ),
     ],
     "combining.combine": [
         (lambda o, w: o.mean(1), "case 1 (T=4, k=2, H=8): output differs at"),
@@ -132,13 +161,22 @@ WRONG = {
         (_bf16_router, "case 4 (bf16 x and weights: router logits in float32"),
     ],
     "smoe_block.active_parameters": [
-        (lambda c: __import__("moe_edu").count_parameters(c).total,
-         "case 1 (mixtral-8x7b): output: expected 12,879,925,248, got 46,702,792,704"),
-        (lambda c: __import__("moe_edu").count_parameters(c).active - c.num_hidden_layers * c.num_local_experts * c.hidden_size,
-         "expected 12,879,925,248, got"),
+        (
+            lambda c: __import__("moe_edu").count_parameters(c).total,
+            "case 1 (mixtral-8x7b): output: expected 12,879,925,248, got 46,702,792,704",
+        ),
+        (
+            lambda c: (
+                __import__("moe_edu").count_parameters(c).active
+                - c.num_hidden_layers * c.num_local_experts * c.hidden_size
+            ),
+            "expected 12,879,925,248, got",
+        ),
         (lambda c: float(__import__("moe_edu").count_parameters(c).active), "expected int 12,879,925,248, got float"),
-        (lambda c: __import__("moe_edu").count_parameters(c.replace(tie_word_embeddings=False)).active,
-         "case 5 (tiny with tie_word_embeddings=True"),
+        (
+            lambda c: __import__("moe_edu").count_parameters(c.replace(tie_word_embeddings=False)).active,
+            "case 5 (tiny with tie_word_embeddings=True",
+        ),
     ],
     "load_balancing.load_balancing_loss": [
         (lambda l, E, k: _lb(l, E, k) / E, "case 1 (T=8, E=4, k=2): output: expected 2.04, got"),
@@ -149,7 +187,10 @@ WRONG = {
         (lambda l: torch.logsumexp(l.float(), -1).mean(), "case 1 (T=8, E=4): output: expected"),
         (lambda l: torch.logsumexp(l.float(), -1).pow(2).sum(), "output: expected"),
         (lambda l: torch.logsumexp(l, -1).pow(2).mean(), "dtype: expected torch.float32, got torch.bfloat16"),
-        (lambda l: torch.log(torch.exp(l.float()).sum(-1)).pow(2).mean(), "case 4 (huge logits (about 100: exp overflows"),
+        (
+            lambda l: torch.log(torch.exp(l.float()).sum(-1)).pow(2).mean(),
+            "case 4 (huge logits (about 100: exp overflows",
+        ),
     ],
 }
 
@@ -263,8 +304,11 @@ HONEST = {
     "combining.combine": _combine_einsum,
     "smoe_block.moe_block": _block_per_token,
     "smoe_block.active_parameters": _active_with_tied,
-    "load_balancing.router_z_loss": lambda l: (l.float().max(-1).values
-                                               + torch.log(torch.exp(l.float() - l.float().max(-1, keepdim=True).values).sum(-1))).pow(2).mean(),
+    "load_balancing.router_z_loss": lambda l: (
+        (l.float().max(-1).values + torch.log(torch.exp(l.float() - l.float().max(-1, keepdim=True).values).sum(-1)))
+        .pow(2)
+        .mean()
+    ),
 }
 
 

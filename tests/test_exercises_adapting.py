@@ -28,11 +28,13 @@ def test_references_pass_and_stub_is_not_attempted():
 def test_typical_mistakes_are_caught():
     m = ex()
     get = m.exercises.get
+
     # upcycling: only the first expert copied, the others left at zero
     def zeros(gu, d, E):
         return torch.cat([gu, gu.new_zeros(E - 1, *gu.shape[1:])]), torch.cat([d, d.new_zeros(E - 1, *d.shape[1:])])
 
     assert get("upcycle_weights").outcome(zeros)[0] == "✗"
+
     # pruning: the dropped expert removed after the softmax, weights not renormalised (they no longer sum to 1)
     def no_renorm(logits, d, k):
         probs = torch.softmax(logits.float(), -1).index_fill(1, torch.tensor([d]), 0.0)  # (T, E)
@@ -40,6 +42,7 @@ def test_typical_mistakes_are_caught():
 
     sym, msg = get("pruned_routing").outcome(no_renorm)
     assert sym == "✗" and "weights" in msg
+
     # pruning: the dropped expert still chosen
     def ignore_drop(logits, d, k):
         w, i = torch.topk(torch.softmax(logits.float(), -1), k, -1)

@@ -91,7 +91,10 @@ def test_use_says_when_it_falls_back(capsys):
     assert reg.use(stub, "double") is _double
     assert capsys.readouterr().out == "○ double: the cells below use moe_edu's reference (yours is not attempted yet)\n"
     assert reg.use(lambda x: x, "double") is _double
-    assert capsys.readouterr().out == "✗ double: the cells below use moe_edu's reference (yours does not pass its checker yet)\n"
+    assert (
+        capsys.readouterr().out
+        == "✗ double: the cells below use moe_edu's reference (yours does not pass its checker yet)\n"
+    )
 
 
 def test_endless_loop_is_stopped_with_a_clear_line(capsys, monkeypatch):
@@ -103,8 +106,9 @@ def test_endless_loop_is_stopped_with_a_clear_line(capsys, monkeypatch):
 
     start = time.perf_counter()
     ok, line = run(capsys, loops)
-    assert not ok and line == ("✗ double: case 1 (small): your function did not finish within 0.5 s "
-                               "and was stopped (an endless loop?)")
+    assert not ok and line == (
+        "✗ double: case 1 (small): your function did not finish within 0.5 s and was stopped (an endless loop?)"
+    )
     assert time.perf_counter() - start < 5
     time.sleep(0.2)
     assert not [t for t in threading.enumerate() if t.name == "moe_edu-checker"]  # the loop really stopped

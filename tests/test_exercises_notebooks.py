@@ -55,7 +55,9 @@ def test_checker_lines_are_coloured_in_html_with_the_same_plain_text():
     nb = solution("ex01_gating")
     data = [o.data for c in nb.cells for o in c.get("outputs", []) if o.output_type == "display_data"]
     assert data and all(d["text/plain"] in d["text/html"] and "#1a7f37" in d["text/html"] for d in data)
-    todo = [o.data for c in student("ex01_gating").cells for o in c.get("outputs", []) if o.output_type == "display_data"]
+    todo = [
+        o.data for c in student("ex01_gating").cells for o in c.get("outputs", []) if o.output_type == "display_data"
+    ]
     assert todo and all("#6e7781" in d["text/html"] for d in todo)
 
 
@@ -136,7 +138,7 @@ def test_no_hint_contains_a_solution_line(name):
     import importlib
 
     text = (EX_DIR / f"{name}.py").read_text()
-    topic = re.search(r"from moe_edu\.exercises import (\w+) as ex", text).group(1)
+    topic = re.search(r"from moe_edu\.course\.exercises import (\w+) as ex", text).group(1)
     by_function = importlib.import_module(f"moe_edu.course.exercises.{topic}").exercises.exercises
     for m in re.finditer(r"def (\w+)\(.*?### BEGIN SOLUTION\n(.*?)### END SOLUTION", text, re.S):
         ex = by_function.get(m.group(1))

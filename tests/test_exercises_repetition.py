@@ -30,21 +30,27 @@ def counts_not_rates(c):
     return float((prev[:, 0] == cur[:, 0]).sum()), float((prev[:, :, None] == cur[:, None, :]).any(-1).any(-1).sum())
 
 
-@pytest.mark.parametrize("fn, message", [
-    (same_slot_only, "top-k overlap: expected"),
-    (divides_by_tokens, "expected"),
-    (counts_not_rates, "expected"),
-])
+@pytest.mark.parametrize(
+    "fn, message",
+    [
+        (same_slot_only, "top-k overlap: expected"),
+        (divides_by_tokens, "expected"),
+        (counts_not_rates, "expected"),
+    ],
+)
 def test_repetition_mistakes_are_caught(capsys, fn, message):
     ok, line = one_line(capsys, ex.check_consecutive_repetition, fn)
     assert not ok and line.startswith("✗ consecutive_repetition: case") and message in line
 
 
-@pytest.mark.parametrize("fn", [
-    lambda E, k: k / E,  # "two slots, 1/8 each"
-    lambda E, k: math.comb(E - k, k) / math.comb(E, k),  # the chance of *no* overlap
-    lambda E, k: 1 - ((E - k) / E) ** k,  # draws with replacement
-])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda E, k: k / E,  # "two slots, 1/8 each"
+        lambda E, k: math.comb(E - k, k) / math.comb(E, k),  # the chance of *no* overlap
+        lambda E, k: 1 - ((E - k) / E) ** k,  # draws with replacement
+    ],
+)
 def test_baseline_mistakes_are_caught(capsys, fn):
     ok, line = one_line(capsys, ex.check_random_topk_overlap_rate, fn)
     assert not ok and line.startswith("✗ random_topk_overlap_rate: case")

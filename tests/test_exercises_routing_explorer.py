@@ -44,15 +44,22 @@ WRONG = {
     "layer_loads": [
         (lambda l, k: _loads_via_bincount(l, 1), "case 1 (L=2, T=6, E=8, k=2 (Mixtral)): output differs"),
         (lambda l, k: _loads_via_bincount(l, k).float(), "dtype: expected torch.int64, got torch.float32"),
-        (lambda l, k: torch.stack([torch.bincount(c.reshape(-1)) for c in l.float().topk(k, -1).indices]),
-         "case 5 (nobody picks the last expert, L=2, T=5, E=8, k=2): your function raised RuntimeError"),
+        (
+            lambda l, k: torch.stack([torch.bincount(c.reshape(-1)) for c in l.float().topk(k, -1).indices]),
+            "case 5 (nobody picks the last expert, L=2, T=5, E=8, k=2): your function raised RuntimeError",
+        ),
         (lambda l, k: _loads_via_bincount(l.transpose(0, 1), k), "shape"),
     ],
     "token_topk": [
         (lambda l, layer, t, k: torch.softmax(l[layer, t].float(), -1).topk(k), "weights differs at"),
         (lambda l, layer, t, k: _topk_softmax_order(l, t, layer, k), "raised IndexError"),
-        (lambda l, layer, t, k: (_topk_softmax_order(l, layer, t, k)[0].to(l.dtype), _topk_softmax_order(l, layer, t, k)[1]),
-         "case 4 (bf16 logits, k=2): weights dtype: expected torch.float32, got torch.bfloat16"),
+        (
+            lambda l, layer, t, k: (
+                _topk_softmax_order(l, layer, t, k)[0].to(l.dtype),
+                _topk_softmax_order(l, layer, t, k)[1],
+            ),
+            "case 4 (bf16 logits, k=2): weights dtype: expected torch.float32, got torch.bfloat16",
+        ),
     ],
 }
 
@@ -75,8 +82,9 @@ def test_reference_agrees_with_the_trace_methods():
     from moe_edu.course.widgets.trace import RoutingTrace
 
     logits = torch.randn(3, 6, 8, generator=torch.Generator().manual_seed(0))  # (L, T, E)
-    trace = RoutingTrace(text="abcdef", token_ids=list(range(6)), tokens=list("abcdef"), logits=logits,
-                         num_input_tokens=6, top_k=2)
+    trace = RoutingTrace(
+        text="abcdef", token_ids=list(range(6)), tokens=list("abcdef"), logits=logits, num_input_tokens=6, top_k=2
+    )
     assert torch.equal(ex.first_choices_reference(logits), trace.first_choices())
     loads = ex.layer_loads_reference(logits, 2)
     assert all(torch.allclose(loads[l].double() / 12, trace.load(l).double()) for l in range(3))

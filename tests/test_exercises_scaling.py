@@ -38,13 +38,19 @@ def _traffic_loop(chosen, E, W):
 HONEST = {
     "tokens_per_rank": _per_rank_loop,
     "traffic": _traffic_loop,
-    "parallel_efficiency": lambda load: Fraction(int(load.sum() * 4), int(load.max() * 4) * len(load))
-    if not load.is_floating_point() else np.float64(load.sum() / (load.max() * len(load))),
+    "parallel_efficiency": lambda load: (
+        Fraction(int(load.sum() * 4), int(load.max() * 4) * len(load))
+        if not load.is_floating_point()
+        else np.float64(load.sum() / (load.max() * len(load)))
+    ),
 }
 
 WRONG = {
     "tokens_per_rank": [
-        (lambda c, E, W: torch.bincount(c.reshape(-1) // (E // W)), "case 5 (ranks 2 and 3 receive nothing, W=4): output shape"),
+        (
+            lambda c, E, W: torch.bincount(c.reshape(-1) // (E // W)),
+            "case 5 (ranks 2 and 3 receive nothing, W=4): output shape",
+        ),
         (lambda c, E, W: torch.bincount(c.reshape(-1) % W, minlength=W), "differs at"),
         (lambda c, E, W: torch.bincount(c[:, 0] // (E // W), minlength=W), "differs at"),
     ],
@@ -54,7 +60,10 @@ WRONG = {
         (lambda c, E, W: _traffic_loop(c, E, W).float(), "dtype: expected torch.int64, got torch.float32"),
     ],
     "parallel_efficiency": [
-        (lambda load: float(load.double().min() / load.double().max()), "case 2 (one hot rank: [10, 2, 2, 2]): output: expected 0.4, got 0.2"),
+        (
+            lambda load: float(load.double().min() / load.double().max()),
+            "case 2 (one hot rank: [10, 2, 2, 2]): output: expected 0.4, got 0.2",
+        ),
         (lambda load: float(load.double().max() / load.double().mean()), "expected 0.4, got 2.5"),
         (lambda load: bool(load.max() == load.min()), "output: expected a number 1, got bool True"),
         (lambda load: np.bool_(True), "output: expected a number 1, got numpy.bool_ True"),

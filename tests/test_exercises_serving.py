@@ -29,11 +29,14 @@ def test_stub_is_not_attempted(capsys):
     assert not ok and line.startswith("○ lru_hit_rate: not attempted")
 
 
-@pytest.mark.parametrize("fn", [
-    lambda L, kv, d, b: L * kv * d * b,  # forgot V
-    lambda L, kv, d, b: 2 * L * 4 * kv * d * b,  # query heads instead of KV heads
-    lambda L, kv, d, b: 2 * L * kv * d * b / 1,  # a float, not an int
-])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda L, kv, d, b: L * kv * d * b,  # forgot V
+        lambda L, kv, d, b: 2 * L * 4 * kv * d * b,  # query heads instead of KV heads
+        lambda L, kv, d, b: 2 * L * kv * d * b / 1,  # a float, not an int
+    ],
+)
 def test_kv_mistakes_are_caught(capsys, fn):
     ok, line = one_line(capsys, ex.check_kv_bytes_per_token, fn)
     assert not ok and line.startswith("✗ kv_bytes_per_token: case 1")

@@ -28,8 +28,9 @@ def test_regime_freezes_what_it_says(model, regime):
     assert len(log) == 3
     for n, p in tuned.named_parameters():
         changed = not torch.equal(p, before[n])
-        frozen = ((regime == "router_frozen" and ".mlp.gate." in n)
-                  or (regime == "experts_frozen" and ".mlp.experts." in n))
+        frozen = (regime == "router_frozen" and ".mlp.gate." in n) or (
+            regime == "experts_frozen" and ".mlp.experts." in n
+        )
         assert changed != frozen, (regime, n)
     for n, p in model.named_parameters():  # the original is untouched
         assert torch.equal(p, before[n])

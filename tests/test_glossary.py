@@ -11,13 +11,27 @@ from moe_edu.course.glossary import GLOSSARY, TAIWAN_USAGE, glossary_table, term
 
 SEED_TERMS = ["專家", "路由網絡", "門控網絡", "稀疏激活", "加權輸出", "加權融合", "前 k 個專家"]
 # The terms of notebooks 05-12 (issue 12's list), in Taiwan usage.
-LATER_TERMS = ["負載平衡損失", "容量因子", "丟棄 / 無丟棄", "專家選擇路由", "共享專家", "細粒度專家", "專家平行",
-               "全對全通訊", "鍵值快取", "量化", "卸載", "稀疏升級", "剪枝", "合併"]
+LATER_TERMS = [
+    "負載平衡損失",
+    "容量因子",
+    "丟棄 / 無丟棄",
+    "專家選擇路由",
+    "共享專家",
+    "細粒度專家",
+    "專家平行",
+    "全對全通訊",
+    "鍵值快取",
+    "量化",
+    "卸載",
+    "稀疏升級",
+    "剪枝",
+    "合併",
+]
 # Mainland forms beyond the seed's that a Taiwan reader would not write (Taiwan form in the comment).
 OTHER_MAINLAND = ["進程", "字節", "內存", "帶寬", "並行", "歸一化", "設備", "批量", "掩碼", "通信"]
 # 行程, 位元組, 記憶體, 頻寬, 平行, 正規化, 裝置, 批次, 遮罩, 通訊
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-COURSE = [f"{n:02d}" for n in range(11)]  # course notebooks 00-10
+COURSE = [f"{n:02d}" for n in range(13)]  # course notebooks 00-12
 
 
 def test_seed_terms_are_present():

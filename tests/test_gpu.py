@@ -8,8 +8,14 @@ from moe_edu.grouped_mm import grouped_matmul, grouped_mm_kernel_available
 
 pytestmark = pytest.mark.gpu
 
-CONFIG = MixtralConfig(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=1,
-                       num_local_experts=8, num_experts_per_tok=2)
+CONFIG = MixtralConfig(
+    hidden_size=256,
+    intermediate_size=512,
+    num_attention_heads=4,
+    num_key_value_heads=1,
+    num_local_experts=8,
+    num_experts_per_tok=2,
+)
 
 
 def run(dispatch, dtype, x, state):

@@ -54,7 +54,10 @@ def assert_untouched(target, before):
     [
         (lambda sd: sd.pop("gate.weight"), "missing keys.*gate.weight"),
         (lambda sd: sd.update(extra=torch.zeros(1)), "unexpected keys.*extra"),
-        (lambda sd: sd.update({"experts.down_proj": torch.zeros(8, 64, 10)}), r"experts.down_proj: expected shape \(8, 64, 224\), got \(8, 64, 10\)"),
+        (
+            lambda sd: sd.update({"experts.down_proj": torch.zeros(8, 64, 10)}),
+            r"experts.down_proj: expected shape \(8, 64, 224\), got \(8, 64, 10\)",
+        ),
         (lambda sd: sd.update({"gate.weight": torch.zeros(4, 64)}), r"gate.weight: expected shape \(8, 64\)"),
     ],
 )

@@ -10,13 +10,20 @@ from moe_edu.rope import apply_rotary
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
-BASE = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
-            max_position_embeddings=64)
+BASE = dict(
+    vocab_size=97,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=8,
+    max_position_embeddings=64,
+)
 CONFIGS = {  # GQA ratios 1, 2 and 8; E and k vary; head_dim != hidden/heads; other thetas
     "gqa1": MixtralConfig(**BASE, num_key_value_heads=8, num_local_experts=4, num_experts_per_tok=1, rope_theta=1e4),
     "gqa2": MixtralConfig(**BASE, num_key_value_heads=4, num_local_experts=8, num_experts_per_tok=2),
-    "gqa8": MixtralConfig(**BASE, num_key_value_heads=1, num_local_experts=6, num_experts_per_tok=3, head_dim=16,
-                          rope_theta=5e5),
+    "gqa8": MixtralConfig(
+        **BASE, num_key_value_heads=1, num_local_experts=6, num_experts_per_tok=3, head_dim=16, rope_theta=5e5
+    ),
     "window": MixtralConfig(**BASE, num_key_value_heads=2, sliding_window=5, rms_norm_eps=1e-6),
 }
 
@@ -49,7 +56,7 @@ def test_logits_and_router_logits_match_transformers(name):
     assert mine.logits.shape == (3, 11, cfg.vocab_size)
     assert (mine.logits - theirs.logits).abs().max().item() <= 1e-4
     assert len(mine.router_logits) == cfg.num_hidden_layers
-    for a, b in zip(mine.router_logits, theirs.router_logits):
+    for a, b in zip(mine.router_logits, theirs.router_logits, strict=False):
         assert a.shape == (3 * 11, cfg.num_local_experts)
         assert (a - b).abs().max().item() <= 1e-5
 
@@ -131,7 +138,7 @@ def test_kv_cache_equals_full_forward(name):
         out = ours(ids[:, :4], use_cache=True)
         steps, cache = [out.logits], out.past_key_values
         for t in range(4, 10):
-            out = ours(ids[:, t:t + 1], past_key_values=cache, use_cache=True)
+            out = ours(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
             steps.append(out.logits)
             cache = out.past_key_values
     assert cache[0][0].shape == (2, cfg.num_key_value_heads, 10, cfg.head_dim_)
@@ -272,8 +279,12 @@ def test_generate_refuses_non_finite_logits_and_restores_the_mode():
     with pytest.raises(ValueError, match="non-finite logits"):
         ours.generate(torch.zeros(1, 4, dtype=torch.long), max_new_tokens=3)
     assert ours.training  # restored although it raised
-    for kwargs, field in [(dict(max_new_tokens=-1), "max_new_tokens"), (dict(temperature=float("nan")), "temperature"),
-                          (dict(top_k=0), "top_k"), (dict(eos_token_id=cfg.vocab_size), "eos_token_id")]:
+    for kwargs, field in [
+        (dict(max_new_tokens=-1), "max_new_tokens"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(top_k=0), "top_k"),
+        (dict(eos_token_id=cfg.vocab_size), "eos_token_id"),
+    ]:
         with pytest.raises(ValueError, match=field):
             ours.generate(torch.zeros(1, 4, dtype=torch.long), **{"max_new_tokens": 2, **kwargs})
     assert ours.training

@@ -13,8 +13,14 @@ FAST = settings(max_examples=25, deadline=None)
 
 def make_block(e, k, h=16, i=24, seed=0, dtype=torch.float32, dispatch="grouped"):
     torch.manual_seed(seed)
-    config = PRESETS["tiny"].replace(hidden_size=h, intermediate_size=i, num_attention_heads=2,
-                                     num_key_value_heads=1, num_local_experts=e, num_experts_per_tok=k)
+    config = PRESETS["tiny"].replace(
+        hidden_size=h,
+        intermediate_size=i,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_local_experts=e,
+        num_experts_per_tok=k,
+    )
     block = SparseMoeBlock(config, dispatch=dispatch).to(dtype)
     with torch.no_grad():
         for p in block.parameters():
@@ -113,10 +119,12 @@ def test_loop_reference_is_the_definition():
     x = torch.randn(9, 16)
     with torch.no_grad():
         _, w, chosen = block.gate(x)
-        want = torch.stack([
-            sum(w[t, j] * block.experts.expert(int(chosen[t, j]), x[t:t + 1])[0] for j in range(3))
-            for t in range(9)
-        ])
+        want = torch.stack(
+            [
+                sum(w[t, j] * block.experts.expert(int(chosen[t, j]), x[t : t + 1])[0] for j in range(3))
+                for t in range(9)
+            ]
+        )
         torch.testing.assert_close(loop_dispatch(x, block.experts, w, chosen), want)
 
 

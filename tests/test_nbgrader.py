@@ -36,8 +36,9 @@ def nbgrader(course: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)  # nbgrader runs `alembic` (its database migrations) from the same bin folder
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.pop("NBGRADER_EXECUTION", None)
-    run = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, capture_output=True, text=True,
-                         timeout=1800, env=env)
+    run = subprocess.run(
+        [sys.executable, "-m", "nbgrader", *args], cwd=course, capture_output=True, text=True, timeout=1800, env=env
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return run
 
@@ -50,7 +51,8 @@ def course(tmp_path_factory) -> Path:
         "c = get_config()\n"
         "c.CourseDirectory.course_id = 'moe_edu'\n"
         "c.ExecutePreprocessor.timeout = 600\n"
-        "c.Execute.timeout = 600\n")
+        "c.Execute.timeout = 600\n"
+    )
     for name in NAMES:
         (root / "source" / name).mkdir(parents=True)
         nbformat.write(build.exercise_source(EX_DIR / f"{name}.py"), root / "source" / name / f"{name}.ipynb")
@@ -59,8 +61,7 @@ def course(tmp_path_factory) -> Path:
 
 
 def cells(nb) -> list[tuple]:
-    return [(c.cell_type, c.source.strip(), {k: c.metadata.get("nbgrader", {}).get(k) for k in KEYS})
-            for c in nb.cells]
+    return [(c.cell_type, c.source.strip(), {k: c.metadata.get("nbgrader", {}).get(k) for k in KEYS}) for c in nb.cells]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -73,7 +74,10 @@ def test_generate_assignment_equals_the_student_render(course, name):
 
 def test_autograde_scores_solutions_full_and_the_student_render_zero(course):
     for name in NAMES:
-        for student, render in (("solver", EX_DIR / "solutions" / f"{name}.ipynb"), ("blank", EX_DIR / f"{name}.ipynb")):
+        for student, render in (
+            ("solver", EX_DIR / "solutions" / f"{name}.ipynb"),
+            ("blank", EX_DIR / f"{name}.ipynb"),
+        ):
             target = course / "submitted" / student / name
             target.mkdir(parents=True)
             shutil.copy(render, target / f"{name}.ipynb")
@@ -86,8 +90,11 @@ def test_autograde_scores_solutions_full_and_the_student_render_zero(course):
                 checkers = [g for g in grades if g.cell.cell_type == "code"]
                 answers = [g for g in grades if g.cell.cell_type == "markdown"]
                 assert checkers and answers, name
-                scores[student] = ([g.auto_score for g in checkers], [g.max_score for g in checkers],
-                                   [g.auto_score for g in answers])
+                scores[student] = (
+                    [g.auto_score for g in checkers],
+                    [g.max_score for g in checkers],
+                    [g.auto_score for g in answers],
+                )
             auto, maximum, written = scores["solver"]
             assert auto == maximum, (name, auto)  # every checker cell: full marks
             assert all(s is None for s in written), name  # written answers wait for a human

@@ -78,15 +78,17 @@ def test_offloaded_block_equals_the_resident_block(tmp_path, cache_size):
         y, logits = block(x)
         y_off, logits_off = off(x)
         for t in range(3):  # decoding: one token at a time
-            step = off(x[:1, t:t + 1])[0]
-            assert (step - block(x[:1, t:t + 1])[0]).abs().max() < 1e-6
+            step = off(x[:1, t : t + 1])[0]
+            assert (step - block(x[:1, t : t + 1])[0]).abs().max() < 1e-6
     assert (y - y_off).abs().max() < 1e-6 and torch.equal(logits, logits_off)
     assert off.bytes_read == (off.cache.misses) * one_expert
     if cache_size == 0:
         assert off.cache.hits == 0
     if cache_size == 8:
-        assert off.cache.misses == len(set(torch.topk(logits, 2).indices.reshape(-1).tolist())
-                                       | set(torch.topk(block(x[:1, :3])[1], 2).indices.reshape(-1).tolist()))
+        assert off.cache.misses == len(
+            set(torch.topk(logits, 2).indices.reshape(-1).tolist())
+            | set(torch.topk(block(x[:1, :3])[1], 2).indices.reshape(-1).tolist())
+        )
 
 
 @pytest.mark.slow

@@ -42,8 +42,9 @@ def test_block_needs_a_process_group():
 
 def test_every_collective_waits_with_the_block_timeout(monkeypatch):
     """One gloo rank in this process: the block equals SparseMoeBlock and never waits without a deadline."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1,
-                            timeout=timedelta(seconds=30))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1, timeout=timedelta(seconds=30)
+    )
     try:
         torch.manual_seed(0)
         block = SparseMoeBlock(tiny_config())

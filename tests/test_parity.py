@@ -17,12 +17,18 @@ def random_configs(n: int, seed: int = 0):
     rng = random.Random(seed)
     for _ in range(n):
         e = rng.randint(2, 16)
-        yield PRESETS["tiny"].replace(
-            hidden_size=rng.choice([8, 16, 24, 64]),
-            intermediate_size=rng.choice([12, 32, 56, 100]),
-            num_attention_heads=2, num_key_value_heads=1,
-            num_local_experts=e, num_experts_per_tok=rng.randint(1, min(4, e)),
-        ), rng.choice([1, 3, 7, 13, 31]), rng.choice([1, 2, 3])
+        yield (
+            PRESETS["tiny"].replace(
+                hidden_size=rng.choice([8, 16, 24, 64]),
+                intermediate_size=rng.choice([12, 32, 56, 100]),
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                num_local_experts=e,
+                num_experts_per_tok=rng.randint(1, min(4, e)),
+            ),
+            rng.choice([1, 3, 7, 13, 31]),
+            rng.choice([1, 2, 3]),
+        )
 
 
 def hf_block(config, seed):

@@ -27,7 +27,7 @@ class CopyKeyLM(nn.Module):
         logits = torch.zeros(B, T, len(self.v))
         for b in range(B):
             row = ids[b].tolist()
-            starts = [i for i in range(T - 3) if row[i:i + 4] == self.pattern]
+            starts = [i for i in range(T - 3) if row[i : i + 4] == self.pattern]
             key_at, ask_at = starts[0] + 4, starts[-1] + 4  # first digit of the key / of the answer
             for j in range(ask_at - 1, T):
                 n = j - (ask_at - 1)
@@ -44,7 +44,7 @@ def test_prompt_has_exact_length_and_key_at_depth():
             text = VOCAB.decode(p.ids)
             assert text.count("0 4 2 1 9") == 2 and text.endswith("what is the pass key ? the pass key is")
             assert VOCAB.decode(p.answer) == "0 4 2 1 9"
-            assert VOCAB.decode(p.ids[p.key_position:p.key_position + 4]) == "the pass key is"
+            assert VOCAB.decode(p.ids[p.key_position : p.key_position + 4]) == "the pass key is"
     early = make_prompt(VOCAB.encode, length=256, depth=0.0, key="1")
     late = make_prompt(VOCAB.encode, length=256, depth=1.0, key="1")
     intro = "there is a pass key hidden in this text . find it and remember it ."
@@ -64,8 +64,7 @@ def test_bad_prompts_are_refused():
 def test_a_model_that_copies_gets_everything_and_a_broken_one_nothing():
     grid = passkey_grid(CopyKeyLM(VOCAB), VOCAB.encode, lengths=[64, 128], depths=[0.0, 0.5, 1.0], trials=3)
     assert grid.accuracy.tolist() == [[1.0] * 3] * 2
-    broken = passkey_grid(CopyKeyLM(VOCAB, broken_beyond=100), VOCAB.encode, lengths=[64, 128], depths=[0.5],
-                          trials=4)
+    broken = passkey_grid(CopyKeyLM(VOCAB, broken_beyond=100), VOCAB.encode, lengths=[64, 128], depths=[0.5], trials=4)
     assert broken.accuracy.tolist() == [[1.0], [0.0]]
     assert len(grid.rows()) == 3
 

@@ -12,9 +12,18 @@ from moe_edu import CheckpointError, MixtralConfig, MixtralForCausalLM, StateDic
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
-CFG = MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-                    num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=32,
-                    rope_theta=1e4)
+CFG = MixtralConfig(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_local_experts=4,
+    num_experts_per_tok=2,
+    max_position_embeddings=32,
+    rope_theta=1e4,
+)
 
 
 @pytest.fixture(scope="module")

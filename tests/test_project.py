@@ -30,9 +30,13 @@ def project() -> dict:
 def test_environment_yml_matches_pyproject():
     wanted = requirements(project()["dependencies"] + project()["optional-dependencies"]["notebooks"])
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
-    conda = requirements(d.replace(" ", "") for d in env["dependencies"] if isinstance(d, str) and d not in ("python=3.11", "pip"))
+    conda = requirements(
+        d.replace(" ", "") for d in env["dependencies"] if isinstance(d, str) and d not in ("python=3.11", "pip")
+    )
     pip = [d for d in env["dependencies"] if isinstance(d, dict)][0]["pip"]
-    assert {CONDA_NAMES.get(n, n) for n in wanted} == set(conda), "environment.yml and pyproject list different packages"
+    assert {CONDA_NAMES.get(n, n) for n in wanted} == set(conda), (
+        "environment.yml and pyproject list different packages"
+    )
     for name, req in wanted.items():
         assert str(conda[CONDA_NAMES.get(name, name)].specifier) == str(req.specifier), f"{name}: floors differ"
     assert any(p.startswith("-e .") for p in pip), "environment.yml must install the package itself"
@@ -51,8 +55,11 @@ def lock_pins() -> dict[str, list[tuple[Version, str]]]:
 def test_lock_input_lists_exactly_the_projects_requirements_but_torch():
     extras = project()["optional-dependencies"]
     declared = requirements(project()["dependencies"] + extras["notebooks"] + extras["test"] + extras["explorer"])
-    lock_in = [ln.strip() for ln in (ROOT / "requirements/lock.in").read_text().splitlines()
-               if ln.strip() and not ln.startswith("#")]
+    lock_in = [
+        ln.strip()
+        for ln in (ROOT / "requirements/lock.in").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     locked = requirements(lock_in)
     assert set(locked) == set(declared) - {"torch"}, "requirements/lock.in and pyproject list different packages"
     for name, req in locked.items():
@@ -61,7 +68,9 @@ def test_lock_input_lists_exactly_the_projects_requirements_but_torch():
 
 def test_lock_pins_satisfy_the_floors_and_leave_torch_to_the_makefile():
     pins = lock_pins()
-    assert not any(n == "torch" or n.startswith("nvidia-") for n in pins), "torch is pinned in the Makefile, not the lock"
+    assert not any(n == "torch" or n.startswith("nvidia-") for n in pins), (
+        "torch is pinned in the Makefile, not the lock"
+    )
     extras = project()["optional-dependencies"]
     for req in requirements(project()["dependencies"] + extras["test"] + extras["notebooks"]).values():
         if req.name == "torch":
@@ -91,8 +100,9 @@ def test_ci_runs_readmes_test_command():
 
 
 def test_committed_notebooks_match_their_py_percent_twins():
-    result = subprocess.run([sys.executable, str(ROOT / "tools/build_notebooks.py"), "--check"],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools/build_notebooks.py"), "--check"], capture_output=True, text=True, cwd=ROOT
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -8,8 +8,12 @@ from moe_edu.data.corpus import build_corpus, by_domain, split_corpus
 from moe_edu.shipped import checkpoint_dir
 from moe_edu.tokenizer import Tokenizer
 
-TEXTS = ["def add(a, b):\n    return a + b\n", "The quick brown fox jumps over the lazy dog.",
-         "Le petit village se réveille lentement.", "What is 12 + 30?\nAnswer: 42"] * 20
+TEXTS = [
+    "def add(a, b):\n    return a + b\n",
+    "The quick brown fox jumps over the lazy dog.",
+    "Le petit village se réveille lentement.",
+    "What is 12 + 30?\nAnswer: 42",
+] * 20
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,15 @@ import pytest
 import torch
 
 import moe_edu
-from moe_edu.shipped import checkpoint_dir, load_run, load_train_log
-from moe_edu.train import TrainConfig, TokenStreams, lr_at, main, train, train_steps
 from moe_edu.data.corpus import Document
+from moe_edu.shipped import checkpoint_dir, load_run, load_train_log
+from moe_edu.train import TokenStreams, TrainConfig, lr_at, main, train, train_steps
 
 
 def test_lr_schedule():
     lrs = [lr_at(s, 100, 1.0, 10, 0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # cosine only decreases
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))  # cosine only decreases
     assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
 
 
@@ -67,7 +67,7 @@ def test_train_is_reproducible(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert [e["loss"] for e in log_a["steps"]] == [e["loss"] for e in log_b["steps"]]
-    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=False):
         assert torch.equal(p, q), name
 
 

@@ -18,8 +18,10 @@ FAST = ["--steps", "3", "--batch-size", "2", "--seq-len", "16", "--eval-every", 
 @pytest.fixture
 def no_corpus(monkeypatch):
     """Fail the test if the corpus is built (every argument error must come before it)."""
+
     def boom(*a, **k):
         raise AssertionError("the corpus was built before the arguments were checked")
+
     monkeypatch.setattr(train_mod, "build_corpus", boom)
 
 
@@ -30,16 +32,19 @@ def usage_error(capsys, argv) -> str:
     return capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--seq-len", "1"], "--seq-len: must be an int in [2"),  # one token predicts nothing: NaN loss every step
-    (["--lr", "inf"], "--lr: must be a finite number"),
-    (["--lr", "-1"], "--lr: must be > 0"),
-    (["--steps", "0"], "--steps: must be an int in [1"),
-    (["--batch-size", "x"], "--batch-size: invalid literal"),
-    (["--preset", "huge"], "invalid choice: 'huge'"),
-    (["--vocab-size", "100"], "--vocab-size: must be an int in [259"),
-    (["--threads", "0"], "--threads"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--seq-len", "1"], "--seq-len: must be an int in [2"),  # one token predicts nothing: NaN loss every step
+        (["--lr", "inf"], "--lr: must be a finite number"),
+        (["--lr", "-1"], "--lr: must be > 0"),
+        (["--steps", "0"], "--steps: must be an int in [1"),
+        (["--batch-size", "x"], "--batch-size: invalid literal"),
+        (["--preset", "huge"], "invalid choice: 'huge'"),
+        (["--vocab-size", "100"], "--vocab-size: must be an int in [259"),
+        (["--threads", "0"], "--threads"),
+    ],
+)
 def test_bad_arguments_are_usage_errors_before_the_corpus(capsys, no_corpus, tmp_path, argv, message):
     err = usage_error(capsys, argv + ["--out", str(tmp_path / "run")])
     assert message in err and "Traceback" not in err

@@ -168,12 +168,16 @@ def block_with(moe, k: int = 2) -> moe_edu.SparseMoeBlock:
     return block
 
 
-@pytest.mark.parametrize("make", [
-    lambda: seeded(MixtralDroplessMoE, E, 2),
-    lambda: seeded(NoisyTopKMoE, E, 2),
-    lambda: seeded(GShardMoE, E, float(E)),
-    lambda: seeded(GShardMoE, E, 2.0 * E, random_routing=True),
-], ids=["mixtral", "noisy_topk_eval", "gshard_full_capacity", "gshard_more_capacity"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: seeded(MixtralDroplessMoE, E, 2),
+        lambda: seeded(NoisyTopKMoE, E, 2),
+        lambda: seeded(GShardMoE, E, float(E)),
+        lambda: seeded(GShardMoE, E, 2.0 * E, random_routing=True),
+    ],
+    ids=["mixtral", "noisy_topk_eval", "gshard_full_capacity", "gshard_more_capacity"],
+)
 def test_topk_variants_without_noise_and_with_capacity_equal_the_dropless_block(make):
     moe = make()
     x = hidden()
@@ -300,8 +304,15 @@ def test_copy_from_block_shares_router_and_experts():
         SharedExpertMoE.from_config(CFG).copy_from_block(block)
 
 
-@pytest.mark.parametrize("bad, err", [(torch.randn(4, 3), ValueError), (torch.randn(8), ValueError),
-                                      (torch.ones(2, 4, H, dtype=torch.long), TypeError), ([1.0], TypeError)])
+@pytest.mark.parametrize(
+    "bad, err",
+    [
+        (torch.randn(4, 3), ValueError),
+        (torch.randn(8), ValueError),
+        (torch.ones(2, 4, H, dtype=torch.long), TypeError),
+        ([1.0], TypeError),
+    ],
+)
 def test_bad_input_raises_clear_errors(bad, err):
     for moe in build_variants(CFG).values():
         with pytest.raises(err, match="expects"):
@@ -327,8 +338,21 @@ def test_compare_table_is_deterministic_and_complete():
     again, _ = compare(variants, x)
     assert isinstance(table, Table) and table.to_markdown() == again.to_markdown()
     assert len(table.rows) == len(VARIANTS) and set(outputs) == set(VARIANTS)
-    needed = {"variant", "experts", "k", "gating", "capacity", "aux losses", "total params", "active params",
-              "FLOPs/token", "load CV", "max/mean load", "dropped tokens %", "dropped assignments %"}
+    needed = {
+        "variant",
+        "experts",
+        "k",
+        "gating",
+        "capacity",
+        "aux losses",
+        "total params",
+        "active params",
+        "FLOPs/token",
+        "load CV",
+        "max/mean load",
+        "dropped tokens %",
+        "dropped assignments %",
+    }
     assert needed <= set(table.header())
     rows = {r["variant"]: r for r in table.rows}
     assert rows["Expert choice"]["load CV"] == 0.0
@@ -412,8 +436,11 @@ def _ec_moe_no_count(x, experts, logits, factor):
 
 
 FAMILY_WRONG = {
-    "switch_route": [(_switch_route_renormalised, "weight differs"), (_switch_route_floor, "keep differs"),
-                     (_switch_route_last_first, "keep differs")],
+    "switch_route": [
+        (_switch_route_renormalised, "weight differs"),
+        (_switch_route_floor, "keep differs"),
+        (_switch_route_last_first, "keep differs"),
+    ],
     "switch_moe": [(_switch_moe_passthrough, "y differs"), (_switch_moe_counts_kept, "dropped: expected")],
     "expert_choice_route": [(_ec_softmax_over_tokens, "gate differs"), (_ec_token_choice, "gate shape")],
     "expert_choice_moe": [(_ec_moe_renormalised, "y differs"), (_ec_moe_no_count, "unrouted: expected")],

@@ -326,8 +326,10 @@ def test_k_changes_the_rendered_tokens_and_grid(model, tok):
     w, e = trace.topk(1, 2)  # (T, 2)
     first = re.findall(r'class="moe-tok[^"]*"[^>]*style="background:linear-gradient\(([^)]*)\)', seen[2][0])[0]
     top = round(100 * round(float(w[0, 0]), 2))
-    assert first == f"{moe_edu.course.widgets.expert_colour(int(e[0, 0]), 8)} {top}%," \
-                    f"{moe_edu.course.widgets.expert_colour(int(e[0, 1]), 8)} 0"  # band heights = weights
+    assert (
+        first == f"{moe_edu.course.widgets.expert_colour(int(e[0, 0]), 8)} {top}%,"
+        f"{moe_edu.course.widgets.expert_colour(int(e[0, 1]), 8)} 0"
+    )  # band heights = weights
 
 
 def test_selection_and_dimming_state(model, tok):
@@ -386,18 +388,22 @@ def test_static_picture_in_the_saved_notebook(model, tok):
 
 def test_one_palette_no_near_twins_and_readable_text(model, tok):
     def lab(hex_colour):
-        rgb = [int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+        rgb = [int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
         r, g, b = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
-        x, y, z = (0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047, 0.2126 * r + 0.7152 * g + 0.0722 * b, \
-            (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883
+        x, y, z = (
+            (0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047,
+            0.2126 * r + 0.7152 * g + 0.0722 * b,
+            (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883,
+        )
         f = [t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116 for t in (x, y, z)]
         return 116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2]), y
 
     def de2000(c1, c2):  # CIEDE2000 colour difference
         import math
+
         (L1, a1, b1, _), (L2, a2, b2, _) = lab(c1), lab(c2)
         Cb = (math.hypot(a1, b1) + math.hypot(a2, b2)) / 2
-        G = 0.5 * (1 - math.sqrt(Cb ** 7 / (Cb ** 7 + 25 ** 7)))
+        G = 0.5 * (1 - math.sqrt(Cb**7 / (Cb**7 + 25**7)))
         a1, a2 = (1 + G) * a1, (1 + G) * a2
         C1, C2 = math.hypot(a1, b1), math.hypot(a2, b2)
         h1, h2 = math.degrees(math.atan2(b1, a1)) % 360, math.degrees(math.atan2(b2, a2)) % 360
@@ -405,15 +411,21 @@ def test_one_palette_no_near_twins_and_readable_text(model, tok):
         dH = 2 * math.sqrt(C1 * C2) * math.sin(math.radians(dh / 2))
         Lb, Cbp = (L1 + L2) / 2, (C1 + C2) / 2
         hb = (h1 + h2) / 2 if abs(h1 - h2) <= 180 else (h1 + h2 + 360) / 2 % 360
-        T = 1 - 0.17 * math.cos(math.radians(hb - 30)) + 0.24 * math.cos(math.radians(2 * hb)) + \
-            0.32 * math.cos(math.radians(3 * hb + 6)) - 0.20 * math.cos(math.radians(4 * hb - 63))
+        T = (
+            1
+            - 0.17 * math.cos(math.radians(hb - 30))
+            + 0.24 * math.cos(math.radians(2 * hb))
+            + 0.32 * math.cos(math.radians(3 * hb + 6))
+            - 0.20 * math.cos(math.radians(4 * hb - 63))
+        )
         SL = 1 + 0.015 * (Lb - 50) ** 2 / math.sqrt(20 + (Lb - 50) ** 2)
         SC, SH = 1 + 0.045 * Cbp, 1 + 0.015 * Cbp * T
-        RC = 2 * math.sqrt(Cbp ** 7 / (Cbp ** 7 + 25 ** 7))
+        RC = 2 * math.sqrt(Cbp**7 / (Cbp**7 + 25**7))
         RT = -math.sin(math.radians(60 * math.exp(-(((hb - 275) / 25) ** 2)))) * RC
         return math.sqrt(((L2 - L1) / SL) ** 2 + ((C2 - C1) / SC) ** 2 + (dH / SH) ** 2 + RT * (C2 - C1) / SC * dH / SH)
 
     import itertools
+
     assert min(de2000(a, b) for a, b in itertools.combinations(EXPERT_PALETTE[:8], 2)) >= 20
     assert min(de2000(a, b) for a, b in itertools.combinations(EXPERT_PALETTE, 2)) >= 11
     assert all((lab(c)[3] + 0.05) / 0.05 >= 7 for c in EXPERT_PALETTE), "black text on every expert colour"

@@ -120,8 +120,10 @@ def renders(src: Path) -> list[tuple[Path, nbformat.NotebookNode]]:
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     if src.parent == EX_DIR:
         nb = exercise_source(src)
-        return [(src.with_suffix(".ipynb"), student_version(nb)),
-                (EX_DIR / "solutions" / (src.stem + ".ipynb"), solution_version(nb))]
+        return [
+            (src.with_suffix(".ipynb"), student_version(nb)),
+            (EX_DIR / "solutions" / (src.stem + ".ipynb"), solution_version(nb)),
+        ]
     return [(src.with_suffix(".ipynb"), nb)]
 
 
@@ -134,8 +136,9 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, timeout: int) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ["PYTHONHASHSEED"] = "0"
     try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
-                       resources={"metadata": {"path": str(cwd)}}).execute()
+        NotebookClient(
+            nb, timeout=timeout, kernel_name="python3", record_timing=False, resources={"metadata": {"path": str(cwd)}}
+        ).execute()
     finally:
         os.environ.clear()
         os.environ.update(env_backup)
@@ -146,8 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="*", help="py:percent sources (default: all)")
     parser.add_argument("--check", action="store_true", help="only check that committed notebooks match sources")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
-    parser.add_argument("--nbgrader", metavar="DIR", type=Path,
-                        help="only write the exercise sources, markers kept, as nbgrader source notebooks into DIR")
+    parser.add_argument(
+        "--nbgrader",
+        metavar="DIR",
+        type=Path,
+        help="only write the exercise sources, markers kept, as nbgrader source notebooks into DIR",
+    )
     args = parser.parse_args(argv)
     if args.nbgrader:
         for src in sources(args.paths):

@@ -30,13 +30,45 @@ VERSION = (3, 11, 7)
 
 # Fixed list of stdlib modules the corpus was built from (all present in 3.10 to 3.13).
 STDLIB_FILES = (
-    "textwrap.py", "string.py", "heapq.py", "bisect.py", "fractions.py", "statistics.py",
-    "calendar.py", "difflib.py", "shlex.py", "queue.py", "functools.py", "dataclasses.py",
-    "argparse.py", "json/decoder.py", "json/encoder.py", "csv.py", "fnmatch.py", "glob.py",
-    "colorsys.py", "random.py", "pprint.py", "contextlib.py", "copy.py", "graphlib.py",
-    "numbers.py", "sched.py", "tempfile.py", "shutil.py", "tokenize.py", "gettext.py",
-    "cmd.py", "html/parser.py", "configparser.py", "ipaddress.py", "base64.py", "reprlib.py",
-    "timeit.py", "traceback.py", "weakref.py",
+    "textwrap.py",
+    "string.py",
+    "heapq.py",
+    "bisect.py",
+    "fractions.py",
+    "statistics.py",
+    "calendar.py",
+    "difflib.py",
+    "shlex.py",
+    "queue.py",
+    "functools.py",
+    "dataclasses.py",
+    "argparse.py",
+    "json/decoder.py",
+    "json/encoder.py",
+    "csv.py",
+    "fnmatch.py",
+    "glob.py",
+    "colorsys.py",
+    "random.py",
+    "pprint.py",
+    "contextlib.py",
+    "copy.py",
+    "graphlib.py",
+    "numbers.py",
+    "sched.py",
+    "tempfile.py",
+    "shutil.py",
+    "tokenize.py",
+    "gettext.py",
+    "cmd.py",
+    "html/parser.py",
+    "configparser.py",
+    "ipaddress.py",
+    "base64.py",
+    "reprlib.py",
+    "timeit.py",
+    "traceback.py",
+    "weakref.py",
 )
 
 
@@ -47,8 +79,12 @@ def strip_docstrings(tree: ast.AST) -> list[str]:
         if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
         body = node.body
-        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                and isinstance(body[0].value.value, str):
+        if (
+            body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             text = ast.get_docstring(node, clean=True) or ""
             lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith((">>>", "..."))]
             docs.append("\n".join(lines).strip())

@@ -8,7 +8,7 @@ the same function draws the tiny preset and Mixtral 8x7B. Notebook 00 shows it.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from moe_edu.config import MixtralConfig
 
@@ -21,19 +21,44 @@ MOE = "#f7d08a"  # the sparse MoE block
 def _box(ax, x, y, w, h, text, color, *, fontsize=9, alpha=1.0, bold=False, edge="#333333"):
     from matplotlib.patches import FancyBboxPatch
 
-    patch = FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.12", facecolor=color,
-                           edgecolor=edge, linewidth=1.2, alpha=alpha)
+    patch = FancyBboxPatch(
+        (x, y),
+        w,
+        h,
+        boxstyle="round,pad=0.02,rounding_size=0.12",
+        facecolor=color,
+        edgecolor=edge,
+        linewidth=1.2,
+        alpha=alpha,
+    )
     ax.add_patch(patch)
-    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=fontsize, alpha=max(alpha, 0.6),
-            fontweight="bold" if bold else "normal")
+    ax.text(
+        x + w / 2,
+        y + h / 2,
+        text,
+        ha="center",
+        va="center",
+        fontsize=fontsize,
+        alpha=max(alpha, 0.6),
+        fontweight="bold" if bold else "normal",
+    )
     return patch
 
 
 def _arrow(ax, start, end, *, color="#333333", style="-|>", lw=1.2, ls="-", alpha=1.0, rad=0.0):
     from matplotlib.patches import FancyArrowPatch
 
-    patch = FancyArrowPatch(start, end, arrowstyle=style, mutation_scale=10, color=color, linewidth=lw,
-                            linestyle=ls, alpha=alpha, connectionstyle=f"arc3,rad={rad}")
+    patch = FancyArrowPatch(
+        start,
+        end,
+        arrowstyle=style,
+        mutation_scale=10,
+        color=color,
+        linewidth=lw,
+        linestyle=ls,
+        alpha=alpha,
+        connectionstyle=f"arc3,rad={rad}",
+    )
     ax.add_patch(patch)
     return patch
 
@@ -45,8 +70,9 @@ def _plus(ax, x, y, r=0.22):
     ax.text(x, y, "+", ha="center", va="center", fontsize=11)
 
 
-def draw_mixtral_block(config: MixtralConfig | None = None, chosen: Sequence[int] = (1, 4),
-                       weights: Sequence[float] | None = None, ax=None):
+def draw_mixtral_block(
+    config: MixtralConfig | None = None, chosen: Sequence[int] = (1, 4), weights: Sequence[float] | None = None, ax=None
+):
     """Draw a decoder layer and its sparse MoE block; `chosen` experts are highlighted.
 
     `chosen` must hold `num_experts_per_tok` distinct expert indices; `weights` (same
@@ -75,8 +101,16 @@ def draw_mixtral_block(config: MixtralConfig | None = None, chosen: Sequence[int
     ax.text(lx + lw / 2, 7.15, f"decoder layer (x{c.num_hidden_layers})", ha="center", fontsize=10, fontweight="bold")
     ax.text(lx + lw / 2, -0.25, f"h  (T, H={c.hidden_size})", ha="center", fontsize=9)
     _box(ax, lx, 0.55, lw, 0.55, "RMSNorm", BLOCK)
-    _box(ax, lx, 1.5, lw, 0.75, f"attention (GQA)\n{c.num_attention_heads} q / {c.num_key_value_heads} kv heads",
-         BLOCK, fontsize=8)
+    _box(
+        ax,
+        lx,
+        1.5,
+        lw,
+        0.75,
+        f"attention (GQA)\n{c.num_attention_heads} q / {c.num_key_value_heads} kv heads",
+        BLOCK,
+        fontsize=8,
+    )
     _plus(ax, lx + lw / 2, 2.75)
     _box(ax, lx, 3.3, lw, 0.55, "RMSNorm", BLOCK)
     moe_box = _box(ax, lx, 4.25, lw, 0.85, f"sparse MoE block\n{E} experts, top-{k}", MOE, bold=True)
@@ -100,11 +134,29 @@ def draw_mixtral_block(config: MixtralConfig | None = None, chosen: Sequence[int
     for e in range(E):
         y = top - (e + 1) * gap + (gap - eh) / 2
         on = e in chosen
-        _box(ax, ex, y, ew, eh, f"expert {e}" + ("  (SwiGLU)" if on else ""), CHOSEN if on else IDLE,
-             fontsize=8 if E <= 16 else 6, alpha=1.0 if on else 0.55, bold=on, edge="#333333" if on else "#aaaaaa")
+        _box(
+            ax,
+            ex,
+            y,
+            ew,
+            eh,
+            f"expert {e}" + ("  (SwiGLU)" if on else ""),
+            CHOSEN if on else IDLE,
+            fontsize=8 if E <= 16 else 6,
+            alpha=1.0 if on else 0.55,
+            bold=on,
+            edge="#333333" if on else "#aaaaaa",
+        )
         yc = y + eh / 2
-        _arrow(ax, (6.7, 3.5), (ex, yc), color="#333333" if on else "#bbbbbb", ls="-" if on else ":",
-               alpha=1.0 if on else 0.6, lw=1.5 if on else 0.8)
+        _arrow(
+            ax,
+            (6.7, 3.5),
+            (ex, yc),
+            color="#333333" if on else "#bbbbbb",
+            ls="-" if on else ":",
+            alpha=1.0 if on else 0.6,
+            lw=1.5 if on else 0.8,
+        )
         if on:
             w = weights[chosen.index(e)]
             _arrow(ax, (ex + ew, yc), (10.48, 3.5), lw=1.5)
@@ -112,7 +164,13 @@ def draw_mixtral_block(config: MixtralConfig | None = None, chosen: Sequence[int
     _plus(ax, 10.7, 3.5)
     _arrow(ax, (10.92, 3.5), (11.5, 3.5))
     ax.text(11.85, 3.5, "y", ha="center", va="center", fontsize=12, fontstyle="italic")
-    ax.text(8.65, -0.25, f"only {k} of {E} experts run for this token (sparse activation)", ha="center",
-            fontsize=9, color="#b35c00")
+    ax.text(
+        8.65,
+        -0.25,
+        f"only {k} of {E} experts run for this token (sparse activation)",
+        ha="center",
+        fontsize=9,
+        color="#b35c00",
+    )
     moe_box.set_gid("moe-block")
     return fig

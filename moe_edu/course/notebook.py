@@ -25,8 +25,15 @@ def setup(seed: int = 0, threads: int = 1) -> None:
     try:
         import matplotlib as mpl
 
-        mpl.rcParams.update({"figure.figsize": (6.4, 4.0), "figure.dpi": 100, "svg.hashsalt": "moe_edu",
-                             "axes.spines.top": False, "axes.spines.right": False})
+        mpl.rcParams.update(
+            {
+                "figure.figsize": (6.4, 4.0),
+                "figure.dpi": 100,
+                "svg.hashsalt": "moe_edu",
+                "axes.spines.top": False,
+                "axes.spines.right": False,
+            }
+        )
     except ImportError:  # plotting is optional for the library
         pass
 

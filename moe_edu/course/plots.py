@@ -8,7 +8,7 @@ The Mixtral block diagram lives in `moe_edu.course.diagram`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -19,8 +19,20 @@ from moe_edu.course.diagram import CHOSEN, IDLE, draw_mixtral_block  # noqa: F40
 # Light enough for black text (contrast >= 7:1); the first 8 (Mixtral's E) are pairwise CIEDE2000 >= 20
 # apart (no near twins), all 12 >= 11. Order: blue, orange, green, red, purple, yellow, teal, grey, then
 # pink, lime, coral, mint. tests/test_widgets.py checks these numbers.
-EXPERT_PALETTE = ("#5fa8e8", "#f59e3d", "#5cc26a", "#f47d7d", "#b08ee0", "#e8d544",
-                  "#4fc9c0", "#b5b5b5", "#f08cc8", "#a8d04a", "#ff9470", "#8ee0b0")
+EXPERT_PALETTE = (
+    "#5fa8e8",
+    "#f59e3d",
+    "#5cc26a",
+    "#f47d7d",
+    "#b08ee0",
+    "#e8d544",
+    "#4fc9c0",
+    "#b5b5b5",
+    "#f08cc8",
+    "#a8d04a",
+    "#ff9470",
+    "#8ee0b0",
+)
 
 
 def _axes(ax, figsize):
@@ -33,12 +45,21 @@ def _axes(ax, figsize):
 
 def _check_2d(name: str, t: torch.Tensor) -> None:
     if not isinstance(t, torch.Tensor) or t.dim() != 2:
-        raise ValueError(f"{name} must be a 2-D tensor (tokens, experts), got "
-                         f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        raise ValueError(
+            f"{name} must be a 2-D tensor (tokens, experts), got "
+            f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}"
+        )
 
 
-def router_heatmap(probs: torch.Tensor, tokens: Sequence[str] | None = None, chosen: torch.Tensor | None = None,
-                   ax=None, title: str = "router probabilities", annot: bool = True, vmax: float | None = None):
+def router_heatmap(
+    probs: torch.Tensor,
+    tokens: Sequence[str] | None = None,
+    chosen: torch.Tensor | None = None,
+    ax=None,
+    title: str = "router probabilities",
+    annot: bool = True,
+    vmax: float | None = None,
+):
     """Heatmap of a (T, E) probability matrix; cells of `chosen` (T, k) experts get a blue frame."""
     import seaborn as sns
     from matplotlib.patches import Rectangle
@@ -51,9 +72,21 @@ def router_heatmap(probs: torch.Tensor, tokens: Sequence[str] | None = None, cho
         raise ValueError(f"chosen must be (T={T}, k), got {tuple(chosen.shape)}")
     fig, ax = _axes(ax, (1.0 + 0.6 * E, 0.8 + 0.38 * T))
     data = probs.detach().float().cpu().numpy()
-    sns.heatmap(data, ax=ax, cmap="rocket_r", vmin=0.0, vmax=vmax, annot=annot and T * E <= 400, fmt=".2f",
-                annot_kws={"fontsize": 7}, cbar_kws={"label": "probability"}, linewidths=0.5, linecolor="white",
-                xticklabels=[f"e{e}" for e in range(E)], yticklabels=list(tokens) if tokens is not None else True)
+    sns.heatmap(
+        data,
+        ax=ax,
+        cmap="rocket_r",
+        vmin=0.0,
+        vmax=vmax,
+        annot=annot and T * E <= 400,
+        fmt=".2f",
+        annot_kws={"fontsize": 7},
+        cbar_kws={"label": "probability"},
+        linewidths=0.5,
+        linecolor="white",
+        xticklabels=[f"e{e}" for e in range(E)],
+        yticklabels=list(tokens) if tokens is not None else True,
+    )
     if chosen is not None:
         for t, row in enumerate(chosen.tolist()):
             for e in row:
@@ -65,8 +98,13 @@ def router_heatmap(probs: torch.Tensor, tokens: Sequence[str] | None = None, cho
     return fig
 
 
-def expert_load_bars(counts: torch.Tensor | Sequence[int], ax=None, capacity: int | None = None,
-                     title: str = "tokens per expert", expected: float | None = None):
+def expert_load_bars(
+    counts: torch.Tensor | Sequence[int],
+    ax=None,
+    capacity: int | None = None,
+    title: str = "tokens per expert",
+    expected: float | None = None,
+):
     """Bar chart of assignments per expert; a dashed line for the uniform share and, if given,
     a red line at the capacity C with the overflow (dropped) part of each bar hatched."""
     counts = torch.as_tensor(counts).detach().cpu()
@@ -78,9 +116,17 @@ def expert_load_bars(counts: torch.Tensor | Sequence[int], ax=None, capacity: in
     kept = [min(v, capacity) if capacity is not None else v for v in values]
     ax.bar(range(E), kept, color=CHOSEN, edgecolor="#333333", label="processed")
     if capacity is not None:
-        over = [v - c for v, c in zip(values, kept)]
-        ax.bar(range(E), over, bottom=kept, color=IDLE, edgecolor="#c0392b", hatch="//", label="dropped",
-               linewidth=[1.0 if o else 0.0 for o in over])
+        over = [v - c for v, c in zip(values, kept, strict=False)]
+        ax.bar(
+            range(E),
+            over,
+            bottom=kept,
+            color=IDLE,
+            edgecolor="#c0392b",
+            hatch="//",
+            label="dropped",
+            linewidth=[1.0 if o else 0.0 for o in over],
+        )
         ax.axhline(capacity, color="#c0392b", lw=1.2, label=f"capacity C = {capacity}")
     share = expected if expected is not None else sum(values) / E
     ax.axhline(share, color="#333333", ls="--", lw=1, label=f"uniform = {share:.1f}")
@@ -94,14 +140,18 @@ def expert_load_bars(counts: torch.Tensor | Sequence[int], ax=None, capacity: in
 
 def parameter_breakdown(count: ParameterCount, ax=None, title: str = "where the parameters are"):
     """Two stacked horizontal bars, total vs active, split by component (billions)."""
-    parts = [("embedding", count.embedding, count.embedding), ("attention", count.attention, count.attention),
-             ("router + norms", count.router + count.norms, count.router + count.norms),
-             ("experts", count.experts, count.active_experts), ("LM head", count.lm_head, count.lm_head)]
+    parts = [
+        ("embedding", count.embedding, count.embedding),
+        ("attention", count.attention, count.attention),
+        ("router + norms", count.router + count.norms, count.router + count.norms),
+        ("experts", count.experts, count.active_experts),
+        ("LM head", count.lm_head, count.lm_head),
+    ]
     colors = ["#8ecae6", "#219ebc", "#023047", CHOSEN, "#adb5bd"]
     fig, ax = _axes(ax, (8.0, 2.6))
-    for row, label in enumerate(("total", "active per token")):
+    for row in range(2):  # 0: total, 1: active per token
         left = 0.0
-        for (name, total, active), color in zip(parts, colors):
+        for (name, total, active), color in zip(parts, colors, strict=False):
             width = (total if row == 0 else active) / 1e9
             ax.barh(row, width, left=left, color=color, edgecolor="white", label=name if row == 0 else None)
             left += width
@@ -116,8 +166,15 @@ def parameter_breakdown(count: ParameterCount, ax=None, title: str = "where the 
     return fig
 
 
-def ratio_bars(labels: Sequence[str], values: Sequence[float], ax=None, ylabel: str = "relative cost",
-               title: str = "", baseline: float | None = 1.0, highlight: int | None = None):
+def ratio_bars(
+    labels: Sequence[str],
+    values: Sequence[float],
+    ax=None,
+    ylabel: str = "relative cost",
+    title: str = "",
+    baseline: float | None = 1.0,
+    highlight: int | None = None,
+):
     """Labelled bars for a handful of ratios (FLOPs or timings relative to a reference);
     bar number `highlight` (e.g. the reference) is drawn in the accent colour."""
     if len(labels) != len(values):
@@ -125,9 +182,15 @@ def ratio_bars(labels: Sequence[str], values: Sequence[float], ax=None, ylabel: 
     fig, ax = _axes(ax, (5.0, 3.0))
     colors = [CHOSEN if i == highlight else "#8ecae6" for i in range(len(values))]
     bars = ax.bar(list(labels), [float(v) for v in values], color=colors, edgecolor="#333333")
-    for bar, v in zip(bars, values):
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{float(v):.2f}x", ha="center", va="bottom",
-                fontsize=9)
+    for bar, v in zip(bars, values, strict=False):
+        ax.text(
+            bar.get_x() + bar.get_width() / 2,
+            bar.get_height(),
+            f"{float(v):.2f}x",
+            ha="center",
+            va="bottom",
+            fontsize=9,
+        )
     if baseline is not None:
         ax.axhline(baseline, color="#333333", ls="--", lw=0.8)
     ax.set_ylabel(ylabel)

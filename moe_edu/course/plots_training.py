@@ -7,7 +7,7 @@ text stays stable) and returns the figure. Inputs are the plain lists/tensors th
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -29,7 +29,7 @@ def loss_curves(steps: Sequence[Mapping], ax=None, keys: Sequence[str] = ("ce", 
         pts = [(e["step"], e[key]) for e in steps if e.get(key) is not None]
         if not pts:
             raise ValueError(f"no log entry has {key!r}; keys are {sorted(steps[0])}")
-        x, y = zip(*pts)
+        x, y = zip(*pts, strict=False)
         sns.lineplot(x=list(x), y=list(y), ax=ax, label=key, marker="o" if len(pts) < 20 else None)
     ax.set_xlabel("step")
     ax.set_title(title)
@@ -45,8 +45,15 @@ def load_history(steps: Sequence[Mapping], layer: int, ax=None, title: str | Non
         raise ValueError(f"layer must be in [0, {len(rows[0]['load']) if rows else 0}), got {layer}")
     load = torch.tensor([e["load"][layer] for e in rows]).T  # (E, S)
     fig, ax = _axes(ax, (6.4, 2.6))
-    sns.heatmap(load.numpy(), ax=ax, cmap="rocket_r", vmin=0, vmax=max(0.5, float(load.max())),
-                cbar_kws={"label": "share"}, xticklabels=False)
+    sns.heatmap(
+        load.numpy(),
+        ax=ax,
+        cmap="rocket_r",
+        vmin=0,
+        vmax=max(0.5, float(load.max())),
+        cbar_kws={"label": "share"},
+        xticklabels=False,
+    )
     ax.set_ylabel("expert")
     ax.set_xlabel(f"step (0 to {rows[-1]['step']})")
     ax.set_title(f"layer {layer}: expert load during training" if title is None else title)
@@ -72,8 +79,13 @@ def domain_load_bars(loads: Mapping[str, torch.Tensor], layer: int, ax=None, tit
     return fig
 
 
-def repetition_bars(rates: Mapping[str, Sequence[float]], baseline: float, ax=None, title: str = "",
-                    ylabel: str = "consecutive tokens, same expert"):
+def repetition_bars(
+    rates: Mapping[str, Sequence[float]],
+    baseline: float,
+    ax=None,
+    title: str = "",
+    ylabel: str = "consecutive tokens, same expert",
+):
     """Grouped bars: for each domain, one bar per layer; a dashed line at the random baseline."""
     import seaborn as sns
 

@@ -100,8 +100,7 @@ def math_documents(n: int = 600, per_doc: int = 8, seed: int = 0) -> list[Docume
     if n <= 0 or per_doc <= 0:
         raise ValueError(f"math_documents needs n > 0 and per_doc > 0, got n={n}, per_doc={per_doc}")
     rng = random.Random(seed)
-    return [Document("math", "\n\n".join(_math_problem(rng) for _ in range(per_doc)), f"math:{i}")
-            for i in range(n)]
+    return [Document("math", "\n\n".join(_math_problem(rng) for _ in range(per_doc)), f"math:{i}") for i in range(n)]
 
 
 def language_documents(language: str) -> list[Document]:

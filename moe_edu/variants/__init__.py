@@ -61,8 +61,21 @@ def build_variants(config: MixtralConfig, options: dict[str, dict] | None = None
 
 
 __all__ = [
-    "VARIANTS", "MoEOutput", "RoutedMoE", "build_variant", "build_variants",
-    "MixtralDroplessMoE", "NoisyTopKMoE", "SwitchMoE", "GShardMoE", "ExpertChoiceMoE", "SharedExpertMoE",
-    "SoftMoE", "AuxFreeMoE",
-    "expert_capacity", "keep_within_capacity", "dispatch_assignments", "dispatch_kept",
+    "VARIANTS",
+    "MoEOutput",
+    "RoutedMoE",
+    "build_variant",
+    "build_variants",
+    "MixtralDroplessMoE",
+    "NoisyTopKMoE",
+    "SwitchMoE",
+    "GShardMoE",
+    "ExpertChoiceMoE",
+    "SharedExpertMoE",
+    "SoftMoE",
+    "AuxFreeMoE",
+    "expert_capacity",
+    "keep_within_capacity",
+    "dispatch_assignments",
+    "dispatch_kept",
 ]

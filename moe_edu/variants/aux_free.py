@@ -37,8 +37,9 @@ def bias_update(bias: torch.Tensor, load_counts: torch.Tensor, speed: float) -> 
 class AuxFreeRouter(TopKRouter):
     """Top-k of (score + bias) picks the experts; the unbiased scores, renormalised, weigh them."""
 
-    def __init__(self, hidden_size: int, num_experts: int, top_k: int, *, bias_update_speed: float = 1e-3,
-                 score: str = "softmax") -> None:
+    def __init__(
+        self, hidden_size: int, num_experts: int, top_k: int, *, bias_update_speed: float = 1e-3, score: str = "softmax"
+    ) -> None:
         super().__init__(hidden_size, num_experts, top_k)
         if score not in SCORES:
             raise ValueError(f"AuxFreeRouter: score must be one of {SCORES}, got {score!r}")
@@ -80,11 +81,20 @@ class AuxFreeMoE(RoutedMoE):
     capacity_rule = "none (dropless)"
     aux_loss_names = ()
 
-    def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int = 8, top_k: int = 2, *,
-                 bias_update_speed: float = 1e-3, score: str = "softmax") -> None:
-        super().__init__(AuxFreeRouter(hidden_size, num_experts, top_k, bias_update_speed=bias_update_speed,
-                                       score=score),
-                         Experts(num_experts, hidden_size, intermediate_size))
+    def __init__(
+        self,
+        hidden_size: int,
+        intermediate_size: int,
+        num_experts: int = 8,
+        top_k: int = 2,
+        *,
+        bias_update_speed: float = 1e-3,
+        score: str = "softmax",
+    ) -> None:
+        super().__init__(
+            AuxFreeRouter(hidden_size, num_experts, top_k, bias_update_speed=bias_update_speed, score=score),
+            Experts(num_experts, hidden_size, intermediate_size),
+        )
 
     @property
     def bias(self) -> torch.Tensor:
@@ -93,5 +103,11 @@ class AuxFreeMoE(RoutedMoE):
 
     @classmethod
     def from_config(cls, config: MixtralConfig, bias_update_speed: float = 1e-3, score: str = "softmax") -> AuxFreeMoE:
-        return cls(config.hidden_size, config.intermediate_size, config.num_local_experts, config.num_experts_per_tok,
-                   bias_update_speed=bias_update_speed, score=score)
+        return cls(
+            config.hidden_size,
+            config.intermediate_size,
+            config.num_local_experts,
+            config.num_experts_per_tok,
+            bias_update_speed=bias_update_speed,
+            score=score,
+        )

@@ -65,7 +65,9 @@ class RoutedMoE(MoEBlock):
         E = self.num_experts
         ran = r.expert_ids if r.keep is None else r.expert_ids[r.keep]  # ids of the assignments that ran
         return MoEOutput(
-            y=y.reshape(x.shape), router_logits=r.logits, aux_losses=self.gate.aux_losses(r),
+            y=y.reshape(x.shape),
+            router_logits=r.logits,
+            aux_losses=self.gate.aux_losses(r),
             load_counts=torch.bincount(ran.reshape(-1), minlength=E),  # (E,)
             demand_counts=None if r.requested is None else torch.bincount(r.expert_ids[r.requested], minlength=E),
             dropped=0 if r.keep is None else int((~r.keep.any(dim=1)).sum()),
@@ -102,14 +104,22 @@ class RoutedMoE(MoEBlock):
 
     def copy_from_block(self, block: nn.Module) -> RoutedMoE:
         """Take the router and experts of a `SparseMoeBlock` (same E, H, I), so variants differ only in routing."""
-        mine = {"gate.weight": self.gate.weight, "experts.gate_up_proj": self.experts.gate_up_proj,
-                "experts.down_proj": self.experts.down_proj}
-        theirs = {"gate.weight": block.gate.weight, "experts.gate_up_proj": block.experts.gate_up_proj,
-                  "experts.down_proj": block.experts.down_proj}
+        mine = {
+            "gate.weight": self.gate.weight,
+            "experts.gate_up_proj": self.experts.gate_up_proj,
+            "experts.down_proj": self.experts.down_proj,
+        }
+        theirs = {
+            "gate.weight": block.gate.weight,
+            "experts.gate_up_proj": block.experts.gate_up_proj,
+            "experts.down_proj": block.experts.down_proj,
+        }
         for key, p in mine.items():
             if p.shape != theirs[key].shape:
-                raise ValueError(f"{type(self).__name__}.copy_from_block: {key} has shape {tuple(p.shape)} here "
-                                 f"but {tuple(theirs[key].shape)} in the block")
+                raise ValueError(
+                    f"{type(self).__name__}.copy_from_block: {key} has shape {tuple(p.shape)} here "
+                    f"but {tuple(theirs[key].shape)} in the block"
+                )
         with torch.no_grad():
             for key, p in mine.items():
                 p.copy_(theirs[key])
@@ -134,9 +144,14 @@ class RoutedMoE(MoEBlock):
 
     def describe(self) -> dict[str, str]:
         """The static columns of notebook 09's table."""
-        return {"variant": self.label, "experts": str(self.num_experts), "k": self.k_text(),
-                "gating": self.gating, "capacity": self.capacity_rule,
-                "aux losses": ", ".join(self.aux_loss_names) or "none"}
+        return {
+            "variant": self.label,
+            "experts": str(self.num_experts),
+            "k": self.k_text(),
+            "gating": self.gating,
+            "capacity": self.capacity_rule,
+            "aux losses": ", ".join(self.aux_loss_names) or "none",
+        }
 
     def k_text(self) -> str:
         return f"{self.experts_per_token:g}"

@@ -37,14 +37,16 @@ def measure(variant: RoutedMoE, x: torch.Tensor) -> tuple[dict, MoEOutput]:
     requested = out.num_tokens * variant.experts_per_token
     row = dict(variant.describe())
     row["aux losses"] = ", ".join(f"{k} {float(v):.3f}" for k, v in out.aux_losses.items()) or "none"
-    row.update({
-        "total params": variant.total_parameters(),
-        "active params": variant.active_parameters(),
-        "FLOPs/token": variant.flops_per_token(),
-        **load_stats(out.load_counts),
-        "dropped tokens %": 100.0 * out.dropped_rate,
-        "dropped assignments %": 100.0 * out.dropped_assignments / requested,
-    })
+    row.update(
+        {
+            "total params": variant.total_parameters(),
+            "active params": variant.active_parameters(),
+            "FLOPs/token": variant.flops_per_token(),
+            **load_stats(out.load_counts),
+            "dropped tokens %": 100.0 * out.dropped_rate,
+            "dropped assignments %": 100.0 * out.dropped_assignments / requested,
+        }
+    )
     return row, out
 
 
@@ -102,8 +104,10 @@ class Table:
         """The same table as plain HTML (for pages that do not render markdown)."""
         cols = self.header()
         head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(row.get(c, '')))}</td>" for c in cols) + "</tr>"
-                       for row in self.rows)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(_cell(row.get(c, '')))}</td>" for c in cols) + "</tr>"
+            for row in self.rows
+        )
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
     def _repr_markdown_(self) -> str:

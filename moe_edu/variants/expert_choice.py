@@ -53,10 +53,13 @@ class ExpertChoiceMoE(RoutedMoE):
     gating = "softmax over experts; each expert takes its top-C tokens"
     aux_loss_names = ()
 
-    def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int = 8,
-                 capacity_factor: float = 2.0) -> None:
-        super().__init__(ExpertChoiceRouter(hidden_size, num_experts, capacity_factor),
-                         Experts(num_experts, hidden_size, intermediate_size))
+    def __init__(
+        self, hidden_size: int, intermediate_size: int, num_experts: int = 8, capacity_factor: float = 2.0
+    ) -> None:
+        super().__init__(
+            ExpertChoiceRouter(hidden_size, num_experts, capacity_factor),
+            Experts(num_experts, hidden_size, intermediate_size),
+        )
         self.capacity_rule = f"exactly C = ceil({self.capacity_factor:g} N/E) per expert"
 
     @classmethod

@@ -25,8 +25,7 @@ class GShardRouter(CapacityRouter):
 
     top_k = slots_per_token = 2
 
-    def __init__(self, hidden_size: int, num_experts: int, capacity_factor: float,
-                 random_routing: bool = True) -> None:
+    def __init__(self, hidden_size: int, num_experts: int, capacity_factor: float, random_routing: bool = True) -> None:
         if num_experts < 2:
             raise ValueError(f"GShardMoE needs num_experts >= 2 for top-2 routing, got {num_experts}")
         super().__init__(hidden_size, num_experts, capacity_factor)
@@ -50,10 +49,18 @@ class GShardMoE(RoutedMoE):
     gating = "softmax -> top-2 -> renormalise; 2nd kept w.p. 2*g2 (training)"
     aux_loss_names = ("load_balancing",)
 
-    def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int = 8,
-                 capacity_factor: float = 1.25, random_routing: bool = True) -> None:
-        super().__init__(GShardRouter(hidden_size, num_experts, capacity_factor, random_routing),
-                         Experts(num_experts, hidden_size, intermediate_size))
+    def __init__(
+        self,
+        hidden_size: int,
+        intermediate_size: int,
+        num_experts: int = 8,
+        capacity_factor: float = 1.25,
+        random_routing: bool = True,
+    ) -> None:
+        super().__init__(
+            GShardRouter(hidden_size, num_experts, capacity_factor, random_routing),
+            Experts(num_experts, hidden_size, intermediate_size),
+        )
         self.capacity_rule = f"C = ceil({self.capacity_factor:g} 2N/E), overflow dropped"
 
     @property
@@ -65,7 +72,9 @@ class GShardMoE(RoutedMoE):
         self.gate.random_routing = bool(value)
 
     @classmethod
-    def from_config(cls, config: MixtralConfig, capacity_factor: float = 1.25,
-                    random_routing: bool = True) -> GShardMoE:
-        return cls(config.hidden_size, config.intermediate_size, config.num_local_experts, capacity_factor,
-                   random_routing)
+    def from_config(
+        cls, config: MixtralConfig, capacity_factor: float = 1.25, random_routing: bool = True
+    ) -> GShardMoE:
+        return cls(
+            config.hidden_size, config.intermediate_size, config.num_local_experts, capacity_factor, random_routing
+        )

@@ -20,8 +20,9 @@ class MixtralDroplessMoE(RoutedMoE):
     aux_loss_names = ("load_balancing",)
 
     def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int = 8, top_k: int = 2) -> None:
-        super().__init__(TopKRouter(hidden_size, num_experts, top_k),
-                         Experts(num_experts, hidden_size, intermediate_size))
+        super().__init__(
+            TopKRouter(hidden_size, num_experts, top_k), Experts(num_experts, hidden_size, intermediate_size)
+        )
 
     @classmethod
     def from_config(cls, config: MixtralConfig) -> MixtralDroplessMoE:

@@ -78,10 +78,18 @@ class NoisyTopKMoE(RoutedMoE):
     capacity_rule = "none (dropless)"
     aux_loss_names = ("importance", "load")
 
-    def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int = 8, top_k: int = 2,
-                 noise_epsilon: float = 1e-2) -> None:
-        super().__init__(NoisyTopKRouter(hidden_size, num_experts, top_k, noise_epsilon),
-                         Experts(num_experts, hidden_size, intermediate_size))
+    def __init__(
+        self,
+        hidden_size: int,
+        intermediate_size: int,
+        num_experts: int = 8,
+        top_k: int = 2,
+        noise_epsilon: float = 1e-2,
+    ) -> None:
+        super().__init__(
+            NoisyTopKRouter(hidden_size, num_experts, top_k, noise_epsilon),
+            Experts(num_experts, hidden_size, intermediate_size),
+        )
 
     @property
     def noise(self) -> nn.Linear:

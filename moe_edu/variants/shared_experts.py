@@ -39,13 +39,16 @@ class SharedExpertMoE(RoutedMoE):
     capacity_rule = "none (dropless)"
     aux_loss_names = ("expert_balance",)
 
-    def __init__(self, hidden_size: int, intermediate_size: int, num_routed: int = 15, num_shared: int = 1,
-                 top_k: int = 3) -> None:
+    def __init__(
+        self, hidden_size: int, intermediate_size: int, num_routed: int = 15, num_shared: int = 1, top_k: int = 3
+    ) -> None:
         positive_int("SharedExpertMoE: num_shared", num_shared)
         int_in_range(f"SharedExpertMoE: top_k (num_routed={num_routed})", top_k, 1, num_routed)
-        super().__init__(FineGrainedRouter(hidden_size, num_routed, top_k),
-                         Experts(num_routed, hidden_size, intermediate_size),
-                         shared=Experts(num_shared, hidden_size, intermediate_size))
+        super().__init__(
+            FineGrainedRouter(hidden_size, num_routed, top_k),
+            Experts(num_routed, hidden_size, intermediate_size),
+            shared=Experts(num_shared, hidden_size, intermediate_size),
+        )
         self.num_shared = num_shared
 
     @classmethod
@@ -56,8 +59,9 @@ class SharedExpertMoE(RoutedMoE):
             raise ValueError(f"granularity must be a positive int dividing intermediate_size={I}, got {granularity!r}")
         if not 1 <= num_shared < k * granularity:
             raise ValueError(f"num_shared must be in [1, k*granularity={k * granularity}), got {num_shared}")
-        return cls(config.hidden_size, I // granularity, E * granularity - num_shared, num_shared,
-                   k * granularity - num_shared)
+        return cls(
+            config.hidden_size, I // granularity, E * granularity - num_shared, num_shared, k * granularity - num_shared
+        )
 
     def active_parameters(self) -> int:
         return super().active_parameters() + self.num_shared * self.expert_parameters

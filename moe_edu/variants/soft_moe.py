@@ -33,8 +33,9 @@ def soft_weights(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class SoftRouter(Router):
     """Phi: one vector per slot, `weight` (E p, H); computes dispatch and combine weights for a group."""
 
-    def __init__(self, hidden_size: int, num_experts: int, slots_per_expert: int = 1,
-                 tokens_per_group: int = 64) -> None:
+    def __init__(
+        self, hidden_size: int, num_experts: int, slots_per_expert: int = 1, tokens_per_group: int = 64
+    ) -> None:
         for name, value in (("slots_per_expert", slots_per_expert), ("tokens_per_group", tokens_per_group)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"SoftRouter: {name} must be a positive int, got {value!r}")
@@ -64,10 +65,18 @@ class SoftMoE(RoutedMoE):
     capacity_rule = "p slots per expert (never drops)"
     aux_loss_names = ()
 
-    def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int = 8, slots_per_expert: int = 1,
-                 tokens_per_group: int = 64) -> None:
-        super().__init__(SoftRouter(hidden_size, num_experts, slots_per_expert, tokens_per_group),
-                         Experts(num_experts, hidden_size, intermediate_size))
+    def __init__(
+        self,
+        hidden_size: int,
+        intermediate_size: int,
+        num_experts: int = 8,
+        slots_per_expert: int = 1,
+        tokens_per_group: int = 64,
+    ) -> None:
+        super().__init__(
+            SoftRouter(hidden_size, num_experts, slots_per_expert, tokens_per_group),
+            Experts(num_experts, hidden_size, intermediate_size),
+        )
 
     @property
     def top_k(self) -> int:
@@ -90,9 +99,13 @@ class SoftMoE(RoutedMoE):
         slots_out = slots_out.reshape(E, G, p, H).transpose(0, 1).reshape(G, E * p, H)  # (G, S, H)
         y = torch.einsum("gms,gsh->gmh", combine, slots_out.float()).to(x.dtype)  # (G, m, H)
         per_expert_logits = logits.reshape(G * m, E, p).logsumexp(dim=-1)  # (N, E): an expert's slots pooled
-        return MoEOutput(y=y.reshape(x.shape), router_logits=per_expert_logits, aux_losses={},
-                         load_counts=torch.full((E,), G * p, dtype=torch.long, device=x.device),  # slots per expert
-                         num_tokens=G * m)
+        return MoEOutput(
+            y=y.reshape(x.shape),
+            router_logits=per_expert_logits,
+            aux_losses={},
+            load_counts=torch.full((E,), G * p, dtype=torch.long, device=x.device),  # slots per expert
+            num_tokens=G * m,
+        )
 
     def active_parameters(self) -> int:
         """Phi (every token scores every slot) + the expert share of one token (E p / m expert calls)."""
@@ -107,5 +120,6 @@ class SoftMoE(RoutedMoE):
 
     @classmethod
     def from_config(cls, config: MixtralConfig, slots_per_expert: int = 1, tokens_per_group: int = 64) -> SoftMoE:
-        return cls(config.hidden_size, config.intermediate_size, config.num_local_experts, slots_per_expert,
-                   tokens_per_group)
+        return cls(
+            config.hidden_size, config.intermediate_size, config.num_local_experts, slots_per_expert, tokens_per_group
+        )

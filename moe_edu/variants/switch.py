@@ -39,8 +39,9 @@ class SwitchRouter(CapacityRouter):
     def forward(self, x: torch.Tensor) -> Routing:
         logits = self.logits(x)  # (N, E)
         weight, expert, keep = switch_route(logits, self.capacity_factor)  # (N,), (N,), (N,)
-        return Routing(logits, weight[:, None], expert[:, None], keep=keep[:, None],
-                       requested=torch.ones_like(keep)[:, None])  # (N, 1) each: k = 1
+        return Routing(
+            logits, weight[:, None], expert[:, None], keep=keep[:, None], requested=torch.ones_like(keep)[:, None]
+        )  # (N, 1) each: k = 1
 
     def aux_losses(self, routing: Routing) -> dict[str, torch.Tensor]:
         return {"load_balancing": load_balancing_loss(routing.logits, self.num_experts, 1)}
@@ -51,10 +52,13 @@ class SwitchMoE(RoutedMoE):
     gating = "softmax -> top-1, weight = p (no renormalisation)"
     aux_loss_names = ("load_balancing",)
 
-    def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int = 8,
-                 capacity_factor: float = 1.25) -> None:
-        super().__init__(SwitchRouter(hidden_size, num_experts, capacity_factor),
-                         Experts(num_experts, hidden_size, intermediate_size))
+    def __init__(
+        self, hidden_size: int, intermediate_size: int, num_experts: int = 8, capacity_factor: float = 1.25
+    ) -> None:
+        super().__init__(
+            SwitchRouter(hidden_size, num_experts, capacity_factor),
+            Experts(num_experts, hidden_size, intermediate_size),
+        )
         self.capacity_rule = f"C = ceil({self.capacity_factor:g} N/E), overflow dropped"
 
     @classmethod

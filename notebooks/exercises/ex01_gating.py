@@ -36,6 +36,7 @@ from moe_edu.course.exercises import gating as ex
 # Write `router_logits(x, w)` for `x` of shape `(T, H)` and `w` of shape `(E, H)`. Compute in
 # **float32** (cast both inputs), whatever their dtype.
 
+
 # %%
 def router_logits(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x (T, H), w (E, H) -> logits (T, E) in float32."""
@@ -58,6 +59,7 @@ ex.hint("router_logits", 1)
 #
 # The logits become a probability distribution **over the experts** for every token with a
 # softmax. Write `router_probs(logits)`: `(T, E)` in, `(T, E)` float32 out, every row summing to 1.
+
 
 # %%
 def router_probs(logits: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from moe_edu.course.exercises import topk as ex
 # Write `topk_mask(probs, k)`: for router probabilities `(T, E)` return a **bool** tensor `(T, E)`
 # that is `True` exactly at each token's `k` most probable experts.
 
+
 # %%
 def topk_mask(probs: torch.Tensor, k: int) -> torch.Tensor:
     """probs (T, E) -> bool (T, E), k True entries per row."""
@@ -47,6 +48,7 @@ ex.check_topk_mask(topk_mask)
 #
 # Write `topk_renormalised(logits, k)` returning `(weights, experts)`: `weights` float32 `(T, k)`
 # with rows summing to 1 and `experts` int64 `(T, k)`. The order of the `k` slots does not matter.
+
 
 # %%
 def topk_renormalised(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,8 +77,10 @@ logits = torch.randn(64, 8)  # (T, E)
 for k in (1, 2, 3):
     load = topk_mask_fn(torch.softmax(logits, -1), k).sum(0)  # (E,)
     weights, experts = topk_renormalised_fn(logits, k)  # (T, k), (T, k)
-    print(f"k={k}: chosen per expert {load.tolist()} (sum {int(load.sum())}), "
-          f"mean top-1 weight {weights.max(-1).values.mean():.3f}")
+    print(
+        f"k={k}: chosen per expert {load.tolist()} (sum {int(load.sum())}), "
+        f"mean top-1 weight {weights.max(-1).values.mean():.3f}"
+    )
 
 # %% [markdown]
 # ## Open question 2.3 — ties

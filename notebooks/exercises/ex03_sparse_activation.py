@@ -28,6 +28,7 @@ from moe_edu.course.exercises import sparse as ex
 # Write `tokens_per_expert(chosen, num_experts)`: `chosen` `(T, k)` holds expert ids; return an
 # int64 tensor `(E,)` counting the `(token, slot)` assignments of each expert (0 for unused experts).
 
+
 # %%
 def tokens_per_expert(chosen: torch.Tensor, num_experts: int) -> torch.Tensor:
     """chosen (T, k) -> counts (E,) int64."""
@@ -49,6 +50,7 @@ ex.check_tokens_per_expert(tokens_per_expert)
 # in `x`'s dtype (start from `torch.zeros_like(x)`). The number of experts is
 # `E = experts.num_experts`; `experts.expert(e, rows)` runs expert `e` on rows `(n, H)`.
 # Skip experts nobody chose.
+
 
 # %%
 def loop_dispatch(x, experts, weights, chosen):
@@ -76,6 +78,7 @@ ex.check_loop_dispatch(loop_dispatch)
 # `(order, counts)`: `order` `(T*k,)` indexes the flattened `chosen` so that experts appear in
 # increasing order — **stable**, tokens keep their order inside a group — and `counts` `(E,)`;
 # both int64 (`E = num_experts`; an expert nobody chose still gets a count of 0).
+
 
 # %%
 def sort_by_expert(chosen: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:

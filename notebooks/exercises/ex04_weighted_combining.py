@@ -28,6 +28,7 @@ from moe_edu.routing import softmax_topk
 # **logits**, then a softmax over just those `k` (in float32). Write `topk_softmax(logits, k)`
 # returning `(weights (T, k) float32, experts (T, k) int64)`.
 
+
 # %%
 def topk_softmax(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """logits (T, E) -> weights (T, k) float32, experts (T, k) int64."""
@@ -47,6 +48,7 @@ ex.check_topk_softmax(topk_softmax)
 # `(weights, experts)` may list the same experts in a different slot order. Write
 # `same_routing(a, b, atol=1e-6)` returning a Python `bool`: `True` exactly when, for every
 # token, both pick the same set of experts **and** give each expert the same weight (within `atol`).
+
 
 # %%
 def same_routing(a, b, atol: float = 1e-6) -> bool:
@@ -85,6 +87,7 @@ for k in (1, 2, 4, 8):
 # $y_t = \sum_j w_{t,j}\, o_{t,j}$. Write `combine(expert_outputs, weights)`: `expert_outputs`
 # `(T, k, H)` holds each token's `k` expert outputs, `weights` `(T, k)` float32. Sum in float32 and
 # return `(T, H)` in the dtype of `expert_outputs`.
+
 
 # %%
 def combine(expert_outputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ from moe_edu.course.exercises import smoe_block as ex
 #
 # Write `swiglu_expert(x, w1, w3, w2)`: `x` `(N, H)`, `w1` and `w3` `(I, H)`, `w2` `(H, I)` -> `(N, H)`.
 
+
 # %%
 def swiglu_expert(x, w1, w3, w2):
     """x (N, H), w1/w3 (I, H), w2 (H, I) -> (N, H)."""
@@ -94,8 +95,12 @@ with torch.no_grad():
     y_lib, logits_lib = block(x)  # (B, T, H), (B*T, E)
     e = block.experts
     y_mine, logits_mine = moe_block_fn(x, block.gate.weight, e.w1, e.w3, e.w2, config.num_experts_per_tok)
-print("y matches moe_edu:", bool(torch.allclose(y_mine, y_lib, atol=1e-5)),
-      "| router logits match:", bool(torch.allclose(logits_mine, logits_lib, atol=1e-5)))
+print(
+    "y matches moe_edu:",
+    bool(torch.allclose(y_mine, y_lib, atol=1e-5)),
+    "| router logits match:",
+    bool(torch.allclose(logits_mine, logits_lib, atol=1e-5)),
+)
 
 try:
     import transformers
@@ -120,6 +125,7 @@ else:
 # Use the config's fields (`vocab_size`, `hidden_size`, `intermediate_size`, `num_hidden_layers`,
 # `num_attention_heads`, `num_key_value_heads`, `head_dim_`, `num_local_experts`,
 # `num_experts_per_tok`, `tie_word_embeddings`).
+
 
 # %%
 def active_parameters(config) -> int:

@@ -45,6 +45,7 @@ print(f"logits (L, T, E) = {(L, T, E)}, k = {k}, dtype {trace.logits.dtype}")
 # The token view colours token `t` at layer `l` by its **first-choice** expert. Write
 # `first_choices(logits)`: `(L, T, E)` logits → `(L, T)` int64 expert ids.
 
+
 # %%
 def first_choices(logits: torch.Tensor) -> torch.Tensor:
     """logits (L, T, E) -> (L, T) int64: the most probable expert of every token at every layer."""
@@ -62,6 +63,7 @@ ex.check_first_choices(first_choices)
 # The load chart counts, at every layer, how many tokens have expert `e` among their top `k`.
 # Write `layer_loads(logits, k)`: `(L, T, E)` logits → `(L, E)` int64 counts; each row sums to
 # `T * k`, and an expert nobody picked gets a 0.
+
 
 # %%
 def layer_loads(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -82,6 +84,7 @@ ex.check_layer_loads(layer_loads)
 # Hovering over a token shows its experts and their renormalised weights. Write
 # `token_topk(logits, layer, t, k)` → `(weights, experts)`: `weights` `(k,)` float32 summing to 1,
 # `experts` `(k,)` int64, best first (Mixtral's softmax → top-k → renormalise).
+
 
 # %%
 def token_topk(logits: torch.Tensor, layer: int, t: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,8 +115,7 @@ loads = loads_fn(trace.logits, k)  # (L, E)
 print("first choices agree with trace.first_choices():", torch.equal(first, trace.first_choices()))
 print("every layer's loads sum to T * k:", bool((loads.sum(dim=1) == T * k).all()))
 weights, experts = topk_fn(trace.logits, 0, 0, k)
-print(f"token 0 at layer 0: {len(experts.tolist())} experts, weights sum to 1: "
-      f"{abs(float(weights.sum()) - 1) < 1e-6}")
+print(f"token 0 at layer 0: {len(experts.tolist())} experts, weights sum to 1: {abs(float(weights.sum()) - 1) < 1e-6}")
 
 # %% [markdown]
 # The actual ids and counts below depend on the trained weights; on another machine a token
@@ -122,7 +124,7 @@ print(f"token 0 at layer 0: {len(experts.tolist())} experts, weights sum to 1: "
 # %% tags=["nbval-ignore-output"]
 for layer in range(L):
     print(f"layer {layer}: loads {loads[layer].tolist()}")
-print("first choices at the last layer:", list(zip(trace.tokens, first[-1].tolist()))[:8])
+print("first choices at the last layer:", list(zip(trace.tokens, first[-1].tolist(), strict=False))[:8])
 
 # %% [markdown]
 # ## Open question 6.4 — a perfectly balanced layer

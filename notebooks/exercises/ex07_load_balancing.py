@@ -34,6 +34,7 @@ from moe_edu.course.exercises import load_balancing as ex
 # Write `load_balancing_loss(router_logits, num_experts, top_k)` for logits `(T, E)`, returning a
 # 0-d float32 tensor.
 
+
 # %%
 def load_balancing_loss(router_logits: torch.Tensor, num_experts: int, top_k: int) -> torch.Tensor:
     """router_logits (T, E) -> scalar: E * sum_e f_e * P_e."""
@@ -56,6 +57,7 @@ ex.check_load_balancing_loss(load_balancing_loss)
 # ST-MoE keeps router logits small (large logits make the fp32 softmax saturate and training
 # unstable): $\mathcal{L}_z = \frac{1}{T}\sum_t \big(\log \sum_e e^{l_{t,e}}\big)^2$.
 # Write `router_z_loss(router_logits)` for logits `(T, E)`, a 0-d float32 tensor.
+
 
 # %%
 def router_z_loss(router_logits: torch.Tensor) -> torch.Tensor:

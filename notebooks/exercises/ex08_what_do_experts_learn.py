@@ -32,6 +32,7 @@ from moe_edu.course.exercises import repetition as ex
 # - **top-k overlap**: the share of pairs whose $k$ chosen experts share at least one expert
 #   (the paper's "first or second choice" for $k = 2$).
 
+
 # %%
 def consecutive_repetition(chosen: torch.Tensor) -> tuple[float, float]:
     """chosen (T, k) -> (first-choice repeat rate, top-k overlap rate) over the T-1 neighbour pairs."""
@@ -44,7 +45,7 @@ def consecutive_repetition(chosen: torch.Tensor) -> tuple[float, float]:
 
 
 # %%
-ex.check_consecutive_repetition(consecutive_repetition);
+ex.check_consecutive_repetition(consecutive_repetition)
 
 # %% [markdown]
 # ## Exercise 8.2 — the random baseline
@@ -52,6 +53,7 @@ ex.check_consecutive_repetition(consecutive_repetition);
 # If every token picked its $k$ experts uniformly at random out of $E$, how often would two
 # neighbours share at least one? The first-choice baseline is simply $1/E$ (12.5 % for 8 experts).
 # Write `random_topk_overlap_rate(E, k)` exactly (no simulation).
+
 
 # %%
 def random_topk_overlap_rate(num_experts: int, top_k: int) -> float:
@@ -62,7 +64,7 @@ def random_topk_overlap_rate(num_experts: int, top_k: int) -> float:
 
 
 # %%
-ex.check_random_topk_overlap_rate(random_topk_overlap_rate);
+ex.check_random_topk_overlap_rate(random_topk_overlap_rate)
 
 # %% [markdown]
 # ## Simulate, then measure the trained model
@@ -77,8 +79,10 @@ base_fn = ex.use(random_topk_overlap_rate, "random_topk_overlap_rate")
 g = torch.Generator().manual_seed(0)
 random_routing = torch.stack([torch.randperm(8, generator=g)[:2] for _ in range(20000)])  # (T, 2)
 first, overlap = rep_fn(random_routing)
-print(f"simulated random routing: first choice {100 * first:.1f} % (exact {100 / 8:.1f} %), "
-      f"overlap {100 * overlap:.1f} % (exact {100 * base_fn(8, 2):.1f} %)")
+print(
+    f"simulated random routing: first choice {100 * first:.1f} % (exact {100 / 8:.1f} %), "
+    f"overlap {100 * overlap:.1f} % (exact {100 * base_fn(8, 2):.1f} %)"
+)
 
 # %%
 from moe_edu.analysis import route

@@ -38,6 +38,7 @@ from moe_edu.course.exercises import family as ex
 # Write `switch_route(logits, capacity_factor)`: `logits` `(N, E)` → `weight` `(N,)` float32 (the
 # chosen expert's softmax probability), `expert` `(N,)` int64, `keep` `(N,)` bool (False = dropped).
 
+
 # %%
 def switch_route(logits: torch.Tensor, capacity_factor: float):
     """logits (N, E) -> weight (N,) fp32, expert (N,) int64, keep (N,) bool."""
@@ -66,6 +67,7 @@ ex.check_switch_route(switch_route)
 # Write `switch_moe(x, experts, logits, capacity_factor)` → `(y, dropped)`: `x` `(N, H)`,
 # `y` `(N, H)` with `y[t] = weight[t] · expert_{e_t}(x[t])` for kept tokens and **0** for dropped
 # ones, and `dropped` the number of dropped tokens (a Python int). Use your `switch_route`.
+
 
 # %%
 def switch_moe(x, experts, logits, capacity_factor):
@@ -109,6 +111,7 @@ for factor in (0.5, 1.0, 1.25, 2.0, 4.0):
 # Write `expert_choice_route(logits, capacity_factor)` → `gate` `(E, C)` float32 (the chosen
 # scores, best first) and `token` `(E, C)` int64 (which tokens).
 
+
 # %%
 def expert_choice_route(logits: torch.Tensor, capacity_factor: float):
     """logits (N, E) -> gate (E, C) fp32, token (E, C) int64."""
@@ -130,6 +133,7 @@ ex.check_expert_choice_route(expert_choice_route)
 # Write `expert_choice_moe(x, experts, logits, capacity_factor)` → `(y, unrouted)`:
 # `y[t] = Σ_e gate[e, j] · expert_e(x[t])` over every expert `e` that picked token `t` (at slot `j`),
 # and `unrouted` the number of tokens no expert picked (a Python int).
+
 
 # %%
 def expert_choice_moe(x, experts, logits, capacity_factor):
@@ -157,10 +161,20 @@ moe_fn = ex.use(expert_choice_moe, "expert_choice_moe")
 gate, token = route_fn(logits, 2.0)
 per_token = torch.bincount(token.reshape(-1), minlength=32)  # (N,)
 print("tokens per expert:", [int(row.numel()) for row in token])
-print("experts per token: min", int(per_token.min()), "max", int(per_token.max()),
-      "mean", f"{per_token.float().mean():.2f}")
-print("tokens with no expert at factor 2:", moe_fn(x, experts, logits, 2.0)[1],
-      "| at factor 1:", moe_fn(x, experts, logits, 1.0)[1])
+print(
+    "experts per token: min",
+    int(per_token.min()),
+    "max",
+    int(per_token.max()),
+    "mean",
+    f"{per_token.float().mean():.2f}",
+)
+print(
+    "tokens with no expert at factor 2:",
+    moe_fn(x, experts, logits, 2.0)[1],
+    "| at factor 1:",
+    moe_fn(x, experts, logits, 1.0)[1],
+)
 
 # %% [markdown]
 # ## Open question 9.5 — why does Mixtral not use expert choice?

@@ -36,6 +36,7 @@ from moe_edu.course.exercises import scaling as ex
 # Write `tokens_per_rank(chosen, num_experts, world_size)` → `(W,)` int64: how many `(token, slot)`
 # assignments the experts of each rank receive (a rank that receives nothing gets 0).
 
+
 # %%
 def tokens_per_rank(chosen: torch.Tensor, num_experts: int, world_size: int) -> torch.Tensor:
     """chosen (T, k) -> (W,) int64 assignments received by each rank's experts."""
@@ -55,6 +56,7 @@ ex.check_tokens_per_rank(tokens_per_rank)
 # the expert. Write `traffic(chosen, num_experts, world_size)` → `(W, W)` int64 with
 # `[src, dst]` = the number of assignments whose token lives on `src` and whose expert lives on
 # `dst`. The diagonal stays on its rank; everything else crosses the network.
+
 
 # %%
 def traffic(chosen: torch.Tensor, num_experts: int, world_size: int) -> torch.Tensor:
@@ -78,6 +80,7 @@ ex.check_traffic(traffic)
 # The experts of all ranks run in the same step, and the step ends when the most loaded rank is
 # done. Write `parallel_efficiency(load)` for the work per rank `(W,)`: the share of the step's
 # rank-time spent on useful work, a Python float in `(0, 1]` (1.0 when the loads are equal).
+
 
 # %%
 def parallel_efficiency(load: torch.Tensor) -> float:
@@ -115,8 +118,10 @@ for name, routing in (("uniform", uniform), ("skewed", skewed)):
     m = traffic_fn(routing, E, W)  # (W, W)
     remote = int(m.sum() - m.diagonal().sum())
     mib = 2 * remote * H * 2 / 2**20  # dispatch + combine, bf16
-    print(f"{name:8s} tokens per rank {load.tolist()}, remote assignments {remote} of {T * k} "
-          f"({2 * remote} rows, {mib:.1f} MiB per layer), efficiency {efficiency_fn(load):.3f}")
+    print(
+        f"{name:8s} tokens per rank {load.tolist()}, remote assignments {remote} of {T * k} "
+        f"({2 * remote} rows, {mib:.1f} MiB per layer), efficiency {efficiency_fn(load):.3f}"
+    )
 
 # %% [markdown]
 # With uniform routing about `(W−1)/W` = 75 % of the assignments leave their rank, whatever the

@@ -26,6 +26,7 @@ from moe_edu.course.exercises import serving as ex
 # `num_kv_heads` K/V heads (grouped-query attention: Mixtral has 32 query heads but 8 K/V heads).
 # Write `kv_bytes_per_token(num_layers, num_kv_heads, head_dim, bytes_per_value)` returning an int.
 
+
 # %%
 def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, bytes_per_value: int) -> int:
     """Bytes of K and V that one token adds to the cache, all layers."""
@@ -53,6 +54,7 @@ for batch in (1, 8):
 # hit, otherwise it is loaded (a miss) and the **least recently used** expert is evicted when the
 # cache is full. Write `lru_hit_rate(trace, capacity)`: the share of the accesses in `trace` (a
 # list of expert ids, in order) that hit, starting from an empty cache.
+
 
 # %%
 def lru_hit_rate(trace: list[int], capacity: int) -> float:
@@ -90,6 +92,7 @@ print(f"capacity 2: in order {lru_fn(local, 2):.2f}, shuffled {lru_fn(shuffled, 
 # `codes = round(w / scale)` clamped to [-127, 127] as `torch.int8`, and back `codes * scale`.
 # Write `int8_round_trip(w)` returning the dequantised float32 weights (same shape as `w`).
 # Careful with a row of zeros.
+
 
 # %%
 def int8_round_trip(w: torch.Tensor) -> torch.Tensor:

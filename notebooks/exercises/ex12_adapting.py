@@ -28,6 +28,7 @@ from moe_edu.course.exercises import adapting as ex
 # `upcycle_weights(gate_up, down, num_experts)` returning `(E, 2I, H)` and `(E, H, I)` tensors in
 # which every expert is an exact copy of the dense FFN.
 
+
 # %%
 def upcycle_weights(gate_up: torch.Tensor, down: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
     """gate_up (1, 2I, H), down (1, H, I) -> (E, 2I, H), (E, H, I): E copies."""
@@ -68,6 +69,7 @@ print("max |y_moe - y_dense| < 1e-6:", (y_moe - y_dense).abs().max().item() < 1e
 # top-k must take their next choice, and their weights must again sum to 1. Write
 # `pruned_routing(logits, dropped, top_k)` for router logits `(T, E)`: weights `(T, k)` float32 and
 # expert ids `(T, k)` in the **original** numbering (never `dropped`). Slot order does not matter.
+
 
 # %%
 def pruned_routing(logits: torch.Tensor, dropped: int, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,6 +115,7 @@ print("weights sum to 1:", torch.allclose(w_me.sum(-1), torch.ones(12)))
 #
 # (overloaded experts become less attractive, underloaded ones more). Write
 # `bias_update(bias, load_counts, speed)` for `(E,)` tensors.
+
 
 # %%
 def bias_update(bias: torch.Tensor, load_counts: torch.Tensor, speed: float) -> torch.Tensor:

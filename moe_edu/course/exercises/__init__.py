@@ -60,8 +60,20 @@ import importlib
 
 from moe_edu.course.exercises.core import ALL, Case, Exercise, Registry, Verdict, compare, randn
 
-MODULES = ("gating", "topk", "sparse", "combining", "smoe_block", "routing_explorer", "load_balancing", "repetition",
-           "family", "scaling", "serving", "adapting")
+MODULES = (
+    "gating",
+    "topk",
+    "sparse",
+    "combining",
+    "smoe_block",
+    "routing_explorer",
+    "load_balancing",
+    "repetition",
+    "family",
+    "scaling",
+    "serving",
+    "adapting",
+)
 
 __all__ = ["ALL", "Case", "Exercise", "Registry", "Verdict", "compare", "randn", "load_all", *MODULES]
 

@@ -1,28 +1,33 @@
 """Checkers for notebook 12 (adapting MoEs): sparse upcycling, pruning an expert, the aux-free bias update.
 
-    from moe_edu.course.exercises import adapting as ex
-    ex.check_upcycle_weights(my_fn); ex.hint("upcycle_weights")
+from moe_edu.course.exercises import adapting as ex
+ex.check_upcycle_weights(my_fn); ex.hint("upcycle_weights")
 """
 
 from __future__ import annotations
 
 import torch
 
+from moe_edu.course.exercises.core import Case, Registry, randn
+from moe_edu.course.exercises.topk import by_expert
 from moe_edu.pruning import pruned_routing
 from moe_edu.upcycling import upcycle_weights
 from moe_edu.variants.aux_free import bias_update
-from moe_edu.course.exercises.core import Case, Registry, randn
-from moe_edu.course.exercises.topk import by_expert
 
 exercises = Registry("adapting")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference
 
 
-@exercises.add("upcycle_weights", reference=upcycle_weights, outputs=("gate_up", "down"), hints=(
-    "Each of the E experts gets an exact copy of the one dense FFN: repeat along the first (expert) dimension.",
-    "gate_up (1, 2I, H) -> (E, 2I, H) and down (1, H, I) -> (E, H, I); `tensor.repeat(E, 1, 1)` does it.",
-    "Return new tensors (repeat, clone or expand(...).clone()), not views of the dense weights.",
-))
+@exercises.add(
+    "upcycle_weights",
+    reference=upcycle_weights,
+    outputs=("gate_up", "down"),
+    hints=(
+        "Each of the E experts gets an exact copy of the one dense FFN: repeat along the first (expert) dimension.",
+        "gate_up (1, 2I, H) -> (E, 2I, H) and down (1, H, I) -> (E, H, I); `tensor.repeat(E, 1, 1)` does it.",
+        "Return new tensors (repeat, clone or expand(...).clone()), not views of the dense weights.",
+    ),
+)
 def _upcycle_cases():
     return [
         Case("H=8, I=12, E=4", (randn(1, 24, 8, seed=1201), randn(1, 8, 12, seed=1202), 4)),
@@ -37,12 +42,17 @@ def _peaked(T: int, E: int, expert: int, seed: int) -> torch.Tensor:
     return logits
 
 
-@exercises.add("pruned_routing", reference=pruned_routing, normalize=by_expert, outputs=("weights", "expert_ids"),
-               hints=(
-    "Make the dropped expert unchoosable: set its logit to -inf (on a float32 copy), so its probability is 0.",
-    "Then Mixtral's rule over what is left: softmax over the experts, top k, divide the k weights by their sum.",
-    "Expert ids stay in the original numbering (0..E-1); the dropped id must never appear.",
-))
+@exercises.add(
+    "pruned_routing",
+    reference=pruned_routing,
+    normalize=by_expert,
+    outputs=("weights", "expert_ids"),
+    hints=(
+        "Make the dropped expert unchoosable: set its logit to -inf (on a float32 copy), so its probability is 0.",
+        "Then Mixtral's rule over what is left: softmax over the experts, top k, divide the k weights by their sum.",
+        "Expert ids stay in the original numbering (0..E-1); the dropped id must never appear.",
+    ),
+)
 def _pruned_cases():
     return [
         Case("T=6, E=8, k=2, drop 3", (randn(6, 8, seed=1211), 3, 2)),
@@ -52,16 +62,21 @@ def _pruned_cases():
     ]
 
 
-@exercises.add("bias_update", reference=bias_update, hints=(
-    "Compare each expert's load with the mean load over the experts.",
-    "Overloaded (above the mean): bias - speed; underloaded: bias + speed; exactly at the mean: unchanged.",
-    "That is bias - speed * sign(load - load.mean()), with the counts converted to the bias's dtype.",
-))
+@exercises.add(
+    "bias_update",
+    reference=bias_update,
+    hints=(
+        "Compare each expert's load with the mean load over the experts.",
+        "Overloaded (above the mean): bias - speed; underloaded: bias + speed; exactly at the mean: unchanged.",
+        "That is bias - speed * sign(load - load.mean()), with the counts converted to the bias's dtype.",
+    ),
+)
 def _bias_cases():
     return [
         Case("E=4, counts [10, 2, 4, 0]", (torch.zeros(4), torch.tensor([10, 2, 4, 0]), 0.1)),
-        Case("E=8, a running bias",
-             (randn(8, seed=1221, scale=0.05), torch.tensor([30, 1, 9, 16, 16, 0, 40, 16]), 1e-3)),
+        Case(
+            "E=8, a running bias", (randn(8, seed=1221, scale=0.05), torch.tensor([30, 1, 9, 16, 16, 0, 40, 16]), 1e-3)
+        ),
         Case("balanced load: nothing moves", (randn(4, seed=1222), torch.tensor([5, 5, 5, 5]), 0.5)),
     ]
 

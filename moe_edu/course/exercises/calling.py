@@ -10,7 +10,8 @@ import ctypes
 import io
 import threading
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -47,8 +48,11 @@ def _call(fn: Callable, case: Any, time_limit: float | None = None) -> Any:
         with torch.no_grad():  # grad mode is per thread: set it in the thread that computes
             return fn(*args, **kwargs)
 
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-            warnings.catch_warnings():
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")
         if time_limit is None:
             return run()

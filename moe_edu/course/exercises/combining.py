@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import torch
 
-from moe_edu.routing import softmax_topk, topk_softmax
 from moe_edu.course.exercises.core import Case, Registry, randn
 from moe_edu.course.exercises.topk import by_expert
+from moe_edu.routing import softmax_topk, topk_softmax
 
 exercises = Registry("combining")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference
 
 
-def same_routing_reference(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor],
-                           atol: float = 1e-6) -> bool:
+def same_routing_reference(
+    a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor], atol: float = 1e-6
+) -> bool:
     """True when routings a and b = (weights (T, k), experts (T, k)) pick the same experts for
     every token with the same weights (within atol), whatever the order of the k slots."""
     (wa, ea), (wb, eb) = by_expert(a), by_expert(b)  # each (T, k), slots sorted by expert id
@@ -32,11 +33,17 @@ def combine_reference(expert_outputs: torch.Tensor, weights: torch.Tensor) -> to
     return y.to(expert_outputs.dtype)  # (T, H)
 
 
-@exercises.add("topk_softmax", reference=topk_softmax, normalize=by_expert, outputs=("weights", "experts"), hints=(
-    "Mistral's order: torch.topk on the raw logits first (T, k), then a softmax over only those k.",
-    "The softmax runs over dim=-1 of the (T, k) top logits, in float32.",
-    "Return (weights, experts); the slot order does not matter to the checker.",
-))
+@exercises.add(
+    "topk_softmax",
+    reference=topk_softmax,
+    normalize=by_expert,
+    outputs=("weights", "experts"),
+    hints=(
+        "Mistral's order: torch.topk on the raw logits first (T, k), then a softmax over only those k.",
+        "The softmax runs over dim=-1 of the (T, k) top logits, in float32.",
+        "Return (weights, experts); the slot order does not matter to the checker.",
+    ),
+)
 def _topk_softmax_cases():
     return [
         Case("T=4, E=8, k=2 (Mixtral)", (randn(4, 8, seed=71), 2)),
@@ -70,11 +77,15 @@ def _weights_to_wrong_experts(r):
     return r[0], r[1].flip(-1)
 
 
-@exercises.add("same_routing", reference=same_routing_reference, hints=(
-    "Two routings can list the same k experts in a different slot order: sort each row by expert id first.",
-    "torch.sort(experts, dim=-1) gives the permutation; apply it to the weights with torch.gather.",
-    "Finally compare: the sorted expert ids must match exactly, the reordered weights only up to the atol you were given.",
-))
+@exercises.add(
+    "same_routing",
+    reference=same_routing_reference,
+    hints=(
+        "Two routings can list the same k experts in a different slot order: sort each row by expert id first.",
+        "torch.sort(experts, dim=-1) gives the permutation; apply it to the weights with torch.gather.",
+        "Finally compare: the sorted expert ids must match exactly, the reordered weights only up to the atol you were given.",
+    ),
+)
 def _same_routing_cases():
     r = _routing(81)
     return [
@@ -87,18 +98,24 @@ def _same_routing_cases():
     ]
 
 
-@exercises.add("combine", reference=combine_reference, hints=(
-    "Token t's output is weights[t, 0] * out[t, 0] + weights[t, 1] * out[t, 1] + ...",
-    "Give the weights a trailing axis (weights[..., None], shape (T, k, 1)) so they broadcast over H, then sum over dim=1.",
-    "Compute in float32 and cast the result back to expert_outputs.dtype.",
-))
+@exercises.add(
+    "combine",
+    reference=combine_reference,
+    hints=(
+        "Token t's output is weights[t, 0] * out[t, 0] + weights[t, 1] * out[t, 1] + ...",
+        "Give the weights a trailing axis (weights[..., None], shape (T, k, 1)) so they broadcast over H, then sum over dim=1.",
+        "Compute in float32 and cast the result back to expert_outputs.dtype.",
+    ),
+)
 def _combine_cases():
     return [
         Case("T=4, k=2, H=8", (randn(4, 2, 8, seed=91), torch.softmax(randn(4, 2, seed=92), -1))),
         Case("k=1, T=3, H=8", (randn(3, 1, 8, seed=93), torch.ones(3, 1))),
         Case("square k=H=4, T=5", (randn(5, 4, 4, seed=94), torch.softmax(randn(5, 4, seed=95), -1))),
-        Case("bf16 expert outputs, fp32 weights", (randn(4, 2, 8, seed=96, dtype=torch.bfloat16),
-                                                   torch.softmax(randn(4, 2, seed=97), -1))),
+        Case(
+            "bf16 expert outputs, fp32 weights",
+            (randn(4, 2, 8, seed=96, dtype=torch.bfloat16), torch.softmax(randn(4, 2, seed=97), -1)),
+        ),
         Case("bf16 outputs that nearly cancel: products and sum must be float32", _cancelling()),
     ]
 

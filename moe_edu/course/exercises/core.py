@@ -25,8 +25,9 @@ import math
 import numbers
 import os
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -41,7 +42,7 @@ class Verdict(int):
     """A checker's result: truthy when every case passed. Behaves like a bool, but shows
     nothing as a cell's last value (the printed line already says it all)."""
 
-    def __new__(cls, ok: bool) -> "Verdict":
+    def __new__(cls, ok: bool) -> Verdict:
         return super().__new__(cls, bool(ok))
 
     def __repr__(self) -> str:
@@ -65,8 +66,9 @@ def emit(symbol: str, line: str) -> None:
     from IPython.display import display
 
     colour = COLOURS.get(symbol, "inherit")
-    display({"text/plain": line,
-             "text/html": f'<pre style="margin:0;color:{colour}">{html.escape(line)}</pre>'}, raw=True)
+    display(
+        {"text/plain": line, "text/html": f'<pre style="margin:0;color:{colour}">{html.escape(line)}</pre>'}, raw=True
+    )
 
 
 @dataclass(frozen=True)
@@ -138,8 +140,9 @@ def _real(v: Any) -> float | None:
     return float(v)
 
 
-def compare(expected: Any, got: Any, *, atol: float, rtol: float, where: str = "output",
-            names: Sequence[str] | None = None) -> str | None:
+def compare(
+    expected: Any, got: Any, *, atol: float, rtol: float, where: str = "output", names: Sequence[str] | None = None
+) -> str | None:
     """None when `got` matches `expected`, else one short sentence saying the first difference.
 
     `names` label the parts of a tuple output (e.g. ("weights", "experts")) in the message.
@@ -162,15 +165,17 @@ def compare(expected: Any, got: Any, *, atol: float, rtol: float, where: str = "
         if e.dim() == 0:
             return f"{where}: expected {_fmt(e.item())}, got {_fmt(g.item())}"
         idx = bad.nonzero()[:MAX_SHOWN].tolist()
-        shown = "; ".join(f"{list(i)}: expected {_fmt(e[tuple(i)].item())}, got {_fmt(g[tuple(i)].item())}"
-                          for i in idx)
+        shown = "; ".join(
+            f"{list(i)}: expected {_fmt(e[tuple(i)].item())}, got {_fmt(g[tuple(i)].item())}" for i in idx
+        )
         return f"{where} differs at {int(bad.sum())} of {bad.numel()} entries, first {shown}"
     if isinstance(expected, (tuple, list)):
         if not isinstance(got, (tuple, list)) or len(got) != len(expected):
             n = len(got) if isinstance(got, (tuple, list)) else None
             return f"{where}: expected a tuple of {len(expected)} values, got " + (
-                f"{n} values" if n is not None else _kind(got))
-        for i, (e, g) in enumerate(zip(expected, got)):
+                f"{n} values" if n is not None else _kind(got)
+            )
+        for i, (e, g) in enumerate(zip(expected, got, strict=False)):
             part = names[i] if names and i < len(names) else f"{where}[{i}]"
             msg = compare(e, g, atol=atol, rtol=rtol, where=part)
             if msg:
@@ -187,20 +192,33 @@ def compare(expected: Any, got: Any, *, atol: float, rtol: float, where: str = "
         value = _exact_int(got)
         if value is None:
             return f"{where}: expected int {_fmt(expected)}, got {_kind(got)}"
-        return None if value == expected else (
-            f"{where}: expected {_fmt(expected)}, got {_fmt(value)} (off by {_fmt(value - expected)})")
+        return (
+            None
+            if value == expected
+            else (f"{where}: expected {_fmt(expected)}, got {_fmt(value)} (off by {_fmt(value - expected)})")
+        )
     if isinstance(expected, float):
         value = _real(got)
         if value is None:
             return f"{where}: expected a number {_fmt(expected)}, got {_kind(got)}"
-        return None if math.isclose(value, expected, rel_tol=rtol, abs_tol=atol) else (
-            f"{where}: expected {_fmt(expected)}, got {_fmt(value)}")
+        return (
+            None
+            if math.isclose(value, expected, rel_tol=rtol, abs_tol=atol)
+            else (f"{where}: expected {_fmt(expected)}, got {_fmt(value)}")
+        )
     return None if got == expected else f"{where}: expected {expected!r}, got {got!r}"
 
 
-def _outcome(fn: Callable, reference: Callable, cases: Sequence[Case], normalize: Callable | None,
-             atol: float, rtol: float, names: Sequence[str] | None = None,
-             time_limit: float = TIME_LIMIT) -> tuple[str, str]:
+def _outcome(
+    fn: Callable,
+    reference: Callable,
+    cases: Sequence[Case],
+    normalize: Callable | None,
+    atol: float,
+    rtol: float,
+    names: Sequence[str] | None = None,
+    time_limit: float = TIME_LIMIT,
+) -> tuple[str, str]:
     """(symbol, message) for one student function; never raises. The reference runs first, on
     its own copy of the case, so nothing the student's call does can change the expected answer."""
     if not callable(fn):
@@ -215,10 +233,17 @@ def _outcome(fn: Callable, reference: Callable, cases: Sequence[Case], normalize
         except NotImplementedError:
             return TODO, "not attempted yet (the stub still raises NotImplementedError)"
         except TimeLimitExceeded:
-            return FAIL, (f"case {n} ({case.label}): your function did not finish within {time_limit:g} s "
-                          "and was stopped (an endless loop?)")
+            return FAIL, (
+                f"case {n} ({case.label}): your function did not finish within {time_limit:g} s "
+                "and was stopped (an endless loop?)"
+            )
         except Exception as err:  # the student's bug, reported rather than raised
-            return FAIL, f"case {n} ({case.label}): your function raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
+            return (
+                FAIL,
+                f"case {n} ({case.label}): your function raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(
+                    ": "
+                ),
+            )
         try:
             if normalize is not None:
                 expected = normalize(expected)
@@ -254,8 +279,9 @@ class Exercise:
         except Exception as err:  # pragma: no cover - a broken case generator is our bug
             return FAIL, f"could not build the test cases ({type(err).__name__}: {err})"
         with torch.random.fork_rng(devices=[]):
-            return _outcome(fn, self.reference, cases, self.normalize, self.atol, self.rtol, self.outputs,
-                            self.time_limit)
+            return _outcome(
+                fn, self.reference, cases, self.normalize, self.atol, self.rtol, self.outputs, self.time_limit
+            )
 
     def check(self, fn: Callable) -> Verdict:
         """Print one line (✓ / ✗ / ○) and return whether every case passes (a bool-like `Verdict`).
@@ -300,9 +326,17 @@ class Registry:
         self.topic = topic
         self.exercises: dict[str, Exercise] = {}
 
-    def add(self, name: str, *, reference: Callable, hints: Sequence[str] = (), atol: float = 1e-5,
-            rtol: float = 1e-4, normalize: Callable | None = None,
-            outputs: Sequence[str] | None = None) -> Callable:
+    def add(
+        self,
+        name: str,
+        *,
+        reference: Callable,
+        hints: Sequence[str] = (),
+        atol: float = 1e-5,
+        rtol: float = 1e-4,
+        normalize: Callable | None = None,
+        outputs: Sequence[str] | None = None,
+    ) -> Callable:
         """Decorator for a function returning the cases; registers an `Exercise` called `name`."""
 
         def register(cases: Callable[[], Iterable[Case]]) -> Exercise:

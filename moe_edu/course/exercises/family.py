@@ -11,27 +11,29 @@ from __future__ import annotations
 
 import torch
 
-from moe_edu.experts import Experts
 from moe_edu.capacity import dispatch_assignments, dispatch_kept
-from moe_edu.variants.expert_choice import expert_choice_route
-from moe_edu.variants.switch import switch_route
 from moe_edu.course.exercises.core import Case, Registry, randn
 from moe_edu.course.exercises.sparse import make_experts
+from moe_edu.experts import Experts
+from moe_edu.variants.expert_choice import expert_choice_route
+from moe_edu.variants.switch import switch_route
 
 exercises = Registry("family")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference
 
 
-def switch_moe_reference(x: torch.Tensor, experts: Experts, logits: torch.Tensor,
-                         capacity_factor: float) -> tuple[torch.Tensor, int]:
+def switch_moe_reference(
+    x: torch.Tensor, experts: Experts, logits: torch.Tensor, capacity_factor: float
+) -> tuple[torch.Tensor, int]:
     """Switch layer: x (N, H), logits (N, E) -> (y (N, H) with 0 for dropped tokens, number dropped)."""
     weight, expert, keep = switch_route(logits, capacity_factor)  # (N,), (N,), (N,)
     y = dispatch_kept(x, experts, weight[:, None], expert[:, None], keep[:, None])  # (N, H)
     return y, int((~keep).sum())
 
 
-def expert_choice_moe_reference(x: torch.Tensor, experts: Experts, logits: torch.Tensor,
-                                capacity_factor: float) -> tuple[torch.Tensor, int]:
+def expert_choice_moe_reference(
+    x: torch.Tensor, experts: Experts, logits: torch.Tensor, capacity_factor: float
+) -> tuple[torch.Tensor, int]:
     """Expert-choice layer: x (N, H), logits (N, E) -> (y (N, H), number of tokens no expert picked)."""
     gate, token = expert_choice_route(logits, capacity_factor)  # (E, C), (E, C)
     E, C = gate.shape
@@ -50,15 +52,21 @@ def _logits(N: int, E: int, seed: int, popular: float = 0.0) -> torch.Tensor:
 
 def _layer_case(label: str, N: int, E: int, factor: float, seed: int, popular: float = 0.0) -> Case:
     H, I = 8, 12
-    return Case(label, (randn(N, H, seed=seed + 1), make_experts(E, H, I, seed + 2), _logits(N, E, seed, popular),
-                        factor))
+    return Case(
+        label, (randn(N, H, seed=seed + 1), make_experts(E, H, I, seed + 2), _logits(N, E, seed, popular), factor)
+    )
 
 
-@exercises.add("switch_route", reference=switch_route, outputs=("weight", "expert", "keep"), hints=(
-    "Softmax the logits in float32; a token's weight and expert are the max and argmax of its probabilities (Switch keeps p, it does not renormalise).",
-    "C = math.ceil(capacity_factor * N / E) (and at most N). Walk the tokens in order, counting each expert's rows.",
-    "Token t is kept if its expert has fewer than C rows so far: first come, first served. keep is a bool (N,) tensor.",
-))
+@exercises.add(
+    "switch_route",
+    reference=switch_route,
+    outputs=("weight", "expert", "keep"),
+    hints=(
+        "Softmax the logits in float32; a token's weight and expert are the max and argmax of its probabilities (Switch keeps p, it does not renormalise).",
+        "C = math.ceil(capacity_factor * N / E) (and at most N). Walk the tokens in order, counting each expert's rows.",
+        "Token t is kept if its expert has fewer than C rows so far: first come, first served. keep is a bool (N,) tensor.",
+    ),
+)
 def _switch_route_cases():
     return [
         Case("N=8, E=4, factor 1.0", (_logits(8, 4, 71), 1.0)),
@@ -69,11 +77,16 @@ def _switch_route_cases():
     ]
 
 
-@exercises.add("switch_moe", reference=switch_moe_reference, outputs=("y", "dropped"), hints=(
-    "Route with your switch_route; only the kept tokens go to an expert.",
-    "For each expert e, take the kept tokens routed to e and write its outputs, scaled by their router probability, into those rows of y.",
-    "A dropped token's MoE output is 0 (the residual x + y carries it), and dropped = number of tokens not kept (an int).",
-))
+@exercises.add(
+    "switch_moe",
+    reference=switch_moe_reference,
+    outputs=("y", "dropped"),
+    hints=(
+        "Route with your switch_route; only the kept tokens go to an expert.",
+        "For each expert e, take the kept tokens routed to e and write its outputs, scaled by their router probability, into those rows of y.",
+        "A dropped token's MoE output is 0 (the residual x + y carries it), and dropped = number of tokens not kept (an int).",
+    ),
+)
 def _switch_moe_cases():
     return [
         _layer_case("N=8, E=4, factor 1.0", 8, 4, 1.0, 81),
@@ -82,11 +95,16 @@ def _switch_moe_cases():
     ]
 
 
-@exercises.add("expert_choice_route", reference=expert_choice_route, outputs=("gate", "token"), hints=(
-    "Scores are a softmax over the experts, as usual: scores = softmax(logits.float(), dim=-1), shape (N, E).",
-    "Now each expert (a column) picks: C = ceil(capacity_factor * N / E), at most N, tokens with torch.topk along the tokens.",
-    "torch.topk works along the last dimension: transpose the scores so each row is an expert; the values are the gates, the indices the tokens.",
-))
+@exercises.add(
+    "expert_choice_route",
+    reference=expert_choice_route,
+    outputs=("gate", "token"),
+    hints=(
+        "Scores are a softmax over the experts, as usual: scores = softmax(logits.float(), dim=-1), shape (N, E).",
+        "Now each expert (a column) picks: C = ceil(capacity_factor * N / E), at most N, tokens with torch.topk along the tokens.",
+        "torch.topk works along the last dimension: transpose the scores so each row is an expert; the values are the gates, the indices the tokens.",
+    ),
+)
 def _expert_choice_route_cases():
     return [
         Case("N=8, E=4, factor 2 (two experts per token on average)", (_logits(8, 4, 91), 2.0)),
@@ -96,11 +114,16 @@ def _expert_choice_route_cases():
     ]
 
 
-@exercises.add("expert_choice_moe", reference=expert_choice_moe_reference, outputs=("y", "unrouted"), hints=(
-    "Route with your expert_choice_route: gate (E, C), token (E, C).",
-    "For each expert e, run it on the tokens in its list, scale by its gates and add the results into y at those tokens (index_add_).",
-    "unrouted = tokens that appear in no expert's list (an int); their output stays 0.",
-))
+@exercises.add(
+    "expert_choice_moe",
+    reference=expert_choice_moe_reference,
+    outputs=("y", "unrouted"),
+    hints=(
+        "Route with your expert_choice_route: gate (E, C), token (E, C).",
+        "For each expert e, run it on the tokens in its list, scale by its gates and add the results into y at those tokens (index_add_).",
+        "unrouted = tokens that appear in no expert's list (an int); their output stays 0.",
+    ),
+)
 def _expert_choice_moe_cases():
     return [
         _layer_case("N=8, E=4, factor 2", 8, 4, 2.0, 101),

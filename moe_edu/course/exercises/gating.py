@@ -1,7 +1,7 @@
 """Checkers for notebook 01 (gating): the router's logits and its fp32 softmax.
 
-    from moe_edu.course.exercises import gating as ex
-    ex.check_router_logits(my_router_logits); ex.hint("router_logits")
+from moe_edu.course.exercises import gating as ex
+ex.check_router_logits(my_router_logits); ex.hint("router_logits")
 """
 
 from __future__ import annotations
@@ -25,26 +25,36 @@ def router_probs_reference(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=-1)  # (T, E)
 
 
-@exercises.add("router_logits", reference=router_logits_reference, hints=(
-    "The gate is one bias-free linear map from hidden_size to num_experts: w has shape (E, H).",
-    "(T, H) times (H, E) gives (T, E): multiply x by the transpose of w (or use F.linear).",
-    "Cast x and w to float32 first: the router runs in fp32 even for bf16 activations.",
-))
+@exercises.add(
+    "router_logits",
+    reference=router_logits_reference,
+    hints=(
+        "The gate is one bias-free linear map from hidden_size to num_experts: w has shape (E, H).",
+        "(T, H) times (H, E) gives (T, E): multiply x by the transpose of w (or use F.linear).",
+        "Cast x and w to float32 first: the router runs in fp32 even for bf16 activations.",
+    ),
+)
 def _router_logits_cases():
     return [
         Case("T=4, H=8, E=4", (randn(4, 8, seed=1), randn(4, 8, seed=2))),
         Case("T=6, H=16, E=8 (Mixtral's E)", (randn(6, 16, seed=3), randn(8, 16, seed=4))),
         Case("one token, T=1, H=8, E=3", (randn(1, 8, seed=5), randn(3, 8, seed=6))),
-        Case("bf16 x and w, T=5, H=8, E=4", (randn(5, 8, seed=7, dtype=torch.bfloat16),
-                                              randn(4, 8, seed=8, dtype=torch.bfloat16))),
+        Case(
+            "bf16 x and w, T=5, H=8, E=4",
+            (randn(5, 8, seed=7, dtype=torch.bfloat16), randn(4, 8, seed=8, dtype=torch.bfloat16)),
+        ),
     ]
 
 
-@exercises.add("router_probs", reference=router_probs_reference, hints=(
-    "Each token (row) gets a probability distribution over the E experts (columns).",
-    "Softmax over the last dimension (dim=-1), so every row sums to 1.",
-    "Call .float() before the softmax: bf16 logits must give float32 probabilities.",
-))
+@exercises.add(
+    "router_probs",
+    reference=router_probs_reference,
+    hints=(
+        "Each token (row) gets a probability distribution over the E experts (columns).",
+        "Softmax over the last dimension (dim=-1), so every row sums to 1.",
+        "Call .float() before the softmax: bf16 logits must give float32 probabilities.",
+    ),
+)
 def _router_probs_cases():
     return [
         Case("T=4, E=4", (randn(4, 4, seed=11),)),

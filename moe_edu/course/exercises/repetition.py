@@ -1,7 +1,7 @@
 """Checkers for notebook 08 (what do experts learn?): consecutive-token repetition and its random baseline.
 
-    from moe_edu.course.exercises import repetition as ex
-    ex.check_consecutive_repetition(my_fn); ex.hint("consecutive_repetition")
+from moe_edu.course.exercises import repetition as ex
+ex.check_consecutive_repetition(my_fn); ex.hint("consecutive_repetition")
 """
 
 from __future__ import annotations
@@ -25,14 +25,18 @@ def _random_routing(T: int, E: int, k: int, seed: int) -> torch.Tensor:
     return torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(T)])  # (T, k)
 
 
-@exercises.add("consecutive_repetition", reference=consecutive_repetition, outputs=("first choice", "top-k overlap"),
-               hints=(
-    "chosen[t] holds token t's experts, best first: compare each row with the row before it (T - 1 pairs).",
-    "First choice: the share of pairs with chosen[t, 0] == chosen[t-1, 0].",
-    "Overlap: the share of pairs whose expert sets share at least one expert; compare every slot of the previous "
-    "row with every slot of the current one by broadcasting a (T-1, k, 1) tensor against a (T-1, 1, k) one.",
-    "Return two Python floats (use float(...) or .item()).",
-))
+@exercises.add(
+    "consecutive_repetition",
+    reference=consecutive_repetition,
+    outputs=("first choice", "top-k overlap"),
+    hints=(
+        "chosen[t] holds token t's experts, best first: compare each row with the row before it (T - 1 pairs).",
+        "First choice: the share of pairs with chosen[t, 0] == chosen[t-1, 0].",
+        "Overlap: the share of pairs whose expert sets share at least one expert; compare every slot of the previous "
+        "row with every slot of the current one by broadcasting a (T-1, k, 1) tensor against a (T-1, 1, k) one.",
+        "Return two Python floats (use float(...) or .item()).",
+    ),
+)
 def _repetition_cases():
     return [
         Case("hand example: repeat, overlap only, neither", (torch.tensor([[0, 1], [0, 2], [3, 0], [4, 5]]),)),
@@ -43,10 +47,14 @@ def _repetition_cases():
     ]
 
 
-@exercises.add("random_topk_overlap_rate", reference=random_topk_overlap_rate, hints=(
-    "Count the ways the second token can pick k experts that avoid all k of the first token's: C(E-k, k).",
-    "Divide that by the number of all k-sets of E experts (math.comb): the chance of no overlap. Which event do you want?",
-))
+@exercises.add(
+    "random_topk_overlap_rate",
+    reference=random_topk_overlap_rate,
+    hints=(
+        "Count the ways the second token can pick k experts that avoid all k of the first token's: C(E-k, k).",
+        "Divide that by the number of all k-sets of E experts (math.comb): the chance of no overlap. Which event do you want?",
+    ),
+)
 def _baseline_cases():
     return [
         Case("Mixtral: E=8, k=2 (the paper's ~46 %)", (8, 2)),

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from moe_edu.routing import softmax_topk
 from moe_edu.course.exercises.core import Case, Registry, randn
+from moe_edu.routing import softmax_topk
 
 exercises = Registry("routing_explorer")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference
@@ -40,11 +40,15 @@ def _logits(L: int, T: int, E: int, seed: int, dtype: torch.dtype = torch.float3
     return randn(L, T, E, seed=seed, scale=2.0, dtype=dtype)  # (L, T, E)
 
 
-@exercises.add("first_choices", reference=first_choices_reference, hints=(
-    "The first choice is the expert with the largest probability, and softmax keeps the order of the logits.",
-    "Work along the last axis (the experts) of the (L, T, E) tensor; the result keeps the (L, T) axes.",
-    "The result holds expert ids: an integer (int64) tensor, not the probabilities themselves.",
-))
+@exercises.add(
+    "first_choices",
+    reference=first_choices_reference,
+    hints=(
+        "The first choice is the expert with the largest probability, and softmax keeps the order of the logits.",
+        "Work along the last axis (the experts) of the (L, T, E) tensor; the result keeps the (L, T) axes.",
+        "The result holds expert ids: an integer (int64) tensor, not the probabilities themselves.",
+    ),
+)
 def _first_choices_cases():
     return [
         Case("L=2, T=5, E=8", (_logits(2, 5, 8, 201),)),
@@ -54,11 +58,15 @@ def _first_choices_cases():
     ]
 
 
-@exercises.add("layer_loads", reference=layer_loads_reference, hints=(
-    "At every layer, each token picks its k largest logits (the softmax does not change which ones).",
-    "Mark each chosen (layer, token, expert) with a 1 in an all-zero (L, T, E) integer tensor (scatter).",
-    "Sum over the tokens axis: row l then counts each expert's tokens at layer l and sums to T * k.",
-))
+@exercises.add(
+    "layer_loads",
+    reference=layer_loads_reference,
+    hints=(
+        "At every layer, each token picks its k largest logits (the softmax does not change which ones).",
+        "Mark each chosen (layer, token, expert) with a 1 in an all-zero (L, T, E) integer tensor (scatter).",
+        "Sum over the tokens axis: row l then counts each expert's tokens at layer l and sums to T * k.",
+    ),
+)
 def _layer_loads_cases():
     return [
         Case("L=2, T=6, E=8, k=2 (Mixtral)", (_logits(2, 6, 8, 211), 2)),
@@ -75,11 +83,16 @@ def _unused_last(L: int, T: int, E: int, seed: int) -> torch.Tensor:
     return logits
 
 
-@exercises.add("token_topk", reference=token_topk_reference, outputs=("weights", "experts"), hints=(
-    "Take the row logits[layer, t]: the E logits of one token at one layer.",
-    "Softmax over the experts in float32, keep the k largest probabilities (torch.topk sorts them, best first).",
-    "Renormalise the kept probabilities so they sum to 1; return (weights, experts).",
-))
+@exercises.add(
+    "token_topk",
+    reference=token_topk_reference,
+    outputs=("weights", "experts"),
+    hints=(
+        "Take the row logits[layer, t]: the E logits of one token at one layer.",
+        "Softmax over the experts in float32, keep the k largest probabilities (torch.topk sorts them, best first).",
+        "Renormalise the kept probabilities so they sum to 1; return (weights, experts).",
+    ),
+)
 def _token_topk_cases():
     return [
         Case("layer 1, token 3, k=2", (_logits(2, 6, 8, 221), 1, 3, 2)),

@@ -52,11 +52,15 @@ def _routing(T: int, E: int, k: int, seed: int, favourite: int | None = None) ->
     return torch.stack(rows)  # (T, k)
 
 
-@exercises.add("tokens_per_rank", reference=tokens_per_rank_reference, hints=(
-    "Each rank owns E / W consecutive experts, so expert e lives on rank e // (E / W) (integer division).",
-    "Map every (token, slot) entry of chosen to its rank, then count how often each rank appears.",
-    "A rank that receives nothing still needs its 0: the result always has W entries (int64).",
-))
+@exercises.add(
+    "tokens_per_rank",
+    reference=tokens_per_rank_reference,
+    hints=(
+        "Each rank owns E / W consecutive experts, so expert e lives on rank e // (E / W) (integer division).",
+        "Map every (token, slot) entry of chosen to its rank, then count how often each rank appears.",
+        "A rank that receives nothing still needs its 0: the result always has W entries (int64).",
+    ),
+)
 def _tokens_per_rank_cases():
     return [
         Case("T=8, E=8, k=2, W=4", (_routing(8, 8, 2, 301), 8, 4)),
@@ -67,11 +71,15 @@ def _tokens_per_rank_cases():
     ]
 
 
-@exercises.add("traffic", reference=traffic_reference, hints=(
-    "Two ranks per assignment: the token's home rank t // (T / W) (the row) and its expert's rank (the column).",
-    "Build both as (T, k) tensors, turn each (src, dst) pair into one index src * W + dst, and count.",
-    "Reshape the W * W counts to (W, W); the diagonal stays local, everything else crosses the network.",
-))
+@exercises.add(
+    "traffic",
+    reference=traffic_reference,
+    hints=(
+        "Two ranks per assignment: the token's home rank t // (T / W) (the row) and its expert's rank (the column).",
+        "Build both as (T, k) tensors, turn each (src, dst) pair into one index src * W + dst, and count.",
+        "Reshape the W * W counts to (W, W); the diagonal stays local, everything else crosses the network.",
+    ),
+)
 def _traffic_cases():
     return [
         Case("T=8, E=8, k=2, W=4", (_routing(8, 8, 2, 311), 8, 4)),
@@ -81,11 +89,15 @@ def _traffic_cases():
     ]
 
 
-@exercises.add("parallel_efficiency", reference=parallel_efficiency_reference, hints=(
-    "A step ends when the most loaded rank is done; the others idle for the rest of it.",
-    "Useful work is the total load, available time is W times the largest load.",
-    "Return a Python float between 0 and 1 (1.0 when all ranks carry the same load).",
-))
+@exercises.add(
+    "parallel_efficiency",
+    reference=parallel_efficiency_reference,
+    hints=(
+        "A step ends when the most loaded rank is done; the others idle for the rest of it.",
+        "Useful work is the total load, available time is W times the largest load.",
+        "Return a Python float between 0 and 1 (1.0 when all ranks carry the same load).",
+    ),
+)
 def _efficiency_cases():
     return [
         Case("balanced: [4, 4, 4, 4]", (torch.tensor([4, 4, 4, 4]),)),

@@ -1,16 +1,16 @@
 """Checkers for notebook 11 (serving Mixtral): KV-cache bytes, an LRU expert cache, int8 weights.
 
-    from moe_edu.course.exercises import serving as ex
-    ex.check_kv_bytes_per_token(my_fn); ex.hint("lru_hit_rate")
+from moe_edu.course.exercises import serving as ex
+ex.check_kv_bytes_per_token(my_fn); ex.hint("lru_hit_rate")
 """
 
 from __future__ import annotations
 
 import torch
 
+from moe_edu.course.exercises.core import Case, Registry, randn
 from moe_edu.expert_cache import LRUCache
 from moe_edu.quantize import quantize_int8
-from moe_edu.course.exercises.core import Case, Registry, randn
 
 exercises = Registry("serving")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference
@@ -34,11 +34,15 @@ def int8_round_trip(w: torch.Tensor) -> torch.Tensor:
     return quantize_int8(w).dequantize(torch.float32)
 
 
-@exercises.add("kv_bytes_per_token", reference=kv_bytes_per_token, hints=(
-    "Each layer stores one K and one V vector per KV head: 2 tensors.",
-    "Grouped-query attention: count num_kv_heads (8 for Mixtral), not the 32 query heads.",
-    "Multiply: tensors per layer, layers, KV heads, values per head, bytes per value; an int (Mixtral bf16: 131072).",
-))
+@exercises.add(
+    "kv_bytes_per_token",
+    reference=kv_bytes_per_token,
+    hints=(
+        "Each layer stores one K and one V vector per KV head: 2 tensors.",
+        "Grouped-query attention: count num_kv_heads (8 for Mixtral), not the 32 query heads.",
+        "Multiply: tensors per layer, layers, KV heads, values per head, bytes per value; an int (Mixtral bf16: 131072).",
+    ),
+)
 def _kv_cases():
     return [
         Case("Mixtral 8x7B, bf16", (32, 8, 128, 2)),
@@ -48,12 +52,16 @@ def _kv_cases():
     ]
 
 
-@exercises.add("lru_hit_rate", reference=lru_hit_rate, hints=(
-    "Keep the cached keys in order of last use (a list, or collections.OrderedDict).",
-    "A hit moves the key to the most-recent end; a miss inserts it there and, if the cache is over "
-    "capacity, drops the least recently used key.",
-    "Return the share of the accesses that were hits, as a float; a cache of capacity 0 never hits.",
-))
+@exercises.add(
+    "lru_hit_rate",
+    reference=lru_hit_rate,
+    hints=(
+        "Keep the cached keys in order of last use (a list, or collections.OrderedDict).",
+        "A hit moves the key to the most-recent end; a miss inserts it there and, if the cache is over "
+        "capacity, drops the least recently used key.",
+        "Return the share of the accesses that were hits, as a float; a cache of capacity 0 never hits.",
+    ),
+)
 def _lru_cases():
     return [
         Case("a b a c d b, capacity 2", ([0, 1, 0, 2, 3, 1], 2)),
@@ -61,7 +69,10 @@ def _lru_cases():
         Case("capacity 0", ([1, 1, 1], 0)),
         Case("a cyclic scan one larger than the cache always misses", ([0, 1, 2, 3] * 3, 3)),
         Case("every expert fits", ([0, 1, 2, 3, 0, 1, 2, 3], 4)),
-        Case("a longer trace, capacity 3", (torch.randint(0, 8, (60,), generator=torch.Generator().manual_seed(11)).tolist(), 3)),
+        Case(
+            "a longer trace, capacity 3",
+            (torch.randint(0, 8, (60,), generator=torch.Generator().manual_seed(11)).tolist(), 3),
+        ),
     ]
 
 
@@ -71,12 +82,18 @@ def _with_zero_row() -> torch.Tensor:
     return w
 
 
-@exercises.add("int8_round_trip", reference=int8_round_trip, atol=1e-6, rtol=1e-5, hints=(
-    "One scale per row (output channel): scale = max |w| over the row / 127, shape (out, 1).",
-    "Codes: w / scale rounded to the nearest integer, clamped to [-127, 127], stored as torch.int8; "
-    "to go back, multiply the codes (as floats) by the scale.",
-    "A row of zeros has scale 0: clamp the scale to a tiny positive number (e.g. 1e-12) so 0/0 never happens.",
-))
+@exercises.add(
+    "int8_round_trip",
+    reference=int8_round_trip,
+    atol=1e-6,
+    rtol=1e-5,
+    hints=(
+        "One scale per row (output channel): scale = max |w| over the row / 127, shape (out, 1).",
+        "Codes: w / scale rounded to the nearest integer, clamped to [-127, 127], stored as torch.int8; "
+        "to go back, multiply the codes (as floats) by the scale.",
+        "A row of zeros has scale 0: clamp the scale to a tiny positive number (e.g. 1e-12) so 0/0 never happens.",
+    ),
+)
 def _int8_cases():
     return [
         Case("(8, 32) normal weights", (randn(8, 32, seed=111),)),

@@ -1,17 +1,17 @@
 """Checkers for notebook 03 (sparse activation): expert loads, the dispatch loop, sorted dispatch.
 
-    from moe_edu.course.exercises import sparse as ex
-    ex.check_loop_dispatch(my_loop_dispatch); ex.hint("loop_dispatch")
+from moe_edu.course.exercises import sparse as ex
+ex.check_loop_dispatch(my_loop_dispatch); ex.hint("loop_dispatch")
 """
 
 from __future__ import annotations
 
 import torch
 
+from moe_edu.course.exercises.core import Case, Registry, randn
 from moe_edu.dispatch import loop_dispatch, sort_by_expert
 from moe_edu.experts import Experts
 from moe_edu.routing import softmax_topk
-from moe_edu.course.exercises.core import Case, Registry, randn
 
 exercises = Registry("sparse")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference
@@ -48,11 +48,15 @@ def _chosen(T: int, E: int, k: int, seed: int, skip_last: bool = False) -> torch
     return torch.topk(logits, k, dim=-1).indices  # (T, k)
 
 
-@exercises.add("tokens_per_expert", reference=tokens_per_expert_reference, hints=(
-    "Flatten chosen to (T*k,): every entry is one (token, slot) assignment to an expert.",
-    "torch.bincount counts how often each id appears; ids run from 0 to E-1.",
-    "Pass minlength=num_experts so experts nobody chose still get a 0 (the result is always (E,)).",
-))
+@exercises.add(
+    "tokens_per_expert",
+    reference=tokens_per_expert_reference,
+    hints=(
+        "Flatten chosen to (T*k,): every entry is one (token, slot) assignment to an expert.",
+        "torch.bincount counts how often each id appears; ids run from 0 to E-1.",
+        "Pass minlength=num_experts so experts nobody chose still get a 0 (the result is always (E,)).",
+    ),
+)
 def _tokens_per_expert_cases():
     return [
         Case("T=6, E=4, k=2", (_chosen(6, 4, 2, 41), 4)),
@@ -81,11 +85,16 @@ def _dispatch_cases():
 exercises.add("loop_dispatch", reference=loop_dispatch, hints=_dispatch_hints)(_dispatch_cases)
 
 
-@exercises.add("sort_by_expert", reference=sort_by_expert, outputs=("order", "counts"), hints=(
-    "Flatten chosen to (T*k,); entry i belongs to token i // k.",
-    "torch.argsort(flat, stable=True) groups the assignments by expert and keeps token order inside a group.",
-    "counts is a histogram of the flat ids with one bin per expert (bincount has an argument for empty bins); return the pair.",
-))
+@exercises.add(
+    "sort_by_expert",
+    reference=sort_by_expert,
+    outputs=("order", "counts"),
+    hints=(
+        "Flatten chosen to (T*k,); entry i belongs to token i // k.",
+        "torch.argsort(flat, stable=True) groups the assignments by expert and keeps token order inside a group.",
+        "counts is a histogram of the flat ids with one bin per expert (bincount has an argument for empty bins); return the pair.",
+    ),
+)
 def _sort_by_expert_cases():
     return [
         Case("T=6, E=4, k=2", (_chosen(6, 4, 2, 61), 4)),
@@ -94,11 +103,15 @@ def _sort_by_expert_cases():
     ]
 
 
-exercises.add("grouped_dispatch", reference=loop_dispatch, hints=(
-    "Use your sort_by_expert: order (T*k,) and counts (E,); the sorted assignment i belongs to token order[i] // k.",
-    "x[token] is expert-sorted: split it by counts.tolist() and run expert e on group e.",
-    "Concatenate the group outputs, scale each row by its assignment's weight (the flat weights, reordered by the same sort), and scatter-add back to the tokens.",
-))(_dispatch_cases)
+exercises.add(
+    "grouped_dispatch",
+    reference=loop_dispatch,
+    hints=(
+        "Use your sort_by_expert: order (T*k,) and counts (E,); the sorted assignment i belongs to token order[i] // k.",
+        "x[token] is expert-sorted: split it by counts.tolist() and run expert e on group e.",
+        "Concatenate the group outputs, scale each row by its assignment's weight (the flat weights, reordered by the same sort), and scatter-add back to the tokens.",
+    ),
+)(_dispatch_cases)
 
 check_tokens_per_expert = _tokens_per_expert_cases.check
 check_loop_dispatch = exercises.get("loop_dispatch").check

@@ -1,15 +1,15 @@
 """Checkers for notebook 02 (top-k selection): the top-k mask and renormalised top-k weights.
 
-    from moe_edu.course.exercises import topk as ex
-    ex.check_topk_mask(my_topk_mask); ex.hint("topk_mask")
+from moe_edu.course.exercises import topk as ex
+ex.check_topk_mask(my_topk_mask); ex.hint("topk_mask")
 """
 
 from __future__ import annotations
 
 import torch
 
-from moe_edu.routing import softmax_topk
 from moe_edu.course.exercises.core import Case, Registry, randn
+from moe_edu.routing import softmax_topk
 
 exercises = Registry("topk")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference
@@ -32,11 +32,15 @@ def _probs(T: int, E: int, seed: int) -> torch.Tensor:
     return torch.softmax(randn(T, E, seed=seed), dim=-1)  # (T, E)
 
 
-@exercises.add("topk_mask", reference=topk_mask_reference, hints=(
-    "torch.topk(probs, k, dim=-1) returns the k largest values and their indices per row.",
-    "Start from an all-False (T, E) bool tensor and put True at the chosen indices (scatter).",
-    "The result must be dtype torch.bool with exactly k True values in every row.",
-))
+@exercises.add(
+    "topk_mask",
+    reference=topk_mask_reference,
+    hints=(
+        "torch.topk(probs, k, dim=-1) returns the k largest values and their indices per row.",
+        "Start from an all-False (T, E) bool tensor and put True at the chosen indices (scatter).",
+        "The result must be dtype torch.bool with exactly k True values in every row.",
+    ),
+)
 def _topk_mask_cases():
     return [
         Case("T=4, E=8, k=2 (Mixtral)", (_probs(4, 8, 21), 2)),
@@ -46,12 +50,17 @@ def _topk_mask_cases():
     ]
 
 
-@exercises.add("topk_renormalised", reference=softmax_topk, normalize=by_expert,
-               outputs=("weights", "experts"), hints=(
-    "Softmax the logits over the experts in float32 first, then take the top k probabilities.",
-    "Renormalise: divide the k kept probabilities by their sum so each row sums to 1.",
-    "Return (weights, experts): weights float32 (T, k), experts int64 (T, k); slot order does not matter.",
-))
+@exercises.add(
+    "topk_renormalised",
+    reference=softmax_topk,
+    normalize=by_expert,
+    outputs=("weights", "experts"),
+    hints=(
+        "Softmax the logits over the experts in float32 first, then take the top k probabilities.",
+        "Renormalise: divide the k kept probabilities by their sum so each row sums to 1.",
+        "Return (weights, experts): weights float32 (T, k), experts int64 (T, k); slot order does not matter.",
+    ),
+)
 def _topk_renormalised_cases():
     return [
         Case("T=4, E=8, k=2 (Mixtral)", (randn(4, 8, seed=31), 2)),

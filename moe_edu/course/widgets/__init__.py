@@ -13,6 +13,23 @@ from moe_edu.course.widgets.trace import RoutingTrace, trace_routing
 from moe_edu.course.widgets.view import RoutingView
 from moe_edu.course.widgets.views import heatmap_html, load_html, overview_html, path_html, topk_html
 
-__all__ = ["PRESET_TEXTS", "SCRIPT_TEXTS", "TABS", "RoutingExplorer", "RoutingTrace", "RoutingView", "TextSpan",
-           "expert_colour", "flow_html", "heatmap_html", "load_html", "overview_html", "path_html",
-           "render_routing_html", "text_spans", "topk_html", "trace_routing", "visible"]
+__all__ = [
+    "PRESET_TEXTS",
+    "SCRIPT_TEXTS",
+    "TABS",
+    "RoutingExplorer",
+    "RoutingTrace",
+    "RoutingView",
+    "TextSpan",
+    "expert_colour",
+    "flow_html",
+    "heatmap_html",
+    "load_html",
+    "overview_html",
+    "path_html",
+    "render_routing_html",
+    "text_spans",
+    "topk_html",
+    "trace_routing",
+    "visible",
+]

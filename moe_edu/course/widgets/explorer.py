@@ -23,7 +23,7 @@ from moe_edu.course.widgets.views import heatmap_html, load_html, overview_html,
 
 PRESET_TEXTS: dict[str, str] = {
     "prose": "The cat sat on the warm mat and watched the rain fall. When the sun came out, the cat went "
-             "into the garden and slept under the old tree.",
+    "into the garden and slept under the old tree.",
     "code": "def add(a, b):\n    return a + b\n\n\nfor i in range(3):\n    print(add(i, i * 2))\n",
     "arithmetic": "12 + 35 = 47; 9 * 8 = 72; 100 - 1 = 99; 144 / 12 = 12; 7 * 7 = 49",
     "French": "Le chat dort près de la fenêtre, où il fait chaud. Demain, nous irons au marché avec les enfants.",
@@ -47,9 +47,18 @@ class RoutingExplorer:
     `.dimmed`, `.tab` from code.
     """
 
-    def __init__(self, model: Any, tokenizer: Tokenizer, text: str | None = None, *, layer: int = 0,
-                 k: int | None = None, presets: dict[str, str] | None = None, max_tokens: int | None = None,
-                 id_prefix: str = "moe-explorer") -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Tokenizer,
+        text: str | None = None,
+        *,
+        layer: int = 0,
+        k: int | None = None,
+        presets: dict[str, str] | None = None,
+        max_tokens: int | None = None,
+        id_prefix: str = "moe-explorer",
+    ) -> None:
         config = getattr(model, "config", None)
         for field in ("num_hidden_layers", "num_local_experts", "num_experts_per_tok"):
             if not isinstance(getattr(config, field, None), int):
@@ -72,10 +81,14 @@ class RoutingExplorer:
         self.panels: dict[str, str] = {}
         self.last_update_ms = 0.0  # Python time of the last route + render (notebook 06 prints it)
 
-        self.preset = widgets.Dropdown(options=[("(choose a preset)", "")] + [(n, t) for n, t in self.presets.items()],
-                                       value="", description="preset")
-        self.layer_box = widgets.Dropdown(options=[(f"layer {i}", i) for i in range(L)], value=layer,
-                                          description="layer")
+        self.preset = widgets.Dropdown(
+            options=[("(choose a preset)", "")] + [(n, t) for n, t in self.presets.items()],
+            value="",
+            description="preset",
+        )
+        self.layer_box = widgets.Dropdown(
+            options=[(f"layer {i}", i) for i in range(L)], value=layer, description="layer"
+        )
         self.k_box = widgets.IntSlider(value=k, min=1, max=E, description="k")
         self.view = RoutingView(text=text, tabs=list(TABS))
         self.widget = widgets.VBox([widgets.HBox([self.preset, self.layer_box, self.k_box]), self.view])
@@ -197,8 +210,10 @@ class RoutingExplorer:
         sel, dim = self.selected, self.dimmed
         path = "" if sel is None else path_html(trace, sel, k, id_prefix=f"{p}-path")
         return {
-            "tokens": render_routing_html(trace, layer, k, id_prefix=f"{p}-tokens", notice=False, selected=sel,
-                                          dimmed=dim) + path,
+            "tokens": render_routing_html(
+                trace, layer, k, id_prefix=f"{p}-tokens", notice=False, selected=sel, dimmed=dim
+            )
+            + path,
             "flow": flow_html(trace, layer, k, id_prefix=f"{p}-flow", selected=sel, dimmed=dim),
             "heatmap": heatmap_html(trace, layer, k, id_prefix=f"{p}-heatmap", selected=sel, dimmed=dim),
             "expert load": load_html(trace, layer, k, id_prefix=f"{p}-load", dimmed=dim),
@@ -222,8 +237,10 @@ class RoutingExplorer:
     def static_html(self) -> str:
         """The current view as static HTML (same renderer as the live panels), for saved notebooks."""
         p = self.id_prefix
-        head = (f'<p style="margin:2px 0;font-size:12px;color:#555">Routing explorer · layer {self.layer} · '
-                f"k = {self.k} · view: {escape(self.tab)}</p>")
+        head = (
+            f'<p style="margin:2px 0;font-size:12px;color:#555">Routing explorer · layer {self.layer} · '
+            f"k = {self.k} · view: {escape(self.tab)}</p>"
+        )
         note = f'<p class="moe-run-note" style="margin:2px 0;font-size:12px;color:#a63603">{RUN_NOTE}</p>'
         body = self.view.status + self.panels.get(self.tab, "")
         return f'<div id="{p}-static" class="moe-explorer-static">{note}{head}{body}</div>'
@@ -241,8 +258,10 @@ class RoutingExplorer:
         """What displaying the explorer outputs: the static picture (its own output, so every viewer shows
         it: JupyterLab before running, GitHub, nbviewer), then the live widget. The widget's CSS hides the
         picture in front ends where the widget runs (view.py)."""
-        return [{"text/html": self.static_html(), "text/plain": f"<static picture of {self!r}>"},
-                self._repr_mimebundle_()]
+        return [
+            {"text/html": self.static_html(), "text/plain": f"<static picture of {self!r}>"},
+            self._repr_mimebundle_(),
+        ]
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

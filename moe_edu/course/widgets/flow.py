@@ -15,8 +15,15 @@ LEFT, RIGHT, WIDTH = 170, 430, 520  # token labels end at LEFT, expert boxes sta
 MID = (LEFT + RIGHT) // 2  # the curves' control points
 
 
-def flow_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_prefix: str = "moe-flow",
-              selected: int | None = None, dimmed: int | None = None) -> str:
+def flow_html(
+    trace: RoutingTrace,
+    layer: int,
+    k: int | None = None,
+    *,
+    id_prefix: str = "moe-flow",
+    selected: int | None = None,
+    dimmed: int | None = None,
+) -> str:
     """Every token's top-`k` experts at `layer` as lines whose width is the weight (1 to 9 px)."""
     layer, k = trace.check_layer(layer), trace.check_k(k)
     p = check_prefix(id_prefix)
@@ -31,27 +38,38 @@ def flow_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_prefi
         for w, e in zip(weights[t].tolist(), experts[t].tolist(), strict=True):
             w = round(w, 2)
             cls = f"moe-line{state_class(g, [e], selected, dimmed)}"
-            lines.append(f'<path class="{cls}" data-g="{g}" data-experts="{e}" data-w="{w:.2f}" '
-                         f'd="M{LEFT + 6} {y} C{MID} {y} {MID} {ey[e]} {RIGHT} {ey[e]}" '
-                         f'stroke="{expert_colour(e, E)}" stroke-width="{1 + 8 * w:.1f}" fill="none" '
-                         f'stroke-opacity="0.85"/>')
+            lines.append(
+                f'<path class="{cls}" data-g="{g}" data-experts="{e}" data-w="{w:.2f}" '
+                f'd="M{LEFT + 6} {y} C{MID} {y} {MID} {ey[e]} {RIGHT} {ey[e]}" '
+                f'stroke="{expert_colour(e, E)}" stroke-width="{1 + 8 * w:.1f}" fill="none" '
+                f'stroke-opacity="0.85"/>'
+            )
         cls = f"moe-flow-tok{state_class(g, [], selected, None)}"
-        texts.append(f'<text class="{cls}" data-g="{g}" x="{LEFT}" y="{y + 4}" text-anchor="end">'
-                     f"{escape(labels[t])}</text>")
+        texts.append(
+            f'<text class="{cls}" data-g="{g}" x="{LEFT}" y="{y + 4}" text-anchor="end">{escape(labels[t])}</text>'
+        )
     boxes = []
     for e in range(E):
         cls = f"moe-flow-expert{state_class(None, [e], None, dimmed)}"
-        boxes.append(f'<g class="{cls}" data-experts="{e}"><rect x="{RIGHT}" y="{ey[e] - 11}" '
-                     f'width="{WIDTH - RIGHT - 4}" '
-                     f'height="22" rx="4" fill="{expert_colour(e, E)}" stroke="#555"/>'
-                     f'<text x="{RIGHT + 8}" y="{ey[e] + 4}">expert {e}</text></g>')
-    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-           f'viewBox="0 0 {WIDTH} {height}" style="{FONT};font-size:12px">'
-           f'{"".join(lines)}{"".join(texts)}{"".join(boxes)}</svg>')
-    note = (f'<p style="{NOTE}">Layer {layer}, k = {k}: each token (left) sends a line to each of its {k} chosen '
-            f"experts (right); a line's width is the expert's renormalised weight (1 px + 8 px x weight). "
-            "Click a token to select it, an expert in the legend to dim the rest.</p>")
+        boxes.append(
+            f'<g class="{cls}" data-experts="{e}"><rect x="{RIGHT}" y="{ey[e] - 11}" '
+            f'width="{WIDTH - RIGHT - 4}" '
+            f'height="22" rx="4" fill="{expert_colour(e, E)}" stroke="#555"/>'
+            f'<text x="{RIGHT + 8}" y="{ey[e] + 4}">expert {e}</text></g>'
+        )
+    svg = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'viewBox="0 0 {WIDTH} {height}" style="{FONT};font-size:12px">'
+        f"{''.join(lines)}{''.join(texts)}{''.join(boxes)}</svg>"
+    )
+    note = (
+        f'<p style="{NOTE}">Layer {layer}, k = {k}: each token (left) sends a line to each of its {k} chosen '
+        f"experts (right); a line's width is the expert's renormalised weight (1 px + 8 px x weight). "
+        "Click a token to select it, an expert in the legend to dim the rest.</p>"
+    )
     root = f"{p}-L{layer}"
-    return (f'<div id="{root}" class="moe-flow" data-layer="{layer}" data-k="{k}">'
-            f"{style_block(root, trace.num_experts)}{note}"
-            f'<div style="max-height:480px;overflow:auto">{svg}</div></div>')
+    return (
+        f'<div id="{root}" class="moe-flow" data-layer="{layer}" data-k="{k}">'
+        f"{style_block(root, trace.num_experts)}{note}"
+        f'<div style="max-height:480px;overflow:auto">{svg}</div></div>'
+    )

@@ -120,8 +120,15 @@ def notice_html(trace: RoutingTrace) -> str:
     )
 
 
-def legend_html(num_experts: int, counts: Sequence[int] | None = None, *, topk_counts: Sequence[int] | None = None,
-                layer: int | None = None, k: int | None = None, dimmed: int | None = None) -> str:
+def legend_html(
+    num_experts: int,
+    counts: Sequence[int] | None = None,
+    *,
+    topk_counts: Sequence[int] | None = None,
+    layer: int | None = None,
+    k: int | None = None,
+    dimmed: int | None = None,
+) -> str:
     """One swatch per expert with its counts, and a line saying what the counts and colours mean."""
     items = []
     for e in range(num_experts):
@@ -189,9 +196,17 @@ def rtl_runs(texts: Sequence[str]) -> list[tuple[int, int]]:
     return runs
 
 
-def render_routing_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_prefix: str = "moe-routing",
-                        legend: bool = True, notice: bool = True, selected: int | None = None,
-                        dimmed: int | None = None) -> str:
+def render_routing_html(
+    trace: RoutingTrace,
+    layer: int,
+    k: int | None = None,
+    *,
+    id_prefix: str = "moe-routing",
+    legend: bool = True,
+    notice: bool = True,
+    selected: int | None = None,
+    dimmed: int | None = None,
+) -> str:
     """The text of `trace`, each span coloured by its tokens' top-`k` experts at `layer` (default k:
     the model's). Span g is `<span id="{id_prefix}-L{layer}-g{g}" class="moe-tok" data-g data-t data-expert>`
     (data-expert: the first token's first choice; data-t: the token indices); `selected` / `dimmed`
@@ -220,12 +235,16 @@ def render_routing_html(trace: RoutingTrace, layer: int, k: int | None = None, *
     first = [el[t][0] for t in range(trace.num_tokens)]
     counts = [first.count(e) for e in range(trace.num_experts)]
     in_topk = [sum(e in row for row in el) for e in range(trace.num_experts)]
-    return "".join([
-        f'<div id="{p}-L{layer}" class="moe-routing" data-layer="{layer}" data-k="{k}">',
-        style_block(f"{p}-L{layer}", trace.num_experts),
-        notice_html(trace) if notice else "",
-        f'<div class="moe-text" dir="ltr" style="{FONT};font-size:15px;line-height:2.2;white-space:pre-wrap;'
-        f'color:#000">{"".join(parts)}</div>',
-        legend_html(trace.num_experts, counts, topk_counts=in_topk, layer=layer, k=k, dimmed=dimmed) if legend else "",
-        "</div>",
-    ])
+    return "".join(
+        [
+            f'<div id="{p}-L{layer}" class="moe-routing" data-layer="{layer}" data-k="{k}">',
+            style_block(f"{p}-L{layer}", trace.num_experts),
+            notice_html(trace) if notice else "",
+            f'<div class="moe-text" dir="ltr" style="{FONT};font-size:15px;line-height:2.2;white-space:pre-wrap;'
+            f'color:#000">{"".join(parts)}</div>',
+            legend_html(trace.num_experts, counts, topk_counts=in_topk, layer=layer, k=k, dimmed=dimmed)
+            if legend
+            else "",
+            "</div>",
+        ]
+    )

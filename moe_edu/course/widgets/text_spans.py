@@ -72,10 +72,27 @@ def text_spans(tokenizer: Decoder, ids: Sequence[int]) -> list[TextSpan]:
 
 # Characters that would act on the page (reorder text, hide, join) rather than show: a short label each.
 _NAMED = {
-    "\u202a": "LRE", "\u202b": "RLE", "\u202c": "PDF", "\u202d": "LRO", "\u202e": "RLO",
-    "\u2066": "LRI", "\u2067": "RLI", "\u2068": "FSI", "\u2069": "PDI",
-    "\u200e": "LRM", "\u200f": "RLM", "\u061c": "ALM", "\u200b": "ZWSP", "\u2060": "WJ", "\ufeff": "BOM",
-    "\u00ad": "SHY", "\u2028": "LS", "\u2029": "PS", "\ufffd": "?", "\u200c": "ZWNJ", "\u200d": "ZWJ",
+    "\u202a": "LRE",
+    "\u202b": "RLE",
+    "\u202c": "PDF",
+    "\u202d": "LRO",
+    "\u202e": "RLO",
+    "\u2066": "LRI",
+    "\u2067": "RLI",
+    "\u2068": "FSI",
+    "\u2069": "PDI",
+    "\u200e": "LRM",
+    "\u200f": "RLM",
+    "\u061c": "ALM",
+    "\u200b": "ZWSP",
+    "\u2060": "WJ",
+    "\ufeff": "BOM",
+    "\u00ad": "SHY",
+    "\u2028": "LS",
+    "\u2029": "PS",
+    "\ufffd": "?",
+    "\u200c": "ZWNJ",
+    "\u200d": "ZWJ",
 }
 _KEPT_IN_CLUSTER = {"\u200c", "\u200d"}  # joiners stay raw inside a span with other characters
 _SIMPLE = {"\n": "↵", "\t": "⇥", "\r": "␍"}

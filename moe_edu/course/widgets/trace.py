@@ -15,8 +15,8 @@ from typing import Any, Protocol
 import torch
 
 from moe_edu.analysis import load_share
-from moe_edu.routing import softmax_topk
 from moe_edu.course.widgets.text_spans import TextSpan, text_spans
+from moe_edu.routing import softmax_topk
 
 
 class Tokenizer(Protocol):
@@ -138,8 +138,10 @@ def trace_routing(model: Any, tokenizer: Tokenizer, text: str, max_tokens: int |
         model.train(was_training)
     router_logits = getattr(out, "router_logits", None)
     if not router_logits:
-        raise TypeError("model output has no router_logits: forward(input_ids, output_router_logits=True) "
-                        "must return one (B*T, E) tensor per layer")
+        raise TypeError(
+            "model output has no router_logits: forward(input_ids, output_router_logits=True) "
+            "must return one (B*T, E) tensor per layer"
+        )
     logits = torch.stack([r.detach().float().cpu().reshape(len(kept), -1) for r in router_logits])  # (L, T, E)
     return RoutingTrace(
         text=text,

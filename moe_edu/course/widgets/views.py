@@ -8,7 +8,17 @@ explorer can highlight a selected span and dim all but one expert. See notebook 
 
 from __future__ import annotations
 
-from moe_edu.course.widgets.render import FONT, NOTE, bands, check_prefix, chip, expert_colour, state_class, style_block, token_label
+from moe_edu.course.widgets.render import (
+    FONT,
+    NOTE,
+    bands,
+    check_prefix,
+    chip,
+    expert_colour,
+    state_class,
+    style_block,
+    token_label,
+)
 from moe_edu.course.widgets.trace import RoutingTrace
 
 _TABLE = f'style="border-collapse:collapse;{FONT};font-size:12px"'
@@ -29,8 +39,15 @@ def _wrap(cls: str, root: str, num_experts: int, body: str, extra: str = "") -> 
     return f'<div id="{root}" class="{cls}"{extra}>{style_block(root, num_experts)}{body}</div>'
 
 
-def heatmap_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_prefix: str = "moe-heatmap",
-                 selected: int | None = None, dimmed: int | None = None) -> str:
+def heatmap_html(
+    trace: RoutingTrace,
+    layer: int,
+    k: int | None = None,
+    *,
+    id_prefix: str = "moe-heatmap",
+    selected: int | None = None,
+    dimmed: int | None = None,
+) -> str:
     """Tokens x experts table of router probabilities at `layer`; the top-k chosen cells are outlined."""
     layer, k = trace.check_layer(layer), trace.check_k(k)
     p = check_prefix(id_prefix)
@@ -45,22 +62,31 @@ def heatmap_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_pr
         cells = []
         for e, pr in enumerate(row):
             bold = "font-weight:bold;outline:2px solid #333;outline-offset:-2px;" if e in chosen[t] else ""
-            cells.append(f'<td data-p="{pr:.4f}" data-experts="{e}" class="moe-c" style="{bold}'
-                         f'background:rgba({_SHADE},{0.8 * pr / top:.2f})">{pr:.2f}</td>')
-        rows.append(f'<tr id="{p}-L{layer}-t{t}" class="{state_class(g, [], selected, None).strip()}" data-g="{g}">'
-                    f'<th class="moe-c" style="text-align:right">{labels[t]}</th>{"".join(cells)}</tr>')
-    scale = (f'<span style="display:inline-block;width:120px;height:11px;vertical-align:middle;border:1px solid #999;'
-             f'background:linear-gradient(to right,rgba({_SHADE},0),rgba({_SHADE},.8))"></span>')
-    note = (f'<p style="{NOTE}">Router probabilities at layer {layer}: softmax over all {trace.num_experts} experts, '
-            f"one row per token. Shade: 0 {scale} {top:.2f} (the layer's largest). Outlined: the top-{k} chosen. "
-            "Click a row to select its token.</p>")
-    table = f'<table {_TABLE}><tr><th></th>{head}</tr>{"".join(rows)}</table>'
+            cells.append(
+                f'<td data-p="{pr:.4f}" data-experts="{e}" class="moe-c" style="{bold}'
+                f'background:rgba({_SHADE},{0.8 * pr / top:.2f})">{pr:.2f}</td>'
+            )
+        rows.append(
+            f'<tr id="{p}-L{layer}-t{t}" class="{state_class(g, [], selected, None).strip()}" data-g="{g}">'
+            f'<th class="moe-c" style="text-align:right">{labels[t]}</th>{"".join(cells)}</tr>'
+        )
+    scale = (
+        f'<span style="display:inline-block;width:120px;height:11px;vertical-align:middle;border:1px solid #999;'
+        f'background:linear-gradient(to right,rgba({_SHADE},0),rgba({_SHADE},.8))"></span>'
+    )
+    note = (
+        f'<p style="{NOTE}">Router probabilities at layer {layer}: softmax over all {trace.num_experts} experts, '
+        f"one row per token. Shade: 0 {scale} {top:.2f} (the layer's largest). Outlined: the top-{k} chosen. "
+        "Click a row to select its token.</p>"
+    )
+    table = f"<table {_TABLE}><tr><th></th>{head}</tr>{''.join(rows)}</table>"
     body = f'{note}<div style="max-height:420px;overflow:auto">{table}</div>'
     return _wrap("moe-heatmap", f"{p}-L{layer}", trace.num_experts, body, f' data-layer="{layer}"')
 
 
-def load_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_prefix: str = "moe-load",
-              dimmed: int | None = None) -> str:
+def load_html(
+    trace: RoutingTrace, layer: int, k: int | None = None, *, id_prefix: str = "moe-load", dimmed: int | None = None
+) -> str:
     """One bar per expert: its share of the T*k routed slots at `layer`, against the uniform 1/E."""
     layer, k = trace.check_layer(layer), trace.check_k(k)
     p = check_prefix(id_prefix)
@@ -69,49 +95,70 @@ def load_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_prefi
     even = 200 / (top * trace.num_experts)
     rows = []
     for e, share in enumerate(load):
-        bar = (f'<div style="position:relative;width:210px;height:14px"><div style="background:'
-               f'{expert_colour(e, trace.num_experts)};width:{200 * share / top:.0f}px;height:14px;'
-               f'border:1px solid #777"></div><div style="position:absolute;left:{even:.0f}px;top:-2px;height:18px;'
-               f'border-left:2px dashed #333"></div></div>')
-        rows.append(f'<tr id="{p}-L{layer}-e{e}" class="{state_class(None, [e], None, dimmed).strip()}" '
-                    f'data-expert="{e}" data-experts="{e}" data-share="{share:.4f}">'
-                    f'<td class="moe-c">expert {e}</td><td class="moe-c">{bar}</td>'
-                    f'<td class="moe-c">{100 * share:.1f}%</td></tr>')
-    note = (f'<p style="{NOTE}">Expert load at layer {layer}: each expert\'s share of the {trace.num_tokens} tokens x '
-            f"{k} routed slots. Dashed line: the even share, 1/E = {100 / trace.num_experts:.1f}%.</p>")
-    body = f'{note}<table {_TABLE}>{"".join(rows)}</table>'
+        bar = (
+            f'<div style="position:relative;width:210px;height:14px"><div style="background:'
+            f"{expert_colour(e, trace.num_experts)};width:{200 * share / top:.0f}px;height:14px;"
+            f'border:1px solid #777"></div><div style="position:absolute;left:{even:.0f}px;top:-2px;height:18px;'
+            f'border-left:2px dashed #333"></div></div>'
+        )
+        rows.append(
+            f'<tr id="{p}-L{layer}-e{e}" class="{state_class(None, [e], None, dimmed).strip()}" '
+            f'data-expert="{e}" data-experts="{e}" data-share="{share:.4f}">'
+            f'<td class="moe-c">expert {e}</td><td class="moe-c">{bar}</td>'
+            f'<td class="moe-c">{100 * share:.1f}%</td></tr>'
+        )
+    note = (
+        f'<p style="{NOTE}">Expert load at layer {layer}: each expert\'s share of the {trace.num_tokens} tokens x '
+        f"{k} routed slots. Dashed line: the even share, 1/E = {100 / trace.num_experts:.1f}%.</p>"
+    )
+    body = f"{note}<table {_TABLE}>{''.join(rows)}</table>"
     return _wrap("moe-load", f"{p}-L{layer}", trace.num_experts, body, f' data-layer="{layer}"')
 
 
-def overview_html(trace: RoutingTrace, k: int | None = None, *, id_prefix: str = "moe-overview",
-                  selected: int | None = None, dimmed: int | None = None) -> str:
+def overview_html(
+    trace: RoutingTrace,
+    k: int | None = None,
+    *,
+    id_prefix: str = "moe-overview",
+    selected: int | None = None,
+    dimmed: int | None = None,
+) -> str:
     """Layers x tokens grid: each cell shows the token's top-k experts at that layer as stacked colour
     bands (heights = weights) and the first choice's number."""
     k = trace.check_k(k)
     p = check_prefix(id_prefix)
     labels, span_of = token_labels(trace), trace.span_of_token
-    head = "".join(f'<th class="moe-c{state_class(span_of[t], [], selected, None)}" data-g="{span_of[t]}">{lab}</th>'
-                   for t, lab in enumerate(labels))
+    head = "".join(
+        f'<th class="moe-c{state_class(span_of[t], [], selected, None)}" data-g="{span_of[t]}">{lab}</th>'
+        for t, lab in enumerate(labels)
+    )
     rows = []
     for layer in range(trace.num_layers):
         weights, experts = trace.topk(layer, k)  # (T, k), (T, k)
         cells = []
         for t, (ws, es) in enumerate(zip(weights.tolist(), experts.tolist(), strict=True)):
             g = span_of[t]
-            cells.append(f'<td class="moe-c{state_class(g, es, selected, dimmed)}" data-g="{g}" data-expert="{es[0]}" '
-                         f'data-experts="{" ".join(map(str, sorted(es)))}" style="'
-                         f'{bands([[(e, round(w, 2)) for e, w in zip(es, ws, strict=True)]], trace.num_experts)}">'
-                         f"{es[0]}</td>")
-        rows.append(f'<tr id="{p}-L{layer}"><th class="moe-c" style="position:sticky;left:0;background:#fff;z-index:2">'
-                    f'layer&nbsp;{layer}</th>{"".join(cells)}</tr>')
-    note = (f'<p style="{NOTE}">Every token (columns) at every layer (rows): the number is its first-choice expert, '
-            f"the bands its top-{k} experts, each as tall as its weight. Click a column to follow a token.</p>")
+            cells.append(
+                f'<td class="moe-c{state_class(g, es, selected, dimmed)}" data-g="{g}" data-expert="{es[0]}" '
+                f'data-experts="{" ".join(map(str, sorted(es)))}" style="'
+                f'{bands([[(e, round(w, 2)) for e, w in zip(es, ws, strict=True)]], trace.num_experts)}">'
+                f"{es[0]}</td>"
+            )
+        rows.append(
+            f'<tr id="{p}-L{layer}"><th class="moe-c" style="position:sticky;left:0;background:#fff;z-index:2">'
+            f"layer&nbsp;{layer}</th>{''.join(cells)}</tr>"
+        )
+    note = (
+        f'<p style="{NOTE}">Every token (columns) at every layer (rows): the number is its first-choice expert, '
+        f"the bands its top-{k} experts, each as tall as its weight. Click a column to follow a token.</p>"
+    )
     body = f'{note}<div style="overflow-x:auto"><table {_TABLE}><tr><th></th>{head}</tr>{"".join(rows)}</table></div>'
     return _wrap("moe-overview", p, trace.num_experts, body, f' data-k="{k}"')
 
 
-def topk_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_prefix: str = "moe-topk",
-              selected: int | None = None) -> str:
+def topk_html(
+    trace: RoutingTrace, layer: int, k: int | None = None, *, id_prefix: str = "moe-topk", selected: int | None = None
+) -> str:
     """Per token: the k chosen experts with renormalised weights, the probability mass they keep,
     and (when k differs) the model's own top-k for comparison."""
     layer, k = trace.check_layer(layer), trace.check_k(k)
@@ -128,18 +175,27 @@ def topk_html(trace: RoutingTrace, layer: int, k: int | None = None, *, id_prefi
         chips = "".join(chip(int(e), float(w), E) for w, e in zip(weights[t], experts[t], strict=True))
         extra = ""
         if compare:
-            extra = '<td class="moe-c" style="text-align:left">' + "".join(
-                chip(int(e), float(w), E) for w, e in zip(w0[t], e0[t], strict=True)) + "</td>"
-        rows.append(f'<tr id="{p}-L{layer}-t{t}" class="{state_class(g, [], selected, None).strip()}" data-g="{g}">'
-                    f'<th class="moe-c" style="text-align:right">{labels[t]}</th>'
-                    f'<td class="moe-c" style="text-align:left">{chips}</td>'
-                    f'<td class="moe-c">{kept[t]:.2f}</td>{extra}</tr>')
+            extra = (
+                '<td class="moe-c" style="text-align:left">'
+                + "".join(chip(int(e), float(w), E) for w, e in zip(w0[t], e0[t], strict=True))
+                + "</td>"
+            )
+        rows.append(
+            f'<tr id="{p}-L{layer}-t{t}" class="{state_class(g, [], selected, None).strip()}" data-g="{g}">'
+            f'<th class="moe-c" style="text-align:right">{labels[t]}</th>'
+            f'<td class="moe-c" style="text-align:left">{chips}</td>'
+            f'<td class="moe-c">{kept[t]:.2f}</td>{extra}</tr>'
+        )
     extra_head = f'<th class="moe-c">model (k={trace.top_k})</th>' if compare else ""
-    note = (f'<p style="{NOTE}">k = {k}: the chosen experts and their weights, renormalised to sum to 1 '
-            f"(weight = p / mass kept). k = 1 gives weight 1; k = {E} keeps the whole softmax.</p>")
-    body = (f'{note}<div style="max-height:420px;overflow:auto"><table {_TABLE}><tr><th></th>'
-            f'<th class="moe-c">top-{k} (weight)</th><th class="moe-c">mass kept</th>{extra_head}</tr>'
-            f'{"".join(rows)}</table></div>')
+    note = (
+        f'<p style="{NOTE}">k = {k}: the chosen experts and their weights, renormalised to sum to 1 '
+        f"(weight = p / mass kept). k = 1 gives weight 1; k = {E} keeps the whole softmax.</p>"
+    )
+    body = (
+        f'{note}<div style="max-height:420px;overflow:auto"><table {_TABLE}><tr><th></th>'
+        f'<th class="moe-c">top-{k} (weight)</th><th class="moe-c">mass kept</th>{extra_head}</tr>'
+        f"{''.join(rows)}</table></div>"
+    )
     return _wrap("moe-topk", f"{p}-L{layer}", trace.num_experts, body, f' data-layer="{layer}" data-k="{k}"')
 
 
@@ -153,13 +209,18 @@ def path_html(trace: RoutingTrace, g: int, k: int | None = None, *, id_prefix: s
     rows = []
     for layer in range(trace.num_layers):
         weights, experts = trace.topk(layer, k)  # (T, k), (T, k)
-        cells = "".join('<td class="moe-c" style="text-align:left">' + "".join(
-            chip(int(e), float(w), trace.num_experts) for w, e in zip(weights[t], experts[t], strict=True)) + "</td>"
-            for t in range(span.start, span.stop))
+        cells = "".join(
+            '<td class="moe-c" style="text-align:left">'
+            + "".join(chip(int(e), float(w), trace.num_experts) for w, e in zip(weights[t], experts[t], strict=True))
+            + "</td>"
+            for t in range(span.start, span.stop)
+        )
         rows.append(f'<tr data-layer="{layer}"><th class="moe-c">layer&nbsp;{layer}</th>{cells}</tr>')
     n = span.stop - span.start
     head = "".join(f'<th class="moe-c">token {t}</th>' for t in range(span.start, span.stop))
-    title = (f'<p style="{NOTE}"><b>Path of “{token_label(span.text)}”</b> ({n} token{"s" if n > 1 else ""}) '
-             f"through the {trace.num_layers} layers, top-{k} experts and weights. Click it again to unselect.</p>")
-    body = f'{title}<table {_TABLE}><tr><th></th>{head}</tr>{"".join(rows)}</table>'
+    title = (
+        f'<p style="{NOTE}"><b>Path of “{token_label(span.text)}”</b> ({n} token{"s" if n > 1 else ""}) '
+        f"through the {trace.num_layers} layers, top-{k} experts and weights. Click it again to unselect.</p>"
+    )
+    body = f"{title}<table {_TABLE}><tr><th></th>{head}</tr>{''.join(rows)}</table>"
     return _wrap("moe-path", f"{p}-g{g}", trace.num_experts, body, f' data-span="{g}" style="margin:6px 0"')
