@@ -48,8 +48,8 @@ lab: install  ## create .venv, install, open JupyterLab on notebooks/
 # tests/test_project.py also fails when a committed .ipynb is stale against its twin
 test: lint  ## the whole suite, as CI runs it: lint, library tests, nbval, nbval on another instruction set
 	$(PY) -m pytest -q tests
-	$(PY) -m pytest -q $(NBVAL) notebooks
-	$(MAKE) --no-print-directory test-notebooks-other-isa
+	@# the two nbval passes run side by side (each kernel uses one thread; CI has two cores)
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-notebooks test-notebooks-other-isa
 
 test-fast: install-test  ## the development loop: library tests without the slow and browser ones
 	$(PY) -m pytest -q -m "not slow and not browser" tests
