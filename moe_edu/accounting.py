@@ -43,8 +43,8 @@ def count_parameters(config: MixtralConfig) -> ParameterCount:
         raise TypeError(f"count_parameters expects a MixtralConfig, got {type(config).__name__}")
     c = config
     H, I, L, E, k = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_local_experts, c.num_experts_per_tok
-    q_out = c.num_attention_heads * c.head_dim_
-    kv_out = c.num_key_value_heads * c.head_dim_
+    q_out = c.num_attention_heads * c.attention_head_dim
+    kv_out = c.num_key_value_heads * c.attention_head_dim
     attention = L * (H * q_out + 2 * H * kv_out + q_out * H)  # wq, wk, wv, wo
     one_expert = 3 * H * I  # w1 (I x H), w3 (I x H), w2 (H x I)
     return ParameterCount(
@@ -78,6 +78,6 @@ def flops_per_token(config: MixtralConfig, context: int = 0) -> FlopCount:
     nonnegative_int("context", context)
     p = count_parameters(config)
     c = config
-    attn_scores = 2 * 2 * c.num_hidden_layers * context * c.num_attention_heads * c.head_dim_  # QK^T and AV
+    attn_scores = 2 * 2 * c.num_hidden_layers * context * c.num_attention_heads * c.attention_head_dim  # QK^T and AV
     shared = 2 * (p.attention + p.router + (p.lm_head or p.embedding)) + attn_scores
     return FlopCount(dense_equivalent=shared + 2 * p.experts, active=shared + 2 * p.active_experts)

@@ -43,7 +43,7 @@ class Attention(nn.Module):
         self.heads, self.kv_heads, self.head_dim = (
             config.num_attention_heads,
             config.num_key_value_heads,
-            config.head_dim_,
+            config.attention_head_dim,
         )
         H = config.hidden_size
         self.q_proj = nn.Linear(H, self.heads * self.head_dim, bias=False)

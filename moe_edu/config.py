@@ -75,8 +75,10 @@ class MixtralConfig:
                 f"MixtralConfig.hidden_size ({self.hidden_size}) must be divisible by "
                 f"num_attention_heads ({self.num_attention_heads}) unless head_dim is given"
             )
-        if self.head_dim_ % 2:
-            raise ValueError(f"MixtralConfig.head_dim must be even for rotary embeddings, got {self.head_dim_}")
+        if self.attention_head_dim % 2:
+            raise ValueError(
+                f"MixtralConfig.head_dim must be even for rotary embeddings, got {self.attention_head_dim}"
+            )
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"MixtralConfig.num_attention_heads ({self.num_attention_heads}) must be divisible by "
@@ -99,7 +101,7 @@ class MixtralConfig:
 
     # ------------------------------------------------------------------ derived
     @property
-    def head_dim_(self) -> int:
+    def attention_head_dim(self) -> int:
         """The per-head width actually used."""
         return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_attention_heads
 
@@ -124,7 +126,7 @@ class MixtralConfig:
         positive_int("scaled: hidden_size", hidden_size)
         optional_positive_int("scaled: num_hidden_layers", num_hidden_layers)
         optional_positive_int("scaled: head_dim", head_dim)
-        hd = head_dim if head_dim is not None else min(self.head_dim_, max(2, hidden_size // group))
+        hd = head_dim if head_dim is not None else min(self.attention_head_dim, max(2, hidden_size // group))
         heads = max(group, (hidden_size // hd) // group * group)
         values = dict(
             hidden_size=hidden_size,

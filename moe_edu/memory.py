@@ -88,7 +88,7 @@ class MemoryBudget:
 def kv_bytes_per_token(config: MixtralConfig, kv_dtype: str | torch.dtype | int = torch.bfloat16) -> int:
     """2 (K and V) x layers x KV heads x head_dim x bytes per element."""
     c = config
-    return _bytes(2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim_, dtype_bits(kv_dtype))
+    return _bytes(2 * c.num_hidden_layers * c.num_key_value_heads * c.attention_head_dim, dtype_bits(kv_dtype))
 
 
 def memory_budget(

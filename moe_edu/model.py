@@ -58,7 +58,7 @@ class MixtralModel(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, dispatch) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rotary_emb = RotaryEmbedding(config.head_dim_, config.rope_theta)
+        self.rotary_emb = RotaryEmbedding(config.attention_head_dim, config.rope_theta)
 
 
 class MixtralForCausalLM(nn.Module):

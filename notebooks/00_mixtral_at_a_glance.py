@@ -128,7 +128,7 @@ fields = [
 ]
 for name in fields:
     print(f"{name:>24} = {getattr(config, name):>6}")
-print(f"{'head_dim':>24} = {config.head_dim_:>6}  (hidden_size / num_attention_heads)")
+print(f"{'head_dim':>24} = {config.attention_head_dim:>6}  (hidden_size / num_attention_heads)")
 
 # %% [markdown]
 # ## 4. 47B total, 13B active — term by term
@@ -150,7 +150,7 @@ print(f"{'head_dim':>24} = {config.head_dim_:>6}  (hidden_size / num_attention_h
 
 # %%
 V, I, L = config.vocab_size, config.intermediate_size, config.num_hidden_layers
-nq, nkv, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim_
+nq, nkv, d = config.num_attention_heads, config.num_key_value_heads, config.attention_head_dim
 
 terms = {
     "embedding      V*H": V * H,

@@ -62,7 +62,7 @@ def test_presets_exist_and_are_valid():
 def test_mixtral_8x7b_is_the_published_config():
     c = PRESETS["mixtral-8x7b"]
     assert (c.hidden_size, c.intermediate_size, c.num_hidden_layers) == (4096, 14336, 32)
-    assert (c.num_attention_heads, c.num_key_value_heads, c.head_dim_) == (32, 8, 128)
+    assert (c.num_attention_heads, c.num_key_value_heads, c.attention_head_dim) == (32, 8, 128)
     assert (c.num_local_experts, c.num_experts_per_tok, c.vocab_size) == (8, 2, 32000)
     assert c.rope_theta == 1e6 and c.max_position_embeddings == 32768
 
@@ -75,7 +75,7 @@ def test_scaled_keeps_mixtral_ratios():
         assert s.intermediate_size / s.hidden_size == pytest.approx(3.5)
         assert s.num_attention_heads // s.num_key_value_heads == 4
         assert (s.num_local_experts, s.num_experts_per_tok) == (8, 2)
-        assert s.num_attention_heads * s.head_dim_ <= width * 2
+        assert s.num_attention_heads * s.attention_head_dim <= width * 2
     assert big.scaled(4096) == big  # scaling to its own width changes nothing but the label
     assert big.scaled(512, num_local_experts=16).num_local_experts == 16
 

@@ -86,11 +86,11 @@ def test_use_says_when_it_falls_back(capsys):
         raise NotImplementedError()
 
     good = lambda x: x * 2  # noqa: E731
-    assert reg.use(good, "double") is good
+    assert reg.use("double", good) is good
     assert capsys.readouterr().out == ""  # a passing function is used silently
-    assert reg.use(stub, "double") is _double
+    assert reg.use("double", stub) is _double
     assert capsys.readouterr().out == "○ double: the cells below use moe_edu's reference (yours is not attempted yet)\n"
-    assert reg.use(lambda x: x, "double") is _double
+    assert reg.use("double", lambda x: x) is _double
     assert (
         capsys.readouterr().out
         == "✗ double: the cells below use moe_edu's reference (yours does not pass its checker yet)\n"

@@ -57,7 +57,7 @@ def test_formula_matches_the_decoders_cache(dtype):
     b = memory_budget(cfg, context_len=T + 2, batch_size=B, kv_dtype=dtype)
     assert kv_cache_bytes(out.past_key_values) == b.kv_total
     k = out.past_key_values[0][0]
-    assert tuple(k.shape) == (B, cfg.num_key_value_heads, T + 2, cfg.head_dim_)
+    assert tuple(k.shape) == (B, cfg.num_key_value_heads, T + 2, cfg.attention_head_dim)
 
 
 def test_weights_match_a_real_model():

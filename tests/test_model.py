@@ -141,7 +141,7 @@ def test_kv_cache_equals_full_forward(name):
             out = ours(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
             steps.append(out.logits)
             cache = out.past_key_values
-    assert cache[0][0].shape == (2, cfg.num_key_value_heads, 10, cfg.head_dim_)
+    assert cache[0][0].shape == (2, cfg.num_key_value_heads, 10, cfg.attention_head_dim)
     assert (torch.cat(steps, dim=1) - full).abs().max().item() <= 1e-5
 
 
@@ -192,7 +192,7 @@ def test_mistral_keys_round_trip_and_rotary_permutation(name):
     for k, v in ours.state_dict().items():
         assert torch.equal(back[k], v), k
     # Mistral's RoPE rotates interleaved pairs (complex numbers); transformers' rotates halves.
-    D, T = cfg.head_dim_, 7
+    D, T = cfg.attention_head_dim, 7
     x = torch.randn(T, cfg.hidden_size)  # (T, H)
     cos, sin = ours.model.rotary_emb(torch.arange(T), torch.float32)  # (T, D)
     q_hf = apply_rotary((x @ wq_hf.T).view(T, -1, D).transpose(0, 1), cos, sin)  # (nh, T, D)

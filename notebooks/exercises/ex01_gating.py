@@ -79,8 +79,8 @@ ex.check_router_probs(router_probs)
 # `moe_edu.SparseMoeBlock` gate, and compares with the library's router.
 
 # %%
-router_logits_fn = ex.use(router_logits, "router_logits")
-router_probs_fn = ex.use(router_probs, "router_probs")
+router_logits_fn = ex.use("router_logits", router_logits)
+router_probs_fn = ex.use("router_probs", router_probs)
 
 config = moe_edu.PRESETS["tiny"]
 block = moe_edu.SparseMoeBlock(config)

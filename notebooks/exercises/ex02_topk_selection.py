@@ -70,8 +70,8 @@ ex.check_topk_renormalised(topk_renormalised)
 # tokens, for k = 1, 2, 3. The sum over experts is always `k x T`.
 
 # %%
-topk_mask_fn = ex.use(topk_mask, "topk_mask")
-topk_renormalised_fn = ex.use(topk_renormalised, "topk_renormalised")
+topk_mask_fn = ex.use("topk_mask", topk_mask)
+topk_renormalised_fn = ex.use("topk_renormalised", topk_renormalised)
 
 logits = torch.randn(64, 8)  # (T, E)
 for k in (1, 2, 3):

@@ -100,7 +100,7 @@ ex.check_sort_by_expert(sort_by_expert)
 # as the loop. (Your `sort_by_expert` is used when it passes, else the reference.)
 
 # %%
-sort_by_expert_fn = ex.use(sort_by_expert, "sort_by_expert")
+sort_by_expert_fn = ex.use("sort_by_expert", sort_by_expert)
 
 
 def grouped_dispatch(x, experts, weights, chosen):
@@ -126,9 +126,9 @@ ex.check_grouped_dispatch(grouped_dispatch)
 # we compare with the library block's output and count the expert loads.
 
 # %%
-loop_fn = ex.use(loop_dispatch, "loop_dispatch")
-grouped_fn = ex.use(grouped_dispatch, "grouped_dispatch")
-count_fn = ex.use(tokens_per_expert, "tokens_per_expert")
+loop_fn = ex.use("loop_dispatch", loop_dispatch)
+grouped_fn = ex.use("grouped_dispatch", grouped_dispatch)
+count_fn = ex.use("tokens_per_expert", tokens_per_expert)
 
 config = moe_edu.PRESETS["tiny"]
 block = moe_edu.SparseMoeBlock(config).eval()

@@ -73,8 +73,8 @@ ex.check_same_routing(same_routing)
 # top-k logits. Check it on random logits for several `k` with your functions (or the reference):
 
 # %%
-topk_softmax_fn = ex.use(topk_softmax, "topk_softmax")
-same_routing_fn = ex.use(same_routing, "same_routing")
+topk_softmax_fn = ex.use("topk_softmax", topk_softmax)
+same_routing_fn = ex.use("same_routing", same_routing)
 
 logits = 3 * torch.randn(32, 8)  # (T, E)
 for k in (1, 2, 4, 8):
@@ -108,7 +108,7 @@ ex.check_combine(combine)
 # ordinary (dense) softmax-weighted mixture of all experts.
 
 # %%
-combine_fn = ex.use(combine, "combine")
+combine_fn = ex.use("combine", combine)
 
 config = moe_edu.PRESETS["tiny"]
 block = moe_edu.SparseMoeBlock(config).eval()

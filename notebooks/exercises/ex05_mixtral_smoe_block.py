@@ -54,7 +54,7 @@ ex.check_swiglu_expert(swiglu_expert)
 # `torch.bincount` gives int64 counts. Your `swiglu_expert` is used when it passes, else the reference.
 
 # %%
-swiglu_fn = ex.use(swiglu_expert, "swiglu_expert")
+swiglu_fn = ex.use("swiglu_expert", swiglu_expert)
 
 
 def moe_block(x, gate, w1, w3, w2, k):
@@ -86,7 +86,7 @@ ex.check_moe_block(moe_block)
 # `transformers` is installed, its `MixtralSparseMoeBlock` with the same weights joins in.
 
 # %%
-moe_block_fn = ex.use(moe_block, "moe_block")
+moe_block_fn = ex.use("moe_block", moe_block)
 
 config = moe_edu.PRESETS["tiny"]
 block = moe_edu.SparseMoeBlock(config).eval()
@@ -123,7 +123,7 @@ else:
 # `active_parameters(config)` returning a Python `int`: the parameters a single token touches —
 # embedding, attention, router, norms, LM head, and only `k` of the `E` experts in each layer.
 # Use the config's fields (`vocab_size`, `hidden_size`, `intermediate_size`, `num_hidden_layers`,
-# `num_attention_heads`, `num_key_value_heads`, `head_dim_`, `num_local_experts`,
+# `num_attention_heads`, `num_key_value_heads`, `attention_head_dim`, `num_local_experts`,
 # `num_experts_per_tok`, `tie_word_embeddings`).
 
 
@@ -133,7 +133,7 @@ def active_parameters(config) -> int:
     ### BEGIN SOLUTION
     c = config
     H, I, L = c.hidden_size, c.intermediate_size, c.num_hidden_layers
-    q_out, kv_out = c.num_attention_heads * c.head_dim_, c.num_key_value_heads * c.head_dim_
+    q_out, kv_out = c.num_attention_heads * c.attention_head_dim, c.num_key_value_heads * c.attention_head_dim
     attention = L * (2 * H * q_out + 2 * H * kv_out)  # wq, wo and wk, wv
     router = L * c.num_local_experts * H
     experts = L * c.num_experts_per_tok * 3 * H * I  # only the k chosen experts: w1, w3, w2
@@ -148,7 +148,7 @@ def active_parameters(config) -> int:
 ex.check_active_parameters(active_parameters)
 
 # %%
-active_fn = ex.use(active_parameters, "active_parameters")
+active_fn = ex.use("active_parameters", active_parameters)
 for name in ("tiny", "mixtral-8x7b", "mixtral-8x22b"):
     c = moe_edu.PRESETS[name]
     total = moe_edu.count_parameters(c).total

@@ -106,9 +106,9 @@ ex.check_token_topk(token_topk)
 # methods, which the explorer draws from.
 
 # %%
-first_fn = ex.use(first_choices, "first_choices")
-loads_fn = ex.use(layer_loads, "layer_loads")
-topk_fn = ex.use(token_topk, "token_topk")
+first_fn = ex.use("first_choices", first_choices)
+loads_fn = ex.use("layer_loads", layer_loads)
+topk_fn = ex.use("token_topk", token_topk)
 
 first = first_fn(trace.logits)  # (L, T)
 loads = loads_fn(trace.logits, k)  # (L, E)

@@ -78,8 +78,8 @@ ex.check_router_z_loss(router_z_loss)
 # function (or the reference), for E = 8, k = 2:
 
 # %%
-lb_fn = ex.use(load_balancing_loss, "load_balancing_loss")
-z_fn = ex.use(router_z_loss, "router_z_loss")
+lb_fn = ex.use("load_balancing_loss", load_balancing_loss)
+z_fn = ex.use("router_z_loss", router_z_loss)
 
 T, E, k = 64, 8, 2
 base = torch.randn(T, E)  # (T, E)

@@ -73,8 +73,8 @@ ex.check_random_topk_overlap_rate(random_topk_overlap_rate)
 # (trained on Python code, English docstrings, arithmetic and four European languages) should not.
 
 # %%
-rep_fn = ex.use(consecutive_repetition, "consecutive_repetition")
-base_fn = ex.use(random_topk_overlap_rate, "random_topk_overlap_rate")
+rep_fn = ex.use("consecutive_repetition", consecutive_repetition)
+base_fn = ex.use("random_topk_overlap_rate", random_topk_overlap_rate)
 
 g = torch.Generator().manual_seed(0)
 random_routing = torch.stack([torch.randperm(8, generator=g)[:2] for _ in range(20000)])  # (T, 2)

@@ -72,7 +72,7 @@ ex.check_switch_route(switch_route)
 # %%
 def switch_moe(x, experts, logits, capacity_factor):
     """x (N, H), logits (N, E) -> y (N, H), dropped (int)."""
-    route = ex.use(switch_route, "switch_route")
+    route = ex.use("switch_route", switch_route)
     ### BEGIN SOLUTION
     weight, expert, keep = route(logits, capacity_factor)  # (N,), (N,), (N,)
     y = torch.zeros_like(x)  # (N, H)
@@ -92,7 +92,7 @@ ex.check_switch_moe(switch_moe)
 # is the price of a small buffer on one popular expert (your functions, or the reference):
 
 # %%
-switch_moe_fn = ex.use(switch_moe, "switch_moe")
+switch_moe_fn = ex.use("switch_moe", switch_moe)
 experts = ex.make_experts(4, 8, 12, seed=0)
 x = torch.randn(32, 8)  # (N, H)
 logits = torch.randn(32, 4) + torch.tensor([1.5, 0.0, 0.0, 0.0])  # (N, E): expert 0 is popular
@@ -138,7 +138,7 @@ ex.check_expert_choice_route(expert_choice_route)
 # %%
 def expert_choice_moe(x, experts, logits, capacity_factor):
     """x (N, H), logits (N, E) -> y (N, H), unrouted (int)."""
-    route = ex.use(expert_choice_route, "expert_choice_route")
+    route = ex.use("expert_choice_route", expert_choice_route)
     ### BEGIN SOLUTION
     gate, token = route(logits, capacity_factor)  # (E, C), (E, C)
     y = torch.zeros_like(x)  # (N, H)
@@ -156,8 +156,8 @@ ex.check_expert_choice_moe(expert_choice_moe)
 # Perfect balance, but not every token is served — and a token may get more than one expert:
 
 # %%
-route_fn = ex.use(expert_choice_route, "expert_choice_route")
-moe_fn = ex.use(expert_choice_moe, "expert_choice_moe")
+route_fn = ex.use("expert_choice_route", expert_choice_route)
+moe_fn = ex.use("expert_choice_moe", expert_choice_moe)
 gate, token = route_fn(logits, 2.0)
 per_token = torch.bincount(token.reshape(-1), minlength=32)  # (N,)
 print("tokens per expert:", [int(row.numel()) for row in token])

@@ -103,9 +103,9 @@ ex.check_parallel_efficiency(parallel_efficiency)
 # where every token's first choice is expert 0.
 
 # %%
-per_rank_fn = ex.use(tokens_per_rank, "tokens_per_rank")
-traffic_fn = ex.use(traffic, "traffic")
-efficiency_fn = ex.use(parallel_efficiency, "parallel_efficiency")
+per_rank_fn = ex.use("tokens_per_rank", tokens_per_rank)
+traffic_fn = ex.use("traffic", traffic)
+efficiency_fn = ex.use("parallel_efficiency", parallel_efficiency)
 
 E, k, W, T, H = 8, 2, 4, 1024, 4096
 g = torch.Generator().manual_seed(0)

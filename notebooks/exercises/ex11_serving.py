@@ -42,7 +42,7 @@ ex.check_kv_bytes_per_token(kv_bytes_per_token)
 # With your function (or the reference): Mixtral 8x7B in bf16 at 32,768 tokens, batch 1 and batch 8.
 
 # %%
-kv_fn = ex.use(kv_bytes_per_token, "kv_bytes_per_token")
+kv_fn = ex.use("kv_bytes_per_token", kv_bytes_per_token)
 per_token = kv_fn(32, 8, 128, 2)
 for batch in (1, 8):
     print(f"batch {batch}: {per_token * 32768 * batch / 2**30:.0f} GiB of KV cache")
@@ -80,7 +80,7 @@ ex.check_lru_hit_rate(lru_hit_rate)
 # Locality is what makes a cache work. The same accesses in a random order hit less:
 
 # %%
-lru_fn = ex.use(lru_hit_rate, "lru_hit_rate")
+lru_fn = ex.use("lru_hit_rate", lru_hit_rate)
 local = [0, 0, 1, 0, 1, 1, 2, 2, 1, 2, 3, 3, 2, 3, 3, 4, 4, 3, 4, 4] * 3  # (60,) experts drift slowly
 shuffled = [local[i] for i in torch.randperm(len(local), generator=torch.Generator().manual_seed(0)).tolist()]
 print(f"capacity 2: in order {lru_fn(local, 2):.2f}, shuffled {lru_fn(shuffled, 2):.2f}")
@@ -111,7 +111,7 @@ ex.check_int8_round_trip(int8_round_trip)
 # The error of a round trip is at most half a step, `scale / 2`, in every entry:
 
 # %%
-rt_fn = ex.use(int8_round_trip, "int8_round_trip")
+rt_fn = ex.use("int8_round_trip", int8_round_trip)
 w = torch.randn(64, 256)  # (out, in)
 step = w.abs().amax(1, keepdim=True) / 127  # (out, 1)
 print("every error <= half a step:", bool(((rt_fn(w) - w).abs() <= step / 2 + 1e-7).all()))

@@ -46,7 +46,7 @@ ex.check_upcycle_weights(upcycle_weights)
 # token reaches are the same function, the two blocks agree on every token:
 
 # %%
-upcycle_fn = ex.use(upcycle_weights, "upcycle_weights")
+upcycle_fn = ex.use("upcycle_weights", upcycle_weights)
 cfg = moe_edu.get_config("tiny")
 torch.manual_seed(0)
 dense = moe_edu.SparseMoeBlock(cfg.replace(num_local_experts=1, num_experts_per_tok=1)).eval()
@@ -92,7 +92,7 @@ ex.check_pruned_routing(pruned_routing)
 # %%
 from moe_edu.pruning import prune_experts
 
-pruned_fn = ex.use(pruned_routing, "pruned_routing")
+pruned_fn = ex.use("pruned_routing", pruned_routing)
 torch.manual_seed(0)
 small = moe_edu.MixtralForCausalLM(cfg.replace(vocab_size=128, num_hidden_layers=1)).eval()
 pruned = prune_experts(small, [3])
@@ -134,7 +134,7 @@ ex.check_bias_update(bias_update)
 # for the choice. The imbalance (max / mean load, 1 = even) falls with no loss and no gradient:
 
 # %%
-update_fn = ex.use(bias_update, "bias_update")
+update_fn = ex.use("bias_update", bias_update)
 g = torch.Generator().manual_seed(0)
 scores = torch.softmax(torch.randn(512, 8, generator=g) + torch.randn(8, generator=g), dim=-1)  # (T, E)
 bias = torch.zeros(8)

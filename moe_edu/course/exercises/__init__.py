@@ -6,7 +6,7 @@ In a notebook::
     ex.check_router_logits(my_router_logits)   # prints one line: ✓ / ✗ ... / ○ not attempted;
                                                # returns a bool-like Verdict that shows nothing as a cell value
     ex.hint("router_logits")                   # all hints; ex.hint("router_logits", 1) only the first
-    router_logits = ex.use(my_router_logits, "router_logits")  # yours if it passes, else the reference
+    router_logits = ex.use("router_logits", my_router_logits)  # yours if it passes, else the reference
 
 Every checker runs the student's function and the library's reference on the same seeded
 cases (`torch.random.fork_rng`, so the notebook's own RNG stream is untouched), prints
@@ -32,7 +32,7 @@ Adding a checker (about 10 lines, in the module of its notebook or a new one)::
 
 A new module goes into `MODULES` below (so `load_all()` finds it). In the notebook source, the
 checker cell is `ex.check_capacity(capacity)` and later cells use
-`capacity_fn = ex.use(capacity, "capacity")`, so the student render still runs before the
+`capacity_fn = ex.use("capacity", capacity)`, so the student render still runs before the
 exercise is done.
 
 Outputs may be tensors, tuples/lists of them, ints, floats or bools; `outputs=("weights",

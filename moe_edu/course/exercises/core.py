@@ -7,7 +7,7 @@ A checker never raises into the notebook. It prints exactly one line:
     ○ router_logits: not attempted yet (the stub still raises NotImplementedError)
 
 and returns a `Verdict` (bool-like, shows nothing as a cell's value) that is true only
-when every case passes. `use(fn, name)` is the twin that later notebook cells call: the
+when every case passes. `use(name, fn)` is the twin that later notebook cells call: the
 student's function when it passes (silently), else the reference with one line saying so,
 so a notebook stays usable top to bottom before any exercise is done.
 
@@ -368,8 +368,9 @@ class Registry:
         except KeyError as err:
             print(err.args[0])
 
-    def use(self, fn: Callable, name: str) -> Callable:
-        """`fn` when it passes exercise `name`, else the library's reference (with one line saying so)."""
+    def use(self, name: str, fn: Callable) -> Callable:
+        """`fn` when it passes exercise `name`, else the library's reference (with one line saying so).
+        Same argument order as `check(name, fn)`."""
         return self.get(name).use(fn)
 
     def reference(self, name: str) -> Callable:
