@@ -33,7 +33,7 @@ from .quantize import quantize_int4, quantize_int8
 from .routing import Router, Routing, TopKRouter, softmax_topk, topk_softmax
 from .shipped import load_pretrained, load_train_log
 from .tokenizer import Tokenizer
-from .train import TrainConfig
+from .train_config import TrainConfig
 from .upcycling import upcycle_model
 from .variants import MoEOutput, build_variants
 
