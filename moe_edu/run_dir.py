@@ -104,9 +104,9 @@ aux-loss coefficient {tc["aux_loss_coef"]}, z-loss coefficient {tc["z_loss_coef"
 
 ## Data and licences
 
-Trained on `moe_edu.data.corpus`: Python code and docstrings from the interpreter's standard
-library (© Python Software Foundation, PSF License Agreement; read at training time, not
-redistributed here), generated arithmetic, and French/German/Spanish/Italian pages written for
+Trained on `moe_edu.data.corpus`: Python code and docstrings extracted from CPython 3.11.7's standard
+library (© Python Software Foundation, PSF License Agreement; shipped as
+`moe_edu/data/stdlib_cpython_3.11.7.jsonl` beside `PSF_LICENSE.txt`, so every interpreter builds the same corpus), generated arithmetic, and French/German/Spanish/Italian pages written for
 this project (Apache-2.0, `moe_edu/data/*.txt`). The weights and tokenizer are released with
 `moe_edu` under Apache-2.0.
 """
