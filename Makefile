@@ -86,7 +86,7 @@ bench: install-test  ## the dispatch benchmark (writes benchmarks/results)
 bench-train: install-test  ## training-step throughput against transformers
 	$(PY) benchmarks/train_throughput.py --breakdown
 
-train: install  ## reproduce the shipped checkpoint bit for bit
+train: install  ## retrain the shipped checkpoint (bit for bit on the same torch, threads and CPU family)
 	$(PY) -m moe_edu.train --threads 1 --out moe_edu/checkpoints/tiny --overwrite
 
 adapting-results: install  ## regenerate notebook 12's precomputed results (about 2 min of CPU, 1 thread)
