@@ -87,7 +87,7 @@ bench-train: install-test  ## training-step throughput against transformers
 	$(PY) benchmarks/train_throughput.py --breakdown
 
 train: install  ## retrain the shipped checkpoint (bit for bit on the same torch, threads and CPU family)
-	$(PY) -m moe_edu.train --threads 1 --out moe_edu/checkpoints/tiny --overwrite
+	$(PY) -m moe_edu.train --preset tiny --steps 300 --lr 5e-3 --aux-loss-coef 1.0 --eval-every 50 --threads 1 --seed 0 --out moe_edu/checkpoints/tiny --overwrite
 
 adapting-results: install  ## regenerate notebook 12's precomputed results (about 2 min of CPU, 1 thread)
 	$(PY) -m moe_edu.adapt_experiments --threads 1 --out moe_edu/results/adapting.json

@@ -90,8 +90,9 @@ notebook 08 analyses the routing.
 {log["command"]}
 ```
 
-Seeded: the same command with the same Python ({log["python"]}: the corpus reads its standard
-library), torch ({log["torch"]}) and thread count ({log["threads"]}) gives the same weights.
+Seeded: the same command with the same torch ({log["torch"]}), thread count ({log["threads"]}) and CPU
+family gives the same weights (the corpus is shipped, so the Python version does not matter; MKL's fp32
+kernels differ between CPU families). Corpus fingerprint: sha256 `{log.get("corpus_sha256", "not recorded")}`.
 
 ## Result
 
@@ -106,8 +107,8 @@ aux-loss coefficient {tc["aux_loss_coef"]}, z-loss coefficient {tc["z_loss_coef"
 
 Trained on `moe_edu.data.corpus`: Python code and docstrings extracted from CPython 3.11.7's standard
 library (© Python Software Foundation, PSF License Agreement; shipped as
-`moe_edu/data/stdlib_cpython_3.11.7.jsonl` beside `PSF_LICENSE.txt`, so every interpreter builds the same corpus), generated arithmetic, and French/German/Spanish/Italian pages written for
-this project (Apache-2.0, `moe_edu/data/*.txt`). The weights and tokenizer are released with
+`moe_edu/data/stdlib_cpython_3.11.7.jsonl` beside `PSF_LICENSE.txt`, so every interpreter builds the same corpus), generated arithmetic, and French/German/Spanish/Italian/Traditional Chinese (zh-TW, Taiwan usage)
+pages written for this project (Apache-2.0, `moe_edu/data/*.txt`). The weights and tokenizer are released with
 `moe_edu` under Apache-2.0.
 """
 

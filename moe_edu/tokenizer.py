@@ -17,6 +17,22 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2: Mixtral's unk / bos / eos convention
 
 
+def _byte_of_char() -> dict[str, int]:
+    """GPT-2's byte-level alphabet inverted: the printable character that stands for each byte in the vocabulary."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:  # the other bytes are moved to 256, 257, ... so every byte has a visible character
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+BYTE_OF_CHAR = _byte_of_char()
+
+
 class Tokenizer:
     """`encode(str) -> list[int]`, `decode(list[int]) -> str`, plus `tokens` for display."""
 
@@ -90,6 +106,27 @@ class Tokenizer:
     def tokens(self, ids: Iterable[int]) -> list[str]:
         """Each id's own text, for display (a byte that is half of a character shows as '\ufffd')."""
         return [self.decode([i]) for i in ids]
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for (special tokens: their name in UTF-8)."""
+        piece = self.backend.id_to_token(int(token_id))
+        if piece is None:
+            raise ValueError(f"token id must lie in [0, vocab_size={self.vocab_size}), got {token_id}")
+        if piece in SPECIAL_TOKENS:
+            return piece.encode()
+        return bytes(BYTE_OF_CHAR[ch] for ch in piece)
+
+    def piece(self, token_id: int) -> str:
+        """One token for display: its text, or its bytes in hex (`‹e7 9a›`) when it holds part of a character.
+
+        A byte-level token can end in the middle of a multi-byte UTF-8 character (a Chinese character
+        is 3 bytes, an emoji 4); decoding it alone would give U+FFFD, so its bytes are shown instead.
+        """
+        raw = self.token_bytes(token_id)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "‹" + raw.hex(" ") + "›"
 
     def __repr__(self) -> str:
         return f"Tokenizer(byte-level BPE, vocab_size={self.vocab_size})"

@@ -7,7 +7,7 @@ into `--out`, all at once at the end (an existing non-empty `--out` is refused u
 `--overwrite`). Every `--checkpoint-every` steps the training state goes to `<out>/checkpoint/`;
 `--resume` continues from it to the same final weights as an uninterrupted run. A non-finite
 loss or gradient stops the run (exit code 1) and saves nothing as a result.
-Seeded: the same command, interpreter, torch version and thread count give the same weights.
+Seeded: the same command, torch version, thread count and CPU family give the same weights.
 The defaults are the shipped checkpoint's settings. CUDA when present (`--device auto`), else
 the CPU. Notebook 07 calls `train_steps` directly for its live runs; the shipped checkpoint
 came from `main` (its command is in `moe_edu/checkpoints/tiny/README.md`).
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .data.corpus import Document, build_corpus, by_domain, split_corpus
+from .data.corpus import Document, build_corpus, by_domain, corpus_sha256, split_corpus
 from .model import MixtralForCausalLM
 from .presets import PRESETS
 from .run_dir import STATE_DIR, load_training_state, save_run, save_training_state
@@ -173,7 +173,8 @@ def train(
             raise ValueError(f"--resume: the saved run in {state_dir} has other settings ({', '.join(diff)})")
     device = pick_device(tc.device)
     torch.manual_seed(tc.seed)
-    train_docs, held_docs = split_corpus(build_corpus(seed=tc.seed))
+    docs = build_corpus(seed=tc.seed)
+    train_docs, held_docs = split_corpus(docs)
     tokenizer = train_tokenizer(train_docs, tc.vocab_size)
     train_data = TokenStreams(train_docs, tokenizer, tc.domain_weights)
     held_data = TokenStreams(held_docs, tokenizer, tc.domain_weights)
@@ -224,6 +225,7 @@ def train(
         "train_config": dataclasses.asdict(tc),
         "model_config": config.to_dict(),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "corpus_sha256": corpus_sha256(docs),
         "train_tokens": {d: len(s) for d, s in train_data.streams.items()},
         "wall_seconds": round(earlier_seconds + time.perf_counter() - start, 1),
         "device": str(device),

@@ -29,6 +29,7 @@ DEFAULT_WEIGHTS = {
     "german": 0.05,
     "spanish": 0.05,
     "italian": 0.05,
+    "zh-TW": 0.05,
 }
 
 

@@ -71,11 +71,23 @@ def test_math_answers_are_right():
 
 
 def test_language_pages_are_in_their_language():
-    markers = {"french": " les ", "german": " und ", "spanish": " los ", "italian": " il "}
+    markers = {"french": " les ", "german": " und ", "spanish": " los ", "italian": " il ", "zh-TW": "的"}
     for lang in LANGUAGES:
         docs = language_documents(lang)
         assert len(docs) >= 10
         assert sum(markers[lang] in d.text for d in docs) >= len(docs) // 2, lang
+
+
+def test_zh_tw_page_is_traditional_chinese_and_at_least_as_long_as_every_other_page():
+    zh = language_documents("zh-TW")
+    chars = {lang: sum(len(d.text) for d in language_documents(lang)) for lang in LANGUAGES}
+    assert chars["zh-TW"] >= max(chars.values()), chars  # in characters (and so in UTF-8 bytes: 3 per character)
+    text = "".join(d.text for d in zh)
+    assert sum("\u4e00" <= ch <= "\u9fff" for ch in text) > 0.8 * len(text)
+    simplified = set("这们说时东车书门网数据后来对为发")  # common simplified forms whose traditional form differs
+    assert not simplified & set(text), sorted(simplified & set(text))
+    taiwan = ("網路", "資料", "軟體", "捷運", "機車", "便當")  # Taiwan usage, not 网络 / 数据 / 软件 / 地铁 / 摩托车 / 盒饭
+    assert all(word in text for word in taiwan)
 
 
 def test_bad_input_raises():
@@ -90,19 +102,19 @@ def test_bad_input_raises():
 
 
 # The shipped checkpoint was trained on exactly these documents: if this hash changes, `make train`
-# no longer reproduces it (retrain and update both together).
-CORPUS_SHA256 = "01bfc7bbf7deab39684226439c93db6362ee65646c9cff0f9d393d25af31d887"
+# no longer reproduces it (retrain and update both together: its train_log.json records the hash).
+CORPUS_SHA256 = "0ca5d490c66b403e318b60adb98af2e860f638c0e8b73d803f5f3da158875a1f"
 CORPUS_FILE = Path(corpus_module.__file__)
+TRAIN_LOG = CORPUS_FILE.parent.parent / "checkpoints" / "tiny" / "train_log.json"
 HASH_CORPUS = f"""
-import hashlib, importlib.util, json, sys
+import importlib.util, json, sys
 spec = importlib.util.spec_from_file_location("corpus_alone", {str(CORPUS_FILE)!r})
 mod = importlib.util.module_from_spec(spec); sys.modules["corpus_alone"] = mod
 opened = []
 sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" else None)
 spec.loader.exec_module(mod)
 docs = mod.build_corpus()
-rows = json.dumps([[d.domain, d.text, d.source] for d in docs])
-print(hashlib.sha256(rows.encode()).hexdigest())
+print(mod.corpus_sha256(docs))
 print(json.dumps(opened))
 """
 
@@ -117,7 +129,8 @@ def corpus_hash_under(python: str) -> tuple[str, list[str]]:
 
 def test_corpus_is_the_one_the_checkpoint_was_trained_on():
     digest, opened = corpus_hash_under(sys.executable)
-    assert digest == CORPUS_SHA256
+    assert digest == CORPUS_SHA256 == corpus_module.corpus_sha256(build_corpus())
+    assert json.loads(TRAIN_LOG.read_text())["corpus_sha256"] == CORPUS_SHA256, "retrain: make train"
     data_dir = CORPUS_FILE.parent
     read = [p for p in opened if p.endswith((".py", ".txt", ".jsonl")) and Path(p).parent != data_dir]
     assert not read, f"build_corpus read files outside the package's data folder: {read[:5]}"

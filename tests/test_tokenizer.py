@@ -71,3 +71,22 @@ def test_errors(small, tmp_path):
         Tokenizer.from_file(tmp_path)
     small.save(tmp_path / "tokenizer.json")
     assert Tokenizer.from_file(tmp_path).encode("fox") == small.encode("fox")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_token_bytes_join_to_the_utf8_text(shipped, text):
+    ids = shipped.encode(text)
+    assert b"".join(shipped.token_bytes(i) for i in ids) == text.encode("utf-8")
+    assert "\ufffd" not in "".join(shipped.piece(i) for i in ids) or "\ufffd" in text
+
+
+def test_shipped_tokenizer_has_traditional_chinese_pieces(shipped):
+    text = "清晨的捷運很擠，大家都在滑手機看網路新聞。"
+    ids = shipped.encode(text)
+    whole = [shipped.piece(i) for i in ids if not shipped.piece(i).startswith("‹")]
+    assert len(ids) < 2 * len(text)  # byte by byte would be 3 tokens per character
+    assert {"運", "大家", "，", "路", "。"} <= set(whole), whole
+    assert shipped.piece(ids[0]) == "‹e6›"  # 清 = e6 b8 85, split here: shown as bytes, never as U+FFFD
+    with pytest.raises(ValueError, match="vocab_size"):
+        shipped.token_bytes(10**6)

@@ -9,8 +9,9 @@ files shipped in this folder only:
   comments go too);
 - ``english`` the docstrings of those same modules (English prose about code);
 - ``math``    synthetic arithmetic questions and answers, like DM Mathematics;
-- ``french`` / ``german`` / ``spanish`` / ``italian``  short pages written for this
-  project (`moe_edu/data/*.txt`), one document per paragraph.
+- ``french`` / ``german`` / ``spanish`` / ``italian`` / ``zh-TW``  short pages written for
+  this project (`moe_edu/data/*.txt`), one document per paragraph; ``zh-TW`` is Traditional
+  Chinese in Taiwan usage (the seed article's readers), so Chinese text gets real BPE tokens.
 
 The first two were extracted once by `tools/freeze_stdlib_corpus.py` and are shipped as
 ``stdlib_cpython_3.11.7.jsonl``: reading the *running* interpreter's library made the corpus
@@ -25,6 +26,7 @@ is generated.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -33,8 +35,8 @@ from pathlib import Path
 
 DATA_DIR = Path(__file__).resolve().parent
 STDLIB_EXTRACT = DATA_DIR / "stdlib_cpython_3.11.7.jsonl"
-DOMAINS = ("python", "english", "math", "french", "german", "spanish", "italian")
-LANGUAGES = ("french", "german", "spanish", "italian")
+DOMAINS = ("python", "english", "math", "french", "german", "spanish", "italian", "zh-TW")
+LANGUAGES = ("french", "german", "spanish", "italian", "zh-TW")
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,12 @@ def build_corpus(seed: int = 0, math_docs: int = 600) -> list[Document]:
     for lang in LANGUAGES:
         docs += language_documents(lang)
     return docs
+
+
+def corpus_sha256(docs: list[Document]) -> str:
+    """A fingerprint of `docs` (domain, text and source of each, in order); `train_log.json` records it."""
+    rows = json.dumps([[d.domain, d.text, d.source] for d in docs])
+    return hashlib.sha256(rows.encode()).hexdigest()
 
 
 def split_corpus(docs: list[Document], every: int = 6) -> tuple[list[Document], list[Document]]:
