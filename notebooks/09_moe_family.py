@@ -338,8 +338,9 @@ print(
 # %% [markdown]
 # ### On the trained model's hidden states
 #
-# The same table on real hidden states (when the checkpoint exists): the input of MoE layer 1 for six short
-# documents (English and code, the four languages of the paper's multilingual claims, arithmetic), with that
+# The same table on real hidden states (when the checkpoint exists): the input of MoE layer 1 for seven short
+# documents (English and code, the four languages of the paper's multilingual claims, Traditional Chinese,
+# arithmetic), with that
 # layer's trained router and experts copied into the seven Mixtral-shaped variants. The routers of the other variants were
 # not trained under their own rules, so read this as *"what would each rule do with Mixtral's trained scores?"*.
 # (The DeepSeekMoE row keeps its own untrained weights: its experts have another shape.)
@@ -354,7 +355,7 @@ else:
         if name != "shared_experts":
             v.copy_from_block(trained_block)
     print(
-        f"{x_trained.shape[1]} tokens (English/code, French, German, Spanish, Italian, arithmetic) "
+        f"{x_trained.shape[1]} tokens (English/code, French, German, Spanish, Italian, zh-TW, arithmetic) "
         f"through layer {LAYER} of the trained model"
     )
     trained_table, trained_outputs = compare(trained_variants, x_trained)

@@ -337,7 +337,7 @@ print("by hand:", lru_by_hand(trace, 2), " LRUCache:", (lib.hits, list(lib.entri
 # %% [markdown]
 # ### 4.2 Hit rates on the shipped model's routing
 #
-# `python -m moe_edu.serving_results` routed 14,172 held-out tokens (98 documents of the seven domains) through
+# `python -m moe_edu.serving_results` routed 15,340 held-out tokens (102 documents of the eight domains) through
 # the shipped tiny Mixtral and stored, for each token and layer, the 2 experts chosen and the 2 guessed by the
 # next-router trick. We replay them through one LRU cache per layer, in the real token order, in a shuffled
 # order (same decisions, no locality), and with prefetch. The precomputed table (all cache sizes) is checked
@@ -380,9 +380,10 @@ axes[1].legend(fontsize=8)
 plt.show()
 
 # %% [markdown]
-# Three readings. Locality pays: at 2 of 8 experts cached, the real order hits 48 % of the time, the shuffled
-# order 32 % (above the 2/8 = 25 % of uniform routing only because the load is skewed: popular experts stay
-# cached in any order). Deeper layers hit more, as their routing repeats more (notebook 08). And prefetch is the
+# Three readings. Locality pays: at 2 of 8 experts cached, the real order hits 44 % of the time, the shuffled
+# order 28 % (above the 2/8 = 25 % of uniform routing only because the load is skewed: popular experts stay
+# cached in any order). Hit rates follow repetition: the last layer, whose routing repeats most (notebook 08), hits
+# 50 % with 2 slots and layer 2, which repeats least, 39 %. And prefetch is the
 # bigger win here: guessing the next layer's experts from the current hidden state is right most of the time —
 
 # %%
@@ -393,8 +394,8 @@ print(
 )
 
 # %% [markdown]
-# — so with 2 slots the demanded expert is already there 76 % of the time, at the cost of some loads of
-# wrong guesses (5.15 instead of 4.16 loads per token). Layer 0 has no previous layer to guess from.
+# — so with 2 slots the demanded expert is already there 78 % of the time, at the cost of some loads of
+# wrong guesses (5.16 instead of 4.48 loads per token). Layer 0 has no previous layer to guess from.
 #
 # ### 4.3 What it means for Mixtral 8x7B: a cost model
 #
@@ -411,8 +412,8 @@ print("bits  hit rate          | tokens/s at PCIe 16 / 32 / 64 GB/s")
 for bits in (16, 4):
     for label, h in (
         ("0 % (no cache)", 0.0),
-        ("48 % (LRU, 2)", row(2, "ordered")["hit_rate"]),
-        ("78 % (LRU, 4)", row(4, "ordered")["hit_rate"]),
+        (f"{row(2, 'ordered')['hit_rate']:.0%} (LRU, 2)", row(2, "ordered")["hit_rate"]),
+        (f"{row(4, 'ordered')['hit_rate']:.0%} (LRU, 4)", row(4, "ordered")["hit_rate"]),
         ("100 % (all fit)", 1.0),
     ):
         loads = 32 * 2 * (1 - h)
@@ -504,7 +505,7 @@ for name, bits_per_weight in (("bf16", 16), ("int8 per channel", 8 + 16 * 2 / 40
 # weight on average; per group 16 bits per 128 weights.) At 4 bits the whole model is about 26 GB.
 #
 # **What it costs in quality.** `python -m moe_edu.serving_results` quantised the shipped model's experts (router
-# kept in fp32, or quantised too) and compared, on 14,172 held-out tokens, the held-out loss and the share of
+# kept in fp32, or quantised too) and compared, on the same 15,340 held-out tokens, the held-out loss and the share of
 # tokens whose top-2 expert *set* changed at each layer:
 
 # %%
@@ -536,13 +537,13 @@ plt.show()
 # Reading the table:
 #
 # * **int8 per channel** stores the experts in 26 % of their fp32 bytes (a quarter, plus one fp32 scale per row)
-#   and changes almost nothing: 0.3 % of top-2 sets, a loss change of 0.0001 nats.
-# * **int4 group-wise** stores them in 16–19 % and flips 3–4.5 % of the top-2 sets — but only *after* layer 0:
+#   and changes almost nothing: at most 0.2 % of top-2 sets, a loss change under 0.0001 nats.
+# * **int4 group-wise** stores them in 16–19 % and flips 2.3–3.4 % of the top-2 sets — but only *after* layer 0:
 #   layer 0's router reads the embeddings and attention, which are not quantised, so its choices cannot change;
 #   later routers read hidden states that the quantised experts of earlier layers moved.
-# * **Quantising the router too** roughly doubles the flips, and layer 0 flips as well (5–6 %). The router is
+# * **Quantising the router too** multiplies the flips by 2–3, and layer 0 flips as well (5–7 %). The router is
 #   4 × 8 × 64 = 2,048 weights here (32,768 per layer in 8x7B): keeping it in full precision is free.
-# * The held-out loss moves by less than 0.002 nats (on 3.02) in every row, up or down: a flipped choice is
+# * The held-out loss moves by less than 0.002 nats (on 3.14) in every row, up or down: a flipped choice is
 #   almost always between two experts the router rated nearly equal, so the block's output barely changes. Such
 #   differences are noise at this size, not a gain from quantising.
 
@@ -608,7 +609,7 @@ plt.show()
 #
 # About 2/8 = 25 % if each needed expert were an independent draw. The shuffled trace still has skewed load
 # (some experts are chosen far more often), and popular experts stay cached, so even without order the cache
-# hits more than 25 %; the real order adds locality on top (48 % vs 32 %).
+# hits more than 25 %; the real order adds locality on top (44 % vs 28 %).
 #
 # </details>
 #
