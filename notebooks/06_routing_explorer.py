@@ -120,8 +120,10 @@ HTML(render_routing_html(typed, layer=0, id_prefix="nb06-typed"))
 # ## 4. The explorer
 #
 # Now the live version (run the cell: a saved notebook shows only a static picture of it). Type in the text box (the
-# views follow a quarter of a second after you stop typing), pick a preset (code, prose, arithmetic, French, and a
-# Chinese / emoji / Hebrew line), choose a layer, move k. The tabs show:
+# views follow a quarter of a second after you stop typing), pick a preset (code, prose, arithmetic, French, Traditional
+# Chinese, and a mixed Chinese / emoji / Hebrew line), choose a layer, move k. The shipped model was trained on a few
+# pages of Taiwan-usage Chinese too: try the zh-TW preset at the last layer, where one expert takes almost all of it
+# (notebook 08 measures that). The tabs show:
 #
 # - **tokens** — the text in expert colours (k bands per token; hover for the card) and the legend;
 # - **flow** — tokens on the left, experts on the right, one line per chosen pair, as thick as its weight;
