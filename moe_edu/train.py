@@ -27,10 +27,11 @@ from pathlib import Path
 
 import torch
 
-from .data.corpus import Document, build_corpus, by_domain, corpus_sha256, split_corpus
+from .data.corpus import build_corpus, corpus_sha256, split_corpus
 from .model import MixtralForCausalLM
 from .presets import PRESETS
 from .run_dir import STATE_DIR, load_training_state, save_run, save_training_state
+from .token_streams import TokenStreams, train_tokenizer
 from .tokenizer import Tokenizer
 from .train_config import DEFAULT_WEIGHTS, TrainConfig
 from .training_loop import NonFiniteError, eval_loss, lr_at, make_optimizer, train_steps
@@ -57,53 +58,6 @@ __all__ = [
     "train_steps",
     "train_tokenizer",
 ]
-
-
-# ------------------------------------------------------------------------- data
-def train_tokenizer(docs: list[Document], vocab_size: int, chars_per_domain: int = 60_000) -> Tokenizer:
-    """BPE on a domain-balanced sample: up to `chars_per_domain` per domain, small domains repeated."""
-    texts: list[str] = []
-    for domain_docs in by_domain(docs).values():
-        n = 0
-        for doc in domain_docs:
-            if n >= chars_per_domain:
-                break
-            texts.append(doc.text)
-            n += len(doc.text)
-        while n < chars_per_domain // 2:  # repeat the small language pages so they get merges too
-            for doc in domain_docs:
-                texts.append(doc.text)
-                n += len(doc.text)
-    return Tokenizer.train(texts, vocab_size)
-
-
-class TokenStreams:
-    """Per-domain token streams (documents joined by `</s>`) and seeded random windows over them."""
-
-    def __init__(self, docs: list[Document], tokenizer: Tokenizer, weights: dict[str, float]) -> None:
-        groups = by_domain(docs)
-        self.domains = [d for d in groups if weights.get(d, 0) > 0]
-        if not self.domains:
-            raise ValueError("no domain with a positive weight has documents")
-        self.streams = {}
-        for d in self.domains:
-            ids: list[int] = []
-            for doc in groups[d]:
-                ids += tokenizer.encode(doc.text) + [tokenizer.eos_id]
-            self.streams[d] = torch.tensor(ids, dtype=torch.long)
-        self.weights = torch.tensor([float(weights[d]) for d in self.domains])
-
-    def sample(self, batch_size: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
-        """(batch_size, seq_len) windows; each row's domain drawn with the domain weights."""
-        picks = torch.multinomial(self.weights, batch_size, replacement=True, generator=generator)  # (B,)
-        rows = []
-        for p in picks.tolist():
-            stream = self.streams[self.domains[p]]
-            if len(stream) <= seq_len:
-                stream = stream.repeat(seq_len // len(stream) + 2)
-            start = int(torch.randint(len(stream) - seq_len, (1,), generator=generator))
-            rows.append(stream[start : start + seq_len])
-        return torch.stack(rows)  # (B, T)
 
 
 # ---------------------------------------------------------------------- training
