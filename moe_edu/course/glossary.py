@@ -212,6 +212,13 @@ GLOSSARY: tuple[Term, ...] = (
         "The share of the T x k routed slots each expert receives; 1/E each when balanced.",
     ),
     Term(
+        "位元組層級 BPE",
+        "byte-level BPE tokenizer",
+        "moe_edu.tokenizer.Tokenizer.piece",
+        "06, 08",
+        "Tokens merged from UTF-8 bytes: any text round-trips, but a rare character may span several byte tokens.",
+    ),
+    Term(
         "容量因子",
         "capacity factor",
         "moe_edu.capacity.capacity_dispatch",
