@@ -140,9 +140,9 @@ def draw_mixtral_block(
             y,
             ew,
             eh,
-            f"expert {e}" + ("  (SwiGLU)" if on else ""),
+            (f"expert {e}" if E <= 16 else f"e{e}") + ("  (SwiGLU)" if on else ""),
             CHOSEN if on else IDLE,
-            fontsize=8 if E <= 16 else 6,
+            fontsize=8,  # the course's smallest text (moe_edu.course.plots.MIN_FONT)
             alpha=1.0 if on else 0.55,
             bold=on,
             edge="#333333" if on else "#aaaaaa",

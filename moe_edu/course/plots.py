@@ -4,6 +4,11 @@ Every function takes plain tensors/ints, draws on `ax` (or a new figure of a fix
 size, so nbval's `<Figure size ...>` text stays stable) and returns the figure.
 matplotlib and seaborn are imported inside the functions: `import moe_edu` stays light.
 The Mixtral block diagram lives in `moe_edu.course.diagram`.
+
+One style for every course figure (tests/test_figure_style.py checks it): experts coloured from
+`EXPERT_PALETTE`, no text under `MIN_FONT` pt, legends outside the data (`legend_outside`,
+`shared_legend`), headroom above bars (`headroom`), load heatmaps centred on the even share
+(`even_share_norm`). Figures are at most 10 in wide, so a notebook page shows them unscaled.
 """
 
 from __future__ import annotations
@@ -33,6 +38,76 @@ EXPERT_PALETTE = (
     "#ff9470",
     "#8ee0b0",
 )
+
+
+MIN_FONT = 8  # pt: the smallest text in any course figure
+FONT = 9  # pt: legends, annotations and bar labels
+DIVERGING = "RdBu_r"  # load heatmaps: blue = below the even share, white = even, red = above
+
+
+def expert_colors(num_experts: int) -> list[str]:
+    """Expert e's colour for a layer of `num_experts` experts: the palette (the explorer's rule);
+    beyond 12 experts, evenly spaced light hues (as `moe_edu.course.widgets.expert_colour`)."""
+    import colorsys
+
+    if num_experts <= len(EXPERT_PALETTE):
+        return list(EXPERT_PALETTE[:num_experts])
+    rgb = [colorsys.hls_to_rgb(e / num_experts, 0.72, 0.65) for e in range(num_experts)]
+    return [f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}" for r, g, b in rgb]
+
+
+def headroom(ax, top: float, frac: float = 0.15) -> None:
+    """y-limits from 0 to `top` plus `frac` of it, so bars and their labels never touch the frame.
+    Axes sharing y (`sharey=True`) keep room for the tallest bar of any of them."""
+    from matplotlib.patches import Rectangle
+
+    for sibling in ax.get_shared_y_axes().get_siblings(ax):
+        bars = [p.get_y() + p.get_height() for p in sibling.patches if isinstance(p, Rectangle)]
+        top = max([top, *bars])
+    ax.set_ylim(0, top * (1 + frac) if top > 0 else 1)
+
+
+def legend_outside(ax, **kwargs):
+    """The axes' legend to the right of the axes, off the data (tight_layout makes room for it)."""
+    kwargs = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": FONT, "frameon": False, **kwargs}
+    return ax.legend(**kwargs)
+
+
+def shared_legend(fig, ax=None, ncol: int | None = None, height_in: float = 0.3, labels: Sequence[str] | None = None):
+    """One legend for all panels, centred below them: per-axes legends are removed, the panels laid
+    out above a strip reserved for the legend. Entries come from `ax`'s legend or labelled artists
+    (default: the first axes that has any); `labels` renames them (e.g. without a panel's numbers)."""
+
+    def entries(a):
+        if a.get_legend() is not None:
+            return a.get_legend().legend_handles, [t.get_text() for t in a.get_legend().get_texts()]
+        return a.get_legend_handles_labels()
+
+    handles, found = next((entries(a) for a in ([ax] if ax else fig.axes) if entries(a)[0]), ([], []))
+    if not handles:
+        raise ValueError("shared_legend: no axes of the figure has labelled artists")
+    if labels is not None:
+        if len(labels) != len(handles):
+            raise ValueError(f"shared_legend: {len(labels)} labels for {len(handles)} legend entries")
+        found = list(labels)
+    for a in fig.axes:
+        if a.get_legend() is not None:
+            a.get_legend().remove()
+    ncol = ncol or len(handles)
+    rows = -(-len(handles) // ncol)
+    strip = (0.15 + height_in * rows) / fig.get_figheight()
+    fig.tight_layout(rect=(0, strip, 1, 1))
+    return fig.legend(handles, found, loc="lower center", ncol=ncol, fontsize=FONT, frameon=False)
+
+
+def even_share_norm(num_experts: int, vmax: float | None = None, share: float | None = None):
+    """A colour norm centred on the even share (`share`, default 1/E): white there, blue below, red above.
+    `vmax` defaults to 4 times the even share (at most 1)."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    even = 1.0 / num_experts if share is None else share
+    top = min(1.0, 4 * even) if vmax is None else vmax
+    return TwoSlopeNorm(vcenter=even, vmin=0.0, vmax=max(top, even * 1.01))
 
 
 def _axes(ax, figsize):
@@ -80,7 +155,7 @@ def router_heatmap(
         vmax=vmax,
         annot=annot and T * E <= 400,
         fmt=".2f",
-        annot_kws={"fontsize": 7},
+        annot_kws={"fontsize": MIN_FONT},
         cbar_kws={"label": "probability"},
         linewidths=0.5,
         linecolor="white",
@@ -104,9 +179,13 @@ def expert_load_bars(
     capacity: int | None = None,
     title: str = "tokens per expert",
     expected: float | None = None,
+    legend: bool = True,
 ):
-    """Bar chart of assignments per expert; a dashed line for the uniform share and, if given,
-    a red line at the capacity C with the overflow (dropped) part of each bar hatched."""
+    """Bar chart of assignments per expert, each bar in its expert's colour; a dashed line for the
+    uniform share and, if given, a red line at the capacity C with the overflow (dropped) part of each
+    bar hatched. The legend sits outside the axes (`legend=False`: none, e.g. for `shared_legend`)."""
+    from matplotlib.patches import Patch
+
     counts = torch.as_tensor(counts).detach().cpu()
     if counts.dim() != 1:
         raise ValueError(f"counts must be 1-D (one entry per expert), got shape {tuple(counts.shape)}")
@@ -114,7 +193,8 @@ def expert_load_bars(
     fig, ax = _axes(ax, (6.4, 3.2))
     values = counts.tolist()
     kept = [min(v, capacity) if capacity is not None else v for v in values]
-    ax.bar(range(E), kept, color=CHOSEN, edgecolor="#333333", label="processed")
+    ax.bar(range(E), kept, color=expert_colors(E), edgecolor="#333333")
+    handles = [Patch(facecolor="#ffffff", edgecolor="#333333", label="processed (colour = expert)")]
     if capacity is not None:
         over = [v - c for v, c in zip(values, kept, strict=False)]
         ax.bar(
@@ -124,17 +204,20 @@ def expert_load_bars(
             color=IDLE,
             edgecolor="#c0392b",
             hatch="//",
-            label="dropped",
             linewidth=[1.0 if o else 0.0 for o in over],
         )
-        ax.axhline(capacity, color="#c0392b", lw=1.2, label=f"capacity C = {capacity}")
+        handles.append(Patch(facecolor=IDLE, edgecolor="#c0392b", hatch="//", label="dropped"))
+        handles.append(ax.axhline(capacity, color="#c0392b", lw=1.2, label=f"capacity C = {capacity}"))
     share = expected if expected is not None else sum(values) / E
-    ax.axhline(share, color="#333333", ls="--", lw=1, label=f"uniform = {share:.1f}")
-    ax.set_xticks(range(E), [f"e{e}" for e in range(E)])
+    handles.append(ax.axhline(share, color="#333333", ls="--", lw=1, label=f"uniform = {share:.1f}"))
+    step = 1 if E <= 12 else 2  # 16 labels of 8 pt do not fit a small panel
+    ax.set_xticks(range(0, E, step), [f"e{e}" if E <= 8 else str(e) for e in range(0, E, step)])
+    headroom(ax, max(values + [share, capacity or 0]))
     ax.set_xlabel("expert")
     ax.set_ylabel("assignments")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper right", frameon=False)
+    if legend:
+        legend_outside(ax, handles=handles)
     return fig
 
 
@@ -155,7 +238,7 @@ def parameter_breakdown(count: ParameterCount, ax=None, title: str = "where the 
             width = (total if row == 0 else active) / 1e9
             ax.barh(row, width, left=left, color=color, edgecolor="white", label=name if row == 0 else None)
             left += width
-        ax.text(left + 0.4, row, f"{left:.1f}B", va="center", fontsize=9)
+        ax.text(left + 0.4, row, f"{left:.1f}B", va="center", fontsize=FONT)
     ax.set_yticks([0, 1], ["total", "active per token"])
     ax.invert_yaxis()
     ax.set_xlabel("parameters (billions)")
@@ -189,8 +272,9 @@ def ratio_bars(
             f"{float(v):.2f}x",
             ha="center",
             va="bottom",
-            fontsize=9,
+            fontsize=FONT,
         )
+    headroom(ax, max([float(v) for v in values] + [baseline or 0.0]))
     if baseline is not None:
         ax.axhline(baseline, color="#333333", ls="--", lw=0.8)
     ax.set_ylabel(ylabel)

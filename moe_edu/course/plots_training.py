@@ -2,7 +2,8 @@
 
 Each function draws on `ax` (or a new figure of fixed size, so nbval's `<Figure size ...>`
 text stays stable) and returns the figure. Inputs are the plain lists/tensors that
-`moe_edu.train` logs and `moe_edu.analysis` computes.
+`moe_edu.train` logs and `moe_edu.analysis` computes. The course's figure style (legends
+off the data, 8 pt and up, load heatmaps centred on the even share) is `moe_edu.course.plots`'.
 """
 
 from __future__ import annotations
@@ -10,6 +11,40 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+
+from moe_edu.course.plots import DIVERGING, FONT, even_share_norm, headroom, legend_outside
+
+# One colour per corpus domain (Okabe-Ito, colour-blind safe; darker than the expert palette, whose
+# light colours mean experts). Other names get tab10 colours in order of appearance.
+DOMAIN_COLORS = {
+    "python": "#0072b2",
+    "english": "#e69f00",
+    "math": "#009e73",
+    "french": "#d55e00",
+    "german": "#cc79a7",
+    "spanish": "#56b4e9",
+    "italian": "#f0e442",
+    "zh-TW": "#4d4d4d",
+}
+
+
+def domain_colors(names: Sequence[str]) -> list[str]:
+    """A colour per domain name: `DOMAIN_COLORS` for the corpus's domains, tab10 for the rest."""
+    import matplotlib
+
+    tab10 = [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["tab10"].colors]
+    others = iter(c for c in tab10 if c not in DOMAIN_COLORS.values())
+    return [DOMAIN_COLORS[n] if n in DOMAIN_COLORS else next(others) for n in names]
+
+
+def _grouped_bars(ax, groups: Sequence[str], series: Mapping[str, Sequence[float]], colors: Sequence[str]) -> float:
+    """Bars of each series side by side within each group; returns the tallest value."""
+    n = len(series)
+    width = 0.8 / n
+    for i, ((label, values), color) in enumerate(zip(series.items(), colors, strict=True)):
+        xs = [g - 0.4 + width * (i + 0.5) for g in range(len(groups))]
+        ax.bar(xs, list(values), width, color=color, edgecolor="#333333", linewidth=0.4, label=label)
+    return max(max(v) for v in series.values())
 
 
 def _axes(ax, figsize):
@@ -33,73 +68,90 @@ def loss_curves(steps: Sequence[Mapping], ax=None, keys: Sequence[str] = ("ce", 
         sns.lineplot(x=list(x), y=list(y), ax=ax, label=key, marker="o" if len(pts) < 20 else None)
     ax.set_xlabel("step")
     ax.set_title(title)
+    legend_outside(ax)
     return fig
 
 
 def load_history(steps: Sequence[Mapping], layer: int, ax=None, title: str | None = None, every: int = 1):
-    """Heatmap of one layer's expert load (share of assignments) over training: experts x steps."""
-    import seaborn as sns
-
+    """Heatmap of one layer's expert load (share of assignments) over training: experts x steps,
+    white at the even share 1/E, blue below it, red above."""
     rows = [e for e in steps if "load" in e][::every]
     if not rows or not 0 <= layer < len(rows[0]["load"]):
         raise ValueError(f"layer must be in [0, {len(rows[0]['load']) if rows else 0}), got {layer}")
     load = torch.tensor([e["load"][layer] for e in rows]).T  # (E, S)
+    E = load.shape[0]
     fig, ax = _axes(ax, (6.4, 2.6))
-    sns.heatmap(
-        load.numpy(),
-        ax=ax,
-        cmap="rocket_r",
-        vmin=0,
-        vmax=max(0.5, float(load.max())),
-        cbar_kws={"label": "share"},
-        xticklabels=False,
-    )
+    norm = even_share_norm(E, vmax=max(0.5, float(load.max())))
+    mesh = ax.pcolormesh(load.numpy(), cmap=DIVERGING, norm=norm)
+    bar = fig.colorbar(mesh, ax=ax, pad=0.02)
+    bar.set_label(f"share (white = 1/E = {1 / E:.3f})", fontsize=FONT)
+    ax.set_ylim(E, 0)  # expert 0 on top
+    ax.set_yticks([e + 0.5 for e in range(E)], [str(e) for e in range(E)])
+    ax.set_xticks([])
     ax.set_ylabel("expert")
     ax.set_xlabel(f"step (0 to {rows[-1]['step']})")
     ax.set_title(f"layer {layer}: expert load during training" if title is None else title)
     return fig
 
 
-def domain_load_bars(loads: Mapping[str, torch.Tensor], layer: int, ax=None, title: str | None = None):
-    """The paper's Fig. 7: share of assignments per expert, one bar colour per domain, at one layer."""
-    import seaborn as sns
-
-    domains, experts, shares = [], [], []
-    for domain, load in loads.items():  # load: (L, E)
-        for e, v in enumerate(load[layer].tolist()):
-            domains.append(domain)
-            experts.append(e)
-            shares.append(v)
-    fig, ax = _axes(ax, (6.4, 3.0))
-    sns.barplot(x=experts, y=shares, hue=domains, ax=ax, palette="tab10")
-    ax.axhline(1 / len(next(iter(loads.values()))[layer]), color="k", ls="--", lw=0.8)
+def domain_load_bars(
+    loads: Mapping[str, torch.Tensor], layer: int, ax=None, title: str | None = None, legend: bool = True
+):
+    """The paper's Fig. 7: share of assignments per expert, one bar colour per domain, at one layer;
+    a dashed line at the even share 1/E, the legend outside the axes."""
+    domains = list(loads)
+    shares = {d: loads[d][layer].tolist() for d in domains}  # load: (L, E)
+    E = len(shares[domains[0]])
+    fig, ax = _axes(ax, (7.2, 3.0))
+    top = _grouped_bars(ax, [str(e) for e in range(E)], shares, domain_colors(domains))
+    ax.axhline(1 / E, color="k", ls="--", lw=0.8, label=f"even share 1/E = {1 / E:.3f}")
+    headroom(ax, max(top, 1 / E))
+    ax.set_xticks(range(E), [str(e) for e in range(E)])
+    ax.set_xlim(-0.5, E - 0.5)
     ax.set_xlabel("expert")
     ax.set_ylabel("share of assignments")
     ax.set_title(f"layer {layer}" if title is None else title)
+    if legend:
+        legend_outside(ax, title="domain", title_fontsize=FONT)
+    return fig
+
+
+def domain_load_panels(loads: Mapping[str, torch.Tensor], layers: Mapping[str, int], width: float = 8.6):
+    """`domain_load_bars` for several layers ({label: layer}), stacked, one legend beside the top panel."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(layers), 1, figsize=(width, 2.6 * len(layers)), sharex=True, squeeze=False)
+    for i, (ax, (label, layer)) in enumerate(zip(axes[:, 0], layers.items(), strict=True)):
+        domain_load_bars(loads, layer, ax=ax, title=f"{label} layer ({layer})", legend=i == 0)
+        if i < len(layers) - 1:
+            ax.set_xlabel("")
+    fig.tight_layout()
     return fig
 
 
 def repetition_bars(
-    rates: Mapping[str, Sequence[float]],
+    rates: Mapping[str, Mapping[str, float]],
     baseline: float,
     ax=None,
     title: str = "",
     ylabel: str = "consecutive tokens, same expert",
 ):
-    """Grouped bars: for each domain, one bar per layer; a dashed line at the random baseline."""
+    """Grouped bars: for each domain, one bar per layer; a dashed line at the random baseline.
+    Long domain names wrap onto two lines; the legend sits outside the axes."""
+    import textwrap
+
     import seaborn as sns
 
-    domains, layers, values = [], [], []
-    for domain, per_layer in rates.items():  # per_layer: {label: rate}
-        for label, v in per_layer.items():
-            domains.append(domain)
-            layers.append(label)
-            values.append(100 * v)
-    fig, ax = _axes(ax, (6.4, 3.0))
-    sns.barplot(x=domains, y=values, hue=layers, ax=ax, palette="crest")
+    domains = list(rates)
+    labels = list(dict.fromkeys(label for per_layer in rates.values() for label in per_layer))
+    series = {label: [100 * rates[d].get(label, 0.0) for d in domains] for label in labels}  # {layer: rate}
+    fig, ax = _axes(ax, (8.0, 3.0))
+    top = _grouped_bars(ax, domains, series, sns.color_palette("crest", len(labels)).as_hex())
     ax.axhline(100 * baseline, color="k", ls="--", lw=0.8, label="random")
+    headroom(ax, max(top, 100 * baseline))
+    ax.set_xticks(range(len(domains)), [textwrap.fill(d, 10) for d in domains])
+    ax.set_xlim(-0.5, len(domains) - 0.5)
     ax.set_ylabel(ylabel + " (%)")
     ax.set_title(title)
-    ax.tick_params(axis="x", labelrotation=30)
-    ax.legend(fontsize=7)
+    legend_outside(ax)
     return fig

@@ -1,0 +1,185 @@
+"""One figure style for the course: every library figure, built on small synthetic data, keeps text at
+8 pt or more, its legends off the data, headroom above bars, experts in the palette's colours and
+load heatmaps centred on the even share."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.colors import TwoSlopeNorm, to_hex  # noqa: E402
+from matplotlib.legend import Legend  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
+
+from moe_edu import PRESETS, count_parameters  # noqa: E402
+from moe_edu.course import widgets  # noqa: E402
+from moe_edu.course.diagram import draw_mixtral_block  # noqa: E402
+from moe_edu.course.plots import (  # noqa: E402
+    EXPERT_PALETTE,
+    MIN_FONT,
+    expert_colors,
+    expert_load_bars,
+    parameter_breakdown,
+    ratio_bars,
+    router_heatmap,
+    shared_legend,
+)
+from moe_edu.course.plots_training import (  # noqa: E402
+    DOMAIN_COLORS,
+    domain_load_bars,
+    domain_load_panels,
+    load_history,
+    loss_curves,
+    repetition_bars,
+)
+
+DOMAINS = ["python", "english", "math", "french", "german", "spanish", "italian", "zh-TW"]  # the corpus's 8
+PAPER = ["ArXiv", "DM Mathematics", "Github", "Gutenberg", "PhilPapers", "PubMed Abstracts", "StackExchange"]
+
+
+@pytest.fixture(autouse=True)
+def _close():
+    yield
+    plt.close("all")
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _loads(E=8, L=4):
+    g = _gen()
+    return {d: torch.softmax(3 * torch.randn(L, E, generator=g), -1) for d in DOMAINS}  # domain -> (L, E)
+
+
+def _steps(E=8, S=12):
+    g = _gen(1)
+    return [
+        {
+            "step": s,
+            "ce": 5.0 - 0.1 * s,
+            "eval_ce": 5.1 - 0.1 * s,
+            "aux": 2.0,
+            "load": torch.softmax(torch.randn(2, E, generator=g), -1).tolist(),
+        }
+        for s in range(S)
+    ]
+
+
+def _repetition_grid():
+    fig, axes = plt.subplots(2, 1, figsize=(8.6, 6.0), sharey=True)
+    ours = {d: {"first (L0)": 0.3, "middle (L2)": 0.5, "last (L3)": 0.96} for d in DOMAINS}  # tallest bar 96 %
+    repetition_bars(ours, 0.125, ax=axes[0], title="ours")
+    repetition_bars({n: {"L0": 0.14, "L15": 0.28, "L31": 0.22} for n in PAPER}, 0.125, ax=axes[1], title="paper")
+    fig.tight_layout()
+    return fig
+
+
+def _load_grid():
+    fig, axes = plt.subplots(2, 2, figsize=(9.6, 5.0))
+    for i, ax in enumerate(axes.flat):
+        E = 16 if i == 3 else 8
+        expert_load_bars(torch.randint(0, 60, (E,), generator=_gen(i)), ax=ax, capacity=40 if i == 1 else None)
+    shared_legend(fig, ax=axes.flat[1], ncol=4)
+    return fig
+
+
+FIGURES = {
+    "router_heatmap": lambda: router_heatmap(
+        torch.softmax(torch.randn(6, 8, generator=_gen()), -1), tokens=list("abcdef"), chosen=torch.tensor([[0, 1]] * 6)
+    ),
+    "expert_load_bars": lambda: expert_load_bars(torch.tensor([60, 5, 20, 9, 40, 30, 12, 33]), capacity=35),
+    "expert_load_bars_16": lambda: expert_load_bars(torch.arange(16) * 3),
+    "expert_load_grid": _load_grid,
+    "parameter_breakdown": lambda: parameter_breakdown(count_parameters(PRESETS["mixtral-8x7b"])),
+    "ratio_bars": lambda: ratio_bars(["a", "b", "c"], [1.0, 4.0, 2.5], highlight=1),
+    "diagram": lambda: draw_mixtral_block(PRESETS["mixtral-8x7b"], chosen=(2, 5)),
+    "diagram_32": lambda: draw_mixtral_block(PRESETS["tiny"].replace(num_local_experts=32), chosen=(3, 30)),
+    "loss_curves": lambda: loss_curves(_steps()),
+    "load_history": lambda: load_history(_steps(), 1),
+    "domain_load_bars": lambda: domain_load_bars(_loads(), 0),
+    "domain_load_panels": lambda: domain_load_panels(_loads(), {"first": 0, "middle": 2, "last": 3}),
+    "repetition_bars": _repetition_grid,
+}
+
+
+def _drawn(name):
+    fig = FIGURES[name]()
+    fig.canvas.draw()
+    return fig
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_no_text_under_8pt(name):
+    fig = _drawn(name)
+    small = [
+        (t.get_text(), t.get_fontsize())
+        for t in fig.findobj(Text)
+        if t.get_visible() and t.get_text().strip() and t.get_fontsize() < MIN_FONT
+    ]
+    assert not small, f"{name}: text under {MIN_FONT} pt: {small[:5]}"
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_figures_fit_a_notebook_page(name):
+    """At most 11 in wide (1,100 px at the course's 100 dpi; the block diagram's width), legends included:
+    a notebook page shows it without shrinking 8 pt text much below 8 pt."""
+    fig = _drawn(name)
+    width = fig.get_tightbbox(fig.canvas.get_renderer()).width
+    assert width <= 11.0, f"{name}: {width:.1f} in wide"
+
+
+def _data_extents(ax):
+    """Window extents of the bars and data lines of `ax` (reference lines across the axes included)."""
+    boxes = [p.get_window_extent() for p in ax.patches if isinstance(p, Rectangle) and p.get_height() > 0]
+    return boxes + [ln.get_window_extent() for ln in ax.lines if isinstance(ln, Line2D) and len(ln.get_xdata())]
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_legends_are_off_the_data(name):
+    fig = _drawn(name)
+    legends = [lg for lg in fig.findobj(Legend) if lg.get_visible()]
+    for legend in legends:
+        box = legend.get_window_extent()
+        axes = fig.axes if legend.axes is None else [legend.axes]  # a figure legend must miss every panel's data
+        for ax in axes:
+            hits = [d for d in _data_extents(ax) if box.overlaps(d)]
+            assert not hits, f"{name}: legend overlaps {len(hits)} data artists of {ax.get_title()!r}"
+
+
+@pytest.mark.parametrize("name", ["expert_load_bars", "ratio_bars", "domain_load_bars", "repetition_bars"])
+def test_headroom_above_bars(name):
+    fig = _drawn(name)
+    for ax in fig.axes:
+        tallest = max(p.get_y() + p.get_height() for p in ax.patches if isinstance(p, Rectangle))
+        assert ax.get_ylim()[1] >= 1.1 * tallest, f"{name}: bars reach {tallest}, axes end at {ax.get_ylim()[1]}"
+
+
+def test_expert_colours_come_from_the_palette():
+    assert expert_colors(8) == list(EXPERT_PALETTE[:8])
+    assert expert_colors(20) == [widgets.expert_colour(e, 20) for e in range(20)]  # the explorer's rule
+    fig = expert_load_bars(torch.tensor([3, 1, 2, 4, 5, 6, 7, 8]))
+    faces = [to_hex(p.get_facecolor()) for p in fig.axes[0].patches][:8]
+    assert faces == list(EXPERT_PALETTE[:8])
+
+
+def test_domain_colours_are_fixed_and_distinct():
+    fig = domain_load_bars(_loads(), 0)
+    faces = {to_hex(p.get_facecolor()) for p in fig.axes[0].patches}
+    assert faces == set(DOMAIN_COLORS.values()) and len(faces) == len(DOMAINS)
+    assert not faces & set(EXPERT_PALETTE), "domain colours must not be mistaken for experts"
+
+
+@pytest.mark.parametrize("E", [4, 8])
+def test_load_heatmap_is_centred_on_the_even_share(E):
+    fig = load_history(_steps(E), 0)
+    mesh = fig.axes[0].collections[0]
+    assert isinstance(mesh.norm, TwoSlopeNorm) and mesh.norm.vcenter == pytest.approx(1 / E)
+    assert mesh.norm.vmin == 0
+    white = mesh.cmap(mesh.norm(1 / E))
+    assert min(white[:3]) > 0.9, "the even share is drawn (nearly) white"
+    assert fig.axes[1].get_ylabel(), "the colour bar says what it shows"
