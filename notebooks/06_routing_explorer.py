@@ -223,11 +223,14 @@ for layer, (first, overlap) in enumerate(rates):
     print(f"layer {layer}: same first choice {100 * first:.1f} %, share one of the top-{k} {100 * overlap:.1f} %")
 print("every layer repeats first choices above 1/E:", all(first > random_first_choice_rate(E) for first, _ in rates))
 
+from moe_edu.course.plots import headroom, legend_outside
+
 fig, ax = plt.subplots(figsize=(6.4, 3.0))
 ax.bar(range(config.num_hidden_layers), [100 * first for first, _ in rates], color="#80b1d3")
-ax.axhline(100 * random_first_choice_rate(E), color="k", ls="--", lw=1, label="uniform random router (1/E)")
-ax.set(xlabel="layer", ylabel="same first expert as previous token (%)", xticks=range(config.num_hidden_layers))
-ax.legend(loc="upper right")
+ax.axhline(100 * random_first_choice_rate(E), color="k", ls="--", lw=1, label="uniform random\nrouter (1/E)")
+ax.set(xlabel="layer", ylabel="same first expert\nas previous token (%)", xticks=range(config.num_hidden_layers))
+headroom(ax, 100 * max(first for first, _ in rates))
+legend_outside(ax)
 plt.show()
 
 # %% [markdown]

@@ -222,7 +222,9 @@ plt.show()
 # %%
 import seaborn as sns
 
-fig, axes = plt.subplots(1, 3, figsize=(11.2, 3.2))
+from moe_edu.course.plots import shared_legend
+
+fig, axes = plt.subplots(1, 3, figsize=(10.0, 3.4))
 for name, run in runs.items():
     sns.lineplot(x=[e["step"] for e in run["log"]], y=[e["aux"] for e in run["log"]], ax=axes[0], label=name)
     for ax, key in zip(axes[1:], ("lse", "spread"), strict=False):
@@ -233,8 +235,7 @@ axes[1].set_title("router logsumexp (probe)")
 axes[2].set_title("router logit spread (probe)")
 for ax in axes:
     ax.set_xlabel("step")
-    ax.legend(fontsize=6)
-fig.tight_layout()
+shared_legend(fig)  # one legend below the three panels, off the data
 plt.show()
 
 # %% [markdown]
@@ -275,7 +276,7 @@ print(
 # %%
 from moe_edu.course.plots_training import loss_curves
 
-fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.2))
+fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2))  # legends beside each panel
 loss_curves(log["steps"], ax=axes[0], keys=("ce", "eval_ce"), title="cross-entropy")
 loss_curves(log["steps"], ax=axes[1], keys=("aux",), title="load-balancing loss")
 axes[1].axhline(2, color="k", ls="--", lw=0.8)

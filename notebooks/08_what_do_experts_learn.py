@@ -68,15 +68,11 @@ for name, seqs in routed.items():
 
 # %%
 from moe_edu.analysis import load_by_domain, load_imbalance
-from moe_edu.course.plots_training import domain_load_bars
+from moe_edu.course.plots_training import domain_load_panels
 
 LAYERS = {"first": 0, "middle": L // 2, "last": L - 1}
 loads = load_by_domain(routed, E)  # domain -> (L, E)
-fig, axes = plt.subplots(3, 1, figsize=(7.2, 8.4), sharex=True)
-for ax, (label, layer) in zip(axes, LAYERS.items(), strict=False):
-    domain_load_bars(loads, layer, ax=ax, title=f"{label} layer ({layer})")
-    ax.legend(fontsize=7, ncol=4)
-fig.tight_layout()
+fig = domain_load_panels(loads, LAYERS)  # one panel per layer, the domain legend beside the top one
 plt.show()
 
 # %% [markdown]
@@ -186,7 +182,7 @@ for name, row in PAPER_TABLE_5.items():
     print(f"{name:17s}" + "".join(f"{a:9.1f} {b:10.1f}" for a, b in row.values()))
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11.2, 3.4), sharey=True)  # one scale: ours vs the paper
+fig, axes = plt.subplots(2, 1, figsize=(8.6, 6.0), sharey=True)  # one scale: ours vs the paper
 ours_first = {n: {f"{lab} (L{l})": float(r[l, 0]) for lab, l in LAYERS.items()} for n, r in reps.items()}
 ours_overlap = {n: {f"{lab} (L{l})": float(r[l, 1]) for lab, l in LAYERS.items()} for n, r in reps.items()}
 paper_first = {n: {f"L{l}": v[0] / 100 for l, v in row.items()} for n, row in PAPER_TABLE_5.items()}
@@ -196,7 +192,7 @@ repetition_bars(ours_first, base_first, ax=axes[0], title="ours: first choice re
 repetition_bars(paper_first, base_first, ax=axes[1], title="Mixtral 8x7B (Table 5): first choice repeated")
 fig.tight_layout()
 plt.show()
-fig, ax = plt.subplots(figsize=(6.4, 3.0))
+fig, ax = plt.subplots(figsize=(8.6, 3.0))
 repetition_bars(
     ours_overlap, base_overlap, ax=ax, title="ours: top-2 sets overlap", ylabel="consecutive tokens, shared expert"
 )

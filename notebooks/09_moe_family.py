@@ -55,7 +55,7 @@ import math
 import matplotlib.pyplot as plt
 import torch
 
-from moe_edu.course.plots import expert_load_bars
+from moe_edu.course.plots import expert_load_bars, legend_outside, shared_legend
 from moe_edu.variants import VARIANTS, build_variants, expert_capacity, keep_within_capacity
 from moe_edu.variants.compare import Table, compare, load_stats
 
@@ -248,8 +248,13 @@ print("random batch shape:", tuple(x_random.shape), "| tokens:", x_random.shape[
 #   by capacity.
 
 # %%
-table, outputs = compare(variants, x_random)
-table
+from IPython.display import display
+
+table, outputs = compare(variants, x_random)  # 13 columns: shown as four tables that fit the page
+display(table.select("variant", "experts", "k", "capacity"))
+display(table.select("variant", "gating"))
+display(table.select("variant", "total params", "active params", "FLOPs/token"))
+table.select("variant", "aux losses", "load CV", "max/mean load", "dropped tokens %", "dropped assignments %")
 
 # %% [markdown]
 # Read it row by row against Mixtral's:
@@ -267,15 +272,14 @@ table
 # part of a bar is the overflow that was dropped.
 
 # %%
-fig, axes = plt.subplots(2, 4, figsize=(14.0, 6.0))
+fig, axes = plt.subplots(4, 2, figsize=(9.6, 10.0))
 for ax, (name, out) in zip(axes.flat, outputs.items(), strict=False):
     v = variants[name]
     demand = out.demand_counts if out.demand_counts is not None else out.load_counts
     cap = v.capacity(out.num_tokens) if name in ("switch", "gshard") else None
     expert_load_bars(demand, ax=ax, capacity=cap, title=v.label)
-    ax.legend().set_visible(False)
-    ax.tick_params(axis="x", labelsize=6)
-fig.tight_layout()
+labels = ["processed (colour = expert)", "dropped", "capacity C", "uniform share"]
+shared_legend(fig, ax=axes.flat[list(outputs).index("switch")], ncol=4, labels=labels)  # one legend, below
 plt.show()
 
 # %% [markdown]
@@ -597,7 +601,7 @@ for kind, h in balance.items():
 ax.axhline(1.0, color="k", lw=0.8, ls="--")
 ax.set_xlabel("step")
 ax.set_ylabel("max / mean expert load")
-ax.legend(fontsize=7)
+legend_outside(ax)
 plt.show()
 
 # %% [markdown]
