@@ -48,7 +48,7 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from moe_edu.course.plots import router_heatmap
+from moe_edu.course.plots import expert_colors, router_heatmap
 
 # %% [markdown]
 # ## 1. The router is a bias-free linear layer
@@ -235,7 +235,7 @@ temps = [0.25, 1.0, 4.0]
 fig, axes = plt.subplots(1, 3, figsize=(10, 2.8), sharey=True)
 for ax, tau in zip(axes, temps, strict=False):
     p = torch.softmax(logits[0] / tau, dim=-1)  # (E,)
-    ax.bar(range(E), p.tolist(), color="#f4a259", edgecolor="#333333")
+    ax.bar(range(E), p.tolist(), color=expert_colors(E), edgecolor="#333333")  # expert e: its course colour
     ax.set_title(f"tau = {tau}")
     ax.set_xticks(range(E), [f"e{e}" for e in range(E)], fontsize=8)
 axes[0].set_ylabel("probability")

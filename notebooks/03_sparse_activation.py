@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from moe_edu.capacity import capacity_dispatch
-from moe_edu.course.plots import expert_load_bars, ratio_bars
+from moe_edu.course.plots import expert_load_bars, ratio_bars, shared_legend
 from moe_edu.dispatch import DISPATCHES
 from moe_edu.experts import Experts
 
@@ -269,10 +269,10 @@ print(f"dropped assignments: {int((~kept).sum())} of {T2 * k} ({(~kept).float().
 print(f"tokens that lost their first choice: {int((~kept[:, 0]).sum())}, lost both: {int((~kept).all(-1).sum())}")
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.2), sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.6), sharey=True)
 expert_load_bars(load, ax=axes[0], title="dropless (Mixtral): every assignment runs")
 expert_load_bars(load, ax=axes[1], capacity=C, title=f"capacity factor {capacity_factor}: overflow dropped")
-fig.tight_layout()
+shared_legend(fig, ax=axes[1], ncol=4)  # one legend below both panels
 plt.show()
 
 # %% [markdown]

@@ -182,24 +182,22 @@ with torch.no_grad():
     y0 = (y[0] @ proj).tolist()  # (2,)
     y_dense = (torch.softmax(logits[0], -1) @ outs @ proj).tolist()  # (2,) k = E: all experts, all weights
 
+from moe_edu.course.plots import EXPERT_PALETTE, legend_outside
+
 fig, ax = plt.subplots(figsize=(5.6, 4.2))
 chosen0 = top_i[0].tolist()
-for e, (px, py) in enumerate(pts):
+for e, (px, py) in enumerate(pts):  # each expert in its course colour; names and weights in the legend
     on = e in chosen0
-    ax.scatter(px, py, s=90 if on else 40, color="#f4a259" if on else "#adb5bd", edgecolor="#333333", zorder=3)
-    ax.annotate(
-        f"E{e}" + (f" (w={w_renorm[0, chosen0.index(e)]:.2f})" if on else ""),
-        (px, py),
-        textcoords="offset points",
-        xytext=(6, 4),
-        fontsize=8,
-    )
+    label = f"E{e}" + (f"  chosen, w = {w_renorm[0, chosen0.index(e)]:.2f}" if on else "")
+    size, edge = (110, 1.8) if on else (45, 0.6)
+    ax.scatter(px, py, s=size, color=EXPERT_PALETTE[e], edgecolor="#333333", lw=edge, zorder=3, label=label)
 a, b = (pts[i] for i in chosen0)
-ax.plot([a[0], b[0]], [a[1], b[1]], color="#f4a259", lw=1.5, zorder=2)
+ax.plot([a[0], b[0]], [a[1], b[1]], color="#333333", lw=1.2, ls="--", zorder=2)
 ax.scatter(*y0, marker="*", s=220, color="#c0392b", zorder=4, label="y, top-2 (Mixtral)")
 ax.scatter(*y_dense, marker="P", s=120, color="#023047", zorder=4, label="y, k = E (dense mixture)")
 ax.set_title("token 0: the output is a weighted average of expert outputs")
-ax.legend(fontsize=8, frameon=False, loc="best")
+legend_outside(ax)
+ax.margins(0.12)  # no marker on the frame
 ax.set_xticks([])
 ax.set_yticks([])
 plt.show()
