@@ -215,17 +215,20 @@ for mode, stem in (("forward", "cpu_dispatch"), ("forward+backward", "cpu_dispat
         )
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
+from moe_edu.course.plots import legend_outside
+
+fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.5), sharey=True)
 names = ["ours", "hf_eager", "hf_grouped_mm", "ideal"]
 for ax, (mode, rows) in zip(axes, runs.items(), strict=False):
     for i, name in enumerate(names):
         ys = [r["ms"].get(name, float("nan")) / r["ms"]["floor"] for r in rows]
         ax.bar([j + 0.2 * i for j in range(len(rows))], ys, 0.2, label=name)
     ax.axhline(1.0, color="black", lw=0.8, ls="--", label="floor (no routing)")
-    ax.set_xticks([j + 0.3 for j in range(len(rows))], [f"T={r['tokens']}\nH={r['hidden']}" for r in rows], fontsize=7)
+    ax.set_xticks([j + 0.3 for j in range(len(rows))], [f"T={r['tokens']}\nH={r['hidden']}" for r in rows], fontsize=8)
     ax.set_title(f"CPU, fp32, {mode}")
 axes[0].set_ylabel("time / floor")
-axes[0].legend(fontsize=7)
+axes[0].set_ylim(top=1.12 * axes[0].get_ylim()[1])  # headroom above the bars
+legend_outside(axes[1])
 plt.show()
 
 # %% [markdown]

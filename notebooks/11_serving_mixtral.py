@@ -518,6 +518,8 @@ for r in quant["rows"]:
     )
 
 # %%
+from moe_edu.course.plots import legend_outside
+
 fig, ax = plt.subplots(figsize=(7.0, 3.2))
 picked = [r for r in quant["rows"] if r["experts"] != "fp32"]
 for r in picked:
@@ -530,7 +532,7 @@ for r in picked:
 ax.set_xlabel("layer")
 ax.set_ylabel("tokens with another top-2 set (%)")
 ax.set_xticks(range(4))
-ax.legend(fontsize=7)
+legend_outside(ax)
 plt.show()
 
 # %% [markdown]

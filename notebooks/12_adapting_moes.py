@@ -182,7 +182,9 @@ for step in sorted(rows):
     )
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11.0, 3.8))
+from moe_edu.course.plots import DIVERGING, even_share_norm, headroom, legend_outside, shared_legend
+
+fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.8))
 tokens = 8 * 64
 flops = {"dense": 6 * up["active_params"]["dense"] * tokens, "moe": 6 * up["active_params"]["moe"] * tokens}
 style = {
@@ -204,8 +206,7 @@ axes[1].set_xlabel("training FLOPs (x 1e12, ~6 x active params x tokens)")
 for ax in axes:
     ax.set_ylabel("held-out cross-entropy")
     ax.set_ylim(4.2, 6.0)
-    ax.legend(fontsize=7)
-fig.tight_layout()
+shared_legend(fig, ax=axes[0])  # one legend below both panels, off the curves
 plt.show()
 
 # %% [markdown]
@@ -322,20 +323,20 @@ print(
 )
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.2), sharey=True)
-L = len(before["load"][target])
+fig, axes = plt.subplots(1, 3, figsize=(10.0, 3.2), sharey=True)
+L, n_exp = len(before["load"][target]), len(before["load"][target][0])
 panels = [
     ("before", before["load"][target]),
     ("after: everything, aux 1", ft["runs"]["everything, aux 1"]["load"][target]),
     ("after: experts_frozen, aux 1", ft["runs"]["experts_frozen, aux 1"]["load"][target]),
 ]
 for ax, (title, load) in zip(axes, panels, strict=True):
-    im = ax.imshow(load, vmin=0, vmax=0.5, cmap="viridis", aspect="auto")
-    ax.set_title(f"{target} load, {title}", fontsize=9)
+    im = ax.imshow(load, norm=even_share_norm(n_exp, vmax=0.5), cmap=DIVERGING, aspect="auto")  # white = 1/E
+    ax.set_title(f"{target} load,\n{title}", fontsize=9)  # two lines: side-by-side titles never collide
     ax.set_xlabel("expert")
     ax.set_yticks(range(L))
 axes[0].set_ylabel("layer")
-fig.colorbar(im, ax=axes, shrink=0.8, label="share of assignments")
+fig.colorbar(im, ax=axes, shrink=0.8, label=f"share of assignments (white = 1/E = {1 / n_exp:.3f})")
 plt.show()
 
 # %% [markdown]
@@ -453,7 +454,8 @@ for i, name in enumerate(n for n in pr["methods"] if n != "original"):
     )
 ax.set_xticks([j + 0.4 - width / 2 for j in range(len(domains))], domains)
 ax.set_ylabel("held-out CE increase")
-ax.legend(fontsize=7)
+headroom(ax, max(max(cost[n][d] for d in domains) for n in pr["methods"] if n != "original"))
+legend_outside(ax)
 plt.show()
 
 # %% [markdown]

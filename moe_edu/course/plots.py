@@ -61,10 +61,12 @@ def headroom(ax, top: float, frac: float = 0.15) -> None:
     Axes sharing y (`sharey=True`) keep room for the tallest bar of any of them."""
     from matplotlib.patches import Rectangle
 
+    bottom = 0.0
     for sibling in ax.get_shared_y_axes().get_siblings(ax):
-        bars = [p.get_y() + p.get_height() for p in sibling.patches if isinstance(p, Rectangle)]
-        top = max([top, *bars])
-    ax.set_ylim(0, top * (1 + frac) if top > 0 else 1)
+        ends = [(p.get_y(), p.get_y() + p.get_height()) for p in sibling.patches if isinstance(p, Rectangle)]
+        top = max([top, *(max(e) for e in ends)])
+        bottom = min([bottom, *(min(e) for e in ends)])  # bars below 0 stay in view
+    ax.set_ylim(bottom * (1 + frac), top * (1 + frac) if top > 0 else 1)
 
 
 def legend_outside(ax, **kwargs):
