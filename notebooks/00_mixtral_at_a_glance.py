@@ -105,7 +105,8 @@ plt.show()
 
 # %% [markdown]
 # Read it left to right: the token's hidden state `x` enters the router, which scores all 8 experts; only the two
-# orange ones run; their outputs are mixed with the weights `w`, and the result `y` is added to the residual stream.
+# coloured ones run (each expert keeps its colour in every figure of the course and in the routing explorer); their
+# outputs are mixed with the weights `w`, and the result `y` is added to the residual stream.
 # Notebooks 01–05 build exactly these boxes, one per notebook.
 
 # %% [markdown]

@@ -10,7 +10,13 @@ import torch  # noqa: E402
 
 from moe_edu import PRESETS, count_parameters  # noqa: E402
 from moe_edu.course.diagram import CHOSEN, draw_mixtral_block  # noqa: E402
-from moe_edu.course.plots import expert_load_bars, parameter_breakdown, ratio_bars, router_heatmap  # noqa: E402
+from moe_edu.course.plots import (  # noqa: E402
+    EXPERT_PALETTE,
+    expert_load_bars,
+    parameter_breakdown,
+    ratio_bars,
+    router_heatmap,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -30,8 +36,9 @@ def test_diagram_highlights_exactly_the_chosen_experts():
     assert {t for t in texts if "SwiGLU" in t} == {"expert 2  (SwiGLU)", "expert 5  (SwiGLU)"}
     assert "w = 0.70" in texts and "w = 0.30" in texts
     assert any("4096" in t for t in texts)
-    orange = [p for p in fig.axes[0].patches if matplotlib.colors.to_hex(p.get_facecolor()) == CHOSEN]
-    assert len(orange) == 2
+    faces = {matplotlib.colors.to_hex(p.get_facecolor()) for p in fig.axes[0].patches}
+    assert {EXPERT_PALETTE[2], EXPERT_PALETTE[5]} <= faces  # the chosen experts in their course colours
+    assert not faces & (set(EXPERT_PALETTE) - {EXPERT_PALETTE[2], EXPERT_PALETTE[5]})  # and no other expert's
 
 
 def test_diagram_follows_the_config():

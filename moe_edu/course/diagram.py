@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from moe_edu.config import MixtralConfig
+from moe_edu.course.palette import expert_colors
 
-CHOSEN = "#f4a259"  # experts that run for this token
+CHOSEN = "#f4a259"  # accent for "chosen" in figures without per-expert colours (the diagram uses the palette)
 IDLE = "#e9ecef"  # experts that are skipped (sparse activation)
 BLOCK = "#bcd4e6"  # ordinary layers
 MOE = "#f7d08a"  # the sparse MoE block
@@ -130,6 +131,7 @@ def draw_mixtral_block(
     _box(ax, 4.8, 2.85, 1.9, 1.3, f"router\nW_g: ({E} x {c.hidden_size})\nsoftmax, top-{k}", BLOCK, fontsize=8)
     _arrow(ax, (4.5, 3.5), (4.8, 3.5))
     ex, ew, top, gap = 7.7, 1.9, 6.7, 6.7 / E
+    colors = expert_colors(E)
     eh = gap * 0.72
     for e in range(E):
         y = top - (e + 1) * gap + (gap - eh) / 2
@@ -141,7 +143,7 @@ def draw_mixtral_block(
             ew,
             eh,
             (f"expert {e}" if E <= 16 else f"e{e}") + ("  (SwiGLU)" if on else ""),
-            CHOSEN if on else IDLE,
+            colors[e] if on else IDLE,  # a chosen expert in its course colour (as in the explorer)
             fontsize=8,  # the course's smallest text (moe_edu.course.plots.MIN_FONT)
             alpha=1.0 if on else 0.55,
             bold=on,
@@ -160,7 +162,16 @@ def draw_mixtral_block(
         if on:
             w = weights[chosen.index(e)]
             _arrow(ax, (ex + ew, yc), (10.48, 3.5), lw=1.5)
-            ax.text(ex + ew + 0.08, yc + 0.2, f"w = {w:.2f}", fontsize=8, ha="left", color="#b35c00")
+            above = yc >= 3.5  # the label on the side the arrow leaves free (it runs towards y = 3.5)
+            ax.text(
+                ex + ew + 0.1,
+                yc + (0.12 if above else -0.12),
+                f"w = {w:.2f}",
+                fontsize=8,
+                ha="left",
+                va="bottom" if above else "top",
+                color="#b35c00",
+            )
     _plus(ax, 10.7, 3.5)
     _arrow(ax, (10.92, 3.5), (11.5, 3.5))
     ax.text(11.85, 3.5, "y", ha="center", va="center", fontsize=12, fontstyle="italic")

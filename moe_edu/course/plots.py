@@ -8,7 +8,7 @@ The Mixtral block diagram lives in `moe_edu.course.diagram`.
 One style for every course figure (tests/test_figure_style.py checks it): experts coloured from
 `EXPERT_PALETTE`, no text under `MIN_FONT` pt, legends outside the data (`legend_outside`,
 `shared_legend`), headroom above bars (`headroom`), load heatmaps centred on the even share
-(`even_share_norm`). Figures are at most 10 in wide, so a notebook page shows them unscaled.
+(`even_share_norm`). Figures are at most ~10 in wide, so a notebook page shows them unscaled.
 """
 
 from __future__ import annotations
@@ -19,41 +19,11 @@ import torch
 
 from moe_edu.accounting import ParameterCount
 from moe_edu.course.diagram import CHOSEN, IDLE, draw_mixtral_block  # noqa: F401  (re-exported for notebooks)
-
-# One colour per expert for every figure and view of the course: expert e has the same colour everywhere.
-# Light enough for black text (contrast >= 7:1); the first 8 (Mixtral's E) are pairwise CIEDE2000 >= 20
-# apart (no near twins), all 12 >= 11. Order: blue, orange, green, red, purple, yellow, teal, grey, then
-# pink, lime, coral, mint. tests/test_widgets.py checks these numbers.
-EXPERT_PALETTE = (
-    "#5fa8e8",
-    "#f59e3d",
-    "#5cc26a",
-    "#f47d7d",
-    "#b08ee0",
-    "#e8d544",
-    "#4fc9c0",
-    "#b5b5b5",
-    "#f08cc8",
-    "#a8d04a",
-    "#ff9470",
-    "#8ee0b0",
-)
-
+from moe_edu.course.palette import EXPERT_PALETTE, expert_colors  # noqa: F401  (re-exported: one import for figures)
 
 MIN_FONT = 8  # pt: the smallest text in any course figure
 FONT = 9  # pt: legends, annotations and bar labels
 DIVERGING = "RdBu_r"  # load heatmaps: blue = below the even share, white = even, red = above
-
-
-def expert_colors(num_experts: int) -> list[str]:
-    """Expert e's colour for a layer of `num_experts` experts: the palette (the explorer's rule);
-    beyond 12 experts, evenly spaced light hues (as `moe_edu.course.widgets.expert_colour`)."""
-    import colorsys
-
-    if num_experts <= len(EXPERT_PALETTE):
-        return list(EXPERT_PALETTE[:num_experts])
-    rgb = [colorsys.hls_to_rgb(e / num_experts, 0.72, 0.65) for e in range(num_experts)]
-    return [f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}" for r, g, b in rgb]
 
 
 def headroom(ax, top: float, frac: float = 0.15) -> None:

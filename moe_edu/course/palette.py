@@ -1,0 +1,37 @@
+"""The course's expert colours: expert e has the same colour in every figure, the diagram and the explorer.
+
+Its own module so that the diagram, the plots and the widgets share it without importing each other.
+`moe_edu.course.plots` re-exports both names (`from moe_edu.course.plots import EXPERT_PALETTE` stays valid).
+"""
+
+from __future__ import annotations
+
+import colorsys
+
+# One colour per expert for every figure and view of the course: expert e has the same colour everywhere.
+# Light enough for black text (contrast >= 7:1); the first 8 (Mixtral's E) are pairwise CIEDE2000 >= 20
+# apart (no near twins), all 12 >= 11. Order: blue, orange, green, red, purple, yellow, teal, grey, then
+# pink, lime, coral, mint. tests/test_widgets.py checks these numbers.
+EXPERT_PALETTE = (
+    "#5fa8e8",
+    "#f59e3d",
+    "#5cc26a",
+    "#f47d7d",
+    "#b08ee0",
+    "#e8d544",
+    "#4fc9c0",
+    "#b5b5b5",
+    "#f08cc8",
+    "#a8d04a",
+    "#ff9470",
+    "#8ee0b0",
+)
+
+
+def expert_colors(num_experts: int) -> list[str]:
+    """Expert e's colour for a layer of `num_experts` experts: the palette (the explorer's rule);
+    beyond 12 experts, evenly spaced light hues (as `moe_edu.course.widgets.expert_colour`)."""
+    if num_experts <= len(EXPERT_PALETTE):
+        return list(EXPERT_PALETTE[:num_experts])
+    rgb = [colorsys.hls_to_rgb(e / num_experts, 0.72, 0.65) for e in range(num_experts)]
+    return [f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}" for r, g, b in rgb]
