@@ -17,6 +17,8 @@ import copy
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from .accounting import count_parameters
@@ -33,8 +35,6 @@ def expert_keys(e: int) -> tuple[str, str]:
 
 def save_experts(experts: Experts, path: str | Path) -> Path:
     """Write each expert's weights as its own tensors, so one expert can be read without the others."""
-    from safetensors.torch import save_file
-
     tensors = {}
     for e in range(experts.num_experts):
         gu, down = expert_keys(e)
@@ -53,8 +53,6 @@ class OffloadedMoeBlock(nn.Module):
 
     def __init__(self, router: nn.Module, path: str | Path, *, cache_size: int, device: str | torch.device = "cpu"):
         super().__init__()
-        from safetensors import safe_open
-
         self.gate = router  # resident: (E, H) weights, a few KB
         self.path = Path(path)
         if not self.path.is_file():
@@ -80,8 +78,6 @@ class OffloadedMoeBlock(nn.Module):
 
     def load_expert(self, e: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Read expert e from the file (a miss): (2I, H) and (H, I) on `self.device`."""
-        from safetensors import safe_open
-
         with safe_open(str(self.path), framework="pt") as f:
             gate_up, down = (f.get_tensor(key).to(self.device) for key in expert_keys(e))
         self.bytes_read += gate_up.numel() * gate_up.element_size() + down.numel() * down.element_size()

@@ -2,7 +2,7 @@
 
     prompt = make_prompt(encode, length=1024, depth=0.5, key="72915")
     grid = passkey_grid(model, encode, lengths=[256, 512, 1024], depths=[0, 0.25, 0.5, 0.75, 1.0])
-    plot_passkey_grid(grid)
+    moe_edu.course.plots_passkey.plot_passkey_grid(grid)   # notebook 11's picture
 
 A prompt is an instruction, filler sentences, the key sentence at a chosen *depth* (0 = right after
 the instruction, 1 = right before the question), then the question; the model must continue with
@@ -152,26 +152,3 @@ def passkey_grid(
     hits = torch.tensor(retrieved(model, prompts, batch_size), dtype=torch.float64)  # (cells * trials,)
     acc = hits.reshape(len(lengths), len(depths), trials).mean(-1)  # (lengths, depths)
     return PasskeyGrid(list(lengths), list(depths), acc, trials)
-
-
-def plot_passkey_grid(grid: PasskeyGrid, ax=None, title: str = "passkey retrieval", train_length: int | None = None):
-    """Fig. 4's layout: context length across, key depth down, accuracy as colour (0-100 %)."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 3.2))
-    acc = grid.accuracy.T.numpy() * 100  # (depths, lengths)
-    im = ax.imshow(acc, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
-    ax.set_xticks(range(len(grid.lengths)), [str(n) for n in grid.lengths])
-    ax.set_yticks(range(len(grid.depths)), [f"{d:.0%}" for d in grid.depths])
-    for (r, c), v in np.ndenumerate(acc):
-        ax.text(c, r, f"{v:.0f}", ha="center", va="center", fontsize=8)
-    if train_length is not None:
-        beyond = sum(n <= train_length for n in grid.lengths) - 0.5
-        ax.axvline(beyond, color="black", lw=1.5, ls="--")
-    ax.set_xlabel("prompt length (tokens)")
-    ax.set_ylabel("key depth")
-    ax.set_title(title)
-    ax.figure.colorbar(im, ax=ax, label="retrieved (%)")
-    return ax

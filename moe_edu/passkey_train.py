@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from .config import MixtralConfig
 from .model import MixtralForCausalLM
@@ -141,8 +142,6 @@ def train(
             )
     wall = time.time() - start
     out.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
-
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
     cfg = config.to_dict()
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
@@ -166,8 +165,6 @@ def train(
 
 def load_passkey_model(path: str | Path = CHECKPOINT) -> tuple[MixtralForCausalLM, WordVocab]:
     """The trained passkey model (eval mode) and its vocabulary."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not (path / "model.safetensors").is_file():
         raise ValueError(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from .course.notebook import setup
 from .data.corpus import build_corpus, by_domain, split_corpus
@@ -42,8 +43,6 @@ def held_out_ids(tokenizer, docs_per_domain: int = 30) -> list[list[int]]:
 
 
 def save_trace(trace: RoutingTrace, path: Path) -> None:
-    from safetensors.torch import save_file
-
     save_file(
         {
             "chosen": trace.chosen.to(torch.int8).contiguous(),
@@ -56,8 +55,6 @@ def save_trace(trace: RoutingTrace, path: Path) -> None:
 
 def load_trace(path: Path = RESULTS / "routing_trace.safetensors") -> RoutingTrace:
     """The shipped model's routing trace on held-out text (see this module's docstring)."""
-    from safetensors.torch import load_file
-
     t = load_file(str(path))
     return RoutingTrace(t["chosen"].long(), t["guess"].long(), t["doc_starts"].tolist())
 

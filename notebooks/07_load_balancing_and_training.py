@@ -242,7 +242,7 @@ plt.show()
 # What the live runs show (the numbers above):
 #
 # - **Without** the aux loss the load-balancing loss climbs well above $k = 2$ and the probe's hard
-#   load collapses onto a few experts (imbalance about 4: the dark rows of the top heatmap).
+#   load collapses onto a few experts (imbalance about 4: the dark red rows of the top heatmap).
 # - **With** it (coefficient 1.0, the value the shipped model was trained with) the loss stays near 2
 #   and the load is much more even (imbalance about 2, a little lower with the z-loss too). Note the
 #   router's logit *spread* is small: part of the balance comes from nearly flat probabilities — the

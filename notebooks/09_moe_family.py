@@ -257,7 +257,7 @@ display(table.select("variant", "total params", "active params", "FLOPs/token"))
 table.select("variant", "aux losses", "load CV", "max/mean load", "dropped tokens %", "dropped assignments %")
 
 # %% [markdown]
-# Read it row by row against Mixtral's:
+# Read them row by row against Mixtral's:
 #
 # - Switch and GShard **drop**: their buffers hold `capacity_factor` times the average demand, and the busy experts
 #   overflow. Mixtral and noisy top-k drop nothing, whatever the imbalance.

@@ -215,7 +215,8 @@ print(
 # logits. A prompt of 96 tokens with the key at depth 0.5:
 
 # %%
-from moe_edu.passkey import make_prompt, passkey_grid, plot_passkey_grid
+from moe_edu.course.plots_passkey import plot_passkey_grid
+from moe_edu.passkey import make_prompt, passkey_grid
 from moe_edu.passkey_train import load_passkey_log, load_passkey_model
 
 pk_model, vocab = load_passkey_model()

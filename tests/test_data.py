@@ -86,7 +86,14 @@ def test_zh_tw_page_is_traditional_chinese_and_at_least_as_long_as_every_other_p
     assert sum("\u4e00" <= ch <= "\u9fff" for ch in text) > 0.8 * len(text)
     simplified = set("这们说时东车书门网数据后来对为发")  # common simplified forms whose traditional form differs
     assert not simplified & set(text), sorted(simplified & set(text))
-    taiwan = ("網路", "資料", "軟體", "捷運", "機車", "便當")  # Taiwan usage, not 网络 / 数据 / 软件 / 地铁 / 摩托车 / 盒饭
+    taiwan = (
+        "網路",
+        "資料",
+        "軟體",
+        "捷運",
+        "機車",
+        "便當",
+    )  # Taiwan usage, not 网络 / 数据 / 软件 / 地铁 / 摩托车 / 盒饭
     assert all(word in text for word in taiwan)
 
 

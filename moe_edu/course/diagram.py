@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import matplotlib.pyplot as plt
+from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch
+
 from moe_edu.config import MixtralConfig
 from moe_edu.course.palette import expert_colors
 
@@ -20,8 +23,6 @@ MOE = "#f7d08a"  # the sparse MoE block
 
 
 def _box(ax, x, y, w, h, text, color, *, fontsize=9, alpha=1.0, bold=False, edge="#333333"):
-    from matplotlib.patches import FancyBboxPatch
-
     patch = FancyBboxPatch(
         (x, y),
         w,
@@ -47,8 +48,6 @@ def _box(ax, x, y, w, h, text, color, *, fontsize=9, alpha=1.0, bold=False, edge
 
 
 def _arrow(ax, start, end, *, color="#333333", style="-|>", lw=1.2, ls="-", alpha=1.0, rad=0.0):
-    from matplotlib.patches import FancyArrowPatch
-
     patch = FancyArrowPatch(
         start,
         end,
@@ -65,8 +64,6 @@ def _arrow(ax, start, end, *, color="#333333", style="-|>", lw=1.2, ls="-", alph
 
 
 def _plus(ax, x, y, r=0.22):
-    from matplotlib.patches import Circle
-
     ax.add_patch(Circle((x, y), r, facecolor="white", edgecolor="#333333", linewidth=1.2))
     ax.text(x, y, "+", ha="center", va="center", fontsize=11)
 
@@ -79,8 +76,6 @@ def draw_mixtral_block(
     `chosen` must hold `num_experts_per_tok` distinct expert indices; `weights` (same
     length, default equal) label the arrows into the weighted sum. Returns the figure.
     """
-    import matplotlib.pyplot as plt
-
     c = config or MixtralConfig(name="mixtral-8x7b")
     E, k = c.num_local_experts, c.num_experts_per_tok
     chosen = list(chosen)

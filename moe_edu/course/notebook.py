@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import random
 
+import matplotlib as mpl
+import numpy as np
+import torch
+
 
 def setup(seed: int = 0, threads: int = 1) -> None:
-    import numpy as np
-    import torch
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     random.seed(seed)
     np.random.seed(seed)
@@ -22,20 +23,15 @@ def setup(seed: int = 0, threads: int = 1) -> None:
     torch.set_num_threads(threads)
     torch.set_printoptions(precision=4, sci_mode=False)
     np.set_printoptions(precision=4, suppress=True)
-    try:
-        import matplotlib as mpl
-
-        mpl.rcParams.update(
-            {
-                "figure.figsize": (6.4, 4.0),
-                "figure.dpi": 100,
-                "svg.hashsalt": "moe_edu",
-                "axes.spines.top": False,
-                "axes.spines.right": False,
-            }
-        )
-    except ImportError:  # plotting is optional for the library
-        pass
+    mpl.rcParams.update(
+        {
+            "figure.figsize": (6.4, 4.0),
+            "figure.dpi": 100,
+            "svg.hashsalt": "moe_edu",
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+        }
+    )
 
 
 def format_tensor(t, digits: int = 4) -> str:
@@ -45,8 +41,6 @@ def format_tensor(t, digits: int = 4) -> str:
     differently), and nbval compares printed text exactly; this fixed format does not change.
     Integer and boolean tensors print as integers; floats with `digits` decimals (never "-0.0000").
     """
-    import torch
-
     t = torch.as_tensor(t).detach().cpu()
     if t.dim() == 0:
         t = t.reshape(1)

@@ -28,10 +28,14 @@ EXPERT_PALETTE = (
 )
 
 
-def expert_colors(num_experts: int) -> list[str]:
-    """Expert e's colour for a layer of `num_experts` experts: the palette (the explorer's rule);
-    beyond 12 experts, evenly spaced light hues (as `moe_edu.course.widgets.expert_colour`)."""
+def expert_colour(expert: int, num_experts: int) -> str:
+    """Expert `expert`'s colour in a layer of `num_experts`: the palette, or beyond 12 experts evenly spaced light hues."""
     if num_experts <= len(EXPERT_PALETTE):
-        return list(EXPERT_PALETTE[:num_experts])
-    rgb = [colorsys.hls_to_rgb(e / num_experts, 0.72, 0.65) for e in range(num_experts)]
-    return [f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}" for r, g, b in rgb]
+        return EXPERT_PALETTE[expert]
+    r, g, b = colorsys.hls_to_rgb(expert / num_experts, 0.72, 0.65)
+    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
+
+
+def expert_colors(num_experts: int) -> list[str]:
+    """Every expert's colour for a layer of `num_experts` experts (figures; the explorer uses the same rule)."""
+    return [expert_colour(e, num_experts) for e in range(num_experts)]

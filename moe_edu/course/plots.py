@@ -15,7 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import matplotlib.pyplot as plt
+import seaborn as sns
 import torch
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.patches import Patch, Rectangle
 
 from moe_edu.accounting import ParameterCount
 from moe_edu.course.diagram import CHOSEN, IDLE, draw_mixtral_block  # noqa: F401  (re-exported for notebooks)
@@ -29,8 +33,6 @@ DIVERGING = "RdBu_r"  # load heatmaps: blue = below the even share, white = even
 def headroom(ax, top: float, frac: float = 0.15) -> None:
     """y-limits from 0 to `top` plus `frac` of it, so bars and their labels never touch the frame.
     Axes sharing y (`sharey=True`) keep room for the tallest bar of any of them."""
-    from matplotlib.patches import Rectangle
-
     bottom = 0.0
     for sibling in ax.get_shared_y_axes().get_siblings(ax):
         ends = [(p.get_y(), p.get_y() + p.get_height()) for p in sibling.patches if isinstance(p, Rectangle)]
@@ -75,16 +77,12 @@ def shared_legend(fig, ax=None, ncol: int | None = None, height_in: float = 0.3,
 def even_share_norm(num_experts: int, vmax: float | None = None, share: float | None = None):
     """A colour norm centred on the even share (`share`, default 1/E): white there, blue below, red above.
     `vmax` defaults to 4 times the even share (at most 1)."""
-    from matplotlib.colors import TwoSlopeNorm
-
     even = 1.0 / num_experts if share is None else share
     top = min(1.0, 4 * even) if vmax is None else vmax
     return TwoSlopeNorm(vcenter=even, vmin=0.0, vmax=max(top, even * 1.01))
 
 
 def _axes(ax, figsize):
-    import matplotlib.pyplot as plt
-
     if ax is None:
         fig, ax = plt.subplots(figsize=figsize)
     return ax.figure, ax
@@ -108,9 +106,6 @@ def router_heatmap(
     vmax: float | None = None,
 ):
     """Heatmap of a (T, E) probability matrix; cells of `chosen` (T, k) experts get a blue frame."""
-    import seaborn as sns
-    from matplotlib.patches import Rectangle
-
     _check_2d("probs", probs)
     T, E = probs.shape
     if tokens is not None and len(tokens) != T:
@@ -156,8 +151,6 @@ def expert_load_bars(
     """Bar chart of assignments per expert, each bar in its expert's colour; a dashed line for the
     uniform share and, if given, a red line at the capacity C with the overflow (dropped) part of each
     bar hatched. The legend sits outside the axes (`legend=False`: none, e.g. for `shared_legend`)."""
-    from matplotlib.patches import Patch
-
     counts = torch.as_tensor(counts).detach().cpu()
     if counts.dim() != 1:
         raise ValueError(f"counts must be 1-D (one entry per expert), got shape {tuple(counts.shape)}")

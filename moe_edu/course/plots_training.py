@@ -8,8 +8,12 @@ off the data, 8 pt and up, load heatmaps centred on the even share) is `moe_edu.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 
+import matplotlib
+import matplotlib.pyplot as plt
+import seaborn as sns
 import torch
 
 from moe_edu.course.plots import DIVERGING, FONT, even_share_norm, headroom, legend_outside
@@ -30,8 +34,6 @@ DOMAIN_COLORS = {
 
 def domain_colors(names: Sequence[str]) -> list[str]:
     """A colour per domain name: `DOMAIN_COLORS` for the corpus's domains, tab10 for the rest."""
-    import matplotlib
-
     tab10 = [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["tab10"].colors]
     others = iter(c for c in tab10 if c not in DOMAIN_COLORS.values())
     return [DOMAIN_COLORS[n] if n in DOMAIN_COLORS else next(others) for n in names]
@@ -48,8 +50,6 @@ def _grouped_bars(ax, groups: Sequence[str], series: Mapping[str, Sequence[float
 
 
 def _axes(ax, figsize):
-    import matplotlib.pyplot as plt
-
     if ax is None:
         fig, ax = plt.subplots(figsize=figsize)
     return ax.figure, ax
@@ -57,8 +57,6 @@ def _axes(ax, figsize):
 
 def loss_curves(steps: Sequence[Mapping], ax=None, keys: Sequence[str] = ("ce", "eval_ce"), title: str = ""):
     """Training log entries -> one line per key against the step (missing values skipped)."""
-    import seaborn as sns
-
     fig, ax = _axes(ax, (6.4, 3.2))
     for key in keys:
         pts = [(e["step"], e[key]) for e in steps if e.get(key) is not None]
@@ -118,8 +116,6 @@ def domain_load_bars(
 
 def domain_load_panels(loads: Mapping[str, torch.Tensor], layers: Mapping[str, int], width: float = 8.6):
     """`domain_load_bars` for several layers ({label: layer}), stacked, one legend beside the top panel."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(len(layers), 1, figsize=(width, 2.6 * len(layers)), sharex=True, squeeze=False)
     for i, (ax, (label, layer)) in enumerate(zip(axes[:, 0], layers.items(), strict=True)):
         domain_load_bars(loads, layer, ax=ax, title=f"{label} layer ({layer})", legend=i == 0)
@@ -138,10 +134,6 @@ def repetition_bars(
 ):
     """Grouped bars: for each domain, one bar per layer; a dashed line at the random baseline.
     Long domain names wrap onto two lines; the legend sits outside the axes."""
-    import textwrap
-
-    import seaborn as sns
-
     domains = list(rates)
     labels = list(dict.fromkeys(label for per_layer in rates.values() for label in per_layer))
     series = {label: [100 * rates[d].get(label, 0.0) for d in domains] for label in labels}  # {layer: rate}
@@ -149,7 +141,7 @@ def repetition_bars(
     top = _grouped_bars(ax, domains, series, sns.color_palette("crest", len(labels)).as_hex())
     ax.axhline(100 * baseline, color="k", ls="--", lw=0.8, label="random")
     headroom(ax, max(top, 100 * baseline))
-    ax.set_xticks(range(len(domains)), [textwrap.fill(d, 10) for d in domains])
+    ax.set_xticks(range(len(domains)), [textwrap.fill(d, 10, break_long_words=False) for d in domains])
     ax.set_xlim(-0.5, len(domains) - 0.5)
     ax.set_ylabel(ylabel + " (%)")
     ax.set_title(title)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from IPython.display import display
 
 from moe_edu.course.exercises.calling import TimeLimitExceeded, _call, _fresh  # noqa: F401 (re-exported)
 
@@ -63,8 +64,6 @@ def emit(symbol: str, line: str) -> None:
     if type(stdout).__module__ != "ipykernel.iostream":
         print(line)
         return
-    from IPython.display import display
-
     colour = COLOURS.get(symbol, "inherit")
     display(
         {"text/plain": line, "text/html": f'<pre style="margin:0;color:{colour}">{html.escape(line)}</pre>'}, raw=True

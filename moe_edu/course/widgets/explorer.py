@@ -14,6 +14,7 @@ from html import escape
 from typing import Any
 
 import ipywidgets as widgets
+from IPython.display import display
 
 from moe_edu.course.widgets.flow import flow_html
 from moe_edu.course.widgets.render import check_prefix, notice_html, render_routing_html
@@ -265,7 +266,5 @@ class RoutingExplorer:
         ]
 
     def _ipython_display_(self) -> None:
-        from IPython.display import display
-
         for bundle in self.display_bundles():
             display(bundle, raw=True)

@@ -10,26 +10,17 @@ card with its tokens' top-k experts and weights (pure CSS: instant, no `title` d
 
 from __future__ import annotations
 
-import colorsys
 import unicodedata
 from collections.abc import Sequence
 from html import escape
 
-from moe_edu.course.plots import EXPERT_PALETTE
+from moe_edu.course.palette import EXPERT_PALETTE, expert_colour
 from moe_edu.course.widgets.text_spans import visible
 from moe_edu.course.widgets.trace import RoutingTrace
 
 PALETTE = EXPERT_PALETTE  # the course's expert palette (moe_edu.course.plots)
 FONT = "font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace"
 NOTE = "margin:2px 0;font-size:12px;color:#333"
-
-
-def expert_colour(expert: int, num_experts: int) -> str:
-    """A fixed colour per expert (the course palette); beyond 12 experts, evenly spaced light hues."""
-    if num_experts <= len(PALETTE):
-        return PALETTE[expert]
-    r, g, b = colorsys.hls_to_rgb(expert / num_experts, 0.72, 0.65)
-    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
 
 
 def check_prefix(id_prefix: str) -> str:
