@@ -38,7 +38,16 @@ from moe_edu.course.plots_training import (  # noqa: E402
 )
 
 DOMAINS = ["python", "english", "math", "french", "german", "spanish", "italian", "zh-TW"]  # the corpus's 8
-PAPER = ["ArXiv", "DM Mathematics", "Github", "Gutenberg", "PhilPapers", "PubMed Abstracts", "StackExchange"]
+PAPER = [
+    "ArXiv",
+    "DM Mathematics",
+    "Github",
+    "Gutenberg",
+    "PhilPapers",
+    "PubMed Abstracts",
+    "StackExchange",
+    "Wikipedia (en)",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -149,6 +158,16 @@ def test_legends_are_off_the_data(name):
         for ax in axes:
             hits = [d for d in _data_extents(ax) if box.overlaps(d)]
             assert not hits, f"{name}: legend overlaps {len(hits)} data artists of {ax.get_title()!r}"
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_tick_labels_do_not_collide(name):
+    fig = _drawn(name)
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            boxes = [t.get_window_extent() for t in axis.get_ticklabels() if t.get_visible() and t.get_text().strip()]
+            hits = [(a, b) for a, b in zip(boxes, boxes[1:], strict=False) if a.overlaps(b)]
+            assert not hits, f"{name}: {len(hits)} pairs of neighbouring tick labels overlap in {ax.get_title()!r}"
 
 
 @pytest.mark.parametrize("name", ["expert_load_bars", "ratio_bars", "domain_load_bars", "repetition_bars"])

@@ -8,6 +8,7 @@ off the data, 8 pt and up, load heatmaps centred on the even share) is `moe_edu.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Mapping, Sequence
 
@@ -125,6 +126,17 @@ def domain_load_panels(loads: Mapping[str, torch.Tensor], layers: Mapping[str, i
     return fig
 
 
+def tick_name(name: str, width: int = 10) -> str:
+    """`name` on lines of at most `width` characters: wrapped at spaces, a long CamelCase word hyphenated
+    at its last capital ("StackExchange" -> "Stack-\nExchange")."""
+    lines = []
+    for line in textwrap.wrap(name, width, break_long_words=False):
+        if len(line) > width:
+            line = re.sub(r"^(.*[a-z])([A-Z][a-z]+)$", r"\1-\n\2", line)
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def repetition_bars(
     rates: Mapping[str, Mapping[str, float]],
     baseline: float,
@@ -133,7 +145,7 @@ def repetition_bars(
     ylabel: str = "consecutive tokens, same expert",
 ):
     """Grouped bars: for each domain, one bar per layer; a dashed line at the random baseline.
-    Long domain names wrap onto two lines; the legend sits outside the axes."""
+    Long domain names wrap onto two lines (`tick_name`; tilted if still too long); the legend sits outside the axes."""
     domains = list(rates)
     labels = list(dict.fromkeys(label for per_layer in rates.values() for label in per_layer))
     series = {label: [100 * rates[d].get(label, 0.0) for d in domains] for label in labels}  # {layer: rate}
@@ -141,7 +153,11 @@ def repetition_bars(
     top = _grouped_bars(ax, domains, series, sns.color_palette("crest", len(labels)).as_hex())
     ax.axhline(100 * baseline, color="k", ls="--", lw=0.8, label="random")
     headroom(ax, max(top, 100 * baseline))
-    ax.set_xticks(range(len(domains)), [textwrap.fill(d, 10, break_long_words=False) for d in domains])
+    names = [tick_name(d) for d in domains]
+    if any(len(line) > 11 for name in names for line in name.splitlines()):  # still too long: tilt the names
+        ax.set_xticks(range(len(domains)), names, rotation=25, ha="right", rotation_mode="anchor")
+    else:
+        ax.set_xticks(range(len(domains)), names)
     ax.set_xlim(-0.5, len(domains) - 0.5)
     ax.set_ylabel(ylabel + " (%)")
     ax.set_title(title)
