@@ -1,9 +1,8 @@
 """CPU dispatch benchmark: our `SparseMoeBlock` vs the floor, the ideal and transformers, one process.
 
-    python -m moe_edu.bench                    # forward, 1 thread, writes ./benchmarks/results/cpu_dispatch.*
-    python -m moe_edu.bench --backward         # forward + backward -> cpu_dispatch_backward.*
-    python -m moe_edu.bench --threads 1 2 --quick --out /tmp/bench
-    python benchmarks/cpu_dispatch.py ...      # the same (this file is what `moe_edu.bench` runs)
+    python benchmarks/cpu_dispatch.py              # forward, 1 thread, writes ./benchmarks/results/cpu_dispatch.* (make bench)
+    python benchmarks/cpu_dispatch.py --backward   # forward + backward -> cpu_dispatch_backward.*
+    python benchmarks/cpu_dispatch.py --threads 1 2 --quick --out /tmp/bench
 
 "Ideal" is one dense SwiGLU FFN of a single expert's size over T*k rows: the same active
 FLOPs with no routing at all, so ours/ideal is the price of being sparse. "HF best" is the
@@ -208,7 +207,7 @@ def markdown(results: list[Result], rounds: int, load: float | None = None) -> s
     lines = [
         f"# CPU dispatch benchmark: {mode}",
         "",
-        f"`python -m moe_edu.bench{' --backward' if results and results[0].backward else ''}` - fp32, E=8, k=2, "
+        f"`python benchmarks/cpu_dispatch.py{' --backward' if results and results[0].backward else ''}` - fp32, E=8, k=2, "
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {rounds} interleaved rounds, medians"
         + (f"; load average {load:.1f} on {os.cpu_count()} CPUs when it started." if load is not None else "."),
         "Ideal = one SwiGLU expert over T*k rows (same active FLOPs, no routing); "
@@ -291,7 +290,7 @@ def write(results: list[Result], out_dir: Path, rounds: int, load: float | None 
 
 
 def main(argv: list[str] | None = None) -> list[Result]:
-    parser = argparse.ArgumentParser(prog="python -m moe_edu.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/cpu_dispatch.py", description=__doc__.splitlines()[0])
     parser.add_argument("--backward", action="store_true", help="time forward + backward")
     parser.add_argument("--quick", action="store_true", help="3 rounds instead of --rounds")
     parser.add_argument("--rounds", type=int, default=9)

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import torch
 
-from .dispatch import dispatch_assignments, dispatch_kept, sort_by_expert
+from .dispatch import dispatch_kept, sort_by_expert
 from .experts import Experts
 from .routing import Router
 from .validation import nonnegative_int, positive_float, positive_int
@@ -121,8 +121,6 @@ __all__ = [
     "CapacityRouter",
     "capacity_dispatch",
     "check_capacity_factor",
-    "dispatch_assignments",
-    "dispatch_kept",
     "expert_capacity",
     "keep_within_capacity",
     "queue_positions",

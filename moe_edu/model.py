@@ -19,7 +19,7 @@ from torch import nn
 from .attention import Attention, attention_mask
 from .config import MixtralConfig
 from .generation import generate
-from .interop import model_from_v5, model_to_v5
+from .layouts import model_from_v5, model_to_v5
 from .loading import check_and_load
 from .losses import load_balancing_loss, router_z_loss
 from .moe_block import SparseMoeBlock

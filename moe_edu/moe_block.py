@@ -23,7 +23,7 @@ from torch import nn
 from .config import MixtralConfig
 from .dispatch import Dispatch, dispatch_kept, get_dispatch
 from .experts import Experts
-from .interop import export_block_state, load_block_state
+from .layouts import export_block_state, load_block_state
 from .routing import Router, Routing, TopKRouter
 
 

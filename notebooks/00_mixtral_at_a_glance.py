@@ -40,6 +40,8 @@ setup()  # seed 0, one thread, 4-digit printing: the same numbers every run
 import matplotlib.pyplot as plt
 import torch
 
+from moe_edu.course.diagram import draw_mixtral_block
+from moe_edu.course.glossary import glossary_table
 from moe_edu.course.plots import parameter_breakdown
 
 # %% [markdown]
@@ -100,7 +102,7 @@ weights = top_p / top_p.sum()  # (k,) renormalised: they sum to 1
 print("chosen experts:", top_i.tolist(), " weights:", [round(w, 4) for w in weights.tolist()])
 
 # %%
-fig = moe_edu.draw_mixtral_block(config, chosen=top_i.tolist(), weights=weights.tolist())
+fig = draw_mixtral_block(config, chosen=top_i.tolist(), weights=weights.tolist())
 plt.show()
 
 # %% [markdown]
@@ -261,7 +263,7 @@ print("equal:", n_module == tiny_count.total)
 # 05–12 that the seed never uses (written in Taiwan usage). (`moe_edu.course.glossary.GLOSSARY` holds it as data.)
 
 # %%
-moe_edu.glossary_table()
+glossary_table()
 
 # %% [markdown]
 # Two of these deserve a note. **路由網絡** (router network) and **門控網絡** (gating network) are the same thing —

@@ -48,7 +48,8 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from moe_edu.course.plots import expert_colors, router_heatmap
+from moe_edu.course.palette import expert_colors
+from moe_edu.course.plots import router_heatmap
 
 # %% [markdown]
 # ## 1. The router is a bias-free linear layer

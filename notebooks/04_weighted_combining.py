@@ -182,7 +182,8 @@ with torch.no_grad():
     y0 = (y[0] @ proj).tolist()  # (2,)
     y_dense = (torch.softmax(logits[0], -1) @ outs @ proj).tolist()  # (2,) k = E: all experts, all weights
 
-from moe_edu.course.plots import EXPERT_PALETTE, legend_outside
+from moe_edu.course.palette import EXPERT_PALETTE
+from moe_edu.course.plots import legend_outside
 
 fig, ax = plt.subplots(figsize=(5.6, 4.2))
 chosen0 = top_i[0].tolist()

@@ -40,7 +40,9 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import HTML
 
-from moe_edu.course.widgets import PRESET_TEXTS, RoutingExplorer, render_routing_html, trace_routing
+from moe_edu.course.widgets.explorer import PRESET_TEXTS, RoutingExplorer
+from moe_edu.course.widgets.render import render_routing_html
+from moe_edu.course.widgets.trace import trace_routing
 
 # %% [markdown]
 # ## 1. A model and a tokenizer

@@ -138,7 +138,9 @@ for scale in (0.1, 1.0, 5.0, 20.0):
 # %%
 from moe_edu.analysis import load_imbalance, routing_load
 from moe_edu.data.corpus import LANGUAGES, language_documents, math_documents, stdlib_documents
-from moe_edu.train import DEFAULT_WEIGHTS, TokenStreams, train_steps
+from moe_edu.training.config import DEFAULT_WEIGHTS
+from moe_edu.training.data import TokenStreams
+from moe_edu.training.loop import train_steps
 
 _, tokenizer = moe_edu.load_pretrained()
 code, prose = stdlib_documents(("textwrap.py", "heapq.py", "fnmatch.py", "colorsys.py", "shlex.py"))
@@ -212,6 +214,7 @@ print("the z-loss lowers the router's logsumexp:", lse["aux 1.0 + z-loss 0.05"] 
 
 # %%
 from moe_edu.course.plots_training import load_history
+from moe_edu.io.shipped import load_train_log
 
 fig, axes = plt.subplots(3, 1, figsize=(6.4, 6.6), sharex=True)
 for ax, (name, run) in zip(axes, runs.items(), strict=False):
@@ -261,7 +264,7 @@ plt.show()
 # expert load of the training batch.
 
 # %%
-log = moe_edu.load_train_log()
+log = load_train_log()
 tc, final = log["train_config"], log["final"]
 print(log["command"])
 print(

@@ -98,7 +98,8 @@ for name, load in loads.items():
 # %%
 from IPython.display import HTML, display
 
-from moe_edu.course.widgets import render_routing_html, trace_routing
+from moe_edu.course.widgets.render import render_routing_html
+from moe_edu.course.widgets.trace import trace_routing
 
 snippets = {
     "python": domains["python"][1].text[:260],

@@ -55,8 +55,9 @@ import math
 import matplotlib.pyplot as plt
 import torch
 
+from moe_edu.capacity import expert_capacity, keep_within_capacity
 from moe_edu.course.plots import expert_load_bars, legend_outside, shared_legend
-from moe_edu.variants import VARIANTS, build_variants, expert_capacity, keep_within_capacity
+from moe_edu.variants import VARIANTS, build_variants
 from moe_edu.variants.compare import Table, compare, load_stats
 
 # %% [markdown]

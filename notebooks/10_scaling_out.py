@@ -183,7 +183,7 @@ print("training, fp64:       ", choose_path(torch.randn(64, 64).double(), tiny_b
 # %% [markdown]
 # ## 3. The benchmark, as committed
 #
-# `python -m moe_edu.bench` (run from the repository root; the code lives in `benchmarks/cpu_dispatch.py`) times,
+# `python benchmarks/cpu_dispatch.py` (run from the repository root) times,
 # in one process and interleaved rounds, our `SparseMoeBlock`, `transformers`' `MixtralSparseMoeBlock` with its
 # `eager` and `grouped_mm` experts on the same weights, the **floor** — exactly the expert GEMMs our routing asked
 # for, on rows already sorted by expert, with no router, sort, gather or combine — and the **ideal** (one dense
@@ -282,7 +282,7 @@ print(
 # worker builds, route, and count what rank i sends to rank j.
 
 # %%
-from moe_edu.parallel_check import tiny_config
+from moe_edu.parallel import tiny_config
 
 world, tokens = 2, 32
 small = tiny_config()  # H=16, I=24, E=8, k=2
@@ -301,10 +301,10 @@ print(format_tensor(predicted))
 # Now the real thing: `check_expert_parallel` spawns 2 gloo processes on 127.0.0.1 (NCCL on GPUs runs the same
 # code); each runs `moe_edu.parallel.ExpertParallelMoeBlock` on its slice and the single-process block on the
 # whole batch, forward **and** backward, and reports the worst difference. (A worker must live in an importable
-# module — functions defined in a notebook cannot be spawned — so it lives in `moe_edu/parallel_check.py`.)
+# module — functions defined in a notebook cannot be spawned — so it lives in `moe_edu/parallel.py`.)
 
 # %%
-from moe_edu.parallel_check import check_expert_parallel
+from moe_edu.parallel import check_expert_parallel
 
 report = check_expert_parallel(world=2, tokens=tokens, seed=0, timeout_s=120)
 print("measured rows sent:")
@@ -444,5 +444,5 @@ plt.show()
 # (10.3), checked against the library — balanced and skewed routing on 4 ranks, and an open question on why routing
 # locality helps caching but can hurt expert parallelism (10.4). (`ex03` practises the sort by expert this notebook
 # builds on.) Further challenges: add `tokens_sent` bytes to `layer_cost`; rerun section 5 with `top_k = 1`;
-# run `python -m moe_edu.bench --backward --quick --out /tmp/bench` from the repository root and explain which
+# run `python benchmarks/cpu_dispatch.py --backward --quick --out /tmp/bench` from the repository root and explain which
 # ratio changes most.

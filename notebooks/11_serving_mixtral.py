@@ -86,10 +86,10 @@ print(
 )
 
 # %% [markdown]
-# ### 1.3 The same with `moe_edu.memory_budget`, at 4k and 32k tokens, batch 1 and 32
+# ### 1.3 The same with `moe_edu.serving.memory.memory_budget`, at 4k and 32k tokens, batch 1 and 32
 
 # %%
-from moe_edu.memory import kv_cache_bytes, memory_budget
+from moe_edu.serving.memory import kv_cache_bytes, memory_budget
 
 b = memory_budget(cfg, context_len=32768)
 print(
@@ -211,13 +211,13 @@ print(
 #
 # Fig. 4 of the paper hides a random passkey in a long prompt, at a chosen depth, and asks for it: Mixtral
 # retrieves it 100 % of the time "regardless of the context length or the position of passkey in the sequence"
-# (§3.2). `moe_edu.passkey` builds such prompts from text for any tokenizer and scores any causal LM that returns
+# (§3.2). `moe_edu.serving.passkey` builds such prompts from text for any tokenizer and scores any causal LM that returns
 # logits. A prompt of 96 tokens with the key at depth 0.5:
 
 # %%
 from moe_edu.course.plots_passkey import plot_passkey_grid
-from moe_edu.passkey import make_prompt, passkey_grid
-from moe_edu.passkey_train import load_passkey_log, load_passkey_model
+from moe_edu.experiments.passkey import load_passkey_log, load_passkey_model
+from moe_edu.serving.passkey import make_prompt, passkey_grid
 
 pk_model, vocab = load_passkey_model()
 p = make_prompt(vocab.encode, length=96, depth=0.5, key="40761")
@@ -314,7 +314,7 @@ print(
 # library's `LRUCache`:
 
 # %%
-from moe_edu.expert_cache import LRUCache
+from moe_edu.serving.expert_cache import LRUCache
 
 
 def lru_by_hand(trace, capacity):
@@ -338,15 +338,15 @@ print("by hand:", lru_by_hand(trace, 2), " LRUCache:", (lib.hits, list(lib.entri
 # %% [markdown]
 # ### 4.2 Hit rates on the shipped model's routing
 #
-# `python -m moe_edu.serving_results` routed 15,340 held-out tokens (102 documents of the eight domains) through
+# `python -m moe_edu.experiments.serving` routed 15,340 held-out tokens (102 documents of the eight domains) through
 # the shipped tiny Mixtral and stored, for each token and layer, the 2 experts chosen and the 2 guessed by the
 # next-router trick. We replay them through one LRU cache per layer, in the real token order, in a shuffled
 # order (same decisions, no locality), and with prefetch. The precomputed table (all cache sizes) is checked
 # against a live replay:
 
 # %%
-from moe_edu.expert_cache import prefetch_accuracy, simulate_cache
-from moe_edu.serving_results import RESULTS, load_trace
+from moe_edu.experiments.serving import RESULTS, load_trace
+from moe_edu.serving.expert_cache import prefetch_accuracy, simulate_cache
 
 trace = load_trace()
 table = json.loads((RESULTS / "cache.json").read_text())
@@ -407,7 +407,7 @@ print(
 # cannot measure here.
 
 # %%
-from moe_edu.offload import offload_tokens_per_second
+from moe_edu.serving.offload import offload_tokens_per_second
 
 print("bits  hit rate          | tokens/s at PCIe 16 / 32 / 64 GB/s")
 for bits in (16, 4):
@@ -434,7 +434,7 @@ for bits in (16, 4):
 # model, generation is unchanged:
 
 # %%
-from moe_edu.offload import OffloadedMoeBlock
+from moe_edu.serving.offload import OffloadedMoeBlock
 
 shipped, tokenizer = moe_edu.load_pretrained()
 prompt = torch.tensor([tokenizer.encode("def add(a, b):\n    return")])  # (1, T)
@@ -474,7 +474,7 @@ print(
 # Plain torch first, on expert 0's gate projection of the shipped model's layer 0:
 
 # %%
-from moe_edu.quantize import quantize_int4, quantize_int8
+from moe_edu.serving.quantize import quantize_int4, quantize_int8
 
 shipped, tokenizer = moe_edu.load_pretrained()  # a fresh, resident copy
 w1 = shipped.model.layers[0].mlp.experts.w1[0].detach()  # (I, H) = (224, 64)
@@ -505,7 +505,7 @@ for name, bits_per_weight in (("bf16", 16), ("int8 per channel", 8 + 16 * 2 / 40
 # (Scales counted in bf16: per channel 2 bytes per output row of each matrix, about 2·2/4096 extra bits per
 # weight on average; per group 16 bits per 128 weights.) At 4 bits the whole model is about 26 GB.
 #
-# **What it costs in quality.** `python -m moe_edu.serving_results` quantised the shipped model's experts (router
+# **What it costs in quality.** `python -m moe_edu.experiments.serving` quantised the shipped model's experts (router
 # kept in fp32, or quantised too) and compared, on the same 15,340 held-out tokens, the held-out loss and the share of
 # tokens whose top-2 expert *set* changed at each layer:
 

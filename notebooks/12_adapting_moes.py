@@ -36,9 +36,9 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from moe_edu.adapt_experiments import load_results
+from moe_edu.experiments.adapting import load_results
 
-results = load_results()  # precomputed: python -m moe_edu.adapt_experiments --out moe_edu/results/adapting.json
+results = load_results()  # precomputed: python -m moe_edu.experiments.adapting --out moe_edu/results/adapting.json
 print(results["command"])
 
 # %% [markdown]
@@ -83,7 +83,7 @@ print(
 # every layer's FFN into $E$ experts with a fresh router.
 
 # %%
-from moe_edu.upcycling import dense_config, expert_spread, upcycle_block, upcycle_model
+from moe_edu.adapting.upcycling import dense_config, expert_spread, upcycle_block, upcycle_model
 
 cfg = moe_edu.get_config("tiny").replace(vocab_size=1024)
 torch.manual_seed(0)
@@ -236,10 +236,10 @@ print("expert spread during the upcycled run:", [(s["step"], round(s["spread"], 
 #
 # ## 3 · Fine-tuning an MoE: what to freeze, and the aux loss
 #
-# Freezing is `requires_grad = False`; the three regimes of `moe_edu.finetune`:
+# Freezing is `requires_grad = False`; the three regimes of `moe_edu.adapting.finetune`:
 
 # %%
-from moe_edu.finetune import REGIMES, apply_regime, finetune
+from moe_edu.adapting.finetune import REGIMES, apply_regime, finetune
 
 model, tokenizer = moe_edu.load_pretrained()
 for regime in REGIMES:
@@ -252,7 +252,7 @@ _ = apply_regime(model, "everything")  # back to all trainable
 # bit-identical; everything else moves.
 
 # %%
-from moe_edu.adapt_experiments import Data
+from moe_edu.experiments.adapting import Data
 
 data = Data(tokenizer)
 tuned, log = finetune(model, data.sampler(data.domain_train["italian"], 0), 6, regime="router_frozen", lr=1e-3)
@@ -372,7 +372,7 @@ plt.show()
 # layer 0 of the shipped model:
 
 # %%
-from moe_edu.pruning import prune_experts
+from moe_edu.adapting.pruning import prune_experts
 
 block = model.model.layers[0].mlp
 h = torch.randn(1, 24, cfg.hidden_size)  # (1, T, H)
@@ -484,7 +484,7 @@ plt.show()
 from collections import Counter
 
 from moe_edu.data.corpus import build_corpus, split_corpus
-from moe_edu.train import TokenStreams
+from moe_edu.training.data import TokenStreams
 
 held_streams = TokenStreams(split_corpus(build_corpus())[1], tokenizer, dict.fromkeys(domains, 1.0)).streams
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from moe_edu.adapt_experiments import load_results, main
+from moe_edu.adapting.finetune import REGIMES
 from moe_edu.data.corpus import DOMAINS
-from moe_edu.finetune import REGIMES
+from moe_edu.experiments.adapting import load_results, main
 
 
 def test_shipped_results_are_complete_and_consistent():
     r = load_results()
-    assert r["command"].startswith("python -m moe_edu.adapt_experiments")
+    assert r["command"].startswith("python -m moe_edu.experiments.adapting")
     up = r["upcycling"]
     assert up["step0_max_abs_logit_diff"] < 1e-4  # the upcycled model started on the dense function
     curves = up["curves"]

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 import moe_edu
-from moe_edu.course.widgets import PRESET_TEXTS
+from moe_edu.course.widgets.explorer import PRESET_TEXTS
 
 pytestmark = pytest.mark.browser
 

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 import moe_edu
 from moe_edu import CheckpointError, MixtralConfig, MixtralForCausalLM, StateDictError
-from moe_edu.atomic import atomic_directory
+from moe_edu.io.atomic import atomic_directory
 
 CFG = MixtralConfig(
     vocab_size=64,
@@ -59,7 +59,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import torch
     import safetensors.torch
-    import moe_edu, moe_edu.atomic, moe_edu.pretrained
+    import moe_edu, moe_edu.io.atomic, moe_edu.io.checkpoint
     from moe_edu import MixtralConfig, MixtralForCausalLM
 
     path, point, cfg = sys.argv[1], sys.argv[2], MixtralConfig.from_json(sys.argv[3])
@@ -70,14 +70,14 @@ KILL_SCRIPT = textwrap.dedent("""
         os.kill(os.getpid(), signal.SIGKILL)
 
     calls = []
-    real_save = moe_edu.pretrained.save_safetensors
+    real_save = moe_edu.io.checkpoint.save_safetensors
     def save_safetensors(*a, **k):
         calls.append(1)
         if point == f"before-shard-{len(calls)}":
             die()
         real_save(*a, **k)
-    moe_edu.pretrained.save_safetensors = save_safetensors
-    real_exchange = moe_edu.atomic.exchange
+    moe_edu.io.checkpoint.save_safetensors = save_safetensors
+    real_exchange = moe_edu.io.atomic.exchange
     def exchange(a, b):
         if point == "before-swap":
             die()
@@ -85,7 +85,7 @@ KILL_SCRIPT = textwrap.dedent("""
         if point == "after-swap":
             die()
         return ok
-    moe_edu.atomic.exchange = exchange
+    moe_edu.io.atomic.exchange = exchange
     moe_edu.save_pretrained(new, path, max_shard_size=int(sys.argv[4]))
     print("finished")
 """)
@@ -130,7 +130,7 @@ def test_failed_save_keeps_the_old_directory(tmp_path):
 BOMB_SCRIPT = textwrap.dedent("""
     import json, resource, sys, time
     import moe_edu
-    from moe_edu.shipped import load_run
+    from moe_edu.io.shipped import load_run
 
     path, field, value = sys.argv[1], sys.argv[2], int(sys.argv[3])
     cfg = json.load(open(path + "/config.json"))
@@ -215,7 +215,7 @@ def test_model_module_knows_nothing_about_files():
     source = (ROOT / "moe_edu" / "model.py").read_text()
     assert "pretrained" not in source.split('"""', 2)[2].replace("`pretrained`", "")
     assert not hasattr(MixtralForCausalLM, "from_pretrained") and not hasattr(MixtralForCausalLM, "save_pretrained")
-    for name in ("model", "pretrained", "run_dir", "shipped", "interop", "loading", "train", "generation", "config"):
+    for name in ("model", "io/checkpoint", "training/run_dir", "io/shipped", "layouts", "loading", "generation", "config"):
         body = (ROOT / "moe_edu" / f"{name}.py").read_text().splitlines()
         assert not [
             line for line in body if line.startswith((" ", "\t")) and line.strip().startswith(("import ", "from ."))
@@ -248,7 +248,7 @@ def test_loading_a_config_bomb_in_process_is_fast(tmp_path):
 
 def test_saved_files_are_byte_identical_whatever_the_hash_order(tmp_path):
     """safetensors writes its metadata in hash order; ours is fixed, so a seeded run gives one file."""
-    from moe_edu.pretrained import save_safetensors
+    from moe_edu.io.checkpoint import save_safetensors
 
     tensors = {"b": torch.arange(4.0), "a": torch.ones(2, 3)}
     blobs = set()

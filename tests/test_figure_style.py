@@ -18,10 +18,9 @@ from matplotlib.text import Text  # noqa: E402
 from moe_edu import PRESETS, count_parameters  # noqa: E402
 from moe_edu.course import widgets  # noqa: E402
 from moe_edu.course.diagram import draw_mixtral_block  # noqa: E402
-from moe_edu.course.plots import (  # noqa: E402
-    EXPERT_PALETTE,
+from moe_edu.course.palette import EXPERT_PALETTE, expert_colors
+from moe_edu.course.plots import (
     MIN_FONT,
-    expert_colors,
     expert_load_bars,
     parameter_breakdown,
     ratio_bars,

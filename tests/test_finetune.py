@@ -1,4 +1,4 @@
-"""Fine-tuning regimes (moe_edu.finetune): what is frozen stays bit-identical; the original is untouched."""
+"""Fine-tuning regimes (moe_edu.adapting.finetune): what is frozen stays bit-identical; the original is untouched."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import moe_edu
-from moe_edu.finetune import REGIMES, apply_regime, finetune
+from moe_edu.adapting.finetune import REGIMES, apply_regime, finetune
 
 CFG = moe_edu.get_config("tiny").replace(vocab_size=128, num_hidden_layers=2)
 

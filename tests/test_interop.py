@@ -5,7 +5,7 @@ import torch
 
 import moe_edu
 from moe_edu import PRESETS, SparseMoeBlock, StateDictError
-from moe_edu.interop import detect_layout, v5_to_layout
+from moe_edu.layouts import detect_layout, v5_to_layout
 
 CONFIG = PRESETS["tiny"]
 
@@ -125,9 +125,9 @@ def test_integer_tensors_are_refused_with_a_clear_message():
 
 
 def test_one_loader_for_memory_and_files():
-    import moe_edu.interop as interop
+    import moe_edu.io.checkpoint as pretrained
+    import moe_edu.layouts as interop
     import moe_edu.loading as loading
-    import moe_edu.pretrained as pretrained
 
     assert interop.check_and_load is loading.check_and_load and pretrained.load_into is loading.load_into
     assert interop.StateDictError is loading.StateDictError is moe_edu.StateDictError

@@ -4,7 +4,13 @@ import pytest
 import torch
 
 import moe_edu
-from moe_edu.memory import dtype_bits, kv_bytes_per_token, kv_cache_bytes, kv_equals_active_weights, memory_budget
+from moe_edu.serving.memory import (
+    dtype_bits,
+    kv_bytes_per_token,
+    kv_cache_bytes,
+    kv_equals_active_weights,
+    memory_budget,
+)
 
 MIXTRAL = moe_edu.PRESETS["mixtral-8x7b"]
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from moe_edu import MixtralConfig, MixtralForCausalLM, StateDictError
-from moe_edu.interop import model_from_v5, model_to_v5
+from moe_edu.layouts import model_from_v5, model_to_v5
 from moe_edu.rope import apply_rotary
 
 transformers = pytest.importorskip("transformers")

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import moe_edu
-from moe_edu.expert_cache import LRUCache, RoutingTrace, prefetch_accuracy, routing_trace, simulate_cache
-from moe_edu.offload import OffloadedMoeBlock, offload_tokens_per_second
+from moe_edu.serving.expert_cache import LRUCache, RoutingTrace, prefetch_accuracy, routing_trace, simulate_cache
+from moe_edu.serving.offload import OffloadedMoeBlock, offload_tokens_per_second
 
 TINY = moe_edu.PRESETS["tiny"]
 

@@ -7,8 +7,7 @@ import torch
 import torch.distributed as dist
 
 from moe_edu import SparseMoeBlock
-from moe_edu.parallel import ExpertParallelMoeBlock
-from moe_edu.parallel_check import check_expert_parallel, free_port, tiny_config
+from moe_edu.parallel import ExpertParallelMoeBlock, check_expert_parallel, free_port, tiny_config
 
 TOL = 1e-6  # fp32
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from moe_edu.parallel_check import check_expert_parallel
+from moe_edu.parallel import check_expert_parallel
 
 
 def worker_children() -> list[str]:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock as HFBlock  # a test dependency
 
 from moe_edu import DISPATCHES, PRESETS, SparseMoeBlock
-from moe_edu.interop import v5_to_layout
+from moe_edu.layouts import v5_to_layout
 
 WORST = {"err": 0.0}
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from moe_edu.passkey import make_prompt, passkey_grid, random_key, retrieved, spaced
-from moe_edu.passkey_train import WordVocab, make_batch, passkey_config
+from moe_edu.experiments.passkey import WordVocab, make_batch, passkey_config
+from moe_edu.serving.passkey import make_prompt, passkey_grid, random_key, retrieved, spaced
 
 VOCAB = WordVocab.passkey()
 
@@ -108,7 +108,7 @@ def test_distinct_keys():
 
 @pytest.mark.slow
 def test_training_is_reproducible_and_loads(tmp_path):
-    from moe_edu.passkey_train import load_passkey_model, train
+    from moe_edu.experiments.passkey import load_passkey_model, train
 
     kwargs = dict(steps=3, batch_size=2, min_len=64, max_len=72, digits=5, lr=3e-3, seed=0, threads=1, progress=False)
     a = train(tmp_path / "a", **kwargs)
@@ -127,7 +127,7 @@ def test_a_transformers_model_runs_in_the_harness():
         from transformers import MixtralForCausalLM as HFMixtral
     except Exception:  # transformers missing or refusing this torch
         pytest.skip("transformers not importable")
-    from moe_edu.passkey_train import load_passkey_model
+    from moe_edu.experiments.passkey import load_passkey_model
 
     ours, vocab = load_passkey_model()  # the shipped checkpoint: it retrieves most keys at these lengths
     hf = HFMixtral(ours.config.to_hf()).eval()

@@ -10,13 +10,8 @@ import torch  # noqa: E402
 
 from moe_edu import PRESETS, count_parameters  # noqa: E402
 from moe_edu.course.diagram import CHOSEN, draw_mixtral_block  # noqa: E402
-from moe_edu.course.plots import (  # noqa: E402
-    EXPERT_PALETTE,
-    expert_load_bars,
-    parameter_breakdown,
-    ratio_bars,
-    router_heatmap,
-)
+from moe_edu.course.palette import EXPERT_PALETTE
+from moe_edu.course.plots import expert_load_bars, parameter_breakdown, ratio_bars, router_heatmap
 
 
 @pytest.fixture(autouse=True)

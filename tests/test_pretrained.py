@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import moe_edu
-import moe_edu.pretrained as pretrained
+import moe_edu.io.checkpoint as pretrained
 from moe_edu import CheckpointError, MixtralConfig, MixtralForCausalLM, StateDictError, load_moe_block
 
 transformers = pytest.importorskip("transformers")

@@ -132,3 +132,91 @@ def test_library_imports_at_module_level_only():
                         if (rel, (module or "").split(".")[0]) not in DEFERRED_ALLOWED:
                             found.append(f"{rel}:{inner.lineno} {module}")
     assert not found, f"imports below module level: {found}"
+
+
+CORE = {
+    "__init__",
+    "accounting",
+    "analysis",
+    "attention",
+    "capacity",
+    "config",
+    "dispatch",
+    "experts",
+    "generation",
+    "grouped_mm",
+    "layouts",
+    "loading",
+    "losses",
+    "model",
+    "moe_block",
+    "norm",
+    "parallel",
+    "presets",
+    "rope",
+    "routing",
+    "tokenizer",
+    "train",
+    "validation",
+}  # `train` is the thin `python -m moe_edu.train` entry point (DESIGN.md keeps the command at that address)
+SUBPACKAGES = {"adapting", "course", "data", "experiments", "io", "serving", "training", "variants"}
+PERIPHERY = {"adapting", "course", "experiments", "io", "serving", "training"}
+
+
+def _relative_imports(path):
+    """(first package part, line) of every import of a moe_edu module in `path`, resolved from its location."""
+    import ast
+
+    rel = path.relative_to(ROOT / "moe_edu").with_suffix("").parts
+    package = rel[:-1] if rel[-1] != "__init__" else rel[:-1]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = list(package)[: len(package) - (node.level - 1)] if node.level > 1 else list(package)
+            parts = base + (node.module.split(".") if node.module else [])
+            if not parts:  # `from . import x`
+                parts = [alias.name for alias in node.names][:1]
+            yield parts[0], node.lineno
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("moe_edu."):
+            yield node.module.split(".")[1], node.lineno
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("moe_edu."):
+                    yield alias.name.split(".")[1], node.lineno
+
+
+def test_top_level_is_the_flat_core_plus_named_subpackages():
+    modules = {p.stem for p in (ROOT / "moe_edu").glob("*.py")}
+    packages = {p.parent.name for p in (ROOT / "moe_edu").glob("*/__init__.py")}
+    assert modules == CORE, f"unexpected top-level modules: {sorted(modules ^ CORE)}"
+    assert packages == SUBPACKAGES, sorted(packages ^ SUBPACKAGES)
+
+
+def test_the_core_imports_no_subpackage_of_the_periphery():
+    found = []
+    for name in sorted(CORE - {"__init__", "train"}):
+        path = ROOT / "moe_edu" / f"{name}.py"
+        found += [f"{name}.py:{line} imports {first}" for first, line in _relative_imports(path) if first in PERIPHERY]
+    for path in sorted((ROOT / "moe_edu" / "variants").glob("*.py")):
+        found += [
+            f"variants/{path.name}:{line} imports {first}"
+            for first, line in _relative_imports(path)
+            if first in PERIPHERY
+        ]
+    assert not found, found
+
+
+def test_nothing_outside_course_imports_course():
+    found = []
+    for path in sorted((ROOT / "moe_edu").rglob("*.py")):
+        rel = path.relative_to(ROOT / "moe_edu")
+        if rel.parts[0] == "course":
+            continue
+        found += [f"{rel}:{line}" for first, line in _relative_imports(path) if first == "course"]
+        text = path.read_text()
+        if "__import__(" in text or ("import_module(" in text and rel.as_posix() != "__init__.py"):
+            found.append(f"{rel}: dynamic import")
+    assert not found, found
+    # the package root's only reach into course/: the three lazy names of DESIGN.md's stable API
+    import moe_edu
+
+    assert set(moe_edu._LAZY) == {"RoutingExplorer", "render_routing_html", "trace_routing"}

@@ -1,4 +1,4 @@
-"""Expert pruning and merging (moe_edu.pruning): shapes, re-routing with renormalised top-k, merge weights."""
+"""Expert pruning and merging (moe_edu.adapting.pruning): shapes, re-routing with renormalised top-k, merge weights."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import moe_edu
-from moe_edu.pruning import (
+from moe_edu.adapting.pruning import (
     expert_similarity,
     expert_usage,
     layer_inputs,
@@ -96,7 +96,7 @@ def test_prune_errors(model):
 
 
 def test_pruned_routing_never_picks_the_dropped_expert_and_renormalises():
-    from moe_edu.pruning import pruned_routing
+    from moe_edu.adapting.pruning import pruned_routing
 
     logits = torch.randn(20, 8, generator=torch.Generator().manual_seed(2))
     logits[:, 4] += 5.0  # everyone's first choice is the expert we drop

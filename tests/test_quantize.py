@@ -4,7 +4,14 @@ import pytest
 import torch
 
 import moe_edu
-from moe_edu.quantize import pack_int4, quantize, quantize_int4, quantize_int8, quantize_model_experts, unpack_int4
+from moe_edu.serving.quantize import (
+    pack_int4,
+    quantize,
+    quantize_int4,
+    quantize_int8,
+    quantize_model_experts,
+    unpack_int4,
+)
 
 
 def test_int8_round_trip_within_half_a_step():

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moe_edu.data.corpus import build_corpus, by_domain, split_corpus
-from moe_edu.shipped import checkpoint_dir
+from moe_edu.io.shipped import checkpoint_dir
 from moe_edu.tokenizer import Tokenizer
 
 TEXTS = [

@@ -8,8 +8,12 @@ import torch
 
 import moe_edu
 from moe_edu.data.corpus import Document
-from moe_edu.shipped import checkpoint_dir, load_run, load_train_log
-from moe_edu.train import TokenStreams, TrainConfig, lr_at, main, train, train_steps
+from moe_edu.experiments.train import main
+from moe_edu.io.shipped import checkpoint_dir, load_run, load_train_log
+from moe_edu.training.config import TrainConfig
+from moe_edu.training.data import TokenStreams
+from moe_edu.training.loop import lr_at, train_steps
+from moe_edu.training.run import train
 
 
 def test_lr_schedule():

@@ -7,10 +7,13 @@ import pytest
 import torch
 
 import moe_edu
-import moe_edu.train as train_mod
-from moe_edu.run_dir import STATE_DIR, dump_json, merge_readme, save_run
-from moe_edu.shipped import checkpoint_dir, load_train_log
-from moe_edu.train import NonFiniteError, TrainConfig, check_out_dir, main, train, train_steps
+import moe_edu.training.run as train_mod
+from moe_edu.experiments.train import main
+from moe_edu.io.shipped import checkpoint_dir, load_train_log
+from moe_edu.training.config import TrainConfig
+from moe_edu.training.loop import NonFiniteError, train_steps
+from moe_edu.training.run import check_out_dir, train
+from moe_edu.training.run_dir import STATE_DIR, dump_json, merge_readme, save_run
 
 FAST = ["--steps", "3", "--batch-size", "2", "--seq-len", "16", "--eval-every", "1000", "--no-progress"]
 
@@ -160,7 +163,7 @@ def test_resume_gives_the_same_final_weights_as_an_uninterrupted_run(tmp_path, m
 
 def test_a_run_writer_that_fails_midway_leaves_the_old_run_whole(tmp_path, monkeypatch):
     """The old writer wrote file by file in place: a failure left new weights beside an old log and README."""
-    import moe_edu.pretrained as pretrained
+    import moe_edu.io.checkpoint as pretrained
 
     shipped = checkpoint_dir("tiny")
     run = tmp_path / "run"

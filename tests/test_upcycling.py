@@ -1,4 +1,4 @@
-"""Sparse upcycling (moe_edu.upcycling): the upcycled MoE is the dense function at step 0."""
+"""Sparse upcycling (moe_edu.adapting.upcycling): the upcycled MoE is the dense function at step 0."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import moe_edu
-from moe_edu.upcycling import dense_config, expert_spread, upcycle_block, upcycle_model
+from moe_edu.adapting.upcycling import dense_config, expert_spread, upcycle_block, upcycle_model
 
 CFG = moe_edu.get_config("tiny").replace(vocab_size=128, num_hidden_layers=2)
 
@@ -61,7 +61,7 @@ def test_upcycle_rejects_a_model_that_is_already_sparse():
 
 
 def test_upcycle_weights_copies_and_owns_its_memory():
-    from moe_edu.upcycling import upcycle_weights
+    from moe_edu.adapting.upcycling import upcycle_weights
 
     gu, d = torch.randn(1, 6, 4), torch.randn(1, 4, 3)
     gu8, d8 = upcycle_weights(gu, d, 8)

@@ -8,24 +8,17 @@ import pytest
 import torch
 
 import moe_edu
-from moe_edu.capacity import capacity_dispatch
+from moe_edu.capacity import capacity_dispatch, expert_capacity, keep_within_capacity
 from moe_edu.dispatch import loop_dispatch
-from moe_edu.variants import (
-    VARIANTS,
-    ExpertChoiceMoE,
-    GShardMoE,
-    MixtralDroplessMoE,
-    MoEOutput,
-    NoisyTopKMoE,
-    SharedExpertMoE,
-    SwitchMoE,
-    build_variant,
-    build_variants,
-    expert_capacity,
-    keep_within_capacity,
-)
+from moe_edu.variants import VARIANTS, build_variant, build_variants
+from moe_edu.variants.base import MoEOutput
 from moe_edu.variants.compare import Table, compare, load_stats
-from moe_edu.variants.noisy_topk import prob_in_topk
+from moe_edu.variants.expert_choice import ExpertChoiceMoE
+from moe_edu.variants.gshard import GShardMoE
+from moe_edu.variants.mixtral import MixtralDroplessMoE
+from moe_edu.variants.noisy_topk import NoisyTopKMoE, prob_in_topk
+from moe_edu.variants.shared_experts import SharedExpertMoE
+from moe_edu.variants.switch import SwitchMoE
 
 CFG = moe_edu.get_config("tiny")
 H, I, E = CFG.hidden_size, CFG.intermediate_size, CFG.num_local_experts

@@ -8,21 +8,14 @@ import pytest
 import torch
 
 import moe_edu
-from moe_edu.course.plots import EXPERT_PALETTE
-from moe_edu.course.widgets import (
-    RoutingExplorer,
-    RoutingTrace,
-    flow_html,
-    heatmap_html,
-    load_html,
-    overview_html,
-    path_html,
-    render_routing_html,
-    text_spans,
-    topk_html,
-    trace_routing,
-    visible,
-)
+from moe_edu.course.palette import EXPERT_PALETTE
+from moe_edu.course.widgets import text_spans
+from moe_edu.course.widgets.explorer import RoutingExplorer
+from moe_edu.course.widgets.flow import flow_html
+from moe_edu.course.widgets.render import render_routing_html
+from moe_edu.course.widgets.text_spans import visible
+from moe_edu.course.widgets.trace import RoutingTrace, trace_routing
+from moe_edu.course.widgets.views import heatmap_html, load_html, overview_html, path_html, topk_html
 
 
 class ByteTokenizer:

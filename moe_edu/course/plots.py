@@ -22,8 +22,8 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.patches import Patch, Rectangle
 
 from moe_edu.accounting import ParameterCount
-from moe_edu.course.diagram import CHOSEN, IDLE, draw_mixtral_block  # noqa: F401  (re-exported for notebooks)
-from moe_edu.course.palette import EXPERT_PALETTE, expert_colors  # noqa: F401  (re-exported: one import for figures)
+from moe_edu.course.diagram import CHOSEN, IDLE
+from moe_edu.course.palette import expert_colors
 
 MIN_FONT = 8  # pt: the smallest text in any course figure
 FONT = 9  # pt: legends, annotations and bar labels

@@ -1,11 +1,11 @@
-"""Notebook 11's passkey picture: the Mixtral paper's Fig. 4 layout for a `moe_edu.passkey.PasskeyGrid`."""
+"""Notebook 11's passkey picture: the Mixtral paper's Fig. 4 layout for a `moe_edu.serving.passkey.PasskeyGrid`."""
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from moe_edu.passkey import PasskeyGrid
+from ..serving.passkey import PasskeyGrid
 
 __all__ = ["plot_passkey_grid"]
 

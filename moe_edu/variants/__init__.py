@@ -18,7 +18,6 @@ Each module is a router (`...Router`) plus a thin `RoutedMoE` that plugs it into
 
 from __future__ import annotations
 
-from ..capacity import dispatch_assignments, dispatch_kept, expert_capacity, keep_within_capacity
 from ..config import MixtralConfig
 from .aux_free import AuxFreeMoE
 from .base import MoEOutput, RoutedMoE
@@ -74,8 +73,4 @@ __all__ = [
     "SharedExpertMoE",
     "SoftMoE",
     "AuxFreeMoE",
-    "expert_capacity",
-    "keep_within_capacity",
-    "dispatch_assignments",
-    "dispatch_kept",
 ]

@@ -17,7 +17,7 @@
 # %%
 import moe_edu
 from moe_edu.course.notebook import setup
-from moe_edu.course.widgets import RoutingExplorer
+from moe_edu.course.widgets.explorer import RoutingExplorer
 
 setup()  # seed 0, one thread: the same routing every run
 model, tokenizer = moe_edu.load_pretrained()

@@ -90,7 +90,7 @@ ex.check_pruned_routing(pruned_routing)
 # with the experts after `d` renumbered one down:
 
 # %%
-from moe_edu.pruning import prune_experts
+from moe_edu.adapting.pruning import prune_experts
 
 pruned_fn = ex.use("pruned_routing", pruned_routing)
 torch.manual_seed(0)

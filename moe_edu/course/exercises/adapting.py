@@ -10,9 +10,10 @@ import torch
 
 from moe_edu.course.exercises.core import Case, Registry, randn
 from moe_edu.course.exercises.topk import by_expert
-from moe_edu.pruning import pruned_routing
-from moe_edu.upcycling import upcycle_weights
 from moe_edu.variants.aux_free import bias_update
+
+from ...adapting.pruning import pruned_routing
+from ...adapting.upcycling import upcycle_weights
 
 exercises = Registry("adapting")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from moe_edu.capacity import dispatch_assignments, dispatch_kept
 from moe_edu.course.exercises.core import Case, Registry, randn
 from moe_edu.course.exercises.sparse import make_experts
 from moe_edu.experts import Experts
 from moe_edu.variants.expert_choice import expert_choice_route
 from moe_edu.variants.switch import switch_route
+
+from ...dispatch import dispatch_assignments, dispatch_kept
 
 exercises = Registry("family")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference

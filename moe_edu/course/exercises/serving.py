@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 
 from moe_edu.course.exercises.core import Case, Registry, randn
-from moe_edu.expert_cache import LRUCache
-from moe_edu.quantize import quantize_int8
+
+from ...serving.expert_cache import LRUCache
+from ...serving.quantize import quantize_int8
 
 exercises = Registry("serving")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference

@@ -7,11 +7,13 @@ static HTML; `RoutingExplorer` is the app built on both (ipywidgets controls + a
 
 from moe_edu.course.widgets.explorer import PRESET_TEXTS, SCRIPT_TEXTS, TABS, RoutingExplorer
 from moe_edu.course.widgets.flow import flow_html
-from moe_edu.course.widgets.render import expert_colour, render_routing_html
 from moe_edu.course.widgets.text_spans import TextSpan, text_spans, visible
 from moe_edu.course.widgets.trace import RoutingTrace, trace_routing
 from moe_edu.course.widgets.view import RoutingView
 from moe_edu.course.widgets.views import heatmap_html, load_html, overview_html, path_html, topk_html
+
+from ..palette import expert_colour
+from .render import render_routing_html
 
 __all__ = [
     "PRESET_TEXTS",

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from html import escape
 
-from moe_edu.course.widgets.render import FONT, NOTE, check_prefix, expert_colour, state_class, style_block
 from moe_edu.course.widgets.trace import RoutingTrace
 from moe_edu.course.widgets.views import token_labels
+
+from ..palette import expert_colour
+from .render import FONT, NOTE, check_prefix, state_class, style_block
 
 ROW = 18  # px per token
 LEFT, RIGHT, WIDTH = 170, 430, 520  # token labels end at LEFT, expert boxes start at RIGHT

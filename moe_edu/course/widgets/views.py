@@ -8,18 +8,10 @@ explorer can highlight a selected span and dim all but one expert. See notebook 
 
 from __future__ import annotations
 
-from moe_edu.course.widgets.render import (
-    FONT,
-    NOTE,
-    bands,
-    check_prefix,
-    chip,
-    expert_colour,
-    state_class,
-    style_block,
-    token_label,
-)
 from moe_edu.course.widgets.trace import RoutingTrace
+
+from ..palette import expert_colour
+from .render import FONT, NOTE, bands, check_prefix, chip, state_class, style_block, token_label
 
 _TABLE = f'style="border-collapse:collapse;{FONT};font-size:12px"'
 _SHADE = "49,130,189"  # heatmap blue

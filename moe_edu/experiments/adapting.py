@@ -1,6 +1,6 @@
 """Notebook 12's precomputed experiments: upcycling, fine-tuning regimes, pruning and merging.
 
-    python -m moe_edu.adapt_experiments --out moe_edu/results/adapting.json     (about 2-3 min, 1 thread)
+    python -m moe_edu.experiments.adapting --out moe_edu/results/adapting.json     (about 2-3 min, 1 thread)
 
 All runs use the shipped tokenizer and corpus split, batches of 8 x 64 tokens, one CPU thread,
 fixed seeds. The notebook reads the JSON (`load_results`); its live cells redo small pieces.
@@ -17,11 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .accounting import count_parameters
-from .data.corpus import DOMAINS, build_corpus, split_corpus
-from .finetune import REGIMES, finetune
-from .model import MixtralForCausalLM
-from .pruning import (
+from ..accounting import count_parameters
+from ..adapting.finetune import REGIMES, finetune
+from ..adapting.pruning import (
     expert_similarity,
     expert_usage,
     layer_inputs,
@@ -31,16 +29,20 @@ from .pruning import (
     prune_experts,
     random_experts,
 )
-from .shipped import load_pretrained
-from .train import DEFAULT_WEIGHTS, TokenStreams, eval_loss, train_steps
-from .upcycling import dense_config, expert_spread, upcycle_model
+from ..adapting.upcycling import dense_config, expert_spread, upcycle_model
+from ..data.corpus import DOMAINS, build_corpus, split_corpus
+from ..io.shipped import load_pretrained
+from ..model import MixtralForCausalLM
+from ..training.config import DEFAULT_WEIGHTS
+from ..training.data import TokenStreams
+from ..training.loop import eval_loss, train_steps
 
-RESULTS = Path(__file__).resolve().parent / "results" / "adapting.json"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "adapting.json"
 BATCH, SEQ = 8, 64
 
 
 def load_results(path: str | Path = RESULTS) -> dict:
-    """The shipped results of `python -m moe_edu.adapt_experiments`."""
+    """The shipped results of `python -m moe_edu.experiments.adapting`."""
     return json.loads(Path(path).read_text())
 
 
@@ -273,7 +275,7 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m moe_edu.adapt_experiments",
+        prog="python -m moe_edu.experiments.adapting",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -285,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    command = "python -m moe_edu.adapt_experiments " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m moe_edu.experiments.adapting " + " ".join(sys.argv[1:] if argv is None else argv)
     res = run(a.dense_steps, a.more_steps, target=a.target, ft_steps=a.ft_steps, command=command.strip())
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1) + "\n")

@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import torch
 
-from .model import MixtralForCausalLM
-from .train import train_steps
+from ..model import MixtralForCausalLM
+from ..training.loop import train_steps
 
 REGIMES = ("everything", "router_frozen", "experts_frozen")
 

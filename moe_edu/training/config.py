@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import MixtralConfig
-from .data.corpus import DOMAINS
-from .presets import PRESETS, get_config
-from .validation import (
+from ..config import MixtralConfig
+from ..data.corpus import DOMAINS
+from ..presets import PRESETS, get_config
+from ..validation import (
     int_in_range,
     nonnegative_float,
     nonnegative_int,

@@ -1,7 +1,7 @@
 """Training data: a BPE tokenizer learnt on a domain-balanced sample, and per-domain token streams.
 
 `moe_edu.train` builds both from the corpus (`moe_edu.data.corpus`); notebook 07 and
-`moe_edu.adapt_experiments` sample their batches from `TokenStreams` too. Windows are drawn with a
+`moe_edu.experiments.adapting` sample their batches from `TokenStreams` too. Windows are drawn with a
 `torch.Generator`, so a seeded run sees the same batches every time.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .data.corpus import Document, by_domain
-from .tokenizer import Tokenizer
+from ..data.corpus import Document, by_domain
+from ..tokenizer import Tokenizer
 
 __all__ = ["TokenStreams", "train_tokenizer"]
 

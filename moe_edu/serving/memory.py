@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .accounting import count_parameters
-from .config import MixtralConfig
+from ..accounting import count_parameters
+from ..config import MixtralConfig
 
 # bits per stored element, by name; torch dtypes are read from torch
 DTYPE_BITS = {

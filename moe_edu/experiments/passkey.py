@@ -1,8 +1,8 @@
 """Train a tiny Mixtral to retrieve a passkey, on CPU, in a few minutes (reproducible, seeded).
 
-    python -m moe_edu.passkey_train --out moe_edu/checkpoints/passkey
+    python -m moe_edu.experiments.passkey --out moe_edu/checkpoints/passkey
 
-The prompts are `moe_edu.passkey`'s (instruction, filler, key sentence at a random depth,
+The prompts are `moe_edu.serving.passkey`'s (instruction, filler, key sentence at a random depth,
 question) in a word-level vocabulary of 38 tokens (`WordVocab`: the prompt's words and the ten
 digits), not the course's BPE tokenizer: every token is a word, every digit one token. Lengths
 vary per batch up to `--max-len`, so the model sees the question at many positions — but never
@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import MixtralConfig
-from .model import MixtralForCausalLM
-from .passkey import FILLER, INTRO, KEY_SENTENCE, QUESTION, make_prompt, random_key
+from ..config import MixtralConfig
+from ..model import MixtralForCausalLM
+from ..serving.passkey import FILLER, INTRO, KEY_SENTENCE, QUESTION, make_prompt, random_key
 
-CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "passkey"
+CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "passkey"
 
 
 class WordVocab:
@@ -168,7 +168,7 @@ def load_passkey_model(path: str | Path = CHECKPOINT) -> tuple[MixtralForCausalL
     path = Path(path)
     if not (path / "model.safetensors").is_file():
         raise ValueError(
-            f"no passkey checkpoint in {path}; train one with `python -m moe_edu.passkey_train --out {path}`"
+            f"no passkey checkpoint in {path}; train one with `python -m moe_edu.experiments.passkey --out {path}`"
         )
     config = MixtralConfig.from_json(path / "config.json").replace(name="passkey")
     model = MixtralForCausalLM(config)

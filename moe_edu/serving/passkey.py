@@ -7,7 +7,7 @@
 A prompt is an instruction, filler sentences, the key sentence at a chosen *depth* (0 = right after
 the instruction, 1 = right before the question), then the question; the model must continue with
 the key's digits. Everything is built from text through any `encode(str) -> list[int]`, so the
-same harness scores moe_edu's models (a word-level vocabulary, `moe_edu.passkey_train`) and a
+same harness scores moe_edu's models (a word-level vocabulary, `moe_edu.experiments.passkey`) and a
 `transformers` model with its tokenizer. A prompt counts as retrieved when the model's greedy
 choice is right at every digit (teacher-forced: one forward pass per batch, the same verdict as
 greedy decoding, which would only continue from correct digits).

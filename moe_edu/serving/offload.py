@@ -21,10 +21,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .accounting import count_parameters
-from .config import MixtralConfig
+from ..accounting import count_parameters
+from ..config import MixtralConfig
+from ..experts import Experts, swiglu
 from .expert_cache import LRUCache
-from .experts import Experts, swiglu
 from .memory import dtype_bits
 
 

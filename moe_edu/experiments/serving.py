@@ -1,6 +1,6 @@
 """Precompute notebook 11's slow parts on the shipped model, into `moe_edu/results/serving/`.
 
-    python -m moe_edu.serving_results          # or: make serving-results
+    python -m moe_edu.experiments.serving          # or: make serving-results
 
 Writes `routing_trace.safetensors` (experts chosen and guessed per held-out token, layer and
 slot), `cache.json` (LRU hit rates per cache size: real token order, shuffled, with prefetch)
@@ -21,13 +21,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .course.notebook import setup
-from .data.corpus import build_corpus, by_domain, split_corpus
-from .expert_cache import RoutingTrace, prefetch_accuracy, routing_trace, simulate_cache
-from .quantize import quantize_model_experts
-from .shipped import load_pretrained
+from ..data.corpus import build_corpus, by_domain, split_corpus
+from ..io.shipped import load_pretrained
+from ..serving.expert_cache import RoutingTrace, prefetch_accuracy, routing_trace, simulate_cache
+from ..serving.quantize import quantize_model_experts
 
-RESULTS = Path(__file__).resolve().parent / "results" / "serving"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "serving"
 MAX_TOKENS = 192  # per document: the shipped model's context is 256
 
 
@@ -144,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(argv)
 
-    setup()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
     start = time.time()
     model, tokenizer = load_pretrained()
     docs = held_out_ids(tokenizer)
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     (a.out / "cache.json").write_text(json.dumps(cache, indent=1) + "\n")
     rows = quantization_table(model, docs)
     meta = {
-        "command": "python -m moe_edu.serving_results",
+        "command": "python -m moe_edu.experiments.serving",
         "documents": len(docs),
         "tokens": sum(len(d) for d in docs),
         "torch": torch.__version__,

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .analysis import load_imbalance, routing_load
-from .validation import int_in_range, positive_int
+from ..analysis import load_imbalance, routing_load
+from ..validation import int_in_range, positive_int
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int, min_ratio: float) -> float:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .pretrained import from_pretrained
-from .tokenizer import Tokenizer
+from ..tokenizer import Tokenizer
+from .checkpoint import from_pretrained
 
-CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 
 
 def checkpoint_dir(name: str = "tiny") -> Path:

@@ -33,13 +33,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..config import MixtralConfig
+from ..layouts import model_from_v5
+from ..loading import load_into
+from ..model import MixtralForCausalLM
+from ..moe_block import SparseMoeBlock
+from ..validation import int_in_range, positive_int
 from .atomic import atomic_directory
-from .config import MixtralConfig
-from .interop import model_from_v5
-from .loading import load_into
-from .model import MixtralForCausalLM
-from .moe_block import SparseMoeBlock
-from .validation import int_in_range, positive_int
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .analysis import routing_load
-from .model import MixtralForCausalLM
+from ..analysis import routing_load
+from ..model import MixtralForCausalLM
 
 
 @torch.no_grad()

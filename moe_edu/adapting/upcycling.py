@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from .config import MixtralConfig
-from .model import MixtralForCausalLM
-from .moe_block import SparseMoeBlock
+from ..config import MixtralConfig
+from ..model import MixtralForCausalLM
+from ..moe_block import SparseMoeBlock
 
 
 def dense_config(config: MixtralConfig) -> MixtralConfig:
