@@ -10,7 +10,7 @@ from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock a
 from moe_edu import DISPATCHES, PRESETS, SparseMoeBlock
 from moe_edu.layouts import v5_to_layout
 
-WORST = {"err": 0.0}
+LAYOUT_SEEDS = {"v5": 1, "v4": 2, "mistral": 3}  # fixed: the configs reproduce in any process
 
 
 def random_configs(n: int, seed: int = 0):
@@ -43,7 +43,7 @@ def hf_block(config, seed):
 @pytest.mark.parametrize("layout", ["v5", "v4", "mistral"])
 @pytest.mark.parametrize("dispatch", sorted(DISPATCHES))
 def test_matches_transformers_on_random_configs(layout, dispatch):
-    for i, (config, tokens, batch) in enumerate(random_configs(12, seed=hash(layout) % 1000)):
+    for i, (config, tokens, batch) in enumerate(random_configs(12, seed=LAYOUT_SEEDS[layout])):
         hf = hf_block(config, i)
         ours = SparseMoeBlock(config, dispatch=dispatch).eval()
         ours.load_hf_state_dict(v5_to_layout(hf.state_dict(), layout))
@@ -52,7 +52,6 @@ def test_matches_transformers_on_random_configs(layout, dispatch):
             want = hf(x.clone())
             got, logits = ours(x)
         err = (got - want).abs().max().item()
-        WORST["err"] = max(WORST["err"], err)
         assert err <= 1e-5, (config, tokens, err)
         assert logits.shape == (batch * tokens, config.num_local_experts)
         torch.testing.assert_close(logits, F.linear(x.reshape(-1, config.hidden_size), hf.gate.weight))
@@ -92,7 +91,3 @@ def test_matches_mistral_inference_ordering(order):
         with torch.no_grad():
             got = block(x[None])[0][0]
         assert (got - want).abs().max().item() <= 1e-5
-
-
-def test_report_worst_parity_error():
-    print(f"worst |ours - transformers| over all parity cases: {WORST['err']:.2e}")
