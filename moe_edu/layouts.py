@@ -40,6 +40,23 @@ __all__ = [
 LAYOUTS = ("v5", "v4", "mistral")
 _MISTRAL_PREFIX = "feed_forward."
 
+# Mistral-native names -> transformers' (v5 and v4 alike) for the non-MoE tensors; the inverse is derived.
+MISTRAL_MODEL_KEYS = {
+    "tok_embeddings.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+MISTRAL_LAYER_KEYS = {  # inside `layers.{i}.` -> inside `model.layers.{i}.`
+    "attention.wq.weight": "self_attn.q_proj.weight",
+    "attention.wk.weight": "self_attn.k_proj.weight",
+    "attention.wv.weight": "self_attn.v_proj.weight",
+    "attention.wo.weight": "self_attn.o_proj.weight",
+    "attention_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+}
+TO_MISTRAL_MODEL_KEYS = {v: k for k, v in MISTRAL_MODEL_KEYS.items()}
+TO_MISTRAL_LAYER_KEYS = {v: k for k, v in MISTRAL_LAYER_KEYS.items()}
+
 
 def detect_layout(keys) -> str:
     """Which of `LAYOUTS` a block's keys use (v5 if in doubt, so errors list v5 names)."""
@@ -126,31 +143,18 @@ def _unpermute_rotary(w: torch.Tensor, heads: int) -> torch.Tensor:
 
 def _mistral_model_key(key: str, sd: Mapping[str, torch.Tensor], config) -> tuple[str, torch.Tensor]:
     tensor = sd[key]
-    simple = {
-        "tok_embeddings.weight": "model.embed_tokens.weight",
-        "norm.weight": "model.norm.weight",
-        "output.weight": "lm_head.weight",
-    }
-    if key in simple:
-        return simple[key], tensor
+    if key in MISTRAL_MODEL_KEYS:
+        return MISTRAL_MODEL_KEYS[key], tensor
     m = re.match(r"layers\.(\d+)\.(.+)$", key)
     if not m:
         return key, tensor
     i, rest = m.groups()
-    attn = {
-        "attention.wq.weight": "self_attn.q_proj.weight",
-        "attention.wk.weight": "self_attn.k_proj.weight",
-        "attention.wv.weight": "self_attn.v_proj.weight",
-        "attention.wo.weight": "self_attn.o_proj.weight",
-        "attention_norm.weight": "input_layernorm.weight",
-        "ffn_norm.weight": "post_attention_layernorm.weight",
-    }
     if rest == "attention.wq.weight" and tensor.dim() == 2:
         tensor = _unpermute_rotary(tensor, config.num_attention_heads)
     elif rest == "attention.wk.weight" and tensor.dim() == 2:
         tensor = _unpermute_rotary(tensor, config.num_key_value_heads)
-    if rest in attn:
-        return f"model.layers.{i}.{attn[rest]}", tensor
+    if rest in MISTRAL_LAYER_KEYS:
+        return f"model.layers.{i}.{MISTRAL_LAYER_KEYS[rest]}", tensor
     if rest.startswith(_MISTRAL_PREFIX):
         return f"model.layers.{i}.mlp.{rest[len(_MISTRAL_PREFIX) :]}", tensor
     return key, tensor
@@ -206,30 +210,17 @@ def model_from_v5(sd: Mapping[str, torch.Tensor], config, layout: str = "v5") ->
         out.update({prefix + "block_sparse_moe." + k: v for k, v in v5_to_layout(block, "v4").items()})
     if layout == "v4":
         return out
-    simple = {
-        "model.embed_tokens.weight": "tok_embeddings.weight",
-        "model.norm.weight": "norm.weight",
-        "lm_head.weight": "output.weight",
-    }
-    attn = {
-        "self_attn.q_proj.weight": "attention.wq.weight",
-        "self_attn.k_proj.weight": "attention.wk.weight",
-        "self_attn.v_proj.weight": "attention.wv.weight",
-        "self_attn.o_proj.weight": "attention.wo.weight",
-        "input_layernorm.weight": "attention_norm.weight",
-        "post_attention_layernorm.weight": "ffn_norm.weight",
-    }
     mistral: dict[str, torch.Tensor] = {}
     for k, v in out.items():
         m = re.match(r"model\.layers\.(\d+)\.(.+)$", k)
-        if k in simple:
-            mistral[simple[k]] = v
-        elif m and m.group(2) in attn:
+        if k in TO_MISTRAL_MODEL_KEYS:
+            mistral[TO_MISTRAL_MODEL_KEYS[k]] = v
+        elif m and m.group(2) in TO_MISTRAL_LAYER_KEYS:
             if m.group(2) == "self_attn.q_proj.weight":
                 v = _permute_rotary(v, config.num_attention_heads)
             elif m.group(2) == "self_attn.k_proj.weight":
                 v = _permute_rotary(v, config.num_key_value_heads)
-            mistral[f"layers.{m.group(1)}.{attn[m.group(2)]}"] = v
+            mistral[f"layers.{m.group(1)}.{TO_MISTRAL_LAYER_KEYS[m.group(2)]}"] = v
         elif m and m.group(2).startswith("block_sparse_moe."):
             mistral[f"layers.{m.group(1)}.{_MISTRAL_PREFIX}{m.group(2)[len('block_sparse_moe.') :]}"] = v
         else:
