@@ -115,6 +115,8 @@ function render({ model, el }) {
       b.tabIndex = on ? 0 : -1;
     }
     reveal();
+    const t = pinnedTok();
+    if (t) showCard(t); else card.hidden = true;
   }
   function tabs() {
     bar.replaceChildren(...model.get("tabs").map((name) => {
@@ -152,6 +154,7 @@ function render({ model, el }) {
     if (pinned !== null) { const t = pinnedTok(); if (t) showCard(t); else { pinned = null; card.hidden = true; } }
   }
   function paint() {
+    const focused = body.contains(document.activeElement);  // keep keyboard focus across a re-render
     body.innerHTML = model.get("html");
     el.classList.remove("moe-pending");
     for (const n of body.querySelectorAll(".moe-tok")) {
@@ -163,6 +166,10 @@ function render({ model, el }) {
     for (const n of body.querySelectorAll("tr[data-g]")) n.tabIndex = -1;
     show();
     mark();
+    if (focused) {
+      const g = Math.max(model.get("selected"), 0);
+      visiblePanel()?.querySelector(`.moe-tok[data-g="${g}"]`)?.focus({ preventScroll: true });
+    }
     el.dataset.renders = String(Number(el.dataset.renders || 0) + 1);
   }
   function select(g) {
@@ -213,7 +220,8 @@ function render({ model, el }) {
     const toks = visiblePanel()?.querySelectorAll(".moe-tok") || [];
     const n = toks.length || body.querySelectorAll(".moe-tok").length;
     if (!n) return;
-    const g = Math.min(n - 1, Math.max(0, model.get("selected") + step));
+    const now = model.get("selected"), from = now >= 0 ? now : Number(ev.target.closest("[data-g]").dataset.g);
+    const g = Math.min(n - 1, Math.max(0, from + step));
     pinned = g;
     select(g);
     setTimeout(() => { const t = pinnedTok(); if (t) { t.focus(); showCard(t); } }, 0);
