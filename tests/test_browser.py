@@ -225,8 +225,12 @@ CARD_ON_TOP = """() => {
   if (!card || card.hidden) return false;
   const r = card.getBoundingClientRect();
   if (r.width < 10 || r.height < 10) return false;
-  return [[r.left + 1, r.top + 1], [r.right - 2, r.top + 1], [r.left + 1, r.bottom - 2], [r.right - 2, r.bottom - 2]]
+  const old = card.style.pointerEvents;
+  card.style.pointerEvents = 'auto';  // hit testing skips pointer-events: none; painting (what a person sees) does not
+  const ok = [[r.left + 1, r.top + 1], [r.right - 2, r.top + 1], [r.left + 1, r.bottom - 2], [r.right - 2, r.bottom - 2]]
     .every(([x, y]) => { const e = document.elementFromPoint(x, y); return !!e && (e === card || card.contains(e)); });
+  card.style.pointerEvents = old;
+  return ok;
 }"""
 
 # [lowest contrast ratio, its text, colour, background] over the visible text of the panel (WCAG relative luminance)
