@@ -52,6 +52,7 @@ STEP_MS = 90_000
 NEW_TEXT = "專家混合模型 🙂 café — שלום"  # Chinese, emoji, accents, a dash, Hebrew: several bytes per character
 NEW_LAYER = 2
 APP_TEXT = "def add(a, b):\n    return a + b"
+LAST_LINE_TEXT = "專家混合模型在台灣很熱門 👍🏽"  # the course's showcase cards: 專 (several byte tokens), 👍🏽 (8)
 ARTIFACT_NOTES = {
     "explorer_static.png": "notebook 06 opened without running: the static picture and the note to run the cell",
     "explorer_typed.png": "after typing Chinese/emoji/accented/Hebrew text at layer 2: whole characters, k bands",
@@ -60,6 +61,9 @@ ARTIFACT_NOTES = {
     "explorer_heatmap.png": "heatmap tab after clicking a token: its rows highlighted",
     "explorer_all_layers.png": "all-layers tab: the selected token's column and its per-layer path",
     "explorer_flow.png": "flow tab with one expert highlighted from the legend, the others dimmed",
+    "explorer_card_last_line.png": "the whole hover card of 👍🏽, a many-token character on the widget's last line",
+    "explorer_keyboard.png": "after selecting by keyboard only (arrows, Enter)",
+    "explorer_dark.png": "the explorer in JupyterLab's dark theme (captions and labels readable)",
     "voila_app.png": "make explorer's Voila page after typing code: the explorer alone",
 }
 
@@ -215,6 +219,41 @@ TOKENS = """([root, layer]) => {
 }"""
 
 
+# true when the floating hover card is shown and each of its corners (1 px inside) is the card or inside it
+CARD_ON_TOP = """() => {
+  const card = document.querySelector('.moe-float-card');
+  if (!card || card.hidden) return false;
+  const r = card.getBoundingClientRect();
+  if (r.width < 10 || r.height < 10) return false;
+  const old = card.style.pointerEvents;
+  card.style.pointerEvents = 'auto';  // hit testing skips pointer-events: none; painting (what a person sees) does not
+  const ok = [[r.left + 1, r.top + 1], [r.right - 2, r.top + 1], [r.left + 1, r.bottom - 2], [r.right - 2, r.bottom - 2]]
+    .every(([x, y]) => { const e = document.elementFromPoint(x, y); return !!e && (e === card || card.contains(e)); });
+  card.style.pointerEvents = old;
+  return ok;
+}"""
+
+# [lowest contrast ratio, its text, colour, background] over the visible text of the panel (WCAG relative luminance)
+CONTRAST = """(sel) => {
+  const lum = (c) => { const v = c.match(/[\\d.]+/g).slice(0, 3).map(Number).map(x => x / 255)
+    .map(x => x <= 0.03928 ? x / 12.92 : ((x + 0.055) / 1.055) ** 2.4); return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2]; };
+  const alpha = (c) => { const m = c.match(/[\\d.]+/g); return m.length > 3 ? Number(m[3]) : 1; };
+  const bg = (n) => { for (; n; n = n.parentElement) { const c = getComputedStyle(n).backgroundColor;
+    if (alpha(c) > 0.5 && !getComputedStyle(n).backgroundImage.includes('gradient')) return c;
+    if (getComputedStyle(n).backgroundImage.includes('gradient')) return null; } return 'rgb(255, 255, 255)'; };
+  let worst = null;
+  const root = document.querySelector(sel);
+  for (const n of root.querySelectorAll('p, text, th')) {
+    if (!n.textContent.trim() || n.closest('.moe-dim')) continue;
+    const s = getComputedStyle(n), color = n.tagName === 'text' ? s.fill : s.color, back = bg(n);
+    if (!back || n.closest('rect, g[data-experts]')) continue;  // text on an expert colour: black on light hues
+    const [a, b] = [lum(color), lum(back)], ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    if (!worst || ratio < worst[0]) worst = [ratio, n.textContent.slice(0, 40), color, back];
+  }
+  return worst;
+}"""
+
+
 def bands(k: int) -> int:
     """Colour stops the browser reports for k stacked bands: `linear-gradient(a 60%, b 0 90%, c 0)` reads back
     with the middle colours twice (one stop per position), and k = 1 is drawn as `linear-gradient(a, a)`."""
@@ -324,11 +363,13 @@ def test_explorer_in_jupyterlab(tmp_path):
             view = page.locator(f"{root} .moe-explorer-view").last
             shoot(page, view, "explorer_typed.png")
 
-            # 4. hover: the card opens at once with the top-k experts and weights of the character's tokens
+            # 4. hover: the card opens at once with the top-k experts and weights of the character's tokens,
+            # every corner of it on top (elementFromPoint), not merely "visible" (clipped boxes count as visible)
             first = view.locator(".moe-text .moe-tok").first
             first.hover()
-            card = first.locator(".moe-card")
+            card = page.locator(".moe-float-card")
             card.wait_for(state="visible", timeout=2000)
+            assert page.evaluate(CARD_ON_TOP), "the hover card is covered or clipped somewhere"
             pieces = tokens[0][3]  # byte tokens of 專 (3 UTF-8 bytes) in the shipped vocabulary
             assert pieces > 1, "the first character should span several byte tokens"
             card_re = rf"token 0 \(1/{pieces}\).*e\d 0\.\d\d.*e\d 0\.\d\d"
@@ -381,6 +422,53 @@ def test_explorer_in_jupyterlab(tmp_path):
             )
             shoot(page, view, "explorer_flow.png")
             phase(f"k update {k_ms:.0f} ms; selection and legend checked")
+            view.locator(".moe-filter-chip").click()  # the filter shows as a chip; pressing it clears the filter
+            page.wait_for_function("() => !document.querySelector('.moe-explorer-view .moe-dim')")
+
+            # 8. the card of a many-token character on the widget's last line is whole (the old CSS card was clipped)
+            view.locator(".moe-tab", has_text="tokens").click()
+            type_and_time(page, root, LAST_LINE_TEXT)
+            wait_tokens(page, root, NEW_LAYER, lambda t: t[-1][1] == "👍🏽", "the thumbs-up text")
+            for target in ("專", "👍🏽"):
+                tok = view.locator(".moe-text .moe-tok", has=page.locator("bdi", has_text=target)).last
+                tok.scroll_into_view_if_needed()
+                tok.hover()
+                card.wait_for(state="visible", timeout=2000)
+                assert page.evaluate(CARD_ON_TOP), f"the card of {target} is clipped or covered"
+                lines = card.inner_text().count("token ")
+                assert lines == tok.get_attribute("data-t").count(" ") + 1, f"{target}: one card line per byte token"
+            shoot(page, page.locator(".moe-float-card"), "explorer_card_last_line.png")
+            page.mouse.move(0, 0)
+
+            # 9. keyboard only: focus the first token, arrows move the selection, the card follows, Escape closes it
+            view.locator(".moe-text .moe-tok").first.focus()
+            page.keyboard.press("ArrowRight")
+            page.keyboard.press("ArrowRight")
+            page.wait_for_function(
+                "() => document.activeElement && document.activeElement.classList.contains('moe-tok') "
+                "&& document.activeElement.dataset.g === '2' && document.activeElement.classList.contains('moe-sel')"
+            )
+            assert page.evaluate(CARD_ON_TOP), "the keyboard-selected token's card is shown whole"
+            label = page.evaluate("() => document.activeElement.getAttribute('aria-label')")
+            assert label and "token" in label and "layer" in label, label
+            page.keyboard.press("Enter")  # Enter toggles the selection off
+            page.wait_for_function("() => !document.querySelector('.moe-explorer-view .moe-text .moe-sel')")
+            page.keyboard.press("Escape")
+            shoot(page, view, "explorer_keyboard.png")
+
+            # 10. JupyterLab's dark theme: captions and labels keep a readable contrast (WCAG AA: 4.5:1)
+            page.evaluate(
+                "() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})"
+            )
+            page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
+            for tab in ("tokens", "flow", "all layers", "expert load"):
+                view.locator(".moe-tab", has_text=tab).click()
+                worst = page.evaluate(CONTRAST, f'.moe-explorer-view .moe-panel[data-tab="{tab}"]')
+                assert worst and worst[0] >= 4.5, f"dark theme, {tab} tab: lowest contrast {worst}"
+            shoot(page, view, "explorer_dark.png")
+            page.evaluate(
+                "() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Light'})"
+            )
             print(
                 f"[browser test] typing -> repaint: {update_ms:.0f} ms after the 250 ms debounce; "
                 f"k slider -> repaint: {k_ms:.0f} ms (including polling)"

@@ -220,3 +220,15 @@ def test_nothing_outside_course_imports_course():
     import moe_edu
 
     assert set(moe_edu._LAZY) == {"RoutingExplorer", "render_routing_html", "trace_routing"}
+
+
+def test_committed_notebooks_carry_ipykernels_own_kernelspec():
+    """JupyterLab marks a notebook "modified" on opening when its kernelspec differs from the installed kernel's."""
+    import json
+
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    installed = KernelSpecManager().get_kernel_spec("python3")
+    for path in sorted((ROOT / "notebooks").rglob("*.ipynb")):
+        spec = json.loads(path.read_text())["metadata"]["kernelspec"]
+        assert spec == {"display_name": installed.display_name, "language": "python", "name": "python3"}, path

@@ -52,8 +52,20 @@ def token_experts(html: str) -> list[int]:
 
 
 def shown_text(html: str) -> str:
-    """The text the tokens view displays, spans joined (markup and hover cards removed)."""
-    return "".join(re.findall(r"<bdi>(.*?)</bdi>", html))
+    """The text the tokens view displays, spans joined (markup, hover cards and the zero-width joiners that
+    keep joining scripts' letters in their contextual forms removed)."""
+    return "".join(re.findall(r"<bdi>(.*?)</bdi>", html)).replace("&zwj;", "")
+
+
+def test_arabic_letters_in_separate_spans_are_joined_by_zero_width_joiners(model, tok):
+    trace = moe_edu.trace_routing(model, tok, "مرحبا بالعالم")
+    texts = re.findall(r"<bdi>(.*?)</bdi>", render_routing_html(trace, layer=0))
+    assert len(texts) > 5, "one span per letter: each is its own byte-level token here"
+    inner = [t for t in texts if t.replace("&zwj;", "") != " "]
+    assert all(t.startswith("&zwj;") or t.endswith("&zwj;") for t in inner)  # every letter joins a neighbour
+    assert not any("&zwj;" in t for t in texts if t.replace("&zwj;", "") == " ")  # never across the space
+    latin = re.findall(r"<bdi>(.*?)</bdi>", render_routing_html(moe_edu.trace_routing(model, tok, "abc def"), 0))
+    assert not any("&zwj;" in t for t in latin)
 
 
 def test_token_colouring_follows_first_choice_expert(model, tok):
@@ -170,7 +182,7 @@ def test_static_renderer_is_deterministic(model, tok):
     assert "↵" in a and "⇥" in a and "<script" not in a and "title=" not in a  # no native tooltips
     w, e = trace.topk(1)  # (T, 2)
     card = a.split('<span class="moe-card"')[1]
-    chips = re.findall(r'moe-e(\d+)" data-expert="\d+" data-experts="\d+">e\d+ ([0-9.]+)<', card)
+    chips = re.findall(r'moe-e(\d+)" data-expert="\d+" data-experts="\d+" style="[^"]+">e\d+ ([0-9.]+)<', card)
     assert chips[:2] == [(str(int(e[0, j])), f"{float(w[0, j]):.2f}") for j in range(2)]  # the card shows the top-k
     assert not re.search(r"\d\.\d{3}", re.sub(r'data-(w|p|share)="[0-9.]+"', "", a)), "at most 2 decimals shown"
     for view in (heatmap_html, load_html, topk_html, flow_html):

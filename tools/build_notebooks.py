@@ -38,6 +38,8 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
+# ipykernel's own kernelspec, exactly: JupyterLab marks a notebook "modified" on opening when they differ
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 EX_DIR = NB_DIR / "exercises"
 APP_DIR = NB_DIR / "apps"  # standalone pages (the Voila routing explorer), built like course notebooks
 
@@ -109,7 +111,7 @@ def exercise_source(src: Path) -> nbformat.NotebookNode:
     """The exercise source as an nbgrader source notebook: markers kept, metadata set, not executed."""
     nb = jupytext.read(src)
     nb.metadata.pop("jupytext", None)
-    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nb.metadata["kernelspec"] = KERNELSPEC
     return mark_nbgrader(nb, src.stem)
 
 
@@ -117,7 +119,7 @@ def renders(src: Path) -> list[tuple[Path, nbformat.NotebookNode]]:
     """(target .ipynb, unexecuted notebook) pairs that `src` produces."""
     nb = jupytext.read(src)
     nb.metadata.pop("jupytext", None)
-    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nb.metadata["kernelspec"] = KERNELSPEC
     if src.parent == EX_DIR:
         nb = exercise_source(src)
         return [

@@ -17,7 +17,7 @@ import ipywidgets as widgets
 from IPython.display import display
 
 from moe_edu.course.widgets.flow import flow_html
-from moe_edu.course.widgets.render import check_prefix, notice_html, render_routing_html
+from moe_edu.course.widgets.render import CLICK_FLOW, CLICK_LEGEND, check_prefix, notice_html, render_routing_html
 from moe_edu.course.widgets.trace import RoutingTrace, Tokenizer, trace_routing
 from moe_edu.course.widgets.view import RoutingView
 from moe_edu.course.widgets.views import heatmap_html, load_html, overview_html, path_html, topk_html
@@ -174,7 +174,7 @@ class RoutingExplorer:
         start = time.perf_counter()
         text = change["new"]
         self.preset.value = text if text in self.presets.values() else ""  # never a stale preset
-        self.trace, self.view.selected = None, -1
+        self.trace, self.view.selected, self.view.dimmed = None, -1, -1  # a new text starts unfiltered
         if not text.strip():
             self._show_message("Type some text (or choose a preset) to see where its tokens are routed.")
             return
@@ -240,11 +240,14 @@ class RoutingExplorer:
         """The current view as static HTML (same renderer as the live panels), for saved notebooks."""
         p = self.id_prefix
         head = (
-            f'<p style="margin:2px 0;font-size:12px;color:#555">Routing explorer · layer {self.layer} · '
+            f'<p style="margin:2px 0;font-size:12px;color:var(--jp-content-font-color2,#555)">'
+            f"Routing explorer · layer {self.layer} · "
             f"k = {self.k} · view: {escape(self.tab)}</p>"
         )
         note = f'<p class="moe-run-note" style="margin:2px 0;font-size:12px;color:#a63603">{RUN_NOTE}</p>'
         body = self.view.status + self.panels.get(self.tab, "")
+        for invite in (CLICK_LEGEND, CLICK_FLOW):  # a picture does not react to clicks: don't invite them
+            body = body.replace(f" {invite}", "").replace(invite, "")
         return f'<div id="{p}-static" class="moe-explorer-static">{note}{head}{body}</div>'
 
     def __repr__(self) -> str:
@@ -260,10 +263,9 @@ class RoutingExplorer:
         """What displaying the explorer outputs: the static picture (its own output, so every viewer shows
         it: JupyterLab before running, GitHub, nbviewer), then the live widget. The widget's CSS hides the
         picture in front ends where the widget runs (view.py)."""
-        return [
-            {"text/html": self.static_html(), "text/plain": f"<static picture of {self!r}>"},
-            self._repr_mimebundle_(),
-        ]
+        widget = self._repr_mimebundle_()
+        widget["text/plain"] = ""  # where the widget cannot run, the picture above says it all: no stray repr line
+        return [{"text/html": self.static_html(), "text/plain": f"<static picture of {self!r}>"}, widget]
 
     def _ipython_display_(self) -> None:
         for bundle in self.display_bundles():

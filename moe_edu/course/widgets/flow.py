@@ -10,7 +10,7 @@ from moe_edu.course.widgets.trace import RoutingTrace
 from moe_edu.course.widgets.views import token_labels
 
 from ..palette import expert_colour
-from .render import FONT, NOTE, check_prefix, state_class, style_block
+from .render import CLICK_FLOW, FONT, NOTE, check_prefix, state_class, style_block
 
 ROW = 18  # px per token
 LEFT, RIGHT, WIDTH = 170, 430, 520  # token labels end at LEFT, expert boxes start at RIGHT
@@ -57,17 +57,18 @@ def flow_html(
             f'<g class="{cls}" data-experts="{e}"><rect x="{RIGHT}" y="{ey[e] - 11}" '
             f'width="{WIDTH - RIGHT - 4}" '
             f'height="22" rx="4" fill="{expert_colour(e, E)}" stroke="#555"/>'
-            f'<text x="{RIGHT + 8}" y="{ey[e] + 4}">expert {e}</text></g>'
+            f'<text x="{RIGHT + 8}" y="{ey[e] + 4}" fill="#000">expert {e}</text></g>'
         )
     svg = (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-        f'viewBox="0 0 {WIDTH} {height}" style="{FONT};font-size:12px">'
+        f'viewBox="0 0 {WIDTH} {height}" fill="currentColor" '
+        f'style="{FONT};font-size:12px;color:var(--jp-content-font-color1,#222)">'
         f"{''.join(lines)}{''.join(texts)}{''.join(boxes)}</svg>"
     )
     note = (
         f'<p style="{NOTE}">Layer {layer}, k = {k}: each token (left) sends a line to each of its {k} chosen '
         f"experts (right); a line's width is the expert's renormalised weight (1 px + 8 px x weight). "
-        "Click a token to select it, an expert in the legend to dim the rest.</p>"
+        f"{CLICK_FLOW}</p>"
     )
     root = f"{p}-L{layer}"
     return (

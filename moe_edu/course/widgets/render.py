@@ -20,7 +20,11 @@ from moe_edu.course.widgets.trace import RoutingTrace
 
 PALETTE = EXPERT_PALETTE  # the course's expert palette (moe_edu.course.plots)
 FONT = "font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace"
-NOTE = "margin:2px 0;font-size:12px;color:#333"
+NOTE = "margin:2px 0;font-size:12px;color:var(--jp-content-font-color1,#333)"  # JupyterLab's theme text colour
+# the sentences that invite clicks: only the live explorer reacts to them (its static picture drops them)
+CLICK_LEGEND = "Click an expert to dim the others, a token to follow it through the layers."
+CLICK_FLOW = "Click a token to select it, an expert in the legend to dim the rest."
+JOINING = {"AL"}  # Unicode bidi class of Arabic-script letters (Arabic, Syriac, Thaana, N'Ko), which join
 
 
 def check_prefix(id_prefix: str) -> str:
@@ -52,12 +56,13 @@ def style_block(root_id: str, num_experts: int) -> str:
     return (
         f"<style>{r} .moe-tok{{position:relative;cursor:pointer}}"
         f"{r} .moe-tok:hover>.moe-card{{display:block!important}}"
-        f"{r} .moe-card{{position:absolute;left:0;top:100%;z-index:20;background:#fff;color:#000;"
+        f"{r} .moe-card{{position:absolute;left:0;top:100%;z-index:20;background:var(--jp-layout-color0,#fff);"
+        "color:var(--jp-content-font-color0,#000);"
         "border:1px solid #888;border-radius:4px;padding:4px 6px;font:12px/1.7 sans-serif;white-space:nowrap;"
         "box-shadow:0 2px 6px rgba(0,0,0,.25);text-align:left}"
         f"{r} .moe-chip{{color:#000;padding:0 4px;margin-right:3px;border-radius:3px;white-space:nowrap}}"
         f"{r} .moe-c{{padding:1px 4px;border:1px solid #e4e4e4;text-align:center;white-space:nowrap}}"
-        f"{r} .moe-sel:not(path):not(text){{outline:2px solid #111!important;outline-offset:1px;"
+        f"{r} .moe-sel:not(path):not(text){{outline:2px solid var(--jp-content-font-color0,#111)!important;outline-offset:1px;"
         "position:relative;z-index:1}"
         f"{r} tr.moe-sel>th{{background-color:#fff3b0!important}}"
         f"{r} .moe-dim{{opacity:.2}}{r} [data-g]{{cursor:pointer}}"
@@ -91,12 +96,12 @@ def bands(columns: Sequence[Sequence[tuple[int, float]]], num_experts: int) -> s
 
 
 def chip(expert: int, weight: float | None, num_experts: int, *, inline: bool = True) -> str:
-    """A small coloured label 'e3 0.62' (weight to 2 decimals). `inline`: coloured by an inline style
-    (shown everywhere) with data-w holding 4 decimals for tests; else by the `.moe-e{e}` class, for the
-    hover cards, whose text must be the same on every CPU (the static picture in notebook 06)."""
+    """A small coloured label 'e3 0.62' (weight to 2 decimals), coloured by an inline style (so it shows
+    wherever the card is drawn). `inline`: with data-w holding 4 decimals for tests; else (the hover
+    cards, whose text must be the same on every CPU: the static picture in notebook 06) without it."""
     w = "" if weight is None else f" {weight:.2f}"
     data = "" if weight is None or not inline else f' data-w="{weight:.4f}"'  # no 4-digit data in cards
-    colour = f' style="background:{expert_colour(expert, num_experts)}"' if inline else ""
+    colour = f' style="background:{expert_colour(expert, num_experts)}"'
     cls = "moe-chip" if inline else f"moe-chip moe-e{expert}"
     return f'<span class="{cls}" data-expert="{expert}" data-experts="{expert}"{data}{colour}>e{expert}{w}</span>'
 
@@ -141,7 +146,7 @@ def legend_html(
     explain = (
         f'<p style="{NOTE}">{meaning}Colour bands: each token\'s top-{k or "k"} experts stacked top to bottom, '
         "each as tall as its renormalised weight; a character made of several byte tokens has one column per token. "
-        "Click an expert to dim the others, a token to follow it through the layers.</p>"
+        f"{CLICK_LEGEND}</p>"
     )
     return f'<div class="moe-legend" style="margin:4px 0">{"".join(items)}{explain}</div>'
 
@@ -157,6 +162,19 @@ def card_html(trace: RoutingTrace, g: int, layer: int, weights: list, experts: l
         chips = "".join(chip(e, w, trace.num_experts, inline=False) for w, e in pairs)
         lines.append(f"token {t}{part}, id {trace.token_ids[t]}: {chips}")
     return f'<span class="moe-card" dir="ltr" style="display:none">{"<br>".join(lines)}</span>'
+
+
+def joined_edges(texts: Sequence[str]) -> list[tuple[bool, bool]]:
+    """(joins the previous span, joins the next span) per span: both sides' letters belong to a joining
+    script. The tokens view puts a zero-width joiner (U+200D) at such edges, the usual way to keep
+    contextual forms across element boundaries, so "مرحبا" is drawn joined although each letter is
+    its own coloured span."""
+
+    def joining(ch: str) -> bool:
+        return unicodedata.bidirectional(ch) in JOINING
+
+    links = [bool(a) and bool(b) and joining(a[-1]) and joining(b[0]) for a, b in zip(texts, texts[1:], strict=False)]
+    return [(g > 0 and links[g - 1], g < len(links) and links[g]) for g in range(len(texts))]
 
 
 def _direction(text: str) -> str:
@@ -209,16 +227,19 @@ def render_routing_html(
     weights, experts = trace.topk(layer, k)  # (T, k), (T, k)
     wl, el = weights.tolist(), experts.tolist()
     parts = []
+    joins = joined_edges([span.text for span in trace.spans])
     for g, span in enumerate(trace.spans):
         toks = range(span.start, span.stop)
         cols = [[(el[t][i], round(wl[t][i], 2)) for i in range(k)] for t in toks]
         chosen = sorted({e for t in toks for e in el[t]})
         newline = "<br>" if "\n" in span.text else ""
+        before, after = ("&zwj;" if j else "" for j in joins[g])  # keep Arabic letters in their joined forms
+        edge = "0" if joins[g][1] else "1px solid var(--jp-layout-color0,#fff)"
         parts.append(
             f'<span id="{p}-L{layer}-g{g}" class="moe-tok{state_class(g, chosen, selected, dimmed)}" data-g="{g}" '
             f'data-t="{" ".join(map(str, toks))}" data-expert="{el[span.start][0] if toks else -1}" '
             f'data-experts="{" ".join(map(str, chosen))}" style="{bands(cols, trace.num_experts)};color:#000;'
-            f'padding:2px 0 3px;border-right:1px solid #fff"><bdi>{visible(span.text)}</bdi>'
+            f'padding:2px 0 3px;border-right:{edge}"><bdi>{before}{visible(span.text)}{after}</bdi>'
             f"{card_html(trace, g, layer, wl, el)}</span>{newline}"
         )
     for start, stop in reversed(rtl_runs([span.text for span in trace.spans])):

@@ -4,7 +4,12 @@ Why anywidget and not ipywidgets.HTML: an HTML widget can show the views but can
 (select a token, dim an expert) or debounce typing; anywidget adds a few lines of JavaScript to one
 widget, with no extension to build. The views themselves stay Python-rendered HTML (the same
 renderer as the static picture in the saved notebook); the JavaScript only
-- debounces the text box (`debounce_ms` after the last key, the text goes to Python, which re-routes),
+- debounces the text box (`debounce_ms` after the last key, the text goes to Python, which re-routes;
+  nothing is sent while an input method is composing, and the committed text is sent on `compositionend`),
+- shows one hover card fixed to the viewport (so no ancestor's `overflow` clips it; flipped above the
+  token near the bottom of the window), pinned by a click, a tap or the keyboard,
+- makes tokens, legend entries and tabs reachable by keyboard (arrows move the selection, Enter/Space
+  selects, each token's `aria-label` is its card's text) and scrolls the selection into view,
 - switches tabs (all panels are rendered, so switching is instant),
 - marks the selected span and the highlighted expert at once (classes `moe-sel` / `moe-dim`), then
   tells Python, which re-renders the same marks plus the selected token's path.
@@ -16,44 +21,102 @@ import anywidget
 import traitlets
 
 ESM = r"""
+let VIEWS = 0;
+
 function render({ model, el }) {
   el.classList.add("moe-explorer-view");
+  el.id = `moe-view-${++VIEWS}-${Math.random().toString(36).slice(2, 8)}`;
+  const own = document.createElement("style");  // beats the static pictures' in-place CSS cards (id + !important)
+  own.textContent = `#${el.id} .moe-tok:hover > .moe-card { display: none !important; }`;
   const box = document.createElement("textarea");
   box.className = "moe-input";
   box.rows = 3;
   box.placeholder = "Type a text to route (any language, emoji, code)";
+  box.setAttribute("aria-label", "text to route");
   box.value = model.get("text");
   const status = document.createElement("div");
   status.className = "moe-status";
+  const chipBox = document.createElement("div");
+  chipBox.className = "moe-filter";
   const bar = document.createElement("div");
   bar.className = "moe-tabs";
   bar.setAttribute("role", "tablist");
   const body = document.createElement("div");
   body.className = "moe-body";
-  el.append(box, status, bar, body);
+  el.append(own, box, status, chipBox, bar, body);
 
-  let timer = null, sent = null;
-  box.addEventListener("input", () => {
+  // One hover card for the whole page, fixed to the viewport: no ancestor's overflow can clip it.
+  const card = document.createElement("div");
+  card.className = "moe-float-card";
+  card.setAttribute("role", "tooltip");
+  card.hidden = true;
+  document.body.append(card);
+  let pinned = null;  // the span whose card stays open (tap, click or keyboard)
+
+  function showCard(tok) {
+    const src = tok && tok.querySelector(".moe-card");
+    if (!src) { card.hidden = true; return; }
+    card.innerHTML = src.innerHTML;
+    card.hidden = false;
+    const r = tok.getBoundingClientRect(), c = card.getBoundingClientRect();
+    const vw = document.documentElement.clientWidth, vh = document.documentElement.clientHeight;
+    let top = r.bottom + 4;
+    if (top + c.height > vh - 4 && r.top - c.height - 4 >= 4) top = r.top - c.height - 4;  // flip above
+    top = Math.max(4, Math.min(top, vh - c.height - 4));
+    const left = Math.max(4, Math.min(r.left, vw - c.width - 4));
+    card.style.top = `${Math.round(top)}px`;
+    card.style.left = `${Math.round(left)}px`;
+  }
+  function hideCard() { if (pinned === null) card.hidden = true; }
+  function pinnedTok() {
+    return pinned === null ? null : visiblePanel()?.querySelector(`.moe-tok[data-g="${pinned}"]`);
+  }
+
+  let timer = null, sent = null, composing = false;
+  function send() {
+    sent = box.value;
+    model.set("text", box.value);
+    model.set("dimmed", -1);  // a new text starts unfiltered
+    model.save_changes();
+  }
+  function schedule() {
     clearTimeout(timer);
     el.classList.add("moe-pending");
-    timer = setTimeout(() => {
-      sent = box.value;
-      model.set("text", box.value);
-      model.save_changes();
-    }, model.get("debounce_ms"));
-  });
+    timer = setTimeout(send, model.get("debounce_ms"));
+  }
+  box.addEventListener("input", (ev) => { if (!(composing || ev.isComposing)) schedule(); });
+  box.addEventListener("compositionstart", () => { composing = true; clearTimeout(timer); });
+  box.addEventListener("compositionend", () => { composing = false; schedule(); });
   model.on("change:text", () => {
     const t = model.get("text");
     if (t !== box.value && t !== sent) box.value = t;  // set from Python (a preset), not an echo
   });
 
+  function visiblePanel() { return body.querySelector(":scope > .moe-panel:not([hidden])"); }
+  function reveal() {
+    // bring the selected span into view inside its panel's scroll boxes (never the page itself)
+    const target = visiblePanel()?.querySelector(".moe-sel");
+    if (!target) return;
+    for (let sc = target.parentElement; sc && sc !== body; sc = sc.parentElement) {
+      const cs = getComputedStyle(sc);
+      if (!/(auto|scroll)/.test(cs.overflow + cs.overflowX + cs.overflowY)) continue;
+      const b = sc.getBoundingClientRect(), t = target.getBoundingClientRect();
+      if (t.top < b.top || t.bottom > b.bottom) sc.scrollTop += t.top - b.top - (b.height - t.height) / 2;
+      if (t.left < b.left || t.right > b.right) sc.scrollLeft += t.left - b.left - (b.width - t.width) / 2;
+    }
+  }
   function show() {
     const tab = model.get("tab");
     for (const p of body.querySelectorAll(":scope > .moe-panel")) p.hidden = p.dataset.tab !== tab;
     for (const b of bar.children) {
-      b.classList.toggle("moe-tab-on", b.dataset.tab === tab);
-      b.setAttribute("aria-selected", String(b.dataset.tab === tab));
+      const on = b.dataset.tab === tab;
+      b.classList.toggle("moe-tab-on", on);
+      b.setAttribute("aria-selected", String(on));
+      b.tabIndex = on ? 0 : -1;
     }
+    reveal();
+    const t = pinnedTok();
+    if (t) showCard(t); else card.hidden = true;
   }
   function tabs() {
     bar.replaceChildren(...model.get("tabs").map((name) => {
@@ -66,6 +129,17 @@ function render({ model, el }) {
     }));
     show();
   }
+  function filterChip() {
+    const e = model.get("dimmed");
+    chipBox.replaceChildren();
+    if (e < 0) return;
+    const b = document.createElement("button");
+    b.className = "moe-filter-chip";
+    b.textContent = `showing expert ${e} only \u00d7`;
+    b.setAttribute("aria-label", `showing expert ${e} only; press to show every expert`);
+    b.addEventListener("click", () => { model.set("dimmed", -1); model.save_changes(); });
+    chipBox.append(b);
+  }
   function mark() {
     const g = model.get("selected"), e = String(model.get("dimmed"));
     for (const n of body.querySelectorAll(".moe-sel")) n.classList.remove("moe-sel");
@@ -74,13 +148,33 @@ function render({ model, el }) {
       n.classList.toggle("moe-dim", e !== "-1" && !n.dataset.experts.split(" ").includes(e));
     for (const n of body.querySelectorAll(".moe-legend-item"))
       n.classList.toggle("moe-dim", e !== "-1" && n.dataset.expert !== e);
+    for (const n of body.querySelectorAll(".moe-tok")) n.tabIndex = Number(n.dataset.g) === Math.max(g, 0) ? 0 : -1;
+    filterChip();
+    reveal();
+    if (pinned !== null) { const t = pinnedTok(); if (t) showCard(t); else { pinned = null; card.hidden = true; } }
   }
   function paint() {
+    const focused = body.contains(document.activeElement);  // keep keyboard focus across a re-render
     body.innerHTML = model.get("html");
     el.classList.remove("moe-pending");
+    for (const n of body.querySelectorAll(".moe-tok")) {
+      const c = n.querySelector(".moe-card");
+      n.setAttribute("role", "button");
+      if (c) n.setAttribute("aria-label", c.textContent);
+    }
+    for (const n of body.querySelectorAll(".moe-legend-item")) { n.tabIndex = 0; n.setAttribute("role", "button"); }
+    for (const n of body.querySelectorAll("tr[data-g]")) n.tabIndex = -1;
     show();
     mark();
+    if (focused) {
+      const g = Math.max(model.get("selected"), 0);
+      visiblePanel()?.querySelector(`.moe-tok[data-g="${g}"]`)?.focus({ preventScroll: true });
+    }
     el.dataset.renders = String(Number(el.dataset.renders || 0) + 1);
+  }
+  function select(g) {
+    model.set("selected", g);
+    model.save_changes();
   }
   bar.addEventListener("click", (ev) => {
     const b = ev.target.closest(".moe-tab");
@@ -88,21 +182,58 @@ function render({ model, el }) {
     model.set("tab", b.dataset.tab);
     model.save_changes();
   });
-  body.addEventListener("click", (ev) => {
-    const item = ev.target.closest(".moe-legend-item");
+  bar.addEventListener("keydown", (ev) => {  // the WAI-ARIA tabs pattern: arrows move between tabs
+    const names = model.get("tabs"), i = names.indexOf(model.get("tab"));
+    const j = ev.key === "ArrowRight" ? i + 1 : ev.key === "ArrowLeft" ? i - 1 : null;
+    if (j === null) return;
+    ev.preventDefault();
+    model.set("tab", names[(j + names.length) % names.length]);
+    model.save_changes();
+    setTimeout(() => bar.querySelector(".moe-tab-on")?.focus(), 0);
+  });
+  function activate(target) {
+    const item = target.closest(".moe-legend-item");
     if (item) {
       const e = Number(item.dataset.expert);
       model.set("dimmed", model.get("dimmed") === e ? -1 : e);
       model.save_changes();
-      return;
+      return true;
     }
-    const tok = ev.target.closest("[data-g]");
+    const tok = target.closest("[data-g]");
     if (tok) {
       const g = Number(tok.dataset.g);
-      model.set("selected", model.get("selected") === g ? -1 : g);
-      model.save_changes();
+      const off = model.get("selected") === g;
+      pinned = off || !tok.classList.contains("moe-tok") ? null : g;  // a tap pins the card on touch screens
+      if (pinned !== null) showCard(tok); else card.hidden = true;
+      select(off ? -1 : g);
+      return true;
     }
+    return false;
+  }
+  body.addEventListener("click", (ev) => { activate(ev.target); });
+  body.addEventListener("keydown", (ev) => {
+    if ((ev.key === "Enter" || ev.key === " ") && activate(ev.target)) { ev.preventDefault(); return; }
+    if (ev.key === "Escape") { pinned = null; card.hidden = true; return; }
+    const step = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 }[ev.key];
+    if (!step || !ev.target.closest(".moe-tok, tr[data-g], [data-g]")) return;
+    ev.preventDefault();
+    const toks = visiblePanel()?.querySelectorAll(".moe-tok") || [];
+    const n = toks.length || body.querySelectorAll(".moe-tok").length;
+    if (!n) return;
+    const now = model.get("selected"), from = now >= 0 ? now : Number(ev.target.closest("[data-g]").dataset.g);
+    const g = Math.min(n - 1, Math.max(0, from + step));
+    pinned = g;
+    select(g);
+    setTimeout(() => { const t = pinnedTok(); if (t) { t.focus(); showCard(t); } }, 0);
   });
+  body.addEventListener("mouseover", (ev) => {
+    const tok = ev.target.closest(".moe-tok");
+    if (tok) showCard(tok); else hideCard();
+  });
+  body.addEventListener("mouseleave", hideCard);
+  body.addEventListener("focusin", (ev) => { const tok = ev.target.closest(".moe-tok"); if (tok) showCard(tok); });
+  const onScroll = () => { const t = pinnedTok(); if (t) showCard(t); else card.hidden = true; };
+  window.addEventListener("scroll", onScroll, true);
   model.on("change:html", paint);
   model.on("change:revision", () => el.classList.remove("moe-pending"));  // also when the views did not change
   model.on("change:status", () => { status.innerHTML = model.get("status"); });
@@ -113,20 +244,39 @@ function render({ model, el }) {
   status.innerHTML = model.get("status");
   tabs();
   paint();
-  return () => clearTimeout(timer);
+  return () => {
+    clearTimeout(timer);
+    window.removeEventListener("scroll", onScroll, true);
+    card.remove();
+  };
 }
 export default { render };
 """
 
 CSS = """
-.moe-explorer-view { font-size: 13px; }
-.moe-explorer-view .moe-input { width: 95%; min-height: 60px; font: 15px/1.4 ui-monospace, Menlo, Consolas, monospace;
-  padding: 4px; box-sizing: border-box; }
-.moe-explorer-view .moe-tabs { display: flex; gap: 2px; border-bottom: 1px solid #999; margin: 4px 0; }
-.moe-explorer-view .moe-tab { font-size: 13px; padding: 3px 10px; border: 1px solid #bbb; border-bottom: none;
-  background: #f1f1f1; border-radius: 4px 4px 0 0; cursor: pointer; color: #222; }
-.moe-explorer-view .moe-tab.moe-tab-on { background: #fff; font-weight: bold; border-color: #777; }
+.moe-explorer-view { font-size: 13px; color: var(--jp-content-font-color1, #222); }
+.moe-explorer-view .moe-input { width: 95%; max-width: 100%; min-height: 60px;
+  font: 15px/1.4 ui-monospace, Menlo, Consolas, monospace; padding: 4px; box-sizing: border-box;
+  color: var(--jp-content-font-color0, #000); background: var(--jp-layout-color0, #fff);
+  border: 1px solid var(--jp-border-color1, #999); }
+.moe-explorer-view .moe-tabs { display: flex; flex-wrap: wrap; gap: 2px; margin: 4px 0;
+  border-bottom: 1px solid var(--jp-border-color1, #999); }
+.moe-explorer-view .moe-tab { font-size: 13px; padding: 3px 10px; border: 1px solid var(--jp-border-color2, #bbb);
+  border-bottom: none; border-radius: 4px 4px 0 0; cursor: pointer;
+  background: var(--jp-layout-color2, #f1f1f1); color: var(--jp-content-font-color1, #222); }
+.moe-explorer-view .moe-tab.moe-tab-on { font-weight: bold; border-color: var(--jp-border-color1, #777);
+  background: var(--jp-layout-color0, #fff); }
+.moe-explorer-view :focus-visible { outline: 2px solid var(--jp-brand-color1, #1976d2); outline-offset: 1px; }
+.moe-explorer-view .moe-filter-chip { margin: 2px 0; padding: 1px 8px; border-radius: 10px; cursor: pointer;
+  border: 1px solid var(--jp-border-color1, #777); background: var(--jp-layout-color2, #eee);
+  color: var(--jp-content-font-color1, #222); font-size: 12px; }
 .moe-explorer-view.moe-pending .moe-body { opacity: 0.75; }
+.moe-explorer-view .moe-body { max-width: 100%; overflow-x: auto; }
+.moe-float-card { position: fixed; z-index: 10000; max-width: min(90vw, 640px); white-space: normal;
+  background: var(--jp-layout-color0, #fff); color: var(--jp-content-font-color0, #000);
+  border: 1px solid var(--jp-border-color1, #888); border-radius: 4px; padding: 4px 6px;
+  font: 12px/1.7 sans-serif; box-shadow: 0 2px 6px rgba(0, 0, 0, .25); text-align: left; pointer-events: none; }
+.moe-float-card .moe-chip { color: #000; padding: 0 4px; margin-right: 3px; border-radius: 3px; white-space: nowrap; }
 /* where the live widget runs, hide the static picture output just before it (RoutingExplorer.display_bundles) */
 .jp-OutputArea-child:has(+ .jp-OutputArea-child .moe-explorer-view) .moe-explorer-static,
 .output_area:has(+ .output_area .moe-explorer-view) .moe-explorer-static { display: none; }

@@ -53,7 +53,11 @@ def heatmap_html(
         g = span_of[t]
         cells = []
         for e, pr in enumerate(row):
-            bold = "font-weight:bold;outline:2px solid #333;outline-offset:-2px;" if e in chosen[t] else ""
+            bold = (
+                "font-weight:bold;outline:2px solid var(--jp-content-font-color0,#333);outline-offset:-2px;"
+                if e in chosen[t]
+                else ""
+            )
             cells.append(
                 f'<td data-p="{pr:.4f}" data-experts="{e}" class="moe-c" style="{bold}'
                 f'background:rgba({_SHADE},{0.8 * pr / top:.2f})">{pr:.2f}</td>'
@@ -91,7 +95,7 @@ def load_html(
             f'<div style="position:relative;width:210px;height:14px"><div style="background:'
             f"{expert_colour(e, trace.num_experts)};width:{200 * share / top:.0f}px;height:14px;"
             f'border:1px solid #777"></div><div style="position:absolute;left:{even:.0f}px;top:-2px;height:18px;'
-            f'border-left:2px dashed #333"></div></div>'
+            f'border-left:2px dashed var(--jp-content-font-color1,#333)"></div></div>'
         )
         rows.append(
             f'<tr id="{p}-L{layer}-e{e}" class="{state_class(None, [e], None, dimmed).strip()}" '
@@ -137,7 +141,7 @@ def overview_html(
                 f"{es[0]}</td>"
             )
         rows.append(
-            f'<tr id="{p}-L{layer}"><th class="moe-c" style="position:sticky;left:0;background:#fff;z-index:2">'
+            f'<tr id="{p}-L{layer}"><th class="moe-c" style="position:sticky;left:0;background:var(--jp-layout-color0,#fff);z-index:2">'
             f"layer&nbsp;{layer}</th>{''.join(cells)}</tr>"
         )
     note = (
