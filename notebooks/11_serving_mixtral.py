@@ -176,6 +176,8 @@ print(
 )
 
 # %%
+from moe_edu.course.plots import legend_outside
+
 fig, ax = plt.subplots(figsize=(7.0, 3.6))
 labels = [f"{c // 1024}k x {n}" for c, n, _ in rows]
 weights = [r[2].weights_total / GB for r in rows]
@@ -183,11 +185,12 @@ kv = [r[2].kv_total / GB for r in rows]
 read = [decode_step_bytes(cfg, context_len=c, batch_size=n).weights / GB for c, n, _ in rows]
 ax.bar(labels, weights, label="all weights (bf16)", color="#4c72b0")
 ax.bar(labels, kv, bottom=weights, label="KV cache (bf16)", color="#dd8452")
-ax.plot(labels, read, "k_", ms=40, mew=2, label="weights one decode step reads")
+ax.hlines(read, [i - 0.4 for i in range(4)], [i + 0.4 for i in range(4)], color="black", lw=2)
+ax.plot([], [], color="black", lw=2, label="weights one decode step reads")
 ax.set_xlabel("context x batch")
 ax.set_ylabel("GB")
 ax.set_title("Mixtral 8x7B serving memory")
-ax.legend(fontsize=8)
+legend_outside(ax)
 plt.show()
 
 # %% [markdown]
@@ -594,8 +597,9 @@ print(
 )
 
 # %% [markdown]
-# Why C / 8: without locality the next token's experts are a fresh random pair, and the cache holds C experts,
-# each needed with probability 2/8 · 1/2 per access — whichever C they are. The one-access-at-a-time replay of
+# Why C / 8: without locality the next token's experts are a fresh random pair, and each of the two is one of the
+# C cached experts with probability C/8, whichever C they are (at C = 1 a token's two experts take turns in the
+# one slot, and the rate is still 1/8). The one-access-at-a-time replay of
 # §4.1 does worse on the same random routing, because the token's first expert, just loaded, takes a slot its
 # second can never use: (C/8 + (C − 1)/7) / 2, i.e. 11/56 = 19.6 % at C = 2 and 13/28 = 46.4 % at C = 4.
 
@@ -839,8 +843,6 @@ for r in quant["rows"]:
     )
 
 # %%
-from moe_edu.course.plots import legend_outside
-
 fig, ax = plt.subplots(figsize=(7.0, 3.2))
 picked = [r for r in quant["rows"] if r["experts"] != "fp32"]
 for r in picked:
