@@ -275,8 +275,9 @@ print(
 # shared by all heads, that carries RoPE. DeepSeek-V2 uses $d_c = 512$ and $d^R_h = 64$ (its config:
 # `kv_lora_rank` 512, `qk_rope_head_dim` 64), i.e. 576 numbers per token and layer — the paper's "GQA with only
 # 2.25 groups". Why a separate RoPE key: RoPE rotates each key by its position, and that rotation would sit
-# between $W^{UK}$ and the query, so $W^{UK}$ could no longer be folded into the query (below). At Mixtral's
-# dimensions (32 layers, 32 query heads of 128, bf16), per token and for a 32k context:
+# between $W^{UK}$ and the query, so $W^{UK}$ could no longer be folded into the query (below). A hypothetical
+# Mixtral with DeepSeek-V2's latent sizes (32 layers, 32 query heads of 128, bf16), per token and for a 32k
+# context:
 
 # %%
 d_c, d_rope = 512, 64  # DeepSeek-V2's latent and decoupled RoPE key, numbers per token and layer
@@ -297,9 +298,9 @@ print(
 
 # %% [markdown]
 # MLA keeps every past token (unlike the window) at 28 % of GQA's bytes here. Its price is compute and
-# training: the keys and values are rebuilt from the latent, and the model must be trained this way (DeepSeek-V2
-# reports it matching or beating MHA; converting a trained GQA model is not free). At tiny size in plain torch —
-# 4 heads of 16 from a hidden size of 64, a latent of 8, a RoPE key of 4:
+# training: the keys and values are rebuilt from the latent (or the up-projection is folded into the query),
+# and the model must be trained with MLA — DeepSeek-V2 reports it stronger than MHA in its comparison, not
+# weaker. At tiny size in plain torch — 4 heads of 16 from a hidden size of 64, a latent of 8, a RoPE key of 4:
 
 # %%
 T_, H_, nh, dh, dc, dr = 10, 64, 4, 16, 8, 4
@@ -404,7 +405,7 @@ print("384 and 512 tokens: <= 10 % at every depth:", bool(acc[row_of[384] :].max
 # version of Fig. 4's green square. Right of it, it collapses, and not in order of distance. At 192 tokens the
 # keys near the start fail and the keys in the middle survive (60–70 % on our machine), but the key right before
 # the question (depth 1.0) is found 0 % of the time, although it sits 32 tokens back, as it did in training. At
-# 384 and 512 tokens nothing is retrieved. So the distance to the key is not the whole story.
+# 384 and 512 tokens next to nothing is retrieved. So the distance to the key is not the whole story.
 #
 # What did change? With RoPE, the attention logit between a query and a key depends only on their **offset**
 # (the rotations of the two positions cancel up to their difference), not on where either sits. In training the
