@@ -145,6 +145,10 @@ def kv_equals_active_weights(
 ) -> int | None:
     """Context length from which the KV cache of `batch_size` sequences outweighs the active weights.
 
+    The active weights are what *one* token reads; a decode step of `batch_size` tokens reads
+    the experts all of them hit (about all of them from batch ~30): compare with
+    `decode_step_bytes` for bandwidth, or with `memory_budget(...).weights_total` for capacity.
+
     A dense cache grows without bound; with a sliding window it stops at the window, so a
     result beyond `config.sliding_window` means the cache never gets there (`None`).
     """
