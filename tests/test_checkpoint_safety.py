@@ -215,7 +215,16 @@ def test_model_module_knows_nothing_about_files():
     source = (ROOT / "moe_edu" / "model.py").read_text()
     assert "pretrained" not in source.split('"""', 2)[2].replace("`pretrained`", "")
     assert not hasattr(MixtralForCausalLM, "from_pretrained") and not hasattr(MixtralForCausalLM, "save_pretrained")
-    for name in ("model", "io/checkpoint", "training/run_dir", "io/shipped", "layouts", "loading", "generation", "config"):
+    for name in (
+        "model",
+        "io/checkpoint",
+        "training/run_dir",
+        "io/shipped",
+        "layouts",
+        "loading",
+        "generation",
+        "config",
+    ):
         body = (ROOT / "moe_edu" / f"{name}.py").read_text().splitlines()
         assert not [
             line for line in body if line.startswith((" ", "\t")) and line.strip().startswith(("import ", "from ."))

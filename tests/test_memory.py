@@ -5,7 +5,9 @@ import torch
 
 import moe_edu
 from moe_edu.serving.memory import (
+    decode_step_bytes,
     dtype_bits,
+    expected_experts_hit,
     kv_bytes_per_token,
     kv_cache_bytes,
     kv_equals_active_weights,
@@ -48,6 +50,20 @@ def test_kv_outweighs_active_weights():
     assert n == -(-12_879_925_248 * 2 // 131_072)
     assert kv_equals_active_weights(MIXTRAL, batch_size=32) == -(-12_879_925_248 * 2 // (131_072 * 32))
     assert kv_equals_active_weights(MIXTRAL.replace(sliding_window=4096)) is None
+
+
+def test_a_batched_decode_step_reads_nearly_every_expert():
+    assert expected_experts_hit(8, 2, 1) == 2 and expected_experts_hit(8, 2, 0) == 0
+    assert (
+        expected_experts_hit(8, 2, 32) == pytest.approx(8 * (1 - 0.75**32)) and expected_experts_hit(8, 2, 32) > 7.999
+    )
+    one = decode_step_bytes(MIXTRAL, context_len=4096)
+    assert one.weights == 12_879_925_248 * 2 and one.kv == 131_072 * 4096  # batch 1: the active weights
+    big = decode_step_bytes(MIXTRAL, context_len=32768, batch_size=32)
+    assert abs(big.weights / (46_702_792_704 * 2) - 1) < 1e-3  # batch 32: about all 93.4 GB
+    assert big.kv == 128 * 2**30 and big.total == big.weights + big.kv
+    with pytest.raises(ValueError, match="k must be"):
+        expected_experts_hit(8, 9, 1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 import moe_edu
-from moe_edu.serving.expert_cache import LRUCache, RoutingTrace, prefetch_accuracy, routing_trace, simulate_cache
+from moe_edu.serving.expert_cache import (
+    LRUCache,
+    RoutingTrace,
+    prefetch_accuracy,
+    random_trace,
+    routing_trace,
+    simulate_cache,
+)
 from moe_edu.serving.offload import OffloadedMoeBlock, offload_tokens_per_second
 
 TINY = moe_edu.PRESETS["tiny"]
@@ -35,6 +42,24 @@ def test_simulation_counts_by_hand():
     assert s.hits.tolist() == [2] and s.accesses.tolist() == [8] and s.loads_per_token == 6 / 4
     assert simulate_cache(trace_of([[0, 1], [2, 3]]), 4).hit_rate == 0.0
     assert simulate_cache(trace_of([[0, 1], [1, 0]]), 8).hit_rate == 0.5
+
+
+def test_simulation_never_evicts_an_expert_the_token_still_needs():
+    # cache [0, 1] after the first token, 0 least recently used; the second token needs 2 and 0.
+    # Looking 2 up first would evict 0 and then miss it; a server keeps 0 (needed) and evicts 1.
+    s = simulate_cache(trace_of([[0, 1], [2, 0]]), 2)
+    assert s.hits.tolist() == [1] and s.loads_per_token == 3 / 2
+    # with fewer slots than k, the token's own experts must take turns: one slot, 2 then 0 then 0 again
+    assert simulate_cache(trace_of([[2, 0], [0, 5]]), 1).hits.tolist() == [1]
+    with pytest.raises(ValueError, match="capacity"):
+        simulate_cache(trace_of([[0, 1]]), -1)
+
+
+@pytest.mark.parametrize("capacity", [1, 2, 4, 6])
+def test_uniform_routing_hits_c_over_e(capacity):
+    t = random_trace(20_000, 1, 8, 2, seed=0)
+    assert (t.chosen[:, :, 0] != t.chosen[:, :, 1]).all()  # k distinct experts per token
+    assert abs(simulate_cache(t, capacity).hit_rate - capacity / 8) < 0.01
 
 
 def test_prefetch_turns_right_guesses_into_hits():
@@ -91,6 +116,22 @@ def test_offloaded_block_equals_the_resident_block(tmp_path, cache_size):
         )
 
 
+def test_offloaded_block_never_evicts_an_expert_the_token_still_needs(tmp_path):
+    torch.manual_seed(0)
+    block = moe_edu.SparseMoeBlock(TINY).eval()
+    off = OffloadedMoeBlock.from_block(block, tmp_path / "experts.safetensors", cache_size=2)
+    x = torch.randn(1, 1, TINY.hidden_size)
+    with torch.no_grad():
+        first, second = block.gate(x[0]).expert_ids[0].tolist()
+        other = next(e for e in range(TINY.num_local_experts) if e not in (first, second))
+        off.expert(second), off.expert(other)  # cache: [second (least recent), other]
+        hits, misses = off.cache.hits, off.cache.misses
+        y = off(x)[0]
+    assert (off.cache.hits - hits, off.cache.misses - misses) == (1, 1)  # `second` stays, `other` goes
+    assert set(off.cache.entries) == {first, second}
+    assert (y - block(x)[0]).abs().max() < 1e-6
+
+
 @pytest.mark.slow
 def test_offloaded_model_generates_the_same_tokens(tmp_path):
     torch.manual_seed(0)
@@ -113,8 +154,20 @@ def test_cost_model_by_hand():
     fast = offload_tokens_per_second(cfg, 10, pcie_gbs=32, device_gbs=1000, overlap=True)
     assert fast == pytest.approx(32e9 / (10 * expert))
     assert offload_tokens_per_second(cfg, 10, pcie_gbs=32, weight_dtype="int4") > tps
+    # prefetched loads overlap with the device's reads; demand misses do not
+    pre = offload_tokens_per_second(cfg, 2, prefetched=8, pcie_gbs=32, device_gbs=1000)
+    assert pre == pytest.approx(1 / (2 * expert / 32e9 + max(8 * expert / 32e9, active / 1000e9)))
+    assert offload_tokens_per_second(cfg, 0, prefetched=0.01, pcie_gbs=32) == pytest.approx(1000e9 / active)
+    # 4-bit experts, shared weights (attention, embeddings, router) still in bf16: about 113 tokens/s, not 155
+    p = moe_edu.count_parameters(cfg)
+    four = offload_tokens_per_second(cfg, 0, pcie_gbs=32, weight_dtype="int4")
+    assert four == pytest.approx(1000e9 / (p.active_experts / 2 + (p.active - p.active_experts) * 2))
+    assert round(four) == 113
+    assert round(offload_tokens_per_second(cfg, 0, pcie_gbs=32, weight_dtype="int4", shared_dtype="int4")) == 155
     with pytest.raises(ValueError, match="bandwidth"):
         offload_tokens_per_second(cfg, 1, pcie_gbs=0)
+    with pytest.raises(ValueError, match="prefetched"):
+        offload_tokens_per_second(cfg, 1, pcie_gbs=32, prefetched=-1)
 
 
 @pytest.mark.gpu

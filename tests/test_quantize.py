@@ -67,3 +67,10 @@ def test_model_copy_quantises_experts_and_optionally_the_router():
     ids = torch.randint(0, cfg.vocab_size, (1, 12))
     with torch.no_grad():
         assert (model(ids).logits - q(ids).logits).abs().max() < 1e-2
+
+
+def test_symmetric_int4_uses_15_of_16_levels():
+    torch.manual_seed(0)
+    w = torch.randn(16, 64)
+    codes = unpack_int4(quantize_int4(w, 16).codes, 64)
+    assert codes.min() == -7 and codes.max() == 7  # -8, the nibble's 16th level, is never produced

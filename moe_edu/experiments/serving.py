@@ -3,7 +3,8 @@
     python -m moe_edu.experiments.serving          # or: make serving-results
 
 Writes `routing_trace.safetensors` (experts chosen and guessed per held-out token, layer and
-slot), `cache.json` (LRU hit rates per cache size: real token order, shuffled, with prefetch)
+slot), `cache.json` (token-aware LRU hit rates per cache size: real token order, shuffled, with
+prefetch, and uniform random routing of the same size — the no-locality baseline)
 and `quantization.json` (memory, routing changes and
 held-out loss of the shipped model with int8 / int4 experts, router quantised or not).
 Deterministic: the shipped checkpoint, the frozen corpus, one thread.
@@ -23,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from ..data.corpus import build_corpus, by_domain, split_corpus
 from ..io.shipped import load_pretrained
-from ..serving.expert_cache import RoutingTrace, prefetch_accuracy, routing_trace, simulate_cache
+from ..serving.expert_cache import RoutingTrace, prefetch_accuracy, random_trace, routing_trace, simulate_cache
 from ..serving.quantize import quantize_model_experts
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "serving"
@@ -80,14 +81,17 @@ def evaluate(model, docs: list[list[int]], reference: list[torch.Tensor] | None 
 
 
 def cache_table(trace: RoutingTrace) -> dict:
-    """Hit rates (overall and per layer) and loads per token for every cache size, three ways."""
+    """Hit rates (overall and per layer) and loads per token for every cache size, four ways."""
     E = int(trace.chosen.max()) + 1
+    T, L, k = trace.chosen.shape
+    uniform = random_trace(T, L, E, k, seed=0)
     rows = []
     for capacity in range(E + 1):
         for mode, t, pre in (
             ("ordered", trace, False),
             ("shuffled", trace.shuffled(0), False),
             ("prefetch", trace, True),
+            ("random", uniform, False),
         ):
             s = simulate_cache(t, capacity, prefetch=pre)
             rows.append(
@@ -141,7 +145,17 @@ def quantization_table(model, docs: list[list[int]]) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--cache-only",
+        action="store_true",
+        help="recompute cache.json from the stored trace (the trace is deterministic)",
+    )
     a = ap.parse_args(argv)
+    if a.cache_only:
+        cache = cache_table(load_trace(a.out / "routing_trace.safetensors"))
+        (a.out / "cache.json").write_text(json.dumps(cache, indent=1) + "\n")
+        print(f"wrote {a.out / 'cache.json'}")
+        return
 
     torch.manual_seed(0)
     torch.set_num_threads(1)

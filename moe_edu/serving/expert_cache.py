@@ -10,7 +10,8 @@ arXiv 2312.17238). Two ideas make the fetches rarer:
   changes slowly) to guess layer l+1's experts, and start loading them early.
 
 `routing_trace` records, for each token, the experts each layer chose and the guess for it;
-`simulate_cache` replays a trace through LRU caches and counts hits, loads and prefetches.
+`simulate_cache` replays a trace through LRU caches and counts hits, loads and prefetches;
+`random_trace` is its no-locality baseline (uniform routing: a cache of C experts hits C / E).
 """
 
 from __future__ import annotations
@@ -131,13 +132,17 @@ class CacheStats:
 def simulate_cache(trace: RoutingTrace, capacity: int, *, prefetch: bool = False) -> CacheStats:
     """Replay the trace token by token through one LRU cache of `capacity` experts per layer.
 
-    With `prefetch`, the guessed experts of layer l are loaded (as most recently used) before
-    layer l's real experts are looked up: a right guess turns a miss into a hit.
+    Token-aware, as a server is: a token's k experts are all needed for this layer, so its
+    cached experts are looked up (and refreshed) first and its misses then evict the least
+    recently used expert *this token does not need* — never one it still needs (only when
+    capacity < k must it evict one of its own, already used). With `prefetch`, the guessed
+    experts of layer l are loaded (as most recently used) before layer l's real experts are
+    known: a right guess turns a miss into a hit, a wrong one costs a load.
     """
     T, L, k = trace.chosen.shape
-    if not 0 <= capacity:
-        raise ValueError(f"capacity must be >= 0, got {capacity}")
-    caches: list[list[int]] = [[] for _ in range(L)]  # per layer, least recently used first (LRUCache, inlined)
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
+        raise ValueError(f"simulate_cache: capacity must be an int >= 0, got {capacity!r}")
+    caches: list[list[int]] = [[] for _ in range(L)]  # per layer, least recently used first
     hits, prefetched = [0] * L, [0] * L
     chosen, guess = trace.chosen.tolist(), trace.guess.tolist()
     for t in range(T):
@@ -152,14 +157,32 @@ def simulate_cache(trace: RoutingTrace, capacity: int, *, prefetch: bool = False
                     cache.append(e)
                     if len(cache) > capacity:
                         del cache[0]
-            for e in chosen[t][l]:
+            need = chosen[t][l]
+            misses = []
+            for e in need:  # hits first: they become most recently used, out of eviction's way
                 if e in cache:
                     hits[l] += 1
                     cache.remove(e)
+                    cache.append(e)
+                else:
+                    misses.append(e)
+            for e in misses:
                 cache.append(e)
                 if len(cache) > capacity:
-                    del cache[0]
+                    del cache[0]  # the LRU entry; a needed one only when capacity < k
     return CacheStats(capacity, torch.tensor(hits), torch.full((L,), T * k), torch.tensor(prefetched), T)
+
+
+def random_trace(tokens: int, layers: int, num_experts: int, k: int, seed: int = 0) -> RoutingTrace:
+    """Uniform top-k routing with no locality and no skew: each token draws k distinct experts per layer.
+
+    The no-locality baseline for `simulate_cache`: replayed through it, a cache of C >= 1 experts
+    hits C / E of the demanded experts (the token-aware policy keeps any C experts, all equally
+    likely to be drawn next).
+    """
+    g = torch.Generator().manual_seed(seed)
+    chosen = torch.rand(tokens, layers, num_experts, generator=g).argsort(-1)[..., :k]  # (T, L, k) distinct
+    return RoutingTrace(chosen, torch.full_like(chosen, -1), [0])
 
 
 def prefetch_accuracy(trace: RoutingTrace) -> torch.Tensor:

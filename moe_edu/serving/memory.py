@@ -9,6 +9,10 @@ Grouped-query attention caches only the `num_key_value_heads` K/V heads, not one
 head (8 instead of 32 for Mixtral: 4x less). With a `sliding_window` W the cache is a rolling
 buffer of the last W tokens (Mistral 7B), so it stops growing at W; Mixtral v0.1 has none.
 `kv_cache_bytes(past_key_values)` measures a real cache, to check the formula.
+
+What a *decode step* reads is another matter: at batch B the B tokens choose different experts,
+so a step reads the shared weights, the experts hit (`expected_experts_hit`, notebook 10's
+E·(1 − (1 − k/E)^B) per layer) and the whole KV cache — `decode_step_bytes`.
 """
 
 from __future__ import annotations
@@ -141,9 +145,56 @@ def kv_equals_active_weights(
 ) -> int | None:
     """Context length from which the KV cache of `batch_size` sequences outweighs the active weights.
 
+    The active weights are what *one* token reads; a decode step of `batch_size` tokens reads
+    the experts all of them hit (about all of them from batch ~30): compare with
+    `decode_step_bytes` for bandwidth, or with `memory_budget(...).weights_total` for capacity.
+
     A dense cache grows without bound; with a sliding window it stops at the window, so a
     result beyond `config.sliding_window` means the cache never gets there (`None`).
     """
     b = memory_budget(config, context_len=1, batch_size=batch_size, weight_dtype=weight_dtype, kv_dtype=kv_dtype)
     tokens = -(-b.weights_active // (b.kv_per_token * batch_size))
     return None if config.sliding_window is not None and tokens > config.sliding_window else tokens
+
+
+def expected_experts_hit(num_experts: int, k: int, tokens: int) -> float:
+    """Experts of one layer that at least one of `tokens` tokens uses, under uniform top-k routing.
+
+    An expert is missed by one token with probability 1 - k/E, by all of them with (1 - k/E)^T.
+    """
+    if not 0 < k <= num_experts:
+        raise ValueError(f"expected_experts_hit: k must be in 1..num_experts ({num_experts}), got {k}")
+    if tokens < 0:
+        raise ValueError(f"expected_experts_hit: tokens must be >= 0, got {tokens}")
+    return num_experts * (1 - (1 - k / num_experts) ** tokens)
+
+
+@dataclass(frozen=True)
+class DecodeStepBytes:
+    """Bytes one decode step of `batch_size` sequences reads: weights (shared + experts hit) and KV."""
+
+    experts_hit: float  # expected experts per layer with at least one of the batch's tokens
+    weights: float  # shared weights + experts hit, all layers, bytes
+    kv: int  # the whole KV cache of the batch, bytes
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.kv
+
+
+def decode_step_bytes(
+    config: MixtralConfig,
+    *,
+    context_len: int,
+    batch_size: int = 1,
+    weight_dtype: str | torch.dtype | int = torch.bfloat16,
+    kv_dtype: str | torch.dtype | int = torch.bfloat16,
+) -> DecodeStepBytes:
+    """Expected bytes read by one decode step (one new token per sequence), uniform routing assumed."""
+    b = memory_budget(
+        config, context_len=context_len, batch_size=batch_size, weight_dtype=weight_dtype, kv_dtype=kv_dtype
+    )
+    p = count_parameters(config)
+    hit = expected_experts_hit(config.num_local_experts, config.num_experts_per_tok, batch_size)
+    shared = _bytes(p.total - p.experts, dtype_bits(weight_dtype))
+    return DecodeStepBytes(hit, shared + config.num_hidden_layers * hit * b.expert_bytes, b.kv_total)

@@ -87,7 +87,7 @@ class OffloadedMoeBlock(nn.Module):
         return self.cache.get(e, lambda: self.load_expert(e))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, H) -> y (B, T, H), router_logits (B*T, E); experts fetched in order of first use."""
+        """x (B, T, H) -> y (B, T, H), router_logits (B*T, E); cached experts run first, then the misses."""
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
             raise ValueError(
                 f"OffloadedMoeBlock expects x of shape (batch, tokens, {self.hidden_size}), got {tuple(x.shape)}"
@@ -96,7 +96,11 @@ class OffloadedMoeBlock(nn.Module):
         routing = self.gate(flat)  # logits (N, E), weights (N, k) fp32, expert_ids (N, k)
         y = torch.zeros(flat.shape, dtype=torch.float32, device=flat.device)  # (N, H) fp32 accumulation
         I = self.intermediate_size
-        for e in dict.fromkeys(routing.expert_ids.reshape(-1).tolist()):  # each needed expert once, in order
+        needed = list(dict.fromkeys(routing.expert_ids.reshape(-1).tolist()))  # each needed expert once
+        # cached experts first, so that a miss never evicts an expert these tokens still need
+        # (unless more are needed than fit): the token-aware LRU of `simulate_cache`
+        needed.sort(key=lambda e: e not in self.cache)
+        for e in needed:
             tok, slot = (routing.expert_ids == e).nonzero(as_tuple=True)  # (n,), (n,)
             gate_up, down = self.expert(e)
             out = swiglu(flat[tok], gate_up[:I], gate_up[I:], down)  # (n, H)
@@ -111,19 +115,35 @@ def offload_tokens_per_second(
     pcie_gbs: float,
     device_gbs: float = 1000.0,
     weight_dtype: str | torch.dtype | int = torch.bfloat16,
+    shared_dtype: str | torch.dtype | int = torch.bfloat16,
+    prefetched: float = 0.0,
     overlap: bool = False,
 ) -> float:
-    """Decoding speed (batch 1) when `loads_per_token` experts cross PCIe for every token.
+    """Decoding speed (batch 1) when experts cross PCIe for every token.
 
-    Memory-bound model of a decode step: the experts loaded cross the bus at `pcie_gbs` GB/s;
-    the active weights (attention, router, the k experts of every layer) are read from device
-    memory at `device_gbs` GB/s. Serial by default; `overlap=True` lets the transfers hide
-    behind the device's reads (prefetching), so the slower of the two sets the pace.
+    Memory-bound model of a decode step. The device reads the active weights at `device_gbs`
+    GB/s: the k experts of every layer at `weight_dtype`, the shared weights (attention,
+    embeddings, router, norms) at `shared_dtype` — quantising the experts leaves those in bf16.
+    Expert loads cross the bus at `pcie_gbs` GB/s:
+
+    * `loads_per_token` demand misses: found missing when the router runs, so the device waits
+      for them (serial with its reads);
+    * `prefetched` speculative loads, started a layer early: they overlap with the device's reads,
+      so the slower of the two sets their pace — whether the guess was right or wrong.
+
+    `overlap=True` is the optimistic bound where every transfer (demand misses too) hides
+    behind the device's reads: time = max(bus, device).
     """
     if pcie_gbs <= 0 or device_gbs <= 0:
         raise ValueError(f"bandwidths must be positive, got pcie_gbs={pcie_gbs}, device_gbs={device_gbs}")
-    bits = dtype_bits(weight_dtype)
+    if loads_per_token < 0 or prefetched < 0:
+        raise ValueError(f"loads must be >= 0, got loads_per_token={loads_per_token}, prefetched={prefetched}")
+    bits, shared_bits = dtype_bits(weight_dtype), dtype_bits(shared_dtype)
     expert_bytes = 3 * config.hidden_size * config.intermediate_size * bits / 8
-    bus = loads_per_token * expert_bytes / (pcie_gbs * 1e9)  # seconds
-    device = count_parameters(config).active * bits / 8 / (device_gbs * 1e9)  # seconds
-    return 1.0 / (max(bus, device) if overlap else bus + device)
+    p = count_parameters(config)
+    demand = loads_per_token * expert_bytes / (pcie_gbs * 1e9)  # seconds on the bus, device waiting
+    ahead = prefetched * expert_bytes / (pcie_gbs * 1e9)  # seconds on the bus, a layer early
+    device = (p.active_experts * bits + (p.active - p.active_experts) * shared_bits) / 8 / (device_gbs * 1e9)
+    if overlap:
+        return 1.0 / max(demand + ahead, device)
+    return 1.0 / (demand + max(ahead, device))

@@ -5,7 +5,8 @@
     q4 = quantize_int4(w, group_size=32)   # two values per byte, one scale per 32 inputs
 
 Symmetric absmax scaling: scale = max|w| / qmax over a row (int8, qmax 127) or a group of
-`group_size` consecutive inputs of a row (int4, qmax 7; values in [-8, 7], packed two per byte).
+`group_size` consecutive inputs of a row (int4, qmax 7; codes in [-7, 7], packed two per byte:
+the nibble's 16th level, -8, is never produced by this symmetric scheme).
 Experts hold ~96 % of Mixtral's parameters, so they are what quantisation must shrink;
 the router is tiny, and `quantize_model_experts(..., router=...)` can leave it in full precision.
 """
@@ -73,7 +74,7 @@ def unpack_int4(packed: torch.Tensor, cols: int) -> torch.Tensor:
 
 
 def quantize_int4(w: torch.Tensor, group_size: int = 32) -> QuantizedTensor:
-    """Symmetric int4 in groups of `group_size` inputs: scale = max|group| / 7, codes in [-8, 7] packed."""
+    """Symmetric int4 in groups of `group_size` inputs: scale = max|group| / 7, codes in [-7, 7] packed."""
     _check_2d(w, "quantize_int4")
     out, cols = w.shape
     if group_size <= 0 or group_size % 2 or cols % group_size:
