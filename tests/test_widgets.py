@@ -363,16 +363,27 @@ def test_selection_and_dimming_state(model, tok):
         path_html(ex.trace, 50)
 
 
-def test_flow_lines_are_as_thick_as_the_weights(model, tok):
+def test_flow_routes_and_pure_css_hover_isolation(model, tok):
     trace = trace_routing(model, tok, "12 + 35")
     html = flow_html(trace, 2, 3)
-    line = r'data-experts="(\d)" data-w="([0-9.]+)" d="[^"]*" stroke="[^"]*" stroke-width="([0-9.]+)"'
-    lines = re.findall(line, html)
-    assert len(lines) == trace.num_tokens * 3
+    routes = re.findall(
+        r'class="moe-ftok[^"]*" data-g="\d+" data-t="(\d+)" data-experts="[\d ]+" data-route="([^"]+)"', html
+    )
+    assert [int(t) for t, _ in routes] == list(range(trace.num_tokens))
     w, e = trace.topk(2, 3)  # (T, 3)
-    assert [int(x) for x, _, _ in lines] == e.flatten().tolist()
-    for _, wt, width in lines:
-        assert float(width) == pytest.approx(1 + 8 * float(wt), abs=0.051)
+    for t, route in routes:
+        pairs = [pair.split(":") for pair in route.split()]
+        assert [int(x) for x, _ in pairs] == e[int(t)].tolist()  # the lines the browser draws: top-k, in order
+        assert [float(v) for _, v in pairs] == pytest.approx(w[int(t)].tolist(), abs=0.005)
+        for x, v in pairs:  # hovering the token lights exactly its experts' bins and writes their weights
+            rule = f'.moe-ftok[data-t="{t}"]:hover) .moe-bin[data-e="{x}"] .moe-bin-w::after{{content:" {v}"}}'
+            assert rule in html
+    assert html.count('<div class="moe-bin') == trace.num_experts and "<path" not in html  # no lines until hovered
+    long = trace_routing(model, tok, "the cat sat on the mat. " * 30)
+    assert long.num_tokens > 150
+    assert re.search(r'moe-flow-tokens" style="max-height:(\d+)px;overflow:auto', flow_html(long, 0))  # fixed height
+    sel = flow_html(long, 0, selected=long.num_tokens // 2)
+    assert sel.count("moe-bin-on") == len(set(long.topk(0)[1][long.spans[long.num_tokens // 2].start].tolist()))
 
 
 def test_static_picture_in_the_saved_notebook(model, tok):

@@ -1,6 +1,13 @@
-"""Token -> expert flow at one layer, as inline SVG: tokens on the left, experts on the right, one
-line per chosen (token, expert) pair, as thick as its renormalised weight (what bertviz draws for
-attention). Deterministic and script-free like the other views; see notebook 06."""
+"""Token -> expert flow at one layer, the bertviz way: a view whose height does not grow with the text.
+
+The tokens wrap across the top (in a scroll box of fixed height), the E experts sit below as bins
+that are always in view, and lines are drawn only for the hovered or selected token, each as thick
+as its renormalised weight (1 px + 8 px x weight). Hover isolation is pure CSS (one `:has()` rule
+per token lights that token's bins and writes their weights), so it is instant without a kernel
+round trip and works in a saved notebook; the live explorer (view.py) draws the lines from each
+token's `data-route` ("expert:weight ..."), since only the browser knows where a wrapped token lands.
+Deterministic and script-free like the other views; see notebook 06.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +19,29 @@ from moe_edu.course.widgets.views import token_labels
 from ..palette import expert_colour
 from .render import CLICK_FLOW, FONT, NOTE, check_prefix, state_class, style_block
 
-ROW = 18  # px per token
-LEFT, RIGHT, WIDTH = 170, 430, 520  # token labels end at LEFT, expert boxes start at RIGHT
-MID = (LEFT + RIGHT) // 2  # the curves' control points
+TOKENS_HEIGHT = 220  # px: the token area scrolls; the experts below stay in view whatever T is
+LINES_HEIGHT = 56  # px between the token area and the expert bins, where the lines run
+
+
+def _route(weights: list[float], experts: list[int]) -> str:
+    return " ".join(f"{e}:{round(w, 2):.2f}" for w, e in zip(weights, experts, strict=True))
+
+
+def _hover_rules(root: str, routes: list[list[tuple[int, float]]]) -> str:
+    """Pure-CSS hover isolation: hovering token t lights its experts' bins and shows their weights."""
+    r = f"#{root}"
+    rules = [
+        f"{r}:has(.moe-ftok:hover) .moe-bin{{opacity:.35}}",
+        f"{r} .moe-bin-w::after{{content:''}}",
+    ]
+    for t, route in enumerate(routes):
+        for e, w in route:
+            rules.append(
+                f'{r}:has(.moe-ftok[data-t="{t}"]:hover) .moe-bin[data-e="{e}"]{{opacity:1;'
+                f"box-shadow:0 0 0 {1 + round(4 * w)}px var(--jp-content-font-color1,#333)}}"
+                f'{r}:has(.moe-ftok[data-t="{t}"]:hover) .moe-bin[data-e="{e}"] .moe-bin-w::after{{content:" {w:.2f}"}}'
+            )
+    return "<style>" + "".join(rules) + "</style>"
 
 
 def flow_html(
@@ -26,53 +53,58 @@ def flow_html(
     selected: int | None = None,
     dimmed: int | None = None,
 ) -> str:
-    """Every token's top-`k` experts at `layer` as lines whose width is the weight (1 to 9 px)."""
+    """Tokens wrapped on top, the experts as bins below, the hovered / selected token's top-`k` routes."""
     layer, k = trace.check_layer(layer), trace.check_k(k)
     p = check_prefix(id_prefix)
     weights, experts = trace.topk(layer, k)  # (T, k), (T, k)
+    wl, el = weights.tolist(), experts.tolist()
     T, E = trace.num_tokens, trace.num_experts
-    height = max(T * ROW, E * 30) + 10
     labels, span_of = token_labels(trace), trace.span_of_token
-    ey = [round((e + 0.5) * (height - 10) / E) + 5 for e in range(E)]
-    lines, texts = [], []
+    routes = [[(e, round(w, 2)) for w, e in zip(wl[t], el[t], strict=True)] for t in range(T)]
+    toks = []
     for t in range(T):
-        y, g = t * ROW + ROW // 2 + 5, span_of[t]
-        for w, e in zip(weights[t].tolist(), experts[t].tolist(), strict=True):
-            w = round(w, 2)
-            cls = f"moe-line{state_class(g, [e], selected, dimmed)}"
-            lines.append(
-                f'<path class="{cls}" data-g="{g}" data-experts="{e}" data-w="{w:.2f}" '
-                f'd="M{LEFT + 6} {y} C{MID} {y} {MID} {ey[e]} {RIGHT} {ey[e]}" '
-                f'stroke="{expert_colour(e, E)}" stroke-width="{1 + 8 * w:.1f}" fill="none" '
-                f'stroke-opacity="0.85"/>'
-            )
-        cls = f"moe-flow-tok{state_class(g, [], selected, None)}"
-        texts.append(
-            f'<text class="{cls}" data-g="{g}" x="{LEFT}" y="{y + 4}" text-anchor="end">{escape(labels[t])}</text>'
+        g = span_of[t]
+        chosen = [e for e, _ in routes[t]]
+        cls = f"moe-ftok{state_class(g, chosen, selected, dimmed)}"
+        toks.append(
+            f'<span class="{cls}" data-g="{g}" data-t="{t}" data-experts="{" ".join(map(str, chosen))}" '
+            f'data-route="{_route(wl[t], el[t])}" style="display:inline-block;margin:0 3px 3px 0;padding:0 4px;'
+            f"border:1px solid var(--jp-border-color1,#999);border-radius:3px;"
+            f'border-bottom:4px solid {expert_colour(el[t][0], E)}">{escape(labels[t])}</span>'
         )
-    boxes = []
+    chosen_sel = {}  # the selected span's experts and their largest weight: shown statically
+    if selected is not None:
+        for t in range(T):
+            if span_of[t] == selected:
+                for e, w in routes[t]:
+                    chosen_sel[e] = max(w, chosen_sel.get(e, 0.0))
+    bins = []
     for e in range(E):
-        cls = f"moe-flow-expert{state_class(None, [e], None, dimmed)}"
-        boxes.append(
-            f'<g class="{cls}" data-experts="{e}"><rect x="{RIGHT}" y="{ey[e] - 11}" '
-            f'width="{WIDTH - RIGHT - 4}" '
-            f'height="22" rx="4" fill="{expert_colour(e, E)}" stroke="#555"/>'
-            f'<text x="{RIGHT + 8}" y="{ey[e] + 4}" fill="#000">expert {e}</text></g>'
+        cls = f"moe-bin{state_class(None, [e], None, dimmed)}{' moe-bin-on' if e in chosen_sel else ''}"
+        ring = (
+            f";box-shadow:0 0 0 {1 + round(4 * chosen_sel[e])}px var(--jp-content-font-color1,#333)"
+            if e in chosen_sel
+            else ""
         )
-    svg = (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-        f'viewBox="0 0 {WIDTH} {height}" fill="currentColor" '
-        f'style="{FONT};font-size:12px;color:var(--jp-content-font-color1,#222)">'
-        f"{''.join(lines)}{''.join(texts)}{''.join(boxes)}</svg>"
-    )
-    note = (
-        f'<p style="{NOTE}">Layer {layer}, k = {k}: each token (left) sends a line to each of its {k} chosen '
-        f"experts (right); a line's width is the expert's renormalised weight (1 px + 8 px x weight). "
-        f"{CLICK_FLOW}</p>"
-    )
+        weight = f" {chosen_sel[e]:.2f}" if e in chosen_sel else ""
+        bins.append(
+            f'<div class="{cls}" data-e="{e}" data-experts="{e}" style="flex:1 1 0;min-width:44px;padding:6px 2px;'
+            f'text-align:center;border-radius:4px;color:#000;background:{expert_colour(e, E)}{ring}">'
+            f'e{e}<span class="moe-bin-w">{weight}</span></div>'
+        )
     root = f"{p}-L{layer}"
+    note = (
+        f'<p style="{NOTE}">Layer {layer}, k = {k}: hover a token (top) to see its {k} chosen experts (bottom); '
+        f"a line's width is the expert's renormalised weight (1 px + 8 px x weight); a token's underline is its "
+        f"first choice. {CLICK_FLOW}</p>"
+    )
     return (
-        f'<div id="{root}" class="moe-flow" data-layer="{layer}" data-k="{k}">'
-        f"{style_block(root, trace.num_experts)}{note}"
-        f'<div style="max-height:480px;overflow:auto">{svg}</div></div>'
+        f'<div id="{root}" class="moe-flow" data-layer="{layer}" data-k="{k}" style="position:relative;{FONT};'
+        f'font-size:12px">{style_block(root, E)}{_hover_rules(root, routes)}{note}'
+        f'<div class="moe-flow-tokens" style="max-height:{TOKENS_HEIGHT}px;overflow:auto;padding:2px">'
+        f"{''.join(toks)}</div>"
+        f'<div class="moe-flow-gap" style="height:{LINES_HEIGHT}px"></div>'
+        '<svg class="moe-flow-lines" aria-hidden="true" style="position:absolute;left:0;top:0;width:100%;height:100%;'
+        'pointer-events:none;overflow:visible"></svg>'
+        f'<div class="moe-flow-bins" style="display:flex;gap:6px;margin-top:2px">{"".join(bins)}</div></div>'
     )

@@ -68,6 +68,40 @@ function render({ model, el }) {
     card.style.left = `${Math.round(left)}px`;
   }
   function hideCard() { if (pinned === null) card.hidden = true; }
+
+  // The flow tab: lines from one token to its chosen experts' bins, drawn where the browser placed them.
+  const SVGNS = "http://www.w3.org/2000/svg";
+  function drawFlow(tok) {
+    const flow = visiblePanel()?.querySelector(".moe-flow");
+    const svg = flow?.querySelector(".moe-flow-lines");
+    if (!svg) return;
+    svg.replaceChildren();
+    if (!tok || !flow.contains(tok)) return;
+    const box = flow.getBoundingClientRect(), t = tok.getBoundingClientRect();
+    const area = flow.querySelector(".moe-flow-tokens").getBoundingClientRect();
+    const x0 = t.left + t.width / 2 - box.left, y0 = Math.min(t.bottom, area.bottom) - box.top;
+    for (const pair of (tok.dataset.route || "").split(" ")) {
+      const [e, w] = pair.split(":");
+      const bin = flow.querySelector(`.moe-bin[data-e="${e}"]`);
+      if (!bin) continue;
+      const b = bin.getBoundingClientRect();
+      const x1 = b.left + b.width / 2 - box.left, y1 = b.top - box.top, ym = (y0 + y1) / 2;
+      const path = document.createElementNS(SVGNS, "path");
+      path.setAttribute("d", `M${x0} ${y0} C${x0} ${ym} ${x1} ${ym} ${x1} ${y1}`);
+      path.setAttribute("stroke", getComputedStyle(bin).backgroundColor);
+      path.setAttribute("stroke-width", String(1 + 8 * Number(w)));
+      path.setAttribute("fill", "none");
+      const dim = model.get("dimmed");
+      path.setAttribute("class", dim >= 0 && Number(e) !== dim ? "moe-line moe-dim" : "moe-line");
+      path.dataset.experts = e;
+      path.dataset.w = w;
+      svg.append(path);
+    }
+  }
+  function selectedFlowTok() {
+    const g = model.get("selected");
+    return g < 0 ? null : visiblePanel()?.querySelector(`.moe-ftok[data-g="${g}"]`);
+  }
   function pinnedTok() {
     return pinned === null ? null : visiblePanel()?.querySelector(`.moe-tok[data-g="${pinned}"]`);
   }
@@ -117,6 +151,7 @@ function render({ model, el }) {
     reveal();
     const t = pinnedTok();
     if (t) showCard(t); else card.hidden = true;
+    drawFlow(selectedFlowTok());
   }
   function tabs() {
     bar.replaceChildren(...model.get("tabs").map((name) => {
@@ -148,9 +183,11 @@ function render({ model, el }) {
       n.classList.toggle("moe-dim", e !== "-1" && !n.dataset.experts.split(" ").includes(e));
     for (const n of body.querySelectorAll(".moe-legend-item"))
       n.classList.toggle("moe-dim", e !== "-1" && n.dataset.expert !== e);
-    for (const n of body.querySelectorAll(".moe-tok")) n.tabIndex = Number(n.dataset.g) === Math.max(g, 0) ? 0 : -1;
+    for (const n of body.querySelectorAll(".moe-tok, .moe-ftok"))
+      n.tabIndex = Number(n.dataset.g) === Math.max(g, 0) ? 0 : -1;
     filterChip();
     reveal();
+    drawFlow(selectedFlowTok());
     if (pinned !== null) { const t = pinnedTok(); if (t) showCard(t); else { pinned = null; card.hidden = true; } }
   }
   function paint() {
@@ -215,7 +252,7 @@ function render({ model, el }) {
     if ((ev.key === "Enter" || ev.key === " ") && activate(ev.target)) { ev.preventDefault(); return; }
     if (ev.key === "Escape") { pinned = null; card.hidden = true; return; }
     const step = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 }[ev.key];
-    if (!step || !ev.target.closest(".moe-tok, tr[data-g], [data-g]")) return;
+    if (!step || !ev.target.closest("[data-g]")) return;
     ev.preventDefault();
     const toks = visiblePanel()?.querySelectorAll(".moe-tok") || [];
     const n = toks.length || body.querySelectorAll(".moe-tok").length;
@@ -229,10 +266,17 @@ function render({ model, el }) {
   body.addEventListener("mouseover", (ev) => {
     const tok = ev.target.closest(".moe-tok");
     if (tok) showCard(tok); else hideCard();
+    const ftok = ev.target.closest(".moe-ftok");
+    if (ftok) drawFlow(ftok);
+    else if (ev.target.closest(".moe-flow")) drawFlow(selectedFlowTok());
   });
-  body.addEventListener("mouseleave", hideCard);
+  body.addEventListener("mouseleave", () => { hideCard(); drawFlow(selectedFlowTok()); });
   body.addEventListener("focusin", (ev) => { const tok = ev.target.closest(".moe-tok"); if (tok) showCard(tok); });
-  const onScroll = () => { const t = pinnedTok(); if (t) showCard(t); else card.hidden = true; };
+  const onScroll = () => {
+    const t = pinnedTok();
+    if (t) showCard(t); else card.hidden = true;
+    drawFlow(selectedFlowTok());
+  };
   window.addEventListener("scroll", onScroll, true);
   model.on("change:html", paint);
   model.on("change:revision", () => el.classList.remove("moe-pending"));  // also when the views did not change
