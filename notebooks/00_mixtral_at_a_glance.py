@@ -15,7 +15,7 @@
 # > **中文導讀**　Mixtral 8x7B 是稀疏混合專家模型（SMoE）：每層有 8 個專家，每個 token 只由路由網路挑選其中 2 個來計算。
 # > 本章從設定檔逐項算出總參數量 46,702,792,704（約 470 億）與啟用參數 12,879,925,248（約 130 億），
 # > 並說明為什麼每個 token 的計算量只有同樣大小稠密模型的約 27%，記憶體卻一點也省不下來。架構上的事實我們用程式碼重現；
-# > 基準測試、多語言、passkey 檢索與偏誤評測等模型層級的結果則註明出處、引用論文。
+# > 基準測試、多語言、passkey 檢索與社會偏見評測（BBQ、BOLD）等模型層級的結果則註明出處、引用論文。
 # > 章末的詞彙表把種子文章的中文用語對應到英文與程式碼名稱。
 #
 # This course takes one short article — a Traditional Chinese summary of the Mixtral paper
@@ -273,6 +273,10 @@ moe_edu.glossary_table()
 # 網絡 → **網路** (路由網路、門控網路), 數據 → **資料**, 活動參數 → **啟用參數**, 激活 → **啟用** (稀疏啟用),
 # 推理 → **推論**, 優化 → **最佳化**, 性能 → **效能**, 許可 → **授權** (Apache 2.0 授權).
 # `moe_edu.course.glossary.TAIWAN_USAGE` lists them, and `term(...)` finds a row by either form.
+
+# %% [markdown]
+# > **中文回顧**　Mixtral 8x7B 每層有 8 個專家、每個 token 只用 2 個：總參數量約 470 億，啟用參數約 130 億，計算量約為同樣大小稠密模型的 27%。
+# > 記憶體卻不稀疏，全部權重都得放在記憶體裡；基準測試、passkey 檢索與社會偏見評測等模型層級的結果，我們引用論文。
 
 # %% [markdown]
 # ## Recap
