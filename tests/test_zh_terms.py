@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from moe_edu.course.glossary import GLOSSARY, SYSTEMS_USAGE, TAIWAN_USAGE, Term
+from moe_edu.course.widgets.explorer import PRESET_TEXTS, SCRIPT_TEXTS
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 COURSE = [f"{n:02d}" for n in range(13)]
@@ -190,3 +191,9 @@ def test_recap_mirrors_the_box(number):
     in_box = {name for _, name in scan(box)}
     missing = {name for _, name in scan(recap)} - in_box
     assert not missing, f"{path.name}: the recap names {sorted(missing)}, the box does not"
+
+
+def test_widget_texts_use_the_glossary_terms():
+    """The explorer's Chinese preset texts name concepts as the boxes do."""
+    for name, text in {**PRESET_TEXTS, **SCRIPT_TEXTS}.items():
+        assert term_problems(text) == [], name
