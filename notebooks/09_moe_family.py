@@ -18,7 +18,7 @@
 # > **中文導讀**　種子文章比較了 Mixtral 與一般 MoE，但兩張比較表在匯出時遺失了；本章用程式碼把它們重建出來。
 # > 八種路由規則——Mixtral 的無丟棄前 2 個專家、雜訊前 k 個門控、Switch（前 1 個專家加容量因子）、GShard、專家選擇路由、
 # > 共享專家加細粒度專家（DeepSeekMoE）、軟性混合專家（Soft MoE），以及無輔助損失負載平衡的偏差（Wang et al. 2024，DeepSeek-V3 採用）——
-# > 都用相同的 SwiGLU 專家與相同的分派程式，在相同的 token 上比較總參數、啟用參數、負載平衡與被丟棄的 token。
+# > 都用相同的 SwiGLU 專家，在相同的 token 上比較總參數、啟用參數、負載平衡與被丟棄的 token。
 # > 最後逐點回應種子文章的結論：Mixtral 在這個家族中的位置，以及它選擇了什麼、放棄了什麼。
 #
 # The seed compares Mixtral with "MoE in general", but its tables are gone. This notebook rebuilds them **from code**:
