@@ -263,7 +263,8 @@ GLOSSARY: tuple[Term, ...] = (
         "byte-level BPE tokenizer",
         "moe_edu.tokenizer.Tokenizer.piece",
         "06, 08",
-        "Tokens merged from UTF-8 bytes: any text round-trips, but a rare character may span several byte tokens.",
+        "The course model's tokenizer: tokens merged from UTF-8 bytes, so any text round-trips, but a rare"
+        " character may span several tokens. (Mixtral's own is SentencePiece BPE with byte fallback.)",
     ),
     Term(
         "容量因子",
