@@ -16,9 +16,10 @@
 # > allows different numbers of experts and different gating mechanisms, so it applies more widely."* — §5
 #
 # > **中文導讀**　種子文章比較了 Mixtral 與一般 MoE，但兩張比較表在匯出時遺失了；本章用程式碼把它們重建出來。
-# > 六種路由規則——Mixtral 的無丟棄前 2 名、雜訊前 k 名、Switch（前 1 名加容量因子）、GShard、專家選擇路由、
-# > 共享專家加細粒度專家（DeepSeekMoE）——都用相同的 SwiGLU 專家與相同的分派程式，在相同的 token 上比較總參數、啟用參數、
-# > 負載平衡與被丟棄的 token。最後逐點回應種子文章的結論：Mixtral 在這個家族中的位置，以及它選擇了什麼、放棄了什麼。
+# > 八種路由規則——Mixtral 的無丟棄前 2 個專家、雜訊前 k 個門控、Switch（前 1 個專家加容量因子）、GShard、專家選擇路由、
+# > 共享專家加細粒度專家（DeepSeekMoE）、軟性混合專家（Soft MoE），以及無輔助損失負載平衡的偏差（Wang et al. 2024，DeepSeek-V3 採用）——
+# > 都用相同的 SwiGLU 專家，在相同的 token 上比較總參數、啟用參數、負載平衡與被丟棄的 token。
+# > 最後逐點回應種子文章的結論：Mixtral 在這個家族中的位置，以及它選擇了什麼、放棄了什麼。
 #
 # The seed compares Mixtral with "MoE in general", but its tables are gone. This notebook rebuilds them **from code**:
 # eight routing rules, each a small module in `moe_edu.variants`, all built from the *same* SwiGLU experts
@@ -644,6 +645,10 @@ print(
 # model's function that no gradient asked for. Kept out of the weights, the language-modelling loss still decides
 # the mixture among the chosen experts.
 # </details>
+
+# %% [markdown]
+# > **中文回顧**　八種路由規則都從同一個 (N, E) 分數矩陣出發：每個 token 挑分數最高的 k 個專家，或由專家選擇路由讓每個專家挑 C 個 token；容量因子固定名額並丟棄溢出，Mixtral 則是無丟棄。
+# > 軟性混合專家不做離散選擇，無輔助損失負載平衡只用偏差來選專家；總參數與啟用參數相同的變體，路由可以大不相同。
 
 # %% [markdown]
 # ## Recap

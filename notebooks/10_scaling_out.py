@@ -360,6 +360,10 @@ plt.show()
 # auxiliary loss (coefficient 0.02 in the released config), and Mixtral's released inference code is dropless.
 
 # %% [markdown]
+# > **中文回顧**　一層 MoE 的 FLOPs 由 k 決定，實作能改變的是搬移的位元組與核心啟動次數：解碼受記憶體頻寬限制，大批次才受計算限制。
+# > 專家平行讓每個行程只放部分專家，token 經兩次全對全通訊往返；結果與單一行程完全相同，速度由最忙的行程決定。
+
+# %% [markdown]
 # ## Recap
 #
 # * A MoE layer's FLOPs are fixed by k; what dispatch controls is **bytes** (read each hit expert once, move

@@ -19,11 +19,11 @@
 # 4. remove one expert per layer by *pruning* (least used / random) or *merging* (two most similar),
 #    and measure what it costs per domain.
 #
-# > **中文導讀**　本章談「改造」已訓練好的 MoE。第一，稀疏升級（sparse upcycling）：把稠密模型的 FFN 複製到每個專家，
-# > 再加上新的路由器；因為 top-k 權重加總為 1，第 0 步的輸出與原本的稠密模型完全相同，真正打破專家對稱的是路由器把
-# > 不同 token 送往不同專家。第二，微調：比較凍結路由器、凍結專家與全部參數更新，有無輔助損失，量測目標領域的損失、
-# > 其他領域的遺忘與路由的變化。第三，剪枝與合併專家：移除使用率最低的專家、合併最相似的兩個專家，與隨機移除比較；
-# > 平均使用率最低的專家，可能正是幾種資料量少的語言共用的專家，移除前要逐一檢查各領域的使用率。
+# > **中文導讀**　本章談「改造」已訓練好的 MoE。第一，稀疏升級再造（sparse upcycling）：把稠密模型的 FFN 複製到每個專家，
+# > 再加上新的路由網路；因為重新正規化後的前 k 個權重加總為 1，第 0 步的輸出與原本的稠密模型完全相同，
+# > 真正打破專家對稱的是路由網路把不同 token 送往不同專家。第二，微調：比較凍結路由網路、凍結專家與全部參數更新，
+# > 有無負載平衡損失，量測目標領域的損失、其他領域的遺忘與路由的變化。第三，專家剪枝與專家合併：移除使用率最低的專家、
+# > 合併最相似的兩個專家，與隨機移除比較；平均使用率最低的專家，可能正是幾種資料量少的語言共用的專家，移除前要逐一檢查各領域的使用率。
 # > 較長的實驗已預先算好並隨套件附上，重新產生的指令寫在下方。
 
 # %%
@@ -550,6 +550,12 @@ print(
 # The first live cell of this section showed the re-routing is exact and the last one pruned live; the
 # per-domain table comes from the shipped run.
 #
+
+# %% [markdown]
+# > **中文回顧**　稀疏升級再造把稠密 FFN 複製到每個專家、再加上新的路由網路，第 0 步的輸出與稠密模型相同；微調比較凍結哪些部分，量測目標領域的損失與其他領域的遺忘。
+# > 專家剪枝前要看各領域的使用率，平均最少用的專家可能是資料量少的語言共用的專家；專家合併則讓兩個專家原本服務的領域都變差。
+
+# %% [markdown]
 # ## Recap
 #
 # - **Upcycling** = copy the dense FFN into every expert + a fresh router; the renormalised top-k weights sum
