@@ -7,6 +7,7 @@ import torch
 
 from moe_edu.adapting.finetune import REGIMES, esft_experts
 from moe_edu.data.corpus import DOMAINS
+from moe_edu.experiments.adapting import load_results, main
 
 
 def test_shipped_results_are_complete_and_consistent():
