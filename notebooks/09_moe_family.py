@@ -701,6 +701,14 @@ print(
 # shows; too small and it lags the router), it balances each *batch*, not each sequence (DeepSeek-V3 keeps a very
 # small sequence-wise balance loss for that), and at inference the bias stays frozen at its last value.
 #
+# **Over what is the load balanced?** Per batch, per sequence or per global batch is a design choice with a cost.
+# Qiu et al. 2025 ("Demons in the Detail", arXiv 2501.11873) point out that frameworks compute the Switch loss per
+# micro-batch, which for large models holds only a few sequences, so it in effect forces every *sequence* to spread
+# its tokens over all experts — even a pure code sequence — and that blocks domain specialisation; computing
+# $f_e$ over the global batch instead (one extra synchronisation) gave them better perplexity and more specialised
+# experts. DeepSeek-V3's sequence-wise loss sits at the other end, with a coefficient kept very small. Notebook 10
+# §6 shows the serving-side face of the same trade: specialised experts make single requests load devices unevenly.
+#
 # <details><summary>Check: why may the bias enter the choice but not the combine weights?</summary>
 #
 # The choice is a discrete top-k: shifting it changes *which* experts run and so the load, which is all the bias is
@@ -720,7 +728,7 @@ print(
 # |---|---|---|
 # | `score` | softmax over the E logits | `"sigmoid"`: each expert's affinity $\sigma(l_e)$ on its own (DeepSeek-V3) |
 # | `normalize` | the k chosen scores rescaled to sum to 1 | `False`: kept as they are (Switch's top-1 weight $p$; DeepSeek-V2 and Qwen1.5-MoE ship `norm_topk_prob: false`) |
-# | `jitter` | 0 | Switch: in training, multiply the *router's* input by Uniform(1 − ε, 1 + ε), ε = 0.01 |
+# | `jitter` | 0 | Switch: in training, multiply the *router's* input by Uniform(1 − ε, 1 + ε); ε = 0.01 is the default of `transformers`' Switch Transformers config |
 #
 # (`transformers`' Mixtral has a `router_jitter_noise` field too; its noise multiplies the block's input, so the
 # experts see it as well — `MoEBlock(jitter_noise=...)` here. Switch's jitter touches only the router.)
