@@ -772,8 +772,8 @@ print("library, sigmoid + renormalise = plain torch:", torch.allclose(lib_sigmoi
 
 # %% [markdown]
 # The choice matters more than one token's weights suggest. With a softmax, raising one expert's logit lowers every
-# other expert's probability; a sigmoid affinity does not move when another expert's does, which is what lets
-# DeepSeek-V3 add a balancing bias per expert (§7) without renormalising over all E.
+# other expert's probability; a sigmoid affinity does not move when another expert's does — each expert's score
+# is its own, which suits a per-expert selection bias like §7's (DeepSeek-V3 uses the two together).
 #
 # **Renormalise or not.** Without renormalisation the layer's output is scaled by the chosen mass: a confident
 # token (mass near 1) passes through at full strength, an unsure one is damped. With the same experts chosen, the
@@ -903,17 +903,17 @@ Table(open_rows)
 # checked for this course against public copies of each `config.json` (Qwen's `moe_intermediate_size` 1408,
 # `shared_expert_intermediate_size` 5632; OLMoE's 64 experts of width 1024, top-8; DBRX's `ffn_hidden_size`
 # 10752, 16 experts, top-4, 8 K/V heads). Not in the table: DeepSeek-V2(-Lite) and V3, whose Multi-head Latent
-# Attention this count does not model (notebook 11 covers MLA), and Grok-1, for which no active count was published.
+# Attention this count does not model, and Grok-1, for which no active count was published.
 #
 # The table is also a history of granularity: from Mixtral's 8 wide experts ($G = 1$, 28 combinations) to OLMoE's
 # 64 narrow ones, 8 at a time — the direction Krajewski et al.'s laws point.
 #
 # <details><summary>Check: OLMoE-1B-7B runs 8 experts per token, Mixtral 2. Why is its active share not 4× Mixtral's?</summary>
 #
-# Its experts are narrow: width 1024 against a hidden size of 2048 (Mixtral: 14336 against 4096). Eight of them
-# cost $8 \cdot 3 \cdot 2048 \cdot 1024$ per layer, a quarter of a Mixtral-shaped expert pair at that width. Active
-# share is $k/E$ of the expert parameters — $8/64 = 1/8$ for OLMoE against $2/8 = 1/4$ for Mixtral — whatever the
-# expert width: granularity changes how many experts run, not what share of the weights does.
+# The share of expert parameters a token uses is $k/E$, whatever the expert width: $8/64 = 1/8$ for OLMoE against
+# $2/8 = 1/4$ for Mixtral. OLMoE runs 4 times as many experts per token but holds 8 times as many, each narrow
+# (width 1024 at hidden size 2048), so its share halves. Granularity changes how many experts run and how many
+# combinations exist, not the fraction of the weights a token touches.
 # </details>
 
 # %% [markdown]
@@ -926,8 +926,8 @@ Table(open_rows)
 #   second expert when its weight is below $\beta$ times the first's, and let the first carry the whole token;
 # - **top-p** (Huang et al. 2024, "Harder Tasks Need More Experts: Dynamic Routing in MoE Models", arXiv 2403.07652):
 #   keep the fewest best experts whose router probabilities reach $p$ — one for a confident token, more for an
-#   unsure one. Huang et al. *train* with this rule; applied after training to a top-2 model, as here and as Lu et
-#   al. do, it is an approximation, and the price is the change in the output.
+#   unsure one. Huang et al. *train* with this rule. Applied after training to a top-2 model — as here, and as Lu
+#   et al. apply theirs — either rule is an approximation, and the price is the change in the output.
 #
 # First in plain torch, on the batch of §2 (the trained layer's inputs when the checkpoint is installed):
 
@@ -1028,8 +1028,9 @@ if sweep_k:
     print("skipping more costs more loss (beta 0.9 above beta 0.5):", ratio_loss[0.9] > ratio_loss[0.5])
 
 # %% [markdown]
-# The trade is real but modest on this model: its router is unsure (the checked top-2 mass above), so few tokens have a second expert worth skipping until $\beta$ is large, and the loss climbs as the
-# saving grows — the checked lines above. Lu et al. report faster Mixtral 8x7B inference with this rule for a
+# The trade is real but modest on this model: its router is unsure (the checked top-2 mass above), so few tokens
+# have a second expert worth skipping until $\beta$ is large, and the loss climbs as the saving grows — the checked
+# lines above. Lu et al. report faster Mixtral 8x7B inference with this rule for a
 # small accuracy drop. The saving is in expert FLOPs and, when decoding one token at a time, in expert weights read
 # (notebook 10 §1); in a large batch it shrinks, because some other token still needs the skipped expert.
 
