@@ -1037,6 +1037,10 @@ if sweep_k:
 # (notebook 10 §1); in a large batch it shrinks, because some other token still needs the skipped expert.
 
 # %% [markdown]
+# > **中文回顧**　八種路由規則都從同一個 (N, E) 分數矩陣出發：每個 token 挑分數最高的 k 個專家，或由專家選擇路由讓每個專家挑 C 個 token；容量因子固定名額並丟棄溢出，Mixtral 則是無丟棄。
+# > 軟性混合專家不做離散選擇，無輔助損失負載平衡只用偏差來選專家；總參數與啟用參數相同的變體，路由可以大不相同。
+
+# %% [markdown]
 # ## Recap
 #
 # - One router score matrix `(N, E)`, many rules: top-k along rows (token choice), top-C down columns (expert choice).

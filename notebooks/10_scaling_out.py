@@ -511,6 +511,10 @@ print("after replication one-document steps are still less even than decode batc
 # aux loss or bias of notebooks 07 and 09) at once.
 
 # %% [markdown]
+# > **中文回顧**　一層 MoE 的 FLOPs 由 k 決定，實作能改變的是搬移的位元組與核心啟動次數：解碼受記憶體頻寬限制，大批次才受計算限制。
+# > 專家平行讓每個行程只放部分專家，token 經兩次全對全通訊往返；結果與單一行程完全相同，速度由最忙的行程決定。
+
+# %% [markdown]
 # ## Recap
 #
 # * A MoE layer's FLOPs are fixed by k; what dispatch controls is **bytes** (read each hit expert once, move
