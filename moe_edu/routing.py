@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .losses import load_balancing_loss
-from .validation import int_in_range, one_of, positive_int
+from .validation import boolean, finite_float, int_in_range, one_of, positive_int
 
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -56,6 +56,50 @@ ROUTING_ORDERS = {
     "topk_softmax": topk_softmax,
     "softmax_topk_unnormalised": softmax_topk_unnormalised,
 }
+
+GATE_SCORES = ("softmax", "sigmoid")
+
+
+@dataclass(frozen=True)
+class GateChoices:
+    """Three named design choices of a top-k gate; the defaults are Mixtral's exactly.
+
+    - `score`: "softmax" over the E logits (Mixtral, Switch, DeepSeek-V2) or "sigmoid" of each logit on its own
+      (DeepSeek-V3: an expert's affinity does not depend on the other experts' logits).
+    - `normalize`: rescale the k chosen scores to sum to 1 (Mixtral, DeepSeek-V3) or keep them as they are
+      (Switch's top-1 weight p < 1, DeepSeek-V2); with a sigmoid, unnormalised weights can sum to up to k.
+    - `jitter`: Switch's router jitter: in training only, the *router's* input is multiplied element-wise by
+      Uniform(1 - jitter, 1 + jitter) (0 = off); the experts still see the clean input.
+    """
+
+    score: str = "softmax"
+    normalize: bool = True
+    jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        one_of("GateChoices.score", self.score, GATE_SCORES)
+        boolean("GateChoices.normalize", self.normalize)
+        finite_float("GateChoices.jitter", self.jitter, ge=0, lt=1)
+
+
+MIXTRAL_GATE = GateChoices()
+
+
+def gate_weights(
+    logits: torch.Tensor, k: int, choices: GateChoices = MIXTRAL_GATE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (T, E) -> (weights, expert_ids), both (T, k): score (fp32), top k, optionally renormalise."""
+    logits = at_least_fp32(logits)  # (T, E)
+    scores = torch.softmax(logits, dim=-1) if choices.score == "softmax" else torch.sigmoid(logits)  # (T, E)
+    top_s, top_i = torch.topk(scores, k, dim=-1)  # (T, k), (T, k)
+    if choices.normalize:
+        top_s = top_s / top_s.sum(dim=-1, keepdim=True)  # (T, k)
+    return top_s, top_i
+
+
+def jittered(x: torch.Tensor, jitter: float) -> torch.Tensor:
+    """Switch's multiplicative router jitter: x * Uniform(1 - jitter, 1 + jitter), element-wise."""
+    return x * torch.empty_like(x).uniform_(1.0 - jitter, 1.0 + jitter)  # (T, H)
 
 
 @dataclass
@@ -120,20 +164,39 @@ class TopKRouter(Router):
 
     `order` picks how: "softmax_topk" (transformers), "topk_softmax" (mistral-inference; equal),
     or "softmax_topk_unnormalised" (DeepSeekMoE: the top-k probabilities as they are).
+    `choices` (a `GateChoices`) names the other gates of the family — sigmoid scores, no renormalisation,
+    router jitter; with the default (Mixtral's) the computation is exactly the one above.
     """
 
     def __init__(
-        self, hidden_size: int, num_experts: int, top_k: int, *, fp32: bool = True, order: str = "softmax_topk"
+        self,
+        hidden_size: int,
+        num_experts: int,
+        top_k: int,
+        *,
+        fp32: bool = True,
+        order: str = "softmax_topk",
+        choices: GateChoices = MIXTRAL_GATE,
     ) -> None:
         super().__init__(hidden_size, num_experts, fp32=fp32)
         int_in_range("top_k", top_k, 1, num_experts)
         one_of("order", order, ROUTING_ORDERS)
-        self.top_k, self.order = top_k, order
+        if not isinstance(choices, GateChoices):
+            raise TypeError(f"TopKRouter: choices must be a GateChoices, got {type(choices).__name__}")
+        if order != "softmax_topk" and choices != MIXTRAL_GATE:
+            raise ValueError(f"TopKRouter: give either order={order!r} or non-default choices, not both")
+        self.top_k, self.order, self.choices = top_k, order, choices
 
     def forward(self, x: torch.Tensor) -> Routing:
         """x: (T, H) -> logits (T, E), weights (T, k) fp32, expert_ids (T, k) int64."""
+        c = self.choices
+        if self.training and c.jitter > 0:  # Switch: only the router sees the noisy input
+            x = jittered(x, c.jitter)  # (T, H)
         logits = self.logits(x)  # (T, E)
-        weights, expert_ids = ROUTING_ORDERS[self.order](logits, self.top_k)  # (T, k), (T, k)
+        if c.score == "softmax" and c.normalize:  # Mixtral's gate, in the chosen order
+            weights, expert_ids = ROUTING_ORDERS[self.order](logits, self.top_k)  # (T, k), (T, k)
+        else:
+            weights, expert_ids = gate_weights(logits, self.top_k, c)  # (T, k), (T, k)
         return Routing(logits, weights, expert_ids)
 
     def aux_losses(self, routing: Routing) -> dict[str, torch.Tensor]:
@@ -141,4 +204,5 @@ class TopKRouter(Router):
         return {"load_balancing": load_balancing_loss(routing.logits, self.num_experts, self.top_k)}
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, top_k={self.top_k}"
+        changed = "" if self.choices == MIXTRAL_GATE else f", {self.choices}"
+        return f"{super().extra_repr()}, top_k={self.top_k}{changed}"

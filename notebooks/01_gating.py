@@ -297,6 +297,10 @@ block = moe_edu.SparseMoeBlock(moe_edu.PRESETS["tiny"])
 print("block.gate.weight:", tuple(block.gate.weight.shape), "| has bias:", hasattr(block.gate, "bias"))
 
 # %% [markdown]
+# > **中文回顧**　路由網路是一個沒有偏差項的線性層，softmax 把每個 token 的 8 個相關性分數變成機率；bf16 會讓每層約 0.5% 的 token 換了專家，在 fp32 計算 logit 可去掉累加誤差。
+# > 權重矩陣 $W_g$ 的大小就像溫度的倒數：初始化時路由幾乎是均勻的。
+
+# %% [markdown]
 # ## Recap
 #
 # - The router (路由網絡 / 門控網絡) is one bias-free linear layer: `logits = x @ W_g.T`, shape `(T, E)`.

@@ -15,10 +15,10 @@
 #
 # > *"G(x) := Softmax(TopK(x · W_g))"* — Mixtral paper, eq. (2)
 #
-# > **中文導讀**　路由網路替每個 token 算出 8 個專家的機率後，只保留最高的 k 個：Mixtral 用 k = 2，
+# > **中文導讀**　路由網路替每個 token 算出 8 個專家的機率後，只保留機率最高的前 k 個專家：Mixtral 用 k = 2，
 # > 種子文章說「通常 k=2 或 3」。本章用 `torch.topk` 選出專家，並以三種方法建立 (T, E) 的布林遮罩；比較 k = 1、2、
 # > 3 的計算成本（啟用參數）與保留的機率質量。機率完全相同（平手）時選誰由實作決定，bf16 讓平手常見，
-# > 需要可重現時可用穩定排序決定。最後看梯度：重新正規化後，沒被選中的專家梯度為 0，而 k = 1 時路由網路完全收不到梯度。
+# > 需要可重現時可用穩定排序決定。最後看梯度：重新正規化後，沒被選中的專家，其 logit 的梯度為 0，而 k = 1 時路由網路完全收不到梯度。
 #
 # The router of notebook 01 gives every token a probability for each of the $E$ experts. Now we keep only the best
 # $k$. Mixtral uses $k = 2$; the seed says "usually 2 or 3". This notebook makes the choice concrete: `torch.topk`,
@@ -293,6 +293,10 @@ print(f"expert 0 enters the top-2 at logit {sweep[jump]:.2f} with weight {w0[jum
 lib_w, lib_i = moe_edu.softmax_topk(logits, k)  # (T, k), (T, k)
 print("same experts:", torch.equal(lib_i, top_i))
 print("same weights:", torch.allclose(lib_w, top_p / top_p.sum(-1, keepdim=True)))
+
+# %% [markdown]
+# > **中文回顧**　`torch.topk` 為每個 token 選出前 k 個專家，(T, E) 遮罩每列有 k 個 1；計算成本隨 k 線性成長，Mixtral 用 k = 2。
+# > 梯度只經過選中的機率值、不經過索引：重新正規化後只有被選中的 logit 有梯度，k = 1 時路由網路收不到梯度。
 
 # %% [markdown]
 # ## Recap

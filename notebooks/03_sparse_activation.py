@@ -13,11 +13,11 @@
 # > *"Sparse activation: only a few experts are activated each time, lowering compute cost and raising
 # > efficiency."* — the seed, §2
 #
-# > **中文導讀**　稀疏啟用（sparse activation）的意思是：沒被選中的專家根本不對那個 token 計算。
+# > **中文導讀**　稀疏啟用（sparse activation）的意思是：沒被選中的專家根本不會為那個 token 做計算。
 # > 本章用三種方式寫出分派（dispatch）：逐專家迴圈、全部計算再遮罩的稠密版、以及先依專家排序再分組的版本，
 # > 並確認三者數值相同；稠密版要多花 E/k = 4 倍的 FLOPs。接著比較無丟棄（dropless，
-# > Mixtral 釋出的推論程式碼與 transformers 的做法）與容量因子（GShard、Switch）：專家的名額滿了，多出來的指派就被丟棄，
-# > 該 token 只靠殘差連接通過這一層。
+# > Mixtral 釋出的推論程式碼與 transformers 的做法）與容量因子（GShard、Switch）：專家的名額滿了，多出來的指派就被丟棄。
+# > 被丟棄的指派不計算，token 通常還有另一個專家；兩個指派都被丟棄時，才只剩殘差連接帶它通過這一層。
 #
 # Notebook 02 ended with a `(T, E)` gate matrix that has $k$ non-zeros per row. The *mathematics* of an MoE layer
 # would be happy to multiply every expert by its gate and add up — zeros included. Sparse activation is the
@@ -300,6 +300,10 @@ with torch.no_grad():
 # The trade-off: a big capacity factor wastes compute on padding (empty slots are still multiplied), a small one
 # drops tokens. A dropless layer avoids the dilemma; in training, a load-balancing loss (notebook 07 — `transformers`
 # implements Switch's) keeps the groups from getting too uneven either way.
+
+# %% [markdown]
+# > **中文回顧**　分派的三種寫法數值相同，稠密版多花 E/k = 4 倍的 FLOPs；Mixtral 的推論程式碼與 transformers 都是無丟棄。
+# > 容量因子限制每個專家的名額，多出來的指派被丟棄；只有兩個指派都被丟棄的 token，才只剩殘差連接。
 
 # %% [markdown]
 # ## Recap

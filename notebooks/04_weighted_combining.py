@@ -19,7 +19,7 @@
 # > **中文導讀**　被選中的專家各自輸出一個向量，這一層的輸出是它們的加權總和（加權融合）。權重有兩種寫法：
 # > 先對全部專家做 softmax、取前 k 個再重新正規化（transformers 的做法），
 # > 或先取前 k 個 logit 再做 softmax（論文公式與 Mistral 的程式碼），本章證明兩者完全相等。
-# > k = 2 時權重只取決於兩個 logit 的差（sigmoid），輸出落在兩個專家輸出之間的線段上；
+# > k = 2 時權重只取決於兩個 logit 的差，正是這個差的 sigmoid，輸出落在兩個專家輸出之間的線段上；
 # > k = E 時則變成所有專家都參與的稠密混合（類似集成學習）。
 #
 # Each chosen expert returns a vector; the layer returns their **weighted sum**. This notebook pins down the
@@ -255,6 +255,10 @@ with torch.no_grad():
     ya, _ = block_a(x_in)  # (B, T, H)
     yb, _ = block_b(x_in)  # (B, T, H)
 print("softmax->top-k->renorm block == top-k->softmax block:", torch.allclose(ya, yb, atol=1e-6))
+
+# %% [markdown]
+# > **中文回顧**　先 softmax、取前 k 個再重新正規化，和先取前 k 個 logit 再 softmax 完全相等：輸出是被選中專家輸出的加權融合，權重加總為 1。
+# > k = 2 時權重是兩個 logit 之差的 sigmoid；k = E 時就是所有專家都參與的稠密混合。
 
 # %% [markdown]
 # ## Recap

@@ -276,6 +276,10 @@ print(f"relative error of the bf16 output vs fp32 < 2e-2: {rel < 2e-2}")
 # inputs themselves were rounded to bf16, so on thousands of tokens a few decisions would flip: notebook 01.)
 
 # %% [markdown]
+# > **中文回顧**　Mixtral 的區塊由 8 個 SwiGLU 前饋神經網路專家、選出前 2 個專家的路由網路與加權融合組成；手寫版、`moe_edu.SparseMoeBlock` 與 `transformers` 在相同權重下數值一致。
+# > 在 meta 裝置上建出的真正 8x7B 有 46,702,792,704 個參數；在 GPU 上以 bf16 執行時，路由的 logit 仍以 fp32 計算。
+
+# %% [markdown]
 # ## Recap
 #
 # - An expert is a SwiGLU FFN, $W_2(\mathrm{silu}(W_1x) \odot W_3x)$: $3HI$ parameters.

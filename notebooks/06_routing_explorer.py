@@ -256,6 +256,12 @@ plt.show()
 #   (44.5–53.6 %; DM Mathematics is even below it). Repetition is not evidence of meaning by itself: repeated tokens and
 #   neighbouring pieces of one word share an expert for the reasons of Q1.
 #
+
+# %% [markdown]
+# > **中文回顧**　每層的路由是一個 (T, E) 的 logit 矩陣，經過 softmax、前 k 個與重新正規化，得到每個 token 的專家與權重；`RoutingExplorer` 把它畫成著色文字、熱圖與專家負載。
+# > 圖像只是提示，數字才能下結論：token 一致性、領域間的負載差距與相鄰 token 共用專家的比例（對照 1/E），正是論文第 5 節的量測。
+
+# %% [markdown]
 # ## Recap
 #
 # - A router's output for a text is one `(T, E)` logit matrix per layer; softmax, top-k and renormalisation turn it

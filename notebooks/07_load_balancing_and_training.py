@@ -3,9 +3,9 @@
 #
 # > **中文導讀**　路由網路和模型其他部分一起用梯度訓練，但語言模型的損失並不要求它把 token 平均分給各專家；放著不管，
 # > 少數專家會越用越多而「崩塌」。本章手算負載平衡損失（load-balancing loss，平衡時等於 k）
-# > 與路由 z-loss（把每個 token logit 的 logsumexp 推向 0），並發現負載平衡損失的盲點：機率很平時，
+# > 與路由 z 損失（router z-loss，把每個 token logit 的 logsumexp 推向 0），並發現負載平衡損失的盲點：機率很平時，
 # > 即使硬指派全擠在兩個專家也會得到 k。接著現場訓練單層 Mixtral，比較有無這些損失時的專家負載。注意：
-# > 論文並未公開 Mixtral 的訓練配方，這裡的損失是 transformers 實作的版本。
+# > 論文並未公開 Mixtral 的訓練配方；負載平衡損失是 transformers 實作的版本，路由 z 損失則來自 ST-MoE（transformers 的 Mixtral 沒有實作）。
 #
 # A router is trained by the same gradient as everything else, and nothing in the language-model
 # loss asks it to spread tokens over the experts. Left alone, it tends to *collapse*: the experts
@@ -301,6 +301,10 @@ for layer in range(layers):
         f"layer {layer}: final batch load {[round(v, 2) for v in last[layer].tolist()]}, "
         f"imbalance {load_imbalance(last[layer]):.2f}"
     )
+
+# %% [markdown]
+# > **中文回顧**　負載平衡損失 $E\sum_e f_e P_e$ 在均勻路由時等於 k，機率很平時也等於 k，所以要同時看硬指派的專家負載；路由 z 損失把每個 token 的 logsumexp 推向 0。
+# > 論文沒有公開訓練配方：transformers 的 Mixtral 只實作負載平衡損失（係數 0.02），路由 z 損失來自 ST-MoE。
 
 # %% [markdown]
 # ## Recap

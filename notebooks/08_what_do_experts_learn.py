@@ -5,9 +5,8 @@
 # > The Pile validation dataset [...] Surprisingly, we do not observe obvious patterns in the
 # > assignment of experts based on the topic." — Mixtral of Experts, §5 (Jiang et al., 2024)
 #
-# > **中文導讀**　論文第 5 節問：
-# > 專家會依主題分工嗎？答案出乎意料——在 The Pile 的各個子集上看不出明顯的主題分工（只有合成的 DM Mathematics 略有不同）
-# > ，路由看起來比較跟語法有關，而且相鄰 token 常共用專家（表 5）。本章在隨套件附上的小型 Mixtral 上重做這三項分析：
+# > **中文導讀**　論文第 5 節問：專家會依主題分工嗎？答案出乎意料——在 The Pile 的各個子集上看不出明顯的主題分工（只有合成的 DM Mathematics 略有不同），
+# > 路由看起來比較跟語法有關，而且相鄰 token 常共用專家（表 5）。本章在隨套件附上的小型 Mixtral 上重做這三項分析：
 # > 各領域的專家負載（圖 7）、依專家著色的文字（圖 8）、相鄰 token 的重複率與隨機基準（12.5% 與 46.4%），
 # > 並與論文表 5 的數字並列比較；資料中也有一個繁體中文（臺灣用語）領域。最後誠實列出小模型重現了什麼、沒有重現什麼。
 #
@@ -314,6 +313,10 @@ for layer in range(L):
 # Scale is the honest explanation for the gaps: Mixtral's routers read a 4096-wide residual stream,
 # over 32 layers, after training at a scale the paper does not disclose; ours read 64 numbers after
 # minutes of training, on a few pages per language.
+
+# %% [markdown]
+# > **中文回顧**　論文的結論是專家不依主題分工，路由比較跟語法與 token 本身有關，相鄰 token 常共用專家；表 5 的隨機基準是 12.5% 與 46.4%。
+# > 在小型 Mixtral 上，各領域的專家負載、著色文字與重複率都能重做，並和論文表 5 的數字並列比較。
 
 # %% [markdown]
 # ## Recap

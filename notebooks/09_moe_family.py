@@ -16,9 +16,10 @@
 # > allows different numbers of experts and different gating mechanisms, so it applies more widely."* — §5
 #
 # > **中文導讀**　種子文章比較了 Mixtral 與一般 MoE，但兩張比較表在匯出時遺失了；本章用程式碼把它們重建出來。
-# > 六種路由規則——Mixtral 的無丟棄前 2 名、雜訊前 k 名、Switch（前 1 名加容量因子）、GShard、專家選擇路由、
-# > 共享專家加細粒度專家（DeepSeekMoE）——都用相同的 SwiGLU 專家與相同的分派程式，在相同的 token 上比較總參數、啟用參數、
-# > 負載平衡與被丟棄的 token。最後逐點回應種子文章的結論：Mixtral 在這個家族中的位置，以及它選擇了什麼、放棄了什麼。
+# > 八種路由規則——Mixtral 的無丟棄前 2 個專家、雜訊前 k 個門控、Switch（前 1 個專家加容量因子）、GShard、專家選擇路由、
+# > 共享專家加細粒度專家（DeepSeekMoE）、軟性混合專家（Soft MoE），以及無輔助損失負載平衡的偏差（Wang et al. 2024，DeepSeek-V3 採用）——
+# > 都用相同的 SwiGLU 專家，在相同的 token 上比較總參數、啟用參數、負載平衡與被丟棄的 token。
+# > 最後逐點回應種子文章的結論：Mixtral 在這個家族中的位置，以及它選擇了什麼、放棄了什麼。
 #
 # The seed compares Mixtral with "MoE in general", but its tables are gone. This notebook rebuilds them **from code**:
 # eight routing rules, each a small module in `moe_edu.variants`, all built from the *same* SwiGLU experts
@@ -34,7 +35,12 @@
 # | expert choice | Zhou et al. 2022 | the experts pick their tokens: perfect balance by construction |
 # | shared + fine-grained | Dai et al. 2024 (DeepSeekMoE) | always-on shared experts plus many small routed ones |
 # | Soft MoE | Puigcerver et al. 2023 | no choice: slots are softmax mixes of all tokens (§6) |
-# | aux-loss-free bias | DeepSeek-V3, 2024 | Mixtral's top-k chosen with a load-driven bias, no aux loss (§7) |
+# | aux-loss-free bias | Wang et al. 2024; adopted by DeepSeek-V3 | Mixtral's top-k chosen with a load-driven bias, no aux loss (§7) |
+#
+# Then what a 2026 course adds on top: the gate's **design choices** — router jitter, sigmoid scores, top-k
+# renormalisation — as named options of the library's router (§8); **scaling laws and granularity**, with the
+# parameter counts of five open MoEs checked against what their authors published (§9); and **adaptive k**,
+# running fewer experts where the router is sure (§10).
 #
 # **Learning objectives.** After this notebook you can
 #
@@ -42,7 +48,13 @@
 # 2. say for each variant how many experts a token uses, how the gate is computed, what happens when an expert is full, and which auxiliary losses it trains with;
 # 3. read total vs active parameters and FLOPs per token of every variant off one table, and see why they can be equal while the routing differs;
 # 4. measure load balance and dropped tokens on one batch, and explain where each number comes from;
-# 5. answer the seed's conclusions point by point: where Mixtral sits in the family, and what it gave up or gained.
+# 5. answer the seed's conclusions point by point: where Mixtral sits in the family, and what it gave up or gained;
+# 6. price Soft MoE as a function of its slots per token, and find the point where it costs what Mixtral's top-2 costs;
+# 7. switch the router between softmax and sigmoid scores, renormalised or not, with or without jitter, and say
+#    what each choice changes;
+# 8. count the parameters of an open MoE from its `config.json`, and count the expert combinations that
+#    fine-grained experts buy at equal compute;
+# 9. skip experts where the router is confident and measure the compute saved against the output changed.
 
 # %%
 import moe_edu
@@ -91,8 +103,11 @@ print(
 # %% [markdown]
 # Token choice gives every token exactly k experts, but the experts get whatever the tokens ask for: here expert 0
 # is asked by many more tokens than expert 3. Mixtral's released inference code and `transformers` accept that
-# (they are **dropless**): a busy expert simply runs on more rows. Earlier systems could not, because their
-# experts lived on different devices with fixed-size buffers.
+# (they are **dropless**): a busy expert simply runs on more rows. Earlier systems could not, for a compiler's
+# reason: GShard and Switch ran on TPUs through XLA, where "all tensor shapes are statically determined at
+# compilation time" (the Hugging Face MoE blog, on GShard), so each expert got a buffer of a fixed C rows and the
+# overflow had to go. Spreading the experts over devices does not by itself force that: MegaBlocks on GPUs, and
+# notebook 10's expert parallelism, are dropless across devices.
 #
 # **(b) Capacity and dropping (Switch, GShard).** Each expert gets `C = ceil(capacity_factor · k · N / E)` rows.
 # Tokens queue in order; a token that finds its expert full is **dropped** from that expert. With top-1 a dropped
@@ -210,7 +225,8 @@ TEXT = (
 
 
 def trained_hidden_states():
-    """(inputs of MoE layer LAYER (1, T, H), that layer's block, config) from the trained tiny model; None if absent."""
+    """(inputs of MoE layer LAYER (1, T, H), that layer's block, config, the model, the token ids of each text)
+    from the trained tiny model; None if absent."""
     try:
         model, tokenizer = moe_edu.load_pretrained()
     except (ImportError, OSError, ValueError):  # not installed / no shipped checkpoint
@@ -218,14 +234,14 @@ def trained_hidden_states():
     from moe_edu.data.corpus import LANGUAGES, language_documents, math_documents
 
     texts = [TEXT] + [language_documents(lang)[0].text for lang in LANGUAGES] + [math_documents(n=1)[0].text]
-    captured = []
+    captured, ids = [], [tokenizer.encode(text)[:128] for text in texts]  # at most 128 tokens per document
     mlp = model.model.layers[LAYER].mlp
     handle = mlp.register_forward_hook(lambda module, args, out: captured.append(args[0].detach()))
     with torch.no_grad():
-        for text in texts:  # one sequence per document, at most 128 tokens each
-            model(torch.tensor([tokenizer.encode(text)[:128]]))  # (1, T)
+        for seq in ids:  # one sequence per document
+            model(torch.tensor([seq]))  # (1, T)
     handle.remove()
-    return torch.cat(captured, dim=1), mlp, model.config  # (1, sum of T, H)
+    return torch.cat(captured, dim=1), mlp, model.config, model, ids  # (1, sum of T, H), ...
 
 
 trained = trained_hidden_states()
@@ -252,6 +268,9 @@ print("random batch shape:", tuple(x_random.shape), "| tokens:", x_random.shape[
 from IPython.display import display
 
 table, outputs = compare(variants, x_random)  # 13 columns: shown as four tables that fit the page
+soft_row = table.rows[list(variants).index("soft_moe")]  # Soft MoE has no per-token active set (§6)
+soft_row["active params"] = "none per token"
+soft_row["FLOPs/token"] = f"{soft_row['FLOPs/token']:,} at 8 slots / 64 tokens"
 display(table.select("variant", "experts", "k", "capacity"))
 display(table.select("variant", "gating"))
 display(table.select("variant", "total params", "active params", "FLOPs/token"))
@@ -266,6 +285,9 @@ table.select("variant", "aux losses", "load CV", "max/mean load", "dropped token
 # - The DeepSeekMoE row has the same total and active expert parameters as Mixtral (16 half-width experts,
 #   4 of them per token), one extra router row per added expert, and routes over 15 choices instead of 8.
 # - Switch has about half the active parameters and FLOPs (one expert per token; only the router is shared).
+# - Soft MoE has **no** per-token active set: through the slots every expert's weights touch every token. Its
+#   FLOPs/token is the group's $E p$ expert calls shared by $m$ tokens — here 8 slots over 64 tokens, a free
+#   choice, not a property of the method (§6 sweeps it).
 #
 # ### Per-expert load
 #
@@ -354,7 +376,7 @@ print(
 if trained is None:
     print("trained checkpoint not installed: skipped (the table above used random hidden states)")
 else:
-    x_trained, trained_block, trained_cfg = trained
+    x_trained, trained_block, trained_cfg, _, _ = trained
     trained_variants = build_variants(trained_cfg)
     for name, v in trained_variants.items():
         if name != "shared_experts":
@@ -394,12 +416,17 @@ rows = [
     {
         "variant": v.label,
         "total params (M)": v.total_parameters() / 1e6,
-        "active params (M)": v.active_parameters() / 1e6,
-        "GFLOPs/token": v.flops_per_token() / 1e9,
-        "active share": v.active_parameters() / v.total_parameters(),
+        "active params (M)": "none per token" if name == "soft_moe" else v.active_parameters() / 1e6,
+        "GFLOPs/token": f"{v.flops_per_token() / 1e9:.3f} at 8 slots / 64 tokens"
+        if name == "soft_moe"
+        else v.flops_per_token() / 1e9,
     }
-    for v in big_variants.values()
+    for name, v in big_variants.items()
 ]
+mixtral_big = big_variants["mixtral"]
+expert_weights = mixtral_big.num_experts * mixtral_big.expert_parameters  # all 8 experts of the layer
+share = (mixtral_big.active_parameters() - mixtral_big.gate.weight.numel()) / expert_weights
+print(f"Mixtral: a token uses {share:.2f} of the layer's expert parameters (k / E = 2/8):", share == 2 / 8)
 Table(rows)
 
 # %% [markdown]
@@ -411,8 +438,8 @@ Table(rows)
 # The differences (§4 主要差異, lost) are the columns. Now the conclusions (§5), point by point:
 #
 # **"Mixtral 8x7B 採用固定 8 專家，每 token 僅與 2 專家互動，有效降低計算成本"** — *fixed 8 experts, 2 per token,
-# which cuts compute.* True, and the table says how much: the active share is ~1/4 of the expert parameters
-# per layer. But "fixed" describes the configuration, not a limitation of the design: the same code runs with any
+# which cuts compute.* True, and the table says how much: a token uses 2/8 = 1/4 of the layer's expert
+# parameters (the checked line above §5). But "fixed" describes the configuration, not a limitation of the design: the same code runs with any
 # E and k (`num_local_experts`, `num_experts_per_tok`). What *is* distinctive is that the 2 experts are **always**
 # 2: Mixtral's released inference code is dropless, so no token ever silently skips its layer, unlike Switch and
 # GShard above.
@@ -488,19 +515,58 @@ print("Mixtral:  token 0's output changed:", mixtral_moved > 1e-6)
 # A decoder needs token $t$ to ignore the future (training with a causal mask) and generates one token at a
 # time (a group of one: the softmax over tokens becomes trivial and every slot is that one token). Puigcerver et
 # al. designed Soft MoE for vision transformers, whose patches all see each other; making it causal is an open
-# problem the paper discusses. Its row in the table — the cost per token shrinks as the group grows, because
-# $E p$ expert calls are shared by $m$ tokens:
+# problem the paper discusses.
+#
+# **What Soft MoE costs.** There is no "active parameter" count: every token reaches every expert through the
+# slots. What a token costs is its share of the group's expert calls: $E p$ slots, each one expert call, shared by
+# $m$ tokens — **$Ep/m$ slots per token**, a hyperparameter. Add $\Phi$ (every token scores all $S = Ep$ slots) and
+# the two mixes (dispatch and combine, $2SH$ multiply-adds each per token). Mixtral's top-2 makes exactly 2 expert
+# calls per token, so Soft MoE costs what Mixtral costs at $Ep/m = 2$, i.e. $p = 2m/E$. Sweep $p$ at Mixtral 8x7B's
+# layer size, for groups of $m = 64$ tokens (the library's `SoftMoE.flops_per_token`, on the `meta` device):
 
 # %%
-soft_table, _ = compare({"mixtral": variants["mixtral"], "soft_moe": soft}, x_random)
-soft_table.select("variant", "k", "active params", "FLOPs/token", "load CV", "dropped tokens %")
+m_group = 64
+mixtral_flops = big_variants["mixtral"].flops_per_token()  # 2 expert calls + the router
+print("slots/expert p  slots/token Ep/m  GFLOPs/token  vs Mixtral top-2")
+sweep = {}  # p -> (slots per token, FLOPs per token)
+for p_slots in (1, 2, 4, 8, 16, 32, 64):
+    with torch.device("meta"):
+        soft_big = SoftMoE.from_config(big, slots_per_expert=p_slots, tokens_per_group=m_group)
+    sweep[p_slots] = (big.num_local_experts * p_slots / m_group, soft_big.flops_per_token())
+    per_token, flops = sweep[p_slots]
+    print(f"{p_slots:14d}  {per_token:16.3f}  {flops / 1e9:12.3f}  {flops / mixtral_flops:8.3f}x")
+p_equal = 2 * m_group // big.num_local_experts
+equal = sweep[p_equal]
+print(f"at p = 2m/E = {p_equal}: Soft MoE makes 2 expert calls per token, like top-2:", equal[0] == 2.0)
+print(
+    "... and costs within 2 % of Mixtral's FLOPs (Phi and the two mixes are the rest):",
+    abs(equal[1] / mixtral_flops - 1) < 0.02,
+)
+
+fig, ax = plt.subplots(figsize=(6.4, 3.4))
+ax.plot([t for t, _ in sweep.values()], [f / 1e9 for _, f in sweep.values()], marker="o", label="Soft MoE, m = 64")
+ax.axhline(mixtral_flops / 1e9, color="k", lw=0.8, ls="--", label="Mixtral top-2")
+ax.plot([equal[0]], [equal[1] / 1e9], marker="*", ms=14, color="C3", ls="none", label=f"equal compute: p = {p_equal}")
+ax.set_xscale("log", base=2)
+ax.set_yscale("log")
+ax.set_xlabel("slots per token  E·p / m")
+ax.set_ylabel("GFLOPs per token (one layer)")
+legend_outside(ax)
+plt.show()
 
 # %% [markdown]
-# ## 7. Balancing without an auxiliary loss (DeepSeek-V3)
+# Cost grows linearly with slots per token; the earlier tables' 8 slots / 64 tokens ($p = 1$) is one point on this
+# line, at 1/16 of Mixtral's expert calls, not a property of Soft MoE. Puigcerver et al. treat the number of slots
+# as a hyperparameter; how many slots per token a *language* model would need is open, since the method does not
+# fit causal decoding as it stands.
+# %% [markdown]
+# ## 7. Balancing without an auxiliary loss (Wang et al. 2024; DeepSeek-V3)
 #
 # Every aux loss adds a gradient that pulls the router away from what the language-modelling loss wants.
-# DeepSeek-V3 (2024) balances differently: each expert $e$ gets a bias $b_e$ that is added to its score **only to
-# choose** the top k; the combine weights use the unbiased scores. After each batch, the bias moves by a fixed step
+# **Loss-Free Balancing** (Wang et al. 2024, "Auxiliary-Loss-Free Load Balancing Strategy for Mixture-of-Experts",
+# arXiv 2408.15664), which DeepSeek-V3 (arXiv 2412.19437) adopted at scale, balances differently: each expert
+# $e$ gets a bias $b_e$ that is added to its score **only to choose** the top k; the combine weights use the
+# unbiased scores. After each batch, the bias moves by a fixed step
 # $\gamma$ against the load: $b_e \leftarrow b_e - \gamma\,\mathrm{sign}(c_e - \bar c)$ — overloaded experts
 # become less attractive, underloaded ones more. No loss, no gradient; `moe_edu.variants.aux_free.AuxFreeMoE`
 # (with `score="softmax"` it is Mixtral's rule when $b = 0$; DeepSeek-V3 scores with a sigmoid, `score="sigmoid"`).
@@ -637,6 +703,14 @@ print(
 # shows; too small and it lags the router), it balances each *batch*, not each sequence (DeepSeek-V3 keeps a very
 # small sequence-wise balance loss for that), and at inference the bias stays frozen at its last value.
 #
+# **Over what is the load balanced?** Per batch, per sequence or per global batch is a design choice with a cost.
+# Qiu et al. 2025 ("Demons in the Detail", arXiv 2501.11873) point out that frameworks compute the Switch loss per
+# micro-batch, which for large models holds only a few sequences, so it in effect forces every *sequence* to spread
+# its tokens over all experts — even a pure code sequence — and that blocks domain specialisation; computing
+# $f_e$ over the global batch instead (one extra synchronisation) gave them better perplexity and more specialised
+# experts. DeepSeek-V3's sequence-wise loss sits at the other end, with a coefficient kept very small. Notebook 10
+# §6 shows the serving-side face of the same trade: specialised experts make single requests load devices unevenly.
+#
 # <details><summary>Check: why may the bias enter the choice but not the combine weights?</summary>
 #
 # The choice is a discrete top-k: shifting it changes *which* experts run and so the load, which is all the bias is
@@ -644,6 +718,327 @@ print(
 # model's function that no gradient asked for. Kept out of the weights, the language-modelling loss still decides
 # the mixture among the chosen experts.
 # </details>
+
+# %% [markdown]
+# ## 8. Three design choices of the gate, by name
+#
+# Mixtral's gate is one point in a small design space. `moe_edu.routing.GateChoices` names three of its axes, and
+# `TopKRouter(H, E, k, choices=...)` takes them; the default is Mixtral exactly (so `tests/test_parity.py`, which
+# compares the block with `transformers`, is untouched):
+#
+# | choice | Mixtral (default) | the alternative, and who uses it |
+# |---|---|---|
+# | `score` | softmax over the E logits | `"sigmoid"`: each expert's affinity $\sigma(l_e)$ on its own (DeepSeek-V3) |
+# | `normalize` | the k chosen scores rescaled to sum to 1 | `False`: kept as they are (Switch's top-1 weight $p$; DeepSeek-V2 and Qwen1.5-MoE ship `norm_topk_prob: false`) |
+# | `jitter` | 0 | Switch: in training, multiply the *router's* input by Uniform(1 − ε, 1 + ε); ε = 0.01 is the default of `transformers`' Switch Transformers config |
+#
+# (`transformers`' Mixtral has a `router_jitter_noise` field too; its noise multiplies the block's input, so the
+# experts see it as well — `MoEBlock(jitter_noise=...)` here. Switch's jitter touches only the router.)
+#
+# **Softmax vs sigmoid, in plain torch.** Both are increasing in each logit, so on one token they rank the experts
+# alike and choose the **same** top-k; what differs is the weights. A softmax weight depends only on logit
+# *differences*; a sigmoid's on each logit's *level*:
+
+# %%
+import copy
+
+from moe_edu.routing import GateChoices, TopKRouter
+
+flat_x = x_random.reshape(-1, cfg.hidden_size)  # (N, H)
+with torch.no_grad():
+    gate_logits = block.gate.logits(flat_x)  # (N, E) fp32
+    soft_top = torch.softmax(gate_logits, -1).topk(2)  # (N, 2)
+    sig_top = torch.sigmoid(gate_logits).topk(2)  # (N, 2)
+w_softmax = soft_top.values / soft_top.values.sum(-1, keepdim=True)  # (N, 2) Mixtral
+w_sigmoid = sig_top.values / sig_top.values.sum(-1, keepdim=True)  # (N, 2) DeepSeek-V3
+print(
+    "softmax and sigmoid choose the same two experts for every token:", torch.equal(soft_top.indices, sig_top.indices)
+)
+print("... with different weights (largest difference > 0.05):", (w_softmax - w_sigmoid).abs().max().item() > 0.05)
+print(
+    f"top-2 mass before renormalising: softmax {soft_top.values.sum(-1).mean():.3f} (< 1), "
+    f"sigmoid {sig_top.values.sum(-1).mean():.3f} (between 0 and 2)"
+)
+
+
+def router_with(choices: GateChoices) -> TopKRouter:
+    """Mixtral's router weights under other gate choices (the same Parameter, not a copy)."""
+    r = TopKRouter(cfg.hidden_size, cfg.num_local_experts, cfg.num_experts_per_tok, choices=choices)
+    r.weight = block.gate.weight
+    return r
+
+
+with torch.no_grad():
+    lib_sigmoid = router_with(GateChoices(score="sigmoid"))(flat_x)
+print("library, sigmoid + renormalise = plain torch:", torch.allclose(lib_sigmoid.weights, w_sigmoid))
+
+# %% [markdown]
+# The choice matters more than one token's weights suggest. With a softmax, raising one expert's logit lowers every
+# other expert's probability; a sigmoid affinity does not move when another expert's does — each expert's score
+# is its own, which suits a per-expert selection bias like §7's (DeepSeek-V3 uses the two together).
+#
+# **Renormalise or not.** Without renormalisation the layer's output is scaled by the chosen mass: a confident
+# token (mass near 1) passes through at full strength, an unsure one is damped. With the same experts chosen, the
+# unnormalised output is exactly the mass times Mixtral's:
+
+# %%
+unnormalised = copy.deepcopy(block)  # the same experts ...
+unnormalised.gate = router_with(GateChoices(normalize=False))  # ... behind a gate that does not renormalise
+with torch.no_grad():
+    y_mixtral = block(x_random)[0].reshape(-1, cfg.hidden_size)  # (N, H)
+    y_unnorm = unnormalised(x_random)[0].reshape(-1, cfg.hidden_size)  # (N, H)
+mass = soft_top.values.sum(-1, keepdim=True)  # (N, 1)
+print("unnormalised output = chosen mass x Mixtral's output:", torch.allclose(y_unnorm, mass * y_mixtral, atol=1e-6))
+
+# %% [markdown]
+# **Router jitter.** In training only, Switch multiplies the router's input by noise in $[1-\varepsilon, 1+\varepsilon]$,
+# so tokens near a decision boundary sometimes try their runner-up expert. How many tokens change their expert
+# pair on this untrained router, for Switch's ε = 0.01 and for ten times that:
+
+# %%
+with torch.no_grad():
+    clean_pairs = torch.sort(router_with(GateChoices()).eval()(flat_x).expert_ids, 1).values  # (N, 2)
+    moved = {}
+    for eps in (0.01, 0.1):
+        jittery = router_with(GateChoices(jitter=eps))
+        torch.manual_seed(0)
+        train_pairs = torch.sort(jittery.train()(flat_x).expert_ids, 1).values  # (N, 2)
+        eval_pairs = torch.sort(jittery.eval()(flat_x).expert_ids, 1).values  # (N, 2)
+        moved[eps] = ((train_pairs != clean_pairs).any(1).float().mean().item(), torch.equal(eval_pairs, clean_pairs))
+
+# %% tags=["nbval-ignore-output"]
+for eps, (share, _) in moved.items():
+    print(f"jitter {eps}: {100 * share:.1f} % of tokens change their expert pair in training")
+
+# %%
+print("in eval mode jitter changes nothing:", all(same for _, same in moved.values()))
+print("a larger jitter moves more tokens:", 0 < moved[0.01][0] < moved[0.1][0])
+
+# %% [markdown]
+# <details><summary>Check: if sigmoid and softmax pick the same experts, why did DeepSeek-V3 switch?</summary>
+#
+# They pick the same experts for one token with no bias, but the weights differ, and so do the gradients: a
+# softmax couples every expert's probability to every other logit, so pushing one expert up pushes all others
+# down; a sigmoid affinity is each expert's own. Once a per-expert selection bias is added (§7), or experts are
+# added or removed, the independence keeps each expert's score meaningful on its own. DeepSeek-V3 then
+# renormalises the k chosen affinities, so the mixture weights still sum to 1.
+# </details>
+
+# %% [markdown]
+# ## 9. Scaling laws and granularity
+#
+# How should a fixed budget be split between experts? Two results frame the answer:
+#
+# - **Clark et al. 2022**, "Unified Scaling Laws for Routed Language Models" (arXiv 2202.01169; the Mixtral paper
+#   cites it): for routed models "parameter count and computational requirement form two independent axes along
+#   which an increase leads to better performance". They fit the loss as a bilinear function of log dense size and
+#   log expert count, and the benefit of more experts shrinks as the dense model grows.
+# - **Krajewski et al. 2024**, "Scaling Laws for Fine-Grained Mixture of Experts" (arXiv 2402.07871): they add
+#   **granularity** $G$ — each expert is $1/G$ of a dense FFN's width, and a token uses $G$ times as many — and
+#   find that "the common practice of setting the size of experts in MoE to mirror the feed-forward layer is not
+#   optimal at almost any computational budget". Mixtral has $G = 1$.
+#
+# **Fine-grained experts in one line of config.** Split each of Mixtral's 8 experts into $G$ of width $I/G$ and
+# route to $2G$ of the $8G$: the expert parameters, total and active, stay exactly the same; only the router grows
+# ($8G$ rows). What grows fast is the number of expert combinations a token can choose, $\binom{8G}{2G}$:
+
+# %%
+print(" G   experts  top-k  width I/G   total (B)   active (B)   expert combinations")
+grain = {}
+for G in (1, 2, 4, 8, 16):
+    fine = big.replace(num_local_experts=8 * G, num_experts_per_tok=2 * G, intermediate_size=big.intermediate_size // G)
+    grain[G] = moe_edu.count_parameters(fine)
+    combos = math.comb(8 * G, 2 * G)
+    print(
+        f"{G:2d}  {8 * G:7d}  {2 * G:5d}  {fine.intermediate_size:9d}  {grain[G].total / 1e9:10.3f}  "
+        f"{grain[G].active / 1e9:11.3f}   {combos:.3e}"
+    )
+print(
+    "expert parameters, total and active, identical for every G:",
+    all((p.experts, p.active_experts) == (grain[1].experts, grain[1].active_experts) for p in grain.values()),
+)
+print("G = 2 is DBRX's 16-choose-4: 65x Mixtral's combinations:", math.comb(16, 4) // math.comb(8, 2) == 65)
+
+# %% [markdown]
+# Databricks give that 65× as their reason for 16 experts with 4 active ("we found that this improves model
+# quality", the DBRX model card). The costs are not in the parameter count: more, smaller matmuls (notebook 10's
+# grouped GEMM exists for this), a router $G$ times larger, and more all-to-all traffic per token under expert
+# parallelism.
+#
+# ### Open MoEs, counted from their configs
+#
+# `moe_edu.count_parameters` counts Mixtral exactly. With `moe_edu.accounting.ModelShape` it also counts what other
+# open MoEs add — always-on shared experts and their gate, dense first layers, q/k/v biases, q/k norms — so the
+# published configs of five open MoEs (`moe_edu.presets.OPEN_MOES`, each built from the fields of its released
+# `config.json`) can be checked against the totals their authors state. Publications round (to 0.1B or 1B), so
+# each row must land within half the last published digit:
+
+# %%
+from moe_edu.presets import OPEN_MOES
+
+open_rows = []
+for name, published in OPEN_MOES.items():
+    shape, count = published.shape, moe_edu.count_parameters(published.shape)
+    c = shape.config
+    tol = published.tolerance_b
+    ok = abs(count.total / 1e9 - published.total_b) <= tol and abs(count.active / 1e9 - published.active_b) <= tol
+    open_rows.append(
+        {
+            "model": name,
+            "experts": f"{c.num_local_experts}" + (" + shared" if shape.shared_intermediate_size else ""),
+            "k": c.num_experts_per_tok,
+            "expert width": c.intermediate_size,
+            "total (B)": f"{count.total / 1e9:.2f}",
+            "active (B)": f"{count.active / 1e9:.2f}",
+            "published": f"{published.total_b:g} / {published.active_b:g}",
+            "within ±tolerance": ok,
+            "combinations": f"{math.comb(c.num_local_experts, c.num_experts_per_tok):,}",
+        }
+    )
+print("every row matches what its authors published:", all(r["within ±tolerance"] for r in open_rows))
+Table(open_rows)
+
+# %% [markdown]
+# Sources of the published counts: Mixtral 8x7B, Jiang et al. 2024 (47B / 13B); Mixtral 8x22B, Mistral AI's
+# announcement (141B / 39B); OLMoE-1B-7B, Muennighoff et al. 2024 (arXiv 2409.02060: 6.9B / 1.3B);
+# Qwen1.5-MoE-A2.7B, its model card (14.3B / 2.7B); DBRX, its model card (132B / 36B). The config fields were
+# checked for this course against public copies of each `config.json` (Qwen's `moe_intermediate_size` 1408,
+# `shared_expert_intermediate_size` 5632; OLMoE's 64 experts of width 1024, top-8; DBRX's `ffn_hidden_size`
+# 10752, 16 experts, top-4, 8 K/V heads). Not in the table: DeepSeek-V2(-Lite) and V3, whose Multi-head Latent
+# Attention this count does not model, and Grok-1, for which no active count was published.
+#
+# The table is also a history of granularity: from Mixtral's 8 wide experts ($G = 1$, 28 combinations) to OLMoE's
+# 64 narrow ones, 8 at a time — the direction Krajewski et al.'s laws point.
+#
+# <details><summary>Check: OLMoE-1B-7B runs 8 experts per token, Mixtral 2. Why is its active share not 4× Mixtral's?</summary>
+#
+# The share of expert parameters a token uses is $k/E$, whatever the expert width: $8/64 = 1/8$ for OLMoE against
+# $2/8 = 1/4$ for Mixtral. OLMoE runs 4 times as many experts per token but holds 8 times as many, each narrow
+# (width 1024 at hidden size 2048), so its share halves. Granularity changes how many experts run and how many
+# combinations exist, not the fraction of the weights a token touches.
+# </details>
+
+# %% [markdown]
+# ## 10. Adaptive k: fewer experts where the router is sure
+#
+# Top-2 spends two expert calls on every token, even when the router gives the second expert a weight near 0. Two
+# published rules spend less:
+#
+# - **skip by ratio** (Lu et al. 2024, "Not All Experts are Equal", arXiv 2402.14800, on Mixtral 8x7B): drop the
+#   second expert when its weight is below $\beta$ times the first's, and let the first carry the whole token;
+# - **top-p** (Huang et al. 2024, "Harder Tasks Need More Experts: Dynamic Routing in MoE Models", arXiv 2403.07652):
+#   keep the fewest best experts whose router probabilities reach $p$ — one for a confident token, more for an
+#   unsure one. Huang et al. *train* with this rule. Applied after training to a top-2 model — as here, and as Lu
+#   et al. apply theirs — either rule is an approximation, and the price is the change in the output.
+#
+# First in plain torch, on the batch of §2 (the trained layer's inputs when the checkpoint is installed):
+
+# %%
+from moe_edu.variants.adaptive_k import AdaptiveKRouter, experts_per_token
+
+if trained is not None:
+    xa, block_a = trained[0][0], trained[1]  # (T, H) real inputs of layer LAYER, its trained block
+else:
+    xa, block_a = flat_x, block  # (N, H) random hidden states, the untrained block
+beta = 0.5
+with torch.no_grad():
+    top = torch.softmax(block_a.gate.logits(xa), -1).topk(2)  # (T, 2)
+    w = top.values / top.values.sum(-1, keepdim=True)  # (T, 2) Mixtral's weights
+    keep_second = w[:, 1] >= beta * w[:, 0]  # (T,)
+    outs = torch.zeros(2, *xa.shape)  # (2, T, H): each token's first- and second-choice expert output
+    for j in range(2):
+        for e in range(block_a.num_experts):
+            rows = top.indices[:, j] == e
+            if rows.any():
+                outs[j, rows] = block_a.experts.expert(e, xa[rows])
+    w_kept = torch.stack([w[:, 0], w[:, 1] * keep_second], -1)  # (T, 2)
+    w_kept = w_kept / w_kept.sum(-1, keepdim=True)  # renormalised over the kept experts
+    y_skip = (w_kept.T[:, :, None] * outs).sum(0)  # (T, H)
+    y_full = (w.T[:, :, None] * outs).sum(0)  # (T, H)
+
+    adaptive = copy.deepcopy(block_a)  # the same experts behind an adaptive gate
+    adaptive.gate = AdaptiveKRouter.like(block_a.gate, rule="ratio", threshold=beta)
+    y_lib = adaptive.eval()(xa[None])[0][0]  # (T, H)
+top2_mass = top.values.sum(-1).mean().item()
+print(f"this router's mean top-2 probability mass is {top2_mass:.2f}: unsure (< 0.8):", top2_mass < 0.8)
+print(f"beta = {beta}: tokens that keep both experts: {keep_second.float().mean():.1%}")
+print("library (AdaptiveKRouter, rule='ratio') = plain torch:", torch.allclose(y_lib, y_skip, atol=1e-5))
+print("plain torch with both experts = Mixtral's block:", torch.allclose(y_full, block_a(xa[None])[0][0], atol=1e-5))
+
+# %% [markdown]
+# Now on the whole trained model: every layer's router swapped for an adaptive one (same weights), run on the
+# seven documents of §2, measuring the expert calls per token and the language-modelling loss.
+
+
+# %%
+def adaptive_run(model, ids, rule=None, threshold=1.0):
+    """(mean experts per token over layers and tokens, mean next-token loss) with every gate made adaptive."""
+    gates = [layer.mlp.gate for layer in model.model.layers]
+    calls, losses = [], []
+
+    def count_calls(module, args, out):  # re-route the layer's real input with its (adaptive) gate
+        calls.append(experts_per_token(module.gate(args[0].reshape(-1, args[0].shape[-1]))))
+
+    hooks = [layer.mlp.register_forward_hook(count_calls) for layer in model.model.layers]
+    try:
+        if rule is not None:
+            for layer, gate in zip(model.model.layers, gates, strict=True):
+                layer.mlp.gate = AdaptiveKRouter.like(gate, rule=rule, threshold=threshold)
+        with torch.no_grad():
+            for seq in ids:
+                x = torch.tensor([seq])  # (1, T)
+                losses.append(F.cross_entropy(model(x).logits[0, :-1], x[0, 1:]).item())
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for layer, gate in zip(model.model.layers, gates, strict=True):
+            layer.mlp.gate = gate
+    return sum(calls) / len(calls), sum(losses) / len(losses)
+
+
+if trained is None:
+    print("trained checkpoint not installed: the whole-model sweep needs it (skipped)")
+    sweep_k = {}
+else:
+    model_t, ids_t = trained[3], trained[4]
+    sweep_k = {("top-2 (Mixtral)", None): adaptive_run(model_t, ids_t)}
+    for rule, thresholds in (("ratio", (0.3, 0.5, 0.7, 0.9)), ("top_p", (0.5, 0.3, 0.2))):
+        for t in thresholds:
+            sweep_k[(f"{rule} {t}", rule)] = adaptive_run(model_t, ids_t, rule, t)
+
+# %% [markdown]
+# The exact losses depend on your CPU's floating-point kernels; the checked lines after the table hold everywhere.
+
+# %% tags=["nbval-ignore-output"]
+if sweep_k:
+    base_calls, base_loss = sweep_k[("top-2 (Mixtral)", None)]
+    print("rule            experts/token   expert compute saved   loss    loss change")
+    for (label, _), (calls, loss) in sweep_k.items():
+        print(f"{label:16s} {calls:12.3f}   {1 - calls / base_calls:18.1%}   {loss:6.3f}   {loss - base_loss:+.3f}")
+
+# %%
+if sweep_k:
+    betas = (0.3, 0.5, 0.7, 0.9)
+    ratio_calls = [sweep_k[(f"ratio {t}", "ratio")][0] for t in betas]
+    ratio_loss = {t: sweep_k[(f"ratio {t}", "ratio")][1] for t in betas}
+    print("top-2 runs exactly 2 experts per token:", base_calls == 2.0)
+    print("a larger beta runs fewer experts:", all(a >= b for a, b in zip(ratio_calls, ratio_calls[1:], strict=False)))
+    print(
+        "beta = 0.7 saves over 10 % of expert calls for under 1 % more loss:",
+        1 - ratio_calls[2] / 2 > 0.10 and ratio_loss[0.7] < 1.01 * base_loss,
+    )
+    print("skipping more costs more loss (beta 0.9 above beta 0.5):", ratio_loss[0.9] > ratio_loss[0.5])
+
+# %% [markdown]
+# The trade is real but modest on this model: its router is unsure (the checked top-2 mass above), so few tokens
+# have a second expert worth skipping until $\beta$ is large, and the loss climbs as the saving grows — the checked
+# lines above. Lu et al. report faster Mixtral 8x7B inference with this rule for a
+# small accuracy drop. The saving is in expert FLOPs and, when decoding one token at a time, in expert weights read
+# (notebook 10 §1); in a large batch it shrinks, because some other token still needs the skipped expert.
+
+# %% [markdown]
+# > **中文回顧**　八種路由規則都從同一個 (N, E) 分數矩陣出發：每個 token 挑分數最高的 k 個專家，或由專家選擇路由讓每個專家挑 C 個 token；容量因子固定名額並丟棄溢出，Mixtral 則是無丟棄。
+# > 軟性混合專家不做離散選擇，無輔助損失負載平衡只用偏差來選專家；總參數與啟用參數相同的變體，路由可以大不相同。
 
 # %% [markdown]
 # ## Recap
@@ -656,6 +1051,15 @@ print(
 #   choice) but all push towards even expert load.
 # - Same expert parameters can give the same total and active counts (Mixtral vs DeepSeekMoE) with very different
 #   routing; FLOPs per token follow the active count.
+# - Soft MoE has no per-token active set: its cost is $Ep/m$ expert calls per token, a free choice; at $p = 2m/E$ it
+#   costs what Mixtral's top-2 costs.
+# - Capacity and drops came from static shapes (XLA on TPUs), not from experts living on several devices.
+# - Loss-free balancing (Wang et al. 2024, used by DeepSeek-V3) moves a selection-only bias against the load.
+# - The gate has named design choices — softmax or sigmoid scores, renormalised or not, router jitter in
+#   training — each changing weights or exploration, not (without a bias) which experts one token picks.
+# - Fine-grained experts keep total and active parameters and multiply the expert combinations; five open MoEs'
+#   published sizes follow from their configs with one counting function.
+# - Adaptive k (skip by ratio, top-p) saves expert calls where the router is sure, at a measured cost in loss.
 #
 # ## Check your understanding
 #
@@ -717,6 +1121,63 @@ print(
 # More combinations for the same cost: choosing 3 of 15 routed experts gives $\binom{15}{3} = 455$ possible
 # mixtures against $\binom{8}{2} = 28$ for Mixtral, so experts can specialise more finely. The always-on shared
 # expert holds what every token needs, so the routed experts need not each learn a copy of it.
+#
+# </details>
+#
+# 7. A Soft MoE layer with E = 8 experts and groups of m = 256 tokens should cost what Mixtral's top-2 costs per
+#    token. How many slots per expert does it need, and what happens to the cost if the group doubles?
+#
+# <details><summary>Answer</summary>
+#
+# Two expert calls per token: $Ep/m = 2$, so $p = 2m/E = 64$ slots per expert (512 slots in all). The cost per token
+# is $Ep/m$ expert calls, so with $p$ fixed, doubling $m$ halves it — which is why a bare "active share" for Soft
+# MoE means nothing without the slots per token it was computed at (§6).
+#
+# </details>
+#
+# 8. Why did Switch and GShard drop tokens, when Mixtral's code does not — and does expert parallelism force drops?
+#
+# <details><summary>Answer</summary>
+#
+# They were compiled with XLA for TPUs, where every tensor shape is fixed at compile time, so each expert had a
+# buffer of C rows and whatever did not fit was dropped. Expert parallelism alone does not force it: the
+# all-to-all can carry variable-size blocks, as MegaBlocks and notebook 10's `ExpertParallelMoeBlock` do without
+# dropping anything.
+#
+# </details>
+#
+# 9. With `GateChoices(normalize=False)`, a token's top-2 softmax mass is 0.6. How does its layer output compare
+#    with Mixtral's, and why might a designer want that?
+#
+# <details><summary>Answer</summary>
+#
+# The same two experts with the same relative weights, so the output is $0.6	imes$ Mixtral's (§8 checks this
+# exactly). The layer's contribution then carries the router's confidence: an unsure token is damped instead of
+# passing the full expert mixture into the residual stream. Mixtral and DeepSeek-V3 renormalise; Switch,
+# DeepSeek-V2 and Qwen1.5-MoE do not.
+#
+# </details>
+#
+# 10. DBRX picks 4 of 16 experts per token, Mixtral 8x7B 2 of 8. Count the expert combinations of each, and say
+#     what splitting experts finer leaves unchanged.
+#
+# <details><summary>Answer</summary>
+#
+# $\binom{16}{4} = 1820$ against $\binom{8}{2} = 28$: 65 times more (DBRX's model card gives the same "65x").
+# Splitting each expert into $G$ of width $I/G$ and routing to $Gk$ leaves the expert parameters, total and active,
+# unchanged (§9's table); the router grows $G$-fold and the matmuls get smaller — the engineering price.
+#
+# </details>
+#
+# 11. You skip the second expert whenever its weight is below half the first's ($\beta = 0.5$). Which tokens lose
+#     their second expert, and why is the saving not free on this model?
+#
+# <details><summary>Answer</summary>
+#
+# Tokens whose renormalised weights satisfy $w_2 < 0.5\,w_1$, i.e. $w_2 < 1/3$: the confident ones. Their output
+# becomes the first expert's alone. The model was trained with top-2 everywhere, so the second expert's small
+# contribution was part of what training fitted; removing it shifts the residual stream, and §10's sweep measures
+# that shift as a loss increase. Huang et al. avoid the mismatch by training with top-p from the start.
 #
 # </details>
 #

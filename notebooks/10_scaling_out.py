@@ -26,11 +26,13 @@
 #
 # 1. cost a MoE layer three ways — FLOPs, bytes moved, launches — and say which one binds at T = 1, 64 and 16k tokens;
 # 2. explain the three fast paths of `moe_edu.dispatch` (decode, grouped GEMM, `grouped_mm` on CUDA) and why each wins where it does;
-# 3. read the committed CPU benchmark (ours vs the routing-free floor vs `transformers`) and, when a GPU result file
-#    (`benchmarks/results/gpu_dispatch.md`) has been committed, the GPU table — without that file the notebook only
-#    says the GPU benchmark was not run;
+# 3. read the committed CPU benchmark (ours vs the routing-free floor vs `transformers`). The GPU benchmark
+#    (`benchmarks/gpu_bench.py`) has **not been run** for this course yet: no result file is committed, the
+#    notebook prints "not run", and nothing here rests on GPU measurements — only on the cost model of §1;
 # 4. run expert parallelism on 2 gloo processes, predict the all-to-all traffic by hand, and check the result equals one process;
-# 5. quantify load imbalance: under expert parallelism the slowest rank sets the pace.
+# 5. quantify load imbalance: under expert parallelism the slowest rank sets the pace;
+# 6. at serving time, count the experts a decode step reads, measure how routing locality loads the devices under
+#    expert parallelism, and even it out with hot-expert replicas.
 
 # %%
 import moe_edu
@@ -255,8 +257,11 @@ plt.show()
 # profile of two training steps at T = 1024 gave 2.87 s for ours against 2.95 s — at this noise the two cannot be
 # told apart.
 #
-# The GPU benchmark (`benchmarks/gpu_bench.py`, Mixtral-8x7B layer size, bf16) reports TFLOP/s against a dense
-# GEMM of equal FLOPs and, for decoding, the bandwidth achieved on the active experts' weights:
+# The GPU benchmark (`benchmarks/gpu_bench.py`, Mixtral-8x7B layer size, bf16) would report TFLOP/s against a
+# dense GEMM of equal FLOPs and, for decoding, the bandwidth achieved on the active experts' weights. It has not
+# been run for this course: no GPU was available when this notebook was last revised, and we do not quote numbers
+# we have not measured. Until `benchmarks/results/gpu_dispatch.md` is committed, the cell below says so and shows
+# the command; the GPU statements above are the cost model's predictions, not measurements.
 
 # %%
 gpu = RESULTS / "gpu_dispatch.md"
@@ -360,6 +365,156 @@ plt.show()
 # auxiliary loss (coefficient 0.02 in the released config), and Mixtral's released inference code is dropless.
 
 # %% [markdown]
+# ## 6. Serving: expert parallelism one decode step at a time
+#
+# Training steps carry thousands of tokens; a serving system's decode step carries one token from each of the B
+# sequences in flight. Three questions decide how expert parallelism (EP) behaves there, and the course's trained
+# tiny model (E = 8, k = 2, 4 layers; trained in notebook 07) answers them on real text: the first 64 tokens of 32
+# held-out documents — four each of French, German, Spanish, Italian and Traditional Chinese, six arithmetic, six
+# Python files.
+#
+# **(a) How many experts does one decode step read?** §1 gave the uniform-routing answer, $E(1 - (1 - k/E)^B)$.
+# Count it on the real routing: at each position $t$, take $B$ of the documents as the batch and count the distinct
+# experts their $B \cdot k$ choices name, in every layer.
+
+# %%
+from moe_edu.analysis import route
+from moe_edu.data.corpus import LANGUAGES, language_documents, math_documents, stdlib_documents
+from moe_edu.serving.expert_placement import expected_experts_hit
+
+served, served_tok = moe_edu.load_pretrained()  # the shipped tiny checkpoint, eval mode
+E_s, k_s = served.config.num_local_experts, served.config.num_experts_per_tok
+documents = (
+    [d.text for lang in LANGUAGES for d in language_documents(lang)[:4]]
+    + [d.text for d in math_documents(n=6)]
+    + [d.text for d in stdlib_documents()[1][:6]]  # held-out Python files
+)
+T_doc = 64
+routed = torch.stack([route(served, served_tok.encode(text)[:T_doc]) for text in documents])  # (D, L, T, k)
+D_docs, L_s = routed.shape[0], routed.shape[1]
+print(f"{D_docs} documents x {T_doc} tokens, routed through {L_s} layers: shape {tuple(routed.shape)}")
+
+print(" B   experts read per step: real text   uniform E(1-(1-k/E)^B)")
+hits_real = {}
+for B in (1, 2, 4, 8, 16, 32):
+    counts = [
+        routed[g * B : (g + 1) * B, layer, t].unique().numel()  # distinct experts named by B tokens' k choices
+        for g in range(D_docs // B)
+        for layer in range(L_s)
+        for t in range(T_doc)
+    ]
+    hits_real[B] = sum(counts) / len(counts)
+    print(f"{B:2d}   {hits_real[B]:31.2f}   {expected_experts_hit(E_s, k_s, B):22.2f}")
+
+# %%
+print("B = 1 reads exactly k = 2 experts:", hits_real[1] == 2.0)
+print(
+    "at B = 4-16, real routing reads fewer experts than uniform routing would:",
+    all(hits_real[B] < expected_experts_hit(E_s, k_s, B) for B in (4, 8, 16)),
+)
+print("at B = 32 a step reads nearly every expert (> 7.5 of 8):", hits_real[32] > 7.5)
+
+# %% [markdown]
+# Batching is what makes a decode step expensive in *bytes*: at B = 32 nearly every expert's weights are read per
+# layer, not 2 of 8 — notebook 11 builds its serving arithmetic on this. Real routing reads fewer than the uniform
+# formula at moderate B because it is not uniform: popular experts are shared between sequences.
+#
+# **(b) Where does the load land under EP?** Put the 8 experts on 4 devices, 2 each (expert e on device e // 2, as
+# `moe_edu.parallel` does). A step's time is set by its busiest device; measure `mean / max` rows per device
+# (1.0 = even) for three kinds of 32-token step:
+#
+# - **one document**: 32 consecutive tokens of one sequence (a prefill chunk);
+# - **a decode batch**: one token from each of the 32 documents, at the same position;
+# - **uniform**: 32 tokens routed to 2 random experts each (the no-locality, no-preference baseline).
+#
+# In plain torch, rows per device is a `bincount` of `expert // 2`:
+
+# %%
+world_s = 4
+per_device = E_s // world_s
+
+
+def balance_by_hand(chosen: torch.Tensor) -> float:
+    """chosen (T, k) -> mean / max rows per device, experts placed contiguously."""
+    load = torch.bincount(chosen.reshape(-1) // per_device, minlength=world_s).float()  # (world,)
+    return (load.mean() / load.max()).item()
+
+
+g_u = torch.Generator().manual_seed(0)
+steps = {
+    "one document": [
+        routed[d, layer, h * 32 : (h + 1) * 32] for d in range(D_docs) for layer in range(L_s) for h in (0, 1)
+    ],
+    "decode batch": [routed[:, layer, t] for layer in range(L_s) for t in range(T_doc)],
+    "uniform": [
+        torch.stack([torch.randperm(E_s, generator=g_u)[:k_s] for _ in range(32)]) for _ in range(L_s * T_doc)
+    ],  # (32, k) each
+}
+by_hand = {name: sum(map(balance_by_hand, s)) / len(s) for name, s in steps.items()}
+
+# %%
+from moe_edu.serving.expert_placement import contiguous_placement, mean_step_balance
+
+placement = contiguous_placement(E_s, world_s)
+for name in steps:
+    print(f"{name:13s} mean/max rows per device: {by_hand[name]:.3f}")
+print(
+    "moe_edu.serving.expert_placement agrees:",
+    all(abs(mean_step_balance(s, E_s, placement, world_s) - by_hand[n]) < 1e-6 for n, s in steps.items()),
+)
+print(
+    "one-document steps are the least balanced:", by_hand["one document"] < by_hand["decode batch"] < by_hand["uniform"]
+)
+
+# %% [markdown]
+# Two effects stack. The trained router prefers some experts overall, so even a decode batch of 32 different
+# sequences is less even than uniform routing. And consecutive tokens of one document keep choosing the same
+# experts — the locality notebook 08 measured and the Mixtral paper discusses in §5, where it notes that high
+# locality makes over-subscribing certain experts under expert parallelism more likely (the same property helps
+# caching, notebook 11). A prefill chunk of one document piles its rows onto the devices of the experts its
+# domain prefers.
+#
+# **(c) Hot-expert replication.** Load-balancing losses act in training; a server can also act on placement. With
+# a spare slot on each device, copy the busiest experts there and split their rows between the copies — the
+# "redundant experts" of DeepSeek-V3's deployment (§3.4 of its report; DeepSeek's open-source EPLB balancer says it
+# "duplicates heavy-loaded experts" and packs the copies onto devices). `replicate_hot_experts` does it greedily:
+# decide the copies from the loads of **half** the documents (as a server would from recent statistics), judge
+# them on the **other half**, layer by layer, with one spare slot per device (4 copies in all):
+
+# %%
+from moe_edu.serving.expert_placement import expert_counts, replicate_hot_experts
+
+print("layer   one document: 2 per device -> replicated   decode batch: 2 per device -> replicated")
+improved, still_local = [], []
+for layer in range(L_s):
+    calibration = expert_counts(routed[0::2, layer].reshape(-1, k_s), E_s)  # (E,) rows per expert, even documents
+    hot = replicate_hot_experts(calibration, placement, world_s, replicas=world_s, max_per_device=per_device + 1)
+    held_doc = [routed[d, layer, :32] for d in range(1, D_docs, 2)]  # odd documents: held out
+    held_batch = [routed[1::2, layer, t] for t in range(T_doc)]
+    before = (
+        mean_step_balance(held_doc, E_s, placement, world_s),
+        mean_step_balance(held_batch, E_s, placement, world_s),
+    )
+    after = (mean_step_balance(held_doc, E_s, hot, world_s), mean_step_balance(held_batch, E_s, hot, world_s))
+    improved.append(after[0] > before[0] and after[1] > before[1])
+    still_local.append(after[0] < after[1])
+    print(f"{layer:5d}   {before[0]:12.3f} -> {after[0]:.3f}   {before[1]:27.3f} -> {after[1]:.3f}")
+print("replication helps held-out steps of both kinds in every layer:", all(improved))
+print("after replication one-document steps are still less even than decode batches in every layer:", all(still_local))
+
+# %% [markdown]
+# Four extra expert copies buy a more even step. In this toy they cost half again the expert memory (4 copies on
+# 8 experts); with hundreds of experts per layer a few copies are a small fraction. Replication follows the
+# average load, not each request: which experts a document's prefill chunk needs depends on the document, so
+# one-document steps stay the less even kind (the last checked line). Balance at serving time is a placement
+# problem (replicas, periodically re-chosen), a scheduling one (mixing requests in a batch) and a training one (the
+# aux loss or bias of notebooks 07 and 09) at once.
+
+# %% [markdown]
+# > **中文回顧**　一層 MoE 的 FLOPs 由 k 決定，實作能改變的是搬移的位元組與核心啟動次數：解碼受記憶體頻寬限制，大批次才受計算限制。
+# > 專家平行讓每個行程只放部分專家，token 經兩次全對全通訊往返；結果與單一行程完全相同，速度由最忙的行程決定。
+
+# %% [markdown]
 # ## Recap
 #
 # * A MoE layer's FLOPs are fixed by k; what dispatch controls is **bytes** (read each hit expert once, move
@@ -371,6 +526,9 @@ plt.show()
 #   interleaved rounds.
 # * Expert parallelism = replicated router + sharded experts + two all-to-alls; it equals one process exactly,
 #   forward and backward, and its speed is set by the busiest rank.
+# * At serving time a decode step of B sequences reads about $E(1-(1-k/E)^B)$ experts per layer — nearly all of
+#   them at B = 32; routing locality piles a request's tokens onto a few devices under EP, and hot-expert replicas
+#   chosen from recent load statistics even out held-out steps.
 #
 # ## Check your understanding
 #
@@ -434,6 +592,20 @@ plt.show()
 # routed to it from every rank; the all-to-all backward returns their gradients, so its weight gradient is already
 # complete. With several data-parallel replicas of the group, each expert has one copy per replica, and those copies
 # still need an all-reduce across the replicas, like any data-parallel weight.
+#
+# </details>
+#
+# 7. A server runs Mixtral 8x7B with expert parallelism over 8 GPUs, one expert per GPU per layer, and decodes 4
+#    sequences per step. Roughly how many GPUs does a layer's step involve, and why might one prefill request of a
+#    single long Python file be slower per token than a mixed batch?
+#
+# <details><summary>Answer</summary>
+#
+# With uniform routing $8(1 - (1 - 2/8)^4) \approx 5.5$ of the 8 experts are hit, so about 5–6 GPUs do work and the
+# others idle; real routing hits somewhat fewer (§6). A single document's consecutive tokens keep choosing the
+# same experts (locality), so its prefill rows pile onto the GPUs of those experts and the busiest GPU sets the
+# step time; a batch mixing many requests spreads the rows more evenly. Replicating the hot experts on spare slots
+# (DeepSeek-V3's redundant experts) splits their rows between copies.
 #
 # </details>
 #

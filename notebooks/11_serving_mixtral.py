@@ -15,9 +15,10 @@
 # > *"Mixtral supports a fully dense context length of 32k tokens"* — Mixtral paper, §2
 #
 # > **中文導讀**　稀疏模型每個 token 只用 13B 啟用參數，但服務時 47B 的權重全都得放在記憶體裡：bf16 約 93.4 GB。
-# > 另一個大戶是 KV 快取：Mixtral 每個 token 需 128 KiB，32k 上下文就是 4 GiB；32k 上下文、批次 32 時達 128 GiB，遠超過啟用專家的 22.5 GB。
-# > 本章計算記憶體帳、比較稠密注意力與滑動視窗、在小模型上做 passkey 檢索（並誠實看它在訓練長度之外失敗），
-# > 再用路由的局部性做專家快取與預取（offloading），最後把專家權重量化成 int8 / int4，量測對路由與損失的影響。
+# > 另一個大戶是鍵值快取（KV cache）：靠分組查詢注意力（GQA），Mixtral 每個 token 需 128 KiB，32k 上下文就是 4 GiB；
+# > 32k 上下文、批次 32 時達 128 GiB（約 137 GB），超過全部權重的 93.4 GB。本章計算記憶體用量、比較稠密注意力與滑動視窗注意力、
+# > 在小模型上做 passkey 檢索（並如實呈現它超出訓練長度就失敗），再把專家卸載（offloading）到 CPU 記憶體，
+# > 利用路由的局部性做專家快取與預取（prefetch），最後把專家權重量化成 int8 / int4，量測對路由與損失的影響。
 #
 # Training a sparse model buys compute: each token runs 2 of 8 experts. Serving it raises a different bill —
 # **memory**. Every expert must be reachable although a token uses two; the attention cache grows with every
@@ -872,6 +873,10 @@ plt.show()
 # * The held-out loss moves by less than 0.002 nats (on 3.14) in every row, up or down: a flipped choice is
 #   almost always between two experts the router rated nearly equal, so the block's output barely changes. Such
 #   differences are noise at this size, not a gain from quantising.
+
+# %% [markdown]
+# > **中文回顧**　服務時的記憶體是全部權重（bf16 約 93.4 GB）加上鍵值快取（每個 token 128 KiB，隨批次與上下文成長）；滑動視窗注意力把快取限制在 W 個 token，Mixtral 則保留稠密的 32k 上下文。
+# > 小模型的 passkey 檢索只在訓練長度內成功；路由的局部性讓專家快取有效，int8 專家幾乎無損，int4 會改變少數路由決策。
 
 # %% [markdown]
 # ## Recap

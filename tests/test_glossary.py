@@ -7,14 +7,16 @@ from pathlib import Path
 import pytest
 
 import moe_edu
-from moe_edu.course.glossary import GLOSSARY, TAIWAN_USAGE, glossary_table, term
+from moe_edu.course.glossary import GLOSSARY, SYSTEMS_USAGE, TAIWAN_USAGE, glossary_table, term
 
-SEED_TERMS = ["專家", "路由網絡", "門控網絡", "稀疏激活", "加權輸出", "加權融合", "前 k 個專家"]
-# The terms of notebooks 05-12 (issue 12's list), in Taiwan usage.
+# The seed glosses both "Router Network" and "Gating Network" as 路由網絡; it never writes 門控網絡.
+SEED_TERMS = ["專家", "路由網絡", "稀疏激活", "加權輸出", "加權融合", "前 k 個專家"]
+# The terms of notebooks 01-12 the seed does not use (issue 12's list, the review's G2 and G5), in Taiwan usage.
 LATER_TERMS = [
     "負載平衡損失",
     "容量因子",
-    "丟棄 / 無丟棄",
+    "丟棄",
+    "無丟棄",
     "專家選擇路由",
     "共享專家",
     "細粒度專家",
@@ -23,13 +25,32 @@ LATER_TERMS = [
     "鍵值快取",
     "量化",
     "卸載",
-    "稀疏升級",
-    "剪枝",
-    "合併",
+    "稀疏升級再造",
+    "專家剪枝",
+    "專家合併",
+    "重新正規化",
+    "分派",
+    "殘差連接",
+    "預取",
+    "局部性",
+    "分組查詢注意力",
+    "軟性混合專家",
+    "遺忘",
+    "監督式微調",
+    "直接偏好最佳化",
+    "溫度",
+    "熵",
 ]
-# Mainland forms beyond the seed's that a Taiwan reader would not write (Taiwan form in the comment).
-OTHER_MAINLAND = ["進程", "字節", "內存", "帶寬", "並行", "歸一化", "設備", "批量", "掩碼", "通信"]
-# 行程, 位元組, 記憶體, 頻寬, 平行, 正規化, 裝置, 批次, 遮罩, 通訊
+ALIASES = {
+    "門控網路": "路由網絡",
+    "路由器": "路由網絡",
+    "KV 快取": "鍵值快取",
+    "災難性遺忘": "遺忘",
+    "Soft MoE": "軟性混合專家",
+}
+# Mainland forms beyond the seed's and SYSTEMS_USAGE that a Taiwan reader would not write (Taiwan form in the comment).
+OTHER_MAINLAND = ["字節", "設備", "掩碼", "數據", "網絡"]
+# 位元組, 裝置, 遮罩, 資料, 網路
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 COURSE = [f"{n:02d}" for n in range(13)]  # course notebooks 00-12
 
@@ -79,12 +100,29 @@ def test_seed_mainland_forms_have_taiwan_forms():
     """A seed row written with a Mainland form carries the Taiwan form; the course's own rows use none."""
     seed_rows = set(SEED_TERMS) | {"活動參數"}
     for usage in TAIWAN_USAGE:
-        assert usage.seed != usage.taiwan and usage.english and usage.example
+        assert usage.mainland != usage.taiwan and usage.english and usage.example
         for t in GLOSSARY:
-            if usage.seed in t.zh:
-                assert t.zh in seed_rows and usage.taiwan in t.taiwan, (t.zh, usage.seed)
-            assert usage.seed not in t.taiwan, (t.taiwan, usage.seed)
+            if usage.mainland in t.zh:
+                assert t.zh in seed_rows and usage.taiwan in t.taiwan, (t.zh, usage.mainland)
+            for name in (t.taiwan, *t.aliases):
+                assert usage.mainland not in name, (name, usage.mainland)
     assert term("活動參數").taiwan == "啟用參數" and term("路由網絡").taiwan == "路由網路"
+
+
+def test_systems_usage_pairs():
+    """G6: the systems words of Mainland MoE material, each with its Taiwan form; the glossary uses none."""
+    assert len(SYSTEMS_USAGE) >= 14
+    for usage in SYSTEMS_USAGE:
+        assert usage.mainland not in usage.taiwan and usage.english and "→" in usage.example
+        assert usage.example.split("→")[1].count(usage.taiwan.split("（")[0]) + usage.example.count("GPU 記憶體") >= 1
+        for t in GLOSSARY:
+            assert all(usage.mainland not in name for name in t.names), (t.zh, usage.mainland)
+
+
+def test_aliases_find_their_row():
+    for alias, row in ALIASES.items():
+        assert term(alias) is term(row) and alias in term(row).aliases
+    assert term("路由網路").english.startswith("router network") and "gating network" in term("路由網路").english
 
 
 def _summary_box(source: str) -> str:
@@ -105,8 +143,8 @@ def test_course_notebook_has_a_taiwan_usage_summary(number):
     box = _summary_box(path.read_text(encoding="utf-8"))
     sentences = len(re.findall(r"[。！？]", box))
     assert 3 <= sentences <= 5, f"{path.name}: {sentences} sentences"
-    for usage in TAIWAN_USAGE:
-        assert usage.seed not in box, f"{path.name}: Mainland form {usage.seed!r}, write {usage.taiwan!r}"
+    for usage in TAIWAN_USAGE + SYSTEMS_USAGE:
+        assert usage.mainland not in box, f"{path.name}: Mainland form {usage.mainland!r}, write {usage.taiwan!r}"
     for word in OTHER_MAINLAND:
         assert word not in box, f"{path.name}: Mainland form {word!r}"
 
@@ -135,6 +173,7 @@ def test_table_renders_html_markdown_and_text():
     assert html.count("<tr>") == 3 and "稀疏激活" in html and "<code>" in html
     md = table.to_markdown()
     assert md.count("\n") == 3 and "| 專家 | expert |" in md and "| 稀疏啟用 |" in md
+    assert glossary_table(["路由網絡"]).to_markdown().endswith("| 路由網路 | 門控網路、路由器 |")
     assert repr(table).splitlines()[1].startswith("稀疏激活 | sparse activation")
     assert len(glossary_table().rows()) == len(GLOSSARY)
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import moe_edu
+from moe_edu.serving.expert_placement import expected_experts_hit
 from moe_edu.serving.memory import (
     decode_step_bytes,
     dtype_bits,
-    expected_experts_hit,
     kv_bytes_per_token,
     kv_cache_bytes,
     kv_equals_active_weights,
@@ -62,7 +62,7 @@ def test_a_batched_decode_step_reads_nearly_every_expert():
     big = decode_step_bytes(MIXTRAL, context_len=32768, batch_size=32)
     assert abs(big.weights / (46_702_792_704 * 2) - 1) < 1e-3  # batch 32: about all 93.4 GB
     assert big.kv == 128 * 2**30 and big.total == big.weights + big.kv
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(ValueError, match="top_k"):
         expected_experts_hit(8, 9, 1)
 
 

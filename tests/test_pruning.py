@@ -15,6 +15,7 @@ from moe_edu.adapting.pruning import (
     most_similar_pair,
     prune_experts,
     random_experts,
+    reconstruction_errors,
 )
 
 CFG = moe_edu.get_config("tiny").replace(vocab_size=128, num_hidden_layers=2)
@@ -108,3 +109,19 @@ def test_pruned_routing_never_picks_the_dropped_expert_and_renormalises():
     assert torch.equal(ids, torch.tensor(rest)[ids2])
     with pytest.raises(ValueError, match="dropped"):
         pruned_routing(logits, 8, 2)
+
+
+def test_reconstruction_errors_equal_the_pruned_layers_output_change(model):
+    """Lu et al.'s layer-wise criterion: error[d] is exactly how far dropping d moves the layer's output."""
+    x = layer_inputs(model, IDS)[1]  # (N, H): what layer 1's MoE block receives
+    errors = reconstruction_errors(model.model.layers[1].mlp, x)
+    assert errors.shape == (8,) and bool((errors >= 0).all())
+    with torch.no_grad():
+        y_full = model.model.layers[1].mlp(x[None])[0][0]  # (N, H)
+        for d in (0, 5):
+            y = prune_experts(model, [0, d]).model.layers[1].mlp(x[None])[0][0]  # (N, H)
+            assert abs(float((y - y_full).pow(2).mean()) - float(errors[d])) < 1e-6 * max(1.0, float(errors[d]))
+    # an expert no row picks costs nothing to drop
+    logits = model.model.layers[1].mlp.gate.logits(x)  # (N, E)
+    unused = set(range(8)) - set(torch.topk(logits, 2, dim=-1).indices.flatten().tolist())
+    assert all(float(errors[e]) == 0.0 for e in unused)

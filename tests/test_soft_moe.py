@@ -86,3 +86,17 @@ def test_bf16_keeps_dtype():
     moe = soft().to(torch.bfloat16)
     out = moe(x_batch().bfloat16())
     assert out.y.dtype == torch.bfloat16 and out.router_logits.dtype == torch.float32
+
+
+def test_cost_grows_with_slots_per_token_and_meets_top2_at_p_2m_over_e():
+    from moe_edu.variants import VARIANTS
+
+    big = moe_edu.get_config("mixtral-8x7b")
+    with torch.device("meta"):
+        mixtral = VARIANTS["mixtral"].from_config(big)
+        costs = {
+            p: SoftMoE.from_config(big, slots_per_expert=p, tokens_per_group=64).flops_per_token() for p in (1, 16, 32)
+        }
+    assert costs[1] < costs[16] < costs[32]
+    assert abs(costs[32] / costs[16] - 2) < 0.01  # linear in slots per token
+    assert abs(costs[16] / mixtral.flops_per_token() - 1) < 0.02  # Ep/m = 2 expert calls: Mixtral's top-2

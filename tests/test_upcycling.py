@@ -71,3 +71,25 @@ def test_upcycle_weights_copies_and_owns_its_memory():
     assert not torch.equal(gu8[0], gu8[1])  # not views of one tensor
     with pytest.raises(ValueError, match="one expert"):
         upcycle_weights(gu8, d8, 2)
+
+
+@pytest.mark.parametrize("aux", [0.0, 0.1])
+def test_zero_router_gets_a_gradient_only_from_the_aux_loss(aux):
+    """All logits tie, every token goes to the same two experts: the task loss gives the router exactly zero
+    gradient; the load-balancing loss does not (d/dl_j of E*sum f_e P_e is prop. to P_j (f_j - sum f_e P_e))."""
+    moe = upcycle_model(dense_model(), 8, 2, router_std=0.0, seed=0, aux_loss_coef=aux).train()
+    ids = torch.randint(0, CFG.vocab_size, (4, 32), generator=torch.Generator().manual_seed(1))
+    out = moe(ids, labels=ids)
+    out.loss.backward()
+    chosen = torch.topk(out.router_logits[0], 2, dim=-1).indices  # (T, 2): ties broken the same way for all
+    assert len(torch.unique(chosen)) == 2
+    a, b = torch.unique(chosen).tolist()
+    idle = [e for e in range(8) if e not in (a, b)]
+    g = moe.model.layers[0].mlp.gate.weight.grad  # (E, H)
+    if aux == 0.0:
+        assert torch.count_nonzero(g) == 0
+    else:
+        assert g.abs().max() > 1e-6
+        torch.testing.assert_close(g[a], g[b])  # the two chosen experts stay tied with each other
+        torch.testing.assert_close(g[idle[0]], g[idle[-1]])  # and so do the six idle ones
+        assert not torch.allclose(g[a], g[idle[0]])  # but the groups separate

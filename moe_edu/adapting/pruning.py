@@ -21,6 +21,7 @@ import torch
 
 from ..analysis import routing_load
 from ..model import MixtralForCausalLM
+from ..routing import softmax_topk
 
 
 @torch.no_grad()
@@ -146,6 +147,26 @@ def merge_experts(
             w[i] = wi * w[i] + wj * w[j]
             getattr(layer.mlp.experts, name).copy_(w[keep])  # (E-1, ., .)
     return new
+
+
+@torch.no_grad()
+def reconstruction_errors(block, x: torch.Tensor) -> torch.Tensor:
+    """(E,) mean squared change of the block's output on rows x (N, H) when each expert in turn is dropped.
+
+    Lu et al. 2024 ("Not All Experts are Equal", layer-wise pruning) keep, per layer, the expert
+    subset whose output on calibration data is closest to the full layer's; with one expert to
+    drop the subsets are the E choices of the dropped one.
+    """
+    k = block.config.num_experts_per_tok
+    logits = block.gate.logits(x).float()  # (N, E)
+    out = block.experts(x).float()  # (E, N, H): every expert on every row
+    rows = torch.arange(x.shape[0], device=x.device)[:, None]  # (N, 1)
+
+    def mix(weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return (weights[..., None] * out[ids, rows]).sum(1)  # (N, H)
+
+    full = mix(*softmax_topk(logits, k))  # (N, H): the layer as it is
+    return torch.stack([(mix(*pruned_routing(logits, d, k)) - full).pow(2).mean() for d in range(logits.shape[1])])
 
 
 def least_used(usage: torch.Tensor) -> list[int]:

@@ -6,7 +6,12 @@ Chinese; students read it side by side with English papers and with this library
 `glossary_table()`, and later notebooks quote single rows with `term(...)`. Rows from the
 seed keep its wording (with the Taiwan form beside it where the seed uses a Mainland one);
 the terms of notebooks 05-12, which the seed does not use, are written in Taiwan usage.
-`TAIWAN_USAGE` lists the seed's Mainland forms and the words a Taiwan reader expects.
+`TAIWAN_USAGE` lists the seed's Mainland forms and the words a Taiwan reader expects;
+`SYSTEMS_USAGE` does the same for the systems words of other Chinese MoE material.
+
+One concept, one Chinese name: a row's preferred form is `taiwan` (or `zh` when the seed's
+wording is already Taiwan usage); `aliases` are the other names a reader will meet, which the
+course writes only in parentheses right after the preferred form (`tests/test_glossary.py`).
 """
 
 from __future__ import annotations
@@ -25,16 +30,27 @@ class Term:
     notebook: str  # where the course teaches it, e.g. "01"
     meaning: str  # one plain-English sentence
     taiwan: str = ""  # the Taiwan form where the seed's wording is a Mainland one ("" when they agree)
+    aliases: tuple[str, ...] = ()  # other Chinese names of the same concept, found by term() but not preferred
+
+    @property
+    def preferred(self) -> str:
+        """The form the course writes: the Taiwan form, or the seed's wording when that is already Taiwan usage."""
+        return self.taiwan or self.zh
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every Chinese name of the concept: the seed's wording, the Taiwan form and the aliases."""
+        return tuple(dict.fromkeys(n for n in (self.zh, self.taiwan, *self.aliases) if n))
 
 
 @dataclass(frozen=True)
 class Usage:
-    """A Mainland form found in the seed, and what a Taiwan reader writes instead."""
+    """A Mainland form (in the seed or in other Chinese MoE material), and what a Taiwan reader writes instead."""
 
-    seed: str  # the form the seed article uses
+    mainland: str  # the Mainland form
     taiwan: str  # the usual Taiwan form
     english: str
-    example: str  # where the seed uses it
+    example: str  # where the seed uses it, or a phrase that shows it
 
 
 GLOSSARY: tuple[Term, ...] = (
@@ -75,23 +91,17 @@ GLOSSARY: tuple[Term, ...] = (
     ),
     Term(
         "路由網絡",
-        "router network",
+        "router network (router, gating network)",
         "TopKRouter / block.gate",
         "01",
-        "A bias-free linear layer that scores every expert for a token.",
+        "A bias-free linear layer that scores every expert for a token; the seed's 路由網絡 glosses both"
+        " 'Router Network' and 'Gating Network'.",
         taiwan="路由網路",
-    ),
-    Term(
-        "門控網絡",
-        "gating network",
-        "TopKRouter / block.gate",
-        "01",
-        "Another name for the router: it opens the gate to some experts.",
-        taiwan="門控網路",
+        aliases=("門控網路", "路由器"),
     ),
     Term(
         "相關性分數",
-        "router logits (relevance scores)",
+        "router logits (logits, relevance scores)",
         "router_logits",
         "01",
         "x W_g^T: one unnormalised score per expert, shape (T, E).",
@@ -164,7 +174,7 @@ GLOSSARY: tuple[Term, ...] = (
     Term(
         "上下文視窗",
         "context window",
-        "config.max_position_embeddings",
+        "config.sliding_window (None) + max_position_embeddings",
         "00, 11",
         "How many tokens the model attends over: 32k for Mixtral, densely (config sliding_window = None).",
     ),
@@ -175,7 +185,42 @@ GLOSSARY: tuple[Term, ...] = (
         "04",
         "Combining several models' predictions; an MoE is a learned, per-token ensemble.",
     ),
-    # Notebooks 05-12: terms the seed does not use, in Taiwan usage.
+    # Terms the seed does not use (notebooks 01-12), in Taiwan usage.
+    Term(
+        "溫度",
+        "temperature",
+        "torch.softmax(logits / tau, dim=-1)",
+        "01",
+        "Dividing the logits by tau sharpens (tau < 1) or flattens (tau > 1) the routing; W_g's scale acts as one.",
+    ),
+    Term(
+        "熵",
+        "entropy",
+        "-(p * p.log()).sum(-1)",
+        "01",
+        "How spread a token's routing is: log E = 2.0794 when uniform over 8 experts, 0 when one expert takes all.",
+    ),
+    Term(
+        "重新正規化",
+        "renormalise (top-k renormalisation)",
+        "moe_edu.routing.softmax_topk",
+        "02, 04",
+        "Divide the k kept probabilities by their sum, so the weights of the chosen experts add up to 1.",
+    ),
+    Term(
+        "分派",
+        "dispatch",
+        "moe_edu.dispatch.grouped_dispatch",
+        "03",
+        "Send each token's k assignments to their experts, run them, and add the weighted results back.",
+    ),
+    Term(
+        "殘差連接",
+        "residual connection",
+        "moe_edu.model.DecoderLayer",
+        "00, 03",
+        "h <- h + MoE(h): the layer adds to the hidden state, so a token whose assignments are all dropped passes on.",
+    ),
     Term(
         "SwiGLU 專家",
         "SwiGLU expert",
@@ -192,17 +237,19 @@ GLOSSARY: tuple[Term, ...] = (
     ),
     Term(
         "負載平衡損失",
-        "load-balancing (auxiliary) loss",
+        "load-balancing loss (auxiliary loss)",
         "moe_edu.losses.load_balancing_loss",
         "07",
         "E * sum_e f_e * P_e (Switch style): k when routing is balanced, up to E when it collapses.",
+        aliases=("輔助損失",),
     ),
     Term(
         "路由 z 損失",
         "router z-loss",
         "moe_edu.losses.router_z_loss",
         "07",
-        "Mean over tokens of logsumexp(logits)^2 (ST-MoE): pushes the log-sum-exp toward 0, keeping logits small.",
+        "Mean over tokens of logsumexp(logits)^2 (ST-MoE): pushes each token's log-sum-exp toward 0 (not the"
+        " logits); large logits cost most. transformers' Mixtral has no z-loss.",
     ),
     Term(
         "專家負載",
@@ -216,7 +263,8 @@ GLOSSARY: tuple[Term, ...] = (
         "byte-level BPE tokenizer",
         "moe_edu.tokenizer.Tokenizer.piece",
         "06, 08",
-        "Tokens merged from UTF-8 bytes: any text round-trips, but a rare character may span several byte tokens.",
+        "The course model's tokenizer: tokens merged from UTF-8 bytes, so any text round-trips, but a rare"
+        " character may span several tokens. (Mixtral's own is SentencePiece BPE with byte fallback.)",
     ),
     Term(
         "容量因子",
@@ -226,14 +274,21 @@ GLOSSARY: tuple[Term, ...] = (
         "Each expert takes at most C = ceil(factor * T * k / E) assignments; the overflow is dropped.",
     ),
     Term(
-        "丟棄 / 無丟棄",
-        "token dropping / dropless",
+        "丟棄",
+        "token dropping",
         "moe_edu.capacity.keep_within_capacity",
         "03, 09",
-        "Dropped assignments add nothing (the token keeps its residual); dropless layers run every assignment.",
+        "An assignment beyond the capacity is not computed; a token keeps only its residual if all k are dropped.",
     ),
     Term(
-        "雜訊前 k 名閘控",
+        "無丟棄",
+        "dropless",
+        "DISPATCHES['grouped']",
+        "03, 09",
+        "Every assignment runs, however uneven the load (Mixtral's inference code, transformers, MegaBlocks).",
+    ),
+    Term(
+        "雜訊前 k 個門控",
         "noisy top-k gating",
         "moe_edu.variants.noisy_topk.NoisyTopKMoE",
         "09",
@@ -256,16 +311,25 @@ GLOSSARY: tuple[Term, ...] = (
     Term(
         "細粒度專家",
         "fine-grained experts",
-        "moe_edu.variants.shared_experts.SharedExpertMoE",
+        "moe_edu.variants.shared_experts.FineGrainedRouter",
         "09",
         "Many narrower experts with more chosen per token: more combinations for the same cost (DeepSeekMoE).",
+    ),
+    Term(
+        "軟性混合專家",
+        "soft MoE",
+        "moe_edu.variants.soft_moe.SoftMoE",
+        "09",
+        "Puigcerver et al. 2023: each expert slot takes a softmax mix of all tokens; no drops, no discrete choice.",
+        aliases=("Soft MoE",),
     ),
     Term(
         "無輔助損失負載平衡",
         "auxiliary-loss-free load balancing",
         "moe_edu.variants.aux_free.AuxFreeMoE",
         "09",
-        "DeepSeek-V3: a per-expert bias used only to select experts, nudged towards even load.",
+        "Wang et al. 2024 (arXiv 2408.15664), used by DeepSeek-V3: a per-expert bias used only to select experts,"
+        " nudged towards even load.",
     ),
     Term(
         "分組矩陣乘法",
@@ -294,6 +358,14 @@ GLOSSARY: tuple[Term, ...] = (
         "moe_edu.serving.memory.kv_cache_bytes",
         "11",
         "The stored keys and values of past tokens: 128 KiB per token for Mixtral in bf16, 4 GiB at 32k.",
+        aliases=("KV 快取",),
+    ),
+    Term(
+        "分組查詢注意力",
+        "grouped-query attention (GQA)",
+        "config.num_key_value_heads",
+        "11",
+        "Several query heads share one K/V head: Mixtral's 32 query heads read 8 K/V heads, a 4x smaller KV cache.",
     ),
     Term(
         "滑動視窗注意力",
@@ -331,7 +403,22 @@ GLOSSARY: tuple[Term, ...] = (
         "Keep recently used experts in fast memory; routing locality makes hits likely.",
     ),
     Term(
-        "稀疏升級",
+        "預取",
+        "prefetch",
+        "moe_edu.serving.expert_cache.prefetch_accuracy",
+        "11",
+        "Load the experts a token will probably need before it asks; it overlaps loading with compute but adds"
+        " bus traffic when the guess is wrong.",
+    ),
+    Term(
+        "局部性",
+        "locality (routing locality)",
+        "moe_edu.analysis.repetition_rates",
+        "08, 11",
+        "Consecutive tokens often choose the same experts (paper Table 5); an expert cache lives on it.",
+    ),
+    Term(
+        "稀疏升級再造",
         "sparse upcycling",
         "moe_edu.adapting.upcycling.upcycle_model",
         "12",
@@ -345,14 +432,36 @@ GLOSSARY: tuple[Term, ...] = (
         "Further training on new data; for an MoE: which parts (router, experts) to train or freeze.",
     ),
     Term(
-        "剪枝",
+        "遺忘",
+        "forgetting (catastrophic forgetting)",
+        "moe_edu.experiments.adapting.Data.domain_losses",
+        "12",
+        "After fine-tuning on one domain, the loss on the others rises; notebook 12 reports the mean rise.",
+        aliases=("災難性遺忘",),
+    ),
+    Term(
+        "監督式微調",
+        "supervised fine-tuning (SFT)",
+        "- (cited: paper section 4; not run in the course)",
+        "12",
+        "Training on instruction-answer pairs; the first step from Mixtral to Mixtral - Instruct.",
+    ),
+    Term(
+        "直接偏好最佳化",
+        "direct preference optimisation (DPO)",
+        "- (cited: paper section 4; not run in the course)",
+        "12",
+        "Training on pairs of preferred and rejected answers, without a reward model; Mixtral - Instruct's second step.",
+    ),
+    Term(
+        "專家剪枝",
         "expert pruning",
         "moe_edu.adapting.pruning.prune_experts",
         "12",
         "Remove experts (e.g. the least used); tokens re-route among the rest.",
     ),
     Term(
-        "合併",
+        "專家合併",
         "expert merging",
         "moe_edu.adapting.pruning.merge_experts",
         "12",
@@ -371,16 +480,35 @@ TAIWAN_USAGE: tuple[Usage, ...] = (
     Usage("許可", "授權", "licence", "Apache 2.0 許可 → Apache 2.0 授權"),
 )
 
+# Systems words a student meets in Mainland-written MoE material (not in the seed), and the Taiwan forms
+# the course uses.
+SYSTEMS_USAGE: tuple[Usage, ...] = (
+    Usage("內存", "記憶體", "memory (RAM)", "專家權重放在內存 → 專家權重放在記憶體"),
+    Usage("顯存", "顯示卡記憶體（GPU 記憶體）", "GPU memory", "顯存不夠 → GPU 記憶體不夠"),
+    Usage("緩存", "快取", "cache", "KV 緩存、專家緩存 → KV 快取、專家快取"),
+    Usage("並行", "平行", "parallel", "專家並行 → 專家平行"),
+    Usage("進程", "行程", "process", "每個進程放兩個專家 → 每個行程放兩個專家"),
+    Usage("帶寬", "頻寬", "bandwidth", "內存帶寬 → 記憶體頻寬"),
+    Usage("默認", "預設", "default", "默認值 → 預設值"),
+    Usage("代碼", "程式碼", "code", "推理代碼 → 推論程式碼"),
+    Usage("信息", "資訊", "information", "位置信息 → 位置資訊"),
+    Usage("模塊", "模組", "module", "MoE 模塊 → MoE 模組"),
+    Usage("歸一化", "正規化", "normalise", "重新歸一化 → 重新正規化"),
+    Usage("通信", "通訊", "communication", "全對全通信 → 全對全通訊"),
+    Usage("內核", "核心", "kernel", "融合內核 → 融合核心"),
+    Usage("批量", "批次", "batch", "批量大小 → 批次大小"),
+)
+
 
 def term(zh: str) -> Term:
-    """Look a row up by its Chinese wording or its Taiwan form (exact match), e.g. `term("稀疏激活")`."""
+    """Look a row up by any of its Chinese names (exact match), e.g. `term("稀疏激活")` or `term("門控網路")`."""
     for t in GLOSSARY:
-        if zh in (t.zh, t.taiwan):
+        if zh in t.names:
             return t
     raise KeyError(f"{zh!r} is not in the glossary; known terms: {[t.zh for t in GLOSSARY]}")
 
 
-COLUMNS = ("zh-TW", "English", "code", "notebook", "meaning", "Taiwan usage (where the seed differs)")
+COLUMNS = ("zh-TW", "English", "code", "notebook", "meaning", "Taiwan usage (where the seed differs)", "also called")
 
 
 class GlossaryTable:
@@ -391,8 +519,8 @@ class GlossaryTable:
         if not self.terms:
             raise ValueError("glossary_table needs at least one term")
 
-    def rows(self) -> list[tuple[str, str, str, str, str, str]]:
-        return [(t.zh, t.english, t.code, t.notebook, t.meaning, t.taiwan) for t in self.terms]
+    def rows(self) -> list[tuple[str, str, str, str, str, str, str]]:
+        return [(t.zh, t.english, t.code, t.notebook, t.meaning, t.taiwan, "、".join(t.aliases)) for t in self.terms]
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in COLUMNS)

@@ -1,4 +1,4 @@
-"""Notebook 12's precomputed experiments: upcycling, fine-tuning regimes, pruning and merging.
+"""Notebook 12's precomputed experiments: upcycling, fine-tuning regimes (ESFT included), pruning and merging.
 
     python -m moe_edu.experiments.adapting --out moe_edu/results/adapting.json     (about 2-3 min, 1 thread)
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..accounting import count_parameters
-from ..adapting.finetune import REGIMES, finetune
+from ..adapting.finetune import REGIMES, esft_experts, expert_scores, finetune
 from ..adapting.pruning import (
     expert_similarity,
     expert_usage,
@@ -28,6 +28,7 @@ from ..adapting.pruning import (
     most_similar_pair,
     prune_experts,
     random_experts,
+    reconstruction_errors,
 )
 from ..adapting.upcycling import dense_config, expert_spread, upcycle_model
 from ..data.corpus import DOMAINS, build_corpus, split_corpus
@@ -143,6 +144,31 @@ def upcycling(data: Data, vocab_size: int, dense_steps: int, more_steps: int, ev
         evaluate=ev(scratch),
         **opts,
     )
+    # Equal-learning-rate controls. (1) An MoE from scratch on the upcycled run's exact schedule: the
+    # dense recipe (5e-3) for dense_steps, then a fresh optimizer and the continuation recipe (2e-3):
+    # only the first phase's architecture differs from dense -> upcycled.
+    torch.manual_seed(seed)
+    matched = MixtralForCausalLM(moe_cfg)
+    matched_log = train_steps(
+        matched, data.sampler(data.train, seed), dense_steps, lr=5e-3, warmup=10, evaluate=ev(matched), **opts
+    )
+    matched_log += [
+        {**e, "step": e["step"] + dense_steps}
+        for e in train_steps(matched, data.sampler(data.train, seed + 1), more_steps, evaluate=ev(matched), **more)
+    ]
+    # (2) Both continuations at the from-scratch run's peak rate (5e-3, warm-up 10).
+    high = dict(lr=5e-3, warmup=10, **opts)
+    up_hi = upcycle_model(
+        dense,
+        moe_cfg.num_local_experts,
+        moe_cfg.num_experts_per_tok,
+        seed=seed,
+        aux_loss_coef=moe_cfg.router_aux_loss_coef,
+    )
+    up_hi_log = train_steps(up_hi, data.sampler(data.train, seed + 1), more_steps, evaluate=ev(up_hi), **high)
+    cont_hi = MixtralForCausalLM(dense.config)
+    cont_hi.load_state_dict(dense.state_dict())
+    cont_hi_log = train_steps(cont_hi, data.sampler(data.train, seed + 1), more_steps, evaluate=ev(cont_hi), **high)
     return {
         "settings": {
             "dense_steps": dense_steps,
@@ -151,6 +177,8 @@ def upcycling(data: Data, vocab_size: int, dense_steps: int, more_steps: int, ev
             "aux_loss_coef": moe_cfg.router_aux_loss_coef,
             "lr_pretrain": 5e-3,
             "lr_continue": 2e-3,
+            "lr_scratch": 5e-3,
+            "lr_continue_high": 5e-3,
         },
         "active_params": {"dense": count_parameters(dense.config).active, "moe": count_parameters(moe_cfg).active},
         "total_params": {"dense": count_parameters(dense.config).total, "moe": count_parameters(moe_cfg).total},
@@ -160,41 +188,83 @@ def upcycling(data: Data, vocab_size: int, dense_steps: int, more_steps: int, ev
             "dense_continued": _curve(cont_log, dense_steps),
             "upcycled": _curve(up_log, dense_steps),
             "moe_scratch": _curve(scratch_log),
+            "moe_scratch_matched_lr": _curve(matched_log),
+            "dense_continued_lr5e-3": _curve(cont_hi_log, dense_steps),
+            "upcycled_lr5e-3": _curve(up_hi_log, dense_steps),
         },
         "expert_spread": spread,
         "final_domain_ce": {
             "dense_continued": data.domain_losses(cont),
             "upcycled": data.domain_losses(upcycled),
             "moe_scratch": data.domain_losses(scratch),
+            "moe_scratch_matched_lr": data.domain_losses(matched),
+            "dense_continued_lr5e-3": data.domain_losses(cont_hi),
+            "upcycled_lr5e-3": data.domain_losses(up_hi),
         },
     }
 
 
-def finetuning(data: Data, target: str, steps: int, lr: float, seed: int = 0) -> dict:
-    """The shipped model fine-tuned on one domain: 3 regimes x aux loss on/off."""
+def esft_selection(model, data: Data, target: str, p: float, seed: int = 0, batches: int = 4) -> dict:
+    """ESFT's expert choice for `target`: both scores on its training text, the experts covering >= p."""
+    sample = data.sampler(data.domain_train[target], seed + 100)
+    ids = [sample(i) for i in range(batches)]
+    scores = {kind: expert_scores(model, ids, kind) for kind in ("token", "gate")}  # kind -> (L, E)
+    chosen = {kind: esft_experts(s, p) for kind, s in scores.items()}
+    E = model.config.num_local_experts
+    least = [  # the control: as many experts per layer, the ones the domain uses least
+        sorted(sorted(range(E), key=lambda e, row=row: (float(row[e]), e))[: len(picked)])
+        for row, picked in zip(scores["token"], chosen["token"], strict=True)
+    ]
+    return {
+        "p": p,
+        "sample": [batches, BATCH, SEQ],
+        "scores": {kind: rounded(s) for kind, s in scores.items()},
+        "experts": chosen["token"],
+        "experts_gate": chosen["gate"],
+        "least_used": least,
+        "trainable_share": round(sum(len(r) for r in chosen["token"]) / (E * model.config.num_hidden_layers), 4),
+    }
+
+
+def finetuning(data: Data, target: str, steps: int, lr: float, seed: int = 0, esft_p: float = 0.5) -> dict:
+    """The shipped model fine-tuned on one domain: 4 regimes x aux loss on/off, + an ESFT control."""
     model, _ = load_pretrained()
     before = {"ce": data.domain_losses(model), "load": data.domain_loads(model)}
+    esft = esft_selection(model, data, target, esft_p, seed)
+    plan = [(regime, aux, None) for regime in REGIMES for aux in (model.config.router_aux_loss_coef, 0.0)]
+    plan.append(("esft", model.config.router_aux_loss_coef, "least_used"))
     runs = {}
-    for regime in REGIMES:
-        for aux in (model.config.router_aux_loss_coef, 0.0):
-            torch.manual_seed(seed)
-            tuned, log = finetune(
-                model,
-                data.sampler(data.domain_train[target], seed),
-                steps,
-                regime=regime,
-                aux_loss_coef=aux,
-                lr=lr,
-                warmup=3,
-            )
-            runs[f"{regime}, aux {aux:g}"] = {
-                "regime": regime,
-                "aux_loss_coef": aux,
-                "ce": data.domain_losses(tuned),
-                "load": data.domain_loads(tuned),
-                "train_ce": [round(e["ce"], 4) for e in log],
-            }
-    return {"target": target, "steps": steps, "lr": lr, "batch": [BATCH, SEQ], "before": before, "runs": runs}
+    for regime, aux, variant in plan:
+        experts = esft["least_used" if variant else "experts"] if regime == "esft" else None
+        torch.manual_seed(seed)
+        tuned, log = finetune(
+            model,
+            data.sampler(data.domain_train[target], seed),
+            steps,
+            regime=regime,
+            experts=experts,
+            aux_loss_coef=aux,
+            lr=lr,
+            warmup=3,
+        )
+        name = f"{regime} ({variant.replace('_', '-')} experts), aux {aux:g}" if variant else f"{regime}, aux {aux:g}"
+        runs[name] = {
+            "regime": regime,
+            "aux_loss_coef": aux,
+            "experts": experts,
+            "ce": data.domain_losses(tuned),
+            "load": data.domain_loads(tuned),
+            "train_ce": [round(e["ce"], 4) for e in log],
+        }
+    return {
+        "target": target,
+        "steps": steps,
+        "lr": lr,
+        "batch": [BATCH, SEQ],
+        "before": before,
+        "esft": esft,
+        "runs": runs,
+    }
 
 
 def pruning(data: Data, random_seeds: int = 3) -> dict:
@@ -223,6 +293,19 @@ def pruning(data: Data, random_seeds: int = 3) -> dict:
             "similarity": [round(float(s[i, j]), 4) for s, (i, j) in zip(sims, pairs, strict=True)],
         },
     }
+    # Lu et al. 2024's layer-wise criterion: drop the expert whose removal changes the layer's output
+    # least on calibration text; general (the mixed sample) or domain-specific (math training text).
+    math_sample = data.sampler(data.domain_train["math"], 200)
+    math_xs = [torch.cat(t) for t in zip(*(layer_inputs(model, math_sample(i)) for i in range(4)), strict=True)]
+    for name, calib in (("mixed", xs), ("math", math_xs)):
+        errors = [reconstruction_errors(layer.mlp, x) for layer, x in zip(model.model.layers, calib, strict=True)]
+        methods[f"reconstruction dropped ({name} calibration)"] = {
+            "removed": [int(e.argmin()) for e in errors],
+            "errors": [[round(float(v), 6) for v in e] for e in errors],
+        }
+    for name, m in methods.items():
+        if name.startswith("reconstruction"):
+            m["ce"] = data.domain_losses(prune_experts(model, m["removed"]))
     least = methods["least used dropped"]
     least["ce"] = data.domain_losses(prune_experts(model, least["removed"]))
     methods["most similar merged"]["ce"] = data.domain_losses(merge_experts(model, pairs, usage))

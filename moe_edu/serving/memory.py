@@ -24,6 +24,7 @@ import torch
 
 from ..accounting import count_parameters
 from ..config import MixtralConfig
+from .expert_placement import expected_experts_hit
 
 # bits per stored element, by name; torch dtypes are read from torch
 DTYPE_BITS = {
@@ -155,18 +156,6 @@ def kv_equals_active_weights(
     b = memory_budget(config, context_len=1, batch_size=batch_size, weight_dtype=weight_dtype, kv_dtype=kv_dtype)
     tokens = -(-b.weights_active // (b.kv_per_token * batch_size))
     return None if config.sliding_window is not None and tokens > config.sliding_window else tokens
-
-
-def expected_experts_hit(num_experts: int, k: int, tokens: int) -> float:
-    """Experts of one layer that at least one of `tokens` tokens uses, under uniform top-k routing.
-
-    An expert is missed by one token with probability 1 - k/E, by all of them with (1 - k/E)^T.
-    """
-    if not 0 < k <= num_experts:
-        raise ValueError(f"expected_experts_hit: k must be in 1..num_experts ({num_experts}), got {k}")
-    if tokens < 0:
-        raise ValueError(f"expected_experts_hit: tokens must be >= 0, got {tokens}")
-    return num_experts * (1 - (1 - k / num_experts) ** tokens)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@
 | `expert_choice`  | `expert_choice.py`  | experts pick their top-C tokens (Zhou et al. 2022)        |
 | `shared_experts` | `shared_experts.py` | DeepSeekMoE: shared + fine-grained routed experts         |
 | `soft_moe`       | `soft_moe.py`       | Soft MoE (Puigcerver 2023): slots mix tokens, no choice   |
-| `aux_free`       | `aux_free.py`       | DeepSeek-V3: a selection-only bias instead of an aux loss |
+| `aux_free`       | `aux_free.py`       | Wang et al. 2024 (DeepSeek-V3): a selection-only bias, no aux loss |
 
 Each module is a router (`...Router`) plus a thin `RoutedMoE` that plugs it into the library's
 `MoEBlock` (same experts, same dispatch-and-combine step); every variant returns a `MoEOutput`;

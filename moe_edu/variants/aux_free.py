@@ -1,4 +1,4 @@
-"""Auxiliary-loss-free load balancing (DeepSeek-V3, Liu et al. 2024, section 2.1.2).
+"""Auxiliary-loss-free load balancing (Wang et al. 2024, arXiv 2408.15664; adopted by DeepSeek-V3, §2.1.2).
 
 Each expert i has a bias b_i that is added to its score *only to choose* the top k:
 
@@ -76,7 +76,7 @@ class AuxFreeRouter(TopKRouter):
 
 
 class AuxFreeMoE(RoutedMoE):
-    label = "Aux-loss-free bias (DeepSeek-V3)"
+    label = "Aux-loss-free bias (Wang 2024; DeepSeek-V3)"
     gating = "top-k of (score + bias) -> unbiased scores, renormalised"
     capacity_rule = "none (dropless)"
     aux_loss_names = ()

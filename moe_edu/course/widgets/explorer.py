@@ -33,7 +33,7 @@ PRESET_TEXTS: dict[str, str] = {
 # characters made of several byte tokens, and right-to-left text.
 SCRIPT_TEXTS: dict[str, str] = {
     "繁體中文 (zh-TW)": "早上搭捷運去上班，車廂裡大家都在滑手機看網路新聞。下班後和朋友去夜市吃蚵仔煎，再買一杯珍珠奶茶。",
-    "中文 · emoji · שלום": "專家混合模型讓每個 token 只啟用 2 個專家 🙂。Café, naïve — שלום עולם.",
+    "中文 · emoji · שלום": "混合專家模型讓每個 token 只啟用 2 個專家 🙂。Café, naïve — שלום עולם.",
 }
 
 TABS = ("tokens", "flow", "heatmap", "expert load", "all layers", "top-k")
