@@ -52,6 +52,7 @@ STEP_MS = 90_000
 NEW_TEXT = "專家混合模型 🙂 café — שלום"  # Chinese, emoji, accents, a dash, Hebrew: several bytes per character
 NEW_LAYER = 2
 APP_TEXT = "def add(a, b):\n    return a + b"
+LONG_TEXT = "The router sends each token to two experts, and the experts add their answers. " * 20
 LAST_LINE_TEXT = "專家混合模型在台灣很熱門 👍🏽"  # the course's showcase cards: 專 (several byte tokens), 👍🏽 (8)
 ARTIFACT_NOTES = {
     "explorer_static.png": "notebook 06 opened without running: the static picture and the note to run the cell",
@@ -64,6 +65,7 @@ ARTIFACT_NOTES = {
     "explorer_card_last_line.png": "the whole hover card of 👍🏽, a many-token character on the widget's last line",
     "explorer_keyboard.png": "after selecting by keyboard only (arrows, Enter)",
     "explorer_dark.png": "the explorer in JupyterLab's dark theme (captions and labels readable)",
+    "explorer_flow_256.png": "the flow tab at 256 tokens: a late token selected, its lines to its experts, all on screen",
     "voila_app.png": "make explorer's Voila page after typing code: the explorer alone",
 }
 
@@ -251,6 +253,18 @@ CONTRAST = """(sel) => {
     if (!worst || ratio < worst[0]) worst = [ratio, n.textContent.slice(0, 40), color, back];
   }
   return worst;
+}"""
+
+
+# the selected token of the flow tab and its chosen experts' bins: each on top at its centre; the lines drawn
+FLOW_ON_SCREEN = """() => {
+  const flow = document.querySelector('.moe-explorer-view .moe-panel[data-tab="flow"] .moe-flow');
+  const top = (n) => { const r = n.getBoundingClientRect(), e = document.elementFromPoint(r.left + r.width / 2,
+    r.top + r.height / 2); return r.width > 0 && r.bottom <= innerHeight && r.top >= 0 && !!e && (e === n || n.contains(e)); };
+  const tok = flow.querySelector('.moe-ftok.moe-sel');
+  if (!tok) return {token: false, bins: false, lines: 0};
+  const bins = tok.dataset.route.split(' ').map(p => flow.querySelector('.moe-bin[data-e="' + p.split(':')[0] + '"]'));
+  return {token: top(tok), bins: bins.every(top), lines: flow.querySelectorAll('path.moe-line').length};
 }"""
 
 
@@ -469,6 +483,29 @@ def test_explorer_in_jupyterlab(tmp_path):
             page.evaluate(
                 "() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Light'})"
             )
+            phase("card, keyboard and dark theme checked")
+
+            # 11. a 256-token text in the flow tab: the selected token and its experts are on screen together
+            view.locator(".moe-tab", has_text="tokens").click()
+            type_and_time(page, root, LONG_TEXT)
+            wait_tokens(page, root, NEW_LAYER, lambda t: len(t) > 200, "the long text")
+            late = view.locator(".moe-text .moe-tok").nth(200)
+            late.scroll_into_view_if_needed()
+            late.click()
+            page.wait_for_function(  # Python's re-render with the selection (its path table) has arrived
+                "() => !!document.querySelector('.moe-explorer-view .moe-panel[data-tab=\"flow\"] .moe-ftok.moe-sel')"
+                " && !!document.querySelector('.moe-explorer-view .moe-path')"
+            )
+            view.locator(".moe-tab", has_text="flow").click()
+            flow = view.locator('.moe-panel[data-tab="flow"] .moe-flow')
+            flow.locator(".moe-flow-bins").scroll_into_view_if_needed()
+            height = flow.evaluate("f => f.getBoundingClientRect().height")
+            assert height < 520, f"the flow view's height does not grow with the text ({height:.0f} px at 256 tokens)"
+            page.wait_for_function("() => document.querySelectorAll('.moe-flow path.moe-line').length > 0")
+            seen = page.evaluate(FLOW_ON_SCREEN)
+            assert seen["token"] and seen["bins"] and seen["lines"] == k, seen
+            shoot(page, view, "explorer_flow_256.png")
+            phase("256-token flow checked")
             print(
                 f"[browser test] typing -> repaint: {update_ms:.0f} ms after the 250 ms debounce; "
                 f"k slider -> repaint: {k_ms:.0f} ms (including polling)"
