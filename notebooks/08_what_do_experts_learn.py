@@ -298,17 +298,17 @@ for layer in range(L):
 #
 # - *Routing is not random.* Every domain and layer repeats first choices above 12.5 % and overlaps top-2
 #   sets above 46.4 %. The margin varies: closest to random are German at layer 2 (16.7 %) and English at
-#   layer 0 (18.2 %), while most cells are well above (see the table and the check lines). In the paper's Table 5 this holds at layer 15 in both columns (23.6–28.4 % and 61.6–67.0 %)
-#   and at layer 31 for the first choice (19.7–26.3 %); layer 0 is near random (13.6–14.9 %), and in the
-#   first-or-second column DM Mathematics at layers 0 (44.9 %) and 31 (44.5 %) is even *below* the 46 %
-#   baseline, so "above random" does not hold for every cell.
+#   layer 0 (18.2 %), while most cells are well above (see the table and the check lines). In the paper's
+#   Table 5 this holds at layer 15 in both columns (23.6–28.4 % and 61.6–67.0 %) and at layer 31 for the first
+#   choice (19.7–26.3 %); layer 0 is near random (13.6–14.9 %), and in the first-or-second column DM
+#   Mathematics at layers 0 (44.9 %) and 31 (44.5 %) is even *below* the 46 % baseline, so "above random" does
+#   not hold for every cell.
 # - *The middle layer looks most like Mixtral's layer 15* for Python, English and the European languages: first
 #   choice 16.7–27.6 % and top-2 overlap 58.7–63.4 % at our layer 2, against the paper's 23.6–28.4 % and
 #   61.6–67.0 %. English repeats least at layer 0 (18.2 %) and more at every deeper layer, as the paper's
 #   domains rise from layer 0 to layer 15 — but not monotonically: its layer 1 (36.6 %) is above its layer 2
-#   (27.6 %). The paper's Fig. 10, which plots all 32 layers, is not monotone either: Table 5's three layers are
-#   a sample of a curve that its caption describes as "similar across datasets with less repetitions for DM
-#   Mathematics".
+#   (27.6 %). Table 5's three layers are themselves a sample: the paper's Fig. 10 plots all 32 layers, and its
+#   caption finds the patterns "similar across datasets with less repetitions for DM Mathematics".
 # - *Syntax over topic.* The favourite tokens of an expert are punctuation and operators (`,` `=` `+`
 #   `?` `。`), Python syntax (`(` `_` `]`), line starts and indentation (`\n   `), digits: a syntactic
 #   pattern of the same kind as the paper's Fig. 8 (indentation and `self` in Python, "Question" in
@@ -365,7 +365,7 @@ for layer in range(L):
 # language make "which language is this?" the easiest feature to route on. This is a hypothesis consistent with
 # both papers, not a controlled experiment — the expected mix of a batch is computed here; retraining with
 # one-domain batches would test it (exercise for the reader, about 90 s of CPU):
-#
+
 # %%
 import json
 from importlib.resources import files
