@@ -107,6 +107,37 @@ print(
 # %% [markdown]
 # So we will always look at the **hard load** too: the share of assignments each expert actually
 # receives. We summarise it by the *imbalance* max/mean (1 = balanced, $E$ = all on one expert).
+#
+# **Where this loss comes from.** The blind spot is as old as the sparse MoE layer itself:
+#
+# - Shazeer et al. 2017 (§4 and Appendix A) used *two* losses. The **importance loss**
+#   $w\cdot\mathrm{CV}(\mathrm{Importance}(X))^2$, with $\mathrm{Importance}(X) = \sum_{x\in X} G(x)$ the batch sum of
+#   each expert's gate values, makes the *soft* shares equal. Because equal importance does not mean equal numbers
+#   of examples — the blind spot above — they added a **load loss** $w\cdot\mathrm{CV}(\mathrm{Load}(X))^2$ on a
+#   smooth estimate of how many examples each expert receives (made differentiable by their gating noise).
+# - GShard (Lepikhin et al. 2020) and Switch (Fedus et al. 2021) replaced the pair by one product of a hard share
+#   and a soft share: Switch's $\alpha N \sum_i f_i P_i$ "simplifies the original design in Shazeer et al. (2017)
+#   which had separate load-balancing and importance-weighting losses" (Switch, §2.2). `transformers`' Mixtral uses
+#   that form with top-$k$ counts, the formula of this section.
+#
+# On our three routings, the squared coefficient of variation (std/mean) of the soft shares $P_e$ and of the hard
+# shares $f_e/k$:
+
+
+# %%
+def cv2(shares: torch.Tensor) -> float:
+    return (shares.std(correction=0) / shares.mean()).pow(2).item()  # 0 = all experts equal
+
+
+for name, logits in [("balanced", balanced), ("collapsed", collapsed), ("sneaky", sneaky)]:
+    probs = torch.softmax(logits, -1)  # (T, E)
+    hard = torch.zeros(T, E).scatter_(-1, torch.topk(logits, k).indices, 1.0).mean(0) / k  # (E,) hard shares
+    print(f"{name:9s}: importance CV^2 {cv2(probs.mean(0)):.4f}, hard load CV^2 {cv2(hard):.4f}")
+p_sneaky = torch.softmax(sneaky, -1).mean(0)  # (E,)
+print(
+    "the importance loss alone misses the sneaky router (CV^2 < 1e-4); its hard load has CV^2 = 3 (2 of 8 experts):",
+    cv2(p_sneaky) < 1e-4 and abs(cv2(f / k) - 3.0) < 1e-6,
+)
 
 # %% [markdown]
 # ## 2 · The router z-loss
