@@ -17,7 +17,7 @@ from matplotlib.text import Text  # noqa: E402
 
 from moe_edu import PRESETS, count_parameters  # noqa: E402
 from moe_edu.course import widgets  # noqa: E402
-from moe_edu.course.diagram import draw_mixtral_block  # noqa: E402
+from moe_edu.course.diagram import draw_mixtral_block, draw_swiglu_expert  # noqa: E402
 from moe_edu.course.plots import (  # noqa: E402
     EXPERT_PALETTE,
     MIN_FONT,
@@ -120,6 +120,8 @@ FIGURES = {
     "domain_load_bars": lambda: domain_load_bars(_loads(), 0),
     "domain_load_panels": lambda: domain_load_panels(_loads(), {"first": 0, "middle": 2, "last": 3}),
     "repetition_bars": _repetition_grid,
+    "swiglu": lambda: draw_swiglu_expert(PRESETS["mixtral-8x7b"]),
+    "swiglu_tiny": lambda: draw_swiglu_expert(PRESETS["tiny"]),
     "token_flow": lambda: draw_token_flow(*reversed(_flow_routing(8, 0)), 8),
     "token_flow_12": lambda: draw_token_flow(*reversed(_flow_routing(12, 1)), 8),
     "capacity_overflow": lambda: draw_capacity_overflow(_flow_routing(16, 4, skew=2.5)[1], 8, 4),
