@@ -46,9 +46,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from moe_edu.block_sparse import block_layout, block_sparse_dispatch, block_topology
 from moe_edu.capacity import capacity_dispatch
 from moe_edu.course.plots import expert_load_bars, ratio_bars, shared_legend
-from moe_edu.course.token_flow import capacity_layout, draw_capacity_overflow, draw_token_flow, token_flow_layout
+from moe_edu.course.token_flow import (
+    capacity_layout,
+    draw_block_topology,
+    draw_capacity_overflow,
+    draw_token_flow,
+    token_flow_layout,
+)
 from moe_edu.dispatch import DISPATCHES
 from moe_edu.experts import Experts
 
@@ -401,6 +408,48 @@ with torch.no_grad():
 # The trade-off: a big capacity factor wastes compute on padding (empty slots are still multiplied), a small one
 # drops tokens. A dropless layer avoids the dilemma; in training, a load-balancing loss (notebook 07 — `transformers`
 # implements Switch's) keeps the groups from getting too uneven either way.
+#
+# ### Dropless on fixed-size tiles: block-sparse matrices (MegaBlocks)
+#
+# A GPU kernel likes fixed-size tiles, and a capacity buffer was one way to get them. MegaBlocks (Gale et al.
+# 2022, the Mixtral paper's ref. [13]) found another, which "never drops tokens": sort the assignments by expert as
+# in §2(c), pad each expert's group only up to a multiple of a block size $b$ (never to a common $C$), and write
+# the whole layer as **block-sparse** matrix products. Stack every expert's gate/up weights side by side into one
+# $(H, E \cdot 2I)$ matrix; of the product (padded rows) × (stacked weights), only the $b \times b$ blocks where a
+# row block and a column block belong to the same expert are non-zero — a block-diagonal pattern whose blocks have
+# the height of each expert's load. A block-sparse kernel computes only those. `moe_edu.block_sparse` writes it
+# with one batched matmul per row block (a readable stand-in for the GPU kernel), on the same 256 skewed tokens:
+
+# %%
+b = 16  # block size (rows and columns) of this demo
+lay = block_layout(load, b)
+print("assignments per expert:       ", load.tolist())
+print(f"rows, padded to multiples of {b}:", lay.padded.tolist())
+pad_rows = int((lay.padded - load).sum())
+print(f"padding: {pad_rows} rows, below one block per expert (< E*b = {E * b}):", pad_rows < E * b)
+C_none = int(load.max())  # the smallest capacity that drops nothing: the busiest expert's load
+print(
+    f"a capacity layer that drops nothing needs C = {C_none} (factor {C_none * E / (T2 * k):.2f}): "
+    f"{E * C_none} slots, {E * C_none - T2 * k} of them padding"
+)
+topology = block_topology(load, b, 2 * I)  # (R/b, E*2I/b)
+print(f"first-layer blocks computed: {int(topology.sum())} of {topology.numel()} ({topology.float().mean():.1%})")
+print(
+    "each row block meets exactly its own expert's columns (1/E of all blocks):",
+    bool((topology.sum(1) == 2 * I // b).all()),
+)
+print("less padding than the drop-free capacity:", pad_rows < E * C_none - T2 * k)
+with torch.no_grad():
+    y_blocks = block_sparse_dispatch(x2, experts_tiny, weights2, chosen2, block=b)  # (T, H)
+print("block-sparse == dropless grouped:", torch.allclose(y_blocks, dropless, atol=1e-6))
+fig = draw_block_topology(load, b, 2 * I)
+plt.show()
+
+# %% [markdown]
+# Every row block meets only its own expert's 28 column blocks, so the fraction of blocks computed is one
+# expert's columns out of $E$ — the sparsity of the layer, without a single dropped assignment and with less
+# padding than any capacity that would drop nothing. (The block size is a kernel choice; the bigger it is, the
+# more padding per expert, up to $b - 1$ rows.)
 
 # %% [markdown]
 # ## Recap
@@ -413,6 +462,8 @@ with torch.no_grad():
 #   $C = \lceil cf \cdot Tk/E \rceil$ and drop the overflow. A dropped *assignment* is not computed and its term is
 #   missing (the other weight is not renormalised); under top-2 the token usually keeps its other expert, and only
 #   when both are dropped does the token pass on its residual alone.
+# - **Block-sparse** (MegaBlocks): dropless on fixed-size tiles — pad each expert's group to a multiple of the block
+#   size only, and compute the block-diagonal non-zero blocks of one big product.
 #
 # ## Check your understanding
 #
@@ -465,6 +516,19 @@ with torch.no_grad():
 # The block sits on a residual connection, $h \leftarrow h + \mathrm{MoE}(h)$. A dropped assignment only removes one
 # term from $\mathrm{MoE}(h)$ (all of it if every assignment of the token is dropped); $h$ itself passes on to the next
 # layer unchanged.
+#
+# </details>
+#
+# 6. The block-sparse layer above padded 80 rows; a capacity layer that drops nothing needed 432 empty slots. When
+#    would the two pad the same, and what does a larger block size $b$ cost?
+#
+# <details><summary>Answer</summary>
+#
+# Capacity pads every expert up to the *busiest* expert's load, so its padding is $E\cdot\max_e n_e - Tk$: zero only
+# if the load is perfectly even (and then block-sparse pads at most the rounding to $b$). Block-sparse pads each
+# expert only to the next multiple of $b$, under $b$ rows each, however uneven the load. A larger $b$ makes bigger,
+# faster tiles for the kernel but up to $b-1$ wasted rows per expert — with many small experts or few tokens, that
+# padding becomes a real share of the work.
 #
 # </details>
 #

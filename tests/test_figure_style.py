@@ -36,7 +36,7 @@ from moe_edu.course.plots_training import (  # noqa: E402
     loss_curves,
     repetition_bars,
 )
-from moe_edu.course.token_flow import draw_capacity_overflow, draw_token_flow  # noqa: E402
+from moe_edu.course.token_flow import draw_block_topology, draw_capacity_overflow, draw_token_flow  # noqa: E402
 
 DOMAINS = ["python", "english", "math", "french", "german", "spanish", "italian", "zh-TW"]  # the corpus's 8
 PAPER = [
@@ -125,6 +125,7 @@ FIGURES = {
     "token_flow": lambda: draw_token_flow(*reversed(_flow_routing(8, 0)), 8),
     "token_flow_12": lambda: draw_token_flow(*reversed(_flow_routing(12, 1)), 8),
     "capacity_overflow": lambda: draw_capacity_overflow(_flow_routing(16, 4, skew=2.5)[1], 8, 4),
+    "block_topology": lambda: draw_block_topology(torch.tensor([70, 35, 118, 0, 36, 101, 35, 69]), 16, 448),
     "capacity_overflow_wide": lambda: draw_capacity_overflow(_flow_routing(16, 5, skew=4.0)[1], 8, 2),
 }
 

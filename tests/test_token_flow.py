@@ -10,10 +10,12 @@ import torch  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 
 from moe_edu import softmax_topk  # noqa: E402
+from moe_edu.block_sparse import block_layout  # noqa: E402
 from moe_edu.capacity import capacity_dispatch, expert_capacity, keep_within_capacity  # noqa: E402
 from moe_edu.course.palette import EXPERT_PALETTE  # noqa: E402
 from moe_edu.course.token_flow import (  # noqa: E402
     capacity_layout,
+    draw_block_topology,
     draw_capacity_overflow,
     draw_token_flow,
     token_flow_layout,
@@ -116,6 +118,17 @@ def test_drawn_overflow_matches_the_kept_mask():
         label = [x for x in fig.axes[0].texts if x.get_position() == pytest.approx((cx, cy))]
         assert label and label[0].get_text() == str(int(kept[t].sum()))
     assert any(s.startswith("tokens with 2 of 2 kept") for s in texts)
+
+
+def test_drawn_topology_has_the_padded_rows_of_each_expert():
+    counts = torch.bincount(_routing(T=64, seed=2, skew=2.0)[1].reshape(-1), minlength=8)  # (E,)
+    fig = draw_block_topology(counts, 8, 32)
+    rows = [p for p in fig.axes[0].patches if (p.get_gid() or "").startswith("block-row-")]
+    per_expert = torch.zeros(8, dtype=torch.long)
+    for p in rows:
+        per_expert[int(p.get_x()) // 4] += 1  # 32 / 8 = 4 column blocks per expert
+        assert to_hex(p.get_facecolor()) == EXPERT_PALETTE[int(p.get_x()) // 4]
+    assert per_expert.tolist() == (block_layout(counts, 8).padded // 8).tolist()
 
 
 def test_bad_routing_is_refused():

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import torch
-from matplotlib.patches import FancyBboxPatch
+from matplotlib.patches import FancyBboxPatch, Rectangle
 
+from moe_edu.block_sparse import block_topology
 from moe_edu.capacity import keep_within_capacity, queue_positions
 from moe_edu.course.palette import expert_colors
 from moe_edu.dispatch import sort_by_expert
@@ -256,10 +257,45 @@ def draw_capacity_overflow(chosen: torch.Tensor, num_experts: int, capacity: int
     return fig
 
 
+def draw_block_topology(counts: torch.Tensor, block: int, cols_per_expert: int, ax=None):
+    """Draw the block-sparse topology of a dropless layer (MegaBlocks): which b x b blocks are computed.
+
+    Rows: the expert-sorted assignments, padded per expert to a multiple of `block`; columns: all
+    experts' stacked weight columns (`cols_per_expert` each). A computed block is drawn in its expert's
+    colour, the rest stay white. Returns the figure.
+    """
+    top = block_topology(counts, block, cols_per_expert)  # (R/b, E*cols/b)
+    E = counts.numel()
+    colors = expert_colors(E)
+    nr, nc = top.shape
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(8.6, 3.8))
+    fig = ax.figure
+    per = cols_per_expert // block
+    row_expert = top.float().argmax(1).div(per, rounding_mode="floor").tolist()  # (R/b,) each row block's expert
+    for r in range(nr):
+        e = row_expert[r]
+        patch = Rectangle((e * per, r), per, 1, facecolor=colors[e], edgecolor="#333333", lw=0.4)
+        patch.set_gid(f"block-row-{r}")
+        ax.add_patch(patch)
+    for c in range(0, nc + 1, per):
+        ax.axvline(c, color="#999999", lw=0.6)
+    ax.set_xlim(0, nc)
+    ax.set_ylim(nr, 0)
+    ax.set_xticks([(e + 0.5) * per for e in range(E)], [f"expert {e}" for e in range(E)], fontsize=8)
+    ax.set_ylabel(f"row blocks of {block} sorted rows", fontsize=9)
+    ax.set_xlabel(f"column blocks ({per} per expert)", fontsize=9)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_title(f"computed blocks: {int(top.sum())} of {top.numel()} ({top.float().mean():.1%})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 __all__ = [
     "CapacityLayout",
     "TokenFlowLayout",
     "capacity_layout",
+    "draw_block_topology",
     "draw_capacity_overflow",
     "draw_token_flow",
     "token_flow_layout",
