@@ -418,9 +418,12 @@ print(
 #
 # <details><summary>Answer</summary>
 #
-# The router z-loss: it penalises the log-sum-exp of the logits and so their magnitude, which is what makes the
-# softmax unstable in low precision. The load-balancing loss is indifferent to scale — it only looks at how the
-# load is spread.
+# The router z-loss. It penalises the squared log-sum-exp of each token's logits, and the log-sum-exp is at least
+# the largest logit, so huge logits — what makes the softmax's exponentials round badly in low precision — cost the
+# most. It does not pull the logits to 0 (all-zero logits still give $(\log E)^2 = 4.32$, §2): it pulls the
+# log-sum-exp to 0, which a router can also reach by shifting all of a token's logits down together. The
+# load-balancing loss only looks at how the load is spread: its shares $f_e$ and $P_e$ do not change when all of a
+# token's logits shift together, so nothing in it stops the logits from growing.
 #
 # </details>
 #
