@@ -405,8 +405,10 @@ with torch.no_grad():
           bool(both.any()) and bool((low.y[both] == 0).all()))  # fmt: skip
 
 # %% [markdown]
-# The trade-off: a big capacity factor wastes compute on padding (empty slots are still multiplied), a small one
-# drops tokens. A dropless layer avoids the dilemma; in training, a load-balancing loss (notebook 07 — `transformers`
+# The table shows the three cases move with the factor: at 1.25 every unlucky token loses one assignment, at 1.0
+# and 0.5 some lose both and leave the layer on their residual alone (the last two lines check both cases against
+# the library's output). The trade-off: a big capacity factor wastes compute on padding (empty slots are still
+# multiplied), a small one drops assignments, and eventually whole tokens. A dropless layer avoids the dilemma; in training, a load-balancing loss (notebook 07 — `transformers`
 # implements Switch's) keeps the groups from getting too uneven either way.
 #
 # ### Dropless on fixed-size tiles: block-sparse matrices (MegaBlocks)
