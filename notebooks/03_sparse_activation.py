@@ -31,7 +31,10 @@
 #    show that all three give the same numbers;
 # 2. count the FLOPs each one spends ($E/k$ times more for the dense one) and relate that to measured times;
 # 3. explain *dropless* routing (Mixtral's released inference code and `transformers`) versus *capacity-based*
-#    routing (GShard, Switch), compute a capacity and the fraction of dropped tokens.
+#    routing (GShard, Switch), compute a capacity and the fraction of dropped assignments, and say what a drop
+#    costs a top-2 token (one term of its sum, or — only when both are dropped — everything but the residual);
+# 4. follow a batch through the dispatch in a token-flow diagram drawn from a real routing, and see how
+#    block-sparse kernels (MegaBlocks) stay dropless on fixed-size tiles.
 
 # %%
 import moe_edu
