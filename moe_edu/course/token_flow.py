@@ -45,10 +45,6 @@ class TokenFlowLayout:
     starts: list[int]  # (E,) first sorted position of each expert's block
     num_tokens: int  # T
 
-    def position_of(self, assignment: int) -> int:
-        """The sorted position of assignment `assignment` (the inverse permutation: un-permute)."""
-        return self.order.index(assignment)
-
 
 def _check_routing(chosen: torch.Tensor, num_experts: int) -> None:
     if chosen.dim() != 2:
