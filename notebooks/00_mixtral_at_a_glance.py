@@ -187,8 +187,9 @@ fig = parameter_breakdown(count, title="Mixtral 8x7B: stored vs used per token")
 plt.show()
 
 # %% [markdown]
-# **Why not 8 × 7B = 56B?** Only the feed-forward part is replicated 8 times; the embeddings, attention and norms
-# are shared. Take the same config with a single expert — that is Mistral 7B's shape, up to a router of one
+# **Why not 8 × 7B = 56B?** ("7B" is a rounded name: the Mistral-7B-shaped model below has 7.24B parameters, so
+# eight copies would be 57.9B, not 56B.) Only the feed-forward part is replicated 8 times; the embeddings,
+# attention and norms are shared. Take the same config with a single expert — that is Mistral 7B's shape, up to a router of one
 # 4096-vector per layer ($L \cdot 1 \cdot H$ = 131,072 parameters over 32 layers; the 8-expert router is 32,768 *per
 # layer*). The attention differs in reach (dense 32k vs a 4,096-token window), not in parameters:
 
@@ -197,7 +198,7 @@ dense = moe_edu.count_parameters(config.replace(num_local_experts=1, num_experts
 shared = count.total - count.experts
 print(f"one expert (a Mistral-7B-shaped dense model): {dense.total:,}  ({dense.total / 1e9:.2f}B)")
 print(f"shared by all experts (embed, attention, norms, router, head): {shared:,}  ({shared / 1e9:.2f}B)")
-print(f"8 x 7B would be {8 * dense.total / 1e9:.1f}B; the real total is {count.total / 1e9:.1f}B")
+print(f"8 x {dense.total / 1e9:.2f}B would be {8 * dense.total / 1e9:.1f}B; the real total is {count.total / 1e9:.1f}B")
 
 # %% [markdown]
 # ## 5. Compute: dense-equivalent vs active FLOPs per token

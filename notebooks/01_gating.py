@@ -218,8 +218,34 @@ fig = router_heatmap(p_words, tokens=words, chosen=chosen, title="router probabi
 plt.show()
 
 # %% [markdown]
-# Tokens of one "domain" get similar rows, so they tend to share experts. Nothing here was trained — a random
-# router already maps similar inputs to similar distributions, because the logits are linear in the input.
+# Mostly, tokens of one "domain" get similar rows and share experts. Nothing here was trained — a random router
+# already maps similar inputs to similar distributions, because the logits are linear in the input. But look for
+# the exceptions, which the next cell lists: a token's first choice is not always its cluster's usual one.
+
+# %%
+clusters = {"code": range(0, 4), "maths": range(4, 8), "French": range(8, 12)}
+first = chosen[:, 0].tolist()  # (12,) first choices
+usual = {}
+for name, rows in clusters.items():
+    firsts = [first[i] for i in rows]
+    usual[name] = max(sorted(set(firsts)), key=firsts.count)  # the cluster's most common first choice
+    odd = [f"{words[i]!r} -> e{first[i]} ({p_words[i, first[i]]:.2f})" for i in rows if first[i] != usual[name]]
+    print(f"{name:6s}: first choices {firsts}, most often e{usual[name]}; exceptions: {', '.join(odd) or 'none'}")
+french_shared = set.intersection(*(set(chosen[i].tolist()) for i in clusters["French"]))
+print("expert in every French token's top-2:", sorted(french_shared))
+print(
+    "'chat' (French) goes first to the code cluster's usual expert:",
+    first[words.index("chat")] == usual["code"] != usual["French"],
+)
+
+# %% [markdown]
+# Every code token goes first to e4 and three of the four maths tokens to e1, but "pi" goes first to e2 (e1 is its
+# second choice), and the French cluster is split: "chat" goes first to e4 — the *code* cluster's expert — with
+# 0.69, although every French token still has e0 among its top 2. **Linear routing is not clustering.** The router
+# does not ask "which centre is this token near?"; it scores the token against $E$ fixed directions (the rows of
+# $W_g$) and picks the largest dot products. A token's own offset from its centre (here the 0.6-scaled noise) can
+# point along another expert's direction, and then it goes there, whatever its neighbours do. Nearby inputs give
+# nearby probabilities, but "nearby" is measured in the router's 8 directions, not by cluster membership.
 # Whether *trained* Mixtral experts specialise by domain is a different question (surprisingly, mostly not: the
 # paper's §5 finds no obvious topic specialisation, and routing that looks aligned with syntax; notebook 08
 # repeats that analysis).
@@ -366,8 +392,9 @@ print("block.gate.weight:", tuple(block.gate.weight.shape), "| has bias:", hasat
 #
 # Linearity: the logits are $x W_g^\top$, so two nearby inputs give nearby logits
 # ($\lVert \Delta\text{logits} \rVert \le \lVert W_g \rVert \, \lVert \Delta x \rVert$), and softmax is smooth,
-# so nearby logits give nearby probabilities. Tokens drawn around the same cluster centre therefore get similar rows, trained
-# or not.
+# so nearby logits give nearby probabilities, trained or not. It does *not* guarantee that a whole cluster shares
+# an expert: the bound depends on how far apart two tokens are along $W_g$'s rows, and a token that strays from
+# its centre in the direction of another expert's row (like "chat" above) switches expert.
 #
 # </details>
 #

@@ -31,7 +31,10 @@
 #    show that all three give the same numbers;
 # 2. count the FLOPs each one spends ($E/k$ times more for the dense one) and relate that to measured times;
 # 3. explain *dropless* routing (Mixtral's released inference code and `transformers`) versus *capacity-based*
-#    routing (GShard, Switch), compute a capacity and the fraction of dropped tokens.
+#    routing (GShard, Switch), compute a capacity and the fraction of dropped assignments, and say what a drop
+#    costs a top-2 token (one term of its sum, or — only when both are dropped — everything but the residual);
+# 4. follow a batch through the dispatch in a token-flow diagram drawn from a real routing, and see how
+#    block-sparse kernels (MegaBlocks) stay dropless on fixed-size tiles.
 
 # %%
 import moe_edu
@@ -44,9 +47,18 @@ import time
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
+from moe_edu.block_sparse import block_layout, block_sparse_dispatch, block_topology
 from moe_edu.capacity import capacity_dispatch
 from moe_edu.course.plots import expert_load_bars, ratio_bars, shared_legend
+from moe_edu.course.token_flow import (
+    capacity_layout,
+    draw_block_topology,
+    draw_capacity_overflow,
+    draw_token_flow,
+    token_flow_layout,
+)
 from moe_edu.dispatch import DISPATCHES
 from moe_edu.experts import Experts
 
@@ -152,6 +164,35 @@ print("assignments (token, expert):", [(i // k, int(small.reshape(-1)[i])) for i
 print("sorted by expert:           ", [(int(i) // k, int(small.reshape(-1)[i])) for i in order])
 
 # %% [markdown]
+# The whole journey, drawn from the router's real output for the first 8 tokens (`chosen[:8]`, `weights[:8]`;
+# `moe_edu.course.token_flow` computes every position with the library's `sort_by_expert`, nothing is placed by
+# hand). Read it left to right:
+#
+# 1. **tokens** — each token is one row of `x`;
+# 2. **router** — its top-2 experts and renormalised weights: two *assignments* per token, in token order;
+# 3. **sorted by expert** — the one `argsort`: the coloured lines are the permutation `order`, and the
+#    assignments of one expert are now contiguous (tokens in their original order inside each group);
+# 4. **one block per expert** — each expert runs once, one matmul on its block of rows; an expert nobody chose
+#    does not run at all (sparse activation);
+# 5. **un-permute** — each output row goes back to the row of the assignment it came from (`index_add_` with
+#    `token`, or the inverse permutation), now multiplied by its weight;
+# 6. **combine** — the $k$ weighted outputs of each token are added: $y_t = \sum_j w_{t,j} E_{e_{t,j}}(x_t)$.
+
+# %%
+fig = draw_token_flow(chosen[:8], weights[:8], E)
+plt.show()
+flow = token_flow_layout(chosen[:8], weights[:8], E)
+print("rows of each expert's block:", flow.counts, " not run:", [e for e in range(E) if flow.counts[e] == 0])
+print(
+    "each block has as many rows as assignments routed to that expert:",
+    flow.counts == torch.bincount(chosen[:8].reshape(-1), minlength=E).tolist(),
+)
+print(
+    "the blocks' rows are the sorted assignments:",
+    flow.order == torch.argsort(chosen[:8].reshape(-1), stable=True).tolist(),
+)
+
+# %% [markdown]
 # ## 3. Counting the FLOPs actually spent
 #
 # One expert on one token: three matmuls with $H \times I$ weights, 2 FLOPs per multiply-add, so $6HI$ FLOPs
@@ -203,6 +244,7 @@ with torch.no_grad():
     seconds = {name: best_of(lambda d=DISPATCHES[name]: d(x_big, experts_big, w_big, c_big)) for name in names}
 for name, s in seconds.items():
     print(f"{name:>8}: {s / seconds['grouped']:5.2f}x the grouped time")
+print(f"dense / grouped time below the FLOP ratio E/k = 4 on this machine: {seconds['dense'] < 4 * seconds['grouped']}")
 fig = ratio_bars(
     list(seconds),
     [seconds[n] / seconds["grouped"] for n in seconds],
@@ -213,11 +255,36 @@ fig = ratio_bars(
 plt.show()
 
 # %% [markdown]
-# Expect the dense version to take several times as long as the others — it does $E/k = 4$ times the FLOPs, though
-# its one big batched matmul runs at a higher FLOP rate than many small ones, so the measured ratio is often a bit
-# below 4 — and
-# the loop to be close to grouped on a CPU (on a GPU the gap grows: the loop launches many small kernels and syncs
-# with the host). The library versions are tested equal to each other, values and gradients:
+# The *work* is not machine-dependent: count the FLOPs each version really executes with `torch`'s own counter
+# (`torch.utils.flop_counter.FlopCounterMode` adds up every matmul it sees):
+
+# %%
+flops = {}
+for name in names:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        DISPATCHES[name](x_big, experts_big, w_big, c_big)
+    flops[name] = counter.get_total_flops()
+print({name: f"{f:,}" for name, f in flops.items()})
+T_big, H_big, I_big = x_big.shape[0], cfg.hidden_size, cfg.intermediate_size
+print(
+    "loop and grouped execute exactly T*k*6HI FLOPs:",
+    flops["loop"] == flops["grouped"] == T_big * k * 6 * H_big * I_big,
+)
+combine_flops = 2 * T_big * E * H_big  # the (T, E) x (E, T, H) weighted sum of the dense version
+print(
+    f"dense executes E/k = {E // k} times the expert FLOPs, plus its 2*T*E*H combine:",
+    flops["dense"] == E // k * flops["grouped"] + combine_flops,
+)
+
+# %% [markdown]
+# So the dense version does exactly 4 times the arithmetic, and takes several times as long — but the *time* ratio
+# printed above is not 4, and it is not the same on every machine. The dense version's one big batched matmul per
+# expert runs at a higher FLOP rate than the grouped version's smaller, uneven ones plus its gather and scatter,
+# which pulls the ratio below 4 on most CPUs (the line under the timings says whether it did on yours); a CPU with
+# a large cache, or a thread count that suits the small matmuls, moves it. On a GPU with few tokens the dense
+# version can even win (question 2). The loop is close to grouped on a CPU; on a GPU the gap grows, because the
+# loop launches many small kernels and syncs with the host. The library versions are tested equal to each other,
+# values and gradients:
 
 # %%
 with torch.no_grad():
@@ -252,10 +319,13 @@ print("assignments per expert:", load.tolist(), "| uniform share:", T2 * k // E)
 #
 # $$C = \left\lceil \text{capacity factor} \cdot \frac{T \cdot k}{E} \right\rceil$$
 #
-# slots, so all experts run the same-shaped matmul (good for TPUs and static shapes). Assignments beyond $C$ are
-# **dropped**: that expert's contribution is simply missing, and the token passes through the layer on its
-# residual connection alone. Which assignments win a slot? Here: first choices before second choices, in token order.
-# In plain torch, a running count per expert gives every assignment its arrival position:
+# slots, so all experts run the same-shaped matmul (good for TPUs and static shapes). An *assignment* that arrives
+# after its expert's $C$ slots are full is **dropped**: that expert is not computed for that token, and the term
+# $w_{t,j}E_{e}(x_t)$ is simply missing from the token's sum — the other weights are *not* renormalised. Under
+# top-2 a token has two assignments, so a drop usually costs it one of them and it keeps the other; only when
+# **both** are dropped does the token pass through the layer on its residual connection alone. Which assignments
+# win a slot? Here: first choices before second choices, in token order. In plain torch, a running count per
+# expert gives every assignment its arrival position:
 
 # %%
 capacity_factor = 1.25
@@ -266,7 +336,37 @@ position = (onehot.cumsum(0) * onehot).sum(-1) - 1  # (k*T,) 0 for the first arr
 kept = (position < C).reshape(k, T2).t()  # (T, k)
 print(f"capacity C = ceil({capacity_factor} * {T2} * {k} / {E}) = {C}")
 print(f"dropped assignments: {int((~kept).sum())} of {T2 * k} ({(~kept).float().mean():.1%})")
-print(f"tokens that lost their first choice: {int((~kept[:, 0]).sum())}, lost both: {int((~kept).all(-1).sum())}")
+kept_per_token = kept.sum(-1)  # (T,) 2, 1 or 0 assignments left
+cases = {"kept both": 2, "lost one": 1, "lost both": 0}
+print("tokens that " + ", ".join(f"{name}: {int((kept_per_token == n).sum())}" for name, n in cases.items()))
+print(f"tokens that lost their first choice: {int((~kept[:, 0]).sum())} (first choices queue first)")
+print("the three cases cover all tokens:", sum(int((kept_per_token == n).sum()) for n in cases.values()) == T2)
+print("one dropped assignment per token that lost one:", int((~kept).sum()) == int((kept_per_token == 1).sum()))
+
+# %% [markdown]
+# At this capacity factor every drop cost a token *one* of its two assignments: the counts above (and the check that
+# the dropped assignments and the tokens that lost one are equally many) say that no token went through on its
+# residual alone. A token that lost its second choice still gets $w_{t,1}E_{e_1}(x_t)$ — its first expert's term at
+# its original weight. Tighter capacity produces all three cases. The picture shows the queues of the first 16
+# tokens of the same router at capacity factor 0.75, $C = \lceil 0.75 \cdot 16 \cdot 2/8 \rceil = 3$: each
+# expert's queue in arrival order (`t5·2` is token 5's second choice), the buffer of $C$ slots, the dropped overflow
+# crossed out, and under it how many of its two assignments each token kept. Expert 2, the popular one, drops most;
+# a token that kept 0 passes on its residual alone:
+
+# %%
+C16 = int(torch.ceil(torch.tensor(0.75 * 16 * k / E)))
+fig = draw_capacity_overflow(chosen2[:16], E, C16)
+plt.show()
+queues = capacity_layout(chosen2[:16], E, C16)
+outcomes = queues.outcome_counts()  # {2: tokens that kept both, 1: lost one, 0: lost both}
+print(f"C for 16 tokens = {C16};", ", ".join(f"{n} of {k} kept: {c}" for n, c in outcomes.items()))
+print("all three cases occur:", all(c > 0 for c in outcomes.values()))
+overflow = [max(0, len(q) - C16) for q in queues.queues]  # (E,) dropped assignments per expert
+print(f"dropped per expert: {overflow}; the popular expert 2 drops most:", max(overflow) == overflow[2])
+slot_major16 = chosen2[:16].t().reshape(-1)  # (k*16,)
+onehot16 = F.one_hot(slot_major16, E)  # (k*16, E)
+kept16 = ((onehot16.cumsum(0) * onehot16).sum(-1) - 1 < C16).reshape(k, 16).t()  # (16, k) the same recipe as above
+print("the drawn queues drop exactly the assignments our running count drops:", queues.kept == kept16.tolist())
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.6), sharey=True)
@@ -291,15 +391,70 @@ with torch.no_grad():
     dropless = DISPATCHES["grouped"](x2, experts_tiny, weights2, chosen2)  # (T, H)
     for cf in (0.5, 1.0, 1.25, 2.0, 4.0):
         out = capacity_dispatch(x2, experts_tiny, weights2, chosen2, capacity_factor=cf)
+        n_kept = out.kept.sum(-1)  # (T,)
         print(
             f"capacity factor {cf:>4}: C = {out.capacity:>3}, dropped {(~out.kept).float().mean():6.1%}, "
+            f"tokens that lost one {int((n_kept == 1).sum()):>3}, lost both {int((n_kept == 0).sum()):>3}, "
             f"equals dropless: {torch.allclose(out.y, dropless, atol=1e-6)}"
         )
+    one = int(torch.nonzero(lib.kept.sum(-1) == 1)[0])  # a token that lost one assignment at factor 1.25
+    j = int(lib.kept[one].nonzero())  # the slot it kept
+    alone = weights2[one, j] * experts_tiny.expert(int(chosen2[one, j]), x2[one : one + 1])  # (1, H) w * E(x)
+    print(f"token {one} lost one assignment; its output is exactly its kept term w*E(x), not renormalised:",
+          torch.allclose(lib.y[one : one + 1], alone, atol=1e-6))  # fmt: skip
+    low = capacity_dispatch(x2, experts_tiny, weights2, chosen2, capacity_factor=0.5)
+    both = low.kept.sum(-1) == 0  # (T,) tokens that lost both at factor 0.5
+    print(f"at factor 0.5, {int(both.sum())} tokens lost both; their MoE output is exactly 0 (only the residual):",
+          bool(both.any()) and bool((low.y[both] == 0).all()))  # fmt: skip
 
 # %% [markdown]
-# The trade-off: a big capacity factor wastes compute on padding (empty slots are still multiplied), a small one
-# drops tokens. A dropless layer avoids the dilemma; in training, a load-balancing loss (notebook 07 — `transformers`
+# The table shows the three cases move with the factor: at 1.25 every unlucky token loses one assignment, at 1.0
+# and 0.5 some lose both and leave the layer on their residual alone (the last two lines check both cases against
+# the library's output). The trade-off: a big capacity factor wastes compute on padding (empty slots are still
+# multiplied), a small one drops assignments, and eventually whole tokens. A dropless layer avoids the dilemma; in training, a load-balancing loss (notebook 07 — `transformers`
 # implements Switch's) keeps the groups from getting too uneven either way.
+#
+# ### Dropless on fixed-size tiles: block-sparse matrices (MegaBlocks)
+#
+# A GPU kernel likes fixed-size tiles, and a capacity buffer was one way to get them. MegaBlocks (Gale et al.
+# 2022, the Mixtral paper's ref. [13]) found another, which "never drops tokens": sort the assignments by expert as
+# in §2(c), pad each expert's group only up to a multiple of a block size $b$ (never to a common $C$), and write
+# the whole layer as **block-sparse** matrix products. Stack every expert's gate/up weights side by side into one
+# $(H, E \cdot 2I)$ matrix; of the product (padded rows) × (stacked weights), only the $b \times b$ blocks where a
+# row block and a column block belong to the same expert are non-zero — a block-diagonal pattern whose blocks have
+# the height of each expert's load. A block-sparse kernel computes only those. `moe_edu.block_sparse` writes it
+# with one batched matmul per row block (a readable stand-in for the GPU kernel), on the same 256 skewed tokens:
+
+# %%
+b = 16  # block size (rows and columns) of this demo
+lay = block_layout(load, b)
+print("assignments per expert:       ", load.tolist())
+print(f"rows, padded to multiples of {b}:", lay.padded.tolist())
+pad_rows = int((lay.padded - load).sum())
+print(f"padding: {pad_rows} rows, below one block per expert (< E*b = {E * b}):", pad_rows < E * b)
+C_none = int(load.max())  # the smallest capacity that drops nothing: the busiest expert's load
+print(
+    f"a capacity layer that drops nothing needs C = {C_none} (factor {C_none * E / (T2 * k):.2f}): "
+    f"{E * C_none} slots, {E * C_none - T2 * k} of them padding"
+)
+topology = block_topology(load, b, 2 * I)  # (R/b, E*2I/b)
+print(f"first-layer blocks computed: {int(topology.sum())} of {topology.numel()} ({topology.float().mean():.1%})")
+print(
+    "each row block meets exactly its own expert's columns (1/E of all blocks):",
+    bool((topology.sum(1) == 2 * I // b).all()),
+)
+print("less padding than the drop-free capacity:", pad_rows < E * C_none - T2 * k)
+with torch.no_grad():
+    y_blocks = block_sparse_dispatch(x2, experts_tiny, weights2, chosen2, block=b)  # (T, H)
+print("block-sparse == dropless grouped:", torch.allclose(y_blocks, dropless, atol=1e-6))
+fig = draw_block_topology(load, b, 2 * I)
+plt.show()
+
+# %% [markdown]
+# Every row block meets only its own expert's 28 column blocks, so the fraction of blocks computed is one
+# expert's columns out of $E$ — the sparsity of the layer, without a single dropped assignment and with less
+# padding than any capacity that would drop nothing. (The block size is a kernel choice; the bigger it is, the
+# more padding per expert, up to $b - 1$ rows.)
 
 # %% [markdown]
 # > **中文回顧**　分派的三種寫法數值相同，稠密版多花 E/k = 4 倍的 FLOPs；Mixtral 的推論程式碼與 transformers 都是無丟棄。
@@ -313,7 +468,11 @@ with torch.no_grad():
 #   per expert, or one grouped GEMM) — identical numbers.
 # - Sparse dispatch spends $Tk \cdot 6HI$ FLOPs per layer instead of $TE \cdot 6HI$: for Mixtral a factor of 4.
 # - Mixtral's inference code and `transformers` are **dropless**. Capacity-based MoEs cap each expert at
-#   $C = \lceil cf \cdot Tk/E \rceil$ and drop the overflow; the dropped token keeps only its residual.
+#   $C = \lceil cf \cdot Tk/E \rceil$ and drop the overflow. A dropped *assignment* is not computed and its term is
+#   missing (the other weight is not renormalised); under top-2 the token usually keeps its other expert, and only
+#   when both are dropped does the token pass on its residual alone.
+# - **Block-sparse** (MegaBlocks): dropless on fixed-size tiles — pad each expert's group to a multiple of the block
+#   size only, and compute the block-diagonal non-zero blocks of one big product.
 #
 # ## Check your understanding
 #
@@ -366,6 +525,19 @@ with torch.no_grad():
 # The block sits on a residual connection, $h \leftarrow h + \mathrm{MoE}(h)$. A dropped assignment only removes one
 # term from $\mathrm{MoE}(h)$ (all of it if every assignment of the token is dropped); $h$ itself passes on to the next
 # layer unchanged.
+#
+# </details>
+#
+# 6. The block-sparse layer above padded 80 rows; a capacity layer that drops nothing needed 432 empty slots. When
+#    would the two pad the same, and what does a larger block size $b$ cost?
+#
+# <details><summary>Answer</summary>
+#
+# Capacity pads every expert up to the *busiest* expert's load, so its padding is $E\cdot\max_e n_e - Tk$: zero only
+# if the load is perfectly even (and then block-sparse pads at most the rounding to $b$). Block-sparse pads each
+# expert only to the next multiple of $b$, under $b$ rows each, however uneven the load. A larger $b$ makes bigger,
+# faster tiles for the kernel but up to $b-1$ wasted rows per expert — with many small experts or few tokens, that
+# padding becomes a real share of the work.
 #
 # </details>
 #

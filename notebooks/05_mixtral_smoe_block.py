@@ -41,9 +41,12 @@ from moe_edu.course.notebook import format_tensor, setup
 
 setup()
 
+import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from moe_edu.course.diagram import draw_swiglu_expert
 
 # %% [markdown]
 # ## 1. The expert: SwiGLU
@@ -58,6 +61,15 @@ from torch import nn
 # - $W_2$ (*down*, $H \times I$): back to the model width.
 #
 # Three matrices of $H \cdot I$ each, so $3HI$ parameters per expert — for Mixtral $I = 14336 = 3.5H$, about 176M.
+# Drawn with Mixtral's widths (`moe_edu.course.diagram.draw_swiglu_expert`, from the config): two branches read the
+# same $x$, the gate's SiLU scales the up projection unit by unit, and $W_2$ brings the product back to width $H$:
+
+# %%
+fig = draw_swiglu_expert(moe_edu.PRESETS["mixtral-8x7b"])
+plt.show()
+
+# %% [markdown]
+# The same expert in plain torch:
 
 
 # %%

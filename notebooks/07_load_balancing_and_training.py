@@ -107,6 +107,37 @@ print(
 # %% [markdown]
 # So we will always look at the **hard load** too: the share of assignments each expert actually
 # receives. We summarise it by the *imbalance* max/mean (1 = balanced, $E$ = all on one expert).
+#
+# **Where this loss comes from.** The blind spot is as old as the sparse MoE layer itself:
+#
+# - Shazeer et al. 2017 (§4 and Appendix A) used *two* losses. The **importance loss**
+#   $w\cdot\mathrm{CV}(\mathrm{Importance}(X))^2$, with $\mathrm{Importance}(X) = \sum_{x\in X} G(x)$ the batch sum of
+#   each expert's gate values, makes the *soft* shares equal. Because equal importance does not mean equal numbers
+#   of examples — the blind spot above — they added a **load loss** $w\cdot\mathrm{CV}(\mathrm{Load}(X))^2$ on a
+#   smooth estimate of how many examples each expert receives (made differentiable by their gating noise).
+# - GShard (Lepikhin et al. 2020) and Switch (Fedus et al. 2021) replaced the pair by one product of a hard share
+#   and a soft share: Switch's $\alpha N \sum_i f_i P_i$ "simplifies the original design in Shazeer et al. (2017)
+#   which had separate load-balancing and importance-weighting losses" (Switch, §2.2). `transformers`' Mixtral uses
+#   that form with top-$k$ counts, the formula of this section.
+#
+# On our three routings, the squared coefficient of variation (std/mean) of the soft shares $P_e$ and of the hard
+# shares $f_e/k$:
+
+
+# %%
+def cv2(shares: torch.Tensor) -> float:
+    return (shares.std(correction=0) / shares.mean()).pow(2).item()  # 0 = all experts equal
+
+
+for name, logits in [("balanced", balanced), ("collapsed", collapsed), ("sneaky", sneaky)]:
+    probs = torch.softmax(logits, -1)  # (T, E)
+    hard = torch.zeros(T, E).scatter_(-1, torch.topk(logits, k).indices, 1.0).mean(0) / k  # (E,) hard shares
+    print(f"{name:9s}: importance CV^2 {cv2(probs.mean(0)):.4f}, hard load CV^2 {cv2(hard):.4f}")
+p_sneaky = torch.softmax(sneaky, -1).mean(0)  # (E,)
+print(
+    "the importance loss alone misses the sneaky router (CV^2 < 1e-4); its hard load has CV^2 = 3 (2 of 8 experts):",
+    cv2(p_sneaky) < 1e-4 and abs(cv2(f / k) - 3.0) < 1e-6,
+)
 
 # %% [markdown]
 # ## 2 · The router z-loss
@@ -301,6 +332,31 @@ for layer in range(layers):
         f"layer {layer}: final batch load {[round(v, 2) for v in last[layer].tolist()]}, "
         f"imbalance {load_imbalance(last[layer]):.2f}"
     )
+imb = [load_imbalance(last[layer]) for layer in range(layers)]
+even = 1 / last.shape[1]
+aux_end = log["steps"][-1]["aux"]
+print(
+    f"final batch aux loss {aux_end:.4f}: within 0.01 of k = 2 (its value for uniform routing):",
+    abs(aux_end - 2) < 0.01,
+)
+print(
+    f"yet no layer is balanced (imbalance > 1.5 in every layer): {min(imb) > 1.5}; mean over layers {sum(imb) / layers:.2f}"
+)
+print(
+    "layers 1 and 3: one expert above 2x the even share 1/8, another below a third of it:",
+    all(last[layer].max() > 2 * even and last[layer].min() < even / 3 for layer in (1, 3)),
+)
+
+# %% [markdown]
+# Read the last printout with §1–3 in mind. The final batch's aux loss is within 0.01 of 2, the value of perfectly
+# uniform routing, yet no layer is balanced: the max/mean load is about 1.5 at layers 0 and 2, and about 2.5 at
+# layers 1 and 3, where one expert takes almost a third of the batch's assignments (2.5 times the even 1/8) while
+# another gets almost none. This is the blind spot on the real model: the loss sits at its floor as soon as the
+# router's *probabilities* are nearly flat on average, while the hard top-2 choices — the load that decides compute
+# and memory — still follow small, consistent differences between logits. An aux coefficient of 1.0 (50 times the
+# released Mixtral config's 0.02) narrowed the skew — the mean imbalance over layers printed above is 2.04, against
+# 3.14 for the README's run at 0.01 (question 4) — but did not remove it, and it is uneven per layer. Notebook 08 finds the same skew per domain (imbalance up to 3.97),
+# and that is one reason its experts can afford to specialise.
 
 # %% [markdown]
 # > **中文回顧**　負載平衡損失 $E\sum_e f_e P_e$ 在均勻路由時等於 k，機率很平時也等於 k，所以要同時看硬指派的專家負載；路由 z 損失把每個 token 的 logsumexp 推向 0。
@@ -369,9 +425,12 @@ for layer in range(layers):
 #
 # <details><summary>Answer</summary>
 #
-# The router z-loss: it penalises the log-sum-exp of the logits and so their magnitude, which is what makes the
-# softmax unstable in low precision. The load-balancing loss is indifferent to scale — it only looks at how the
-# load is spread.
+# The router z-loss. It penalises the squared log-sum-exp of each token's logits, and the log-sum-exp is at least
+# the largest logit, so huge logits — what makes the softmax's exponentials round badly in low precision — cost the
+# most. It does not pull the logits to 0 (all-zero logits still give $(\log E)^2 = 4.32$, §2): it pulls the
+# log-sum-exp to 0, which a router can also reach by shifting all of a token's logits down together. The
+# load-balancing loss only looks at how the load is spread: its shares $f_e$ and $P_e$ do not change when all of a
+# token's logits shift together, so nothing in it stops the logits from growing.
 #
 # </details>
 #

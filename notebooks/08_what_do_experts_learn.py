@@ -24,7 +24,7 @@
 #
 # **You will**
 #
-# 1. measure per-domain expert load at the first, middle and last layer (Fig. 7 layout);
+# 1. measure per-domain expert load at every layer of ours (Fig. 7 layout);
 # 2. look at text coloured by first-choice expert (Fig. 8);
 # 3. compute consecutive-token repetition rates, against the exact random baselines and next to the
 #    paper's Table 5;
@@ -62,14 +62,15 @@ for name, seqs in routed.items():
 # ## (a) Expert load per domain — the paper's Fig. 7
 #
 # The paper plots, for layers 0, 15 and 31 of 32, the proportion of tokens assigned to each expert
-# for each Pile subset. Our model has 4 layers: first (0), middle (2) and last (3). The dashed line
-# is $1/E$ (perfectly even load). We count both top-2 slots (the share of assignments).
+# for each Pile subset. Our model has 4 layers, and we show all four; the first (0), middle (2) and last (3)
+# are the ones we set beside the paper's layers 0, 15 and 31. The dashed line is $1/E$ (perfectly even load).
+# We count both top-2 slots (the share of assignments).
 
 # %%
 from moe_edu.analysis import load_by_domain, load_imbalance
 from moe_edu.course.plots_training import domain_load_panels
 
-LAYERS = {"first": 0, "middle": L // 2, "last": L - 1}
+LAYERS = {"first": 0, "second": 1, "middle": L // 2, "last": L - 1}  # all four layers of ours
 loads = load_by_domain(routed, E)  # domain -> (L, E)
 fig = domain_load_panels(loads, LAYERS)  # one panel per layer, the domain legend beside the top one
 plt.show()
@@ -181,22 +182,25 @@ print(f"{'paper':17s}" + "".join(f"{'L' + str(l):>20s}" for l in (0, 15, 31)))
 for name, row in PAPER_TABLE_5.items():
     print(f"{name:17s}" + "".join(f"{a:9.1f} {b:10.1f}" for a, b in row.values()))
 
+# %% [markdown]
+# Both columns, ours (all four layers) above the paper's (its three layers), on one scale each:
+
 # %%
-fig, axes = plt.subplots(2, 1, figsize=(8.6, 6.0), sharey=True)  # one scale: ours vs the paper
+from moe_edu.course.plots_training import repetition_bars
+
 ours_first = {n: {f"{lab} (L{l})": float(r[l, 0]) for lab, l in LAYERS.items()} for n, r in reps.items()}
 ours_overlap = {n: {f"{lab} (L{l})": float(r[l, 1]) for lab, l in LAYERS.items()} for n, r in reps.items()}
 paper_first = {n: {f"L{l}": v[0] / 100 for l, v in row.items()} for n, row in PAPER_TABLE_5.items()}
-from moe_edu.course.plots_training import repetition_bars
-
-repetition_bars(ours_first, base_first, ax=axes[0], title="ours: first choice repeated")
-repetition_bars(paper_first, base_first, ax=axes[1], title="Mixtral 8x7B (Table 5): first choice repeated")
-fig.tight_layout()
-plt.show()
-fig, ax = plt.subplots(figsize=(8.6, 3.0))
-repetition_bars(
-    ours_overlap, base_overlap, ax=ax, title="ours: top-2 sets overlap", ylabel="consecutive tokens, shared expert"
-)
-plt.show()
+paper_overlap = {n: {f"L{l}": v[1] / 100 for l, v in row.items()} for n, row in PAPER_TABLE_5.items()}
+for column, ours, paper, base, ylabel in (
+    ("first choice repeated", ours_first, paper_first, base_first, "consecutive tokens, same expert"),
+    ("top-2 sets overlap", ours_overlap, paper_overlap, base_overlap, "consecutive tokens, shared expert"),
+):
+    fig, axes = plt.subplots(2, 1, figsize=(8.6, 6.0), sharey=True)  # one scale: ours vs the paper
+    repetition_bars(ours, base, ax=axes[0], title=f"ours: {column}", ylabel=ylabel)
+    repetition_bars(paper, base, ax=axes[1], title=f"Mixtral 8x7B (Table 5): {column}", ylabel=ylabel)
+    fig.tight_layout()
+    plt.show()
 
 # %% [markdown]
 # ## What our tiny model reproduces, and what it does not
@@ -235,6 +239,29 @@ print(
     f"zh-TW's busiest last-layer expert ({zh_expert}) takes > 40 % of zh-TW and < 15 % of every other domain:",
     loads["zh-TW"][L - 1, zh_expert] > 0.4 and all(loads[d][L - 1, zh_expert] < 0.15 for d in loads if d != "zh-TW"),
 )
+cells = sorted((round(100 * float(f[l]), 1), d, l) for d, f in first.items() for l in range(L))  # lowest first
+print(
+    "the two first-choice cells closest to 12.5 %:",
+    [f"{d} L{l}: {v} %" for v, d, l in cells[:2]],
+    [(d, l) for _, d, l in cells[:2]] == [("german", 2), ("english", 0)],
+)
+en = [round(100 * float(v), 1) for v in first["english"]]
+print(
+    f"english first choice by layer {en}: lowest at layer 0, higher at every deeper layer, but not monotone:",
+    en[0] == min(en) and not en == sorted(en),
+)
+print(
+    "domains whose first choice repeats least at layer 0:",
+    [d for d, f in first.items() if int(f.argmin()) == 0],
+    [d for d, f in first.items() if int(f.argmin()) == 0] == ["english", "zh-TW"],
+)
+mid = ("python", "english") + europe
+lo1, hi1 = min(float(first[d][2]) for d in mid), max(float(first[d][2]) for d in mid)
+lo2, hi2 = min(float(overlap[d][2]) for d in mid), max(float(overlap[d][2]) for d in mid)
+print(
+    f"layer 2, python + english + European languages: first choice {100 * lo1:.1f}-{100 * hi1:.1f} %, "
+    f"top-2 overlap {100 * lo2:.1f}-{100 * hi2:.1f} %"
+)
 
 # %% [markdown]
 # A Chinese character is 3 bytes in UTF-8, and our 1,024-token vocabulary keeps many characters as 2 or 3 byte
@@ -269,16 +296,19 @@ for layer in range(L):
 #
 # **Reproduced**
 #
-# - *Routing is not random.* Every domain and layer repeats first choices above 12.5 % — only a
-#   little above for English at layer 0 (18.2 %), far above elsewhere — and overlaps top-2 sets above
-#   46.4 %. In the paper's Table 5 this holds at layer 15 in both columns (23.6–28.4 % and 61.6–67.0 %)
-#   and at layer 31 for the first choice (19.7–26.3 %); layer 0 is near random (13.6–14.9 %), and in the
-#   first-or-second column DM Mathematics at layers 0 (44.9 %) and 31 (44.5 %) is even *below* the 46 %
-#   baseline, so "above random" does not hold for every cell.
+# - *Routing is not random.* Every domain and layer repeats first choices above 12.5 % and overlaps top-2
+#   sets above 46.4 %. The margin varies: closest to random are German at layer 2 (16.7 %) and English at
+#   layer 0 (18.2 %), while most cells are well above (see the table and the check lines). In the paper's
+#   Table 5 this holds at layer 15 in both columns (23.6–28.4 % and 61.6–67.0 %) and at layer 31 for the first
+#   choice (19.7–26.3 %); layer 0 is near random (13.6–14.9 %), and in the first-or-second column DM
+#   Mathematics at layers 0 (44.9 %) and 31 (44.5 %) is even *below* the 46 % baseline, so "above random" does
+#   not hold for every cell.
 # - *The middle layer looks most like Mixtral's layer 15* for Python, English and the European languages: first
 #   choice 16.7–27.6 % and top-2 overlap 58.7–63.4 % at our layer 2, against the paper's 23.6–28.4 % and
-#   61.6–67.0 %. English rises with depth (18.2 % at layer 0, 27.6 % at layer 2), as the paper's domains
-#   rise from layer 0 to layer 15.
+#   61.6–67.0 %. English repeats least at layer 0 (18.2 %) and more at every deeper layer, as the paper's
+#   domains rise from layer 0 to layer 15 — but not monotonically: its layer 1 (36.6 %) is above its layer 2
+#   (27.6 %). Table 5's three layers are themselves a sample: the paper's Fig. 10 plots all 32 layers, and its
+#   caption finds the patterns "similar across datasets with less repetitions for DM Mathematics".
 # - *Syntax over topic.* The favourite tokens of an expert are punctuation and operators (`,` `=` `+`
 #   `?` `。`), Python syntax (`(` `_` `]`), line starts and indentation (`\n   `), digits: a syntactic
 #   pattern of the same kind as the paper's Fig. 8 (indentation and `self` in Python, "Question" in
@@ -307,9 +337,48 @@ for layer in range(L):
 #   the mean load at layers 1–3 (total variation 0.53–0.69).
 # - *Byte pieces inflate repetition.* zh-TW's last-layer first choice repeats 95.8 % of the time; inside
 #   one character (41 % of its pairs) the rate is 99.8 %, and across characters still 93.0 %: the Chinese
-#   expert takes whole sentences. Mixtral's 32,000-token vocabulary is much larger than ours, but any
-#   byte-level vocabulary splits rare characters, and Table 5 counts such pairs like any other.
+#   expert takes whole sentences. Mixtral's tokenizer is a 32,000-token SentencePiece model with *byte
+#   fallback*: a character missing from its vocabulary is encoded as its UTF-8 bytes (the tokens `<0x00>` …
+#   `<0xFF>`), so rare characters are split into byte pieces there too, and Table 5 counts such pairs like any
+#   other.
 #
+# ### Why the language experts are a finding, not a curiosity
+#
+# Experts that specialise by *language* are what the large models in the literature did **not** show:
+#
+# - **Mixtral** (§5, Fig. 7; Fig. 10 in its appendix covers all 32 layers) measured Pile subsets — topics, not
+#   languages — and found "no obvious patterns in the assignment of experts based on the topic": "at all layers,
+#   the distribution of expert assignment is very similar for ArXiv papers (written in Latex), for biology (PubMed
+#   Abstracts), and for Philosophy (PhilPapers)"; only DM Mathematics is "marginally different", and Fig. 10's
+#   repetition curves are "similar across datasets". The paper does not analyse routing by language.
+# - **ST-MoE** (Zoph et al. 2022, §7.3 "Multilingual experts specialize, but not by language", Table 15) looked
+#   at exactly our question in the encoder of a multilingual model: "we find no evidence of language
+#   specialization … Routers instead pass tokens from English, Japanese, French and Chinese indiscriminately".
+#   Its explanation is the load-balancing loss: a balancing *group* there holds 2–4 sequences, so only one to a
+#   few languages, and balancing inside the group forces every expert to take every language.
+#
+# Our tiny model does the opposite: a European-language expert at the first and last layer and a zh-TW expert at
+# the last. The ST-MoE argument predicts where the difference can come from. Our aux loss balances a batch of
+# 16 sequences whose domains are drawn independently (the training log's weights: 0.3 Python, 0.3 English,
+# 0.2 arithmetic, 0.05 for each of the five languages), so a typical batch mixes several domains and can be
+# balanced *while* each language keeps its own expert. Scale counts too: 64-wide routers and a few pages per
+# language make "which language is this?" the easiest feature to route on. This is a hypothesis consistent with
+# both papers, not a controlled experiment — the expected mix of a batch is computed here; retraining with
+# one-domain batches would test it (exercise for the reader, about 90 s of CPU):
+
+# %%
+import json
+from importlib.resources import files
+
+train = json.loads(files("moe_edu").joinpath("checkpoints/tiny/train_log.json").read_text())["train_config"]
+w = train["domain_weights"]  # domain -> probability that a sequence of a batch comes from it
+distinct = sum(1 - (1 - p) ** train["batch_size"] for p in w.values())  # expected distinct domains per batch
+languages = sum(1 - (1 - w[d]) ** train["batch_size"] for d in (*europe, "zh-TW"))
+print(f"batch: {train['batch_size']} sequences, domains drawn independently with weights {w}")
+print(f"expected distinct domains per batch: {distinct:.2f}; of the five languages: {languages:.2f}")
+print("a batch mixes more domains than an ST-MoE group holds sequences (2-4):", distinct > 4)
+
+# %% [markdown]
 # Scale is the honest explanation for the gaps: Mixtral's routers read a 4096-wide residual stream,
 # over 32 layers, after training at a scale the paper does not disclose; ours read 64 numbers after
 # minutes of training, on a few pages per language.
@@ -331,8 +400,11 @@ for layer in range(L):
 #   choice but near (DM Mathematics: below) the 46 % baseline for first-or-second.
 # - Punctuation as a routing cue is our own finding on the tiny model; the paper's Fig. 8 names
 #   indentation, `self` and "Question".
-# - A byte-level vocabulary splits Chinese characters into pieces; those pieces are neighbours, go to
-#   the same expert, and raise the repetition statistic.
+# - A byte-level vocabulary (ours), like a byte fallback (Mixtral's SentencePiece), splits rare characters into
+#   byte pieces; those pieces are neighbours, go to the same expert, and raise the repetition statistic.
+# - Our language experts are the opposite of what Mixtral (§5, Figs. 7 and 10: no topic experts) and ST-MoE
+#   (§7.3: no language experts, explained by per-group load balancing) report — a finding about scale and about
+#   what the balancing loss sees in one batch.
 #
 # ## Check your understanding
 #
@@ -347,14 +419,19 @@ for layer in range(L):
 #
 # </details>
 #
-# 2. Our layer-0 router sees mostly token embeddings. Why does that make layer 0 the layer where
-#    repetition is closest to random, in the paper as in many small models?
+# 2. A layer-0 router sees mostly token embeddings. Why does that make layer 0 the layer where repetition is
+#    closest to random in the paper? And why is it not so in ours (arithmetic repeats 71.5 % at layer 0)?
 #
 # <details><summary>Answer</summary>
 #
 # If the router routes by token identity, two neighbours share an expert only as often as two *different* tokens
-# happen to map to the same expert — roughly chance when the load is even. Deeper routers read hidden states that
-# attention has filled with shared context, so neighbours look alike and share experts more often.
+# happen to map to the same expert — roughly chance when the load is even and the vocabulary is large and varied,
+# as in Mixtral (13.6–14.9 % at layer 0). Deeper routers read hidden states that attention has filled with shared
+# context, so neighbours look alike and share experts more often. Ours breaks the first premise: its load is
+# uneven (imbalance up to 3.8 at layer 0) and its domains use small, distinct sets of tokens — arithmetic is digits
+# and a few operators, a European language has its own letter pieces — so routing by token identity already
+# sends neighbours to the *same* expert. Only English (18.2 %) and zh-TW (37.5 %) repeat least at layer 0 (the
+# check lines above print which domains do).
 #
 # </details>
 #

@@ -17,9 +17,9 @@ from matplotlib.text import Text  # noqa: E402
 
 from moe_edu import PRESETS, count_parameters  # noqa: E402
 from moe_edu.course import widgets  # noqa: E402
-from moe_edu.course.diagram import draw_mixtral_block  # noqa: E402
-from moe_edu.course.palette import EXPERT_PALETTE, expert_colors
-from moe_edu.course.plots import (
+from moe_edu.course.diagram import draw_mixtral_block, draw_swiglu_expert  # noqa: E402
+from moe_edu.course.palette import EXPERT_PALETTE, expert_colors  # noqa: E402
+from moe_edu.course.plots import (  # noqa: E402
     MIN_FONT,
     expert_load_bars,
     parameter_breakdown,
@@ -35,6 +35,7 @@ from moe_edu.course.plots_training import (  # noqa: E402
     loss_curves,
     repetition_bars,
 )
+from moe_edu.course.token_flow import draw_block_topology, draw_capacity_overflow, draw_token_flow  # noqa: E402
 
 DOMAINS = ["python", "english", "math", "french", "german", "spanish", "italian", "zh-TW"]  # the corpus's 8
 PAPER = [
@@ -96,6 +97,12 @@ def _load_grid():
     return fig
 
 
+def _flow_routing(T, seed, skew=0.0):
+    logits = torch.randn(T, 8, generator=_gen(seed))  # (T, E)
+    logits[:, 2] += skew  # (T,) a popular expert: the capacity figure overflows
+    return torch.softmax(logits, -1).topk(2, dim=-1)  # weights, chosen (T, 2)
+
+
 FIGURES = {
     "router_heatmap": lambda: router_heatmap(
         torch.softmax(torch.randn(6, 8, generator=_gen()), -1), tokens=list("abcdef"), chosen=torch.tensor([[0, 1]] * 6)
@@ -112,6 +119,13 @@ FIGURES = {
     "domain_load_bars": lambda: domain_load_bars(_loads(), 0),
     "domain_load_panels": lambda: domain_load_panels(_loads(), {"first": 0, "middle": 2, "last": 3}),
     "repetition_bars": _repetition_grid,
+    "swiglu": lambda: draw_swiglu_expert(PRESETS["mixtral-8x7b"]),
+    "swiglu_tiny": lambda: draw_swiglu_expert(PRESETS["tiny"]),
+    "token_flow": lambda: draw_token_flow(*reversed(_flow_routing(8, 0)), 8),
+    "token_flow_12": lambda: draw_token_flow(*reversed(_flow_routing(12, 1)), 8),
+    "capacity_overflow": lambda: draw_capacity_overflow(_flow_routing(16, 4, skew=2.5)[1], 8, 4),
+    "block_topology": lambda: draw_block_topology(torch.tensor([70, 35, 118, 0, 36, 101, 35, 69]), 16, 448),
+    "capacity_overflow_wide": lambda: draw_capacity_overflow(_flow_routing(16, 5, skew=4.0)[1], 8, 2),
 }
 
 

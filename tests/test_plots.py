@@ -9,9 +9,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from moe_edu import PRESETS, count_parameters  # noqa: E402
-from moe_edu.course.diagram import CHOSEN, draw_mixtral_block  # noqa: E402
-from moe_edu.course.palette import EXPERT_PALETTE
-from moe_edu.course.plots import expert_load_bars, parameter_breakdown, ratio_bars, router_heatmap
+from moe_edu.course.diagram import CHOSEN, draw_mixtral_block, draw_swiglu_expert  # noqa: E402
+from moe_edu.course.palette import EXPERT_PALETTE  # noqa: E402
+from moe_edu.course.plots import (  # noqa: E402
+    expert_load_bars,
+    parameter_breakdown,
+    ratio_bars,
+    router_heatmap,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +46,17 @@ def test_diagram_follows_the_config():
     texts = _texts(draw_mixtral_block(c, chosen=(0, 1, 3)))
     assert sum(t.startswith("expert ") for t in texts) == 4
     assert any("top-3" in t for t in texts)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "mixtral-8x7b"])
+def test_swiglu_diagram_follows_the_config(preset):
+    c = PRESETS[preset]
+    H, I = c.hidden_size, c.intermediate_size
+    texts = _texts(draw_swiglu_expert(c))
+    assert f"W1 (gate)\n{I:,} x {H:,}" in texts and f"W3 (up)\n{I:,} x {H:,}" in texts
+    assert f"W2 (down)\n{H:,} x {I:,}" in texts
+    per_expert = count_parameters(c).experts // (c.num_hidden_layers * c.num_local_experts)
+    assert any(t.startswith(f"3 x H x I = {per_expert:,} parameters") for t in texts)
 
 
 @pytest.mark.parametrize("chosen", [(1,), (1, 1), (0, 8)])

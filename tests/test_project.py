@@ -139,6 +139,7 @@ CORE = {
     "accounting",
     "analysis",
     "attention",
+    "block_sparse",
     "capacity",
     "config",
     "dispatch",

@@ -4,6 +4,8 @@ Left: one decoder layer (RMSNorm -> attention -> residual -> RMSNorm -> sparse M
 residual). Right: the MoE block opened up: the router scores E experts, only the top-k
 run, and their outputs are mixed with the gate weights. Numbers come from the config, so
 the same function draws the tiny preset and Mixtral 8x7B. Notebook 00 shows it.
+`draw_swiglu_expert` opens one expert (W1 gate, W3 up, SiLU, product, W2 down) with the config's
+widths; notebook 05 shows it.
 """
 
 from __future__ import annotations
@@ -179,4 +181,50 @@ def draw_mixtral_block(
         color="#b35c00",
     )
     moe_box.set_gid("moe-block")
+    return fig
+
+
+def draw_swiglu_expert(config: MixtralConfig | None = None, ax=None):
+    """Draw one SwiGLU expert, E(x) = W2(silu(W1 x) * W3 x), with the widths of `config`.
+
+    Two branches read the same x: W1 (gate, through SiLU) and W3 (up); their elementwise product
+    of width I goes through W2 (down) back to width H. The fused `gate_up_proj` that `transformers`
+    v5 and `moe_edu` store is W1 and W3 stacked. Returns the figure.
+    """
+    c = config or MixtralConfig(name="mixtral-8x7b")
+    H, I = c.hidden_size, c.intermediate_size
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(10.4, 3.6))
+        fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.99)
+    fig = ax.figure
+    ax.set_xlim(0, 12.4)
+    ax.set_ylim(0, 5.0)
+    ax.set_axis_off()
+    ax.text(0.55, 2.5, f"x\n(H = {H:,})", ha="center", va="center", fontsize=9)
+    gate = _box(ax, 1.6, 3.25, 2.6, 0.95, f"W1 (gate)\n{I:,} x {H:,}", MOE, fontsize=8)
+    up = _box(ax, 1.6, 0.8, 2.6, 0.95, f"W3 (up)\n{I:,} x {H:,}", MOE, fontsize=8)
+    silu = _box(ax, 5.0, 3.35, 1.6, 0.75, "SiLU\nz * sigmoid(z)", BLOCK, fontsize=8)
+    down = _box(ax, 8.3, 2.0, 2.4, 1.0, f"W2 (down)\n{H:,} x {I:,}", MOE, fontsize=8)
+    for patch, gid in ((gate, "w1"), (up, "w3"), (silu, "silu"), (down, "w2")):
+        patch.set_gid(gid)
+    _arrow(ax, (1.0, 2.7), (1.6, 3.7), rad=-0.2)
+    _arrow(ax, (1.0, 2.3), (1.6, 1.3), rad=0.2)
+    _arrow(ax, (4.2, 3.72), (5.0, 3.72))
+    ax.add_patch(Circle((7.3, 2.5), 0.3, facecolor="white", edgecolor="#333333", linewidth=1.2))
+    ax.text(7.3, 2.5, "\u2299", ha="center", va="center", fontsize=11)  # the elementwise product
+    _arrow(ax, (6.6, 3.72), (7.2, 2.8), rad=-0.2)
+    _arrow(ax, (4.2, 1.28), (7.2, 2.2), rad=0.2)
+    ax.text(7.3, 1.75, f"elementwise\n(I = {I:,})", ha="center", va="top", fontsize=8)
+    _arrow(ax, (7.6, 2.5), (8.3, 2.5))
+    _arrow(ax, (10.7, 2.5), (11.4, 2.5))
+    ax.text(11.85, 2.5, f"E(x)\n(H = {H:,})", ha="center", va="center", fontsize=9)
+    ax.text(2.9, 4.55, f"gate_up_proj = [W1; W3]: one ({2 * I:,} x {H:,}) matmul", ha="center", fontsize=8)
+    ax.text(
+        6.2,
+        0.2,
+        f"3 x H x I = {3 * H * I:,} parameters per expert;  I = {I / H:g} H",
+        ha="center",
+        fontsize=9,
+        color="#b35c00",
+    )
     return fig
