@@ -450,3 +450,19 @@ def test_one_palette_no_near_twins_and_readable_text(model, tok):
     ex.selected = 1
     sizes = [int(s) for s in re.findall(r"font(?:-size)?:\s*(\d+)px", ex.view.html + ex.static_html())]
     assert sizes and min(sizes) >= 11, "no text under 8 pt (11 px)"
+
+
+def test_the_card_draws_the_router_softmax_top_k_and_the_mass_kept(model, tok):
+    trace = trace_routing(model, tok, "def f(x):")
+    html = render_routing_html(trace, layer=1, k=2)
+    card = html.split('<span class="moe-card"')[1].split("</span></span>")[0]  # the first span's card
+    bars = re.findall(r'<i class="moe-bar" data-e="(\d)" style="([^"]+)"', card)
+    assert [int(e) for e, _ in bars[: trace.num_experts]] == list(range(trace.num_experts))  # all E experts
+    probs = trace.probs[1][0].tolist()  # (E,) token 0
+    heights = [int(re.search(r"height:(\d+)px", style).group(1)) for _, style in bars[: trace.num_experts]]
+    assert heights == [max(1, round(20 * round(p, 2))) for p in probs]
+    w, e = trace.topk(1, 2)  # (T, 2)
+    outlined = [int(x) for x, style in bars[: trace.num_experts] if "outline" in style]
+    assert sorted(outlined) == sorted(e[0].tolist())  # the top-k are outlined
+    kept = sum(probs[x] for x in e[0].tolist())
+    assert f"keeps {kept:.2f} →" in card

@@ -151,8 +151,29 @@ def legend_html(
     return f'<div class="moe-legend" style="margin:4px 0">{"".join(items)}{explain}</div>'
 
 
-def card_html(trace: RoutingTrace, g: int, layer: int, weights: list, experts: list) -> str:
-    """The hover card of span `g`: its text, then each token's top-k experts and weights (lists (T, k))."""
+BAR_PX = 20  # height of a probability of 1 in the card's router bars
+
+
+def router_bars(probs: Sequence[float], chosen: Sequence[int], num_experts: int) -> str:
+    """The router of one token in miniature: the softmax over all E experts as E bars in expert colours
+    (heights from probabilities rounded to 2 decimals, so the same on every CPU), the top-k outlined."""
+    bars = []
+    for e, p in enumerate(probs):
+        ring = "outline:1px solid currentColor;" if e in chosen else "opacity:.55;"
+        bars.append(
+            f'<i class="moe-bar" data-e="{e}" style="display:inline-block;width:6px;margin-right:1px;{ring}'
+            f'height:{max(1, round(BAR_PX * round(p, 2)))}px;background:{expert_colour(e, num_experts)}"></i>'
+        )
+    return (
+        f'<span class="moe-bars" style="display:inline-flex;align-items:flex-end;height:{BAR_PX}px;'
+        f'vertical-align:-4px;margin:0 4px">{"".join(bars)}</span>'
+    )
+
+
+def card_html(trace: RoutingTrace, g: int, layer: int, weights: list, experts: list, probs: list) -> str:
+    """The hover card of span `g`: its text, then for each token the router's softmax over all experts
+    (bars, top-k outlined), the probability mass the top-k keep, and the renormalised weights
+    (lists: weights, experts (T, k); probs (T, E)). What notebooks 01-04 build, for one token."""
     span = trace.spans[g]
     n = span.stop - span.start
     lines = [f"<b>{visible(span.text, html=False)}</b> · layer {layer}, top-{len(experts[0])}"]
@@ -160,7 +181,9 @@ def card_html(trace: RoutingTrace, g: int, layer: int, weights: list, experts: l
         part = f" ({i + 1}/{n})" if n > 1 else ""
         pairs = zip(weights[t], experts[t], strict=True)
         chips = "".join(chip(e, w, trace.num_experts, inline=False) for w, e in pairs)
-        lines.append(f"token {t}{part}, id {trace.token_ids[t]}: {chips}")
+        kept = sum(probs[t][e] for e in experts[t])
+        bars = router_bars(probs[t], experts[t], trace.num_experts)
+        lines.append(f"token {t}{part}, id {trace.token_ids[t]}: {bars}keeps {kept:.2f} → {chips}")
     return f'<span class="moe-card" dir="ltr" style="display:none">{"<br>".join(lines)}</span>'
 
 
@@ -226,6 +249,7 @@ def render_routing_html(
     p = check_prefix(id_prefix)
     weights, experts = trace.topk(layer, k)  # (T, k), (T, k)
     wl, el = weights.tolist(), experts.tolist()
+    pl = trace.probs[layer].tolist()  # (T, E) the router's softmax over all experts, for the cards
     parts = []
     joins = joined_edges([span.text for span in trace.spans])
     for g, span in enumerate(trace.spans):
@@ -240,7 +264,7 @@ def render_routing_html(
             f'data-t="{" ".join(map(str, toks))}" data-expert="{el[span.start][0] if toks else -1}" '
             f'data-experts="{" ".join(map(str, chosen))}" style="{bands(cols, trace.num_experts)};color:#000;'
             f'padding:2px 0 3px;border-right:{edge}"><bdi>{before}{visible(span.text)}{after}</bdi>'
-            f"{card_html(trace, g, layer, wl, el)}</span>{newline}"
+            f"{card_html(trace, g, layer, wl, el, pl)}</span>{newline}"
         )
     for start, stop in reversed(rtl_runs([span.text for span in trace.spans])):
         parts[start:stop] = [f'<bdi dir="rtl" class="moe-rtl">{"".join(parts[start:stop])}</bdi>']
