@@ -127,8 +127,15 @@ HTML(render_routing_html(typed, layer=0, id_prefix="nb06-typed"))
 # pages of Taiwan-usage Chinese too: try the zh-TW preset at the last layer, where one expert takes almost all of it
 # (notebook 08 measures that). The tabs show:
 #
-# - **tokens** — the text in expert colours (k bands per token; hover for the card) and the legend;
-# - **flow** — tokens on the left, experts on the right, one line per chosen pair, as thick as its weight;
+# - **tokens** — the text in expert colours (k bands per token) and the legend. Hover a token (or tap it, or move to it
+#   with the arrow keys) for its card: the router in miniature — the softmax over all 8 experts as bars in their
+#   colours, the top-k outlined, the probability mass they keep, then the renormalised weights (notebooks 01–04 for
+#   one token). Move k and watch the outlines and the weights change;
+# - **by layer** — the paper's Fig. 8 for your text: the text once per layer, each token's background its first-choice
+#   expert, a dashed outline on each token that keeps the previous token's first expert, and the share of such
+#   neighbours against the 1/E of random routing (Table 5's statistic, made visible);
+# - **flow** — the tokens wrap on top, the experts sit below; hover a token (or select it) for its lines to its k
+#   experts, as thick as their weights. It stays the same height however long the text;
 # - **heatmap** — router probabilities, tokens × experts, at the chosen layer; the top-k cells are outlined;
 # - **expert load** — each expert's share of the T × k routed slots, against the even share 1/E (dashed);
 # - **all layers** — layers × tokens, each cell the token's top-k bands at that layer and its first choice's number;
@@ -136,7 +143,9 @@ HTML(render_routing_html(typed, layer=0, id_prefix="nb06-typed"))
 #   k beside them. Watch the weights: at k = 1 every weight is 1; at k = E they are the full softmax.
 #
 # **Click a token** (in any view) to select it: it is outlined everywhere, and its path through all layers appears
-# under the text. **Click an expert in the legend** to dim all the others. Empty text shows a hint; text longer than
+# under the text. **Click an expert in the legend** to dim all the others and see its profile: the tokens it receives
+most often at this layer, in your text and in the presets (a chip "showing expert e only ×" clears it). Everything is
+reachable by keyboard too: Tab to a token, arrows move the selection, Enter selects, Escape closes the card. Empty text shows a hint; text longer than
 # the model's context (256 tokens here) is cut with a notice. For the explorer alone on a page, run `make explorer`
 # (Voilà).
 

@@ -65,6 +65,7 @@ ARTIFACT_NOTES = {
     "explorer_card_last_line.png": "the whole hover card of 👍🏽, a many-token character on the widget's last line",
     "explorer_keyboard.png": "after selecting by keyboard only (arrows, Enter)",
     "explorer_dark.png": "the explorer in JupyterLab's dark theme (captions and labels readable)",
+    "explorer_by_layer.png": "the by-layer tab (Fig. 8 small multiples) with the k bands and no repeat outlines",
     "explorer_flow_256.png": "the flow tab at 256 tokens: a late token selected, its lines to its experts, all on screen",
     "voila_app.png": "make explorer's Voila page after typing code: the explorer alone",
 }
@@ -372,7 +373,7 @@ def test_explorer_in_jupyterlab(tmp_path):
             tokens = wait_tokens(page, root, NEW_LAYER, lambda t: [x for _, x, *_ in t] == after[1], "typed text")
             phase(f"typed text shown (update {update_ms:.0f} ms after the debounce)")
             assert [e for e, *_ in tokens] == after[0], "the page's first-choice experts differ from the model's"
-            shown = page.locator(f"{root} .moe-explorer-view .moe-text").last.inner_text()
+            shown = page.locator(f'{root} .moe-explorer-view .moe-panel[data-tab="tokens"] .moe-text').last.inner_text()
             assert "專家混合模型" in shown and "🙂" in shown and "café" in shown and "\ufffd" not in shown
             view = page.locator(f"{root} .moe-explorer-view").last
             shoot(page, view, "explorer_typed.png")
@@ -444,7 +445,9 @@ def test_explorer_in_jupyterlab(tmp_path):
             type_and_time(page, root, LAST_LINE_TEXT)
             wait_tokens(page, root, NEW_LAYER, lambda t: t[-1][1] == "👍🏽", "the thumbs-up text")
             for target in ("專", "👍🏽"):
-                tok = view.locator(".moe-text .moe-tok", has=page.locator("bdi", has_text=target)).last
+                tok = view.locator(
+                    '.moe-panel[data-tab="tokens"] .moe-text .moe-tok', has=page.locator("bdi", has_text=target)
+                ).last
                 tok.scroll_into_view_if_needed()
                 tok.hover()
                 card.wait_for(state="visible", timeout=2000)
@@ -487,8 +490,9 @@ def test_explorer_in_jupyterlab(tmp_path):
 
             # 11. a 256-token text in the flow tab: the selected token and its experts are on screen together
             view.locator(".moe-tab", has_text="tokens").click()
-            type_and_time(page, root, LONG_TEXT)
+            long_ms = type_and_time(page, root, LONG_TEXT)
             wait_tokens(page, root, NEW_LAYER, lambda t: len(t) > 200, "the long text")
+            phase(f"256 tokens typed: repaint {long_ms:.0f} ms after the debounce")
             late = view.locator(".moe-text .moe-tok").nth(200)
             late.scroll_into_view_if_needed()
             late.click()
@@ -506,6 +510,19 @@ def test_explorer_in_jupyterlab(tmp_path):
             assert seen["token"] and seen["bins"] and seen["lines"] == k, seen
             shoot(page, view, "explorer_flow_256.png")
             phase("256-token flow checked")
+
+            # 12. by layer (Fig. 8): one row per layer; the toggles switch first-choice colours and repeat outlines
+            view.locator(".moe-tab", has_text="by layer").click()
+            stack = view.locator('.moe-panel[data-tab="by layer"] .moe-layers')
+            assert stack.locator(".moe-layer-row").count() == 4
+            rep = stack.locator(".moe-rep").first
+            assert rep.evaluate("n => getComputedStyle(n).outlineStyle") == "dashed"
+            assert rep.evaluate("n => getComputedStyle(n).backgroundImage") == "none"  # first choice only
+            stack.locator("label", has_text="outline repeats").click()
+            stack.locator("label", has_text="first choice only").click()
+            assert rep.evaluate("n => getComputedStyle(n).outlineStyle") != "dashed"
+            assert "gradient" in rep.evaluate("n => getComputedStyle(n).backgroundImage")  # the k bands again
+            shoot(page, view, "explorer_by_layer.png")
             print(
                 f"[browser test] typing -> repaint: {update_ms:.0f} ms after the 250 ms debounce; "
                 f"k slider -> repaint: {k_ms:.0f} ms (including polling)"

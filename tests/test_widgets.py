@@ -456,13 +456,57 @@ def test_the_card_draws_the_router_softmax_top_k_and_the_mass_kept(model, tok):
     trace = trace_routing(model, tok, "def f(x):")
     html = render_routing_html(trace, layer=1, k=2)
     card = html.split('<span class="moe-card"')[1].split("</span></span>")[0]  # the first span's card
-    bars = re.findall(r'<i class="moe-bar" data-e="(\d)" style="([^"]+)"', card)
-    assert [int(e) for e, _ in bars[: trace.num_experts]] == list(range(trace.num_experts))  # all E experts
+    bars = re.findall(r'<i class="moe-bar( moe-k)?" style="([^"]+)"', card)[: trace.num_experts]  # expert order
+    assert len(bars) == trace.num_experts
+    colours = [re.search(r"background:(#[0-9a-f]+)", style).group(1) for _, style in bars]
+    assert colours == [EXPERT_PALETTE[e] for e in range(trace.num_experts)]  # one bar per expert, in its colour
     probs = trace.probs[1][0].tolist()  # (E,) token 0
-    heights = [int(re.search(r"height:(\d+)px", style).group(1)) for _, style in bars[: trace.num_experts]]
+    heights = [int(re.search(r"height:(\d+)px", style).group(1)) for _, style in bars]
     assert heights == [max(1, round(20 * round(p, 2))) for p in probs]
     w, e = trace.topk(1, 2)  # (T, 2)
-    outlined = [int(x) for x, style in bars[: trace.num_experts] if "outline" in style]
+    outlined = [x for x, (k, _) in enumerate(bars) if k]
     assert sorted(outlined) == sorted(e[0].tolist())  # the top-k are outlined
     kept = sum(probs[x] for x in e[0].tolist())
     assert f"keeps {kept:.2f} →" in card
+
+
+def test_by_layer_view_is_fig_8_with_repeats_made_visible(model, tok):
+    from moe_edu.course.widgets.layers import layers_html, repeat_share
+
+    text = "def add(a, b):\n    return a + b"
+    trace = trace_routing(model, tok, text)
+    html = layers_html(trace, 2, id_prefix="t")
+    heads = re.findall(r'class="moe-layer-head" data-layer="(\d)" data-repeat="([0-9.]+)"', html)
+    assert [int(layer) for layer, _ in heads] == list(range(trace.num_layers))  # one row per layer
+    for layer, share in heads:
+        first = trace.first_choice(int(layer)).tolist()  # (T,)
+        pairs = list(zip(first, first[1:], strict=False))
+        assert float(share) == pytest.approx(sum(a == b for a, b in pairs) / len(pairs), abs=1e-4)
+        assert repeat_share(trace, int(layer)) == pytest.approx(float(share), abs=1e-4)
+    rows = html.split('class="moe-layer-row"')[1:]
+    for layer, row in enumerate(rows):  # a span is outlined exactly when its first token repeats the previous one's
+        first = trace.first_choice(layer).tolist()
+        marks = re.findall(r'class="moe-tok( moe-rep)?[^"]*" data-g="(\d+)"', row)
+        for rep, g in marks:
+            start = trace.spans[int(g)].start
+            assert bool(rep) == (start > 0 and first[start] == first[start - 1])
+    assert shown_text(rows[0]) == shown_text(render_routing_html(trace, 0))  # the text as typed in every row
+    assert 'class="moe-fc" id="t-stack-fc" checked' in html and 'class="moe-rp" id="t-stack-rp"' in html
+    assert "<script" not in html
+
+
+def test_clicking_an_expert_shows_its_profile(model, tok):
+    from moe_edu.course.widgets.profile import top_tokens
+
+    ex = RoutingExplorer(model, tok, text="def f(self):\n    return self.x", layer=3)
+    assert "moe-profile" not in ex.views["tokens"]
+    ex.dimmed = 1
+    html = ex.views["tokens"]
+    assert 'class="moe-profile" data-expert="1"' in html and "in this text:" in html and "in the presets:" in html
+    pairs, routed, total = top_tokens([ex.trace], 3, 1, ex.k)
+    chosen = ex.trace.topk(3, ex.k)[1].tolist()  # (T, k)
+    assert routed == sum(1 in row for row in chosen) and total == ex.trace.num_tokens
+    assert sum(n for _, n in pairs) <= routed and pairs == sorted(pairs, key=lambda p: -p[1])
+    assert f"{routed} of {total} tokens" in html
+    ex.dimmed = None
+    assert "moe-profile" not in ex.views["tokens"]

@@ -17,6 +17,8 @@ import ipywidgets as widgets
 from IPython.display import display
 
 from moe_edu.course.widgets.flow import flow_html
+from moe_edu.course.widgets.layers import layers_html
+from moe_edu.course.widgets.profile import profile_html
 from moe_edu.course.widgets.render import CLICK_FLOW, CLICK_LEGEND, check_prefix, notice_html, render_routing_html
 from moe_edu.course.widgets.trace import RoutingTrace, Tokenizer, trace_routing
 from moe_edu.course.widgets.view import RoutingView
@@ -36,7 +38,7 @@ SCRIPT_TEXTS: dict[str, str] = {
     "中文 · emoji · שלום": "混合專家模型讓每個 token 只啟用 2 個專家 🙂。Café, naïve — שלום עולם.",
 }
 
-TABS = ("tokens", "flow", "heatmap", "expert load", "all layers", "top-k")
+TABS = ("tokens", "by layer", "flow", "heatmap", "expert load", "all layers", "top-k")
 RUN_NOTE = "Static picture of the explorer: run this cell to type your own text and click through the views."
 
 
@@ -77,6 +79,7 @@ class RoutingExplorer:
         self.model, self.tokenizer, self.max_tokens = model, tokenizer, max_tokens
         self.id_prefix = check_prefix(id_prefix)
         self.presets = dict(PRESET_TEXTS | SCRIPT_TEXTS if presets is None else presets)
+        self._preset_traces: list[RoutingTrace] | None = None
         if text is None:
             text = next(iter(self.presets.values()), "")
         self.trace: RoutingTrace | None = None
@@ -211,17 +214,30 @@ class RoutingExplorer:
         trace, layer, k, p = self.trace, self.layer, self.k, self.id_prefix
         sel, dim = self.selected, self.dimmed
         path = "" if sel is None else path_html(trace, sel, k, id_prefix=f"{p}-path")
+        profile = "" if dim is None else profile_html(trace, self.preset_traces(), layer, dim, k)
         return {
             "tokens": render_routing_html(
                 trace, layer, k, id_prefix=f"{p}-tokens", notice=False, selected=sel, dimmed=dim
             )
+            + profile
             + path,
+            "by layer": layers_html(trace, k, id_prefix=f"{p}-layers", selected=sel, dimmed=dim),
             "flow": flow_html(trace, layer, k, id_prefix=f"{p}-flow", selected=sel, dimmed=dim),
             "heatmap": heatmap_html(trace, layer, k, id_prefix=f"{p}-heatmap", selected=sel, dimmed=dim),
             "expert load": load_html(trace, layer, k, id_prefix=f"{p}-load", dimmed=dim),
             "all layers": overview_html(trace, k, id_prefix=f"{p}-overview", selected=sel, dimmed=dim) + path,
             "top-k": topk_html(trace, layer, k, id_prefix=f"{p}-topk", selected=sel),
         }
+
+    def preset_traces(self) -> list[RoutingTrace]:
+        """The routing of every preset text (traced once, on the first expert profile asked for)."""
+        if self._preset_traces is None:
+            self._preset_traces = [
+                trace_routing(self.model, self.tokenizer, text, self.max_tokens)
+                for text in self.presets.values()
+                if text.strip()
+            ]
+        return self._preset_traces
 
     def _render(self, start: float) -> None:
         try:

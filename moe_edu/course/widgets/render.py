@@ -61,6 +61,7 @@ def style_block(root_id: str, num_experts: int) -> str:
         "border:1px solid #888;border-radius:4px;padding:4px 6px;font:12px/1.7 sans-serif;white-space:nowrap;"
         "box-shadow:0 2px 6px rgba(0,0,0,.25);text-align:left}"
         f"{r} .moe-chip{{color:#000;padding:0 4px;margin-right:3px;border-radius:3px;white-space:nowrap}}"
+        f"{r} {BARS_CSS.replace('} .', f'}} {r} .')}"
         f"{r} .moe-c{{padding:1px 4px;border:1px solid #e4e4e4;text-align:center;white-space:nowrap}}"
         f"{r} .moe-sel:not(path):not(text){{outline:2px solid var(--jp-content-font-color0,#111)!important;outline-offset:1px;"
         "position:relative;z-index:1}"
@@ -152,22 +153,23 @@ def legend_html(
 
 
 BAR_PX = 20  # height of a probability of 1 in the card's router bars
+# the bars' common style (the live explorer's floating card repeats it in view.py, outside this scope)
+BARS_CSS = (
+    f".moe-bars{{display:inline-flex;align-items:flex-end;height:{BAR_PX}px;vertical-align:-4px;margin:0 4px}}"
+    " .moe-bar{display:inline-block;width:6px;margin-right:1px;opacity:.55}"
+    " .moe-bar.moe-k{opacity:1;outline:1px solid currentColor}"
+)
 
 
 def router_bars(probs: Sequence[float], chosen: Sequence[int], num_experts: int) -> str:
     """The router of one token in miniature: the softmax over all E experts as E bars in expert colours
     (heights from probabilities rounded to 2 decimals, so the same on every CPU), the top-k outlined."""
-    bars = []
-    for e, p in enumerate(probs):
-        ring = "outline:1px solid currentColor;" if e in chosen else "opacity:.55;"
-        bars.append(
-            f'<i class="moe-bar" data-e="{e}" style="display:inline-block;width:6px;margin-right:1px;{ring}'
-            f'height:{max(1, round(BAR_PX * round(p, 2)))}px;background:{expert_colour(e, num_experts)}"></i>'
-        )
-    return (
-        f'<span class="moe-bars" style="display:inline-flex;align-items:flex-end;height:{BAR_PX}px;'
-        f'vertical-align:-4px;margin:0 4px">{"".join(bars)}</span>'
-    )
+    bars = [
+        f'<i class="moe-bar{" moe-k" if e in chosen else ""}" style="height:{max(1, round(BAR_PX * round(p, 2)))}px;'
+        f'background:{expert_colour(e, num_experts)}"></i>'
+        for e, p in enumerate(probs)
+    ]
+    return f'<span class="moe-bars">{"".join(bars)}</span>'
 
 
 def card_html(trace: RoutingTrace, g: int, layer: int, weights: list, experts: list, probs: list) -> str:
@@ -242,7 +244,8 @@ def render_routing_html(
     """The text of `trace`, each span coloured by its tokens' top-`k` experts at `layer` (default k:
     the model's). Span g is `<span id="{id_prefix}-L{layer}-g{g}" class="moe-tok" data-g data-t data-expert>`
     (data-expert: the first token's first choice; data-t: the token indices); `selected` / `dimmed`
-    mark a span / an expert as the explorer does."""
+    mark a span / an expert as the explorer does; `repeats` marks (class `moe-rep`) each span whose first
+    token keeps the previous token's first-choice expert (the paper's Table 5, made visible)."""
     if not isinstance(trace, RoutingTrace):
         raise TypeError(f"trace must be a RoutingTrace (see trace_routing), got {type(trace).__name__}")
     layer, k = trace.check_layer(layer), trace.check_k(k)

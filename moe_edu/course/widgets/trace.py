@@ -67,8 +67,11 @@ class RoutingTrace:
 
     @property
     def probs(self) -> torch.Tensor:
-        """Router probabilities, softmax over all experts in fp32: (L, T, E)."""
-        return torch.softmax(self.logits, dim=-1)  # (L, T, E)
+        """Router probabilities, softmax over all experts in fp32: (L, T, E) (computed once per trace)."""
+        cache = self.__dict__.setdefault("_cache", {})
+        if "probs" not in cache:
+            cache["probs"] = torch.softmax(self.logits, dim=-1)  # (L, T, E)
+        return cache["probs"]
 
     def check_layer(self, layer: int) -> int:
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.num_layers:
@@ -82,8 +85,13 @@ class RoutingTrace:
         return k
 
     def topk(self, layer: int, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Renormalised top-k `(weights, experts)`, both (T, k), exactly as the MoE block routes."""
-        return softmax_topk(self.logits[self.check_layer(layer)], self.check_k(k))  # (T, k), (T, k)
+        """Renormalised top-k `(weights, experts)`, both (T, k), exactly as the MoE block routes (computed once
+        per layer and k: the explorer's views ask for the same routing many times per update)."""
+        key = ("topk", self.check_layer(layer), self.check_k(k))
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            cache[key] = softmax_topk(self.logits[key[1]], key[2])  # (T, k), (T, k)
+        return cache[key]
 
     def first_choice(self, layer: int) -> torch.Tensor:
         """The first-choice expert of every token at `layer`: (T,)."""

@@ -321,6 +321,9 @@ CSS = """
   border: 1px solid var(--jp-border-color1, #888); border-radius: 4px; padding: 4px 6px;
   font: 12px/1.7 sans-serif; box-shadow: 0 2px 6px rgba(0, 0, 0, .25); text-align: left; pointer-events: none; }
 .moe-float-card .moe-chip { color: #000; padding: 0 4px; margin-right: 3px; border-radius: 3px; white-space: nowrap; }
+.moe-float-card .moe-bars { display: inline-flex; align-items: flex-end; height: 20px; vertical-align: -4px; margin: 0 4px; }
+.moe-float-card .moe-bar { display: inline-block; width: 6px; margin-right: 1px; opacity: .55; }
+.moe-float-card .moe-bar.moe-k { opacity: 1; outline: 1px solid currentColor; }
 /* where the live widget runs, hide the static picture output just before it (RoutingExplorer.display_bundles) */
 .jp-OutputArea-child:has(+ .jp-OutputArea-child .moe-explorer-view) .moe-explorer-static,
 .output_area:has(+ .output_area .moe-explorer-view) .moe-explorer-static { display: none; }
