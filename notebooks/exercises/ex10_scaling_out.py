@@ -47,6 +47,8 @@ def tokens_per_rank(chosen: torch.Tensor, num_experts: int, world_size: int) -> 
 
 
 # %%
+from moe_edu.course.exercises import scaling as ex  # fetched afresh: grading calls the original checker
+
 ex.check_tokens_per_rank(tokens_per_rank)
 
 # %% [markdown]
@@ -72,6 +74,8 @@ def traffic(chosen: torch.Tensor, num_experts: int, world_size: int) -> torch.Te
 
 
 # %%
+from moe_edu.course.exercises import scaling as ex  # fetched afresh: grading calls the original checker
+
 ex.check_traffic(traffic)
 
 # %% [markdown]
@@ -92,6 +96,8 @@ def parallel_efficiency(load: torch.Tensor) -> float:
 
 
 # %%
+from moe_edu.course.exercises import scaling as ex  # fetched afresh: grading calls the original checker
+
 ex.check_parallel_efficiency(parallel_efficiency)
 
 # %% [markdown]

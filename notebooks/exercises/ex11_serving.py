@@ -36,6 +36,8 @@ def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, bytes_
 
 
 # %%
+from moe_edu.course.exercises import serving as ex  # fetched afresh: grading calls the original checker
+
 ex.check_kv_bytes_per_token(kv_bytes_per_token)
 
 # %% [markdown]
@@ -74,6 +76,8 @@ def lru_hit_rate(trace: list[int], capacity: int) -> float:
 
 
 # %%
+from moe_edu.course.exercises import serving as ex  # fetched afresh: grading calls the original checker
+
 ex.check_lru_hit_rate(lru_hit_rate)
 
 # %% [markdown]
@@ -105,6 +109,8 @@ def int8_round_trip(w: torch.Tensor) -> torch.Tensor:
 
 
 # %%
+from moe_edu.course.exercises import serving as ex  # fetched afresh: grading calls the original checker
+
 ex.check_int8_round_trip(int8_round_trip)
 
 # %% [markdown]

@@ -38,6 +38,8 @@ def upcycle_weights(gate_up: torch.Tensor, down: torch.Tensor, num_experts: int)
 
 
 # %%
+from moe_edu.course.exercises import adapting as ex  # fetched afresh: grading calls the original checker
+
 ex.check_upcycle_weights(upcycle_weights)
 
 # %% [markdown]
@@ -83,6 +85,8 @@ def pruned_routing(logits: torch.Tensor, dropped: int, top_k: int) -> tuple[torc
 
 
 # %%
+from moe_edu.course.exercises import adapting as ex  # fetched afresh: grading calls the original checker
+
 ex.check_pruned_routing(pruned_routing)
 
 # %% [markdown]
@@ -127,6 +131,8 @@ def bias_update(bias: torch.Tensor, load_counts: torch.Tensor, speed: float) -> 
 
 
 # %%
+from moe_edu.course.exercises import adapting as ex  # fetched afresh: grading calls the original checker
+
 ex.check_bias_update(bias_update)
 
 # %% [markdown]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from moe_edu.course.exercises.core import Case, Registry, randn
+from moe_edu.course.exercises.core import Case, Registry, randn, seal
 from moe_edu.course.exercises.topk import by_expert
 from moe_edu.pruning import pruned_routing
 from moe_edu.upcycling import upcycle_weights
@@ -84,3 +84,5 @@ def _bias_cases():
 check_upcycle_weights = _upcycle_cases.check
 check_pruned_routing = _pruned_cases.check
 check_bias_update = _bias_cases.check
+
+seal(__name__)  # the checkers above are captured now: a notebook cell cannot rebind them

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from moe_edu.capacity import dispatch_assignments, dispatch_kept
-from moe_edu.course.exercises.core import Case, Registry, randn
+from moe_edu.course.exercises.core import Case, Registry, randn, seal
 from moe_edu.course.exercises.sparse import make_experts
 from moe_edu.experts import Experts
 from moe_edu.variants.expert_choice import expert_choice_route
@@ -136,3 +136,5 @@ check_switch_route = _switch_route_cases.check
 check_switch_moe = _switch_moe_cases.check
 check_expert_choice_route = _expert_choice_route_cases.check
 check_expert_choice_moe = _expert_choice_moe_cases.check
+
+seal(__name__)  # the checkers above are captured now: a notebook cell cannot rebind them

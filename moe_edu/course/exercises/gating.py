@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from moe_edu.course.exercises.core import Case, Registry, randn
+from moe_edu.course.exercises.core import Case, Registry, randn, seal
 
 exercises = Registry("gating")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference
@@ -66,3 +66,5 @@ def _router_probs_cases():
 
 check_router_logits = _router_logits_cases.check
 check_router_probs = _router_probs_cases.check
+
+seal(__name__)  # the checkers above are captured now: a notebook cell cannot rebind them

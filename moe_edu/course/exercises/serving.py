@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from moe_edu.course.exercises.core import Case, Registry, randn
+from moe_edu.course.exercises.core import Case, Registry, randn, seal
 from moe_edu.expert_cache import LRUCache
 from moe_edu.quantize import quantize_int8
 
@@ -105,3 +105,5 @@ def _int8_cases():
 check_kv_bytes_per_token = _kv_cases.check
 check_lru_hit_rate = _lru_cases.check
 check_int8_round_trip = _int8_cases.check
+
+seal(__name__)  # the checkers above are captured now: a notebook cell cannot rebind them
