@@ -48,7 +48,7 @@ ex.check_topk_softmax(topk_softmax)
 #
 # To *test* that both orders agree we need a careful comparison: two routings
 # `(weights, experts)` may list the same experts in a different slot order. Write
-# `same_routing(a, b, atol=1e-6)` returning a Python `bool`: `True` exactly when, for every
+# `same_routing(a, b, atol=1e-6)` returning a bool (Python, numpy, or a one-element bool tensor: the checker reads its value): `True` exactly when, for every
 # token, both pick the same set of experts **and** give each expert the same weight (within `atol`).
 
 

@@ -183,4 +183,4 @@ for name in ("tiny", "mixtral-8x7b", "mixtral-8x22b"):
 # ## Recap
 #
 # A Mixtral block = fp32 router, softmax -> top-2 -> renormalise, SwiGLU experts, weighted sum.
-# 46.7B parameters in total, 12.9B active per token. Next: **exercises 07**, load balancing.
+# 46.7B parameters in total, 12.9B active per token. Next: **exercises 06**, the routing explorer.

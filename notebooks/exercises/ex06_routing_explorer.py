@@ -30,7 +30,9 @@ from moe_edu.course.exercises import routing_explorer as ex
 #
 # `moe_edu.trace_routing(model, tokenizer, text)` runs the model once and keeps every layer's
 # router logits: `trace.logits` is a float32 tensor `(L, T, E)` — layers, tokens, experts.
-# `trace.tokens` holds the tokens as text. All three exercises take such a logits tensor.
+# `trace.tokens` holds the tokens as text. All three exercises take such a logits tensor, and
+# the checkers also pass **bfloat16** logits (what a bf16 model's router would give): stay in torch
+# (numpy has no bf16) and compare in float32.
 
 # %%
 model, tokenizer = moe_edu.load_pretrained()

@@ -201,7 +201,7 @@ print(
 # %% [markdown]
 # ## Recap
 #
-# - Capacity `C = ceil(capacity_factor · k · N / E)` fixes every expert's buffer; overflow is dropped
+# - Capacity `C = ceil(capacity_factor · N / E)` (at most `N`) fixes every expert's buffer; overflow is dropped
 #   and passes through on the residual only. Mixtral keeps no buffer and drops nothing.
 # - Expert choice is top-C down the columns instead of top-k along the rows: exactly `C` tokens per
 #   expert, some tokens with none.

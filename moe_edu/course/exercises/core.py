@@ -48,6 +48,11 @@ TIME_LIMIT = 10.0  # seconds one student call may take before it is stopped
 GRADING: bool = bool(os.environ.get("NBGRADER_EXECUTION"))
 
 
+class CheckFailed(Exception):
+    """Raised by an exercise's `wrap` when the answer is right by value but wrong in how it was made
+    (a view where a copy is asked for, NaN cast to int8): reported as the case's failure line."""
+
+
 class Verdict(int):
     """A checker's result: truthy when every case passed. Behaves like a bool, but shows
     nothing as a cell's last value (the printed line already says it all)."""
@@ -240,6 +245,8 @@ def _outcome(
             got = _call(fn, case, time_limit)
         except NotImplementedError:
             return TODO, "not attempted yet (the stub still raises NotImplementedError)"
+        except CheckFailed as err:
+            return FAIL, f"case {n} ({case.label}): {err}"
         except TimeLimitExceeded:
             return FAIL, (
                 f"case {n} ({case.label}): your function did not finish within {time_limit:g} s, "
@@ -280,12 +287,15 @@ class Exercise:
     normalize: Callable | None = None  # applied to both outputs first (e.g. sort top-k slots)
     outputs: Sequence[str] | None = None  # names of a tuple output's parts, for messages
     time_limit: float = TIME_LIMIT  # seconds per student call
+    wrap: Callable[[Callable], Callable] | None = None  # wraps the student's function: may raise CheckFailed
 
     def outcome(self, fn: Callable) -> tuple[str, str]:
         try:
             cases = list(self.cases())
         except Exception as err:  # pragma: no cover - a broken case generator is our bug
             return FAIL, f"could not build the test cases ({type(err).__name__}: {err})"
+        if self.wrap is not None and callable(fn):
+            fn = self.wrap(fn)
         with torch.random.fork_rng(devices=[]):
             return _outcome(
                 fn, self.reference, cases, self.normalize, self.atol, self.rtol, self.outputs, self.time_limit
@@ -387,11 +397,12 @@ class Registry:
         rtol: float = 1e-4,
         normalize: Callable | None = None,
         outputs: Sequence[str] | None = None,
+        wrap: Callable[[Callable], Callable] | None = None,
     ) -> Callable:
         """Decorator for a function returning the cases; registers an `Exercise` called `name`."""
 
         def register(cases: Callable[[], Iterable[Case]]) -> Exercise:
-            ex = Exercise(name, reference, cases, tuple(hints), atol, rtol, normalize, outputs)
+            ex = Exercise(name, reference, cases, tuple(hints), atol, rtol, normalize, outputs, wrap=wrap)
             self.exercises[name] = ex
             ALL[f"{self.topic}.{name}"] = ex
             return ex

@@ -111,6 +111,7 @@ def _expert_choice_route_cases():
         Case("factor 1: N=12, E=4", (_logits(12, 4, 92), 1.0)),
         Case("a popular expert still gets only C tokens", (_logits(12, 4, 93, popular=4.0), 1.0)),
         Case("factor 1.5 rounds C up: N=10, E=4", (_logits(10, 4, 94), 1.5)),
+        Case("factor 5 > E: C is capped at N=8 (every expert takes every token)", (_logits(8, 4, 95), 5.0)),
     ]
 
 

@@ -61,6 +61,7 @@ def _router_probs_cases():
         Case("T=3, E=8, large logits", (randn(3, 8, seed=12, scale=30.0),)),
         Case("square T=E=8 (a wrong dim still has the right shape)", (randn(8, 8, seed=13),)),
         Case("bf16 logits, T=5, E=8", (randn(5, 8, seed=14, dtype=torch.bfloat16),)),
+        Case("huge logits (about 100): exp overflows float32 above 88.7", (randn(3, 8, seed=15, scale=5.0) + 95.0,)),
     ]
 
 
