@@ -103,8 +103,13 @@ def output_lines(cell) -> tuple[list[str], bool]:
 
 
 def _is_checker(cell) -> bool:
-    meta = cell.metadata.get("nbgrader", {})
-    return cell.cell_type == "code" and (meta.get("grade") and not meta.get("solution") or ".check_" in cell.source)
+    """An autograded test cell by nbgrader's metadata; without metadata, a cell calling `ex.check_<name>(`."""
+    if cell.cell_type != "code":
+        return False
+    meta = cell.metadata.get("nbgrader")
+    if meta:
+        return bool(meta.get("grade")) and not meta.get("solution")
+    return re.search(r"^ex\.check_\w+\(", cell.source, re.M) is not None
 
 
 def scan_notebook(path: Path, student: str = "", assignment: str = "") -> NotebookResult:
