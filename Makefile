@@ -18,7 +18,7 @@ NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.
 # compatible code path): what a student's laptop may run. The notebooks must print the same there.
 OTHER_ISA := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_CBWR=COMPATIBLE
 
-.PHONY: lab test test-fast lint test-lib test-notebooks test-notebooks-other-isa test-browser notebooks check-notebooks install install-test lock bench bench-train explorer train passkey serving-results adapting-results clean help
+.PHONY: lab test test-fast lint test-lib test-notebooks test-notebooks-other-isa test-browser notebooks check-notebooks install install-test lock bench bench-train explorer train passkey serving-results adapting-results clean help classroom classroom-grade classroom-feedback
 
 help:  ## list every target
 	@awk -F':.*## ' '/^[a-zA-Z_-]+:.*## / { printf "make %-26s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -107,3 +107,15 @@ explorer: $(VENV)/.installed-explorer  ## serve the routing explorer alone on a 
 
 clean:  ## remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+
+# --- classroom: an nbgrader course for the exercises (notebooks/exercises/README.md, "Running a class") ---
+# COURSE is git-ignored in the repository (/classroom/); point it elsewhere with COURSE=/path. nbgrader needs Python >= 3.11.
+COURSE ?= classroom
+classroom: install  ## nbgrader course in $(COURSE): nbgrader_config.py, all 12 exercise assignments generated and released
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m moe_edu.course.classroom setup --course $(COURSE)
+
+classroom-grade: install  ## collect + autograde every submission, then the integrity scan (zeroes tampered checker cells)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m moe_edu.course.classroom grade --course $(COURSE)
+
+classroom-feedback: install  ## after manual grading in formgrader: release feedback, export $(COURSE)/grades.csv
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m moe_edu.course.classroom feedback --course $(COURSE)

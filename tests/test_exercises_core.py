@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from moe_edu.course.exercises import core
 from moe_edu.course.exercises.core import ALL, Case, Registry, compare, randn
 
 reg = Registry("_test_core")
@@ -107,7 +108,8 @@ def test_endless_loop_is_stopped_with_a_clear_line(capsys, monkeypatch):
     start = time.perf_counter()
     ok, line = run(capsys, loops)
     assert not ok and line == (
-        "✗ double: case 1 (small): your function did not finish within 0.5 s and was stopped (an endless loop?)"
+        "✗ double: case 1 (small): your function did not finish within 0.5 s, so the check gave up on it "
+        "(an endless loop? a slow loop over tokens?)"
     )
     assert time.perf_counter() - start < 5
     time.sleep(0.2)
@@ -121,7 +123,7 @@ def test_grad_mode_and_errors_cross_the_worker_thread(capsys):
 
 
 def test_nbgrader_autograde_raises_on_failure(capsys, monkeypatch):
-    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    monkeypatch.setattr(core, "GRADING", True)  # what importing core under NBGRADER_EXECUTION sets
     assert reg.check("double", _double)
     with pytest.raises(AssertionError, match="not attempted"):
         reg.check("double", lambda x: (_ for _ in ()).throw(NotImplementedError()))

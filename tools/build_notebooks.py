@@ -53,6 +53,7 @@ def sources(selection: list[str]) -> list[Path]:
 
 
 CHECKER_CALL = re.compile(r"\.check_\w+\(")
+SETUP_IMPORT = "from moe_edu.course.exercises import"  # the setup cell (the first to import the checkers)
 BEGIN, END = "BEGIN SOLUTION", "END SOLUTION"  # nbgrader's default delimiters (substring match per line)
 CODE_STUB = ["# YOUR CODE HERE", "raise NotImplementedError()"]  # nbgrader's ClearSolutions.code_stub["python"]
 TEXT_STUB = ["YOUR ANSWER HERE"]  # nbgrader's ClearSolutions.text_stub
@@ -67,6 +68,9 @@ def mark_nbgrader(nb: nbformat.NotebookNode, stem: str) -> nbformat.NotebookNode
             meta = {"grade": True, "locked": False, "points": 1, "solution": True}
         elif cell.cell_type == "code" and CHECKER_CALL.search(cell.source):
             meta = {"grade": True, "locked": True, "points": 1, "solution": False}
+        elif cell.cell_type == "code" and SETUP_IMPORT in cell.source:
+            # read-only: it imports the checkers (fixing the grading flag) before any student code runs
+            meta = {"grade": False, "locked": True, "solution": False}
         else:
             continue
         cell.metadata["nbgrader"] = {"grade_id": f"{stem}-cell-{i:02d}", "schema_version": 3, "task": False, **meta}

@@ -46,10 +46,13 @@ def router_logits(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 # %%
+from moe_edu.course.exercises import gating as ex  # fetched afresh: grading calls the original checker
+
 ex.check_router_logits(router_logits)
 
 # %% [markdown]
-# A hint looks like this (hints never give the solution away):
+# A hint looks like this. Hints go from a nudge to a recipe: ask for them one at a time, since the
+# last hint is nearly the solution.
 
 # %%
 ex.hint("router_logits", 1)
@@ -58,7 +61,8 @@ ex.hint("router_logits", 1)
 # ## Exercise 1.2 — router probabilities
 #
 # The logits become a probability distribution **over the experts** for every token with a
-# softmax. Write `router_probs(logits)`: `(T, E)` in, `(T, E)` float32 out, every row summing to 1.
+# softmax. Write `router_probs(logits)`: `(T, E)` in, `(T, E)` float32 out, every row summing to 1,
+# also for large logits (`exp` overflows float32 above about 88.7).
 
 
 # %%
@@ -70,6 +74,8 @@ def router_probs(logits: torch.Tensor) -> torch.Tensor:
 
 
 # %%
+from moe_edu.course.exercises import gating as ex  # fetched afresh: grading calls the original checker
+
 ex.check_router_probs(router_probs)
 
 # %% [markdown]

@@ -38,6 +38,8 @@ def topk_mask(probs: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # %%
+from moe_edu.course.exercises import topk as ex  # fetched afresh: grading calls the original checker
+
 ex.check_topk_mask(topk_mask)
 
 # %% [markdown]
@@ -61,6 +63,8 @@ def topk_renormalised(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
 
 
 # %%
+from moe_edu.course.exercises import topk as ex  # fetched afresh: grading calls the original checker
+
 ex.check_topk_renormalised(topk_renormalised)
 
 # %% [markdown]

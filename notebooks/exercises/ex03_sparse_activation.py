@@ -38,6 +38,8 @@ def tokens_per_expert(chosen: torch.Tensor, num_experts: int) -> torch.Tensor:
 
 
 # %%
+from moe_edu.course.exercises import sparse as ex  # fetched afresh: grading calls the original checker
+
 ex.check_tokens_per_expert(tokens_per_expert)
 
 # %% [markdown]
@@ -68,6 +70,8 @@ def loop_dispatch(x, experts, weights, chosen):
 
 
 # %%
+from moe_edu.course.exercises import sparse as ex  # fetched afresh: grading calls the original checker
+
 ex.check_loop_dispatch(loop_dispatch)
 
 # %% [markdown]
@@ -90,6 +94,8 @@ def sort_by_expert(chosen: torch.Tensor, num_experts: int) -> tuple[torch.Tensor
 
 
 # %%
+from moe_edu.course.exercises import sparse as ex  # fetched afresh: grading calls the original checker
+
 ex.check_sort_by_expert(sort_by_expert)
 
 # %% [markdown]
@@ -117,6 +123,8 @@ def grouped_dispatch(x, experts, weights, chosen):
 
 
 # %%
+from moe_edu.course.exercises import sparse as ex  # fetched afresh: grading calls the original checker
+
 ex.check_grouped_dispatch(grouped_dispatch)
 
 # %% [markdown]

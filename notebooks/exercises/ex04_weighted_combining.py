@@ -39,6 +39,8 @@ def topk_softmax(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
 
 
 # %%
+from moe_edu.course.exercises import combining as ex  # fetched afresh: grading calls the original checker
+
 ex.check_topk_softmax(topk_softmax)
 
 # %% [markdown]
@@ -46,7 +48,7 @@ ex.check_topk_softmax(topk_softmax)
 #
 # To *test* that both orders agree we need a careful comparison: two routings
 # `(weights, experts)` may list the same experts in a different slot order. Write
-# `same_routing(a, b, atol=1e-6)` returning a Python `bool`: `True` exactly when, for every
+# `same_routing(a, b, atol=1e-6)` returning a bool (Python, numpy, or a one-element bool tensor: the checker reads its value): `True` exactly when, for every
 # token, both pick the same set of experts **and** give each expert the same weight (within `atol`).
 
 
@@ -63,6 +65,8 @@ def same_routing(a, b, atol: float = 1e-6) -> bool:
 
 
 # %%
+from moe_edu.course.exercises import combining as ex  # fetched afresh: grading calls the original checker
+
 ex.check_same_routing(same_routing)
 
 # %% [markdown]
@@ -99,6 +103,8 @@ def combine(expert_outputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
 
 
 # %%
+from moe_edu.course.exercises import combining as ex  # fetched afresh: grading calls the original checker
+
 ex.check_combine(combine)
 
 # %% [markdown]

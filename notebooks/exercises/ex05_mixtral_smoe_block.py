@@ -39,6 +39,8 @@ def swiglu_expert(x, w1, w3, w2):
 
 
 # %%
+from moe_edu.course.exercises import smoe_block as ex  # fetched afresh: grading calls the original checker
+
 ex.check_swiglu_expert(swiglu_expert)
 
 # %% [markdown]
@@ -77,6 +79,8 @@ def moe_block(x, gate, w1, w3, w2, k):
 
 
 # %%
+from moe_edu.course.exercises import smoe_block as ex  # fetched afresh: grading calls the original checker
+
 ex.check_moe_block(moe_block)
 
 # %% [markdown]
@@ -145,6 +149,8 @@ def active_parameters(config) -> int:
 
 
 # %%
+from moe_edu.course.exercises import smoe_block as ex  # fetched afresh: grading calls the original checker
+
 ex.check_active_parameters(active_parameters)
 
 # %%
@@ -177,4 +183,4 @@ for name in ("tiny", "mixtral-8x7b", "mixtral-8x22b"):
 # ## Recap
 #
 # A Mixtral block = fp32 router, softmax -> top-2 -> renormalise, SwiGLU experts, weighted sum.
-# 46.7B parameters in total, 12.9B active per token. Next: **exercises 07**, load balancing.
+# 46.7B parameters in total, 12.9B active per token. Next: **exercises 06**, the routing explorer.

@@ -30,7 +30,9 @@ from moe_edu.course.exercises import routing_explorer as ex
 #
 # `moe_edu.trace_routing(model, tokenizer, text)` runs the model once and keeps every layer's
 # router logits: `trace.logits` is a float32 tensor `(L, T, E)` — layers, tokens, experts.
-# `trace.tokens` holds the tokens as text. All three exercises take such a logits tensor.
+# `trace.tokens` holds the tokens as text. All three exercises take such a logits tensor, and
+# the checkers also pass **bfloat16** logits (what a bf16 model's router would give): stay in torch
+# (numpy has no bf16) and compare in float32.
 
 # %%
 model, tokenizer = moe_edu.load_pretrained()
@@ -55,6 +57,8 @@ def first_choices(logits: torch.Tensor) -> torch.Tensor:
 
 
 # %%
+from moe_edu.course.exercises import routing_explorer as ex  # fetched afresh: grading calls the original checker
+
 ex.check_first_choices(first_choices)
 
 # %% [markdown]
@@ -76,6 +80,8 @@ def layer_loads(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # %%
+from moe_edu.course.exercises import routing_explorer as ex  # fetched afresh: grading calls the original checker
+
 ex.check_layer_loads(layer_loads)
 
 # %% [markdown]
@@ -97,6 +103,8 @@ def token_topk(logits: torch.Tensor, layer: int, t: int, k: int) -> tuple[torch.
 
 
 # %%
+from moe_edu.course.exercises import routing_explorer as ex  # fetched afresh: grading calls the original checker
+
 ex.check_token_topk(token_topk)
 
 # %% [markdown]

@@ -49,6 +49,8 @@ def load_balancing_loss(router_logits: torch.Tensor, num_experts: int, top_k: in
 
 
 # %%
+from moe_edu.course.exercises import load_balancing as ex  # fetched afresh: grading calls the original checker
+
 ex.check_load_balancing_loss(load_balancing_loss)
 
 # %% [markdown]
@@ -68,6 +70,8 @@ def router_z_loss(router_logits: torch.Tensor) -> torch.Tensor:
 
 
 # %%
+from moe_edu.course.exercises import load_balancing as ex  # fetched afresh: grading calls the original checker
+
 ex.check_router_z_loss(router_z_loss)
 
 # %% [markdown]

@@ -26,7 +26,7 @@ from moe_edu.course.exercises import repetition as ex
 # ## Exercise 8.1 — consecutive repetition
 #
 # `chosen` is one text's routing at one layer: a `(T, k)` tensor of expert ids, column 0 the
-# first choice. For the $T-1$ pairs of neighbouring tokens $(t-1, t)$, return two floats:
+# first choice. For the $T-1$ pairs of neighbouring tokens $(t-1, t)$, return two numbers (floats, or one-element tensors: the checker compares values):
 #
 # - **first choice**: the share of pairs whose first-choice experts are equal;
 # - **top-k overlap**: the share of pairs whose $k$ chosen experts share at least one expert
@@ -45,6 +45,8 @@ def consecutive_repetition(chosen: torch.Tensor) -> tuple[float, float]:
 
 
 # %%
+from moe_edu.course.exercises import repetition as ex  # fetched afresh: grading calls the original checker
+
 ex.check_consecutive_repetition(consecutive_repetition)
 
 # %% [markdown]
@@ -64,6 +66,8 @@ def random_topk_overlap_rate(num_experts: int, top_k: int) -> float:
 
 
 # %%
+from moe_edu.course.exercises import repetition as ex  # fetched afresh: grading calls the original checker
+
 ex.check_random_topk_overlap_rate(random_topk_overlap_rate)
 
 # %% [markdown]

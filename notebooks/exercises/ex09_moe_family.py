@@ -59,6 +59,8 @@ def switch_route(logits: torch.Tensor, capacity_factor: float):
 
 
 # %%
+from moe_edu.course.exercises import family as ex  # fetched afresh: grading calls the original checker
+
 ex.check_switch_route(switch_route)
 
 # %% [markdown]
@@ -85,6 +87,8 @@ def switch_moe(x, experts, logits, capacity_factor):
 
 
 # %%
+from moe_edu.course.exercises import family as ex  # fetched afresh: grading calls the original checker
+
 ex.check_switch_moe(switch_moe)
 
 # %% [markdown]
@@ -125,6 +129,8 @@ def expert_choice_route(logits: torch.Tensor, capacity_factor: float):
 
 
 # %%
+from moe_edu.course.exercises import family as ex  # fetched afresh: grading calls the original checker
+
 ex.check_expert_choice_route(expert_choice_route)
 
 # %% [markdown]
@@ -150,6 +156,8 @@ def expert_choice_moe(x, experts, logits, capacity_factor):
 
 
 # %%
+from moe_edu.course.exercises import family as ex  # fetched afresh: grading calls the original checker
+
 ex.check_expert_choice_moe(expert_choice_moe)
 
 # %% [markdown]
@@ -193,7 +201,7 @@ print(
 # %% [markdown]
 # ## Recap
 #
-# - Capacity `C = ceil(capacity_factor · k · N / E)` fixes every expert's buffer; overflow is dropped
+# - Capacity `C = ceil(capacity_factor · N / E)` (at most `N`) fixes every expert's buffer; overflow is dropped
 #   and passes through on the residual only. Mixtral keeps no buffer and drops nothing.
 # - Expert choice is top-C down the columns instead of top-k along the rows: exactly `C` tokens per
 #   expert, some tokens with none.

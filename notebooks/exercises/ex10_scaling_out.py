@@ -47,6 +47,8 @@ def tokens_per_rank(chosen: torch.Tensor, num_experts: int, world_size: int) -> 
 
 
 # %%
+from moe_edu.course.exercises import scaling as ex  # fetched afresh: grading calls the original checker
+
 ex.check_tokens_per_rank(tokens_per_rank)
 
 # %% [markdown]
@@ -72,6 +74,8 @@ def traffic(chosen: torch.Tensor, num_experts: int, world_size: int) -> torch.Te
 
 
 # %%
+from moe_edu.course.exercises import scaling as ex  # fetched afresh: grading calls the original checker
+
 ex.check_traffic(traffic)
 
 # %% [markdown]
@@ -79,12 +83,12 @@ ex.check_traffic(traffic)
 #
 # The experts of all ranks run in the same step, and the step ends when the most loaded rank is
 # done. Write `parallel_efficiency(load)` for the work per rank `(W,)`: the share of the step's
-# rank-time spent on useful work, a Python float in `(0, 1]` (1.0 when the loads are equal).
+# rank-time spent on useful work, a number in `(0, 1]` (a float or a one-element tensor) (1.0 when the loads are equal).
 
 
 # %%
 def parallel_efficiency(load: torch.Tensor) -> float:
-    """load (W,) -> total work / (W * max work)."""
+    """load (W,) work per rank -> the share of the step spent on useful work, in (0, 1]."""
     ### BEGIN SOLUTION
     load = load.double()  # (W,)
     return (load.sum() / (len(load) * load.max())).item()
@@ -92,6 +96,8 @@ def parallel_efficiency(load: torch.Tensor) -> float:
 
 
 # %%
+from moe_edu.course.exercises import scaling as ex  # fetched afresh: grading calls the original checker
+
 ex.check_parallel_efficiency(parallel_efficiency)
 
 # %% [markdown]
@@ -154,5 +160,5 @@ for name, routing in (("uniform", uniform), ("skewed", skewed)):
 #
 # Which rank owns an expert is integer division; per-rank load is a histogram of owners; the
 # traffic matrix counts (token rank, expert rank) pairs and its off-diagonal is what the
-# all-to-all moves, twice; efficiency is mean load over max load. Notebook 10 runs the real
+# all-to-all moves, twice; the busiest rank sets the pace, so imbalance costs efficiency. Notebook 10 runs the real
 # all-to-all with `torch.distributed`.

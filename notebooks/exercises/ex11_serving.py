@@ -36,6 +36,8 @@ def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, bytes_
 
 
 # %%
+from moe_edu.course.exercises import serving as ex  # fetched afresh: grading calls the original checker
+
 ex.check_kv_bytes_per_token(kv_bytes_per_token)
 
 # %% [markdown]
@@ -53,7 +55,8 @@ for batch in (1, 8):
 # A GPU holds `capacity` experts of a layer; a token needs some expert; if it is cached that is a
 # hit, otherwise it is loaded (a miss) and the **least recently used** expert is evicted when the
 # cache is full. Write `lru_hit_rate(trace, capacity)`: the share of the accesses in `trace` (a
-# list of expert ids, in order) that hit, starting from an empty cache.
+# list of expert ids, in order) that hit, starting from an empty cache. A cache of capacity 0 holds
+# nothing and never hits (the checker tries it: mind an eviction from an empty cache).
 
 
 # %%
@@ -74,6 +77,8 @@ def lru_hit_rate(trace: list[int], capacity: int) -> float:
 
 
 # %%
+from moe_edu.course.exercises import serving as ex  # fetched afresh: grading calls the original checker
+
 ex.check_lru_hit_rate(lru_hit_rate)
 
 # %% [markdown]
@@ -91,7 +96,9 @@ print(f"capacity 2: in order {lru_fn(local, 2):.2f}, shuffled {lru_fn(shuffled, 
 # Weight-only int8 quantisation with one scale per output channel (row): `scale = max|row| / 127`,
 # `codes = round(w / scale)` clamped to [-127, 127] as `torch.int8`, and back `codes * scale`.
 # Write `int8_round_trip(w)` returning the dequantised float32 weights (same shape as `w`).
-# Careful with a row of zeros.
+# Careful with a row of zeros: its scale is 0 and `0 / 0` is NaN. Guard the scale so that no NaN
+# reaches the int8 cast (the checker watches that cast, since NaN happens to become code 0 on most CPUs
+# and the result alone would look right).
 
 
 # %%
@@ -105,6 +112,8 @@ def int8_round_trip(w: torch.Tensor) -> torch.Tensor:
 
 
 # %%
+from moe_edu.course.exercises import serving as ex  # fetched afresh: grading calls the original checker
+
 ex.check_int8_round_trip(int8_round_trip)
 
 # %% [markdown]
@@ -142,5 +151,6 @@ print(f"bytes: fp32 {w.numel() * 4:,}, int8 codes + fp32 scales {w.numel() + w.s
 # %% [markdown]
 # ## Recap
 #
-# The KV cache grows by `2·L·n_kv·d·bytes` per token; an LRU cache turns routing locality into
+# The KV cache grows linearly with the tokens (a fixed number of bytes each, set by the KV heads, not the
+# query heads); an LRU cache turns routing locality into
 # hits; int8 per-channel quantisation is a round trip with an error of at most half a step.

@@ -1,7 +1,8 @@
 # %% [markdown]
 # # Exercises 12 — Adapting MoEs
 #
-# Companion to **notebook 12 (Adapting MoEs)**. Three small pieces that change a trained model
+# Companion to **notebook 12 (Adapting MoEs)**; exercise 12.3 builds on **notebook 09 §7**
+# (the auxiliary-loss-free bias), which notebook 12 does not repeat. Three small pieces that change a trained model
 # instead of training one from scratch: sparse upcycling (a dense FFN copied into every expert),
 # pruning an expert (and re-routing its tokens), and DeepSeek-V3's bias update for balancing
 # without an auxiliary loss.
@@ -26,7 +27,8 @@ from moe_edu.course.exercises import adapting as ex
 # A dense model here is a Mixtral with one expert (E = k = 1). Its FFN is stored like the
 # experts: `gate_up` `(1, 2I, H)` (w1 and w3 fused) and `down` `(1, H, I)`. Write
 # `upcycle_weights(gate_up, down, num_experts)` returning `(E, 2I, H)` and `(E, H, I)` tensors in
-# which every expert is an exact copy of the dense FFN.
+# which every expert is an exact copy of the dense FFN: new tensors, not views of the dense weights
+# (experts that share memory cannot be trained apart; the checker looks).
 
 
 # %%
@@ -38,6 +40,8 @@ def upcycle_weights(gate_up: torch.Tensor, down: torch.Tensor, num_experts: int)
 
 
 # %%
+from moe_edu.course.exercises import adapting as ex  # fetched afresh: grading calls the original checker
+
 ex.check_upcycle_weights(upcycle_weights)
 
 # %% [markdown]
@@ -83,6 +87,8 @@ def pruned_routing(logits: torch.Tensor, dropped: int, top_k: int) -> tuple[torc
 
 
 # %%
+from moe_edu.course.exercises import adapting as ex  # fetched afresh: grading calls the original checker
+
 ex.check_pruned_routing(pruned_routing)
 
 # %% [markdown]
@@ -108,13 +114,16 @@ print("weights sum to 1:", torch.allclose(w_me.sum(-1), torch.ones(12)))
 # %% [markdown]
 # ## Exercise 12.3 — the auxiliary-loss-free bias update (DeepSeek-V3)
 #
+# The material is in **notebook 09 §7** (DeepSeek-V3's balancing without an auxiliary loss).
 # Each expert has a bias $b_e$ that is added to its score only to choose the top k. After every
-# batch, with the hard counts $c_e$ of that batch and a step $\gamma$ (the bias update speed):
+# batch, with the hard counts $c_e$ of that batch (integers), their mean over the experts
+# $\bar c = \frac{1}{E}\sum_e c_e$ (a real number, not rounded) and a step $\gamma$ (the bias update speed):
 #
 # $$b_e \leftarrow b_e - \gamma \,\operatorname{sign}(c_e - \bar c)$$
 #
-# (overloaded experts become less attractive, underloaded ones more). Write
-# `bias_update(bias, load_counts, speed)` for `(E,)` tensors.
+# (overloaded experts become less attractive, underloaded ones more, an expert exactly at the mean
+# keeps its bias). Write `bias_update(bias, load_counts, speed)` for `(E,)` tensors; return the new
+# bias in the bias's dtype.
 
 
 # %%
@@ -127,6 +136,8 @@ def bias_update(bias: torch.Tensor, load_counts: torch.Tensor, speed: float) -> 
 
 
 # %%
+from moe_edu.course.exercises import adapting as ex  # fetched afresh: grading calls the original checker
+
 ex.check_bias_update(bias_update)
 
 # %% [markdown]
@@ -168,4 +179,4 @@ print("balanced within 25 %:", imbalance < 1.25)
 #
 # Upcycling is a copy plus a fresh router (exact at step 0); pruning is a masked logit plus the usual
 # renormalised top-k; the aux-free bias is a sign controller on the hard load. Notebook 12 measures
-# all three on the tiny model.
+# upcycling and pruning on the tiny model; the aux-free bias is taught and measured in notebook 09 §7.

@@ -6,9 +6,12 @@ ex.check_upcycle_weights(my_fn); ex.hint("upcycle_weights")
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
-from moe_edu.course.exercises.core import Case, Registry, randn
+from moe_edu.course.exercises.core import Case, CheckFailed, Registry, randn, seal
 from moe_edu.course.exercises.topk import by_expert
 from moe_edu.variants.aux_free import bias_update
 
@@ -19,9 +22,39 @@ exercises = Registry("adapting")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference
 
 
+def _shares_memory(out: Any, inputs: tuple) -> str | None:
+    """Why `out` is not a set of independent expert copies: a stride-0 view or storage shared with an input."""
+    names = ("gate_up", "down")
+    parts = out if isinstance(out, (tuple, list)) else ()
+    for name, t in zip(names, parts, strict=False):
+        if not isinstance(t, torch.Tensor) or t.dim() == 0:
+            continue
+        if t.shape[0] > 1 and t.stride(0) == 0:
+            return f"{name} is a view (stride 0 along the experts): all experts share one memory location"
+        for x in inputs:
+            if isinstance(x, torch.Tensor) and t.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+                return f"{name} shares memory with the dense weights (a view, not a copy)"
+    return None
+
+
+def new_tensors(fn: Callable) -> Callable:
+    """The student's upcycle_weights, failing the case when it returns views instead of new tensors:
+    an optimizer step on a stride-0 expert tensor fails, and a view of the dense FFN trains it too."""
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        out = fn(*args, **kwargs)
+        why = _shares_memory(out, args)
+        if why:
+            raise CheckFailed(f"{why}; return new tensors (repeat, or expand(...).clone())")
+        return out
+
+    return watched
+
+
 @exercises.add(
     "upcycle_weights",
     reference=upcycle_weights,
+    wrap=new_tensors,
     outputs=("gate_up", "down"),
     hints=(
         "Each of the E experts gets an exact copy of the one dense FFN: repeat along the first (expert) dimension.",
@@ -79,9 +112,12 @@ def _bias_cases():
             "E=8, a running bias", (randn(8, seed=1221, scale=0.05), torch.tensor([30, 1, 9, 16, 16, 0, 40, 16]), 1e-3)
         ),
         Case("balanced load: nothing moves", (randn(4, seed=1222), torch.tensor([5, 5, 5, 5]), 0.5)),
+        Case("counts [3, 2, 2, 2]: the mean 2.25 is not an integer", (torch.zeros(4), torch.tensor([3, 2, 2, 2]), 0.1)),
     ]
 
 
 check_upcycle_weights = _upcycle_cases.check
 check_pruned_routing = _pruned_cases.check
 check_bias_update = _bias_cases.check
+
+seal(__name__)  # the checkers above are captured now: a notebook cell cannot rebind them

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from moe_edu.course.exercises.core import Case, Registry, randn
+from moe_edu.course.exercises.core import Case, Registry, randn, seal
 from moe_edu.course.exercises.topk import by_expert
 from moe_edu.routing import softmax_topk, topk_softmax
 
@@ -129,3 +129,5 @@ def _cancelling() -> tuple[torch.Tensor, torch.Tensor]:
 check_topk_softmax = _topk_softmax_cases.check
 check_same_routing = _same_routing_cases.check
 check_combine = _combine_cases.check
+
+seal(__name__)  # the checkers above are captured now: a notebook cell cannot rebind them

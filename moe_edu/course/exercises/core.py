@@ -16,6 +16,12 @@ own copy), a student function that loops is stopped after `TIME_LIMIT` seconds, 
 are compared by value whatever their type (int, float, numpy scalar, `Fraction`, one-element
 tensor; booleans are never numbers). Under nbgrader (`NBGRADER_EXECUTION` set) a failing
 check also raises `AssertionError`, so an autograded checker cell scores 0.
+
+Grades that hold: the flag is read once, when this module is imported (the notebook's locked setup
+cell imports it before any student code runs), so unsetting the variable later changes nothing.
+Each checker module ends with `seal(__name__)`: its checkers are captured at import, reading
+`ex.check_<name>` always returns that original (verified by identity against the capture), and
+rebinding or deleting it raises. `integrity.py` scans the graded notebooks afterwards.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import math
 import numbers
 import os
 import sys
+import types
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +44,13 @@ from moe_edu.course.exercises.calling import TimeLimitExceeded, _call, _fresh  #
 PASS, FAIL, TODO = "✓", "✗", "○"
 MAX_SHOWN = 3  # mismatching entries named in a failure line
 TIME_LIMIT = 10.0  # seconds one student call may take before it is stopped
+# Read once, at import: a student's `os.environ.pop("NBGRADER_EXECUTION")` later cannot switch grading off.
+GRADING: bool = bool(os.environ.get("NBGRADER_EXECUTION"))
+
+
+class CheckFailed(Exception):
+    """Raised by an exercise's `wrap` when the answer is right by value but wrong in how it was made
+    (a view where a copy is asked for, NaN cast to int8): reported as the case's failure line."""
 
 
 class Verdict(int):
@@ -231,10 +245,12 @@ def _outcome(
             got = _call(fn, case, time_limit)
         except NotImplementedError:
             return TODO, "not attempted yet (the stub still raises NotImplementedError)"
+        except CheckFailed as err:
+            return FAIL, f"case {n} ({case.label}): {err}"
         except TimeLimitExceeded:
             return FAIL, (
-                f"case {n} ({case.label}): your function did not finish within {time_limit:g} s "
-                "and was stopped (an endless loop?)"
+                f"case {n} ({case.label}): your function did not finish within {time_limit:g} s, "
+                "so the check gave up on it (an endless loop? a slow loop over tokens?)"
             )
         except Exception as err:  # the student's bug, reported rather than raised
             return (
@@ -271,12 +287,15 @@ class Exercise:
     normalize: Callable | None = None  # applied to both outputs first (e.g. sort top-k slots)
     outputs: Sequence[str] | None = None  # names of a tuple output's parts, for messages
     time_limit: float = TIME_LIMIT  # seconds per student call
+    wrap: Callable[[Callable], Callable] | None = None  # wraps the student's function: may raise CheckFailed
 
     def outcome(self, fn: Callable) -> tuple[str, str]:
         try:
             cases = list(self.cases())
         except Exception as err:  # pragma: no cover - a broken case generator is our bug
             return FAIL, f"could not build the test cases ({type(err).__name__}: {err})"
+        if self.wrap is not None and callable(fn):
+            fn = self.wrap(fn)
         with torch.random.fork_rng(devices=[]):
             return _outcome(
                 fn, self.reference, cases, self.normalize, self.atol, self.rtol, self.outputs, self.time_limit
@@ -288,7 +307,7 @@ class Exercise:
         symbol, message = self.outcome(fn)
         line = f"{symbol} {self.name}: {message}"
         emit(symbol, line)
-        if symbol != PASS and os.environ.get("NBGRADER_EXECUTION"):
+        if symbol != PASS and GRADING:
             raise AssertionError(line)
         return Verdict(symbol == PASS)
 
@@ -316,6 +335,49 @@ class Exercise:
 
 
 ALL: dict[str, Exercise] = {}  # "module.name" -> Exercise, every registered exercise
+ORIGINAL: dict[str, dict[str, Any]] = {}  # checker module -> its public names as captured at import (`seal`)
+SEALED_PREFIXES = ("check", "hint", "use", "reference", "exercises")  # names a student's cell may not rebind
+
+
+class SealedModule(types.ModuleType):
+    """A checker module whose checkers cannot be rebound: reading a sealed name returns the object
+    captured at import (so `ex.__dict__` edits change nothing), rebinding or deleting it raises."""
+
+    def __getattribute__(self, name: str) -> Any:
+        captured = ORIGINAL.get(types.ModuleType.__getattribute__(self, "__name__"), {})
+        if name in captured:
+            return captured[name]
+        return types.ModuleType.__getattribute__(self, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ORIGINAL.get(self.__name__, {}):
+            raise AttributeError(
+                f"{self.__name__}.{name} is read-only: the checker cells always call moe_edu's original "
+                "(give your own function another name)"
+            )
+        types.ModuleType.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in ORIGINAL.get(self.__name__, {}):
+            raise AttributeError(
+                f"{self.__name__}.{name} is read-only: the checker cells always call moe_edu's original"
+            )
+        types.ModuleType.__delattr__(self, name)
+
+
+def seal(module_name: str) -> None:
+    """Capture a checker module's checkers (`check_*`, `check`, `hint`, `use`, `reference`, `exercises`)
+    and make the module a `SealedModule`. Called once, as the module's last line."""
+    module = sys.modules[module_name]
+    ORIGINAL[module_name] = {
+        k: v for k, v in vars(module).items() if k.startswith(SEALED_PREFIXES) and not k.startswith("_")
+    }
+    module.__class__ = SealedModule
+
+
+def is_original(module_name: str, name: str, obj: Any) -> bool:
+    """True when `obj` is the very checker `module_name.name` captured at import (identity, not equality)."""
+    return name in ORIGINAL.get(module_name, {}) and ORIGINAL[module_name][name] is obj
 
 
 class Registry:
@@ -335,11 +397,12 @@ class Registry:
         rtol: float = 1e-4,
         normalize: Callable | None = None,
         outputs: Sequence[str] | None = None,
+        wrap: Callable[[Callable], Callable] | None = None,
     ) -> Callable:
         """Decorator for a function returning the cases; registers an `Exercise` called `name`."""
 
         def register(cases: Callable[[], Iterable[Case]]) -> Exercise:
-            ex = Exercise(name, reference, cases, tuple(hints), atol, rtol, normalize, outputs)
+            ex = Exercise(name, reference, cases, tuple(hints), atol, rtol, normalize, outputs, wrap=wrap)
             self.exercises[name] = ex
             ALL[f"{self.topic}.{name}"] = ex
             return ex

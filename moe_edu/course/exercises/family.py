@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from moe_edu.course.exercises.core import Case, Registry, randn
+from moe_edu.course.exercises.core import Case, Registry, randn, seal
 from moe_edu.course.exercises.sparse import make_experts
+from moe_edu.dispatch import dispatch_assignments, dispatch_kept
 from moe_edu.experts import Experts
 from moe_edu.variants.expert_choice import expert_choice_route
 from moe_edu.variants.switch import switch_route
-
-from ...dispatch import dispatch_assignments, dispatch_kept
 
 exercises = Registry("family")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference
@@ -112,6 +111,7 @@ def _expert_choice_route_cases():
         Case("factor 1: N=12, E=4", (_logits(12, 4, 92), 1.0)),
         Case("a popular expert still gets only C tokens", (_logits(12, 4, 93, popular=4.0), 1.0)),
         Case("factor 1.5 rounds C up: N=10, E=4", (_logits(10, 4, 94), 1.5)),
+        Case("factor 5 > E: C is capped at N=8 (every expert takes every token)", (_logits(8, 4, 95), 5.0)),
     ]
 
 
@@ -137,3 +137,5 @@ check_switch_route = _switch_route_cases.check
 check_switch_moe = _switch_moe_cases.check
 check_expert_choice_route = _expert_choice_route_cases.check
 check_expert_choice_moe = _expert_choice_moe_cases.check
+
+seal(__name__)  # the checkers above are captured now: a notebook cell cannot rebind them

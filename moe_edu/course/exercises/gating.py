@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from moe_edu.course.exercises.core import Case, Registry, randn
+from moe_edu.course.exercises.core import Case, Registry, randn, seal
 
 exercises = Registry("gating")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference
@@ -61,8 +61,11 @@ def _router_probs_cases():
         Case("T=3, E=8, large logits", (randn(3, 8, seed=12, scale=30.0),)),
         Case("square T=E=8 (a wrong dim still has the right shape)", (randn(8, 8, seed=13),)),
         Case("bf16 logits, T=5, E=8", (randn(5, 8, seed=14, dtype=torch.bfloat16),)),
+        Case("huge logits (about 100): exp overflows float32 above 88.7", (randn(3, 8, seed=15, scale=5.0) + 95.0,)),
     ]
 
 
 check_router_logits = _router_logits_cases.check
 check_router_probs = _router_probs_cases.check
+
+seal(__name__)  # the checkers above are captured now: a notebook cell cannot rebind them

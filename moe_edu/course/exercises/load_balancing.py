@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from moe_edu.course.exercises.core import Case, Registry, randn
+from moe_edu.course.exercises.core import Case, Registry, randn, seal
 from moe_edu.losses import load_balancing_loss, router_z_loss
 
 exercises = Registry("load_balancing")
@@ -66,3 +66,5 @@ def _z_cases():
 
 check_load_balancing_loss = _lb_cases.check
 check_router_z_loss = _z_cases.check
+
+seal(__name__)  # the checkers above are captured now: a notebook cell cannot rebind them

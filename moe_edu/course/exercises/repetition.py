@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from moe_edu.analysis import random_topk_overlap_rate, repetition_rates
-from moe_edu.course.exercises.core import Case, Registry
+from moe_edu.course.exercises.core import Case, Registry, seal
 
 exercises = Registry("repetition")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference
@@ -67,3 +67,5 @@ def _baseline_cases():
 
 check_consecutive_repetition = _repetition_cases.check
 check_random_topk_overlap_rate = _baseline_cases.check
+
+seal(__name__)  # the checkers above are captured now: a notebook cell cannot rebind them

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from moe_edu.course.exercises.core import Case, Registry, randn
+from moe_edu.course.exercises.core import Case, Registry, randn, seal
 from moe_edu.routing import softmax_topk
 
 exercises = Registry("routing_explorer")
@@ -105,3 +105,5 @@ def _token_topk_cases():
 check_first_choices = _first_choices_cases.check
 check_layer_loads = _layer_loads_cases.check
 check_token_topk = _token_topk_cases.check
+
+seal(__name__)  # the checkers above are captured now: a notebook cell cannot rebind them

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from moe_edu.course.exercises.core import Case, Registry
+from moe_edu.course.exercises.core import Case, Registry, seal
 
 exercises = Registry("scaling")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference
@@ -110,3 +110,5 @@ def _efficiency_cases():
 check_tokens_per_rank = _tokens_per_rank_cases.check
 check_traffic = _traffic_cases.check
 check_parallel_efficiency = _efficiency_cases.check
+
+seal(__name__)  # the checkers above are captured now: a notebook cell cannot rebind them

@@ -6,12 +6,15 @@ ex.check_kv_bytes_per_token(my_fn); ex.hint("lru_hit_rate")
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
+from torch.overrides import TorchFunctionMode
 
-from moe_edu.course.exercises.core import Case, Registry, randn
-
-from ...serving.expert_cache import LRUCache
-from ...serving.quantize import quantize_int8
+from moe_edu.course.exercises.core import Case, CheckFailed, Registry, randn, seal
+from moe_edu.serving.expert_cache import LRUCache
+from moe_edu.serving.quantize import quantize_int8
 
 exercises = Registry("serving")
 check, hint, use, reference = exercises.check, exercises.hint, exercises.use, exercises.reference
@@ -83,9 +86,53 @@ def _with_zero_row() -> torch.Tensor:
     return w
 
 
+CASTS = {"to", "type", "char", "int", "long", "short", "byte"}  # Tensor methods that can cast to an integer dtype
+
+
+class NaNCastWatch(TorchFunctionMode):
+    """Notes a float tensor holding NaN cast to an integer dtype: 0/0 on a row of zeros, then `.to(torch.int8)`.
+    Casting NaN to an integer is undefined behaviour in C; on common CPUs it happens to give 0, which hides the bug."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        src = args[0] if args else None
+        if (
+            getattr(func, "__name__", "") in CASTS
+            and isinstance(out, torch.Tensor)
+            and not out.is_floating_point()
+            and out.dtype != torch.bool
+            and isinstance(src, torch.Tensor)
+            and src.is_floating_point()
+            and bool(torch.isnan(src).any())
+        ):
+            self.seen = True
+        return out
+
+
+def no_nan_cast(fn: Callable) -> Callable:
+    """The student's int8_round_trip, failing the case when it casts NaN to an integer on the way."""
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        with NaNCastWatch() as watch:  # modes are per thread: entered in the thread that runs `fn`
+            out = fn(*args, **kwargs)
+        if watch.seen:
+            raise CheckFailed(
+                "NaN was cast to an integer: the row of zeros has scale 0, so w / scale is 0/0 = NaN before "
+                ".to(torch.int8) (it only happens to become 0 on this CPU): guard the scale"
+            )
+        return out
+
+    return watched
+
+
 @exercises.add(
     "int8_round_trip",
     reference=int8_round_trip,
+    wrap=no_nan_cast,
     atol=1e-6,
     rtol=1e-5,
     hints=(
@@ -106,3 +153,5 @@ def _int8_cases():
 check_kv_bytes_per_token = _kv_cases.check
 check_lru_hit_rate = _lru_cases.check
 check_int8_round_trip = _int8_cases.check
+
+seal(__name__)  # the checkers above are captured now: a notebook cell cannot rebind them

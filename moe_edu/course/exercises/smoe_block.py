@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from moe_edu.accounting import count_parameters
 from moe_edu.config import MixtralConfig
-from moe_edu.course.exercises.core import Case, Registry, randn
+from moe_edu.course.exercises.core import Case, Registry, randn, seal
 from moe_edu.dispatch import loop_dispatch
 from moe_edu.experts import Experts, swiglu
 from moe_edu.presets import PRESETS
@@ -120,3 +120,5 @@ def _active_parameters_cases():
 check_swiglu_expert = _swiglu_cases.check
 check_moe_block = _moe_block_cases.check
 check_active_parameters = _active_parameters_cases.check
+
+seal(__name__)  # the checkers above are captured now: a notebook cell cannot rebind them

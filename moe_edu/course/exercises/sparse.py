@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from moe_edu.course.exercises.core import Case, Registry, randn
+from moe_edu.course.exercises.core import Case, Registry, randn, seal
 from moe_edu.dispatch import loop_dispatch, sort_by_expert
 from moe_edu.experts import Experts
 from moe_edu.routing import softmax_topk
@@ -117,3 +117,5 @@ check_tokens_per_expert = _tokens_per_expert_cases.check
 check_loop_dispatch = exercises.get("loop_dispatch").check
 check_sort_by_expert = _sort_by_expert_cases.check
 check_grouped_dispatch = exercises.get("grouped_dispatch").check
+
+seal(__name__)  # the checkers above are captured now: a notebook cell cannot rebind them

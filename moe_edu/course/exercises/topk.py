@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from moe_edu.course.exercises.core import Case, Registry, randn
+from moe_edu.course.exercises.core import Case, Registry, randn, seal
 from moe_edu.routing import softmax_topk
 
 exercises = Registry("topk")
@@ -72,3 +72,5 @@ def _topk_renormalised_cases():
 
 check_topk_mask = _topk_mask_cases.check
 check_topk_renormalised = _topk_renormalised_cases.check
+
+seal(__name__)  # the checkers above are captured now: a notebook cell cannot rebind them
