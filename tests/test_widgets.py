@@ -510,3 +510,13 @@ def test_clicking_an_expert_shows_its_profile(model, tok):
     assert f"{routed} of {total} tokens" in html
     ex.dimmed = None
     assert "moe-profile" not in ex.views["tokens"]
+
+
+def test_heatmap_offers_an_absolute_scale(model, tok):
+    trace = trace_routing(model, tok, "The cat sat.")
+    html = heatmap_html(trace, 3, id_prefix="h")
+    top = float(trace.probs[3].max())
+    for p, a, rel in re.findall(r'data-p="([0-9.]+)"[^>]*--a:([0-9.]+);background:rgba\([0-9,]+,([0-9.]+)\)', html):
+        assert float(a) == pytest.approx(0.8 * float(p), abs=0.006)  # absolute: 0.8 at probability 1
+        assert float(rel) == pytest.approx(0.8 * float(p) / top, abs=0.006)  # default: relative to the layer's max
+    assert 'class="moe-abs" id="h-L3-abs"' in html and ".moe-abs:checked ~ div td[data-p]" in html

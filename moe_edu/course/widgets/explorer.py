@@ -96,7 +96,10 @@ class RoutingExplorer:
         )
         self.k_box = widgets.IntSlider(value=k, min=1, max=E, description="k")
         self.view = RoutingView(text=text, tabs=list(TABS))
-        self.widget = widgets.VBox([widgets.HBox([self.preset, self.layer_box, self.k_box]), self.view])
+        controls = widgets.HBox(  # wrap on a narrow screen (a phone at 400 px) instead of falling off it
+            [self.preset, self.layer_box, self.k_box], layout=widgets.Layout(flex_flow="row wrap", max_width="100%")
+        )
+        self.widget = widgets.VBox([controls, self.view], layout=widgets.Layout(max_width="100%"))
 
         self.preset.observe(self._on_preset, names="value")
         self.view.observe(self._on_text, names="text")

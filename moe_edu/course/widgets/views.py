@@ -58,8 +58,8 @@ def heatmap_html(
                 if e in chosen[t]
                 else ""
             )
-            cells.append(
-                f'<td data-p="{pr:.4f}" data-experts="{e}" class="moe-c" style="{bold}'
+            cells.append(  # --a: the absolute 0-1 shade, shown when the scale toggle is on (pure CSS)
+                f'<td data-p="{pr:.4f}" data-experts="{e}" class="moe-c" style="{bold}--a:{0.8 * pr:.2f};'
                 f'background:rgba({_SHADE},{0.8 * pr / top:.2f})">{pr:.2f}</td>'
             )
         rows.append(
@@ -70,14 +70,22 @@ def heatmap_html(
         f'<span style="display:inline-block;width:120px;height:11px;vertical-align:middle;border:1px solid #999;'
         f'background:linear-gradient(to right,rgba({_SHADE},0),rgba({_SHADE},.8))"></span>'
     )
+    root = f"{p}-L{layer}"
     note = (
         f'<p style="{NOTE}">Router probabilities at layer {layer}: softmax over all {trace.num_experts} experts, '
-        f"one row per token. Shade: 0 {scale} {top:.2f} (the layer's largest). Outlined: the top-{k} chosen. "
-        "Click a row to select its token.</p>"
+        f'one row per token. Shade: 0 {scale} <span class="moe-rel">{top:.2f} (the layer\'s largest)</span>'
+        f'<span class="moe-abs-label">1 (absolute)</span>. Outlined: the top-{k} chosen. Click a row to select its token.</p>'
+    )
+    toggle = (  # a nearly uniform router must not look decisive: the absolute scale shows it pale
+        f"<style>#{root} .moe-abs-label{{display:none}}#{root} .moe-abs:checked ~ p .moe-abs-label{{display:inline}}"
+        f"#{root} .moe-abs:checked ~ p .moe-rel{{display:none}}"
+        f"#{root} .moe-abs:checked ~ div td[data-p]{{background:rgba({_SHADE},var(--a))!important}}</style>"
+        f'<input type="checkbox" class="moe-abs" id="{root}-abs"><label for="{root}-abs" style="font-size:12px">'
+        " absolute 0–1 scale</label>"
     )
     table = f"<table {_TABLE}><tr><th></th>{head}</tr>{''.join(rows)}</table>"
-    body = f'{note}<div style="max-height:420px;overflow:auto">{table}</div>'
-    return _wrap("moe-heatmap", f"{p}-L{layer}", trace.num_experts, body, f' data-layer="{layer}"')
+    body = f'{toggle}{note}<div style="max-height:420px;overflow:auto">{table}</div>'
+    return _wrap("moe-heatmap", root, trace.num_experts, body, f' data-layer="{layer}"')
 
 
 def load_html(
