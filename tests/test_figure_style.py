@@ -215,3 +215,35 @@ def test_load_heatmap_is_centred_on_the_even_share(E):
     white = mesh.cmap(mesh.norm(1 / E))
     assert min(white[:3]) > 0.9, "the even share is drawn (nearly) white"
     assert fig.axes[1].get_ylabel(), "the colour bar says what it shows"
+
+
+def test_passkey_grid_is_colour_blind_safe_with_readable_cell_text():
+    import matplotlib.colors as mcolors
+
+    from moe_edu.course.plots_passkey import contrast, plot_passkey_grid
+    from moe_edu.serving.passkey import PasskeyGrid
+
+    acc = torch.tensor([[0.0, 0.25, 0.5, 1.0], [1.0, 0.75, 0.1, 0.0]])  # (lengths, depths)
+    grid = PasskeyGrid(lengths=[32, 64], depths=[0.0, 0.25, 0.5, 1.0], accuracy=acc, trials=4)
+    ax = plot_passkey_grid(grid)
+    assert ax.images[0].get_cmap().name == "cividis"
+    for text in ax.texts:
+        value = float(text.get_text()) / 100
+        cell = ax.images[0].get_cmap()(value)
+        assert contrast(cell, mcolors.to_rgb(text.get_color())) >= 4.5, (text.get_text(), text.get_color())
+    plt.close(ax.figure)
+
+
+def test_experts_keep_their_palette_colour_in_larger_layers():
+    assert [expert_colors(16)[e] for e in range(12)] == list(EXPERT_PALETTE)
+    assert len(set(expert_colors(16))) == 16 and len(set(expert_colors(64))) == 64
+
+
+def test_domain_colours_are_dark_where_expert_colours_are_light():
+    import matplotlib.colors as mcolors
+
+    from moe_edu.course.plots_passkey import contrast
+
+    white, black = (1, 1, 1), (0, 0, 0)
+    assert all(contrast(mcolors.to_rgb(c), white) >= 4.5 for c in DOMAIN_COLORS.values())
+    assert all(contrast(mcolors.to_rgb(c), black) >= 7 for c in EXPERT_PALETTE)

@@ -29,10 +29,12 @@ EXPERT_PALETTE = (
 
 
 def expert_colour(expert: int, num_experts: int) -> str:
-    """Expert `expert`'s colour in a layer of `num_experts`: the palette, or beyond 12 experts evenly spaced light hues."""
-    if num_experts <= len(EXPERT_PALETTE):
+    """Expert `expert`'s colour: the palette for experts 0-11 whatever the layer's size (expert 0 is blue in
+    every panel of notebook 09, the 16-expert one too), then evenly spaced light hues for experts 12 and up."""
+    if expert < len(EXPERT_PALETTE):
         return EXPERT_PALETTE[expert]
-    r, g, b = colorsys.hls_to_rgb(expert / num_experts, 0.72, 0.65)
+    extra = num_experts - len(EXPERT_PALETTE)
+    r, g, b = colorsys.hls_to_rgb((expert - len(EXPERT_PALETTE) + 0.5) / extra, 0.72, 0.65)
     return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
 
 

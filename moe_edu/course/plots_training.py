@@ -21,14 +21,16 @@ from moe_edu.course.plots import DIVERGING, FONT, even_share_norm, headroom, leg
 
 # One colour per corpus domain (Okabe-Ito, colour-blind safe; darker than the expert palette, whose
 # light colours mean experts). Other names get tab10 colours in order of appearance.
+# Domains are dark (white text reads on them, contrast >= 4.5:1), experts light (black text, >= 7:1): a domain
+# bar is never mistaken for an expert's colour, although hue families repeat (the explorer teaches that hue = expert).
 DOMAIN_COLORS = {
-    "python": "#0072b2",
-    "english": "#e69f00",
-    "math": "#009e73",
-    "french": "#d55e00",
-    "german": "#cc79a7",
-    "spanish": "#56b4e9",
-    "italian": "#f0e442",
+    "python": "#332288",
+    "english": "#882255",
+    "math": "#117733",
+    "french": "#661100",
+    "german": "#5c5c00",
+    "spanish": "#8a3a80",
+    "italian": "#1d5c6b",
     "zh-TW": "#4d4d4d",
 }
 
