@@ -144,9 +144,9 @@ HTML(render_routing_html(typed, layer=0, id_prefix="nb06-typed"))
 #
 # **Click a token** (in any view) to select it: it is outlined everywhere, and its path through all layers appears
 # under the text. **Click an expert in the legend** to dim all the others and see its profile: the tokens it receives
-most often at this layer, in your text and in the presets (a chip "showing expert e only ×" clears it). Everything is
-reachable by keyboard too: Tab to a token, arrows move the selection, Enter selects, Escape closes the card. Empty text shows a hint; text longer than
-# the model's context (256 tokens here) is cut with a notice. For the explorer alone on a page, run `make explorer`
+# most often at this layer, in your text and in the presets (a chip "showing expert e only ×" clears it). Everything is
+# reachable by keyboard too: Tab to a token, arrows move the selection, Enter selects, Escape closes the card. Empty
+# text shows a hint; text longer than the model's context (256 tokens here) is cut with a notice. For the explorer alone on a page, run `make explorer`
 # (Voilà).
 
 # %%
@@ -164,6 +164,37 @@ explorer.selected = 0
 print(explorer)
 print("selected span:", explorer.trace.spans[explorer.selected])
 print("first choices of the first 10 tokens:", explorer.trace.first_choice(explorer.layer)[:10].tolist())
+
+# %% [markdown]
+# The newer views as pictures, so a saved notebook shows them too (the live explorer above has them as tabs).
+# **By layer** — the paper's Fig. 8 for the code preset: the toggles above the rows work without a kernel (first choice
+# only / outline repeats). The share of neighbours that keep their first expert is printed per layer, against 1/E.
+
+# %%
+from moe_edu.course.widgets.layers import layers_html, repeat_share
+
+code_trace = trace_routing(model, tokenizer, PRESET_TEXTS["code"])
+print(
+    "every layer repeats first choices above 1/E:",
+    all(repeat_share(code_trace, i) > 1 / config.num_local_experts for i in range(config.num_hidden_layers)),
+)
+HTML(layers_html(code_trace, id_prefix="nb06-layers"))
+
+# %% [markdown]
+# **Compare** — the same text through an untrained twin (same config, seed 0) and the trained model, at the last
+# layer. Its picture depends on the random initial weights, which differ in the last bits between CPUs, so this cell's
+# output is not compared by the tests; the live tab recomputes it for any text.
+
+# %% tags=["nbval-ignore-output"]
+from moe_edu.course.widgets.compare import compare_html, compare_traces, untrained_twin
+
+HTML(
+    compare_html(
+        compare_traces(untrained_twin(model), code_trace, tokenizer, None),
+        config.num_hidden_layers - 1,
+        id_prefix="nb06-compare",
+    )
+)
 
 # %% [markdown]
 # ## 5. Guided questions

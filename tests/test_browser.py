@@ -52,6 +52,7 @@ STEP_MS = 90_000
 NEW_TEXT = "專家混合模型 🙂 café — שלום"  # Chinese, emoji, accents, a dash, Hebrew: several bytes per character
 NEW_LAYER = 2
 APP_TEXT = "def add(a, b):\n    return a + b"
+ARABIC = "مرحبا بالعالم"
 LONG_TEXT = "The router sends each token to two experts, and the experts add their answers. " * 20
 LAST_LINE_TEXT = "專家混合模型在台灣很熱門 👍🏽"  # the course's showcase cards: 專 (several byte tokens), 👍🏽 (8)
 ARTIFACT_NOTES = {
@@ -67,6 +68,7 @@ ARTIFACT_NOTES = {
     "explorer_dark.png": "the explorer in JupyterLab's dark theme (captions and labels readable)",
     "explorer_by_layer.png": "the by-layer tab (Fig. 8 small multiples) with the k bands and no repeat outlines",
     "explorer_flow_256.png": "the flow tab at 256 tokens: a late token selected, its lines to its experts, all on screen",
+    "voila_card.png": "the Voila page: the whole hover card of 👍🏽 on the widget's last line",
     "voila_app.png": "make explorer's Voila page after typing code: the explorer alone",
 }
 
@@ -266,6 +268,39 @@ FLOW_ON_SCREEN = """() => {
   if (!tok) return {token: false, bins: false, lines: 0};
   const bins = tok.dataset.route.split(' ').map(p => flow.querySelector('.moe-bin[data-e="' + p.split(':')[0] + '"]'));
   return {token: top(tok), bins: bins.every(top), lines: flow.querySelectorAll('path.moe-line').length};
+}"""
+
+
+# the selected element of a tab lies inside every scroll box around it (its centre within the box)
+SELECTION_SHOWN = """(tab) => {
+  const panel = document.querySelector('.moe-explorer-view .moe-panel[data-tab="' + tab + '"]');
+  const sel = panel && panel.querySelector('.moe-sel');
+  if (!sel) return false;
+  const r = sel.getBoundingClientRect(), x = r.left + r.width / 2, y = r.top + r.height / 2;
+  for (let n = sel.parentElement; n && n !== panel; n = n.parentElement) {
+    const cs = getComputedStyle(n);
+    if (!/(auto|scroll)/.test(cs.overflow + cs.overflowX + cs.overflowY)) continue;
+    const b = n.getBoundingClientRect();
+    if (x < b.left || x > b.right || y < b.top || y > b.bottom) return false;
+  }
+  return true;
+}"""
+
+# [width of the Arabic token spans as drawn, width of the same text drawn plainly in the same font]
+ARABIC_WIDTHS = """() => {
+  const text = document.querySelector('.moe-explorer-view .moe-panel[data-tab="tokens"] .moe-text');
+  const run = text.querySelector('bdi.moe-rtl');  // the right-to-left run that holds the Arabic spans
+  const font = text.style.fontFamily;
+  text.style.fontFamily = 'sans-serif';  // proportional: isolated forms are wider there (monospace hides it)
+  const drawn = run.getBoundingClientRect().width;  // (an inline span's own box is unreliable across bidi runs)
+  const plain = document.createElement('span');  // inside the same text block: the same font, size and direction
+  plain.textContent = Array.from(run.querySelectorAll('.moe-tok bdi')).map(b => b.textContent.replace(/\\u200d/g, '')).join('');
+  plain.dir = 'rtl';
+  text.append(plain);
+  const w = plain.getBoundingClientRect().width;
+  plain.remove();
+  text.style.fontFamily = font;
+  return [drawn, w];
 }"""
 
 
@@ -523,6 +558,27 @@ def test_explorer_in_jupyterlab(tmp_path):
             assert rep.evaluate("n => getComputedStyle(n).outlineStyle") != "dashed"
             assert "gradient" in rep.evaluate("n => getComputedStyle(n).backgroundImage")  # the k bands again
             shoot(page, view, "explorer_by_layer.png")
+
+            # 13. the selected token (one late in a 256-token text) is inside its scroll box in every tab
+            for tab in ("tokens", "by layer", "flow", "heatmap", "all layers"):
+                view.locator(".moe-tab", has_text=tab).click()
+                assert page.evaluate(SELECTION_SHOWN, tab), f"{tab}: the selected token is scrolled out of sight"
+
+            # 14. a legend click shows the expert's profile; Arabic keeps its joined letter forms
+            view.locator(".moe-tab", has_text="tokens").click()
+            view.locator('.moe-panel[data-tab="tokens"] .moe-legend-item[data-expert="0"]').click()
+            profile = view.locator('.moe-panel[data-tab="tokens"] .moe-profile')
+            expect(profile).to_contain_text("in the presets")
+            view.locator(".moe-filter-chip").click()
+            type_and_time(page, root, ARABIC)
+            wait_tokens(
+                page, root, NEW_LAYER, lambda t: "".join(x for _, x, *_ in t).replace("\u200d", "") == ARABIC, "Arabic"
+            )
+            widths = page.evaluate(ARABIC_WIDTHS)
+            assert abs(widths[0] / widths[1] - 1) < 0.08, (
+                f"Arabic drawn {widths[0]:.0f} px wide, joined text {widths[1]:.0f} px"
+            )
+            phase(f"selection in every tab, profile, Arabic ({widths[0]:.0f} vs {widths[1]:.0f} px) checked")
             print(
                 f"[browser test] typing -> repaint: {update_ms:.0f} ms after the 250 ms debounce; "
                 f"k slider -> repaint: {k_ms:.0f} ms (including polling)"
@@ -604,6 +660,15 @@ def test_explorer_app_in_voila(tmp_path):
             after = page.evaluate(BACKGROUNDS)
             assert after != colours, "the colouring changed"
             page.screenshot(path=str(ARTIFACTS / "voila_app.png"))
+            # the hover card of a many-token character on the last line is whole in Voila too
+            type_and_time(page, root, LAST_LINE_TEXT)
+            wait_tokens(page, root, 0, lambda t: t[-1][1] == "👍🏽", "the thumbs-up text")
+            tok = page.locator('.moe-panel[data-tab="tokens"] .moe-text .moe-tok').last
+            tok.scroll_into_view_if_needed()
+            tok.hover()
+            page.locator(".moe-float-card").wait_for(state="visible", timeout=5000)
+            assert page.evaluate(CARD_ON_TOP), "Voila: the hover card of 👍🏽 is clipped or covered"
+            page.screenshot(path=str(ARTIFACTS / "voila_card.png"))
         except BaseException:
             page.screenshot(path=str(ARTIFACTS / "voila_failure.png"))
             print(log.read_text()[-3000:])

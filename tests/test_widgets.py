@@ -520,3 +520,23 @@ def test_heatmap_offers_an_absolute_scale(model, tok):
         assert float(a) == pytest.approx(0.8 * float(p), abs=0.006)  # absolute: 0.8 at probability 1
         assert float(rel) == pytest.approx(0.8 * float(p) / top, abs=0.006)  # default: relative to the layer's max
     assert 'class="moe-abs" id="h-L3-abs"' in html and ".moe-abs:checked ~ div td[data-p]" in html
+
+
+def test_compare_tab_routes_the_text_through_an_untrained_twin(model, tok):
+    from moe_edu.course.widgets.compare import untrained_twin
+
+    before = torch.random.get_rng_state()
+    a, b = untrained_twin(model), untrained_twin(model)
+    assert torch.equal(torch.random.get_rng_state(), before), "making the twin leaves the global RNG alone"
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb), name  # seeded: the same twin every time
+    ex = RoutingExplorer(model, tok, text="def f(x):\n    return x", layer=2)
+    html = ex.views["compare"]
+    heads = re.findall(r'data-model="(\w+)" data-repeat="([0-9.]+)"', html)
+    assert [n for n, _ in heads] == ["untrained", "trained"]
+    traces = ex.compare_traces()
+    assert traces["trained"] is ex.trace and traces["untrained"].text == ex.trace.text
+    for name, share in heads:
+        first = traces[name].first_choice(2).tolist()
+        expected = sum(x == y for x, y in zip(first, first[1:], strict=False)) / (len(first) - 1)
+        assert float(share) == pytest.approx(expected, abs=1e-4)

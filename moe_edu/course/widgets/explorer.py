@@ -16,6 +16,7 @@ from typing import Any
 import ipywidgets as widgets
 from IPython.display import display
 
+from moe_edu.course.widgets.compare import compare_html, compare_traces, untrained_twin
 from moe_edu.course.widgets.flow import flow_html
 from moe_edu.course.widgets.layers import layers_html
 from moe_edu.course.widgets.profile import profile_html
@@ -38,7 +39,7 @@ SCRIPT_TEXTS: dict[str, str] = {
     "中文 · emoji · שלום": "混合專家模型讓每個 token 只啟用 2 個專家 🙂。Café, naïve — שלום עולם.",
 }
 
-TABS = ("tokens", "by layer", "flow", "heatmap", "expert load", "all layers", "top-k")
+TABS = ("tokens", "by layer", "flow", "heatmap", "expert load", "all layers", "top-k", "compare")
 RUN_NOTE = "Static picture of the explorer: run this cell to type your own text and click through the views."
 
 
@@ -80,6 +81,8 @@ class RoutingExplorer:
         self.id_prefix = check_prefix(id_prefix)
         self.presets = dict(PRESET_TEXTS | SCRIPT_TEXTS if presets is None else presets)
         self._preset_traces: list[RoutingTrace] | None = None
+        self._untrained = None  # the compare tab's untrained twin of `model`, made on first use
+        self._compare: dict[str, RoutingTrace] | None = None
         if text is None:
             text = next(iter(self.presets.values()), "")
         self.trace: RoutingTrace | None = None
@@ -230,7 +233,18 @@ class RoutingExplorer:
             "expert load": load_html(trace, layer, k, id_prefix=f"{p}-load", dimmed=dim),
             "all layers": overview_html(trace, k, id_prefix=f"{p}-overview", selected=sel, dimmed=dim) + path,
             "top-k": topk_html(trace, layer, k, id_prefix=f"{p}-topk", selected=sel),
+            "compare": compare_html(
+                self.compare_traces(), layer, k, id_prefix=f"{p}-compare", selected=sel, dimmed=dim
+            ),
         }
+
+    def compare_traces(self) -> dict[str, RoutingTrace]:
+        """The current text through an untrained twin of the model (made once) and through the model."""
+        if self._untrained is None:
+            self._untrained = untrained_twin(self.model)
+        if self._compare is None or self._compare["trained"] is not self.trace:
+            self._compare = compare_traces(self._untrained, self.trace, self.tokenizer, self.max_tokens)
+        return self._compare
 
     def preset_traces(self) -> list[RoutingTrace]:
         """The routing of every preset text (traced once, on the first expert profile asked for)."""
