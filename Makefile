@@ -11,6 +11,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 PORT   ?= 8888
+# lab extensions the explorer page does not use and that fail to load under Voila's bundled JupyterLab,
+# filling the console with errors: jupytext's, nbgrader's and the notebook app's
+VOILA_EXTENSIONS := --VoilaConfiguration.extension_denylist='["jupyterlab-jupytext", "@jupyter/nbgrader", "@jupyter-notebook/lab-extension"]'
 export PYTHONHASHSEED := 0
 
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
@@ -103,7 +106,7 @@ serving-results: install  ## recompute notebook 11's routing traces, cache and q
 	$(PY) -m moe_edu.experiments.serving
 
 explorer: $(VENV)/.installed-explorer  ## serve the routing explorer alone on a page (Voila)
-	$(VENV)/bin/voila notebooks/apps/routing_explorer_app.ipynb --port=$(PORT) --no-browser
+	$(VENV)/bin/voila notebooks/apps/routing_explorer_app.ipynb --port=$(PORT) --no-browser $(VOILA_EXTENSIONS)
 
 clean:  ## remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -47,6 +47,12 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 APP = ROOT / "notebooks" / "apps" / "routing_explorer_app.ipynb"
+# `make explorer`'s allowlist, read from the Makefile so the test runs what the command runs
+VOILA_EXTENSIONS = next(
+    line.split(":=", 1)[1].strip().replace("'", "")
+    for line in (ROOT / "Makefile").read_text().splitlines()
+    if line.startswith("VOILA_EXTENSIONS")
+)
 HARD_LIMIT_S = 300  # each whole test; each browser step has its own, shorter timeout
 STEP_MS = 90_000
 NEW_TEXT = "專家混合模型 🙂 café — שלום"  # Chinese, emoji, accents, a dash, Hebrew: several bytes per character
@@ -69,6 +75,7 @@ ARTIFACT_NOTES = {
     "explorer_by_layer.png": "the by-layer tab (Fig. 8 small multiples) with the k bands and no repeat outlines",
     "explorer_flow_256.png": "the flow tab at 256 tokens: a late token selected, its lines to its experts, all on screen",
     "voila_card.png": "the Voila page: the whole hover card of 👍🏽 on the widget's last line",
+    "voila_phone.png": "the Voila page at 400 px: controls and tabs wrap, none off the screen",
     "voila_app.png": "make explorer's Voila page after typing code: the explorer alone",
 }
 
@@ -302,6 +309,12 @@ ARABIC_WIDTHS = """() => {
   text.style.fontFamily = font;
   return [drawn, w];
 }"""
+
+
+# [left, right] of the explorer's controls (preset, layer, k slider) and tab buttons
+CONTROLS_BOXES = """() => Array.from(document.querySelectorAll(
+    '.widget-dropdown select, .widget-slider .noUi-base, .moe-explorer-view .moe-tab, .moe-explorer-view textarea'))
+  .map(n => n.getBoundingClientRect()).filter(r => r.width > 0).map(r => [r.left, r.right])"""
 
 
 def bands(k: int) -> int:
@@ -605,6 +618,7 @@ def voila(notebook: Path, tmp: Path):
     )
     log = tmp / "voila.log"
     cmd = [sys.executable, "-m", "voila", str(notebook), f"--port={port}", "--no-browser", "--Voila.ip=127.0.0.1"]
+    cmd.append(VOILA_EXTENSIONS)  # as `make explorer`
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -645,6 +659,8 @@ def test_explorer_app_in_voila(tmp_path):
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1100, "height": 800})
         page.set_default_timeout(STEP_MS)
+        console = []  # errors the page logs, but offline font downloads (no network here, by design)
+        page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
         try:
             page.goto(url)
             root = "body"
@@ -669,6 +685,14 @@ def test_explorer_app_in_voila(tmp_path):
             page.locator(".moe-float-card").wait_for(state="visible", timeout=5000)
             assert page.evaluate(CARD_ON_TOP), "Voila: the hover card of 👍🏽 is clipped or covered"
             page.screenshot(path=str(ARTIFACTS / "voila_card.png"))
+            errors = [e for e in console if "Failed to load resource" not in e]
+            assert not errors, f"Voila console errors: {errors[:5]}"
+
+            # a phone (400 px): every control and the tabs stay on the screen
+            page.set_viewport_size({"width": 400, "height": 800})
+            boxes = page.evaluate(CONTROLS_BOXES)
+            assert boxes and all(0 <= left and right <= 400 for left, right in boxes), boxes
+            page.screenshot(path=str(ARTIFACTS / "voila_phone.png"))
         except BaseException:
             page.screenshot(path=str(ARTIFACTS / "voila_failure.png"))
             print(log.read_text()[-3000:])
