@@ -147,7 +147,7 @@ def implementations(case: Case, backward: bool, seed: int = 0) -> dict[str, Call
         return torch.nn.functional.linear(torch.nn.functional.silu(gate) * up, ideal_w[1])  # (T*k, H)
 
     with torch.no_grad():  # the routing ours will take, decided once, outside the timer
-        _, _, chosen = ours.route(x)  # (T, k)
+        chosen = ours.route(x).expert_ids  # (T, k)
     grouped_rows = x[0][torch.argsort(chosen.reshape(-1), stable=True) // k].contiguous()  # (T*k, H) by expert
     counts = torch.bincount(chosen.reshape(-1), minlength=config.num_local_experts)  # (E,)
     sizes = counts.tolist()

@@ -47,7 +47,7 @@ def loop_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, expe
 
 def dense_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
     """Teaching version: all E experts on all T tokens, then a (T, E) weight matrix with k non-zeros per row."""
-    every = experts(x)  # (E, T, H)
+    every = experts.dense(x)  # (E, T, H)
     gates = torch.zeros(x.shape[0], experts.num_experts, dtype=weights.dtype, device=x.device)  # (T, E)
     gates = gates.scatter(1, expert_ids, weights)  # (T, E)
     return torch.einsum("te,eth->th", gates.to(every.dtype), every).to(x.dtype)  # (T, H)

@@ -155,7 +155,8 @@ def test_inference_blocks_without_kernel_match_loop(chunk):
     block = SparseMoeBlock(CONFIG).double()  # fp64: no grouped kernel, so the per-expert blocks run
     x = torch.randn(40, CONFIG.hidden_size, dtype=torch.float64)
     with torch.no_grad():
-        _, weights, chosen = block.gate(x)
+        routing = block.gate(x)
+        weights, chosen = routing.weights, routing.expert_ids
         order, counts = dispatch.sort_by_expert(chosen, CONFIG.num_local_experts)
         xs = x[order // 2]
         got = block.experts._grouped_inference(xs, counts.tolist(), chunk=chunk)
