@@ -104,7 +104,10 @@ def combine(out: torch.Tensor, order: torch.Tensor, weights: torch.Tensor, dtype
 
 
 def choose_path(x: torch.Tensor, experts: Experts) -> str:
-    """The one decision point of `grouped_dispatch`, from (device, dtype, token count, grad).
+    """How `grouped_dispatch` runs, decided in this one place from (device, dtype, token count, grad).
+
+    (The expert-parallel dispatch, `moe_edu.parallel.AllToAllDispatch`, does not come here: its
+    rows arrive from other ranks, and `grouped_matmul` picks kernel or loop for them itself.)
 
     - "decode":     CPU inference on <= DECODE_MAX_TOKENS tokens (no sort at all);
     - "per_expert": other CPU inference: one GEMM pair per expert into one buffer (measured
