@@ -292,7 +292,7 @@ xs = torch.randn(world, tokens, small.hidden_size)  # rank r owns xs[r]
 local = small.num_local_experts // world
 predicted = torch.zeros(world, world, dtype=torch.long)
 for r in range(world):
-    _, _, chosen = block.route(xs[r : r + 1])  # (T, k) experts chosen by rank r's tokens
+    chosen = block.route(xs[r : r + 1]).expert_ids  # (T, k) experts chosen by rank r's tokens
     predicted[r] = torch.bincount(chosen.reshape(-1) // local, minlength=world)  # owner rank of each assignment
 print("predicted rows sent (row = from rank, column = to rank):")
 print(format_tensor(predicted))
@@ -338,7 +338,7 @@ skews = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0]
 efficiency = []
 for skew in skews:
     x_skew = base + skew * w0 / w0.norm()  # (N, H)
-    _, _, chosen = router.route(x_skew[None])  # (N, k)
+    chosen = router.route(x_skew[None]).expert_ids  # (N, k)
     load = torch.bincount(chosen.reshape(-1) // (small.num_local_experts // world4), minlength=world4).float()
     efficiency.append((load.mean() / load.max()).item())
     print(f"skew {skew:.1f}: rows per rank {load.long().tolist()}, efficiency {efficiency[-1]:.2f}")
