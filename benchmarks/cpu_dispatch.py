@@ -153,7 +153,7 @@ def implementations(case: Case, backward: bool, seed: int = 0) -> dict[str, Call
     sizes = counts.tolist()
 
     def floor() -> torch.Tensor:  # the same expert GEMMs ours runs, on pre-grouped rows: no routing at all
-        path = choose_path(x[0], ours.experts)  # what ours decides in this grad mode
+        path = choose_path(x[0], ours.experts, k)  # what ours decides in this grad mode
         path = "per_expert" if path == "decode" else path  # decode's k GEMVs = per-expert GEMMs on k rows
         return ours.experts.grouped(grouped_rows, counts, sizes, path=path)  # (T*k, H)
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock as HFBlock  # a test dependency
 
 from moe_edu import DISPATCHES, PRESETS, SparseMoeBlock
+from moe_edu.dispatch import DECODE_MAX_ASSIGNMENTS, choose_path
 from moe_edu.layouts import v5_to_layout
 
 WORST = {"err": 0.0}
@@ -96,3 +97,17 @@ def test_matches_mistral_inference_ordering(order):
 
 def test_report_worst_parity_error():
     print(f"worst |ours - transformers| over all parity cases: {WORST['err']:.2e}")
+
+
+@pytest.mark.parametrize("tokens", [1, 4, 8])
+def test_decode_path_matches_transformers(tokens):
+    """The default block at inference with T*k <= DECODE_MAX_ASSIGNMENTS takes the no-sort decode path."""
+    config = PRESETS["tiny"]
+    hf = hf_block(config, tokens)
+    ours = SparseMoeBlock(config).eval()
+    ours.load_hf_state_dict(hf.state_dict())
+    x = torch.randn(1, tokens, config.hidden_size)
+    assert tokens * config.num_experts_per_tok <= DECODE_MAX_ASSIGNMENTS
+    with torch.no_grad():
+        assert choose_path(x[0], ours.experts, config.num_experts_per_tok) == "decode"
+        torch.testing.assert_close(ours(x)[0], hf(x.clone()), rtol=0, atol=1e-5)
