@@ -84,8 +84,10 @@ def decode_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, ex
         if len(tokens) == 1:  # the usual case when decoding: y[t] += w[t, j] * expert_e(x[t]) in one call
             y[tokens[0] : tokens[0] + 1].addmm_(act, w2, alpha=w[assigned[0]])  # (1, H)
         else:  # one GEMM for the expert's rows (its weights read once), then a weighted add per row
-            scale = torch.tensor([w[a] for a in assigned], dtype=x.dtype, device=x.device)[:, None]  # (n_e, 1)
-            y.index_add_(0, torch.tensor(tokens, device=x.device), torch.mm(act, w2).mul_(scale))  # (T, H)
+            scale = torch.tensor([w[a] for a in assigned], dtype=weights.dtype, device=x.device)[:, None]  # (n_e, 1)
+            out = torch.mm(act, w2)  # (n_e, H)
+            out = out.mul_(scale) if out.dtype == scale.dtype else (out * scale).to(y.dtype)  # bf16: weigh in fp32
+            y.index_add_(0, torch.tensor(tokens, device=x.device), out)  # (T, H)
     return y
 
 
