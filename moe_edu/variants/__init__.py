@@ -16,6 +16,10 @@ A variant is a value, not a class: `build_variant("switch", config, capacity_fac
 `gating`, `capacity_rule`, `aux_loss_names`). `base.moe_output(block, x)` runs any variant and
 returns a `MoEOutput`. Soft MoE routes nothing, so it is a sibling module (`SoftMoE`) that
 returns a `MoEOutput` itself. `compare.py` turns a batch into notebook 09's table.
+
+A new rule is a new router: subclass `moe_edu.routing.Router` (or `TopKRouter`,
+`capacity.CapacityRouter`), return a `Routing` from `forward`, set `top_k` and the table text,
+name its `aux_losses`; then add a `build_<name>(config, **options)` to `VARIANTS`.
 """
 
 from __future__ import annotations
