@@ -220,7 +220,7 @@ def test_shared_is_always_an_attribute_and_each_part_resets_itself():
     assert torch.equal(noisy.gate.noise.weight, torch.zeros(4, 16))  # the router zeroes its own W_noise
     assert not any(hasattr(p, "zero_init") for p in noisy.parameters())  # no hidden protocol on a Parameter
     for p in (noisy.gate.weight, noisy.experts.gate_up_proj, noisy.shared.down_proj):
-        assert 0.4 < float(p.std()) < 0.6  # normal(0, initializer_range)
+        assert 0.4 < float(p.detach().std()) < 0.6  # normal(0, initializer_range)
     flat = torch.randn(3, 16)
     with torch.no_grad():
         y, r = noisy.eval().mix(flat)
