@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 
 from ..config import MixtralConfig
-from ..experts import Experts
 from ..moe_block import MoEBlock
 from ..routing import Routing, TopKRouter
+from .base import routed_block
 
 SCORES = ("softmax", "sigmoid")
 
@@ -83,4 +83,4 @@ def build_aux_free(config: MixtralConfig, bias_update_speed: float = 1e-3, score
     """DeepSeek-V3's bias-balanced top-k router over `config`'s experts."""
     E, H = config.num_local_experts, config.hidden_size
     router = AuxFreeRouter(H, E, config.num_experts_per_tok, bias_update_speed=bias_update_speed, score=score)
-    return MoEBlock(router, Experts(E, H, config.intermediate_size))
+    return routed_block(config, router)

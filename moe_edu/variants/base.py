@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..config import MixtralConfig
 from ..experts import Experts
 from ..moe_block import MoEBlock
+from ..routing import Router
 
 
 @dataclass
@@ -37,6 +39,22 @@ class MoEOutput:
     def dropped_rate(self) -> float:
         """Share of tokens that got no expert."""
         return self.dropped / max(self.num_tokens, 1)
+
+
+def routed_block(
+    config: MixtralConfig, router: Router, experts: Experts | None = None, *, shared: Experts | None = None
+) -> MoEBlock:
+    """`MoEBlock(router, experts)` with `config`'s init std and jitter, as `SparseMoeBlock` has them;
+    `experts` default to `config`'s E SwiGLU experts."""
+    if experts is None:
+        experts = Experts(config.num_local_experts, config.hidden_size, config.intermediate_size)
+    return MoEBlock(
+        router,
+        experts,
+        shared=shared,
+        jitter_noise=config.router_jitter_noise,
+        initializer_range=config.initializer_range,
+    )
 
 
 def moe_output(block: nn.Module, x: torch.Tensor) -> MoEOutput:

@@ -15,9 +15,9 @@ import torch
 
 from ..capacity import CapacityRouter, expert_capacity
 from ..config import MixtralConfig
-from ..experts import Experts
 from ..moe_block import MoEBlock
 from ..routing import Routing
+from .base import routed_block
 
 
 def expert_choice_route(logits: torch.Tensor, capacity_factor: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +69,4 @@ def build_expert_choice(config: MixtralConfig, capacity_factor: float | None = N
     """Expert-choice routing over `config`'s experts; capacity_factor defaults to k, so a token gets
     Mixtral's k experts on average."""
     c = float(config.num_experts_per_tok) if capacity_factor is None else capacity_factor
-    return MoEBlock(
-        ExpertChoiceRouter(config.hidden_size, config.num_local_experts, c),
-        Experts(config.num_local_experts, config.hidden_size, config.intermediate_size),
-    )
+    return routed_block(config, ExpertChoiceRouter(config.hidden_size, config.num_local_experts, c))

@@ -14,10 +14,10 @@ import torch
 
 from ..capacity import CapacityRouter, keep_within_capacity
 from ..config import MixtralConfig
-from ..experts import Experts
 from ..losses import load_balancing_loss
 from ..moe_block import MoEBlock
 from ..routing import Routing, softmax_topk
+from .base import routed_block
 
 
 class GShardRouter(CapacityRouter):
@@ -53,7 +53,6 @@ class GShardRouter(CapacityRouter):
 
 def build_gshard(config: MixtralConfig, capacity_factor: float = 1.25, random_routing: bool = True) -> MoEBlock:
     """GShard's top-2 router with capacity (and random routing in training) over `config`'s experts."""
-    return MoEBlock(
-        GShardRouter(config.hidden_size, config.num_local_experts, capacity_factor, random_routing),
-        Experts(config.num_local_experts, config.hidden_size, config.intermediate_size),
+    return routed_block(
+        config, GShardRouter(config.hidden_size, config.num_local_experts, capacity_factor, random_routing)
     )

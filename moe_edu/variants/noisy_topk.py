@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import MixtralConfig
-from ..experts import Experts
 from ..moe_block import MoEBlock
 from ..routing import Router, Routing, at_least_fp32, topk_softmax
 from ..validation import int_in_range
+from .base import routed_block
 
 
 def cv_squared(v: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
@@ -86,6 +86,4 @@ class NoisyTopKRouter(Router):
 def build_noisy_topk(config: MixtralConfig, noise_epsilon: float = 1e-2) -> MoEBlock:
     """Shazeer's noisy top-k router over `config`'s experts."""
     E, H = config.num_local_experts, config.hidden_size
-    return MoEBlock(
-        NoisyTopKRouter(H, E, config.num_experts_per_tok, noise_epsilon), Experts(E, H, config.intermediate_size)
-    )
+    return routed_block(config, NoisyTopKRouter(H, E, config.num_experts_per_tok, noise_epsilon))

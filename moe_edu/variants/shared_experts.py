@@ -21,6 +21,7 @@ from ..losses import load_balancing_loss
 from ..moe_block import MoEBlock
 from ..routing import Routing, TopKRouter
 from ..validation import positive_int
+from .base import routed_block
 
 
 class FineGrainedRouter(TopKRouter):
@@ -47,8 +48,5 @@ def build_shared_experts(config: MixtralConfig, granularity: int = 2, num_shared
     if not 1 <= num_shared < k * granularity:
         raise ValueError(f"num_shared must be in [1, k*granularity={k * granularity}), got {num_shared}")
     H, width, routed = config.hidden_size, I // granularity, E * granularity - num_shared
-    return MoEBlock(
-        FineGrainedRouter(H, routed, k * granularity - num_shared),
-        Experts(routed, H, width),
-        shared=Experts(num_shared, H, width),
-    )
+    router = FineGrainedRouter(H, routed, k * granularity - num_shared)
+    return routed_block(config, router, Experts(routed, H, width), shared=Experts(num_shared, H, width))

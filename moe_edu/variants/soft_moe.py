@@ -148,6 +148,5 @@ class SoftMoE(nn.Module):
 
 def build_soft_moe(config: MixtralConfig, slots_per_expert: int = 1, tokens_per_group: int = 64) -> SoftMoE:
     """Soft MoE with `config`'s experts; with p = 1, Phi has the shape of Mixtral's router weight."""
-    return SoftMoE(
-        config.hidden_size, config.intermediate_size, config.num_local_experts, slots_per_expert, tokens_per_group
-    )
+    E, H, I = config.num_local_experts, config.hidden_size, config.intermediate_size
+    return SoftMoE(H, I, E, slots_per_expert, tokens_per_group, initializer_range=config.initializer_range)

@@ -13,10 +13,10 @@ import torch
 
 from ..capacity import CapacityRouter, expert_capacity, keep_within_capacity
 from ..config import MixtralConfig
-from ..experts import Experts
 from ..losses import load_balancing_loss
 from ..moe_block import MoEBlock
 from ..routing import Routing
+from .base import routed_block
 
 
 def switch_route(logits: torch.Tensor, capacity_factor: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -56,7 +56,4 @@ class SwitchRouter(CapacityRouter):
 
 def build_switch(config: MixtralConfig, capacity_factor: float = 1.25) -> MoEBlock:
     """Switch's top-1 router with capacity over `config`'s experts."""
-    return MoEBlock(
-        SwitchRouter(config.hidden_size, config.num_local_experts, capacity_factor),
-        Experts(config.num_local_experts, config.hidden_size, config.intermediate_size),
-    )
+    return routed_block(config, SwitchRouter(config.hidden_size, config.num_local_experts, capacity_factor))
