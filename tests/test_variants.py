@@ -561,3 +561,11 @@ def test_routing_is_read_by_name_not_unpacked():
     assert routing.weights.shape == routing.expert_ids.shape == (5, 2)
     with pytest.raises(TypeError):
         _, _, _ = routing
+
+
+def test_every_variant_takes_init_and_jitter_from_the_config():
+    cfg = CFG.replace(initializer_range=0.5, router_jitter_noise=0.1)
+    for name, moe in build_variants(cfg).items():
+        assert 0.4 < float(moe.experts.gate_up_proj.detach().std()) < 0.6, name
+        if isinstance(moe, MoEBlock):
+            assert moe.jitter_noise == 0.1, name
