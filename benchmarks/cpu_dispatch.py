@@ -147,13 +147,13 @@ def implementations(case: Case, backward: bool, seed: int = 0) -> dict[str, Call
         return torch.nn.functional.linear(torch.nn.functional.silu(gate) * up, ideal_w[1])  # (T*k, H)
 
     with torch.no_grad():  # the routing ours will take, decided once, outside the timer
-        _, _, chosen = ours.route(x)  # (T, k)
+        chosen = ours.route(x).expert_ids  # (T, k)
     grouped_rows = x[0][torch.argsort(chosen.reshape(-1), stable=True) // k].contiguous()  # (T*k, H) by expert
     counts = torch.bincount(chosen.reshape(-1), minlength=config.num_local_experts)  # (E,)
     sizes = counts.tolist()
 
     def floor() -> torch.Tensor:  # the same expert GEMMs ours runs, on pre-grouped rows: no routing at all
-        path = choose_path(x[0], ours.experts)  # what ours decides in this grad mode
+        path = choose_path(x[0], ours.experts, k)  # what ours decides in this grad mode
         path = "per_expert" if path == "decode" else path  # decode's k GEMVs = per-expert GEMMs on k rows
         return ours.experts.grouped(grouped_rows, counts, sizes, path=path)  # (T*k, H)
 

@@ -119,7 +119,7 @@ def main() -> None:
             ours_ms = cuda_time(lambda x=x: block(x))
             dense_ms = cuda_time(lambda a=a, b=b: a @ b)
             hf_ms = cuda_time(lambda x=x: hf(x)) if hf is not None else None
-            active = block.route(x)[2].unique().numel()
+            active = block.route(x).expert_ids.unique().numel()
         flops = 6 * T * k * H * I
         tflops = flops / (ours_ms * 1e-3) / 1e12
         row = f"| {T} | {ours_ms:.3f} | {tflops:.1f} | {dense_ms:.3f} | {dense_ms / ours_ms:.2f} | {active} |"

@@ -13,10 +13,8 @@ from torch import nn
 from .config import MixtralConfig
 from .rope import apply_rotary
 
-KVCache = list  # one (k, v) pair per layer, each (B, kv_heads, S, D); grown in place by the model
 
-
-def attention_mask(
+def build_attention_mask(
     q_len: int, past: int, device: torch.device, window: int | None, padding: torch.Tensor | None
 ) -> torch.Tensor | None:
     """Boolean (B or 1, 1, q_len, past+q_len) mask, True where attending is allowed.

@@ -82,7 +82,16 @@ class CapacityRouter(Router):
 
     def __init__(self, hidden_size: int, num_experts: int, capacity_factor: float) -> None:
         super().__init__(hidden_size, num_experts)
-        self.capacity_factor = check_capacity_factor(capacity_factor)
+        self.capacity_factor = capacity_factor
+
+    @property
+    def capacity_factor(self) -> float:
+        """C's factor; settable (checked: a positive number)."""
+        return self._capacity_factor
+
+    @capacity_factor.setter
+    def capacity_factor(self, value: float) -> None:
+        self._capacity_factor = check_capacity_factor(value)
 
     def capacity(self, num_tokens: int) -> int:
         return expert_capacity(num_tokens, self.num_experts, self.slots_per_token, self.capacity_factor)

@@ -11,8 +11,8 @@ Every implementation has the same signature and returns the same numbers:
 - `grouped` the fast default: one stable sort of the T*k assignments by expert, the experts
             on contiguous row groups, then un-sort and combine. *How* it runs is chosen in
             one place, `choose_path`, from (device, dtype, token count, grad).
-- `decode`  token by token, indexing the chosen experts' weights directly: the cheapest
-            way to run one token (no sort, no scatter), the slowest for many.
+- `decode`  the assignments grouped on the host, each chosen expert's weights indexed directly:
+            the cheapest way to run a few tokens (no sort, no scatter), the slowest for many.
 
 `dispatch_kept` runs any of them on a subset of the assignments (capacity and dropping,
 expert choice). Notebook 03 builds loop/dense/grouped by hand, notebook 10 measures them;
@@ -24,13 +24,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from .experts import Experts
 from .grouped_mm import grouped_mm_kernel_available
 
 Dispatch = Callable[[torch.Tensor, Experts, torch.Tensor, torch.Tensor], torch.Tensor]
 
-DECODE_MAX_TOKENS = 1  # on CPU, at inference, batches this small go token by token (`decode_dispatch`)
+DECODE_MAX_ASSIGNMENTS = 16  # on CPU, at inference, T*k this small skips the sort (`decode_dispatch`)
 
 
 def loop_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
@@ -47,28 +48,47 @@ def loop_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, expe
 
 def dense_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
     """Teaching version: all E experts on all T tokens, then a (T, E) weight matrix with k non-zeros per row."""
-    every = experts(x)  # (E, T, H)
+    every = experts.dense(x)  # (E, T, H)
     gates = torch.zeros(x.shape[0], experts.num_experts, dtype=weights.dtype, device=x.device)  # (T, E)
     gates = gates.scatter(1, expert_ids, weights)  # (T, E)
     return torch.einsum("te,eth->th", gates.to(every.dtype), every).to(x.dtype)  # (T, H)
 
 
 def decode_dispatch(x: torch.Tensor, experts: Experts, weights: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
-    """Token by token: index each chosen expert's weights directly; no sort, no scatter.
+    """A few tokens: group the T*k assignments by expert on the host, no sort, no scatter, no (T*k, H) buffer.
 
-    The fast path for decoding (T = 1): k matrix-vector products and nothing else.
-    Reads `expert_ids` on the host, which is free on CPU and one sync on a GPU.
+    Each chosen expert runs once on the rows that chose it, its weights indexed directly; at
+    inference the weighting and the sum over k are fused into the down projection (`addmm_`
+    with alpha = the weight). The fast path for decoding (T*k <= DECODE_MAX_ASSIGNMENTS),
+    the slowest for many tokens. Reads `expert_ids` on the host: free on CPU, one sync on a GPU.
     """
-    rows = []
-    for t, picks in enumerate(expert_ids.tolist()):
-        xt = x[t : t + 1]  # (1, H)
-        row = 0
-        for j, e in enumerate(picks):
-            row = row + experts.expert(e, xt) * weights[t, j, None]  # (1, H) fp32 weights: fp32 sum
-        rows.append(row)
-    if not rows:
-        return torch.zeros_like(x)
-    return (rows[0] if len(rows) == 1 else torch.cat(rows)).to(x.dtype)  # (T, H)
+    T, k = expert_ids.shape
+    by_expert: dict[int, list[int]] = {}  # expert -> its assignments a (token a // k, slot a % k)
+    for a, e in enumerate(expert_ids.reshape(-1).tolist()):
+        by_expert.setdefault(e, []).append(a)
+    if torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad or experts.gate_up_proj.requires_grad):
+        y = torch.zeros(T, x.shape[1], dtype=weights.dtype, device=x.device)  # (T, H) fp32 sum over k
+        flat_w = weights.reshape(-1)  # (T*k,)
+        for e, assigned in sorted(by_expert.items()):
+            a = torch.tensor(assigned, device=x.device)  # (n_e,)
+            out = experts.expert(e, x[a // k]) * flat_w[a, None]  # (n_e, H) weighted, differentiable
+            y = y.index_add(0, a // k, out.to(y.dtype))  # (T, H)
+        return y.to(x.dtype)
+    y = x.new_zeros(T, x.shape[1])  # (T, H)
+    w = weights.reshape(-1).tolist()  # host floats, the alphas of addmm_
+    for e, assigned in by_expert.items():
+        tokens = [a // k for a in assigned]
+        rows = x[tokens[0] : tokens[0] + 1] if len(tokens) == 1 else x[tokens]  # (n_e, H)
+        gate, up = torch.mm(rows, experts.gate_up_proj[e].t()).chunk(2, dim=-1)  # (n_e, I), (n_e, I)
+        act, w2 = F.silu(gate).mul_(up), experts.down_proj[e].t()  # (n_e, I), (I, H)
+        if len(tokens) == 1:  # the usual case when decoding: y[t] += w[t, j] * expert_e(x[t]) in one call
+            y[tokens[0] : tokens[0] + 1].addmm_(act, w2, alpha=w[assigned[0]])  # (1, H)
+        else:  # one GEMM for the expert's rows (its weights read once), then a weighted add per row
+            scale = torch.tensor([w[a] for a in assigned], dtype=weights.dtype, device=x.device)[:, None]  # (n_e, 1)
+            out = torch.mm(act, w2)  # (n_e, H)
+            out = out.mul_(scale) if out.dtype == scale.dtype else (out * scale).to(y.dtype)  # bf16: weigh in fp32
+            y.index_add_(0, torch.tensor(tokens, device=x.device), out)  # (T, H)
+    return y
 
 
 def sort_by_expert(expert_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,10 +123,10 @@ def combine(out: torch.Tensor, order: torch.Tensor, weights: torch.Tensor, dtype
     return (out.view(T, k, out.shape[1]) * weights.unsqueeze(-1)).sum(1).to(dtype)  # (T, H)
 
 
-def choose_path(x: torch.Tensor, experts: Experts) -> str:
-    """The one decision point of `grouped_dispatch`, from (device, dtype, token count, grad).
+def choose_path(x: torch.Tensor, experts: Experts, top_k: int = 1) -> str:
+    """How `grouped_dispatch` runs, decided in this one place from (device, dtype, assignments T*k, grad).
 
-    - "decode":     CPU inference on <= DECODE_MAX_TOKENS tokens (no sort at all);
+    - "decode":     CPU inference on T*k <= DECODE_MAX_ASSIGNMENTS (no sort at all);
     - "per_expert": other CPU inference: one GEMM pair per expert into one buffer (measured
                     faster than torch's CPU grouped kernel at every size of the benchmark);
     - "kernel":     torch's fused `grouped_mm` (CUDA bf16 on SM >= 80; CPU fp32/bf16 aligned),
@@ -115,10 +135,12 @@ def choose_path(x: torch.Tensor, experts: Experts) -> str:
 
     In training the per-expert inference path would not do: indexing each expert's weights
     builds a full-size zero gradient per index, while the grouped backward builds one.
+    (The expert-parallel dispatch, `moe_edu.parallel.AllToAllDispatch`, does not come here: its
+    rows arrive from other ranks, and `grouped_matmul` picks kernel or loop for them itself.)
     """
     grad = torch.is_grad_enabled() and (x.requires_grad or experts.gate_up_proj.requires_grad)
     if x.device.type == "cpu" and not grad:
-        return "decode" if x.shape[0] <= DECODE_MAX_TOKENS else "per_expert"
+        return "decode" if x.shape[0] * top_k <= DECODE_MAX_ASSIGNMENTS else "per_expert"
     down = experts.down_proj  # (E, H, I): its rows stand in for the (N, I) intermediate in the check
     kernel = grouped_mm_kernel_available(x, experts.gate_up_proj.mT) and grouped_mm_kernel_available(
         down[0], down.mT
@@ -134,7 +156,7 @@ def grouped_dispatch(
     On CUDA bf16 this is two `grouped_mm` kernels and no host sync; elsewhere one
     `counts.tolist()` (free on CPU). `choose_path` says which.
     """
-    path = choose_path(x, experts)
+    path = choose_path(x, experts, expert_ids.shape[1])
     if path == "decode":
         return decode_dispatch(x, experts, weights, expert_ids)  # (T, H)
     order, counts = sort_by_expert(expert_ids, experts.num_experts)  # (T*k,), (E,)

@@ -21,7 +21,11 @@ def swiglu(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor
 
 
 class Experts(nn.Module):
-    """E SwiGLU experts. Parameter names follow transformers v5: `gate_up_proj`, `down_proj`."""
+    """E SwiGLU experts. Parameter names follow transformers v5: `gate_up_proj`, `down_proj`.
+
+    Not called directly: a dispatch (`moe_edu.dispatch`) runs the routed computation through
+    `expert(e, x)` or `grouped(...)`; `dense(x)` is every expert on every row, by name.
+    """
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
         super().__init__()
@@ -34,6 +38,12 @@ class Experts(nn.Module):
         self.num_experts, self.hidden_size, self.intermediate_size = num_experts, hidden_size, intermediate_size
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))  # (E, 2I, H)
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))  # (E, H, I)
+
+    def reset_parameters(self, std: float = 0.02) -> None:
+        """Normal(0, std) weights, as transformers initialises Mixtral (meta tensors are skipped)."""
+        for p in (self.gate_up_proj, self.down_proj):
+            if p.device.type != "meta":
+                nn.init.normal_(p, 0.0, std)
 
     # Read-only views with Mixtral's names.
     @property
@@ -96,11 +106,18 @@ class Experts(nn.Module):
             start += n
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Every expert on every row (the dense view): x (N, H) -> (E, N, H)."""
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        """Every expert on every row (E times a routed layer's work): x (N, H) -> (E, N, H)."""
         h = torch.einsum("nh,eih->eni", x, self.gate_up_proj)  # (E, N, 2I)
         gate, up = h.chunk(2, dim=-1)  # (E, N, I), (E, N, I)
         return torch.einsum("eni,ehi->enh", F.silu(gate) * up, self.down_proj)  # (E, N, H)
+
+    def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
+        """Calling the experts is ambiguous (all of them? the routed ones?), so it is an error that says which to use."""
+        raise TypeError(
+            "Experts is not called directly: experts.dense(x) runs every expert on every row (E, N, H); "
+            "a dispatch (moe_edu.dispatch, or MoEBlock) runs each token's chosen experts"
+        )
 
     def extra_repr(self) -> str:
         return f"experts={self.num_experts}, hidden={self.hidden_size}, intermediate={self.intermediate_size}"

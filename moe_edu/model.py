@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import Attention, attention_mask
+from .attention import Attention, build_attention_mask
 from .config import MixtralConfig
+from .dispatch import Dispatch
 from .generation import generate
 from .layouts import model_from_v5, model_to_v5
 from .loading import check_and_load
@@ -25,6 +26,15 @@ from .losses import load_balancing_loss, router_z_loss
 from .moe_block import SparseMoeBlock
 from .norm import RMSNorm
 from .rope import RotaryEmbedding
+
+
+@dataclass
+class MoeModelOutput:
+    """What `MixtralModel` returns (transformers' `MoeModelOutputWithPast`, same field names)."""
+
+    last_hidden_state: torch.Tensor  # (B, T, H) after the final RMSNorm
+    router_logits: tuple[torch.Tensor, ...]  # one (B*T, E) per layer
+    past_key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # KV cache, one (k, v) per layer
 
 
 @dataclass
@@ -38,14 +48,22 @@ class MoeCausalLMOutput:
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: MixtralConfig, dispatch: str = "grouped") -> None:
+    def __init__(self, config: MixtralConfig, dispatch: str | Dispatch = "grouped") -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SparseMoeBlock(config, dispatch=dispatch)
 
-    def forward(self, x, cos, sin, mask, cache=None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x (B, T, H) -> x (B, T, H), router_logits (B*T, E), this layer's (k, v) cache."""
         a, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)  # (B, T, H)
         x = x + a  # (B, T, H)
         m, router_logits = self.mlp(self.post_attention_layernorm(x))  # (B, T, H), (B*T, E)
@@ -53,16 +71,56 @@ class DecoderLayer(nn.Module):
 
 
 class MixtralModel(nn.Module):
-    def __init__(self, config: MixtralConfig, dispatch: str = "grouped") -> None:
+    """The decoder without its head: token ids -> final hidden states (transformers' `MixtralModel`)."""
+
+    def __init__(self, config: MixtralConfig, dispatch: str | Dispatch = "grouped") -> None:
         super().__init__()
+        self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, dispatch) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config.attention_head_dim, config.rope_theta)
 
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        use_cache: bool = False,
+    ) -> MoeModelOutput:
+        """input_ids (B, T) -> last_hidden_state (B, T, H), router_logits (one (B*T, E) per layer), the cache.
+
+        `attention_mask` (B, past + T): 1 = a real token, 0 = padding; `past_key_values` from a previous call.
+        """
+        cfg = self.config
+        check_ids(input_ids, None, cfg.vocab_size)
+        B, T = input_ids.shape
+        past = 0 if not past_key_values else past_key_values[0][0].shape[2]
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, past + T):
+            raise ValueError(
+                f"attention_mask must have shape (batch, past + tokens) = {(B, past + T)}, "
+                f"got {tuple(attention_mask.shape)}"
+            )
+        if past + T > cfg.max_position_embeddings:
+            raise ValueError(
+                f"sequence of {past + T} tokens exceeds max_position_embeddings={cfg.max_position_embeddings}"
+            )
+        x = self.embed_tokens(input_ids)  # (B, T, H)
+        positions = torch.arange(past, past + T, device=input_ids.device)  # (T,)
+        cos, sin = self.rotary_emb(positions, x.dtype)  # (T, D), (T, D)
+        mask = build_attention_mask(T, past, x.device, cfg.sliding_window, attention_mask)
+        router_logits, new_cache = [], []
+        for i, layer in enumerate(self.layers):
+            x, logits, kv = layer(x, cos, sin, mask, past_key_values[i] if past_key_values else None)
+            router_logits.append(logits)  # (B*T, E)
+            new_cache.append(kv)
+        return MoeModelOutput(self.norm(x), tuple(router_logits), new_cache if use_cache else None)
+
 
 class MixtralForCausalLM(nn.Module):
-    def __init__(self, config: MixtralConfig, *, dispatch: str = "grouped") -> None:
+    """`MixtralModel` + the LM head (and the losses when labels are given)."""
+
+    def __init__(self, config: MixtralConfig, *, dispatch: str | Dispatch = "grouped") -> None:
         super().__init__()
         self.config = config
         self.model = MixtralModel(config, dispatch)
@@ -99,33 +157,16 @@ class MixtralForCausalLM(nn.Module):
         `output_router_logits` defaults to True when labels are given (the aux loss needs them).
         """
         cfg = self.config
-        check_ids(input_ids, labels, cfg.vocab_size)
+        if labels is not None:
+            check_labels(labels, input_ids)
         if output_router_logits is None:
             output_router_logits = labels is not None
-        B, T = input_ids.shape
+        hidden = self.model(input_ids, attention_mask, past_key_values, use_cache)
+        logits = self.lm_head(hidden.last_hidden_state)  # (B, T, V)
         past = 0 if not past_key_values else past_key_values[0][0].shape[2]
-        if attention_mask is not None and tuple(attention_mask.shape) != (B, past + T):
-            raise ValueError(
-                f"attention_mask must have shape (batch, past + tokens) = {(B, past + T)}, "
-                f"got {tuple(attention_mask.shape)}"
-            )
-        if past + T > cfg.max_position_embeddings:
-            raise ValueError(
-                f"sequence of {past + T} tokens exceeds max_position_embeddings={cfg.max_position_embeddings}"
-            )
-        x = self.model.embed_tokens(input_ids)  # (B, T, H)
-        positions = torch.arange(past, past + T, device=input_ids.device)  # (T,)
-        cos, sin = self.model.rotary_emb(positions, x.dtype)  # (T, D), (T, D)
-        mask = attention_mask_for(T, past, x.device, cfg.sliding_window, attention_mask)
-        router_logits, new_cache = [], []
-        for i, layer in enumerate(self.model.layers):
-            x, logits, kv = layer(x, cos, sin, mask, past_key_values[i] if past_key_values else None)
-            router_logits.append(logits)  # (B*T, E)
-            new_cache.append(kv)
-        logits = self.lm_head(self.model.norm(x))  # (B, T, V)
-        out = MoeCausalLMOutput(logits=logits, past_key_values=new_cache if use_cache else None)
+        out = MoeCausalLMOutput(logits=logits, past_key_values=hidden.past_key_values)
         if output_router_logits:
-            out.router_logits = tuple(router_logits)
+            out.router_logits = hidden.router_logits
             token_mask = attention_mask if past == 0 else None
             out.aux_loss = load_balancing_loss(
                 out.router_logits, cfg.num_local_experts, cfg.num_experts_per_tok, token_mask
@@ -175,13 +216,15 @@ def check_ids(input_ids: torch.Tensor, labels: torch.Tensor | None, vocab_size: 
         if lo < 0 or hi >= vocab_size:
             raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got values in [{lo}, {hi}]")
     if labels is not None:
-        if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.long, torch.int32):
-            raise TypeError(
-                f"labels must be an integer tensor of dtype torch.long (or torch.int32), "
-                f"got {getattr(labels, 'dtype', type(labels).__name__)}"
-            )
-        if labels.shape != input_ids.shape:
-            raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        check_labels(labels, input_ids)
 
 
-attention_mask_for = attention_mask
+def check_labels(labels: torch.Tensor, input_ids: torch.Tensor) -> None:
+    """Labels: an integer tensor shaped like input_ids (-100 = ignore)."""
+    if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.long, torch.int32):
+        raise TypeError(
+            f"labels must be an integer tensor of dtype torch.long (or torch.int32), "
+            f"got {getattr(labels, 'dtype', type(labels).__name__)}"
+        )
+    if isinstance(input_ids, torch.Tensor) and labels.shape != input_ids.shape:
+        raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")

@@ -27,13 +27,32 @@ from .layouts import export_block_state, load_block_state
 from .routing import Router, Routing, TopKRouter
 
 
+def flatten_tokens(x: torch.Tensor, weight: torch.Tensor, name: str, *, any_rank: bool = False) -> torch.Tensor:
+    """x (B, T, H) (any (..., H) with `any_rank`) -> (N, H) for a layer `name` holding `weight` (..., H):
+    a clear error for a bad type, rank, width or dtype."""
+    hidden_size = weight.shape[-1]
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+    rank_ok = x.dim() >= 2 if any_rank else x.dim() == 3
+    if not rank_ok or x.shape[-1] != hidden_size:
+        lead = "(..., tokens" if any_rank else "(batch, tokens"
+        raise ValueError(f"{name} expects x of shape {lead}, hidden_size={hidden_size}), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} expects a floating-point x, got dtype {x.dtype}")
+    if x.dtype != weight.dtype and weight.device.type != "meta":
+        raise TypeError(
+            f"{name} holds {weight.dtype} weights but x is {x.dtype}: convert one to the other "
+            f"(e.g. block.to({x.dtype}) or x.to({weight.dtype}))"
+        )
+    return x.reshape(-1, hidden_size)  # (N, H)
+
+
 class MoEBlock(nn.Module):
     """router (`gate`, key `gate.weight`) + `experts` (+ `shared` experts on every token) + a dispatch.
 
-    `dispatch` is a name in `moe_edu.dispatch.DISPATCHES` or a callable with their signature.
+    `dispatch` is a name in `moe_edu.dispatch.DISPATCHES` or a callable with their signature;
+    the block keeps the function itself (resolved here, and again whenever `dispatch` is set).
     """
-
-    input_rank: int | None = 3  # x must be (B, T, H); None accepts (..., H)
 
     def __init__(
         self,
@@ -46,53 +65,44 @@ class MoEBlock(nn.Module):
         initializer_range: float = 0.02,
     ) -> None:
         super().__init__()
-        get_dispatch(dispatch)  # validate the name now, not at the first forward
-        self.gate, self.experts = router, experts
-        if shared is not None:
-            self.shared = shared
+        self.gate, self.experts, self.shared = router, experts, shared  # shared: None when absent
+        self.dispatch = dispatch  # validated and resolved to the function now, not at every forward
         self.hidden_size, self.num_experts = experts.hidden_size, router.num_experts
-        self.dispatch, self.jitter_noise, self.initializer_range = dispatch, jitter_noise, initializer_range
+        self.jitter_noise, self.initializer_range = jitter_noise, initializer_range
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """Normal(0, initializer_range) for every weight, as transformers initialises Mixtral;
-        a parameter marked `zero_init` (the noisy router's W_noise) starts at 0. Meta tensors are skipped."""
-        for p in self.parameters():
-            if p.device.type != "meta":
-                nn.init.zeros_(p) if getattr(p, "zero_init", False) else nn.init.normal_(p, 0.0, self.initializer_range)
+    @property
+    def dispatch(self) -> Dispatch:
+        """The dispatch function every forward calls."""
+        return self._dispatch
 
-    def flatten(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, H) (or (..., H) where `input_rank` is None) -> (N, H), with a clear error for bad input."""
-        name = type(self).__name__
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
-        rank_ok = x.dim() == self.input_rank if self.input_rank else x.dim() >= 2
-        if not rank_ok or x.shape[-1] != self.hidden_size:
-            lead = "(batch, tokens" if self.input_rank else "(..., tokens"
-            raise ValueError(f"{name} expects x of shape {lead}, hidden_size={self.hidden_size}), got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"{name} expects a floating-point x, got dtype {x.dtype}")
-        weight = self.experts.gate_up_proj
-        if x.dtype != weight.dtype and weight.device.type != "meta":
-            raise TypeError(
-                f"{name} holds {weight.dtype} weights but x is {x.dtype}: convert one to the other "
-                f"(e.g. block.to({x.dtype}) or x.to({weight.dtype}))"
-            )
-        return x.reshape(-1, self.hidden_size)  # (N, H)
+    @dispatch.setter
+    def dispatch(self, value: str | Dispatch) -> None:
+        self._dispatch = get_dispatch(value)
+
+    def reset_parameters(self) -> None:
+        """Each part initialises itself with std `initializer_range` (transformers' Mixtral init); the
+        router, the experts, then the shared experts, so a seed gives the same weights as before."""
+        for part in (self.gate, self.experts, self.shared):
+            if part is not None:
+                part.reset_parameters(self.initializer_range)
+
+    def flatten(self, x: torch.Tensor, *, any_rank: bool = False) -> torch.Tensor:
+        """x (B, T, H) (any (..., H) with `any_rank`) -> (N, H), with a clear error for bad input."""
+        return flatten_tokens(x, self.experts.gate_up_proj, type(self).__name__, any_rank=any_rank)  # (N, H)
 
     def mix(self, flat: torch.Tensor) -> tuple[torch.Tensor, Routing]:
         """The one MoE forward: flat (N, H) -> y (N, H) and the router's decision."""
         if self.training and self.jitter_noise > 0:  # transformers' multiplicative jitter, router and experts alike
             flat = flat * torch.empty_like(flat).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)  # (N, H)
         routing = self.gate(flat)  # Routing: logits (N, E), weights and expert_ids (N, k)
-        dispatch = get_dispatch(self.dispatch)
         if routing.keep is None:  # dropless
-            y = dispatch(flat, self.experts, routing.weights, routing.expert_ids)  # (N, H)
+            y = self.dispatch(flat, self.experts, routing.weights, routing.expert_ids)  # (N, H)
         else:  # capacity limits or expert choice: only the kept assignments run
-            y = dispatch_kept(flat, self.experts, routing.weights, routing.expert_ids, routing.keep, dispatch)  # (N, H)
-        if hasattr(self, "shared"):  # shared experts: every token, weight 1 (DeepSeekMoE)
-            every = torch.arange(self.shared.num_experts, device=flat.device).expand(flat.shape[0], -1)  # (N, S)
-            y = y + dispatch(flat, self.shared, torch.ones(every.shape, device=flat.device), every)  # (N, H)
+            kept = (routing.weights, routing.expert_ids, routing.keep)
+            y = dispatch_kept(flat, self.experts, *kept, self.dispatch)  # (N, H)
+        if self.shared is not None:  # shared experts: every token, weight 1 (DeepSeekMoE)
+            y = y + self.shared.dense(flat).sum(0).to(y.dtype)  # (N, H)
         return y, routing
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,11 +111,11 @@ class MoEBlock(nn.Module):
         return y.reshape(x.shape), routing.logits
 
     def route(self, x: torch.Tensor) -> Routing:
-        """Only the routing decision for x (B, T, H); unpacks as logits (B*T, E), weights, expert_ids (B*T, k)."""
+        """Only the routing decision for x (B, T, H): `.logits` (B*T, E), `.weights` and `.expert_ids` (B*T, k)."""
         return self.gate(self.flatten(x))
 
     def extra_repr(self) -> str:
-        return f"dispatch={self.dispatch!r}" if isinstance(self.dispatch, str) else ""
+        return f"dispatch={getattr(self.dispatch, '__name__', type(self.dispatch).__name__)}"
 
 
 class SparseMoeBlock(MoEBlock):
@@ -135,7 +145,11 @@ class SparseMoeBlock(MoEBlock):
             initializer_range=config.initializer_range,
         )
         self.config = config
-        self.top_k = config.num_experts_per_tok
+
+    @property
+    def top_k(self) -> int:
+        """k, as transformers' block names it (the router's `top_k`)."""
+        return self.gate.top_k
 
     # --- interop -------------------------------------------------------------
     def load_hf_state_dict(self, state_dict: Mapping[str, torch.Tensor], *, prefix: str = "") -> SparseMoeBlock:

@@ -11,7 +11,6 @@ Notebooks 01 (gating), 02 (top-k) and 04 (weighted combining) derive these by ha
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -106,8 +105,7 @@ def jittered(x: torch.Tensor, jitter: float) -> torch.Tensor:
 class Routing:
     """A router's decision for T tokens, as k (expert, weight) assignments per token.
 
-    Unpacks as `logits, weights, expert_ids = routing` (what `TopKRouter` has always returned).
-    `keep` marks the assignments that run (None: all of them, the dropless case); `requested`
+    Read it by name: `routing.logits`, `routing.weights`, `routing.expert_ids`. `keep` marks the assignments that run (None: all of them, the dropless case); `requested`
     marks those that asked for a place before a capacity limit (None: there was no queue).
     """
 
@@ -118,20 +116,21 @@ class Routing:
     requested: torch.Tensor | None = None  # (T, k) bool: queued for a capacity-limited expert
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # router-specific values for its aux losses
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return iter((self.logits, self.weights, self.expert_ids))
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return (self.logits, self.weights, self.expert_ids)[i]
-
 
 class Router(nn.Module):
     """What every router shares: logits = x W^T with W (E, H) and no bias, in fp32 by default.
 
     `fp32=True` computes the logits in float32 whatever the input dtype ("router in fp32",
     the usual practice for bf16 training); `fp32=False` in the input dtype, as transformers
-    does. Subclasses turn the logits into a `Routing` and name their auxiliary losses.
+    does. Subclasses turn the logits into a `Routing`, name their auxiliary losses, set `top_k`
+    (the width k of their `Routing`) and describe themselves for notebook 09's table.
     """
+
+    top_k: int | None = None  # k, the assignments per token in this router's Routing; None: no rule yet
+    label: str = "routed MoE"  # notebook 09's table: the variant's name
+    gating: str = ""  # the gating function, in words
+    capacity_rule: str = "none (dropless)"
+    aux_loss_names: tuple[str, ...] = ()  # the keys of `aux_losses`
 
     def __init__(self, hidden_size: int, num_experts: int, *, fp32: bool = True) -> None:
         super().__init__()
@@ -149,7 +148,19 @@ class Router(nn.Module):
     @property
     def experts_per_token(self) -> float:
         """Experts one token runs at inference (an average for expert choice)."""
+        if self.top_k is None:  # NotImplementedError, not AttributeError: nn.Module.__getattr__ would mask that
+            raise NotImplementedError(f"{type(self).__name__} sets no top_k: a routing rule defines top_k")
         return float(self.top_k)
+
+    @property
+    def k_text(self) -> str:
+        """The k column of notebook 09's table."""
+        return f"{self.experts_per_token:g}"
+
+    def reset_parameters(self, std: float = 0.02) -> None:
+        """Normal(0, std) router weight, as transformers initialises Mixtral (meta tensors are skipped)."""
+        if self.weight.device.type != "meta":
+            nn.init.normal_(self.weight, 0.0, std)
 
     def aux_losses(self, routing: Routing) -> dict[str, torch.Tensor]:
         """This rule's auxiliary losses, unweighted (none by default)."""
@@ -167,6 +178,10 @@ class TopKRouter(Router):
     `choices` (a `GateChoices`) names the other gates of the family — sigmoid scores, no renormalisation,
     router jitter; with the default (Mixtral's) the computation is exactly the one above.
     """
+
+    label = "Mixtral dropless top-k"
+    gating = "softmax -> top-k -> renormalise"
+    aux_loss_names = ("load_balancing",)
 
     def __init__(
         self,

@@ -308,7 +308,8 @@ print(
 lib_router = moe_edu.TopKRouter(hidden_size=H, num_experts=E, top_k=2)
 with torch.no_grad():
     lib_router.weight.copy_(W_g)
-lib_logits, lib_weights, lib_experts = lib_router(X)  # (T, E), (T, 2), (T, 2)
+lib = lib_router(X)  # a Routing
+lib_logits, lib_weights, lib_experts = lib.logits, lib.weights, lib.expert_ids  # (T, E), (T, 2), (T, 2)
 print(lib_router)
 print("logits equal:", torch.allclose(lib_logits, logits))
 print("logits dtype:", lib_logits.dtype, "| weights dtype:", lib_weights.dtype)

@@ -174,7 +174,7 @@ print("plain double loop == library dispatch:", torch.allclose(y, y_lib, atol=1e
 
 # %%
 with torch.no_grad():
-    outs = experts(X[:1])[:, 0]  # (E, H) every expert's answer for token 0
+    outs = experts.dense(X[:1])[:, 0]  # (E, H) every expert's answer for token 0
     centred = outs - outs.mean(0)  # (E, H)
     _, _, V = torch.linalg.svd(centred, full_matrices=False)  # (E, H)
     proj = V[:2].T  # (H, 2) the 2-D view that shows the experts' spread best
@@ -216,7 +216,7 @@ plt.show()
 w_all, i_all = moe_edu.softmax_topk(logits, E)  # (T, E), (T, E)
 with torch.no_grad():
     y_sparse_kE = DISPATCHES["grouped"](X, experts, w_all, i_all)  # (T, H) the sparse code with k = E
-    y_soft = torch.einsum("te,eth->th", torch.softmax(logits, -1), experts(X))  # (T, H) soft mixture
+    y_soft = torch.einsum("te,eth->th", torch.softmax(logits, -1), experts.dense(X))  # (T, H) soft mixture
 print(
     "renormalised top-E weights == softmax:",
     torch.allclose(torch.zeros(T, E).scatter(1, i_all, w_all), torch.softmax(logits, -1), atol=1e-6),

@@ -70,6 +70,7 @@ import torch
 from moe_edu.capacity import expert_capacity, keep_within_capacity
 from moe_edu.course.plots import expert_load_bars, legend_outside, shared_legend
 from moe_edu.variants import VARIANTS, build_variants
+from moe_edu.variants.base import active_parameters, copy_from_block, flops_per_token, moe_output, total_parameters
 from moe_edu.variants.compare import Table, compare, load_stats
 
 # %% [markdown]
@@ -180,8 +181,8 @@ plt.show()
 # %% [markdown]
 # ## 2. Eight variants, one set of pieces
 #
-# `moe_edu.variants` holds one module per rule; each is a `RoutedMoE` (a bias-free router `gate.weight` of shape
-# `(E, H)` plus `Experts`) and returns one `MoEOutput`:
+# `moe_edu.variants` holds one module per rule; each variant is the library's `MoEBlock` with that rule's router (a
+# bias-free router `gate.weight` of shape `(E, H)` plus `Experts`), and `moe_output(block, x)` returns one `MoEOutput`:
 #
 # ```
 # MoEOutput(y, router_logits, aux_losses: dict, load_counts (E,), demand_counts (E,), dropped, dropped_assignments, num_tokens)
@@ -201,9 +202,9 @@ block = moe_edu.SparseMoeBlock(cfg).eval()
 variants = build_variants(cfg)  # options per variant: e.g. {"switch": {"capacity_factor": 2.0}}
 for name, v in variants.items():
     if name != "shared_experts":
-        v.copy_from_block(block)
+        copy_from_block(v, block)
     v.eval()
-    print(f"{name:15s} {type(v).__name__:20s} experts={v.num_experts:2d}  params={v.total_parameters():,}")
+    print(f"{name:15s} {type(v.gate).__name__:20s} experts={v.num_experts:2d}  params={total_parameters(v):,}")
 
 # %% [markdown]
 # ### The batch
@@ -255,7 +256,7 @@ print("random batch shape:", tuple(x_random.shape), "| tokens:", x_random.shape[
 #
 # One forward pass per variant, in eval mode (no noise, no random routing), on the same 256 tokens.
 #
-# - **experts / k / gating / capacity / aux losses** come from each module's `describe()`;
+# - **experts / k / gating / capacity / aux losses** come from each variant's router;
 # - **total / active params** count this MoE layer only (router + experts); *active* is what one token multiplies at
 #   inference (for expert choice: on average); **FLOPs/token** = 2 × active (every weight sits in a matmul);
 # - **load CV** is the coefficient of variation of the rows each expert processed (0 = perfectly even), **max/mean load**
@@ -299,8 +300,8 @@ fig, axes = plt.subplots(4, 2, figsize=(9.6, 10.0))
 for ax, (name, out) in zip(axes.flat, outputs.items(), strict=False):
     v = variants[name]
     demand = out.demand_counts if out.demand_counts is not None else out.load_counts
-    cap = v.capacity(out.num_tokens) if name in ("switch", "gshard") else None
-    expert_load_bars(demand, ax=ax, capacity=cap, title=v.label)
+    cap = v.gate.capacity(out.num_tokens) if name in ("switch", "gshard") else None
+    expert_load_bars(demand, ax=ax, capacity=cap, title=v.gate.label)
 labels = ["processed (colour = expert)", "dropped", "capacity C", "uniform share"]
 shared_legend(fig, ax=axes.flat[list(outputs).index("switch")], ncol=4, labels=labels)  # one legend, below
 plt.show()
@@ -315,13 +316,13 @@ plt.show()
 switch = variants["switch"]
 print("factor   C   dropped tokens   buffer rows / token")
 for factor in (0.5, 1.0, 1.25, 1.5, 2.0, 4.0):
-    switch.capacity_factor = factor
-    out = switch(x_random)
-    cap = switch.capacity(out.num_tokens)
+    switch.gate.capacity_factor = factor
+    out = moe_output(switch, x_random)
+    cap = switch.gate.capacity(out.num_tokens)
     print(
         f"{factor:5.2f}  {cap:3d}   {100 * out.dropped_rate:6.2f} %        {cfg.num_local_experts * cap / out.num_tokens:.3f}"
     )
-switch.capacity_factor = 1.25
+switch.gate.capacity_factor = 1.25
 
 # %% [markdown]
 # Drops only vanish when C reaches the busiest expert's demand — for an unbalanced router that is a large buffer
@@ -340,17 +341,17 @@ switch.capacity_factor = 1.25
 
 # %%
 noisy, gshard = variants["noisy_topk"], variants["gshard"]
-eval_choice = noisy(x_random).router_logits.topk(2).indices
+eval_choice = moe_output(noisy, x_random).router_logits.topk(2).indices
 noisy.train()
 torch.manual_seed(1)
-train_choice = noisy(x_random).router_logits.topk(2).indices
+train_choice = moe_output(noisy, x_random).router_logits.topk(2).indices
 changed = (torch.sort(train_choice, 1).values != torch.sort(eval_choice, 1).values).any(1).float().mean()
 noisy.eval()
 print(f"noisy top-k: tokens whose expert pair changes under training noise: {100 * changed:.1f} %")
-print("noisy top-k in eval equals Mixtral's block:", torch.allclose(noisy(x_random).y, block(x_random)[0], atol=1e-6))
+print("noisy top-k in eval equals Mixtral's block:", torch.allclose(noisy(x_random)[0], block(x_random)[0], atol=1e-6))
 gshard.train()
 torch.manual_seed(1)
-out = gshard(x_random)
+out = moe_output(gshard, x_random)
 gshard.eval()
 print(
     f"GShard in training: second experts skipped at random: "
@@ -380,7 +381,7 @@ else:
     trained_variants = build_variants(trained_cfg)
     for name, v in trained_variants.items():
         if name != "shared_experts":
-            v.copy_from_block(trained_block)
+            copy_from_block(v, trained_block)
     print(
         f"{x_trained.shape[1]} tokens (English/code, French, German, Spanish, Italian, zh-TW, arithmetic) "
         f"through layer {LAYER} of the trained model"
@@ -414,18 +415,18 @@ with torch.device("meta"):
     big_variants = build_variants(big)
 rows = [
     {
-        "variant": v.label,
-        "total params (M)": v.total_parameters() / 1e6,
-        "active params (M)": "none per token" if name == "soft_moe" else v.active_parameters() / 1e6,
-        "GFLOPs/token": f"{v.flops_per_token() / 1e9:.3f} at 8 slots / 64 tokens"
+        "variant": v.gate.label,
+        "total params (M)": total_parameters(v) / 1e6,
+        "active params (M)": "none per token" if name == "soft_moe" else active_parameters(v) / 1e6,
+        "GFLOPs/token": f"{flops_per_token(v) / 1e9:.3f} at 8 slots / 64 tokens"
         if name == "soft_moe"
-        else v.flops_per_token() / 1e9,
+        else flops_per_token(v) / 1e9,
     }
     for name, v in big_variants.items()
 ]
 mixtral_big = big_variants["mixtral"]
 expert_weights = mixtral_big.num_experts * mixtral_big.expert_parameters  # all 8 experts of the layer
-share = (mixtral_big.active_parameters() - mixtral_big.gate.weight.numel()) / expert_weights
+share = (active_parameters(mixtral_big) - mixtral_big.gate.weight.numel()) / expert_weights
 print(f"Mixtral: a token uses {share:.2f} of the layer's expert parameters (k / E = 2/8):", share == 2 / 8)
 Table(rows)
 
@@ -478,9 +479,9 @@ Table(rows)
 # (with $p = 1$, $\Phi$ has the shape of Mixtral's router, so we copy the same block's weights in):
 
 # %%
-from moe_edu.variants.soft_moe import SoftMoE
+from moe_edu.variants.soft_moe import build_soft_moe
 
-soft = SoftMoE.from_config(cfg).copy_from_block(block).eval()  # p = 1 slot per expert, Phi = the router weight
+soft = copy_from_block(build_soft_moe(cfg), block).eval()  # p = 1 slot per expert, Phi = the router weight
 xs = x_random[0]  # (m, H): one sequence of 64 tokens
 L = xs @ block.gate.weight.T  # (m, S) slot logits, S = E * p = 8
 D, C = torch.softmax(L, dim=0), torch.softmax(L, dim=1)  # dispatch over tokens, combine over slots
@@ -522,17 +523,17 @@ print("Mixtral:  token 0's output changed:", mixtral_moved > 1e-6)
 # $m$ tokens — **$Ep/m$ slots per token**, a hyperparameter. Add $\Phi$ (every token scores all $S = Ep$ slots) and
 # the two mixes (dispatch and combine, $2SH$ multiply-adds each per token). Mixtral's top-2 makes exactly 2 expert
 # calls per token, so Soft MoE costs what Mixtral costs at $Ep/m = 2$, i.e. $p = 2m/E$. Sweep $p$ at Mixtral 8x7B's
-# layer size, for groups of $m = 64$ tokens (the library's `SoftMoE.flops_per_token`, on the `meta` device):
+# layer size, for groups of $m = 64$ tokens (the library's `moe_edu.variants.base.flops_per_token`, on the `meta` device):
 
 # %%
 m_group = 64
-mixtral_flops = big_variants["mixtral"].flops_per_token()  # 2 expert calls + the router
+mixtral_flops = flops_per_token(big_variants["mixtral"])  # 2 expert calls + the router
 print("slots/expert p  slots/token Ep/m  GFLOPs/token  vs Mixtral top-2")
 sweep = {}  # p -> (slots per token, FLOPs per token)
 for p_slots in (1, 2, 4, 8, 16, 32, 64):
     with torch.device("meta"):
-        soft_big = SoftMoE.from_config(big, slots_per_expert=p_slots, tokens_per_group=m_group)
-    sweep[p_slots] = (big.num_local_experts * p_slots / m_group, soft_big.flops_per_token())
+        soft_big = build_soft_moe(big, slots_per_expert=p_slots, tokens_per_group=m_group)
+    sweep[p_slots] = (big.num_local_experts * p_slots / m_group, flops_per_token(soft_big))
     per_token, flops = sweep[p_slots]
     print(f"{p_slots:14d}  {per_token:16.3f}  {flops / 1e9:12.3f}  {flops / mixtral_flops:8.3f}x")
 p_equal = 2 * m_group // big.num_local_experts
@@ -568,17 +569,17 @@ plt.show()
 # $e$ gets a bias $b_e$ that is added to its score **only to choose** the top k; the combine weights use the
 # unbiased scores. After each batch, the bias moves by a fixed step
 # $\gamma$ against the load: $b_e \leftarrow b_e - \gamma\,\mathrm{sign}(c_e - \bar c)$ — overloaded experts
-# become less attractive, underloaded ones more. No loss, no gradient; `moe_edu.variants.aux_free.AuxFreeMoE`
+# become less attractive, underloaded ones more. No loss, no gradient; `moe_edu.variants.aux_free.AuxFreeRouter`
 # (with `score="softmax"` it is Mixtral's rule when $b = 0$; DeepSeek-V3 scores with a sigmoid, `score="sigmoid"`).
 # That is why its row in the table of §3 equals Mixtral's: the bias starts at 0 and moves only in training.
 
 # %%
-from moe_edu.variants.aux_free import AuxFreeMoE, bias_update
+from moe_edu.variants.aux_free import bias_update
 
-free = AuxFreeMoE.from_config(cfg).copy_from_block(block).eval()
+free = copy_from_block(VARIANTS["aux_free"](cfg), block).eval()
 flat = x_random.reshape(-1, cfg.hidden_size)  # (N, H)
 with torch.no_grad():
-    same = torch.equal(free(x_random).y, variants["mixtral"](x_random).y)
+    same = torch.equal(free(x_random)[0], variants["mixtral"](x_random)[0])
     scores = torch.softmax(free.gate.logits(flat), dim=-1)  # (N, E)
     before = torch.bincount(free.gate(flat).expert_ids.reshape(-1), minlength=8)  # (E,)
     free.gate.bias.copy_(bias_update(free.gate.bias, before, 0.05))  # one big nudge
@@ -623,9 +624,7 @@ def mini_batch(step: int):
 def balance_run(kind: str, steps: int = 100) -> list[tuple[float, float]]:
     torch.manual_seed(0)
     moe = (
-        AuxFreeMoE.from_config(cfg, bias_update_speed=0.01)
-        if kind == "aux-free bias"
-        else VARIANTS["mixtral"].from_config(cfg)
+        VARIANTS["aux_free"](cfg, bias_update_speed=0.01) if kind == "aux-free bias" else VARIANTS["mixtral"](cfg)
     )  # the same initial weights in all three runs
     with torch.no_grad():
         moe.gate.weight.normal_(0.0, 0.1)  # an opinionated start
@@ -633,7 +632,7 @@ def balance_run(kind: str, steps: int = 100) -> list[tuple[float, float]]:
     history = []
     for step in range(steps):
         x, y = mini_batch(step)
-        out = moe.train()(x)  # the aux-free router nudges its bias inside this training forward
+        out = moe_output(moe.train(), x)  # the aux-free router nudges its bias inside this training forward
         task = F.mse_loss(out.y, y)
         loss = task + 0.01 * moe_edu.load_balancing_loss(out.router_logits, 8, 2) if kind == "Switch aux loss" else task
         opt.zero_grad()

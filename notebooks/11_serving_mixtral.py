@@ -220,11 +220,11 @@ print(
 # W tokens. The masks, for 16 tokens and W = 4 (row = query, column = key, dark = may attend):
 
 # %%
-from moe_edu.attention import attention_mask
+from moe_edu.attention import build_attention_mask
 
 T, W = 16, 4
-dense = attention_mask(T, 0, torch.device("cpu"), None, torch.ones(1, T))[0, 0]  # (T, T) causal
-window = attention_mask(T, 0, torch.device("cpu"), W, None)[0, 0]  # (T, T) causal, last W keys
+dense = build_attention_mask(T, 0, torch.device("cpu"), None, torch.ones(1, T))[0, 0]  # (T, T) causal
+window = build_attention_mask(T, 0, torch.device("cpu"), W, None)[0, 0]  # (T, T) causal, last W keys
 hand = torch.tril(torch.ones(T, T, dtype=torch.bool)) & ~torch.tril(torch.ones(T, T, dtype=torch.bool), -W)
 print("window mask equals tril minus the band below -W:", torch.equal(window, hand))
 fig, axes = plt.subplots(1, 2, figsize=(7.0, 3.4))
@@ -244,7 +244,7 @@ plt.show()
 # %%
 def receptive_field(T: int, W: int, layers: int) -> int:
     reach = torch.eye(T, dtype=torch.bool)  # (T, T) which positions each token depends on
-    step = attention_mask(T, 0, torch.device("cpu"), W, None)[0, 0].float()  # (T, T)
+    step = build_attention_mask(T, 0, torch.device("cpu"), W, None)[0, 0].float()  # (T, T)
     for _ in range(layers):
         reach = (step @ reach.float()) > 0  # (T, T)
     last = reach[-1].nonzero().min().item()  # earliest position the last token depends on

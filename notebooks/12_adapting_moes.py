@@ -624,7 +624,7 @@ with torch.no_grad():
     logits[:, d] = float("-inf")
     w, e = torch.topk(torch.softmax(logits, -1), 2, dim=-1)  # (T, k)
     w = w / w.sum(-1, keepdim=True)
-    all_out = block.experts(h[0])  # (E, T, H): every expert on every token
+    all_out = block.experts.dense(h[0])  # (E, T, H): every expert on every token
     y_plain = (w[..., None] * all_out[e, torch.arange(24)[:, None]]).sum(1)  # (T, H)
     pruned = prune_experts(model, [d, 0, 0, 0])
     y_lib = pruned.model.layers[0].mlp(h)[0][0]  # (T, H)

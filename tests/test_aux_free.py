@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import moe_edu
-from moe_edu.variants.aux_free import AuxFreeMoE, AuxFreeRouter, bias_update
-from moe_edu.variants.mixtral import MixtralDroplessMoE
+from moe_edu.variants import build_variant, moe_output
+from moe_edu.variants.aux_free import AuxFreeRouter, bias_update
+from moe_edu.variants.base import copy_from_block
 
 CFG = moe_edu.get_config("tiny")
 H, I, E = CFG.hidden_size, CFG.intermediate_size, CFG.num_local_experts
@@ -27,7 +28,7 @@ def test_bias_update_rule():
 @pytest.mark.parametrize("score", ["softmax", "sigmoid"])
 def test_bias_changes_the_choice_but_not_the_weights(score):
     torch.manual_seed(0)
-    r = AuxFreeMoE(H, I, E, 2, score=score).gate.eval()  # the block initialises the router weight
+    r = build_variant("aux_free", CFG, score=score).gate.eval()  # the block initialises the router weight
     x = skewed(64)
     base = r(x)
     r.bias[base.expert_ids[:, 0].mode().values] = -10.0  # push the most popular first choice out
@@ -41,26 +42,26 @@ def test_bias_changes_the_choice_but_not_the_weights(score):
 
 def test_zero_bias_is_mixtral_and_eval_does_not_update():
     block = moe_edu.SparseMoeBlock(CFG).eval()
-    free = AuxFreeMoE.from_config(CFG).copy_from_block(block).eval()
-    mixtral = MixtralDroplessMoE.from_config(CFG).copy_from_block(block).eval()
+    free = copy_from_block(build_variant("aux_free", CFG), block).eval()
+    mixtral = copy_from_block(build_variant("mixtral", CFG), block).eval()
     x = skewed(40)
-    torch.testing.assert_close(free(x).y, mixtral(x).y)
-    assert free(x).aux_losses == {} and torch.equal(free.bias, torch.zeros(E))
+    torch.testing.assert_close(moe_output(free, x).y, moe_output(mixtral, x).y)
+    assert moe_output(free, x).aux_losses == {} and torch.equal(free.gate.bias, torch.zeros(E))
 
 
 def test_training_forward_nudges_bias_and_load_evens_out():
     """Routing only, no gradient step: the bias alone evens the hard load of a skewed batch."""
     torch.manual_seed(0)
-    moe = AuxFreeMoE(H, I, E, 2, bias_update_speed=0.002).train()
+    moe = build_variant("aux_free", CFG, bias_update_speed=0.002).train()
     x = skewed()
-    imbalance = lambda: float((c := moe(x).load_counts.float()).max() / c.mean())  # noqa: E731
+    imbalance = lambda: float((c := moe_output(moe, x).load_counts.float()).max() / c.mean())  # noqa: E731
     with torch.no_grad():
         first = imbalance()  # this training forward also nudges the bias once
         for _ in range(200):
             moe.gate(x)  # a training-mode routing call updates the bias
         moe.eval()
-        last, bias = imbalance(), moe.bias.clone()
-        assert torch.equal(moe.bias, bias)  # eval mode leaves it alone
+        last, bias = imbalance(), moe.gate.bias.clone()
+        assert torch.equal(moe.gate.bias, bias)  # eval mode leaves it alone
     assert first > 2.0 and last < 1.3
     assert bias.abs().max() > 0 and len(list(moe.parameters())) == 3  # bias is a buffer, not a parameter
     assert "gate.bias" in moe.state_dict()

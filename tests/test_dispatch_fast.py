@@ -86,18 +86,38 @@ def test_fast_paths_equal_loop_with_grads(name, tokens):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
-def test_grouped_hands_single_tokens_to_decode_on_cpu(monkeypatch):
+def test_grouped_hands_few_tokens_to_decode_on_cpu(monkeypatch):
     calls = []
     real = dispatch.decode_dispatch
     monkeypatch.setattr(dispatch, "decode_dispatch", lambda *a: calls.append(1) or real(*a))
     block = SparseMoeBlock(CONFIG)
+    most = dispatch.DECODE_MAX_ASSIGNMENTS // CONFIG.num_experts_per_tok  # tokens whose T*k still decodes
     with torch.no_grad():
         block(torch.randn(1, 1, CONFIG.hidden_size))
-        assert calls == [1]
-        block(torch.randn(1, 5, CONFIG.hidden_size))
-        assert calls == [1]  # more than one token: sort + grouped GEMMs
+        block(torch.randn(1, most, CONFIG.hidden_size))
+        assert calls == [1, 1]
+        block(torch.randn(1, most + 1, CONFIG.hidden_size))
+        assert calls == [1, 1]  # more assignments: sort + grouped GEMMs
     block(torch.randn(1, 1, CONFIG.hidden_size))
-    assert calls == [1]  # training: the grouped backward is cheaper than indexing weights
+    assert calls == [1, 1]  # training: the grouped backward is cheaper than indexing weights
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens", [1, 2, 5, 8, 17])
+def test_decode_inference_equals_loop(tokens, dtype):
+    """The no-grad decode (assignments grouped on the host, addmm_ with the weight as alpha) = the loop reference."""
+    torch.manual_seed(tokens)
+    block = SparseMoeBlock(CONFIG).to(dtype).eval()
+    x = torch.randn(tokens, CONFIG.hidden_size).to(dtype)
+    with torch.no_grad():
+        r = block.gate(x)
+        want = dispatch.loop_dispatch(x, block.experts, r.weights, r.expert_ids)
+        got = dispatch.decode_dispatch(x, block.experts, r.weights, r.expert_ids)
+        y, _ = block(x[None])  # the default block: decode while T*k <= DECODE_MAX_ASSIGNMENTS, then grouped
+    assert got.dtype == dtype and (r.expert_ids.unique().numel() < tokens * 2 or tokens < 4)  # experts repeat
+    tol = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(got, want, **tol)
+    torch.testing.assert_close(y[0], want, **tol)
 
 
 def test_grouped_is_deterministic_and_keeps_dtype():
@@ -155,7 +175,8 @@ def test_inference_blocks_without_kernel_match_loop(chunk):
     block = SparseMoeBlock(CONFIG).double()  # fp64: no grouped kernel, so the per-expert blocks run
     x = torch.randn(40, CONFIG.hidden_size, dtype=torch.float64)
     with torch.no_grad():
-        _, weights, chosen = block.gate(x)
+        routing = block.gate(x)
+        weights, chosen = routing.weights, routing.expert_ids
         order, counts = dispatch.sort_by_expert(chosen, CONFIG.num_local_experts)
         xs = x[order // 2]
         got = block.experts._grouped_inference(xs, counts.tolist(), chunk=chunk)

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+import moe_edu.attention
+import moe_edu.model
 from moe_edu import MixtralConfig, MixtralForCausalLM, StateDictError
 from moe_edu.layouts import model_from_v5, model_to_v5
 from moe_edu.rope import apply_rotary
@@ -288,3 +290,23 @@ def test_generate_refuses_non_finite_logits_and_restores_the_mode():
         with pytest.raises(ValueError, match=field):
             ours.generate(torch.zeros(1, 4, dtype=torch.long), **{"max_new_tokens": 2, **kwargs})
     assert ours.training
+
+
+def test_mixtral_model_returns_hidden_states_like_transformers():
+    cfg = CONFIGS["gqa2"]
+    hf, ours = pair(cfg)
+    ids = ids_for(cfg)
+    with torch.no_grad():
+        theirs = hf.model(input_ids=ids)
+        mine = ours.model(ids, use_cache=True)
+        logits = ours(ids).logits
+    assert mine.last_hidden_state.shape == (3, 11, cfg.hidden_size)
+    assert (mine.last_hidden_state - theirs.last_hidden_state).abs().max().item() <= 1e-4
+    assert torch.equal(ours.lm_head(mine.last_hidden_state), logits)  # the causal LM is the model + its head
+    assert len(mine.router_logits) == len(mine.past_key_values) == cfg.num_hidden_layers
+    with pytest.raises(ValueError, match="input_ids"):
+        ours.model(torch.full((1, 3), cfg.vocab_size))
+
+
+def test_dead_leftovers_are_gone():
+    assert not hasattr(moe_edu.model, "attention_mask_for") and not hasattr(moe_edu.attention, "KVCache")

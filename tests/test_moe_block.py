@@ -6,7 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moe_edu import DISPATCHES, PRESETS, SparseMoeBlock, softmax_topk, topk_softmax
-from moe_edu.dispatch import loop_dispatch
+from moe_edu.dispatch import grouped_dispatch, loop_dispatch
+from moe_edu.experts import Experts
+from moe_edu.moe_block import MoEBlock
+from moe_edu.routing import TopKRouter
+from moe_edu.variants.noisy_topk import NoisyTopKRouter
 
 FAST = settings(max_examples=25, deadline=None)
 
@@ -77,7 +81,7 @@ def test_k_equal_e_is_the_dense_softmax_mixture(e, tokens, seed):
     with torch.no_grad():
         y, logits = block(x[None])
         probs = torch.softmax(logits, -1)  # (T, E)
-        dense = torch.einsum("te,eth->th", probs, block.experts(x))
+        dense = torch.einsum("te,eth->th", probs, block.experts.dense(x))
     torch.testing.assert_close(y[0], dense, rtol=1e-5, atol=1e-5)
 
 
@@ -118,7 +122,8 @@ def test_loop_reference_is_the_definition():
     block = make_block(6, 3, seed=3)
     x = torch.randn(9, 16)
     with torch.no_grad():
-        _, w, chosen = block.gate(x)
+        routing = block.gate(x)
+        w, chosen = routing.weights, routing.expert_ids
         want = torch.stack(
             [
                 sum(w[t, j] * block.experts.expert(int(chosen[t, j]), x[t : t + 1])[0] for j in range(3))
@@ -195,3 +200,40 @@ def test_block_and_input_dtypes_must_agree():
         block(x)
     y, _ = block.to(torch.float64)(x)
     assert y.dtype == torch.float64 and y.shape == x.shape
+
+
+def test_experts_are_not_called_silently_dense():
+    experts = make_block(4, 2).experts
+    x = torch.randn(5, 16)
+    with pytest.raises(TypeError, match=r"experts\.dense\(x\)"):
+        experts(x)  # calling the module used to run every expert on every row without saying so
+    every = experts.dense(x)  # (E, N, H), by name
+    assert every.shape == (4, 5, 16)
+    torch.testing.assert_close(every[2], experts.expert(2, x))
+
+
+def test_shared_is_always_an_attribute_and_each_part_resets_itself():
+    block = make_block(4, 2)
+    assert block.shared is None and "shared" not in dict(block.named_children())
+    torch.manual_seed(0)
+    noisy = MoEBlock(NoisyTopKRouter(16, 4, 2), Experts(4, 16, 24), shared=Experts(1, 16, 24), initializer_range=0.5)
+    assert torch.equal(noisy.gate.noise.weight, torch.zeros(4, 16))  # the router zeroes its own W_noise
+    assert not any(hasattr(p, "zero_init") for p in noisy.parameters())  # no hidden protocol on a Parameter
+    for p in (noisy.gate.weight, noisy.experts.gate_up_proj, noisy.shared.down_proj):
+        assert 0.4 < float(p.detach().std()) < 0.6  # normal(0, initializer_range)
+    flat = torch.randn(3, 16)
+    with torch.no_grad():
+        y, r = noisy.eval().mix(flat)
+        routed = loop_dispatch(flat, noisy.experts, r.weights, r.expert_ids)  # (3, H)
+        torch.testing.assert_close(y, routed + noisy.shared.expert(0, flat))  # shared: weight 1, every token
+
+
+def test_dispatch_is_resolved_once_to_a_function():
+    block = make_block(4, 2)
+    assert block.dispatch is grouped_dispatch and "dispatch=grouped_dispatch" in repr(block)
+    block.dispatch = "loop"  # a name is resolved when set, not at every forward
+    assert block.dispatch is loop_dispatch
+    with pytest.raises(ValueError, match="unknown dispatch"):
+        block.dispatch = "nope"
+    with pytest.raises(ValueError, match="unknown dispatch"):
+        MoEBlock(TopKRouter(16, 4, 2), Experts(4, 16, 24), dispatch="nope")

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock as HFBlock  # a test dependency
 
 from moe_edu import DISPATCHES, PRESETS, SparseMoeBlock
+from moe_edu.dispatch import DECODE_MAX_ASSIGNMENTS, choose_path
 from moe_edu.layouts import v5_to_layout
 
 LAYOUT_SEEDS = {"v5": 1, "v4": 2, "mistral": 3}  # fixed: the configs reproduce in any process
@@ -91,3 +92,17 @@ def test_matches_mistral_inference_ordering(order):
         with torch.no_grad():
             got = block(x[None])[0][0]
         assert (got - want).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("tokens", [1, 4, 8])
+def test_decode_path_matches_transformers(tokens):
+    """The default block at inference with T*k <= DECODE_MAX_ASSIGNMENTS takes the no-sort decode path."""
+    config = PRESETS["tiny"]
+    hf = hf_block(config, tokens)
+    ours = SparseMoeBlock(config).eval()
+    ours.load_hf_state_dict(hf.state_dict())
+    x = torch.randn(1, tokens, config.hidden_size)
+    assert tokens * config.num_experts_per_tok <= DECODE_MAX_ASSIGNMENTS
+    with torch.no_grad():
+        assert choose_path(x[0], ours.experts, config.num_experts_per_tok) == "decode"
+        torch.testing.assert_close(ours(x)[0], hf(x.clone()), rtol=0, atol=1e-5)

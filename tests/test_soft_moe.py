@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import moe_edu
+from moe_edu.variants.base import active_parameters, copy_from_block, expert_parameters, flops_per_token
 from moe_edu.variants.compare import compare
-from moe_edu.variants.soft_moe import SoftMoE, SoftRouter, soft_weights
+from moe_edu.variants.soft_moe import SoftMoE, SoftRouter, build_soft_moe, soft_weights
 
 CFG = moe_edu.get_config("tiny")
 H, I, E = CFG.hidden_size, CFG.intermediate_size, CFG.num_local_experts
@@ -69,10 +70,10 @@ def test_sequences_do_not_mix_and_load_is_even():
 
 
 def test_copy_from_block_accounting_and_table_row():
-    moe = SoftMoE.from_config(CFG).copy_from_block(moe_edu.SparseMoeBlock(CFG))
-    assert moe.gate.weight.shape == (E, H) and moe.top_k == E
-    assert moe.experts_per_token == E / 64
-    assert moe.active_parameters() == E * H + round(E / 64 * moe.expert_parameters)
+    moe = copy_from_block(build_soft_moe(CFG), moe_edu.SparseMoeBlock(CFG))
+    assert moe.gate.weight.shape == (E, H)
+    assert moe.gate.experts_per_token == E / 64
+    assert active_parameters(moe) == E * H + round(E / 64 * expert_parameters(moe.experts))
     table, _ = compare({"soft": moe}, x_batch(4, 64))
     row = table.rows[0]
     assert row["k"] == "soft: 8 slots / 64 tokens" and row["load CV"] == 0.0 and row["dropped tokens %"] == 0.0
@@ -89,14 +90,10 @@ def test_bf16_keeps_dtype():
 
 
 def test_cost_grows_with_slots_per_token_and_meets_top2_at_p_2m_over_e():
-    from moe_edu.variants import VARIANTS
-
     big = moe_edu.get_config("mixtral-8x7b")
     with torch.device("meta"):
-        mixtral = VARIANTS["mixtral"].from_config(big)
-        costs = {
-            p: SoftMoE.from_config(big, slots_per_expert=p, tokens_per_group=64).flops_per_token() for p in (1, 16, 32)
-        }
+        mixtral = moe_edu.SparseMoeBlock(big)
+        costs = {p: flops_per_token(build_soft_moe(big, slots_per_expert=p, tokens_per_group=64)) for p in (1, 16, 32)}
     assert costs[1] < costs[16] < costs[32]
     assert abs(costs[32] / costs[16] - 2) < 0.01  # linear in slots per token
-    assert abs(costs[16] / mixtral.flops_per_token() - 1) < 0.02  # Ep/m = 2 expert calls: Mixtral's top-2
+    assert abs(costs[16] / flops_per_token(mixtral) - 1) < 0.02  # Ep/m = 2 expert calls: Mixtral's top-2

@@ -10,15 +10,13 @@ import torch
 import moe_edu
 from moe_edu.capacity import capacity_dispatch, expert_capacity, keep_within_capacity
 from moe_edu.dispatch import loop_dispatch
-from moe_edu.variants import VARIANTS, build_variant, build_variants
-from moe_edu.variants.base import MoEOutput
+from moe_edu.moe_block import MoEBlock
+from moe_edu.routing import Router, TopKRouter
+from moe_edu.variants import VARIANTS, SoftMoE, build_variant, build_variants, moe_output
+from moe_edu.variants.base import MoEOutput, active_parameters, copy_from_block, flops_per_token, total_parameters
 from moe_edu.variants.compare import Table, compare, load_stats
-from moe_edu.variants.expert_choice import ExpertChoiceMoE
-from moe_edu.variants.gshard import GShardMoE
-from moe_edu.variants.mixtral import MixtralDroplessMoE
-from moe_edu.variants.noisy_topk import NoisyTopKMoE, prob_in_topk
-from moe_edu.variants.shared_experts import SharedExpertMoE
-from moe_edu.variants.switch import SwitchMoE
+from moe_edu.variants.expert_choice import ExpertChoiceRouter
+from moe_edu.variants.noisy_topk import NoisyTopKRouter, prob_in_topk
 
 CFG = moe_edu.get_config("tiny")
 H, I, E = CFG.hidden_size, CFG.intermediate_size, CFG.num_local_experts
@@ -30,9 +28,9 @@ def hidden(n: int = 96, seed: int = 0, skew: float = 1.0) -> torch.Tensor:
     return torch.randn(2, n // 2, H, generator=g) + skew * torch.randn(H, generator=g)  # (2, n/2, H)
 
 
-def seeded(cls, *args, seed: int = 0, **kwargs):
+def seeded(name: str, seed: int = 0, **options):
     torch.manual_seed(seed)
-    return cls(H, I, *args, **kwargs).eval()
+    return build_variant(name, CFG, **options).eval()
 
 
 def fcfs_keep(chosen: torch.Tensor, capacity: int, active: torch.Tensor | None = None) -> torch.Tensor:
@@ -73,9 +71,10 @@ def test_keep_within_capacity_matches_python_reference(seed):
 
 
 def test_capacity_dispatch_matches_python_reference_and_masked_loop():
-    block = MixtralDroplessMoE(H, I, E, 2)
+    block = seeded("mixtral")
     x = hidden()[0]  # (48, H): skewed, so capacity 0.75 drops assignments
-    _, weights, chosen = block.gate(x)
+    r = block.gate(x)
+    weights, chosen = r.weights, r.expert_ids
     out = capacity_dispatch(x, block.experts, weights, chosen, 0.75)
     want_keep = fcfs_keep(chosen, expert_capacity(48, E, 2, 0.75))  # plain-Python first come, first served
     assert out.capacity == expert_capacity(48, E, 2, 0.75) and torch.equal(out.kept, want_keep)
@@ -87,14 +86,14 @@ def test_capacity_dispatch_matches_python_reference_and_masked_loop():
 # --- Switch -----------------------------------------------------------------------
 @pytest.mark.parametrize("factor", [0.5, 1.0, 1.25])
 def test_switch_respects_capacity_and_counts_drops_exactly(factor):
-    moe = seeded(SwitchMoE, E, factor)
+    moe = seeded("switch", capacity_factor=factor)
     x = hidden()
-    out = moe(x)
+    out = moe_output(moe, x)
     N = x.shape[0] * x.shape[1]
     C = expert_capacity(N, E, 1, factor)
     assert int(out.load_counts.max()) <= C
     flat = x.reshape(-1, H)
-    probs = torch.softmax(moe.router_logits(flat), -1)
+    probs = torch.softmax(moe.gate.logits(flat), -1)
     p, chosen = probs.max(-1, keepdim=True)
     keep = fcfs_keep(chosen, C)
     assert out.dropped == out.dropped_assignments == int((~keep).sum()) > 0  # the skew makes drops happen
@@ -108,12 +107,12 @@ def test_switch_respects_capacity_and_counts_drops_exactly(factor):
 
 
 def test_switch_with_full_capacity_is_p_times_the_top1_block():
-    moe = seeded(SwitchMoE, E, float(E))
+    moe = seeded("switch", capacity_factor=float(E))
     block = moe_edu.SparseMoeBlock(CFG.replace(num_experts_per_tok=1)).eval()
     experts = {f"experts.{k}": v for k, v in moe.experts.state_dict().items()}
     block.load_state_dict({"gate.weight": moe.gate.weight, **experts})
     x = hidden()
-    out = moe(x)
+    out = moe_output(moe, x)
     y_block, logits = block(x)
     p = torch.softmax(logits, -1).max(-1).values  # (N,)
     assert out.dropped == 0
@@ -122,14 +121,14 @@ def test_switch_with_full_capacity_is_p_times_the_top1_block():
 
 # --- GShard -----------------------------------------------------------------------
 def test_gshard_capacity_priority_and_drop_count():
-    moe = seeded(GShardMoE, E, 0.5)
+    moe = seeded("gshard", capacity_factor=0.5)
     x = hidden()
-    out = moe(x)
+    out = moe_output(moe, x)
     flat = x.reshape(-1, H)
     N = flat.shape[0]
     C = expert_capacity(N, E, 2, 0.5)
     assert int(out.load_counts.max()) <= C
-    _, chosen = moe_edu.softmax_topk(moe.router_logits(flat), 2)
+    _, chosen = moe_edu.softmax_topk(moe.gate.logits(flat), 2)
     keep = fcfs_keep(chosen, C)
     assert out.dropped_assignments == int((~keep).sum()) > 0
     assert out.dropped == int((~keep.any(1)).sum())
@@ -139,17 +138,17 @@ def test_gshard_capacity_priority_and_drop_count():
 
 
 def test_gshard_random_routing_only_in_training():
-    moe = seeded(GShardMoE, E, float(E))
+    moe = seeded("gshard", capacity_factor=float(E))
     x = hidden()
-    a, b = moe(x), moe(x)
+    a, b = moe_output(moe, x), moe_output(moe, x)
     assert torch.equal(a.y, b.y) and int(a.load_counts.sum()) == 2 * 96  # eval: both experts, deterministic
     moe.train()
     torch.manual_seed(1)
-    c = moe(x)
+    c = moe_output(moe, x)
     assert int(c.load_counts.sum()) < 2 * 96  # some second experts skipped at random
     assert c.dropped_assignments == 0  # skipping is not dropping
-    moe.random_routing = False
-    assert torch.equal(moe(x).y, a.y)
+    moe.gate.random_routing = False
+    assert torch.equal(moe_output(moe, x).y, a.y)
 
 
 # --- dropless equivalence ------------------------------------------------------------
@@ -164,17 +163,17 @@ def block_with(moe, k: int = 2) -> moe_edu.SparseMoeBlock:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: seeded(MixtralDroplessMoE, E, 2),
-        lambda: seeded(NoisyTopKMoE, E, 2),
-        lambda: seeded(GShardMoE, E, float(E)),
-        lambda: seeded(GShardMoE, E, 2.0 * E, random_routing=True),
+        lambda: seeded("mixtral"),
+        lambda: seeded("noisy_topk"),
+        lambda: seeded("gshard", capacity_factor=float(E)),
+        lambda: seeded("gshard", capacity_factor=2.0 * E, random_routing=True),
     ],
     ids=["mixtral", "noisy_topk_eval", "gshard_full_capacity", "gshard_more_capacity"],
 )
 def test_topk_variants_without_noise_and_with_capacity_equal_the_dropless_block(make):
     moe = make()
     x = hidden()
-    out = moe(x)
+    out = moe_output(moe, x)
     y_block, logits = block_with(moe)(x)
     assert out.dropped == out.dropped_assignments == 0
     torch.testing.assert_close(out.router_logits, logits)
@@ -184,32 +183,32 @@ def test_topk_variants_without_noise_and_with_capacity_equal_the_dropless_block(
 def test_variants_accept_bf16_and_keep_dtype():
     x = hidden().to(torch.bfloat16)
     for name, moe in build_variants(CFG).items():
-        out = moe.to(torch.bfloat16).eval()(x)
+        out = moe_output(moe.to(torch.bfloat16).eval(), x)
         assert out.y.dtype == torch.bfloat16 and out.y.shape == x.shape, name
         assert out.router_logits.dtype == torch.float32, name
 
 
 # --- noisy top-k ---------------------------------------------------------------------
 def test_noise_only_in_training():
-    moe = seeded(NoisyTopKMoE, E, 2)
+    moe = seeded("noisy_topk")
     x = hidden()
-    a, b = moe(x), moe(x)
+    a, b = moe_output(moe, x), moe_output(moe, x)
     assert torch.equal(a.y, b.y)
-    torch.testing.assert_close(a.router_logits, moe.router_logits(x.reshape(-1, H)))
+    torch.testing.assert_close(a.router_logits, moe.gate.logits(x.reshape(-1, H)))
     moe.train()
-    c, d = moe(x), moe(x)
+    c, d = moe_output(moe, x), moe_output(moe, x)
     assert not torch.equal(c.router_logits, a.router_logits) and not torch.equal(c.y, d.y)
     moe.eval()
-    assert torch.equal(moe(x).y, a.y)
+    assert torch.equal(moe_output(moe, x).y, a.y)
 
 
 def test_noisy_aux_losses_are_differentiable_and_prob_in_topk_is_a_probability():
-    moe = seeded(NoisyTopKMoE, E, 2).train()
+    moe = seeded("noisy_topk").train()
     torch.manual_seed(0)
-    out = moe(hidden())
+    out = moe_output(moe, hidden())
     assert set(out.aux_losses) == {"importance", "load"}
     (out.aux_losses["importance"] + out.aux_losses["load"]).backward()
-    assert moe.gate.weight.grad.abs().sum() > 0 and moe.noise.weight.grad.abs().sum() > 0
+    assert moe.gate.weight.grad.abs().sum() > 0 and moe.gate.noise.weight.grad.abs().sum() > 0
     clean = torch.randn(50, E)
     noisy = clean + torch.randn(50, E)
     p = prob_in_topk(clean, noisy, torch.ones(50, E), 2)
@@ -222,13 +221,13 @@ def test_noisy_aux_losses_are_differentiable_and_prob_in_topk_is_a_probability()
 # --- expert choice -----------------------------------------------------------------------
 @pytest.mark.parametrize("factor", [0.5, 1.0, 2.0])
 def test_expert_choice_gives_each_expert_exactly_its_capacity(factor):
-    moe = seeded(ExpertChoiceMoE, E, factor)
+    moe = seeded("expert_choice", capacity_factor=factor)
     x = hidden()
     flat = x.reshape(-1, H)
-    out = moe(x)
+    out = moe_output(moe, x)
     C = expert_capacity(flat.shape[0], E, 1, factor)
     assert out.load_counts.tolist() == [C] * E
-    scores = torch.softmax(moe.router_logits(flat), -1)  # (N, E)
+    scores = torch.softmax(moe.gate.logits(flat), -1)  # (N, E)
     gate, token = scores.t().topk(C, dim=-1)  # (E, C)
     y = torch.zeros_like(flat)
     for e in range(E):
@@ -245,13 +244,13 @@ def test_expert_choice_gives_each_expert_exactly_its_capacity(factor):
 # --- shared experts --------------------------------------------------------------------
 def test_shared_experts_see_every_token():
     cfg = CFG
-    moe = SharedExpertMoE.from_config(cfg, granularity=2, num_shared=1).eval()
+    moe = build_variant("shared_experts", cfg, granularity=2, num_shared=1).eval()
     x = hidden()
-    full = moe(x).y
+    full = moe_output(moe, x).y
     with torch.no_grad():
         moe.experts.down_proj.zero_()  # silence the routed experts: only the shared one is left
     flat = x.reshape(-1, H)
-    only_shared = moe(x).y.reshape(-1, H)
+    only_shared = moe_output(moe, x).y.reshape(-1, H)
     torch.testing.assert_close(only_shared, moe.shared.expert(0, flat), atol=1e-6, rtol=1e-5)
     assert torch.all(only_shared.abs().sum(-1) > 0)  # every token got the shared expert
     assert not torch.equal(full.reshape(-1, H), only_shared)
@@ -260,16 +259,16 @@ def test_shared_experts_see_every_token():
 def test_shared_experts_keep_mixtrals_parameter_budget():
     big = moe_edu.get_config("mixtral-8x7b")
     with torch.device("meta"):
-        mixtral = MixtralDroplessMoE.from_config(big)
-        shared = SharedExpertMoE.from_config(big, granularity=2, num_shared=1)
+        mixtral = build_variant("mixtral", big)
+        shared = build_variant("shared_experts", big, granularity=2, num_shared=1)
     per_layer = 8 * 3 * 4096 * 14336
-    assert mixtral.total_parameters() == 8 * 4096 + per_layer
-    assert mixtral.active_parameters() == 8 * 4096 + per_layer // 4
-    assert shared.total_parameters() - shared.gate.weight.numel() == per_layer
-    assert shared.active_parameters() - shared.gate.weight.numel() == per_layer // 4
-    assert mixtral.flops_per_token() == 2 * mixtral.active_parameters()
+    assert total_parameters(mixtral) == 8 * 4096 + per_layer
+    assert active_parameters(mixtral) == 8 * 4096 + per_layer // 4
+    assert total_parameters(shared) - shared.gate.weight.numel() == per_layer
+    assert active_parameters(shared) - shared.gate.weight.numel() == per_layer // 4
+    assert flops_per_token(mixtral) == 2 * active_parameters(mixtral)
     with pytest.raises(ValueError, match="granularity"):
-        SharedExpertMoE.from_config(big, granularity=3)
+        build_variant("shared_experts", big, granularity=3)
 
 
 # --- registry, output, table, errors ------------------------------------------------------
@@ -278,12 +277,12 @@ def test_registry_builds_every_variant_and_outputs_have_one_shape():
     assert list(variants) == list(VARIANTS)
     x = hidden()
     for name, moe in variants.items():
-        out = moe.eval()(x)
+        out = moe_output(moe.eval(), x)
         assert isinstance(out, MoEOutput), name
         assert out.y.shape == x.shape and out.num_tokens == 96, name
         assert out.router_logits.shape == (96, moe.num_experts), name
         assert out.load_counts.shape == (moe.num_experts,), name
-        assert set(out.aux_losses) == set(moe.aux_loss_names), name
+        assert set(out.aux_losses) == set(moe.gate.aux_loss_names), name
         assert all(math.isfinite(float(v.detach())) for v in out.aux_losses.values()), name
     with pytest.raises(ValueError, match="unknown MoE variant"):
         build_variant("dense", CFG)
@@ -291,10 +290,10 @@ def test_registry_builds_every_variant_and_outputs_have_one_shape():
 
 def test_copy_from_block_shares_router_and_experts():
     block = moe_edu.SparseMoeBlock(CFG).eval()
-    moe = seeded(SwitchMoE, E).copy_from_block(block)
+    moe = copy_from_block(seeded("switch"), block)
     assert torch.equal(moe.gate.weight, block.gate.weight)
     with pytest.raises(ValueError, match="gate.weight"):
-        SharedExpertMoE.from_config(CFG).copy_from_block(block)
+        copy_from_block(build_variant("shared_experts", CFG), block)
 
 
 @pytest.mark.parametrize(
@@ -309,16 +308,16 @@ def test_copy_from_block_shares_router_and_experts():
 def test_bad_input_raises_clear_errors(bad, err):
     for moe in build_variants(CFG).values():
         with pytest.raises(err, match="expects"):
-            moe(bad)
+            moe_output(moe, bad)
 
 
 def test_constructor_validation():
     with pytest.raises(ValueError, match="capacity_factor"):
-        SwitchMoE(H, I, E, capacity_factor=0)
+        build_variant("switch", CFG, capacity_factor=0)
     with pytest.raises(ValueError, match="top_k"):
-        NoisyTopKMoE(H, I, E, top_k=E)
+        NoisyTopKRouter(H, E, top_k=E)
     with pytest.raises(ValueError, match="num_experts"):
-        ExpertChoiceMoE(H, I, 0)
+        ExpertChoiceRouter(H, 0, 1.0)
 
 
 def test_compare_table_is_deterministic_and_complete():
@@ -472,11 +471,11 @@ def test_family_references_are_the_layers():
     from moe_edu.course.exercises.family import expert_choice_moe_reference, switch_moe_reference
 
     x = hidden()
-    for cls, ref in ((SwitchMoE, switch_moe_reference), (ExpertChoiceMoE, expert_choice_moe_reference)):
-        moe = seeded(cls, E, 1.0)
-        out = moe(x)
+    for name, ref in (("switch", switch_moe_reference), ("expert_choice", expert_choice_moe_reference)):
+        moe = seeded(name, capacity_factor=1.0)
+        out = moe_output(moe, x)
         flat = x.reshape(-1, H)
-        y, dropped = ref(flat, moe.experts, moe.router_logits(flat), 1.0)
+        y, dropped = ref(flat, moe.experts, moe.gate.logits(flat), 1.0)
         torch.testing.assert_close(out.y.reshape(-1, H), y)
         assert out.dropped == dropped
 
@@ -486,30 +485,87 @@ def test_variants_on_cuda_in_bf16():
     x = hidden().to("cuda", torch.bfloat16)
     for name, moe in build_variants(CFG).items():
         moe = moe.to("cuda", torch.bfloat16).eval()
-        out = moe(x)
+        out = moe_output(moe, x)
         assert out.y.device.type == "cuda" and out.y.dtype == torch.bfloat16 and out.y.shape == x.shape, name
         assert out.router_logits.dtype == torch.float32 and torch.isfinite(out.y).all(), name
         if name in ("switch", "gshard"):
-            assert int(out.load_counts.max()) <= moe.capacity(out.num_tokens), name
+            assert int(out.load_counts.max()) <= moe.gate.capacity(out.num_tokens), name
         if name == "expert_choice":
-            assert out.load_counts.tolist() == [moe.capacity(out.num_tokens)] * moe.num_experts
-    mixtral, noisy = seeded(MixtralDroplessMoE, E, 2), seeded(NoisyTopKMoE, E, 2)
+            assert out.load_counts.tolist() == [moe.gate.capacity(out.num_tokens)] * moe.num_experts
+    mixtral, noisy = seeded("mixtral"), seeded("noisy_topk")
     noisy.load_state_dict(mixtral.state_dict(), strict=False)
     mixtral, noisy = mixtral.cuda(), noisy.cuda()
-    torch.testing.assert_close(noisy(x.float()).y, mixtral(x.float()).y)
+    torch.testing.assert_close(moe_output(noisy, x.float()).y, moe_output(mixtral, x.float()).y)
 
 
-def test_output_names_one_meaning_and_old_names_still_read():
-    out = seeded(SwitchMoE, E, 0.5)(hidden())
+def test_output_names_have_one_meaning_and_no_old_aliases():
+    out = moe_output(seeded("switch", capacity_factor=0.5), hidden())
     assert out.load_counts.dtype == torch.int64 and int(out.load_counts.sum()) + out.dropped == 96  # counts, not shares
-    assert out.expert_load is out.load_counts and out.expert_demand is out.demand_counts  # compatibility aliases
+    assert not hasattr(out, "expert_load") and not hasattr(out, "expert_demand")  # one name per field
 
 
-def test_capacity_factor_can_be_changed_on_the_layer():
-    moe = seeded(SwitchMoE, E, 1.25)
+def test_capacity_factor_can_be_changed_on_the_router():
+    moe = seeded("switch", capacity_factor=1.25)
     x = hidden()
-    moe.capacity_factor = 0.5
-    assert moe.gate.capacity_factor == 0.5 and moe.capacity(96) == expert_capacity(96, E, 1, 0.5)
-    assert moe(x).dropped > 0
+    moe.gate.capacity_factor = 0.5
+    assert moe.gate.capacity(96) == expert_capacity(96, E, 1, 0.5)
+    assert moe.gate.capacity_rule == "C = ceil(0.5 N/E), overflow dropped"
+    assert moe_output(moe, x).dropped > 0
     with pytest.raises(ValueError, match="capacity_factor"):
-        moe.capacity_factor = 0
+        moe.gate.capacity_factor = 0
+
+
+# --- variants are values: every public method runs (D1, D2) -------------------------------------
+def test_every_variants_forward_mix_and_route_run_or_are_absent():
+    x = hidden()  # (2, 48, H)
+    for name, moe in build_variants(CFG).items():
+        moe.eval()
+        if isinstance(moe, MoEBlock):
+            y, logits = moe(x)
+            assert y.shape == x.shape and logits.shape == (96, moe.num_experts), name
+            y_mix, routing = moe.mix(x.reshape(-1, H))
+            torch.testing.assert_close(y_mix, y.reshape(-1, H), msg=name)
+            assert torch.equal(moe.route(x).expert_ids, routing.expert_ids), name
+            assert routing.weights.shape == routing.expert_ids.shape == (96, moe.gate.top_k), name
+        else:  # Soft MoE routes nothing: no mix, no route to inherit and crash
+            assert isinstance(moe, SoftMoE) and name == "soft_moe"
+            assert not hasattr(moe, "mix") and not hasattr(moe, "route")
+            assert moe(x).y.shape == x.shape
+
+
+def test_a_variant_is_the_block_with_another_router():
+    assert type(build_variant("mixtral", CFG)) is moe_edu.SparseMoeBlock  # the Mixtral row is the library's block
+    for name in ("noisy_topk", "switch", "gshard", "expert_choice", "shared_experts", "aux_free"):
+        moe = build_variant(name, CFG)
+        assert type(moe) is MoEBlock and isinstance(moe.gate, Router), name
+        assert moe.gate.label and moe.gate.gating and moe.gate.capacity_rule, name  # table text lives on the router
+    assert build_variant("shared_experts", CFG).shared.num_experts == 1
+    assert build_variant("switch", CFG).shared is None
+
+
+def test_router_declares_top_k_with_clear_errors():
+    bare = Router(H, E)
+    assert bare.top_k is None
+    with pytest.raises(NotImplementedError, match="Router sets no top_k"):  # not a masked AttributeError
+        _ = bare.experts_per_token
+    ec = build_variant("expert_choice", CFG, capacity_factor=1.5)
+    assert ec.gate.top_k == E  # its Routing has one candidate slot per expert, `keep` marks the chosen
+    assert ec.gate.experts_per_token == 1.5 and ec.gate.k_text == "1.5 on average"
+    assert build_variant("switch", CFG).gate.top_k == 1 and moe_edu.SparseMoeBlock(CFG).top_k == CFG.num_experts_per_tok
+
+
+def test_routing_is_read_by_name_not_unpacked():
+    router = TopKRouter(H, E, 2)
+    router.reset_parameters()
+    routing = router(torch.randn(5, H))
+    assert routing.weights.shape == routing.expert_ids.shape == (5, 2)
+    with pytest.raises(TypeError):
+        _, _, _ = routing
+
+
+def test_every_variant_takes_init_and_jitter_from_the_config():
+    cfg = CFG.replace(initializer_range=0.5, router_jitter_noise=0.1)
+    for name, moe in build_variants(cfg).items():
+        assert 0.4 < float(moe.experts.gate_up_proj.detach().std()) < 0.6, name
+        if isinstance(moe, MoEBlock):
+            assert moe.jitter_noise == 0.1, name

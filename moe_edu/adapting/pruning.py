@@ -57,7 +57,7 @@ def layer_inputs(model: MixtralForCausalLM, ids: torch.Tensor) -> list[torch.Ten
 @torch.no_grad()
 def expert_similarity(experts, x: torch.Tensor) -> torch.Tensor:
     """(E, E) cosine similarity of what the experts output on the same rows x (N, H)."""
-    out = experts(x).flatten(1).float()  # (E, N*H): every expert on every row
+    out = experts.dense(x).flatten(1).float()  # (E, N*H): every expert on every row
     out = out / out.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (E, N*H)
     return out @ out.T  # (E, E)
 

@@ -290,21 +290,21 @@ GLOSSARY: tuple[Term, ...] = (
     Term(
         "雜訊前 k 個門控",
         "noisy top-k gating",
-        "moe_edu.variants.noisy_topk.NoisyTopKMoE",
+        "moe_edu.variants.noisy_topk.NoisyTopKRouter",
         "09",
         "Shazeer et al. 2017: trainable Gaussian noise on the logits in training, importance and load losses.",
     ),
     Term(
         "專家選擇路由",
         "expert choice routing",
-        "moe_edu.variants.expert_choice.ExpertChoiceMoE",
+        "moe_edu.variants.expert_choice.ExpertChoiceRouter",
         "09",
         "Each expert picks its top-C tokens (Zhou et al. 2022): perfect balance, but some tokens get no expert.",
     ),
     Term(
         "共享專家",
         "shared experts",
-        "moe_edu.variants.shared_experts.SharedExpertMoE",
+        "moe_edu.variants.shared_experts.build_shared_experts",
         "09",
         "Experts every token runs, beside the routed ones (DeepSeekMoE).",
     ),
@@ -326,7 +326,7 @@ GLOSSARY: tuple[Term, ...] = (
     Term(
         "無輔助損失負載平衡",
         "auxiliary-loss-free load balancing",
-        "moe_edu.variants.aux_free.AuxFreeMoE",
+        "moe_edu.variants.aux_free.AuxFreeRouter",
         "09",
         "Wang et al. 2024 (arXiv 2408.15664), used by DeepSeek-V3: a per-expert bias used only to select experts,"
         " nudged towards even load.",

@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 
 from ..config import MixtralConfig
-from ..experts import Experts
+from ..moe_block import MoEBlock
 from ..routing import Routing, TopKRouter
-from .base import RoutedMoE
+from .base import routed_block
 
 SCORES = ("softmax", "sigmoid")
 
@@ -36,6 +36,10 @@ def bias_update(bias: torch.Tensor, load_counts: torch.Tensor, speed: float) -> 
 
 class AuxFreeRouter(TopKRouter):
     """Top-k of (score + bias) picks the experts; the unbiased scores, renormalised, weigh them."""
+
+    label = "Aux-loss-free bias (DeepSeek-V3)"
+    gating = "top-k of (score + bias) -> unbiased scores, renormalised"
+    aux_loss_names = ()
 
     def __init__(
         self, hidden_size: int, num_experts: int, top_k: int, *, bias_update_speed: float = 1e-3, score: str = "softmax"
@@ -75,39 +79,8 @@ class AuxFreeRouter(TopKRouter):
         return f"{super().extra_repr()}, score={self.score}, bias_update_speed={self.bias_update_speed:g}"
 
 
-class AuxFreeMoE(RoutedMoE):
-    label = "Aux-loss-free bias (Wang 2024; DeepSeek-V3)"
-    gating = "top-k of (score + bias) -> unbiased scores, renormalised"
-    capacity_rule = "none (dropless)"
-    aux_loss_names = ()
-
-    def __init__(
-        self,
-        hidden_size: int,
-        intermediate_size: int,
-        num_experts: int = 8,
-        top_k: int = 2,
-        *,
-        bias_update_speed: float = 1e-3,
-        score: str = "softmax",
-    ) -> None:
-        super().__init__(
-            AuxFreeRouter(hidden_size, num_experts, top_k, bias_update_speed=bias_update_speed, score=score),
-            Experts(num_experts, hidden_size, intermediate_size),
-        )
-
-    @property
-    def bias(self) -> torch.Tensor:
-        """The selection bias b (E,) (a buffer of the router: `gate.bias`)."""
-        return self.gate.bias
-
-    @classmethod
-    def from_config(cls, config: MixtralConfig, bias_update_speed: float = 1e-3, score: str = "softmax") -> AuxFreeMoE:
-        return cls(
-            config.hidden_size,
-            config.intermediate_size,
-            config.num_local_experts,
-            config.num_experts_per_tok,
-            bias_update_speed=bias_update_speed,
-            score=score,
-        )
+def build_aux_free(config: MixtralConfig, bias_update_speed: float = 1e-3, score: str = "softmax") -> MoEBlock:
+    """DeepSeek-V3's bias-balanced top-k router over `config`'s experts."""
+    E, H = config.num_local_experts, config.hidden_size
+    router = AuxFreeRouter(H, E, config.num_experts_per_tok, bias_update_speed=bias_update_speed, score=score)
+    return routed_block(config, router)

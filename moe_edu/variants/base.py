@@ -1,9 +1,11 @@
-"""What every MoE variant shares: the output type and the block they are all made of.
+"""What every MoE variant shares: the output type, the one function that computes it, and accounting.
 
-Every variant in `moe_edu.variants` is a `RoutedMoE`: the library's `MoEBlock` (a router
-whose weight is `gate.weight`, (E, H), as in `SparseMoeBlock`, plus `moe_edu.experts.Experts`,
-plus one dispatch-and-combine step) whose forward returns a `MoEOutput`. Only the router
-differs, so a comparison between variants compares routing alone (notebook 09).
+Every routed variant in `moe_edu.variants` is a value, not a class: the library's `MoEBlock`
+(a router whose weight is `gate.weight`, (E, H), plus `moe_edu.experts.Experts`, plus one
+dispatch-and-combine step) with another router. Only the router differs, so a comparison
+between variants compares routing alone (notebook 09). `moe_output(block, x)` runs a block
+once and counts what the routing did; Soft MoE, which does not route, is a sibling module
+(`soft_moe.SoftMoE`) that returns the same `MoEOutput` itself.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..capacity import check_capacity_factor
+from ..config import MixtralConfig
+from ..experts import Experts
 from ..moe_block import MoEBlock
+from ..routing import Router
 
 
 @dataclass
 class MoEOutput:
-    """What a variant returns. `y` is the MoE layer's output only: the residual stream adds
+    """What a variant computes. `y` is the MoE layer's output only: the residual stream adds
     `x + y` outside, so a token with no expert (`y[t] == 0`) passes through on the residual."""
 
     y: torch.Tensor  # shaped like x
@@ -36,122 +40,100 @@ class MoEOutput:
         """Share of tokens that got no expert."""
         return self.dropped / max(self.num_tokens, 1)
 
-    @property
-    def expert_load(self) -> torch.Tensor | None:
-        """Old name of `load_counts` (kept for code written against it)."""
-        return self.load_counts
 
-    @property
-    def expert_demand(self) -> torch.Tensor | None:
-        """Old name of `demand_counts`."""
-        return self.demand_counts
+def routed_block(
+    config: MixtralConfig, router: Router, experts: Experts | None = None, *, shared: Experts | None = None
+) -> MoEBlock:
+    """`MoEBlock(router, experts)` with `config`'s init std and jitter, as `SparseMoeBlock` has them;
+    `experts` default to `config`'s E SwiGLU experts."""
+    if experts is None:
+        experts = Experts(config.num_local_experts, config.hidden_size, config.intermediate_size)
+    return MoEBlock(
+        router,
+        experts,
+        shared=shared,
+        jitter_noise=config.router_jitter_noise,
+        initializer_range=config.initializer_range,
+    )
 
 
-class RoutedMoE(MoEBlock):
-    """`MoEBlock` with a variant's router; accepts x (..., H) and returns a `MoEOutput`.
+def moe_output(block: nn.Module, x: torch.Tensor) -> MoEOutput:
+    """Run a variant once on x (..., H): its output, logits, aux losses and load, as a `MoEOutput`.
 
-    Subclasses only pick the router (and describe themselves for notebook 09's table).
+    A routed variant is an `MoEBlock`: `block.mix` computes y and the `Routing`, and the counts
+    are read off the routing. A module that does not route (Soft MoE) returns its own `MoEOutput`.
     """
+    if not isinstance(block, MoEBlock):
+        return block(x)
+    flat = block.flatten(x, any_rank=True)  # (N, H)
+    y, r = block.mix(flat)  # (N, H), Routing
+    E = block.num_experts
+    ran = r.expert_ids if r.keep is None else r.expert_ids[r.keep]  # ids of the assignments that ran
+    return MoEOutput(
+        y=y.reshape(x.shape),
+        router_logits=r.logits,
+        aux_losses=block.gate.aux_losses(r),
+        load_counts=torch.bincount(ran.reshape(-1), minlength=E),  # (E,)
+        demand_counts=None if r.requested is None else torch.bincount(r.expert_ids[r.requested], minlength=E),
+        dropped=0 if r.keep is None else int((~r.keep.any(dim=1)).sum()),
+        dropped_assignments=0 if r.requested is None else int((r.requested & ~r.keep).sum()),
+        num_tokens=flat.shape[0],
+    )
 
-    label: str = "routed MoE"  # a name for tables
-    gating: str = ""  # the gating function, in words
-    capacity_rule: str = "none (dropless)"
-    aux_loss_names: tuple[str, ...] = ()
-    input_rank = None  # (..., tokens, H)
 
-    def forward(self, x: torch.Tensor) -> MoEOutput:
-        flat = self.flatten(x)  # (N, H)
-        y, r = self.mix(flat)  # (N, H), Routing
-        E = self.num_experts
-        ran = r.expert_ids if r.keep is None else r.expert_ids[r.keep]  # ids of the assignments that ran
-        return MoEOutput(
-            y=y.reshape(x.shape),
-            router_logits=r.logits,
-            aux_losses=self.gate.aux_losses(r),
-            load_counts=torch.bincount(ran.reshape(-1), minlength=E),  # (E,)
-            demand_counts=None if r.requested is None else torch.bincount(r.expert_ids[r.requested], minlength=E),
-            dropped=0 if r.keep is None else int((~r.keep.any(dim=1)).sum()),
-            dropped_assignments=0 if r.requested is None else int((r.requested & ~r.keep).sum()),
-            num_tokens=flat.shape[0],
-        )
+def copy_from_block(variant: nn.Module, block: nn.Module) -> nn.Module:
+    """Copy a `SparseMoeBlock`'s router and experts into `variant` (same E, H, I), so variants differ
+    only in routing; returns `variant`."""
+    keys = ("gate.weight", "experts.gate_up_proj", "experts.down_proj")
+    mine, theirs = variant.get_parameter, block.get_parameter
+    for key in keys:
+        if mine(key).shape != theirs(key).shape:
+            raise ValueError(
+                f"copy_from_block: {key} has shape {tuple(mine(key).shape)} in the variant "
+                f"but {tuple(theirs(key).shape)} in the block"
+            )
+    with torch.no_grad():
+        for key in keys:
+            mine(key).copy_(theirs(key))
+    return variant
 
-    # --- what the router knows ---------------------------------------------------
-    def router_logits(self, flat: torch.Tensor) -> torch.Tensor:
-        """The router's logits, in fp32 whatever the input dtype: flat (N, H) -> (N, E)."""
-        return self.gate.logits(flat)  # (N, E)
 
-    @property
-    def top_k(self) -> int:
-        return self.gate.top_k
+# --- accounting ------------------------------------------------------------------------
+def expert_parameters(experts: Experts) -> int:
+    """Parameters of one expert: w1, w3 (I x H) and w2 (H x I)."""
+    return experts.gate_up_proj[0].numel() + experts.down_proj[0].numel()
 
-    @property
-    def experts_per_token(self) -> float:
-        """Routed experts a token runs at inference (an average for expert choice); top-k variants: k."""
-        return self.gate.experts_per_token
 
-    def capacity(self, num_tokens: int) -> int:
-        """Rows per expert for a batch of `num_tokens` (routers with a capacity limit only)."""
-        return self.gate.capacity(num_tokens)
+def total_parameters(variant: nn.Module) -> int:
+    return sum(p.numel() for p in variant.parameters())
 
-    @property
-    def capacity_factor(self) -> float:
-        """The router's capacity factor (routers with a capacity limit only); settable."""
-        return self.gate.capacity_factor
 
-    @capacity_factor.setter
-    def capacity_factor(self, value: float) -> None:
-        self.gate.capacity_factor = check_capacity_factor(value)
+def active_parameters(variant: nn.Module) -> int:
+    """Weights one token multiplies at inference: the router, its routed experts, the shared experts."""
+    shared = variant.shared.num_experts if isinstance(variant, MoEBlock) and variant.shared is not None else 0
+    per_token = variant.gate.experts_per_token + shared  # expert calls per token
+    return variant.gate.weight.numel() + round(per_token * expert_parameters(variant.experts))
 
-    def copy_from_block(self, block: nn.Module) -> RoutedMoE:
-        """Take the router and experts of a `SparseMoeBlock` (same E, H, I), so variants differ only in routing."""
-        mine = {
-            "gate.weight": self.gate.weight,
-            "experts.gate_up_proj": self.experts.gate_up_proj,
-            "experts.down_proj": self.experts.down_proj,
-        }
-        theirs = {
-            "gate.weight": block.gate.weight,
-            "experts.gate_up_proj": block.experts.gate_up_proj,
-            "experts.down_proj": block.experts.down_proj,
-        }
-        for key, p in mine.items():
-            if p.shape != theirs[key].shape:
-                raise ValueError(
-                    f"{type(self).__name__}.copy_from_block: {key} has shape {tuple(p.shape)} here "
-                    f"but {tuple(theirs[key].shape)} in the block"
-                )
-        with torch.no_grad():
-            for key, p in mine.items():
-                p.copy_(theirs[key])
-        return self
 
-    # --- accounting ------------------------------------------------------------
-    @property
-    def expert_parameters(self) -> int:
-        """Parameters of one routed expert: w1, w3 (I x H) and w2 (H x I)."""
-        return self.experts.gate_up_proj[0].numel() + self.experts.down_proj[0].numel()
+def flops_per_token(variant: nn.Module) -> int:
+    """2 x active parameters (a multiply-add is 2 FLOPs; every weight here sits in a matmul), plus
+    the token mixing of a variant that mixes tokens (Soft MoE's dispatch and combine)."""
+    mixing = 0 if isinstance(variant, MoEBlock) else variant.mixing_flops_per_token()
+    return 2 * active_parameters(variant) + mixing
 
-    def total_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
-    def active_parameters(self) -> int:
-        """Weights one token multiplies at inference: the router and its experts."""
-        return self.gate.weight.numel() + round(self.experts_per_token * self.expert_parameters)
-
-    def flops_per_token(self) -> int:
-        """2 x active parameters (a multiply-add is 2 FLOPs; every weight here sits in a matmul)."""
-        return 2 * self.active_parameters()
-
-    def describe(self) -> dict[str, str]:
-        """The static columns of notebook 09's table."""
-        return {
-            "variant": self.label,
-            "experts": str(self.num_experts),
-            "k": self.k_text(),
-            "gating": self.gating,
-            "capacity": self.capacity_rule,
-            "aux losses": ", ".join(self.aux_loss_names) or "none",
-        }
-
-    def k_text(self) -> str:
-        return f"{self.experts_per_token:g}"
+def describe(variant: nn.Module) -> dict[str, str]:
+    """The static columns of notebook 09's table, read off the router."""
+    gate = variant.gate
+    experts, k = str(variant.num_experts), gate.k_text
+    if isinstance(variant, MoEBlock) and variant.shared is not None:
+        experts = f"{variant.shared.num_experts} shared + {variant.num_experts} routed (I/m)"
+        k = f"{variant.shared.num_experts} + {gate.top_k}"
+    return {
+        "variant": gate.label,
+        "experts": experts,
+        "k": k,
+        "gating": gate.gating,
+        "capacity": gate.capacity_rule,
+        "aux losses": ", ".join(gate.aux_loss_names) or "none",
+    }

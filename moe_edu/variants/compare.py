@@ -1,6 +1,6 @@
 """Notebook 09's comparison table: every variant on the same batch, measured on the same axes.
 
-Static columns come from each variant's `describe()`; measured ones from one forward pass
+Static columns come from each variant's router (`base.describe`); measured ones from one `moe_output` pass
 in eval mode (no noise, no random routing). Plain lists of dicts (no pandas), rendered as
 a markdown table (or `to_html()`) whose text is deterministic, so nbval can compare it.
 """
@@ -12,8 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-from .base import MoEOutput, RoutedMoE
+from ..moe_block import MoEBlock
+from .base import MoEOutput, active_parameters, describe, flops_per_token, moe_output, total_parameters
+from .soft_moe import SoftMoE
 
 
 def load_stats(load_counts: torch.Tensor) -> dict[str, float]:
@@ -25,23 +28,23 @@ def load_stats(load_counts: torch.Tensor) -> dict[str, float]:
     return {"load CV": float(load.std(unbiased=False) / mean), "max/mean load": float(load.max() / mean)}
 
 
-def measure(variant: RoutedMoE, x: torch.Tensor) -> tuple[dict, MoEOutput]:
+def measure(variant: nn.Module, x: torch.Tensor) -> tuple[dict, MoEOutput]:
     """Run `variant` once in eval mode without gradients; return its table row and its output."""
     was_training = variant.training
     variant.eval()
     try:
         with torch.no_grad():
-            out = variant(x)
+            out = moe_output(variant, x)
     finally:
         variant.train(was_training)
-    requested = out.num_tokens * variant.experts_per_token
-    row = dict(variant.describe())
+    requested = out.num_tokens * variant.gate.experts_per_token
+    row = describe(variant)
     row["aux losses"] = ", ".join(f"{k} {float(v):.3f}" for k, v in out.aux_losses.items()) or "none"
     row.update(
         {
-            "total params": variant.total_parameters(),
-            "active params": variant.active_parameters(),
-            "FLOPs/token": variant.flops_per_token(),
+            "total params": total_parameters(variant),
+            "active params": active_parameters(variant),
+            "FLOPs/token": flops_per_token(variant),
             **load_stats(out.load_counts),
             "dropped tokens %": 100.0 * out.dropped_rate,
             "dropped assignments %": 100.0 * out.dropped_assignments / requested,
@@ -50,14 +53,14 @@ def measure(variant: RoutedMoE, x: torch.Tensor) -> tuple[dict, MoEOutput]:
     return row, out
 
 
-def compare(variants: Mapping[str, RoutedMoE], x: torch.Tensor) -> tuple[Table, dict[str, MoEOutput]]:
+def compare(variants: Mapping[str, nn.Module], x: torch.Tensor) -> tuple[Table, dict[str, MoEOutput]]:
     """The table (one row per variant, same x for all) and each variant's output."""
     if not variants:
         raise ValueError("compare needs at least one variant")
     rows, outputs = [], {}
     for name, variant in variants.items():
-        if not isinstance(variant, RoutedMoE):
-            raise TypeError(f"variant {name!r} is a {type(variant).__name__}, not a RoutedMoE")
+        if not isinstance(variant, MoEBlock | SoftMoE):
+            raise TypeError(f"variant {name!r} is a {type(variant).__name__}, not an MoEBlock or a SoftMoE")
         row, outputs[name] = measure(variant, x)
         rows.append(row)
     return Table(rows), outputs

@@ -15,9 +15,9 @@ import torch
 
 from ..capacity import CapacityRouter, expert_capacity
 from ..config import MixtralConfig
-from ..experts import Experts
+from ..moe_block import MoEBlock
 from ..routing import Routing
-from .base import RoutedMoE
+from .base import routed_block
 
 
 def expert_choice_route(logits: torch.Tensor, capacity_factor: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,9 +34,26 @@ def expert_choice_route(logits: torch.Tensor, capacity_factor: float) -> tuple[t
 class ExpertChoiceRouter(CapacityRouter):
     """Every expert takes its top-C tokens; as assignments: (N, E) with `keep` marking the chosen (token, expert)."""
 
+    label = "Expert choice"
+    gating = "softmax over experts; each expert takes its top-C tokens"
+
+    @property
+    def top_k(self) -> int:
+        """k of its `Routing`: all E experts are candidates for every token, `keep` marks those that
+        took it; a token runs `experts_per_token` of them on average, not k."""
+        return self.num_experts
+
     @property
     def experts_per_token(self) -> float:
         return self.capacity_factor
+
+    @property
+    def capacity_rule(self) -> str:
+        return f"exactly C = ceil({self.capacity_factor:g} N/E) per expert"
+
+    @property
+    def k_text(self) -> str:
+        return f"{self.capacity_factor:g} on average"
 
     def forward(self, x: torch.Tensor) -> Routing:
         logits = self.logits(x)  # (N, E)
@@ -48,25 +65,8 @@ class ExpertChoiceRouter(CapacityRouter):
         return Routing(logits, weights, expert_ids, keep=keep)
 
 
-class ExpertChoiceMoE(RoutedMoE):
-    label = "Expert choice"
-    gating = "softmax over experts; each expert takes its top-C tokens"
-    aux_loss_names = ()
-
-    def __init__(
-        self, hidden_size: int, intermediate_size: int, num_experts: int = 8, capacity_factor: float = 2.0
-    ) -> None:
-        super().__init__(
-            ExpertChoiceRouter(hidden_size, num_experts, capacity_factor),
-            Experts(num_experts, hidden_size, intermediate_size),
-        )
-        self.capacity_rule = f"exactly C = ceil({self.capacity_factor:g} N/E) per expert"
-
-    @classmethod
-    def from_config(cls, config: MixtralConfig, capacity_factor: float | None = None) -> ExpertChoiceMoE:
-        """capacity_factor defaults to k, so a token gets Mixtral's k experts on average."""
-        c = float(config.num_experts_per_tok) if capacity_factor is None else capacity_factor
-        return cls(config.hidden_size, config.intermediate_size, config.num_local_experts, c)
-
-    def k_text(self) -> str:
-        return f"{self.capacity_factor:g} on average"
+def build_expert_choice(config: MixtralConfig, capacity_factor: float | None = None) -> MoEBlock:
+    """Expert-choice routing over `config`'s experts; capacity_factor defaults to k, so a token gets
+    Mixtral's k experts on average."""
+    c = float(config.num_experts_per_tok) if capacity_factor is None else capacity_factor
+    return routed_block(config, ExpertChoiceRouter(config.hidden_size, config.num_local_experts, c))

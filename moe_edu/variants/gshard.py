@@ -14,22 +14,29 @@ import torch
 
 from ..capacity import CapacityRouter, keep_within_capacity
 from ..config import MixtralConfig
-from ..experts import Experts
 from ..losses import load_balancing_loss
+from ..moe_block import MoEBlock
 from ..routing import Routing, softmax_topk
-from .base import RoutedMoE
+from .base import routed_block
 
 
 class GShardRouter(CapacityRouter):
     """Top-2, renormalised; in training the 2nd expert is kept w.p. 2*g2; C rows per expert, first choices first."""
 
     top_k = slots_per_token = 2
+    label = "GShard top-2"
+    gating = "softmax -> top-2 -> renormalise; 2nd kept w.p. 2*g2 (training)"
+    aux_loss_names = ("load_balancing",)
 
     def __init__(self, hidden_size: int, num_experts: int, capacity_factor: float, random_routing: bool = True) -> None:
         if num_experts < 2:
-            raise ValueError(f"GShardMoE needs num_experts >= 2 for top-2 routing, got {num_experts}")
+            raise ValueError(f"GShardRouter needs num_experts >= 2 for top-2 routing, got {num_experts}")
         super().__init__(hidden_size, num_experts, capacity_factor)
         self.random_routing = bool(random_routing)
+
+    @property
+    def capacity_rule(self) -> str:
+        return f"C = ceil({self.capacity_factor:g} 2N/E), overflow dropped"
 
     def forward(self, x: torch.Tensor) -> Routing:
         logits = self.logits(x)  # (N, E)
@@ -44,37 +51,8 @@ class GShardRouter(CapacityRouter):
         return {"load_balancing": load_balancing_loss(routing.logits, self.num_experts, 1)}
 
 
-class GShardMoE(RoutedMoE):
-    label = "GShard top-2"
-    gating = "softmax -> top-2 -> renormalise; 2nd kept w.p. 2*g2 (training)"
-    aux_loss_names = ("load_balancing",)
-
-    def __init__(
-        self,
-        hidden_size: int,
-        intermediate_size: int,
-        num_experts: int = 8,
-        capacity_factor: float = 1.25,
-        random_routing: bool = True,
-    ) -> None:
-        super().__init__(
-            GShardRouter(hidden_size, num_experts, capacity_factor, random_routing),
-            Experts(num_experts, hidden_size, intermediate_size),
-        )
-        self.capacity_rule = f"C = ceil({self.capacity_factor:g} 2N/E), overflow dropped"
-
-    @property
-    def random_routing(self) -> bool:
-        return self.gate.random_routing
-
-    @random_routing.setter
-    def random_routing(self, value: bool) -> None:
-        self.gate.random_routing = bool(value)
-
-    @classmethod
-    def from_config(
-        cls, config: MixtralConfig, capacity_factor: float = 1.25, random_routing: bool = True
-    ) -> GShardMoE:
-        return cls(
-            config.hidden_size, config.intermediate_size, config.num_local_experts, capacity_factor, random_routing
-        )
+def build_gshard(config: MixtralConfig, capacity_factor: float = 1.25, random_routing: bool = True) -> MoEBlock:
+    """GShard's top-2 router with capacity (and random routing in training) over `config`'s experts."""
+    return routed_block(
+        config, GShardRouter(config.hidden_size, config.num_local_experts, capacity_factor, random_routing)
+    )

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import MixtralConfig
-from ..experts import Experts
+from ..moe_block import MoEBlock
 from ..routing import Router, Routing, at_least_fp32, topk_softmax
 from ..validation import int_in_range
-from .base import RoutedMoE
+from .base import routed_block
 
 
 def cv_squared(v: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
@@ -47,12 +47,23 @@ def prob_in_topk(clean: torch.Tensor, noisy: torch.Tensor, std: torch.Tensor, k:
 class NoisyTopKRouter(Router):
     """Top-k of (logits + softplus-scaled Gaussian noise), softmax over the k; W_noise (E, H) starts at 0."""
 
+    label = "Noisy top-k (Shazeer 2017)"
+    gating = "top-k of (logits + softplus-scaled noise) -> softmax"
+    aux_loss_names = ("importance", "load")
+
     def __init__(self, hidden_size: int, num_experts: int, top_k: int, noise_epsilon: float = 1e-2) -> None:
         super().__init__(hidden_size, num_experts)
-        int_in_range("NoisyTopKMoE: top_k (the load loss needs an expert outside the top k)", top_k, 1, num_experts - 1)
+        int_in_range(
+            "NoisyTopKRouter: top_k (the load loss needs an expert outside the top k)", top_k, 1, num_experts - 1
+        )
         self.top_k, self.noise_epsilon = top_k, noise_epsilon
         self.noise = nn.Linear(hidden_size, num_experts, bias=False)  # W_noise (E, H)
-        self.noise.weight.zero_init = True  # as in the paper: noise std starts at softplus(0)
+
+    def reset_parameters(self, std: float = 0.02) -> None:
+        """Normal(0, std) W_g; W_noise = 0 as in the paper, so the noise std starts at softplus(0)."""
+        super().reset_parameters(std)
+        if self.noise.weight.device.type != "meta":
+            nn.init.zeros_(self.noise.weight)
 
     def forward(self, x: torch.Tensor) -> Routing:
         clean = self.logits(x)  # (N, E)
@@ -72,30 +83,7 @@ class NoisyTopKRouter(Router):
         return {"importance": cv_squared(gates.sum(0)), "load": cv_squared(load)}
 
 
-class NoisyTopKMoE(RoutedMoE):
-    label = "Noisy top-k (Shazeer 2017)"
-    gating = "top-k of (logits + softplus-scaled noise) -> softmax"
-    capacity_rule = "none (dropless)"
-    aux_loss_names = ("importance", "load")
-
-    def __init__(
-        self,
-        hidden_size: int,
-        intermediate_size: int,
-        num_experts: int = 8,
-        top_k: int = 2,
-        noise_epsilon: float = 1e-2,
-    ) -> None:
-        super().__init__(
-            NoisyTopKRouter(hidden_size, num_experts, top_k, noise_epsilon),
-            Experts(num_experts, hidden_size, intermediate_size),
-        )
-
-    @property
-    def noise(self) -> nn.Linear:
-        """W_noise, which lives in the router (`gate.noise.weight`)."""
-        return self.gate.noise
-
-    @classmethod
-    def from_config(cls, config: MixtralConfig) -> NoisyTopKMoE:
-        return cls(config.hidden_size, config.intermediate_size, config.num_local_experts, config.num_experts_per_tok)
+def build_noisy_topk(config: MixtralConfig, noise_epsilon: float = 1e-2) -> MoEBlock:
+    """Shazeer's noisy top-k router over `config`'s experts."""
+    E, H = config.num_local_experts, config.hidden_size
+    return routed_block(config, NoisyTopKRouter(H, E, config.num_experts_per_tok, noise_epsilon))

@@ -18,13 +18,18 @@ import torch
 from ..config import MixtralConfig
 from ..experts import Experts
 from ..losses import load_balancing_loss
+from ..moe_block import MoEBlock
 from ..routing import Routing, TopKRouter
-from ..validation import int_in_range, positive_int
-from .base import RoutedMoE
+from ..validation import positive_int
+from .base import routed_block
 
 
 class FineGrainedRouter(TopKRouter):
     """Softmax over the routed experts, top-K kept without renormalising; expert-level balance loss."""
+
+    label = "Shared + fine-grained (DeepSeekMoE)"
+    gating = "S shared always on + softmax -> top-K routed (no renormalisation)"
+    aux_loss_names = ("expert_balance",)
 
     def __init__(self, hidden_size: int, num_routed: int, top_k: int) -> None:
         super().__init__(hidden_size, num_routed, top_k, order="softmax_topk_unnormalised")
@@ -33,41 +38,15 @@ class FineGrainedRouter(TopKRouter):
         return {"expert_balance": load_balancing_loss(routing.logits, self.num_experts, self.top_k) / self.top_k}
 
 
-class SharedExpertMoE(RoutedMoE):
-    label = "Shared + fine-grained (DeepSeekMoE)"
-    gating = "S shared always on + softmax -> top-K routed (no renormalisation)"
-    capacity_rule = "none (dropless)"
-    aux_loss_names = ("expert_balance",)
-
-    def __init__(
-        self, hidden_size: int, intermediate_size: int, num_routed: int = 15, num_shared: int = 1, top_k: int = 3
-    ) -> None:
-        positive_int("SharedExpertMoE: num_shared", num_shared)
-        int_in_range(f"SharedExpertMoE: top_k (num_routed={num_routed})", top_k, 1, num_routed)
-        super().__init__(
-            FineGrainedRouter(hidden_size, num_routed, top_k),
-            Experts(num_routed, hidden_size, intermediate_size),
-            shared=Experts(num_shared, hidden_size, intermediate_size),
-        )
-        self.num_shared = num_shared
-
-    @classmethod
-    def from_config(cls, config: MixtralConfig, granularity: int = 2, num_shared: int = 1) -> SharedExpertMoE:
-        """Same total and active parameters as `config`'s layer: E*m experts of width I/m, k*m active."""
-        E, k, I = config.num_local_experts, config.num_experts_per_tok, config.intermediate_size
-        if positive_int("granularity", granularity) and I % granularity:
-            raise ValueError(f"granularity must be a positive int dividing intermediate_size={I}, got {granularity!r}")
-        if not 1 <= num_shared < k * granularity:
-            raise ValueError(f"num_shared must be in [1, k*granularity={k * granularity}), got {num_shared}")
-        return cls(
-            config.hidden_size, I // granularity, E * granularity - num_shared, num_shared, k * granularity - num_shared
-        )
-
-    def active_parameters(self) -> int:
-        return super().active_parameters() + self.num_shared * self.expert_parameters
-
-    def describe(self) -> dict[str, str]:
-        info = super().describe()
-        info["experts"] = f"{self.num_shared} shared + {self.num_experts} routed (I/m)"
-        info["k"] = f"{self.num_shared} + {self.top_k}"
-        return info
+def build_shared_experts(config: MixtralConfig, granularity: int = 2, num_shared: int = 1) -> MoEBlock:
+    """Same total and active parameters as `config`'s layer: E*m experts of width I/m, k*m active,
+    `num_shared` of them shared (on every token), the rest routed."""
+    E, k, I = config.num_local_experts, config.num_experts_per_tok, config.intermediate_size
+    if positive_int("granularity", granularity) and I % granularity:
+        raise ValueError(f"granularity must be a positive int dividing intermediate_size={I}, got {granularity!r}")
+    positive_int("num_shared", num_shared)
+    if not 1 <= num_shared < k * granularity:
+        raise ValueError(f"num_shared must be in [1, k*granularity={k * granularity}), got {num_shared}")
+    H, width, routed = config.hidden_size, I // granularity, E * granularity - num_shared
+    router = FineGrainedRouter(H, routed, k * granularity - num_shared)
+    return routed_block(config, router, Experts(routed, H, width), shared=Experts(num_shared, H, width))

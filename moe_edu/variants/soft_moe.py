@@ -12,17 +12,21 @@ as is (token t would see tokens > t), and generating one token at a time has a g
 Load is perfectly even by construction (each expert processes exactly p slots per group) and
 nothing is dropped; the cost per token falls as the group grows (E p expert calls per group).
 
-With p = 1, Phi has the shape of Mixtral's router weight (E, H), so `copy_from_block` works.
+With p = 1, Phi has the shape of Mixtral's router weight (E, H), so `base.copy_from_block` works.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ..config import MixtralConfig
 from ..experts import Experts
-from ..routing import Router
-from .base import MoEOutput, RoutedMoE
+from ..moe_block import flatten_tokens
+from ..routing import at_least_fp32
+from ..validation import positive_int
+from .base import MoEOutput
 
 
 def soft_weights(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,17 +34,35 @@ def soft_weights(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.softmax(logits, dim=1), torch.softmax(logits, dim=2)
 
 
-class SoftRouter(Router):
-    """Phi: one vector per slot, `weight` (E p, H); computes dispatch and combine weights for a group."""
+class SoftRouter(nn.Module):
+    """Phi: one vector per slot, `weight` (E p, H); computes dispatch and combine weights for a group.
+
+    Not a `moe_edu.routing.Router`: it decides nothing (no `Routing`), it mixes. It carries the
+    same table metadata as the routers, so notebook 09's table reads every variant alike.
+    """
+
+    label = "Soft MoE (Puigcerver 2023)"
+    gating = "slots = softmax-over-tokens mix; y = softmax-over-slots mix"
+    capacity_rule = "p slots per expert (never drops)"
+    aux_loss_names: tuple[str, ...] = ()
 
     def __init__(
         self, hidden_size: int, num_experts: int, slots_per_expert: int = 1, tokens_per_group: int = 64
     ) -> None:
-        for name, value in (("slots_per_expert", slots_per_expert), ("tokens_per_group", tokens_per_group)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"SoftRouter: {name} must be a positive int, got {value!r}")
-        super().__init__(hidden_size, num_experts * slots_per_expert)  # weight (E p, H)
+        super().__init__()
+        for name, value in (
+            ("hidden_size", hidden_size),
+            ("num_experts", num_experts),
+            ("slots_per_expert", slots_per_expert),
+            ("tokens_per_group", tokens_per_group),
+        ):
+            positive_int(f"SoftRouter: {name}", value)
         self.num_experts, self.slots_per_expert, self.tokens_per_group = num_experts, slots_per_expert, tokens_per_group
+        self.weight = nn.Parameter(torch.empty(self.num_slots, hidden_size))  # (E p, H) Phi
+
+    def reset_parameters(self, std: float = 0.02) -> None:
+        if self.weight.device.type != "meta":
+            nn.init.normal_(self.weight, 0.0, std)
 
     @property
     def num_slots(self) -> int:
@@ -51,19 +73,29 @@ class SoftRouter(Router):
         """Expert calls per token for accounting: E p slots shared by a group of `tokens_per_group` tokens."""
         return self.num_slots / self.tokens_per_group
 
+    @property
+    def k_text(self) -> str:
+        return f"soft: {self.num_slots} slots / {self.tokens_per_group} tokens"
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., H) -> slot logits (..., S) in fp32."""
+        return F.linear(at_least_fp32(x), at_least_fp32(self.weight))  # (..., S)
+
     def forward(self, xg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """xg (G, m, H) -> dispatch (G, m, S), combine (G, m, S), slot logits (G, m, S), all fp32."""
         logits = self.logits(xg)  # (G, m, S)
         return (*soft_weights(logits), logits)
 
+    def extra_repr(self) -> str:
+        return f"slots={self.num_slots}, tokens_per_group={self.tokens_per_group}"
 
-class SoftMoE(RoutedMoE):
-    """Soft MoE over the library's `Experts`; x (..., m, H): softmax over the m tokens of each sequence."""
 
-    label = "Soft MoE (Puigcerver 2023)"
-    gating = "slots = softmax-over-tokens mix; y = softmax-over-slots mix"
-    capacity_rule = "p slots per expert (never drops)"
-    aux_loss_names = ()
+class SoftMoE(nn.Module):
+    """Soft MoE over the library's `Experts`; x (..., m, H): softmax over the m tokens of each sequence.
+
+    A sibling of `MoEBlock`, not a kind of it: no token is routed, so it has no `mix` or `route`;
+    its forward returns the family's `MoEOutput`.
+    """
 
     def __init__(
         self,
@@ -72,21 +104,23 @@ class SoftMoE(RoutedMoE):
         num_experts: int = 8,
         slots_per_expert: int = 1,
         tokens_per_group: int = 64,
+        *,
+        initializer_range: float = 0.02,
     ) -> None:
-        super().__init__(
-            SoftRouter(hidden_size, num_experts, slots_per_expert, tokens_per_group),
-            Experts(num_experts, hidden_size, intermediate_size),
-        )
+        super().__init__()
+        self.gate = SoftRouter(hidden_size, num_experts, slots_per_expert, tokens_per_group)
+        self.experts = Experts(num_experts, hidden_size, intermediate_size)
+        self.hidden_size, self.num_experts, self.initializer_range = hidden_size, num_experts, initializer_range
+        self.reset_parameters()
 
-    @property
-    def top_k(self) -> int:
-        return self.num_experts  # every token reaches every expert (through the slots)
+    def reset_parameters(self) -> None:
+        self.gate.reset_parameters(self.initializer_range)
+        self.experts.reset_parameters(self.initializer_range)
 
     def groups(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., m, H) -> (G, m, H): one group per sequence; a 2-D (m, H) input is one group."""
-        flat = self.flatten(x)  # (N, H), validates x
-        m = x.shape[-2] if x.dim() >= 3 else flat.shape[0]
-        return flat.reshape(-1, m, self.hidden_size)  # (G, m, H)
+        flat = flatten_tokens(x, self.experts.gate_up_proj, type(self).__name__, any_rank=True)  # (N, H), validates x
+        return flat.reshape(-1, x.shape[-2], self.hidden_size)  # (G, m, H)
 
     def forward(self, x: torch.Tensor) -> MoEOutput:
         xg = self.groups(x)  # (G, m, H)
@@ -107,19 +141,12 @@ class SoftMoE(RoutedMoE):
             num_tokens=G * m,
         )
 
-    def active_parameters(self) -> int:
-        """Phi (every token scores every slot) + the expert share of one token (E p / m expert calls)."""
-        return self.gate.weight.numel() + round(self.experts_per_token * self.expert_parameters)
+    def mixing_flops_per_token(self) -> int:
+        """The dispatch and combine mixes: 2 S H multiply-adds per token each (4 S H FLOPs)."""
+        return 4 * self.gate.weight.numel()
 
-    def flops_per_token(self) -> int:
-        """2 x active, plus the dispatch and combine mixes: 2 S H multiply-adds per token each."""
-        return 2 * self.active_parameters() + 4 * self.gate.weight.numel()
 
-    def k_text(self) -> str:
-        return f"soft: {self.gate.num_slots} slots / {self.gate.tokens_per_group} tokens"
-
-    @classmethod
-    def from_config(cls, config: MixtralConfig, slots_per_expert: int = 1, tokens_per_group: int = 64) -> SoftMoE:
-        return cls(
-            config.hidden_size, config.intermediate_size, config.num_local_experts, slots_per_expert, tokens_per_group
-        )
+def build_soft_moe(config: MixtralConfig, slots_per_expert: int = 1, tokens_per_group: int = 64) -> SoftMoE:
+    """Soft MoE with `config`'s experts; with p = 1, Phi has the shape of Mixtral's router weight."""
+    E, H, I = config.num_local_experts, config.hidden_size, config.intermediate_size
+    return SoftMoE(H, I, E, slots_per_expert, tokens_per_group, initializer_range=config.initializer_range)

@@ -13,10 +13,10 @@ import torch
 
 from ..capacity import CapacityRouter, expert_capacity, keep_within_capacity
 from ..config import MixtralConfig
-from ..experts import Experts
 from ..losses import load_balancing_loss
+from ..moe_block import MoEBlock
 from ..routing import Routing
-from .base import RoutedMoE
+from .base import routed_block
 
 
 def switch_route(logits: torch.Tensor, capacity_factor: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -35,6 +35,13 @@ class SwitchRouter(CapacityRouter):
     """Top-1, weight = p (no renormalisation), C rows per expert, overflow dropped."""
 
     top_k = 1
+    label = "Switch top-1"
+    gating = "softmax -> top-1, weight = p (no renormalisation)"
+    aux_loss_names = ("load_balancing",)
+
+    @property
+    def capacity_rule(self) -> str:
+        return f"C = ceil({self.capacity_factor:g} N/E), overflow dropped"
 
     def forward(self, x: torch.Tensor) -> Routing:
         logits = self.logits(x)  # (N, E)
@@ -47,20 +54,6 @@ class SwitchRouter(CapacityRouter):
         return {"load_balancing": load_balancing_loss(routing.logits, self.num_experts, 1)}
 
 
-class SwitchMoE(RoutedMoE):
-    label = "Switch top-1"
-    gating = "softmax -> top-1, weight = p (no renormalisation)"
-    aux_loss_names = ("load_balancing",)
-
-    def __init__(
-        self, hidden_size: int, intermediate_size: int, num_experts: int = 8, capacity_factor: float = 1.25
-    ) -> None:
-        super().__init__(
-            SwitchRouter(hidden_size, num_experts, capacity_factor),
-            Experts(num_experts, hidden_size, intermediate_size),
-        )
-        self.capacity_rule = f"C = ceil({self.capacity_factor:g} N/E), overflow dropped"
-
-    @classmethod
-    def from_config(cls, config: MixtralConfig, capacity_factor: float = 1.25) -> SwitchMoE:
-        return cls(config.hidden_size, config.intermediate_size, config.num_local_experts, capacity_factor)
+def build_switch(config: MixtralConfig, capacity_factor: float = 1.25) -> MoEBlock:
+    """Switch's top-1 router with capacity over `config`'s experts."""
+    return routed_block(config, SwitchRouter(config.hidden_size, config.num_local_experts, capacity_factor))

@@ -92,7 +92,7 @@ config = moe_edu.PRESETS["tiny"]
 block = moe_edu.SparseMoeBlock(config)
 x = torch.randn(6, config.hidden_size)  # (T, H)
 probs = router_probs_fn(router_logits_fn(x, block.gate.weight))  # (T, E)
-lib_logits, _, _ = block.gate(x)  # (T, E)
+lib_logits = block.gate(x).logits  # (T, E)
 print("probs shape:", tuple(probs.shape), "| rows sum to 1:", bool(torch.allclose(probs.sum(-1), torch.ones(6))))
 print("same as the library's router:", bool(torch.allclose(probs, torch.softmax(lib_logits, -1), atol=1e-6)))
 print("first token's probabilities:", [round(p, 3) for p in probs[0].tolist()])

@@ -121,9 +121,9 @@ block = moe_edu.SparseMoeBlock(config).eval()
 x = torch.randn(5, config.hidden_size)  # (T, H)
 E = config.num_local_experts
 with torch.no_grad():
-    logits, _, _ = block.gate(x)  # (T, E)
+    logits = block.gate(x).logits  # (T, E)
     weights, chosen = softmax_topk(logits, E)  # (T, E), (T, E)
-    every = block.experts(x)  # (E, T, H)
+    every = block.experts.dense(x)  # (E, T, H)
     outs = every.permute(1, 0, 2).gather(1, chosen[..., None].expand(-1, -1, x.shape[1]))  # (T, E, H)
     y_sparse = combine_fn(outs, weights)  # (T, H)
     y_dense = torch.einsum("te,eth->th", torch.softmax(logits, -1), every)  # (T, H)

@@ -205,4 +205,4 @@ print(
 #   and passes through on the residual only. Mixtral keeps no buffer and drops nothing.
 # - Expert choice is top-C down the columns instead of top-k along the rows: exactly `C` tokens per
 #   expert, some tokens with none.
-# - The library versions: `moe_edu.variants.SwitchMoE`, `ExpertChoiceMoE` (notebook 09).
+# - The library versions: `moe_edu.variants.build_variant("switch", config)` and `"expert_choice"` (notebook 09).

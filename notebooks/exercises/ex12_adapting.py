@@ -104,7 +104,8 @@ small = moe_edu.MixtralForCausalLM(cfg.replace(vocab_size=128, num_hidden_layers
 pruned = prune_experts(small, [3])
 h = torch.randn(1, 12, cfg.hidden_size)  # (1, T, H)
 with torch.no_grad():
-    w_lib, ids_lib = pruned.model.layers[0].mlp.route(h)[1:]  # (T, k) each, ids in 0..6
+    lib = pruned.model.layers[0].mlp.route(h)
+    w_lib, ids_lib = lib.weights, lib.expert_ids  # (T, k) each, ids in 0..6
     w_me, ids_me = pruned_fn(small.model.layers[0].mlp.route(h).logits, 3, 2)  # ids in 0..7, never 3
 renumbered = ids_me - (ids_me > 3).long()  # (T, k)
 same = torch.equal(torch.sort(renumbered, -1).values, torch.sort(ids_lib, -1).values)
