@@ -159,7 +159,7 @@ def reconstruction_errors(block, x: torch.Tensor) -> torch.Tensor:
     """
     k = block.config.num_experts_per_tok
     logits = block.gate.logits(x).float()  # (N, E)
-    out = block.experts(x).float()  # (E, N, H): every expert on every row
+    out = block.experts.dense(x).float()  # (E, N, H): every expert on every row
     rows = torch.arange(x.shape[0], device=x.device)[:, None]  # (N, 1)
 
     def mix(weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
