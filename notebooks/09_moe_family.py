@@ -70,7 +70,14 @@ import torch
 from moe_edu.capacity import expert_capacity, keep_within_capacity
 from moe_edu.course.plots import expert_load_bars, legend_outside, shared_legend
 from moe_edu.variants import VARIANTS, build_variants
-from moe_edu.variants.base import active_parameters, copy_from_block, flops_per_token, moe_output, total_parameters
+from moe_edu.variants.base import (
+    active_parameters,
+    copy_from_block,
+    expert_parameters,
+    flops_per_token,
+    moe_output,
+    total_parameters,
+)
 from moe_edu.variants.compare import Table, compare, load_stats
 
 # %% [markdown]
@@ -425,7 +432,7 @@ rows = [
     for name, v in big_variants.items()
 ]
 mixtral_big = big_variants["mixtral"]
-expert_weights = mixtral_big.num_experts * mixtral_big.expert_parameters  # all 8 experts of the layer
+expert_weights = mixtral_big.num_experts * expert_parameters(mixtral_big.experts)  # all 8 experts of the layer
 share = (active_parameters(mixtral_big) - mixtral_big.gate.weight.numel()) / expert_weights
 print(f"Mixtral: a token uses {share:.2f} of the layer's expert parameters (k / E = 2/8):", share == 2 / 8)
 Table(rows)
