@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 import moe_edu
 from moe_edu import CheckpointError, MixtralConfig, MixtralForCausalLM, StateDictError
 from moe_edu.io.atomic import atomic_directory
+from moe_edu.io.checkpoint import MANIFEST
 
 CFG = MixtralConfig(
     vocab_size=64,
@@ -46,12 +47,12 @@ def test_resave_over_a_sharded_checkpoint_leaves_no_stale_shard(tmp_path):
     moe_edu.save_pretrained(old, tmp_path, max_shard_size=SHARD)
     assert len(list(tmp_path.glob("model-*.safetensors"))) > 2
     moe_edu.save_pretrained(new, tmp_path)  # one file this time
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST, "config.json", "model.safetensors"]
     assert same_weights(moe_edu.from_pretrained(tmp_path), new)
     moe_edu.save_pretrained(old, tmp_path, max_shard_size=SHARD // 2)  # and back to more, smaller shards
     names = {p.name for p in tmp_path.iterdir()}
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
-    assert names == {"config.json", "model.safetensors.index.json", *index.values()}
+    assert names == {MANIFEST, "config.json", "model.safetensors.index.json", *index.values()}
     assert same_weights(moe_edu.from_pretrained(tmp_path), old)
 
 
@@ -98,6 +99,7 @@ def test_killed_save_leaves_the_old_or_the_new_checkpoint_whole(tmp_path, point)
     path = tmp_path / "ckpt"
     old, new = model(0), model(1)
     moe_edu.save_pretrained(old, path, max_shard_size=SHARD)
+    foreign = add_foreign_entries(path)
     (tmp_path / "cfg.json").write_text(json.dumps(CFG.to_dict()))
     proc = subprocess.run(
         [sys.executable, "-c", KILL_SCRIPT, str(path), point, str(tmp_path / "cfg.json"), str(SHARD)],
@@ -111,8 +113,84 @@ def test_killed_save_leaves_the_old_or_the_new_checkpoint_whole(tmp_path, point)
     assert same_weights(loaded, new if point == "after-swap" else old)
     stray = [p.name for p in tmp_path.iterdir() if p.name not in ("ckpt", "cfg.json")]
     assert all(p.startswith(".ckpt.tmp-") for p in stray)  # only a hidden temporary sibling may remain
-    moe_edu.save_pretrained(new, path)  # and the next save works
+    if point != "after-swap":  # (after it, the carried folder waits in the sibling for the next save)
+        assert foreign_entries(path) == foreign
+    moe_edu.save_pretrained(new, path)  # and the next save works, and puts back or removes every leftover
     assert same_weights(moe_edu.from_pretrained(path), new)
+    assert foreign_entries(path) == foreign
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.json", "ckpt"]
+
+
+def add_foreign_entries(path: Path) -> dict[str, str]:
+    """A tokenizer, notes, an evaluation folder and another checkpoint: none of them the save's own."""
+    (path / "tokenizer.json").write_text('{"tok": 1}')
+    (path / "notes.md").write_text("my notes")
+    (path / "eval").mkdir()
+    (path / "eval" / "results.json").write_text("[1, 2]")
+    moe_edu.save_pretrained(model(3), path / "other")
+    return foreign_entries(path)
+
+
+def foreign_entries(path: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(path.rglob("*")):
+        rel = str(p.relative_to(path))
+        if p.is_file() and (rel.startswith(("eval", "other")) or p.name in ("tokenizer.json", "notes.md")):
+            out[rel] = p.read_bytes().hex()
+    return out
+
+
+def test_save_keeps_every_file_and_folder_it_did_not_write(tmp_path):
+    """The old writer swapped the whole directory: a tokenizer, notes, eval/ and other checkpoints were deleted."""
+    moe_edu.save_pretrained(model(0), tmp_path, max_shard_size=SHARD)
+    foreign = add_foreign_entries(tmp_path)
+    moe_edu.save_pretrained(model(1), tmp_path)  # single file: the old shards and index go, nothing else
+    assert foreign_entries(tmp_path) == foreign
+    assert not list(tmp_path.glob("model-*")) and not (tmp_path / "model.safetensors.index.json").exists()
+    assert same_weights(moe_edu.from_pretrained(tmp_path), model(1))
+    assert same_weights(moe_edu.from_pretrained(tmp_path / "other"), model(3))
+    assert [p.name for p in tmp_path.parent.iterdir() if p.name.startswith(f".{tmp_path.name}")] == []
+    # a directory that never held a checkpoint: the save adds its files beside the others
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "README.md").write_text("hello")
+    moe_edu.save_pretrained(model(2), plain)
+    assert (plain / "README.md").read_text() == "hello"
+    # files a previous save listed in its manifest are its own: replaced, even under unknown names
+    from moe_edu.io.checkpoint import write_checkpoint
+
+    sd = moe_edu.from_pretrained(plain).hf_state_dict("v4")
+    write_checkpoint(plain, sd, CFG, files={"extra.txt": "one"})
+    write_checkpoint(plain, sd, CFG)
+    assert not (plain / "extra.txt").exists() and (plain / "README.md").read_text() == "hello"
+
+
+def test_leftovers_of_killed_saves_are_cleaned_at_the_next_save_and_nothing_else(tmp_path):
+    """Killed saves left hidden `.name.tmp-*` siblings that nothing removed (500 MB after five kills)."""
+    from moe_edu.io.atomic import MARKER, clean_leftovers
+
+    path = tmp_path / "ckpt"
+    moe_edu.save_pretrained(model(0), path)
+    ours = tmp_path / ".ckpt.tmp-abc123"  # a killed save's: marker, a half-written shard
+    ours.mkdir()
+    (ours / MARKER).write_text(json.dumps({"moe_edu": "atomic_directory", "target": "ckpt", "owned": None}))
+    (ours / "model.safetensors").write_bytes(b"half")
+    carried = tmp_path / ".ckpt.tmp-def456"  # killed after the swap: the old files and a carried folder
+    (carried / "eval").mkdir(parents=True)
+    (carried / "eval" / "r.json").write_text("{}")
+    (carried / "model.safetensors").write_bytes(b"old")
+    marker = {"moe_edu": "atomic_directory", "target": "ckpt", "owned": ["model.safetensors"]}
+    (carried / MARKER).write_text(json.dumps(marker))
+    theirs = tmp_path / ".ckpt.tmp-user"  # same name pattern, no marker: not ours
+    theirs.mkdir()
+    (theirs / "data.bin").write_bytes(b"keep")
+    other = tmp_path / ".other.tmp-abc"  # another target's
+    other.mkdir()
+    (other / MARKER).write_text(json.dumps({"moe_edu": "atomic_directory", "target": "other", "owned": None}))
+    moe_edu.save_pretrained(model(1), path)
+    assert not ours.exists() and not carried.exists() and theirs.exists() and other.exists()
+    assert (path / "eval" / "r.json").read_text() == "{}" and same_weights(moe_edu.from_pretrained(path), model(1))
+    assert clean_leftovers(path) == []
 
 
 def test_failed_save_keeps_the_old_directory(tmp_path):
@@ -215,7 +293,16 @@ def test_model_module_knows_nothing_about_files():
     source = (ROOT / "moe_edu" / "model.py").read_text()
     assert "pretrained" not in source.split('"""', 2)[2].replace("`pretrained`", "")
     assert not hasattr(MixtralForCausalLM, "from_pretrained") and not hasattr(MixtralForCausalLM, "save_pretrained")
-    for name in ("model", "io/checkpoint", "training/run_dir", "io/shipped", "layouts", "loading", "generation", "config"):
+    for name in (
+        "model",
+        "io/checkpoint",
+        "training/run_dir",
+        "io/shipped",
+        "layouts",
+        "loading",
+        "generation",
+        "config",
+    ):
         body = (ROOT / "moe_edu" / f"{name}.py").read_text().splitlines()
         assert not [
             line for line in body if line.startswith((" ", "\t")) and line.strip().startswith(("import ", "from ."))

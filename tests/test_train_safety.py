@@ -1,12 +1,14 @@
 """Training runs never lose, mix or clobber data: NaN stops, --out checks, argparse errors, --resume."""
 
 import json
+import os
 import shutil
 
 import pytest
 import torch
 
 import moe_edu
+import moe_edu.io.shipped
 import moe_edu.training.run as train_mod
 from moe_edu.experiments.train import main
 from moe_edu.io.shipped import checkpoint_dir, load_train_log
@@ -183,3 +185,55 @@ def test_a_run_writer_that_fails_midway_leaves_the_old_run_whole(tmp_path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary directory left behind
     for name in ("model.safetensors", "config.json", "tokenizer.json", "train_log.json", "README.md"):
         assert (run / name).read_bytes() == (shipped / name).read_bytes(), name
+
+
+def test_overwrite_replaces_only_the_previous_runs_files(tmp_path):
+    """`--overwrite` used to replace --out whole: notes, data and sub-folders beside the run were deleted."""
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint_dir("tiny"), run)
+    (run / "notes.txt").write_text("mine")
+    (run / "data").mkdir()
+    (run / "data" / "corpus.txt").write_text("also mine")
+    (run / STATE_DIR).mkdir()
+    (run / STATE_DIR / "training_state.json").write_text("{}")  # a finished run's state is the run's own
+    model, tok = moe_edu.load_pretrained()
+    save_run(model, tok, load_train_log(), run)
+    assert (run / "notes.txt").read_text() == "mine" and (run / "data" / "corpus.txt").read_text() == "also mine"
+    assert not (run / STATE_DIR).exists()
+    assert moe_edu.io.shipped.load_run(run)[0] is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_outs_a_final_swap_could_not_take_are_refused_up_front(capsys, no_corpus, tmp_path, monkeypatch):
+    """`.`, a mount point, a dangling symlink, an unwritable folder: refused before the corpus, not after training."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "code.py").write_text("print(1)")
+    monkeypatch.chdir(project)
+    for out in (".", "", str(project), str(tmp_path)):
+        assert "working directory" in usage_error(capsys, ["--out", out, "--overwrite"])
+    assert (project / "code.py").read_text() == "print(1)"
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    assert "dangling symbolic link" in usage_error(capsys, ["--out", str(tmp_path / "dangling")])
+    mounted = tmp_path / "mnt"
+    mounted.mkdir()
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: str(p) == str(mounted) or real_ismount(p))
+    assert "mount point" in usage_error(capsys, ["--out", str(mounted)])
+    monkeypatch.setattr(os.path, "ismount", real_ismount)
+    protected = tmp_path / "protected"
+    protected.mkdir()
+    real_open = os.open
+
+    def deny(path, *a, **k):  # what an immutable (chattr +i) folder answers, even to root
+        if str(path).startswith(str(protected) + os.sep):
+            raise PermissionError(1, "Operation not permitted", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(os, "open", deny)
+    assert "cannot be written" in usage_error(capsys, ["--out", str(protected), "--overwrite"])
+    monkeypatch.setattr(os, "open", real_open)
+    linked = tmp_path / "link"
+    linked.symlink_to(tmp_path / "target")
+    (tmp_path / "target").mkdir()
+    assert check_out_dir(linked) == linked  # a link to a folder: the save goes into the folder

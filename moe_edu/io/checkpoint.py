@@ -14,7 +14,9 @@ Safetensors files are memory-mapped and read one tensor at a time, so
 Everything is bounded by the checkpoint itself before any object is built: the layer and
 expert counts of `config.json` must agree with the tensor names and header shapes, so an
 absurd config fails at once, naming the field. Saving is atomic (`atomic.atomic_directory`):
-a reader sees the old checkpoint or the new one, whole; stale shards never survive.
+a reader sees the old checkpoint or the new one, whole; stale shards never survive; and a save
+replaces only the checkpoint's own files (listed in a hidden manifest), never a tokenizer, notes
+or other folders that share the directory.
 
 Expert weights may be stored fused (transformers v5: `mlp.experts.gate_up_proj`) or per
 expert (v4, and what v5 still writes: `block_sparse_moe.experts.{j}.w1/w2/w3.weight`).
@@ -25,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -39,7 +41,7 @@ from ..loading import load_into
 from ..model import MixtralForCausalLM
 from ..moe_block import SparseMoeBlock
 from ..validation import int_in_range, positive_int
-from .atomic import atomic_directory
+from .atomic import atomic_directory, creation_mode, real_target
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -279,6 +281,28 @@ def save_pretrained(model: MixtralForCausalLM, path: str | Path, *, max_shard_si
     return write_checkpoint(path, model_from_v5(sd, cfg, "v4"), cfg, max_shard_size=max_shard_size)
 
 
+MANIFEST = ".moe_edu-checkpoint.json"  # the files a save wrote: the next save replaces exactly those
+CHECKPOINT_FILES = {"config.json", "generation_config.json", SINGLE, INDEX, MANIFEST}
+_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+
+
+def checkpoint_owner(path: Path, extra: Collection[str] = ()) -> Callable[[str], bool]:
+    """Which entries of the checkpoint directory `path` a save replaces: its own files, nothing else.
+
+    Owned: config, generation config, weights, shards (transformers' names), index, the names the
+    previous save listed in its manifest, and `extra`. A tokenizer, notes or sub-folders stay.
+    """
+    listed: set[str] = set()
+    try:
+        data = json.loads((path / MANIFEST).read_text())
+        if isinstance(data, dict) and isinstance(data.get("files"), list):
+            listed = {n for n in data["files"] if isinstance(n, str) and Path(n).name == n and n not in ("", ".", "..")}
+    except (OSError, ValueError):
+        pass
+    names = CHECKPOINT_FILES | listed | set(extra)
+    return lambda name: name in names or _SHARD.fullmatch(name) is not None
+
+
 def write_checkpoint(
     path: str | Path,
     tensors: Mapping[str, torch.Tensor],
@@ -287,11 +311,14 @@ def write_checkpoint(
     max_shard_size: int = 5 * 2**30,
     metadata: Mapping[str, str] | None = None,
     files: Mapping[str, str] | None = None,
+    replaces: Collection[str] = (),
 ) -> Path:
     """The one checkpoint writer: shards (+ index), `config.json` and any extra text `files`, atomically.
 
-    Everything goes into a temporary sibling directory that then replaces `path` in one swap,
-    so files of an older checkpoint (other shards, an index) can never survive next to the new one.
+    Everything goes into a temporary sibling directory whose files then replace the checkpoint's
+    own files in `path` in one swap (`atomic.atomic_directory`): stale shards and index of an older
+    save never survive next to the new ones, and every other entry of `path` is kept. `replaces`
+    names further entries of `path` this save removes (e.g. a finished run's training state).
     """
     path = Path(path)
     shards: list[dict[str, torch.Tensor]] = [{}]
@@ -308,8 +335,12 @@ def write_checkpoint(
         if len(shards) == 1
         else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     )
+    for name in files or {}:
+        if Path(name).name != name or name in ("", ".", "..") or name in CHECKPOINT_FILES or _SHARD.fullmatch(name):
+            raise ValueError(f"write_checkpoint: files may only add plain file names of their own, got {name!r}")
     dtype = next(iter(tensors.values())).dtype
-    with atomic_directory(path) as tmp:
+    real = real_target(path)
+    with atomic_directory(real, owned=checkpoint_owner(real, replaces)) as tmp:
         for name, shard in zip(names, shards, strict=True):
             save_safetensors(shard, tmp / name, metadata or {"format": "pt"})
         if len(shards) > 1:
@@ -321,6 +352,8 @@ def write_checkpoint(
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(config, dtype), indent=2) + "\n")
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
+        written = sorted(p.name for p in tmp.iterdir() if not p.name.startswith(".")) + [MANIFEST]
+        (tmp / MANIFEST).write_text(json.dumps({"producer": "moe_edu", "files": written}, indent=1) + "\n")
     return path
 
 
@@ -340,9 +373,7 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: 
         if len(text) <= n:
             f.seek(8)
             f.write(text.ljust(n, b" "))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)  # safetensors creates 0600 files; a checkpoint is meant to be shared
+    os.chmod(path, creation_mode(path.parent))  # safetensors creates 0600 files; a checkpoint is meant to be shared
 
 
 def hf_config_dict(cfg: MixtralConfig, dtype: torch.dtype) -> dict:

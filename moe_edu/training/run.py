@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from ..data.corpus import build_corpus, corpus_sha256, split_corpus
+from ..io.atomic import check_swappable
 from ..model import MixtralForCausalLM
 from ..tokenizer import Tokenizer
 from ..validation import nonnegative_int
@@ -36,25 +36,25 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def check_out_dir(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
-    """Refuse, before any work, an `--out` that would clobber a run or that cannot be written."""
+    """Refuse, before any work, an `--out` that would clobber a run or that cannot be written.
+
+    A trial in the real parent (`atomic.check_swappable`) refuses what the final swap could not
+    do: the working directory, a mount point, a dangling link, a read-only or immutable folder.
+    """
     out = Path(out)
+    try:
+        check_swappable(out)
+    except ValueError as err:
+        raise ValueError(f"--out {err}") from None
     state = out / STATE_DIR / "training_state.json"
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
     if resume and not state.is_file():
         raise ValueError(f"--resume: no training state in {out / STATE_DIR} (is --out the interrupted run's?)")
     if not resume and not overwrite and out.is_dir() and any(out.iterdir()):
         raise ValueError(
-            f"--out {out} exists and is not empty: pass --overwrite to replace it (it is replaced "
-            f"whole, only at the end of a successful run), --resume to continue it, or another --out"
+            f"--out {out} exists and is not empty: pass --overwrite to replace the run in it (only the "
+            f"files a run writes are replaced, at the end of a successful run), --resume to continue "
+            f"it, or another --out"
         )
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    try:  # the run directory is written as a temporary sibling, then swapped in: the parent must take it
-        Path(tempfile.mkdtemp(prefix=".moe_edu-write-check-", dir=parent)).rmdir()
-    except OSError as err:
-        raise ValueError(f"--out {out} cannot be written ({parent}: {err.strerror or err})") from None
     return out
 
 

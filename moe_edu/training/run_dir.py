@@ -54,7 +54,8 @@ def save_run(model, tokenizer: Tokenizer, log: dict, out_dir: str | Path) -> Non
         "train_log.json": dump_json(log),
         "README.md": merge_readme(out / "README.md", readme_text(log)),
     }
-    write_checkpoint(out, state, model.config, metadata={"producer": "moe_edu.train", "format": "pt"}, files=files)
+    meta = {"producer": "moe_edu.train", "format": "pt"}
+    write_checkpoint(out, state, model.config, metadata=meta, files=files, replaces=(STATE_DIR,))
 
 
 def merge_readme(existing: Path, generated: str) -> str:
