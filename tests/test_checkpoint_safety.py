@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 
 import moe_edu
 from moe_edu import CheckpointError, MixtralConfig, MixtralForCausalLM, StateDictError
-from moe_edu.io.atomic import atomic_directory
-from moe_edu.io.checkpoint import MANIFEST
+from moe_edu.io.atomic import MARKER, atomic_directory, clean_leftovers
+from moe_edu.io.checkpoint import MANIFEST, write_checkpoint
 
 CFG = MixtralConfig(
     vocab_size=64,
@@ -157,8 +157,6 @@ def test_save_keeps_every_file_and_folder_it_did_not_write(tmp_path):
     moe_edu.save_pretrained(model(2), plain)
     assert (plain / "README.md").read_text() == "hello"
     # files a previous save listed in its manifest are its own: replaced, even under unknown names
-    from moe_edu.io.checkpoint import write_checkpoint
-
     sd = moe_edu.from_pretrained(plain).hf_state_dict("v4")
     write_checkpoint(plain, sd, CFG, files={"extra.txt": "one"})
     write_checkpoint(plain, sd, CFG)
@@ -167,8 +165,6 @@ def test_save_keeps_every_file_and_folder_it_did_not_write(tmp_path):
 
 def test_leftovers_of_killed_saves_are_cleaned_at_the_next_save_and_nothing_else(tmp_path):
     """Killed saves left hidden `.name.tmp-*` siblings that nothing removed (500 MB after five kills)."""
-    from moe_edu.io.atomic import MARKER, clean_leftovers
-
     path = tmp_path / "ckpt"
     moe_edu.save_pretrained(model(0), path)
     ours = tmp_path / ".ckpt.tmp-abc123"  # a killed save's: marker, a half-written shard
