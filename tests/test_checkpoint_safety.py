@@ -251,6 +251,80 @@ def test_config_bomb_fails_fast_naming_the_field(tmp_path, field, value):
         assert field in message, line
 
 
+TINY_BOMB_SCRIPT = textwrap.dedent("""
+    import json, resource, sys, time
+    import torch
+    from safetensors.torch import save_file
+    import moe_edu
+    from moe_edu.io.shipped import load_run
+
+    path, shape = sys.argv[1], sys.argv[2]
+    cfg = dict(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
+               num_key_value_heads=1, num_local_experts=10**9, num_experts_per_tok=2)
+    if shape == "one-expert-key":  # 1.6 KB: one tensor named expert 999999999
+        tensors = {"model.layers.0.block_sparse_moe.experts.999999999.w1.weight": torch.zeros(24, 16)}
+    elif shape == "empty-router":  # 104 B: a router of shape (10^9, 0), no data
+        tensors = {"model.layers.0.block_sparse_moe.gate.weight": torch.zeros(10**9, 0)}
+    elif shape == "million-experts":  # the old error listed 2,000,010 missing keys
+        cfg["num_local_experts"] = 10**6
+        tensors = {f"model.layers.0.block_sparse_moe.experts.{j}.w{n}.weight": torch.zeros(0)
+                   for j in range(2) for n in (1, 2, 3)}
+        tensors["model.layers.0.block_sparse_moe.experts.999999.w1.weight"] = torch.zeros(0)
+    elif shape == "many-layers":  # 20,000 layers "backed" by zero-size tensors (a ~2 MB header)
+        cfg["num_local_experts"], cfg["num_hidden_layers"] = 2, 20_000
+        tensors = {f"model.layers.{i}.block_sparse_moe.experts.{j}.w1.weight": torch.zeros(0)
+                   for i in range(20_000) for j in range(2)}
+    elif shape == "huge-vocab":
+        cfg["num_local_experts"], cfg["vocab_size"] = 2, 10**9
+        tensors = {f"model.layers.0.block_sparse_moe.experts.{j}.w1.weight": torch.zeros(0) for j in range(2)}
+        tensors["model.embed_tokens.weight"] = torch.zeros(0, 16)
+    json.dump(cfg, open(path + "/config.json", "w"))
+    save_file(tensors, path + "/model.safetensors")
+    open(path + "/tokenizer.json", "w").write("{}")
+    vm = int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (vm + 512 * 2**20, resource.RLIM_INFINITY))  # 512 MiB more
+    loaders = (("from_pretrained", moe_edu.from_pretrained), ("load_moe_block", lambda p: moe_edu.load_moe_block(p, 0)),
+               ("load_run", load_run))
+    for name, load in loaders:
+        start = time.perf_counter()
+        try:
+            load(path)
+            print(name, "LOADED")
+        except MemoryError:
+            print(name, "MemoryError", time.perf_counter() - start)
+        except (ValueError, moe_edu.StateDictError) as err:
+            print(name, type(err).__name__, time.perf_counter() - start, str(err).replace(chr(10), " ")[:2000])
+""")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmSize from /proc (Linux)")
+@pytest.mark.parametrize(
+    "shape,field",
+    [
+        ("one-expert-key", "num_local_experts"),
+        ("empty-router", "num_local_experts"),
+        ("million-experts", "num_local_experts"),
+        ("many-layers", "num_hidden_layers"),
+        ("huge-vocab", "vocab_size"),
+    ],
+)
+def test_a_bomb_backed_by_tiny_tensors_fails_fast_naming_the_field(tmp_path, shape, field):
+    """The old check took E from max(expert index) + 1 or one header: 9-24 s to a MemoryError."""
+    proc = subprocess.run(
+        [sys.executable, "-c", TINY_BOMB_SCRIPT, str(tmp_path), shape],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3, proc.stdout + proc.stderr
+    for line in lines:
+        name, kind, seconds, message = (line.split(" ", 3) + ["", ""])[:4]
+        assert float(seconds) < 1.0, line
+        assert kind == "CheckpointError" and field in message and len(message) < 2000, line
+
+
 def test_shard_index_cannot_name_files_outside_the_checkpoint(tmp_path):
     ckpt = tmp_path / "ckpt"
     moe_edu.save_pretrained(model(0), ckpt, max_shard_size=SHARD)

@@ -35,6 +35,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..accounting import count_parameters
 from ..config import MixtralConfig
 from ..layouts import model_from_v5
 from ..loading import load_into
@@ -82,10 +83,12 @@ class Checkpoint:
                 if (self.path / name).resolve().parent != self.path.resolve():  # a symlink out of the directory
                     raise CheckpointError(f"{index} names shard {name!r}, which links outside {self.path}")
         elif (self.path / SINGLE).is_file():
+            self.check_bytes([SINGLE])  # before a (possibly huge) header is parsed
             with self._open(SINGLE) as f:
                 self.files = {k: SINGLE for k in f.keys()}
         else:
             raise CheckpointError(f"no {SINGLE} or {INDEX} in {self.path}")
+        self.check_bytes(sorted(set(self.files.values())))
         self._handles: dict[str, object] = {}
         self._stack: ExitStack | None = None
 
@@ -138,15 +141,16 @@ class Checkpoint:
 
         Runs before any model is built, so a config claiming 10^8 layers or 10^9 experts fails
         in milliseconds instead of building Python objects for minutes. Expert counts are checked
-        for `layers` (default: all); per-expert names need no file opened, fused tensors one header.
+        for `layers` (default: all): per-expert tensors must be stored for exactly experts 0..E-1
+        (one tensor named `experts.999999999` does not make 10^9 experts), fused tensors and the
+        router must have their full header shape. `check_bytes` then bounds every other size.
         """
         cfg, stored_layers, per_expert = self.config, set(), {}
         for key in self.files:
-            m = re.match(r"model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.", key)
+            m = _EXPERT_KEY.match(key)
             if m:
-                i, j = int(m.group(1)), int(m.group(2))
-                per_expert[i] = max(per_expert.get(i, 0), j + 1)
-            m = m or re.match(r"model\.layers\.(\d+)\.", key)
+                per_expert.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+            m = m or _LAYER_KEY.match(key)
             if m:
                 stored_layers.add(int(m.group(1)))
         n = len(stored_layers)
@@ -155,20 +159,49 @@ class Checkpoint:
                 f"{self.path / 'config.json'}: num_hidden_layers={cfg.num_hidden_layers}, but the "
                 f"tensors hold {n} layers (indices {_span(stored_layers)})"
             )
+        E, H, I = cfg.num_local_experts, cfg.hidden_size, cfg.intermediate_size
+        where = f"{self.path / 'config.json'}: num_local_experts={E}"
         for i in range(n) if layers is None else layers:
-            stored = per_expert.get(i, 0)
-            fused = [
-                f"model.layers.{i}.{name}"
-                for name in ("mlp.experts.gate_up_proj", "mlp.gate.weight", "block_sparse_moe.gate.weight")
-            ]
-            fused = [k for k in fused if k in self.files]
-            if not stored and fused:
-                stored = (self.shape(fused[0]) or (0,))[0]  # rows = experts, from the header only
-            if stored != cfg.num_local_experts:
-                raise CheckpointError(
-                    f"{self.path / 'config.json'}: num_local_experts={cfg.num_local_experts}, but "
-                    f"layer {i} stores {stored} experts"
+            fused = f"model.layers.{i}.mlp.experts.gate_up_proj"
+            if i in per_expert:
+                stored = per_expert[i]
+                if stored != set(range(len(stored))) or len(stored) != E:
+                    raise CheckpointError(f"{where}, but layer {i} stores experts {_span(stored)} ({len(stored)})")
+            elif fused in self.files:
+                if self.shape(fused) != (E, 2 * I, H):
+                    raise CheckpointError(f"{where}, but {fused} has shape {self.shape(fused)}, not {(E, 2 * I, H)}")
+            else:
+                raise CheckpointError(f"{where}, but layer {i} stores no experts")
+            for router in (f"model.layers.{i}.mlp.gate.weight", f"model.layers.{i}.block_sparse_moe.gate.weight"):
+                if router in self.files and self.shape(router) != (E, H):
+                    raise CheckpointError(f"{where}, but {router} has shape {self.shape(router)}, not {(E, H)}")
+
+    def check_bytes(self, shards: list[str]) -> None:
+        """The weight files must hold at least one byte per parameter that config.json implies.
+
+        A bound on every size field at once (vocabulary, widths, heads, layers, experts), from
+        `stat` alone, before any header is parsed: a 104-byte file cannot back 10^9 experts.
+        """
+        config = self.config
+        need = count_parameters(config).total
+        present = sum((self.path / name).stat().st_size for name in shards)
+        if need > present:
+            fields = ", ".join(
+                f"{k}={getattr(config, k)}"
+                for k in (
+                    "num_hidden_layers",
+                    "num_local_experts",
+                    "hidden_size",
+                    "intermediate_size",
+                    "vocab_size",
+                    "num_attention_heads",
+                    "num_key_value_heads",
                 )
+            )
+            raise CheckpointError(
+                f"{self.path / 'config.json'} describes {need:,} parameters ({fields}), but the "
+                f"weight files hold only {present:,} bytes"
+            )
 
     def tensor(self, key: str) -> torch.Tensor:
         try:
@@ -178,6 +211,8 @@ class Checkpoint:
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a Mixtral config.json is ~1 kB
+_EXPERT_KEY = re.compile(r"model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.")
+_LAYER_KEY = re.compile(r"model\.layers\.(\d+)\.")
 
 
 def _span(indices: set[int]) -> str:
@@ -217,6 +252,7 @@ def from_pretrained(
         ckpt.check_counts(range(num_hidden_layers or total))  # before anything is built
         if num_hidden_layers is not None:
             cfg = cfg.replace(num_hidden_layers=num_hidden_layers)
+        if num_hidden_layers is not None:
             dropped = tuple(f"model.layers.{i}." for i in range(num_hidden_layers, total))
             ckpt.files = {k: f for k, f in ckpt.files.items() if not k.startswith(dropped)}
         with torch.device("meta"):
