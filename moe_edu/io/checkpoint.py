@@ -378,7 +378,7 @@ def write_checkpoint(
     real = real_target(path)
     with atomic_directory(real, owned=checkpoint_owner(real, replaces)) as tmp:
         for name, shard in zip(names, shards, strict=True):
-            save_safetensors(shard, tmp / name, metadata or {"format": "pt"})
+            save_safetensors(shard, tmp / name, {"format": "pt"} if metadata is None else metadata)
         if len(shards) > 1:
             index = {
                 "metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
@@ -400,15 +400,16 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: 
     process: two identical saves could differ in their bytes. The header is rewritten in
     place (same length, only the order of its keys changes), so a seeded run gives one file.
     """
-    save_file(dict(tensors), str(path), metadata=dict(metadata))
-    with open(path, "r+b") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-        header = {"__metadata__": dict(metadata), **{k: v for k, v in header.items() if k != "__metadata__"}}
-        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-        if len(text) <= n:
-            f.seek(8)
-            f.write(text.ljust(n, b" "))
+    save_file(dict(tensors), str(path), metadata=dict(metadata) or None)  # {}: no metadata at all
+    if metadata:
+        with open(path, "r+b") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+            header = {"__metadata__": dict(metadata), **{k: v for k, v in header.items() if k != "__metadata__"}}
+            text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+            if len(text) <= n:
+                f.seek(8)
+                f.write(text.ljust(n, b" "))
     os.chmod(path, creation_mode(path.parent))  # safetensors creates 0600 files; a checkpoint is meant to be shared
 
 
