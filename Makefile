@@ -97,7 +97,7 @@ $(VENV)/.installed-explorer: $(VENV)/.installed  # Voila, once (the lock already
 	@touch $@
 
 passkey: install  ## retrain the shipped passkey model (notebook 11), ~1.5 min on an idle core
-	$(PY) -m moe_edu.experiments.passkey --out moe_edu/checkpoints/passkey
+	$(PY) -m moe_edu.experiments.passkey --out moe_edu/checkpoints/passkey --overwrite
 
 serving-results: install  ## recompute notebook 11's routing traces, cache and quantisation tables
 	$(PY) -m moe_edu.experiments.serving

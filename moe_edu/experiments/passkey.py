@@ -1,6 +1,6 @@
 """Train a tiny Mixtral to retrieve a passkey, on CPU, in a few minutes (reproducible, seeded).
 
-    python -m moe_edu.experiments.passkey --out moe_edu/checkpoints/passkey
+    python -m moe_edu.experiments.passkey --out moe_edu/checkpoints/passkey --overwrite
 
 The prompts are `moe_edu.serving.passkey`'s (instruction, filler, key sentence at a random depth,
 question) in a word-level vocabulary of 38 tokens (`WordVocab`: the prompt's words and the ten
