@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import moe_edu
 import moe_edu.io.shipped
@@ -13,9 +14,17 @@ import moe_edu.training.run as train_mod
 from moe_edu.experiments.train import main
 from moe_edu.io.shipped import checkpoint_dir, load_train_log
 from moe_edu.training.config import TrainConfig
-from moe_edu.training.loop import NonFiniteError, train_steps
+from moe_edu.training.loop import NonFiniteError, make_optimizer, train_steps
 from moe_edu.training.run import check_out_dir, train
-from moe_edu.training.run_dir import STATE_DIR, dump_json, merge_readme, save_run
+from moe_edu.training.run_dir import (
+    STATE_DIR,
+    TrainingStateError,
+    dump_json,
+    load_training_state,
+    merge_readme,
+    save_run,
+    save_training_state,
+)
 
 FAST = ["--steps", "3", "--batch-size", "2", "--seq-len", "16", "--eval-every", "1000", "--no-progress"]
 
@@ -237,3 +246,100 @@ def test_outs_a_final_swap_could_not_take_are_refused_up_front(capsys, no_corpus
     linked.symlink_to(tmp_path / "target")
     (tmp_path / "target").mkdir()
     assert check_out_dir(linked) == linked  # a link to a folder: the save goes into the folder
+
+
+def saved_state(path):
+    """A real training state after one step of a tiny model (weights, AdamW moments, RNG)."""
+    model = tiny_model()
+    opt = make_optimizer(model, 1e-3, 0.1)
+    data = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))  # (B, T)
+    train_steps(model, lambda step: data, 1, optimizer=opt, progress=False)
+    rng = {"gen": torch.Generator().get_state(), "torch": torch.get_rng_state()}
+    meta = {"step": 0, "train_config": {}, "log": [{"step": 0}], "wall_seconds": 1.0}
+    save_training_state(path, model, opt, rng, meta)
+    return lambda: (tiny_model(), make_optimizer(tiny_model(), 1e-3, 0.1))
+
+
+def edit_json(path, change):
+    meta = json.loads((path / "training_state.json").read_text())
+    (path / "training_state.json").write_text(json.dumps(change(meta)))
+
+
+def edit_tensors(path, change):
+    tensors = load_file(str(path / "training_state.safetensors"))
+    save_file(change(tensors), str(path / "training_state.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "corrupt,message",
+    [
+        (lambda p: (p / "training_state.json").write_text('{"step": 1, "lo'), "cannot read the training state"),
+        (lambda p: (p / "training_state.json").write_text("[]"), "must be a JSON object"),
+        (lambda p: edit_json(p, lambda m: {k: v for k, v in m.items() if k != "step"}), "step is missing"),
+        (lambda p: edit_json(p, lambda m: {k: v for k, v in m.items() if k != "log"}), "log is missing"),
+        (lambda p: edit_json(p, lambda m: {**m, "param_groups": None}), "param_groups has an unexpected value"),
+        (lambda p: edit_json(p, lambda m: {**m, "step": "3"}), "step has an unexpected value"),
+        (lambda p: edit_json(p, lambda m: {**m, "log": [{}, {}, {}]}), "the log has 3 entries for 1 steps"),
+        (lambda p: edit_tensors(p, lambda t: {k: v for k, v in t.items() if k != "rng.gen"}), "random-number state"),
+        (lambda p: edit_tensors(p, lambda t: {k: v for k, v in t.items() if not k.startswith("optim.")}), "AdamW"),
+        (lambda p: edit_tensors(p, lambda t: {k: v for k, v in t.items() if k != "model.lm_head.weight"}), "missing"),
+        (lambda p: (p / "training_state.safetensors").write_bytes(b"\x08" + bytes(20)), "cannot read"),
+    ],
+)
+def test_a_damaged_training_state_is_one_clear_error_naming_the_file(tmp_path, corrupt, message):
+    """The old loader gave raw JSONDecodeError, AttributeError, KeyError, IndexError, TypeError, or resumed silently."""
+    path = tmp_path / STATE_DIR
+    fresh = saved_state(path)
+    model, opt = fresh()
+    load_training_state(path, model, opt)  # the undamaged state loads
+    corrupt(path)
+    model, opt = fresh()
+    with pytest.raises(TrainingStateError, match=message) as err:
+        load_training_state(path, model, opt)
+    assert str(path) in str(err.value)
+
+
+def resume_main(argv, monkeypatch, corpus=None):
+    if corpus is not None:
+        monkeypatch.setattr(train_mod, "build_corpus", corpus)
+    threads = torch.get_num_threads()
+    try:
+        return main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_changed_corpus_tokenizer_or_thread_count(tmp_path, monkeypatch, capsys):
+    """The old --resume continued silently on another corpus (held-out CE 5.798 vs 5.325) or thread count."""
+    out = tmp_path / "run"
+    argv = ["--steps", "4", "--batch-size", "2", "--seq-len", "16", "--eval-every", "1000", "--no-progress"]
+    argv += ["--checkpoint-every", "2", "--threads", "1", "--out", str(out)]
+    real = train_mod.save_training_state
+
+    def save_then_crash(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_training_state", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        resume_main(argv, monkeypatch)
+    monkeypatch.setattr(train_mod, "save_training_state", real)
+    real_corpus = train_mod.build_corpus
+
+    def other_corpus(seed=0, math_docs=600):
+        return [d for d in real_corpus(seed=seed, math_docs=math_docs) if d.domain != "zh-TW"]
+
+    with pytest.raises(SystemExit) as exit_:
+        resume_main(argv + ["--resume"], monkeypatch, other_corpus)
+    assert exit_.value.code == 2 and "corpus_sha256" in capsys.readouterr().err
+    monkeypatch.setattr(train_mod, "build_corpus", real_corpus)
+    with pytest.raises(SystemExit) as exit_:
+        resume_main([a if a != "1" else "2" for a in argv] + ["--resume"], monkeypatch)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "threads 1 -> 2" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_:
+        resume_main(argv[:1] + ["5"] + argv[2:] + ["--resume"], monkeypatch)
+    assert exit_.value.code == 2 and "other settings (steps)" in capsys.readouterr().err  # was a traceback
+    assert not (out / "model.safetensors").exists()
+    assert resume_main(argv + ["--resume"], monkeypatch) == 0 and (out / "model.safetensors").exists()

@@ -21,10 +21,12 @@ from collections.abc import Callable
 
 import torch
 
+from ..io.lock import LockedError, out_lock
 from ..presets import PRESETS
 from ..training.config import TrainConfig
 from ..training.loop import NonFiniteError
-from ..training.run import check_out_dir, pick_device, train
+from ..training.run import ResumeError, check_out_dir, pick_device, train
+from ..training.run_dir import TrainingStateError
 from ..validation import int_in_range, nonnegative_float, nonnegative_int, positive_float, positive_int
 
 
@@ -99,16 +101,19 @@ def main(argv: list[str] | None = None) -> int:
             args.remove(flag)
     command = "python -m moe_edu.train " + " ".join(args)
     try:
-        _, _, log = train(
-            tc,
-            a.out,
-            progress=not a.no_progress,
-            command=command,
-            overwrite=a.overwrite,
-            resume=a.resume,
-            checkpoint_every=a.checkpoint_every,
-        )
-    except NonFiniteError as err:
+        with out_lock(a.out):
+            _, _, log = train(
+                tc,
+                a.out,
+                progress=not a.no_progress,
+                command=command,
+                overwrite=a.overwrite,
+                resume=a.resume,
+                checkpoint_every=a.checkpoint_every,
+            )
+    except ResumeError as err:  # settings, corpus, tokenizer or threads changed since the interruption
+        p.error(str(err))
+    except (NonFiniteError, TrainingStateError, LockedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     f = log["final"]
