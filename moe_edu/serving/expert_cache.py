@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..validation import nonnegative_int
+
 
 class LRUCache:
     """A fixed number of slots; `get` loads on a miss and evicts the least recently used entry."""
@@ -135,8 +137,9 @@ def simulate_cache(trace: RoutingTrace, capacity: int, *, prefetch: bool = False
     layer l's real experts are looked up: a right guess turns a miss into a hit.
     """
     T, L, k = trace.chosen.shape
-    if not 0 <= capacity:
-        raise ValueError(f"capacity must be >= 0, got {capacity}")
+    nonnegative_int("capacity", capacity)  # True, 1.5 and None are not cache sizes
+    if T == 0:
+        raise ValueError("simulate_cache: the trace holds no tokens")
     caches: list[list[int]] = [[] for _ in range(L)]  # per layer, least recently used first (LRUCache, inlined)
     hits, prefetched = [0] * L, [0] * L
     chosen, guess = trace.chosen.tolist(), trace.guess.tolist()

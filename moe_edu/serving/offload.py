@@ -26,7 +26,7 @@ from torch import nn
 from ..accounting import count_parameters
 from ..config import MixtralConfig
 from ..experts import Experts, swiglu
-from ..validation import nonnegative_int
+from ..validation import nonnegative_float, nonnegative_int, positive_float
 from .expert_cache import LRUCache
 from .memory import dtype_bits
 
@@ -184,8 +184,9 @@ def offload_tokens_per_second(
     memory at `device_gbs` GB/s. Serial by default; `overlap=True` lets the transfers hide
     behind the device's reads (prefetching), so the slower of the two sets the pace.
     """
-    if pcie_gbs <= 0 or device_gbs <= 0:
-        raise ValueError(f"bandwidths must be positive, got pcie_gbs={pcie_gbs}, device_gbs={device_gbs}")
+    positive_float("bandwidth pcie_gbs", pcie_gbs)
+    positive_float("bandwidth device_gbs", device_gbs)
+    nonnegative_float("loads_per_token", loads_per_token)  # -1 gave 85.7 tokens/s, NaN gave NaN
     bits = dtype_bits(weight_dtype)
     expert_bytes = 3 * config.hidden_size * config.intermediate_size * bits / 8
     bus = loads_per_token * expert_bytes / (pcie_gbs * 1e9)  # seconds
