@@ -61,7 +61,7 @@ class Source(Protocol):
     def tensor(self, key: str) -> torch.Tensor: ...
 
 
-_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "float64", "float32", "float16", "bfloat16"}
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "float64", "float32", "float16", "bfloat16"}
 
 
 class MemorySource:
@@ -166,7 +166,7 @@ def load_into(
         mismatched += odd
         if stored != tuple(p.shape):
             mismatched.append((prefix + name, p.shape, stored))
-        wrong_dtype += [(k, src.dtype(k)) for k in plan[0] if src.dtype(k) not in _FLOAT_DTYPES]
+        wrong_dtype += [(k, src.dtype(k)) for k in plan[0] if src.dtype(k) not in FLOAT_DTYPES]
         plans[name] = plan
         used.update(plan[0])
     missing += getattr(src, "not_tensors", [])

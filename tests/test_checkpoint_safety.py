@@ -16,6 +16,7 @@ import moe_edu
 from moe_edu import CheckpointError, MixtralConfig, MixtralForCausalLM, StateDictError
 from moe_edu.io.atomic import MARKER, atomic_directory, clean_leftovers
 from moe_edu.io.checkpoint import MANIFEST, write_checkpoint
+from moe_edu.io.shipped import load_run
 
 CFG = MixtralConfig(
     vocab_size=64,
@@ -417,3 +418,40 @@ def test_saved_files_are_byte_identical_whatever_the_hash_order(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(tmp_path / "0.safetensors").st_mode & 0o777 == 0o666 & ~umask  # not safetensors' 0600
+
+
+def test_loading_edge_cases_are_clear_errors(tmp_path):
+    """L5: mixed dtypes loaded then failed in forward; a stored head under tied embeddings was ignored; flipped
+    bytes gave NaN logits; a garbled tokenizer, a too-large tokenizer and odd config JSON gave raw errors."""
+    moe_edu.save_pretrained(model(0), tmp_path)
+    sd = moe_edu.from_pretrained(tmp_path).hf_state_dict("v4")
+    mixed = {k: v.contiguous() for k, v in sd.items()}
+    mixed["lm_head.weight"] = mixed["lm_head.weight"].double()
+    save_file(mixed, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"several dtypes \(F32: .*F64: 1 \(e.g. lm_head.weight\)"):
+        moe_edu.from_pretrained(tmp_path)
+    assert moe_edu.from_pretrained(tmp_path, dtype=torch.float32).lm_head.weight.dtype == torch.float32
+    nan = {k: v.contiguous() for k, v in sd.items()}
+    nan["model.norm.weight"] = nan["model.norm.weight"].clone()
+    nan["model.norm.weight"][3] = float("nan")
+    save_file(nan, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="'model.norm.weight' in .* holds NaN or infinite values"):
+        moe_edu.from_pretrained(tmp_path)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "model.safetensors"))
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": True}))
+    with pytest.raises(CheckpointError, match="tie_word_embeddings=true, but the stored lm_head.weight differs"):
+        moe_edu.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("[" * 100_000 + "]" * 100_000)  # RecursionError
+    with pytest.raises(ValueError, match="cannot read a Mixtral config"):
+        moe_edu.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"vocab_size": ' + "9" * 5000 + "}")  # int too long to convert
+    with pytest.raises(ValueError, match="cannot read a Mixtral config"):
+        moe_edu.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "tokenizer.json").write_text('{"garbled": ')
+    with pytest.raises(ValueError, match="cannot read the tokenizer .*tokenizer.json"):
+        load_run(tmp_path)
+    moe_edu.load_pretrained()[1].save(tmp_path / "tokenizer.json")  # 1024 tokens for a 64-row embedding
+    with pytest.raises(ValueError, match="has 1024 tokens, but config.json's vocab_size is 64"):
+        load_run(tmp_path)

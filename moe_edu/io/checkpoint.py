@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 from ..accounting import count_parameters
 from ..config import MixtralConfig
 from ..layouts import model_from_v5
-from ..loading import load_into
+from ..loading import FLOAT_DTYPES, load_into
 from ..model import MixtralForCausalLM
 from ..moe_block import SparseMoeBlock
 from ..validation import int_in_range, positive_int
@@ -204,10 +204,29 @@ class Checkpoint:
             )
 
     def tensor(self, key: str) -> torch.Tensor:
+        """The stored tensor; a float tensor holding NaN or inf is refused (flipped bytes, a diverged save)."""
         try:
-            return self._handle(key).get_tensor(key)
+            value = self._handle(key).get_tensor(key)
         except SafetensorError as err:
             raise CheckpointError(f"cannot read {key!r} from {self.path / self.files[key]}: {err}") from err
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{key!r} in {self.path / self.files[key]} holds NaN or infinite values")
+        return value
+
+    def check_one_dtype(self, dtype: torch.dtype | None, prefix: str | tuple[str, ...] = "") -> None:
+        """With `dtype=None` the stored dtype is kept: one float dtype under `prefix`, or forward fails on mixed matmuls."""
+        if dtype is not None:
+            return
+        seen: dict[str, list[str]] = {}
+        for key in self.files:
+            if key.startswith(prefix) and self.dtype(key) in FLOAT_DTYPES:  # integer tensors: refused by load_into
+                seen.setdefault(self.dtype(key), []).append(key)
+        if len(seen) > 1:
+            detail = ", ".join(f"{d}: {len(keys)} (e.g. {sorted(keys)[0]})" for d, keys in sorted(seen.items()))
+            raise CheckpointError(
+                f"{self.path} stores tensors in several dtypes ({detail}): pass dtype= (e.g. torch.float32) "
+                f"to load them all in one"
+            )
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a Mixtral config.json is ~1 kB
@@ -255,6 +274,7 @@ def from_pretrained(
         if num_hidden_layers is not None:
             dropped = tuple(f"model.layers.{i}." for i in range(num_hidden_layers, total))
             ckpt.files = {k: f for k, f in ckpt.files.items() if not k.startswith(dropped)}
+        ckpt.check_one_dtype(dtype)
         with torch.device("meta"):
             model = MixtralForCausalLM(cfg, dispatch=dispatch)
         load_into(
@@ -265,6 +285,13 @@ def from_pretrained(
             device=device,
             strict_prefix="",
         )
+        if cfg.tie_word_embeddings and "lm_head.weight" in ckpt.files:  # tied: the stored head must be the embedding
+            stored = ckpt.tensor("lm_head.weight").to(model.model.embed_tokens.weight)
+            if not torch.equal(stored, model.model.embed_tokens.weight):
+                raise CheckpointError(
+                    f"{ckpt.path / 'config.json'}: tie_word_embeddings=true, but the stored lm_head.weight "
+                    f"differs from the embedding (it would be ignored): set it to false to use the stored head"
+                )
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary_emb.reset_buffers(device)
@@ -285,6 +312,7 @@ def load_moe_block(
         n = ckpt.config.num_hidden_layers
         int_in_range(f"layer (the checkpoint has num_hidden_layers={n})", layer, 0, n - 1)
         ckpt.check_counts(range(layer, layer + 1))
+        ckpt.check_one_dtype(dtype, (f"model.layers.{layer}.mlp.", f"model.layers.{layer}.block_sparse_moe."))
         with torch.device("meta"):
             block = SparseMoeBlock(ckpt.config, dispatch=dispatch)
         prefix = f"model.layers.{layer}."
