@@ -57,6 +57,10 @@ def usage_error(capsys, argv) -> str:
         (["--preset", "huge"], "invalid choice: 'huge'"),
         (["--vocab-size", "100"], "--vocab-size: must be an int in [259"),
         (["--threads", "0"], "--threads"),
+        (["--device", "meta"], "training runs on cpu, cuda or mps"),  # NotImplementedError after the corpus
+        (["--seed", str(2**64)], "--seed: must be an int in [0, 9223372036854775807]"),  # raw Overflow error
+        (["--preset", "mixtral-8x7b"], "needs at least"),  # allocator errors after 2-145 s
+        (["--vocab-size", str(10**7), "--batch-size", "100000"], "needs at least"),
     ],
 )
 def test_bad_arguments_are_usage_errors_before_the_corpus(capsys, no_corpus, tmp_path, argv, message):
@@ -343,3 +347,30 @@ def test_resume_refuses_a_changed_corpus_tokenizer_or_thread_count(tmp_path, mon
     assert exit_.value.code == 2 and "other settings (steps)" in capsys.readouterr().err  # was a traceback
     assert not (out / "model.safetensors").exists()
     assert resume_main(argv + ["--resume"], monkeypatch) == 0 and (out / "model.safetensors").exists()
+
+
+def test_a_fifo_readme_does_not_hang_the_save(tmp_path):
+    """`merge_readme` read `<out>/README.md` even when it was a FIFO: the end of the run hung."""
+    run = tmp_path / "run"
+    run.mkdir()
+    os.mkfifo(run / "README.md")
+    model, tok = moe_edu.load_pretrained()
+    save_run(model, tok, load_train_log(), run)
+    assert (run / "README.md").is_file() and "Tiny Mixtral" in (run / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    """ENOSPC at a periodic checkpoint was a raw traceback."""
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train_mod, "save_training_state", full)
+    threads = torch.get_num_threads()
+    try:
+        code = main(FAST + ["--steps", "4", "--checkpoint-every", "2", "--out", str(tmp_path / "run")])
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert code == 1 and "No space left on device" in err and "--resume continues" in err and "Traceback" not in err

@@ -61,6 +61,8 @@ def save_run(model, tokenizer: Tokenizer, log: dict, out_dir: str | Path) -> Non
 def merge_readme(existing: Path, generated: str) -> str:
     """The generated section between markers; whatever an existing README holds outside them is kept."""
     section = f"{README_BEGIN}\n{generated.rstrip()}\n{README_END}\n"
+    if not existing.is_file():  # absent, or a FIFO / device / folder that reading would hang on or fail
+        return section
     try:
         old = existing.read_text()
     except OSError:
