@@ -427,3 +427,10 @@ def test_one_palette_no_near_twins_and_readable_text(model, tok):
     ex.selected = 1
     sizes = [int(s) for s in re.findall(r"font(?:-size)?:\s*(\d+)px", ex.view.html + ex.static_html())]
     assert sizes and min(sizes) >= 11, "no text under 8 pt (11 px)"
+
+
+def test_flow_view_escapes_token_labels_once(model, tok):
+    """The flow view escaped the already-escaped labels again: a browser showed `&lt;`, `&#x27;`, `&amp;`."""
+    html = flow_html(trace_routing(model, tok, "if a < b & c: print('x')"), 0)
+    assert "&amp;lt;" not in html and "&amp;amp;" not in html and "&amp;#x27;" not in html
+    assert "&lt;" in html and "<script" not in html

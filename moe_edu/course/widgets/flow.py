@@ -4,8 +4,6 @@ attention). Deterministic and script-free like the other views; see notebook 06.
 
 from __future__ import annotations
 
-from html import escape
-
 from moe_edu.course.widgets.trace import RoutingTrace
 from moe_edu.course.widgets.views import token_labels
 
@@ -48,7 +46,7 @@ def flow_html(
             )
         cls = f"moe-flow-tok{state_class(g, [], selected, None)}"
         texts.append(
-            f'<text class="{cls}" data-g="{g}" x="{LEFT}" y="{y + 4}" text-anchor="end">{escape(labels[t])}</text>'
+            f'<text class="{cls}" data-g="{g}" x="{LEFT}" y="{y + 4}" text-anchor="end">{labels[t]}</text>'  # already escaped
         )
     boxes = []
     for e in range(E):
