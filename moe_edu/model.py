@@ -182,6 +182,11 @@ def check_ids(input_ids: torch.Tensor, labels: torch.Tensor | None, vocab_size: 
             )
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        targets = labels[:, 1:][labels[:, 1:] != -100]  # what the loss uses (token t predicts t+1)
+        if not targets.numel() or int(targets.min()) < 0 or int(targets.max()) >= vocab_size:
+            raise ValueError(
+                f"labels[:, 1:] must hold at least one target in [0, vocab_size={vocab_size}) (-100: ignored)"
+            )
 
 
 attention_mask_for = attention_mask

@@ -64,3 +64,16 @@ def test_upcycling_refuses_non_finite_or_negative_noise():
         with pytest.raises(ValueError, match="noise_std"):  # ignored silently
             upcycle_model(dense, noise_std=noise)
     assert random_key(random.Random(0), 5, distinct=True).isdigit()
+
+
+def test_labels_out_of_range_or_all_ignored_are_named_errors():
+    """A label of 9999 was a raw IndexError (a device-side assert on CUDA); all -100 gave a NaN loss."""
+    torch.manual_seed(0)
+    model = moe_edu.MixtralForCausalLM(CFG)
+    ids = torch.randint(0, CFG.vocab_size, (2, 6))
+    for labels in (torch.full_like(ids, 9999), torch.full_like(ids, -5), torch.full_like(ids, -100)):
+        with pytest.raises(ValueError, match=r"labels\[:, 1:\] must hold at least one target"):
+            model(ids, labels=labels)
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), max_new_tokens=2)
+    assert torch.isfinite(model(ids, labels=ids).loss)
