@@ -434,3 +434,9 @@ def test_flow_view_escapes_token_labels_once(model, tok):
     html = flow_html(trace_routing(model, tok, "if a < b & c: print('x')"), 0)
     assert "&amp;lt;" not in html and "&amp;amp;" not in html and "&amp;#x27;" not in html
     assert "&lt;" in html and "<script" not in html
+
+
+def test_lone_surrogates_are_a_named_error(model, tok):
+    """`trace_routing` on a lone surrogate raised a raw TypeError from the tokenizer."""
+    with pytest.raises(ValueError, match="lone surrogate"):
+        trace_routing(model, tok, "abc \ud800 def")
