@@ -88,13 +88,21 @@ KILL_SCRIPT = textwrap.dedent("""
             die()
         return ok
     moe_edu.io.atomic.exchange = exchange
+    real_remove = moe_edu.io.atomic._remove
+    def remove(entry):
+        if point == "mid-settle" and entry.name.startswith("model-"):  # the old shards, after the swap
+            die()
+        real_remove(entry)
+    moe_edu.io.atomic._remove = remove
     moe_edu.save_pretrained(new, path, max_shard_size=int(sys.argv[4]))
     print("finished")
 """)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["before-shard-1", "before-shard-2", "before-shard-4", "before-swap", "after-swap"])
+@pytest.mark.parametrize(
+    "point", ["before-shard-1", "before-shard-2", "before-shard-4", "before-swap", "after-swap", "mid-settle"]
+)
 def test_killed_save_leaves_the_old_or_the_new_checkpoint_whole(tmp_path, point):
     """SIGKILL the writer between shards, before and after the swap: the directory loads whole, never a mix."""
     path = tmp_path / "ckpt"
@@ -111,10 +119,10 @@ def test_killed_save_leaves_the_old_or_the_new_checkpoint_whole(tmp_path, point)
     )
     assert proc.returncode == -9, proc.stderr  # killed, as planned
     loaded = moe_edu.from_pretrained(path)
-    assert same_weights(loaded, new if point == "after-swap" else old)
+    assert same_weights(loaded, new if point in ("after-swap", "mid-settle") else old)
     stray = [p.name for p in tmp_path.iterdir() if p.name not in ("ckpt", "cfg.json")]
     assert all(p.startswith(".ckpt.tmp-") for p in stray)  # only a hidden temporary sibling may remain
-    if point != "after-swap":  # (after it, the carried folder waits in the sibling for the next save)
+    if point not in ("after-swap", "mid-settle"):  # (after it, the carried folder waits in the sibling)
         assert foreign_entries(path) == foreign
     moe_edu.save_pretrained(new, path)  # and the next save works, and puts back or removes every leftover
     assert same_weights(moe_edu.from_pretrained(path), new)

@@ -197,14 +197,19 @@ def _settle(old: Path, path: Path, owned: Callable[[str], bool]) -> bool:
     An entry `path` already holds (a hard link to the same file) is only unlinked here; one whose
     name `path` holds for something else stays. Returns whether `old` could be removed.
     """
-    for entry in sorted(old.iterdir()):
+    for entry in sorted(old.iterdir()):  # the marker goes last: a kill in between leaves a recognisable sibling
         name = entry.name
-        if name == MARKER or owned(name):
+        if name == MARKER:
+            continue
+        if owned(name):
             _remove(entry)
         elif _same_entry(entry, path / name):
             entry.unlink()
         elif not os.path.lexists(path / name):
             os.rename(entry, path / name)
+    if any(p.name != MARKER for p in old.iterdir()):
+        return False  # something stayed (a name `path` holds for something else): keep it, and the marker
+    (old / MARKER).unlink(missing_ok=True)
     try:
         old.rmdir()
         return True
