@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 import moe_edu
+import moe_edu.io.checkpoint
 from moe_edu import CheckpointError, MixtralConfig, MixtralForCausalLM, StateDictError
 from moe_edu.io.atomic import MARKER, atomic_directory, clean_leftovers
-from moe_edu.io.checkpoint import MANIFEST, write_checkpoint
+from moe_edu.io.checkpoint import MANIFEST, save_safetensors, write_checkpoint
 from moe_edu.io.shipped import load_run
 
 CFG = MixtralConfig(
@@ -414,8 +416,6 @@ def test_loading_a_config_bomb_in_process_is_fast(tmp_path):
 
 def test_saved_files_are_byte_identical_whatever_the_hash_order(tmp_path):
     """safetensors writes its metadata in hash order; ours is fixed, so a seeded run gives one file."""
-    from moe_edu.io.checkpoint import save_safetensors
-
     tensors = {"b": torch.arange(4.0), "a": torch.ones(2, 3)}
     blobs = set()
     for i in range(12):
@@ -463,3 +463,15 @@ def test_loading_edge_cases_are_clear_errors(tmp_path):
     moe_edu.load_pretrained()[1].save(tmp_path / "tokenizer.json")  # 1024 tokens for a 64-row embedding
     with pytest.raises(ValueError, match="has 1024 tokens, but config.json's vocab_size is 64"):
         load_run(tmp_path)
+
+
+def test_a_full_disk_is_an_oserror_with_its_errno(tmp_path, monkeypatch):
+    """safetensors reports ENOSPC as a SafetensorError, which the commands' `except OSError` did not catch."""
+
+    def full(tensors, filename, metadata=None):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(moe_edu.io.checkpoint, "save_file", full)
+    with pytest.raises(OSError) as err:
+        save_safetensors({"a": torch.zeros(2)}, tmp_path / "a.safetensors", {"format": "pt"})
+    assert err.value.errno == 28 and "No space left" in str(err.value)

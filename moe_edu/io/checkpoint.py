@@ -24,6 +24,7 @@ expert (v4, and what v5 still writes: `block_sparse_moe.experts.{j}.w1/w2/w3.wei
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -428,7 +429,11 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: 
     process: two identical saves could differ in their bytes. The header is rewritten in
     place (same length, only the order of its keys changes), so a seeded run gives one file.
     """
-    save_file(dict(tensors), str(path), metadata=dict(metadata) or None)  # {}: no metadata at all
+    try:
+        save_file(dict(tensors), str(path), metadata=dict(metadata) or None)  # {}: no metadata at all
+    except SafetensorError as err:  # a full disk arrives as "I/O error: ... (os error 28)": make it an OSError
+        code = re.search(r"os error (\d+)", str(err))
+        raise OSError(int(code.group(1)) if code else errno.EIO, f"cannot write {path}: {err}") from None
     if metadata:
         with open(path, "r+b") as f:
             n = int.from_bytes(f.read(8), "little")
