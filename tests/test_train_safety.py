@@ -59,8 +59,9 @@ def usage_error(capsys, argv) -> str:
         (["--threads", "0"], "--threads"),
         (["--device", "meta"], "training runs on cpu, cuda or mps"),  # NotImplementedError after the corpus
         (["--seed", str(2**64)], "--seed: must be an int in [0, 9223372036854775807]"),  # raw Overflow error
-        (["--preset", "mixtral-8x7b"], "needs at least"),  # allocator errors after 2-145 s
-        (["--vocab-size", str(10**7), "--batch-size", "100000"], "needs at least"),
+        (["--preset", "mixtral-8x7b"], "GiB or more, this machine has"),  # allocator errors after 2-145 s
+        (["--vocab-size", str(10**7), "--batch-size", "100000"], "GiB or more"),
+        (["--seq-len", "100000"], "GiB or more"),
     ],
 )
 def test_bad_arguments_are_usage_errors_before_the_corpus(capsys, no_corpus, tmp_path, argv, message):

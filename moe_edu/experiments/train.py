@@ -48,18 +48,23 @@ def _arg(check: Callable, kind: type) -> Callable[[str], object]:
 def check_memory(tc: TrainConfig) -> None:
     """Refuse sizes that cannot fit this machine's memory (a usage error now, not an allocator error later).
 
-    A lower bound: fp32 weights, gradients and two AdamW moments (16 bytes per parameter) plus the
-    logits of one batch with their gradient (8 bytes per token and vocabulary entry).
+    An estimate, on the low side: fp32 weights, gradients and two AdamW moments (16 bytes per
+    parameter), the logits of one batch with their gradient (8 bytes per token and vocabulary entry),
+    the activations kept for the backward pass (about 12 H + 3 k I floats per token and layer) and
+    one layer's attention scores (heads x T x T floats per sequence).
     """
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # Windows: no sysconf; the allocator will tell
         return
-    need = 16 * count_parameters(tc.model_config()).total + 8 * tc.batch_size * tc.seq_len * tc.vocab_size
+    c, tokens = tc.model_config(), tc.batch_size * tc.seq_len
+    need = 16 * count_parameters(c).total + 8 * tokens * tc.vocab_size
+    need += 4 * tokens * c.num_hidden_layers * (12 * c.hidden_size + 3 * c.num_experts_per_tok * c.intermediate_size)
+    need += 4 * tokens * c.num_attention_heads * tc.seq_len
     if need > total:
         raise ValueError(
             f"--preset {tc.preset} with --vocab-size {tc.vocab_size}, --batch-size {tc.batch_size} and --seq-len "
-            f"{tc.seq_len} needs at least {need / 2**30:.1f} GiB, this machine has {total / 2**30:.1f} GiB"
+            f"{tc.seq_len} needs about {need / 2**30:.1f} GiB or more, this machine has {total / 2**30:.1f} GiB"
         )
 
 
