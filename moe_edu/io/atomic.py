@@ -272,9 +272,9 @@ def replace_files(new: Path, path: Path, owned: Callable[[str], bool] | None = N
     else:
         is_owned = lambda name: name in new_names or owned(name)  # noqa: E731
     if not path.exists():
-        (new / MARKER).unlink(missing_ok=True)
         _fsync(new)
         os.rename(new, path)
+        (path / MARKER).unlink(missing_ok=True)  # after the rename: a leftover before it stays recognisable
         _fsync(path.parent)
         return
     old_owned = sorted(p.name for p in path.iterdir() if p.name != MARKER and is_owned(p.name))
