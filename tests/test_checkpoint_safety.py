@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ from safetensors.torch import save_file
 
 import moe_edu
 import moe_edu.io.checkpoint
+import moe_edu.io.shipped
 from moe_edu import CheckpointError, MixtralConfig, MixtralForCausalLM, StateDictError
 from moe_edu.io.atomic import MARKER, atomic_directory, clean_leftovers
 from moe_edu.io.checkpoint import MANIFEST, save_safetensors, write_checkpoint
@@ -475,3 +477,16 @@ def test_a_full_disk_is_an_oserror_with_its_errno(tmp_path, monkeypatch):
     with pytest.raises(OSError) as err:
         save_safetensors({"a": torch.zeros(2)}, tmp_path / "a.safetensors", {"format": "pt"})
     assert err.value.errno == 28 and "No space left" in str(err.value)
+
+
+def test_the_reviews_h1_reproductions(tmp_path, monkeypatch):
+    """A run directory kept its tokenizer (load_run failed after save_pretrained); `save_pretrained(m, ".")` failed late."""
+    run = tmp_path / "run"
+    shutil.copytree(moe_edu.io.shipped.checkpoint_dir("tiny"), run)
+    m, _ = load_run(run)
+    moe_edu.save_pretrained(m, run)
+    assert load_run(run)[1].vocab_size == 1024 and (run / "train_log.json").is_file() and (run / "README.md").is_file()
+    monkeypatch.chdir(run)
+    with pytest.raises(ValueError, match="working directory"):
+        moe_edu.save_pretrained(m, ".")
+    assert (run / "tokenizer.json").is_file()
