@@ -84,7 +84,7 @@ test-browser: install-test  ## only the real-browser tests (JupyterLab in headle
 	$(PY) -m pytest -q -m browser tests
 
 bench: install-test  ## the dispatch benchmark (writes benchmarks/results)
-	$(PY) benchmarks/cpu_dispatch.py
+	$(PY) benchmarks/cpu_dispatch.py --overwrite
 
 bench-train: install-test  ## training-step throughput against transformers
 	$(PY) benchmarks/train_throughput.py --breakdown
@@ -93,17 +93,17 @@ train: install  ## retrain the shipped checkpoint (bit for bit on the same torch
 	$(PY) -m moe_edu.train --preset tiny --steps 300 --lr 5e-3 --aux-loss-coef 1.0 --eval-every 50 --threads 1 --seed 0 --out moe_edu/checkpoints/tiny --overwrite
 
 adapting-results: install  ## regenerate notebook 12's precomputed results (about 2 min of CPU, 1 thread)
-	$(PY) -m moe_edu.experiments.adapting --threads 1 --out moe_edu/results/adapting.json
+	$(PY) -m moe_edu.experiments.adapting --threads 1 --out moe_edu/results/adapting.json --overwrite
 
 $(VENV)/.installed-explorer: $(VENV)/.installed  # Voila, once (the lock already holds it)
 	$(PIP) install -q "voila>=0.5.13"
 	@touch $@
 
 passkey: install  ## retrain the shipped passkey model (notebook 11), ~1.5 min on an idle core
-	$(PY) -m moe_edu.experiments.passkey --out moe_edu/checkpoints/passkey
+	$(PY) -m moe_edu.experiments.passkey --out moe_edu/checkpoints/passkey --overwrite
 
 serving-results: install  ## recompute notebook 11's routing traces, cache and quantisation tables
-	$(PY) -m moe_edu.experiments.serving
+	$(PY) -m moe_edu.experiments.serving --overwrite
 
 explorer: $(VENV)/.installed-explorer  ## serve the routing explorer alone on a page (Voila)
 	$(VENV)/bin/voila notebooks/apps/routing_explorer_app.ipynb --port=$(PORT) --no-browser $(VOILA_EXTENSIONS)

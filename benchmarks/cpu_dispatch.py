@@ -1,6 +1,6 @@
 """CPU dispatch benchmark: our `SparseMoeBlock` vs the floor, the ideal and transformers, one process.
 
-    python benchmarks/cpu_dispatch.py              # forward, 1 thread, writes ./benchmarks/results/cpu_dispatch.* (make bench)
+    python benchmarks/cpu_dispatch.py --overwrite  # forward, 1 thread, rewrites ./benchmarks/results/cpu_dispatch.* (make bench)
     python benchmarks/cpu_dispatch.py --backward   # forward + backward -> cpu_dispatch_backward.*
     python benchmarks/cpu_dispatch.py --threads 1 2 --quick --out /tmp/bench
 
@@ -31,7 +31,11 @@ import torch
 
 from moe_edu.config import MixtralConfig
 from moe_edu.dispatch import choose_path
+from moe_edu.io.atomic import atomic_directory
+from moe_edu.io.lock import LockedError, out_lock
+from moe_edu.io.results import check_out_files
 from moe_edu.moe_block import SparseMoeBlock
+from moe_edu.validation import int_in_range, positive_int
 
 RESULTS = Path("benchmarks") / "results"  # default --out, relative to the working directory
 
@@ -266,54 +270,80 @@ def plot(results: list[Result], path: Path) -> None:
     plt.close(fig)
 
 
+def output_names(backward: bool) -> list[str]:
+    stem = "cpu_dispatch_backward" if backward else "cpu_dispatch"
+    return [f"{stem}.md", f"{stem}.json", f"{stem}.png"]
+
+
 def write(results: list[Result], out_dir: Path, rounds: int, load: float | None = None) -> list[Path]:
-    """Write `<name>.md`, `<name>.json` (read by notebook 10) and `<name>.png`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = "cpu_dispatch_backward" if results[0].backward else "cpu_dispatch"
-    paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.json", out_dir / f"{stem}.png"]
-    paths[0].write_text(markdown(results, rounds, load))
-    rows = [
-        {
-            **asdict(r.case),
-            "threads": r.threads,
-            "backward": r.backward,
-            "ms": r.ms,
-            "spread": r.spread,
-            "ratios": {"ours/floor": r.vs_floor, "ours/hf_best": r.vs_hf, "ours/ideal": r.vs_ideal},
-        }
-        for r in results
-    ]
-    meta = {"torch": torch.__version__, "rounds": rounds, "load_average": load}
-    paths[1].write_text(json.dumps({**meta, "results": rows}, indent=1) + "\n")
-    plot(results, paths[2])
-    return paths
+    """Write `<name>.md`, `<name>.json` (read by notebook 10) and `<name>.png`, swapped in together."""
+    names = output_names(results[0].backward)
+    with atomic_directory(out_dir, owned=set(names).__contains__) as tmp:
+        paths = [tmp / name for name in names]
+        paths[0].write_text(markdown(results, rounds, load))
+        rows = [
+            {
+                **asdict(r.case),
+                "threads": r.threads,
+                "backward": r.backward,
+                "ms": r.ms,
+                "spread": r.spread,
+                "ratios": {"ours/floor": r.vs_floor, "ours/hf_best": r.vs_hf, "ours/ideal": r.vs_ideal},
+            }
+            for r in results
+        ]
+        meta = {"torch": torch.__version__, "rounds": rounds, "load_average": load}
+        paths[1].write_text(json.dumps({**meta, "results": rows}, indent=1) + "\n")
+        plot(results, paths[2])
+    return [out_dir / name for name in names]
+
+
+def _positive(text: str) -> int:
+    try:
+        return positive_int("value", int(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).replace("value ", "", 1)) from None
+
+
+def _case(text: str) -> int:
+    try:
+        return int_in_range("value", int(text), 0, len(CASES) - 1)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"an index into CASES: {str(err).replace('value ', '', 1)}") from None
 
 
 def main(argv: list[str] | None = None) -> list[Result]:
     parser = argparse.ArgumentParser(prog="python benchmarks/cpu_dispatch.py", description=__doc__.splitlines()[0])
     parser.add_argument("--backward", action="store_true", help="time forward + backward")
     parser.add_argument("--quick", action="store_true", help="3 rounds instead of --rounds")
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1])
-    parser.add_argument("--cases", type=int, nargs="+", default=list(range(len(CASES))), help="indices into CASES")
+    parser.add_argument("--rounds", type=_positive, default=9)
+    parser.add_argument("--threads", type=_positive, nargs="+", default=[1])
+    parser.add_argument("--cases", type=_case, nargs="+", default=list(range(len(CASES))), help="indices into CASES")
     parser.add_argument(
         "--out",
         type=Path,
         default=RESULTS,
         help="folder for the .md/.json/.png (default: benchmarks/results under the current directory)",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace earlier results in --out (at the end)")
     args = parser.parse_args(argv)
     rounds = 3 if args.quick else args.rounds
-    if rounds < 1 or any(t < 1 for t in args.threads):
-        raise ValueError("--rounds and --threads must be >= 1")
+    try:  # before the timing runs, not after
+        check_out_files(args.out, output_names(args.backward), overwrite=args.overwrite)
+    except ValueError as err:
+        parser.error(str(err))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other processes' share of the CPU
     results = []
-    for threads in args.threads:
-        for case in (CASES[i] for i in args.cases):
-            results.append(time_case(case, threads, args.backward, rounds))
-            print(markdown(results[-1:], rounds).splitlines()[-1], flush=True)
-    for path in write(results, args.out, rounds, load):
-        print("wrote", path)
+    try:
+        with out_lock(args.out):
+            for threads in args.threads:
+                for case in (CASES[i] for i in dict.fromkeys(args.cases)):
+                    results.append(time_case(case, threads, args.backward, rounds))
+                    print(markdown(results[-1:], rounds).splitlines()[-1], flush=True)
+            for path in write(results, args.out, rounds, load):
+                print("wrote", path)
+    except LockedError as err:
+        parser.exit(1, f"error: {err}\n")
     return results
 
 

@@ -178,7 +178,7 @@ class MixtralConfig:
             path = path / "config.json"
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, ValueError, RecursionError) as err:  # also a 5000-digit int, arrays nested 100k deep
             raise ValueError(f"cannot read a Mixtral config from {path}: {err}") from err
         return cls.from_dict(data)
 

@@ -29,6 +29,8 @@ def generate(
     if eos_token_id is not None:
         nonnegative_int("eos_token_id", eos_token_id, maximum=model.config.vocab_size - 1)
     limit = model.config.max_position_embeddings
+    if input_ids.dim() == 2 and input_ids.shape[1] == 0:  # was an IndexError deep in the decode loop
+        raise ValueError("generate: the prompt is empty (shape (B, 0)): give at least one token per row")
     if input_ids.dim() == 2 and input_ids.shape[1] + max_new_tokens > limit:
         raise ValueError(
             f"prompt + max_new_tokens = {input_ids.shape[1] + max_new_tokens} exceeds max_position_embeddings={limit}"

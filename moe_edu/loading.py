@@ -18,25 +18,37 @@ import torch
 from torch import nn
 
 
-class StateDictError(KeyError):
-    """A state dict that does not fit: every problem is listed, nothing was loaded."""
+class StateDictError(RuntimeError):
+    """A state dict that does not fit: every problem is counted (the first keys listed), nothing was loaded.
+
+    A `RuntimeError`, like torch's own `load_state_dict` error (it was a `KeyError`, whose message
+    Python prints as a quoted repr).
+    """
 
     def __init__(self, what: str, missing=(), unexpected=(), mismatched=(), wrong_dtype=()) -> None:
         lines = [f"cannot load {what}:"]
         if missing:
-            lines.append(f"  missing keys ({len(missing)}): {sorted(missing)}")
+            lines.append(f"  missing keys ({len(missing)}): {_some(missing)}")
         if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {sorted(unexpected)}")
-        for key, want, got in mismatched:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_some(unexpected)}")
+        for key, want, got in list(mismatched)[:SHOWN]:
             lines.append(f"  {key}: expected shape {tuple(want)}, got {tuple(got)}")
-        for key, got in wrong_dtype:
+        for key, got in list(wrong_dtype)[:SHOWN]:
             lines.append(f"  {key}: expected a floating-point tensor, got dtype {got}")
+        for kind, items in (("shape mismatches", mismatched), ("dtype errors", wrong_dtype)):
+            if len(items) > SHOWN:
+                lines.append(f"  ... and {len(items) - SHOWN} more {kind}")
         self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
         self.wrong_dtype = list(wrong_dtype)
         super().__init__("\n".join(lines))
 
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return self.args[0]
+
+SHOWN = 20  # keys listed per kind of problem; the counts are always complete
+
+
+def _some(keys) -> str:
+    keys = sorted(keys)
+    return str(keys) if len(keys) <= SHOWN else f"{keys[:SHOWN]} and {len(keys) - SHOWN} more"
 
 
 class Source(Protocol):
@@ -49,7 +61,7 @@ class Source(Protocol):
     def tensor(self, key: str) -> torch.Tensor: ...
 
 
-_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "float64", "float32", "float16", "bfloat16"}
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "float64", "float32", "float16", "bfloat16"}
 
 
 class MemorySource:
@@ -154,7 +166,7 @@ def load_into(
         mismatched += odd
         if stored != tuple(p.shape):
             mismatched.append((prefix + name, p.shape, stored))
-        wrong_dtype += [(k, src.dtype(k)) for k in plan[0] if src.dtype(k) not in _FLOAT_DTYPES]
+        wrong_dtype += [(k, src.dtype(k)) for k in plan[0] if src.dtype(k) not in FLOAT_DTYPES]
         plans[name] = plan
         used.update(plan[0])
     missing += getattr(src, "not_tensors", [])

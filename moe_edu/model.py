@@ -158,7 +158,7 @@ class MixtralForCausalLM(nn.Module):
         """
         cfg = self.config
         if labels is not None:
-            check_labels(labels, input_ids)
+            check_labels(labels, input_ids, self.config.vocab_size)
         if output_router_logits is None:
             output_router_logits = labels is not None
         hidden = self.model(input_ids, attention_mask, past_key_values, use_cache)
@@ -216,10 +216,10 @@ def check_ids(input_ids: torch.Tensor, labels: torch.Tensor | None, vocab_size: 
         if lo < 0 or hi >= vocab_size:
             raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got values in [{lo}, {hi}]")
     if labels is not None:
-        check_labels(labels, input_ids)
+        check_labels(labels, input_ids, vocab_size)
 
 
-def check_labels(labels: torch.Tensor, input_ids: torch.Tensor) -> None:
+def check_labels(labels: torch.Tensor, input_ids: torch.Tensor, vocab_size: int | None = None) -> None:
     """Labels: an integer tensor shaped like input_ids (-100 = ignore)."""
     if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.long, torch.int32):
         raise TypeError(
@@ -228,3 +228,9 @@ def check_labels(labels: torch.Tensor, input_ids: torch.Tensor) -> None:
         )
     if isinstance(input_ids, torch.Tensor) and labels.shape != input_ids.shape:
         raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
+    if vocab_size is not None:
+        targets = labels[:, 1:][labels[:, 1:] != -100]  # what the loss uses (token t predicts t+1)
+        if not targets.numel() or int(targets.min()) < 0 or int(targets.max()) >= vocab_size:
+            raise ValueError(
+                f"labels[:, 1:] must hold at least one target in [0, vocab_size={vocab_size}) (-100: ignored)"
+            )

@@ -41,7 +41,7 @@ from .config import MixtralConfig
 from .dispatch import combine, sort_by_expert
 from .experts import Experts
 from .moe_block import MoEBlock, SparseMoeBlock
-from .validation import positive_float
+from .validation import finite_float, positive_float, positive_int
 
 
 class _AllToAll(torch.autograd.Function):
@@ -109,6 +109,38 @@ class AllToAllDispatch:
         return combine(back, order, weights, x.dtype)  # (N, H)
 
 
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_SHAPE_FIELDS = ("num_experts", "hidden_size", "intermediate_size", "top_k", "expert dtype", "router dtype")
+
+
+def check_ranks_agree(block: SparseMoeBlock, group=None, timeout: timedelta = timedelta(seconds=60)) -> None:
+    """Every rank must hold the same block shape and dtypes (E, H, I, k, dtypes): one fixed-size all-gather.
+
+    Mismatched ranks used to abort the process (gloo's size check, SIGABRT) or, where rows had
+    the same byte size (fp16 vs bf16), return silently wrong outputs. Raises `ValueError` on every rank.
+    """
+    code = {d: i for i, d in enumerate(_DTYPES)}
+    dtypes = (block.experts.gate_up_proj.dtype, block.gate.weight.dtype)
+    mine = [block.num_experts, block.hidden_size, block.experts.intermediate_size, block.top_k]
+    mine += [code.get(d, len(_DTYPES)) for d in dtypes]
+    mine_t = torch.tensor(mine, dtype=torch.long, device=block.gate.weight.device)  # (6,) on every rank
+    rows = [torch.empty_like(mine_t) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(rows, mine_t, group=group, async_op=True).wait(timeout)
+    table = torch.stack(rows).cpu()  # (world, 6)
+    differ = [f for f, col in zip(_SHAPE_FIELDS, table.T, strict=True) if not bool((col == col[0]).all())]
+    if differ:
+        names = {i: str(d).removeprefix("torch.") for i, d in enumerate(_DTYPES)}
+        per_rank = [
+            {
+                f: (names.get(int(v), "other") if "dtype" in f else int(v))
+                for f, v in zip(_SHAPE_FIELDS, row, strict=True)
+            }
+            for row in table.tolist()
+        ]
+        detail = "; ".join(f"rank {r}: " + ", ".join(f"{f}={d[f]}" for f in differ) for r, d in enumerate(per_rank))
+        raise ValueError(f"ExpertParallelMoeBlock: the ranks hold different blocks ({detail})")
+
+
 class ExpertParallelMoeBlock(MoEBlock):
     """One rank's share of a `SparseMoeBlock`: the full router, experts [rank*E/world, (rank+1)*E/world).
 
@@ -122,6 +154,7 @@ class ExpertParallelMoeBlock(MoEBlock):
         if not dist.is_initialized():
             raise RuntimeError("ExpertParallelMoeBlock needs torch.distributed.init_process_group() first")
         positive_float("timeout_s", timeout_s)
+        check_ranks_agree(block, group, timedelta(seconds=timeout_s))  # before any collective of varying size
         dispatch = AllToAllDispatch(block.num_experts, group, timedelta(seconds=timeout_s))
         local = dispatch.local
         first = dispatch.rank * local  # global id of this rank's first expert
@@ -262,6 +295,8 @@ def check_expert_parallel(
     """Spawn `world` gloo processes, run the EP block vs one process, return errors and traffic."""
     config = config or tiny_config()
     positive_float("timeout_s", timeout_s)
+    positive_int("tokens", tokens)
+    finite_float("skew", skew)
     if isinstance(world, bool) or not isinstance(world, int) or world < 1 or config.num_local_experts % world:
         raise ValueError(f"world ({world}) must be >= 1 and divide num_local_experts ({config.num_local_experts})")
     with tempfile.TemporaryDirectory() as out_dir:

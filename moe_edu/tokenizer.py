@@ -79,7 +79,10 @@ class Tokenizer:
             path = path / "tokenizer.json"
         if not path.is_file():
             raise ValueError(f"no tokenizer file at {path}")
-        return cls(_Backend.from_file(str(path)))
+        try:
+            return cls(_Backend.from_file(str(path)))
+        except Exception as err:  # the tokenizers library raises a bare Exception on a garbled file
+            raise ValueError(f"cannot read the tokenizer {path}: {err}") from None
 
     def save(self, path: str | Path) -> None:
         self.backend.save(str(path))

@@ -14,6 +14,7 @@ is expected (`True` is an `int` in Python, never a layer count).
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Collection
 from typing import Any
 
@@ -45,6 +46,20 @@ def int_in_range(name: str, value: Any, low: int | None = None, high: int | None
         hi = "inf" if high is None else high
         raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {value}")
     return value
+
+
+def index_in_range(name: str, value: Any, low: int, high: int) -> int:
+    """An integer index low <= value <= high: a Python, numpy or 0-d torch integer; never a bool, float or str.
+
+    `int(1.7)` is 1 and `int("3")` is 3: an index given as either is a mistake, not an expert number.
+    """
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        raise ValueError(f"{name} must be an integer index, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer index, got {value!r}") from None
+    return int_in_range(name, value, low, high)
 
 
 def optional_positive_int(name: str, value: Any) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import moe_edu.experiments.adapting as adapting
 from moe_edu.adapting.finetune import REGIMES, esft_experts
 from moe_edu.data.corpus import DOMAINS
 from moe_edu.experiments.adapting import load_results, main
@@ -74,3 +75,20 @@ def test_the_command_runs_end_to_end(tmp_path):
     assert main(["--out", str(out), "--dense-steps", "2", "--more-steps", "2", "--ft-steps", "1"]) == 0
     r = load_results(out)
     assert r["upcycling"]["curves"]["moe_scratch"][-1]["step"] == 3
+
+
+def test_the_command_checks_arguments_and_out_before_the_work(tmp_path, monkeypatch, capsys):
+    """`--out <a directory>` failed with IsADirectoryError after the whole 2-3 minute run."""
+    monkeypatch.setattr(adapting, "run", lambda *a, **k: pytest.fail("ran before the arguments were checked"))
+    (tmp_path / "old.json").write_text("{}")
+    for argv, message in [
+        (["--out", str(tmp_path)], "is a directory"),
+        (["--out", str(tmp_path / "old.json")], "exists: pass --overwrite"),
+        (["--out", str(tmp_path / "old.json" / "x.json")], "cannot be written"),
+        (["--dense-steps", "0", "--out", str(tmp_path / "n.json")], "--dense-steps: must be an int in [1"),
+        (["--threads", "-1", "--out", str(tmp_path / "n.json")], "--threads: must be an int in [1"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err, argv
+    assert (tmp_path / "old.json").read_text() == "{}"

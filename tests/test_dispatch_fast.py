@@ -130,6 +130,7 @@ def test_grouped_is_deterministic_and_keeps_dtype():
 @pytest.mark.parametrize("backward", [False, True])
 def test_bench_writes_table_json_and_plot(bench, tmp_path, monkeypatch, backward):
     monkeypatch.setattr(bench, "CASES", (bench.Case(16, 32, 1), bench.Case(16, 32, 8)))
+    (tmp_path / "notes.md").write_text("mine")
     argv = ["--rounds", "2", "--out", str(tmp_path)] + (["--backward"] if backward else [])
     results = bench.main(argv)
     assert len(results) == 2 and all({"ideal", "floor", "ours", "hf_eager"} <= set(r.ms) for r in results)
@@ -139,11 +140,30 @@ def test_bench_writes_table_json_and_plot(bench, tmp_path, monkeypatch, backward
     data = json.loads((tmp_path / f"{stem}.json").read_text())
     assert [r["tokens"] for r in data["results"]] == [1, 8] and data["results"][0]["backward"] is backward
     assert (tmp_path / f"{stem}.png").stat().st_size > 1000
+    assert (tmp_path / "notes.md").read_text() == "mine"  # the results are swapped in; nothing else is touched
 
 
-def test_bench_rejects_bad_arguments(bench, tmp_path):
-    with pytest.raises(ValueError, match="--rounds"):
-        bench.main(["--rounds", "0", "--out", str(tmp_path)])
+def test_bench_rejects_bad_arguments_and_outs_before_timing(bench, tmp_path, monkeypatch, capsys):
+    """`--cases 99` failed after timing the earlier cases, `--cases -1` ran the last one, a bad --out failed at the end."""
+
+    def no_timing(*a, **k):
+        raise AssertionError("timed before the arguments were checked")
+
+    monkeypatch.setattr(bench, "time_case", no_timing)
+    (tmp_path / "cpu_dispatch.json").write_text("{}")  # an earlier run's results
+    (tmp_path / "a_file").write_text("")
+    for argv, message in [
+        (["--rounds", "0"], "--rounds: must be an int in [1"),
+        (["--threads", "0"], "--threads: must be an int in [1"),
+        (["--cases", "99"], "--cases: an index into CASES"),
+        (["--cases", "-1"], "--cases: an index into CASES"),
+        (["--out", str(tmp_path / "a_file")], "is not a directory"),
+        (["--out", str(tmp_path)], "already holds cpu_dispatch.json: pass --overwrite"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            bench.main((["--out", str(tmp_path / "new")] if "--out" not in argv else []) + argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err, argv
+    assert (tmp_path / "cpu_dispatch.json").read_text() == "{}"
 
 
 def test_cpu_grouped_kernel_is_chosen_only_where_it_applies():

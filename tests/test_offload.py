@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import moe_edu
 from moe_edu.serving.expert_cache import (
@@ -182,3 +183,45 @@ def test_offloaded_block_loads_experts_onto_the_gpu(tmp_path):
         y_gpu, logits_gpu = off(x.cuda())
     assert off.expert(0)[0].device.type == "cuda"
     assert (y - y_gpu.cpu()).abs().max() < 1e-5 and (logits - logits_gpu.cpu()).abs().max() < 1e-5
+
+
+def test_two_layers_cannot_share_one_experts_file_silently(tmp_path):
+    """The docstring's example in a loop gave every layer the last layer's experts: logits off by 9.5, no error."""
+    torch.manual_seed(0)
+    model = moe_edu.MixtralForCausalLM(TINY).eval()
+    path = tmp_path / "experts.safetensors"
+    first = OffloadedMoeBlock.from_block(model.model.layers[0].mlp, path, cache_size=2, layer=0)
+    with pytest.raises(FileExistsError, match="one file per layer"):
+        OffloadedMoeBlock.from_block(model.model.layers[1].mlp, path, cache_size=2, layer=1)
+    second = OffloadedMoeBlock.from_block(model.model.layers[1].mlp, path, cache_size=2, layer=1, overwrite=True)
+    assert (first.layer, second.layer) == ("0", "1") and first.block_id != second.block_id
+    x = torch.randn(1, 4, TINY.hidden_size)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="was rewritten"):
+        first(x)  # its file now holds layer 1's experts: refused, not used
+    with torch.no_grad():
+        assert (second(x)[0] - model.model.layers[1].mlp(x)[0]).abs().max() < 1e-6
+
+
+def test_a_bad_experts_file_is_refused_at_construction_naming_it(tmp_path):
+    """Raw SafetensorError / ValueError / matmul errors mid-forward, none naming the file."""
+    torch.manual_seed(0)
+    block = moe_edu.SparseMoeBlock(TINY).eval()
+    good = {}
+    for e in range(TINY.num_local_experts):
+        good[f"experts.{e}.gate_up_proj"] = block.experts.gate_up_proj[e].detach().contiguous()
+        good[f"experts.{e}.down_proj"] = block.experts.down_proj[e].detach().contiguous()
+    cases = {
+        "eight": (good, {"num_experts": "eight"}, "num_experts='eight'"),
+        "missing": ({k: v for k, v in good.items() if k != "experts.1.down_proj"}, {}, "lacks"),
+        "wider": ({k: torch.zeros(v.shape[0], v.shape[1] + 1) for k, v in good.items()}, {}, "shapes"),
+        "fp64": ({k: v.double() if "down" in k else v for k, v in good.items()}, {}, "dtypes"),
+    }
+    for name, (tensors, meta, message) in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file(tensors, str(path), metadata=meta or None)
+        with pytest.raises(ValueError, match=message) as err:
+            OffloadedMoeBlock(block.gate, path, cache_size=2)
+        assert str(path) in str(err.value), name
+    (tmp_path / "garbage.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="cannot read the experts file"):
+        OffloadedMoeBlock(block.gate, tmp_path / "garbage.safetensors", cache_size=2)

@@ -1,12 +1,16 @@
 """Passkey harness: prompts built exactly, scored right on a model whose answer is known."""
 
+import json
 import random
 
 import pytest
 import torch
 from torch import nn
 
+import moe_edu.experiments.passkey as passkey_cli
+from moe_edu import CheckpointError
 from moe_edu.experiments.passkey import WordVocab, make_batch, passkey_config
+from moe_edu.io.lock import out_lock
 from moe_edu.serving.passkey import make_prompt, passkey_grid, random_key, retrieved, spaced
 
 VOCAB = WordVocab.passkey()
@@ -110,9 +114,14 @@ def test_distinct_keys():
 def test_training_is_reproducible_and_loads(tmp_path):
     from moe_edu.experiments.passkey import load_passkey_model, train
 
-    kwargs = dict(steps=3, batch_size=2, min_len=64, max_len=72, digits=5, lr=3e-3, seed=0, threads=1, progress=False)
-    a = train(tmp_path / "a", **kwargs)
-    train(tmp_path / "b", **kwargs)
+    kwargs = dict(steps=3, batch_size=2, min_len=64, max_len=72, digits=5, lr=3e-3, seed=0, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the caller's choice (main's --threads), not the library function's
+    try:
+        a = train(tmp_path / "a", **kwargs)
+        train(tmp_path / "b", **kwargs)
+    finally:
+        torch.set_num_threads(threads)
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
     assert len(a["log"]) == 3 and a["settings"]["distinct"] is True
     model, vocab = load_passkey_model(tmp_path / "a")
@@ -137,3 +146,93 @@ def test_a_transformers_model_runs_in_the_harness():
     a = passkey_grid(ours, vocab.encode, **kwargs)
     b = passkey_grid(hf, vocab.encode, **kwargs)
     assert a.accuracy.mean() > 0.5 and torch.equal(a.accuracy, b.accuracy)
+
+
+PK_FAST = ["--steps", "2", "--batch-size", "2", "--min-len", "64", "--max-len", "72", "--no-progress"]
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("training started before the arguments were checked")
+
+    monkeypatch.setattr(passkey_cli, "train", boom)
+
+
+def pk_usage_error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        passkey_cli.main(argv)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--steps", "-1"], "--steps: must be an int in [1"),  # used to write an untrained model, then crash
+        (["--steps", "0"], "--steps: must be an int in [1"),  # ZeroDivisionError
+        (["--min-len", "80", "--max-len", "72"], "max_len (min_len=80"),  # empty range for randrange()
+        (["--batch-size", "0"], "--batch-size: must be an int in [1"),
+        (["--threads", "0"], "--threads: must be an int in [1"),
+        (["--digits", "0"], "--digits: must be an int in [1, 10]"),
+        (["--lr", "nan"], "--lr: must be a finite number"),
+        (["--min-len", "1000", "--max-len", "1100"], "the context is 1024 tokens"),  # failed at the first long prompt
+    ],
+)
+def test_passkey_arguments_are_usage_errors_before_training(capsys, no_training, tmp_path, argv, message):
+    err = pk_usage_error(capsys, argv + ["--out", str(tmp_path / "pk")])
+    assert message in err and "Traceback" not in err
+
+
+def test_passkey_out_is_checked_up_front_and_never_clobbered(capsys, no_training, tmp_path):
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "model.safetensors").write_bytes(b"the shipped model")
+    assert "not empty: pass --overwrite" in pk_usage_error(capsys, ["--out", str(used)])
+    assert (used / "model.safetensors").read_bytes() == b"the shipped model"
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert "is not a directory" in pk_usage_error(capsys, ["--out", str(blocker)])
+    assert "cannot be written" in pk_usage_error(capsys, ["--out", str(blocker / "pk")])
+
+
+@pytest.mark.slow
+def test_a_diverging_passkey_run_exits_1_and_saves_nothing(capsys, tmp_path):
+    """The old command saved a model whose 21 tensors were all NaN, with exit code 0."""
+    out = tmp_path / "pk"
+    threads = torch.get_num_threads()
+    try:
+        code = passkey_cli.main(PK_FAST[:1] + ["20"] + PK_FAST[2:] + ["--lr", "1e6", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 1 and "training diverged" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_second_passkey_run_into_a_locked_out_is_refused(capsys, tmp_path):
+    out = tmp_path / "pk"
+    threads = torch.get_num_threads()
+    try:
+        with out_lock(out):  # a first run is still writing
+            assert passkey_cli.main(PK_FAST + ["--out", str(out)]) == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert "another run writes into" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_passkey_loader_is_bounded_and_strict(tmp_path):
+    """`load_passkey_model` built the model from config.json first: vocab_size 2e8 asked for 51 GB at once."""
+    shipped = passkey_cli.CHECKPOINT
+    copy = tmp_path / "pk"
+    copy.mkdir()
+    for name in ("config.json", "model.safetensors", "vocab.json"):
+        (copy / name).write_bytes((shipped / name).read_bytes())
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["vocab_size"] = 2 * 10**8
+    (copy / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="vocab_size=200000000"):
+        passkey_cli.load_passkey_model(copy)
+    (copy / "config.json").write_bytes((shipped / "config.json").read_bytes())
+    (copy / "vocab.json").write_text('["a", "a"]')
+    with pytest.raises(ValueError, match="distinct words"):
+        passkey_cli.load_passkey_model(copy)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ from moe_edu.adapting.pruning import (
     merge_experts,
     most_similar_pair,
     prune_experts,
+    pruned_routing,
     random_experts,
     reconstruction_errors,
 )
@@ -124,3 +126,28 @@ def test_reconstruction_errors_equal_the_pruned_layers_output_change(model):
     logits = model.model.layers[1].mlp.gate.logits(x)  # (N, E)
     unused = set(range(8)) - set(torch.topk(logits, 2, dim=-1).indices.flatten().tolist())
     assert all(float(errors[e]) == 0.0 for e in unused)
+
+
+def test_silent_coercions_are_value_errors(model):
+    """`prune_experts(drop=[1.7] * L)` dropped expert 1, `["3"]` expert 3, `[True]` expert 1; usage extrapolated."""
+    for bad in (1.7, "3", True, None):
+        with pytest.raises(ValueError, match=r"drop\[0\] must be an integer index"):
+            prune_experts(model, [bad, 0])
+    pruned = prune_experts(model, [torch.tensor(1), np_int(2)])  # integer scalars of any library are indices
+    assert pruned.config.num_local_experts == 7
+    usage = torch.full((2, 8), 0.125)
+    with pytest.raises(ValueError, match=r"pairs\[0\] must be an integer index"):
+        merge_experts(model, [(0, 1.5), (2, 3)], usage)
+    for bad in (-1.0, float("inf"), float("nan")):
+        broken = usage.clone()
+        broken[0, 1] = bad
+        with pytest.raises(ValueError, match="finite shares >= 0"):
+            merge_experts(model, [(0, 1), (2, 3)], broken)
+    with pytest.raises(ValueError, match="top_k"):
+        pruned_routing(torch.randn(4, 8), 0, -1)
+    with pytest.raises(ValueError, match="batches is empty"):
+        expert_usage(model, [])
+
+
+def np_int(value):
+    return numpy.int64(value)

@@ -540,3 +540,16 @@ def test_compare_tab_routes_the_text_through_an_untrained_twin(model, tok):
         first = traces[name].first_choice(2).tolist()
         expected = sum(x == y for x, y in zip(first, first[1:], strict=False)) / (len(first) - 1)
         assert float(share) == pytest.approx(expected, abs=1e-4)
+
+
+def test_flow_view_escapes_token_labels_once(model, tok):
+    """The flow view escaped the already-escaped labels again: a browser showed `&lt;`, `&#x27;`, `&amp;`."""
+    html = flow_html(trace_routing(model, tok, "if a < b & c: print('x')"), 0)
+    assert "&amp;lt;" not in html and "&amp;amp;" not in html and "&amp;#x27;" not in html
+    assert "&lt;" in html and "<script" not in html
+
+
+def test_lone_surrogates_are_a_named_error(model, tok):
+    """`trace_routing` on a lone surrogate raised a raw TypeError from the tokenizer."""
+    with pytest.raises(ValueError, match="lone surrogate"):
+        trace_routing(model, tok, "abc \ud800 def")

@@ -22,11 +22,14 @@ import torch
 from ..analysis import routing_load
 from ..model import MixtralForCausalLM
 from ..routing import softmax_topk
+from ..validation import index_in_range
 
 
 @torch.no_grad()
 def expert_usage(model: MixtralForCausalLM, batches: Sequence[torch.Tensor]) -> torch.Tensor:
     """(L, E) share of the top-k assignments each expert received over `batches` of ids (B, T)."""
+    if len(batches) == 0:
+        raise ValueError("expert_usage: batches is empty: give at least one (B, T) batch of token ids")
     model.eval()
     loads = [
         routing_load(
@@ -75,8 +78,8 @@ def pruned_routing(logits: torch.Tensor, dropped: int, top_k: int) -> tuple[torc
     """Route without expert `dropped`: logits (T, E) -> weights (T, k) fp32 summing to 1, expert_ids (T, k)
     in the original numbering (never `dropped`). Softmax over the E-1 others, top-k, renormalise."""
     E = logits.shape[-1]
-    if not 0 <= dropped < E or top_k > E - 1:
-        raise ValueError(f"pruned_routing: need 0 <= dropped < E={E} and top_k <= E-1, got {dropped}, {top_k}")
+    dropped = index_in_range(f"pruned_routing: dropped (E={E})", dropped, 0, E - 1)
+    top_k = index_in_range(f"pruned_routing: top_k (E-1={E - 1} experts remain)", top_k, 1, E - 1)
     masked = logits.float().clone()  # (T, E)
     masked[:, dropped] = float("-inf")
     probs = torch.softmax(masked, dim=-1)  # (T, E), 0 for the dropped expert
@@ -92,16 +95,21 @@ def _one_fewer(model: MixtralForCausalLM) -> MixtralForCausalLM:
         raise ValueError(f"cannot remove an expert: E-1 = {E - 1} experts would be fewer than top_k = {k}")
     new = MixtralForCausalLM(cfg.replace(num_local_experts=E - 1)).to(model.device, model.lm_head.weight.dtype)
     rest = {n: v for n, v in model.state_dict().items() if ".mlp." not in n}
-    new.load_state_dict(rest, strict=False)
+    result = new.load_state_dict(rest, strict=False)
+    not_moe = [k for k in result.missing_keys if ".mlp." not in k]
+    if not_moe or result.unexpected_keys:  # only the MoE weights may be left for the caller
+        raise RuntimeError(
+            f"_one_fewer: copying the non-MoE weights left {not_moe} missing, {result.unexpected_keys} extra"
+        )
     return new.eval()
 
 
 def _check_per_layer(model: MixtralForCausalLM, values: Sequence[int], what: str) -> list[int]:
     L, E = model.config.num_hidden_layers, model.config.num_local_experts
-    values = [int(v) for v in values]
-    if len(values) != L or not all(0 <= v < E for v in values):
+    values = list(values)
+    if len(values) != L:
         raise ValueError(f"{what} must give one expert in [0, {E}) for each of the {L} layers, got {values}")
-    return values
+    return [index_in_range(f"{what}[{layer}]", v, 0, E - 1) for layer, v in enumerate(values)]
 
 
 @torch.no_grad()
@@ -129,10 +137,16 @@ def merge_experts(
     """
     cfg = model.config
     L, E = cfg.num_hidden_layers, cfg.num_local_experts
-    if tuple(usage.shape) != (L, E):
-        raise ValueError(f"usage must have shape (layers, experts) = {(L, E)}, got {tuple(usage.shape)}")
-    if len(pairs) != L or any(len(p) != 2 or p[0] == p[1] or not all(0 <= e < E for e in p) for p in pairs):
+    if not isinstance(usage, torch.Tensor) or tuple(usage.shape) != (L, E):
+        raise ValueError(f"usage must be a tensor of shape (layers, experts) = {(L, E)}, got {usage!r:.60}")
+    if not bool(torch.isfinite(usage).all()) or bool((usage < 0).any()):
+        raise ValueError("usage must hold finite shares >= 0 (negative ones would extrapolate, inf gives NaN weights)")
+    pairs = list(pairs)
+    if len(pairs) != L or any(len(p) != 2 for p in pairs):
         raise ValueError(f"pairs must give two different experts in [0, {E}) for each of the {L} layers, got {pairs}")
+    pairs = [tuple(index_in_range(f"pairs[{layer}]", e, 0, E - 1) for e in p) for layer, p in enumerate(pairs)]
+    if any(i == j for i, j in pairs):
+        raise ValueError(f"pairs must give two different experts for each layer, got {pairs}")
     new = _one_fewer(model)
     for l, ((i, j), old, layer) in enumerate(zip(pairs, model.model.layers, new.model.layers, strict=True)):
         i, j = min(i, j), max(i, j)

@@ -19,6 +19,7 @@ import torch
 from ..config import MixtralConfig
 from ..model import MixtralForCausalLM
 from ..moe_block import SparseMoeBlock
+from ..validation import nonnegative_float, positive_float
 
 
 def dense_config(config: MixtralConfig) -> MixtralConfig:
@@ -101,6 +102,9 @@ def upcycle_model(
     aux_loss_coef: the new config's router_aux_loss_coef (default: the dense config's value).
     """
     cfg = dense.config
+    if router_std is not None:
+        positive_float("router_std", router_std)  # NaN or inf gave a NaN model
+    nonnegative_float("noise_std", noise_std)  # NaN or -1 were ignored silently
     for i, layer in enumerate(dense.model.layers):
         _check_dense(layer.mlp.experts, f"upcycle_model: layer {i}")
     changes = {

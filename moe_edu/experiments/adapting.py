@@ -1,6 +1,6 @@
 """Notebook 12's precomputed experiments: upcycling, fine-tuning regimes (ESFT included), pruning and merging.
 
-    python -m moe_edu.experiments.adapting --out moe_edu/results/adapting.json     (about 2-3 min, 1 thread)
+    python -m moe_edu.experiments.adapting --out moe_edu/results/adapting.json --overwrite   (2-3 min, 1 thread)
 
 All runs use the shipped tokenizer and corpus split, batches of 8 x 64 tokens, one CPU thread,
 fixed seeds. The notebook reads the JSON (`load_results`); its live cells redo small pieces.
@@ -32,11 +32,14 @@ from ..adapting.pruning import (
 )
 from ..adapting.upcycling import dense_config, expert_spread, upcycle_model
 from ..data.corpus import DOMAINS, build_corpus, split_corpus
+from ..io.lock import LockedError, out_lock
+from ..io.results import check_out_file, write_text
 from ..io.shipped import load_pretrained
 from ..model import MixtralForCausalLM
 from ..training.config import DEFAULT_WEIGHTS
 from ..training.data import TokenStreams
-from ..training.loop import eval_loss, train_steps
+from ..training.loop import NonFiniteError, eval_loss, train_steps
+from ..validation import positive_int
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "adapting.json"
 BATCH, SEQ = 8, 64
@@ -356,25 +359,49 @@ def run(
     return out
 
 
+def _arg(check, kind: type):
+    """An argparse `type=` that parses `kind` and validates it, so bad values are usage errors."""
+
+    def parse(text: str):
+        try:
+            return check("value", kind(text))
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err).replace("value ", "", 1)) from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m moe_edu.experiments.adapting",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    pos_int = _arg(positive_int, int)
     p.add_argument("--out", default=str(RESULTS))
-    p.add_argument("--dense-steps", type=int, default=150)
-    p.add_argument("--more-steps", type=int, default=150)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (at the end of the run)")
+    p.add_argument("--dense-steps", type=pos_int, default=150)
+    p.add_argument("--more-steps", type=pos_int, default=150)
     p.add_argument("--target", default="italian", choices=DOMAINS)
-    p.add_argument("--ft-steps", type=int, default=40)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--ft-steps", type=pos_int, default=40)
+    p.add_argument("--threads", type=pos_int, default=1)
     a = p.parse_args(argv)
+    try:  # before the 2-3 minutes of work, not after
+        out = check_out_file(a.out, overwrite=a.overwrite)
+    except ValueError as err:
+        p.error(str(err))
     torch.set_num_threads(a.threads)
-    command = "python -m moe_edu.experiments.adapting " + " ".join(sys.argv[1:] if argv is None else argv)
-    res = run(a.dense_steps, a.more_steps, target=a.target, ft_steps=a.ft_steps, command=command.strip())
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
-    print(f"done in {res['wall_seconds']} s -> {a.out}")
+    args = [x for x in (sys.argv[1:] if argv is None else argv) if x != "--overwrite"]
+    command = "python -m moe_edu.experiments.adapting " + " ".join(args)
+    try:
+        with out_lock(out):
+            res = run(a.dense_steps, a.more_steps, target=a.target, ft_steps=a.ft_steps, command=command.strip())
+            write_text(out, json.dumps(res, indent=1) + "\n")
+    except (NonFiniteError, LockedError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"done in {res['wall_seconds']} s -> {out}")
     return 0
 
 

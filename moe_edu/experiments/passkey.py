@@ -1,6 +1,6 @@
 """Train a tiny Mixtral to retrieve a passkey, on CPU, in a few minutes (reproducible, seeded).
 
-    python -m moe_edu.experiments.passkey --out moe_edu/checkpoints/passkey
+    python -m moe_edu.experiments.passkey --out moe_edu/checkpoints/passkey --overwrite
 
 The prompts are `moe_edu.serving.passkey`'s (instruction, filler, key sentence at a random depth,
 question) in a word-level vocabulary of 38 tokens (`WordVocab`: the prompt's words and the ten
@@ -24,13 +24,18 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from ..config import MixtralConfig
+from ..io.atomic import check_swappable
+from ..io.checkpoint import from_pretrained, write_checkpoint
+from ..io.lock import LockedError, out_lock
 from ..model import MixtralForCausalLM
 from ..serving.passkey import FILLER, INTRO, KEY_SENTENCE, QUESTION, make_prompt, random_key
+from ..training.loop import NonFiniteError
+from ..validation import finite_float, int_in_range, nonnegative_int, positive_int
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "passkey"
+CONTEXT = 1024  # the model's max_position_embeddings: every training prompt, answer included, fits
 
 
 class WordVocab:
@@ -61,7 +66,7 @@ class WordVocab:
         return " ".join(self.words[int(i)] for i in ids)
 
 
-def passkey_config(vocab_size: int, max_len: int = 1024) -> MixtralConfig:
+def passkey_config(vocab_size: int, max_len: int = CONTEXT) -> MixtralConfig:
     """Mixtral's shape, tiny: 2 layers, width 64, 4 query / 2 K/V heads of 16, 8 experts (width 128), top-2."""
     return MixtralConfig(
         vocab_size=vocab_size,
@@ -95,7 +100,7 @@ def make_batch(
 
 
 def train(
-    out: Path,
+    out: Path | None,
     *,
     steps: int,
     batch_size: int,
@@ -104,13 +109,17 @@ def train(
     digits: int,
     lr: float,
     seed: int,
-    threads: int,
     answer_only: bool = True,
     distinct: bool = True,
     progress: bool = True,
 ) -> dict:
+    """Train the passkey model; with `out`, save it there (`write_checkpoint`: atomic, only its own files).
+
+    Arguments are checked before anything runs. A non-finite loss or gradient raises
+    `NonFiniteError` and saves nothing. Threads are the caller's (`main` sets `--threads`).
+    """
+    check_settings(steps, batch_size, min_len, max_len, digits, lr, seed)
     torch.manual_seed(seed)
-    torch.set_num_threads(threads)
     rng = random.Random(seed)
     vocab = WordVocab.passkey()
     config = passkey_config(len(vocab))
@@ -127,7 +136,12 @@ def train(
         res = model(ids, labels=labels)
         opt.zero_grad(set_to_none=True)
         res.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if not (bool(torch.isfinite(res.loss)) and bool(torch.isfinite(norm))):
+            raise NonFiniteError(
+                f"step {step}: loss {float(res.loss.detach())}, gradient norm {float(norm)} (lr {lr:g}): training "
+                "diverged and was stopped; nothing was saved (try a smaller --lr)"
+            )
         opt.step()
         sched.step()
         with torch.no_grad():
@@ -141,11 +155,6 @@ def train(
                 file=sys.stderr,
             )
     wall = time.time() - start
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-    cfg = config.to_dict()
-    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    (out / "vocab.json").write_text(json.dumps(vocab.words) + "\n")
     settings = dict(
         steps=steps,
         batch_size=batch_size,
@@ -154,67 +163,128 @@ def train(
         digits=digits,
         lr=lr,
         seed=seed,
-        threads=threads,
+        threads=torch.get_num_threads(),
         answer_only=answer_only,
         distinct=distinct,
     )
     result = {"settings": settings, "wall_seconds": round(wall, 1), "torch": torch.__version__, "log": log}
-    (out / "train_log.json").write_text(json.dumps(result) + "\n")
+    if out is not None:
+        tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        files = {"vocab.json": json.dumps(vocab.words) + "\n", "train_log.json": json.dumps(result) + "\n"}
+        write_checkpoint(out, tensors, config, metadata={}, files=files)  # metadata {}: the old bytes
     return result
 
 
+def check_settings(steps: int, batch_size: int, min_len: int, max_len: int, digits: int, lr: float, seed: int) -> None:
+    """Every training argument, checked before any work (a `ValueError` naming the argument)."""
+    positive_int("steps", steps)
+    positive_int("batch_size", batch_size)
+    int_in_range("digits", digits, 1, 10)
+    context = CONTEXT
+    int_in_range("min_len", min_len, 8, context - digits)
+    int_in_range(
+        f"max_len (min_len={min_len}; the context is {context} tokens with the answer)",
+        max_len,
+        min_len,
+        context - digits,
+    )
+    finite_float("lr", lr, gt=0)
+    nonnegative_int("seed", seed)
+
+
 def load_passkey_model(path: str | Path = CHECKPOINT) -> tuple[MixtralForCausalLM, WordVocab]:
-    """The trained passkey model (eval mode) and its vocabulary."""
+    """The trained passkey model (eval mode) and its vocabulary, through the one strict loader.
+
+    `from_pretrained` bounds every size by the bytes present before anything is built, so a
+    `config.json` claiming a huge vocabulary fails at once, naming the field.
+    """
     path = Path(path)
     if not (path / "model.safetensors").is_file():
         raise ValueError(
             f"no passkey checkpoint in {path}; train one with `python -m moe_edu.experiments.passkey --out {path}`"
         )
-    config = MixtralConfig.from_json(path / "config.json").replace(name="passkey")
-    model = MixtralForCausalLM(config)
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
-    return model.eval(), WordVocab(json.loads((path / "vocab.json").read_text()))
+    model = from_pretrained(path)
+    model.config = model.config.replace(name="passkey")
+    try:
+        words = json.loads((path / "vocab.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read the passkey vocabulary {path / 'vocab.json'}: {err}") from None
+    if not (isinstance(words, list) and all(isinstance(w, str) for w in words) and len(words) == len(set(words))):
+        raise ValueError(f"{path / 'vocab.json'} must be a list of distinct words")
+    if len(words) > model.config.vocab_size:
+        raise ValueError(
+            f"{path / 'vocab.json'} has {len(words)} words, the model's vocab_size is {model.config.vocab_size}"
+        )
+    return model, WordVocab(words)
 
 
 def load_passkey_log(path: str | Path = CHECKPOINT) -> dict:
     return json.loads((Path(path) / "train_log.json").read_text())
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def _arg(check, kind: type):
+    """An argparse `type=` that parses `kind` and validates it, so bad values are usage errors."""
+
+    def parse(text: str):
+        try:
+            return check("value", kind(text))
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err).replace("value ", "", 1)) from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m moe_edu.experiments.passkey", description=__doc__.split("\n")[0])
+    pos_int = _arg(positive_int, int)
     ap.add_argument("--out", type=Path, default=Path("runs/passkey"))
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--min-len", type=int, default=64)
-    ap.add_argument("--max-len", type=int, default=128, help="longest training prompt, in tokens")
-    ap.add_argument("--digits", type=int, default=5)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--overwrite", action="store_true", help="replace the model in a non-empty --out (at the end)")
+    ap.add_argument("--steps", type=pos_int, default=1500)
+    ap.add_argument("--batch-size", type=pos_int, default=16)
+    ap.add_argument("--min-len", type=pos_int, default=64)
+    ap.add_argument("--max-len", type=pos_int, default=128, help="longest training prompt, in tokens")
+    ap.add_argument("--digits", type=_arg(lambda n, v: int_in_range(n, v, 1, 10), int), default=5)
+    ap.add_argument("--lr", type=_arg(lambda n, v: finite_float(n, v, gt=0), float), default=3e-3)
+    ap.add_argument("--seed", type=_arg(nonnegative_int, int), default=0)
+    ap.add_argument("--threads", type=pos_int, default=1)
     ap.add_argument("--loss-on-all", action="store_true", help="loss on every token (default: the key's digits only)")
     ap.add_argument("--repeated-digits", action="store_true", help="keys may repeat a digit (default: 5 distinct)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
-    r = train(
-        a.out,
-        steps=a.steps,
-        batch_size=a.batch_size,
-        min_len=a.min_len,
-        max_len=a.max_len,
-        digits=a.digits,
-        lr=a.lr,
-        seed=a.seed,
-        threads=a.threads,
-        answer_only=not a.loss_on_all,
-        distinct=not a.repeated_digits,
-        progress=not a.no_progress,
-    )
+    try:  # everything is checked before training
+        check_settings(a.steps, a.batch_size, a.min_len, a.max_len, a.digits, a.lr, a.seed)
+        check_swappable(a.out)
+        if not a.overwrite and a.out.is_dir() and any(a.out.iterdir()):
+            raise ValueError(f"--out {a.out} exists and is not empty: pass --overwrite to replace the model in it")
+    except ValueError as err:
+        ap.error(str(err))
+    torch.set_num_threads(a.threads)
+    try:
+        with out_lock(a.out):
+            r = train(
+                a.out,
+                steps=a.steps,
+                batch_size=a.batch_size,
+                min_len=a.min_len,
+                max_len=a.max_len,
+                digits=a.digits,
+                lr=a.lr,
+                seed=a.seed,
+                answer_only=not a.loss_on_all,
+                distinct=not a.repeated_digits,
+                progress=not a.no_progress,
+            )
+    except (NonFiniteError, LockedError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     tail = r["log"][-50:]
     print(
         f"wrote {a.out}: {a.steps} steps in {r['wall_seconds']} s, last-50-step retrieval "
         f"{sum(x['retrieved'] for x in tail) / len(tail):.3f}"
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

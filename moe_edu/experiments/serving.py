@@ -1,6 +1,6 @@
 """Precompute notebook 11's slow parts on the shipped model, into `moe_edu/results/serving/`.
 
-    python -m moe_edu.experiments.serving          # or: make serving-results
+    python -m moe_edu.experiments.serving --overwrite   # or: make serving-results
 
 Writes `routing_trace.safetensors` (experts chosen and guessed per held-out token, layer and
 slot), `cache.json` (token-aware LRU hit rates per cache size: real token order, shuffled, with
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..data.corpus import build_corpus, by_domain, split_corpus
+from ..io.atomic import atomic_directory
+from ..io.lock import LockedError, out_lock
+from ..io.results import check_out_files
 from ..io.shipped import load_pretrained
 from ..serving.expert_cache import RoutingTrace, prefetch_accuracy, random_trace, routing_trace, simulate_cache
 from ..serving.quantize import quantize_model_experts
@@ -142,31 +146,57 @@ def quantization_table(model, docs: list[list[int]]) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+OUTPUTS = ("routing_trace.safetensors", "cache.json", "quantization.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m moe_edu.experiments.serving", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument(
         "--cache-only",
         action="store_true",
         help="recompute cache.json from the stored trace (the trace is deterministic)",
     )
+    ap.add_argument("--overwrite", action="store_true", help="replace the three result files in --out (at the end)")
     a = ap.parse_args(argv)
-    if a.cache_only:
+    if a.cache_only:  # the trace is deterministic: only the cache table is recomputed from it
         cache = cache_table(load_trace(a.out / "routing_trace.safetensors"))
-        (a.out / "cache.json").write_text(json.dumps(cache, indent=1) + "\n")
+        with out_lock(a.out), atomic_directory(a.out, owned={"cache.json"}.__contains__) as tmp:
+            (tmp / "cache.json").write_text(json.dumps(cache, indent=1) + "\n")
         print(f"wrote {a.out / 'cache.json'}")
-        return
-
+        return 0
+    try:  # before the work: a folder the final swap can take, not already holding results unasked
+        check_out_files(a.out, OUTPUTS, overwrite=a.overwrite)
+    except ValueError as err:
+        ap.error(str(err))
     torch.manual_seed(0)
     torch.set_num_threads(1)
     start = time.time()
+    try:
+        with out_lock(a.out), atomic_directory(a.out, owned=set(OUTPUTS).__contains__) as tmp:
+            meta = write_results(tmp)  # the three files are swapped in together, or not at all
+    except LockedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for r in meta["rows"]:
+        print(
+            f"{r['experts']:8s} router {r['router']:5s} {r['expert_bytes'] / 2**20:6.2f} MiB  loss {r['loss']:.4f} "
+            f"({r['loss_change']:+.4f})  top-k changed " + " ".join(f"{c:.3f}" for c in r["topk_changed"])
+        )
+    print(f"wrote {a.out} in {time.time() - start:.0f} s ({meta['tokens']} tokens, {meta['documents']} documents)")
+    return 0
+
+
+def write_results(out: Path) -> dict:
+    """Compute the trace, the cache table and the quantisation table into `out`; returns the latter's JSON."""
     model, tokenizer = load_pretrained()
     docs = held_out_ids(tokenizer)
-    a.out.mkdir(parents=True, exist_ok=True)
-    save_trace(routing_trace(model, docs), a.out / "routing_trace.safetensors")
-    cache = cache_table(load_trace(a.out / "routing_trace.safetensors"))
-    (a.out / "cache.json").write_text(json.dumps(cache, indent=1) + "\n")
+    save_trace(routing_trace(model, docs), out / "routing_trace.safetensors")
+    cache = cache_table(load_trace(out / "routing_trace.safetensors"))
+    (out / "cache.json").write_text(json.dumps(cache, indent=1) + "\n")
     rows = quantization_table(model, docs)
+    if not all(math.isfinite(r["loss"]) for r in rows):
+        raise ValueError("a quantised model gave a non-finite loss: nothing was written")
     meta = {
         "command": "python -m moe_edu.experiments.serving",
         "documents": len(docs),
@@ -174,15 +204,9 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "rows": rows,
     }
-    (a.out / "quantization.json").write_text(json.dumps(meta, indent=1) + "\n")
-    for r in rows:
-        print(
-            f"{r['experts']:8s} router {r['router']:5s} {r['expert_bytes'] / 2**20:6.2f} MiB  loss {r['loss']:.4f} "
-            f"({r['loss_change']:+.4f})  top-k changed " + " ".join(f"{c:.3f}" for c in r["topk_changed"])
-        )
-    print(f"wrote {a.out} in {time.time() - start:.0f} s ({meta['tokens']} tokens, {len(docs)} documents)")
-    assert math.isfinite(rows[-1]["loss"])
+    (out / "quantization.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,15 +16,19 @@ came from `main` (its command is in `moe_edu/checkpoints/tiny/README.md`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
 import torch
 
+from ..accounting import count_parameters
+from ..io.lock import LockedError, out_lock
 from ..presets import PRESETS
 from ..training.config import TrainConfig
 from ..training.loop import NonFiniteError
-from ..training.run import check_out_dir, pick_device, train
+from ..training.run import ResumeError, check_out_dir, pick_device, train
+from ..training.run_dir import TrainingStateError
 from ..validation import int_in_range, nonnegative_float, nonnegative_int, positive_float, positive_int
 
 
@@ -39,6 +43,29 @@ def _arg(check: Callable, kind: type) -> Callable[[str], object]:
 
     parse.__name__ = kind.__name__
     return parse
+
+
+def check_memory(tc: TrainConfig) -> None:
+    """Refuse sizes that cannot fit this machine's memory (a usage error now, not an allocator error later).
+
+    An estimate, on the low side: fp32 weights, gradients and two AdamW moments (16 bytes per
+    parameter), the logits of one batch with their gradient (8 bytes per token and vocabulary entry),
+    the activations kept for the backward pass (about 12 H + 3 k I floats per token and layer) and
+    one layer's attention scores (heads x T x T floats per sequence).
+    """
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # Windows: no sysconf; the allocator will tell
+        return
+    c, tokens = tc.model_config(), tc.batch_size * tc.seq_len
+    need = 16 * count_parameters(c).total + 8 * tokens * tc.vocab_size
+    need += 4 * tokens * c.num_hidden_layers * (12 * c.hidden_size + 3 * c.num_experts_per_tok * c.intermediate_size)
+    need += 4 * tokens * c.num_attention_heads * tc.seq_len
+    if need > total:
+        raise ValueError(
+            f"--preset {tc.preset} with --vocab-size {tc.vocab_size}, --batch-size {tc.batch_size} and --seq-len "
+            f"{tc.seq_len} needs about {need / 2**30:.1f} GiB or more, this machine has {total / 2**30:.1f} GiB"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--aux-loss-coef", type=nonneg_float, default=d.aux_loss_coef)
     p.add_argument("--z-loss-coef", type=nonneg_float, default=d.z_loss_coef)
     p.add_argument("--eval-every", type=pos_int, default=d.eval_every)
-    p.add_argument("--seed", type=_arg(nonnegative_int, int), default=d.seed)
+    p.add_argument("--seed", type=_arg(lambda n, v: int_in_range(n, v, 0, 2**63 - 1), int), default=d.seed)
     p.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda, ...")
     p.add_argument("--threads", type=pos_int, default=None, help="torch CPU threads (results depend on it)")
     p.add_argument("--no-progress", action="store_true")
@@ -86,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             device=a.device,
         )
         device = pick_device(a.device)
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"--device {a.device}: training runs on cpu, cuda or mps")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {a.device}: CUDA is not available here")
+        check_memory(tc)
         check_out_dir(a.out, overwrite=a.overwrite, resume=a.resume)
     except (ValueError, RuntimeError) as err:
         p.error(str(err))
@@ -99,17 +129,27 @@ def main(argv: list[str] | None = None) -> int:
             args.remove(flag)
     command = "python -m moe_edu.train " + " ".join(args)
     try:
-        _, _, log = train(
-            tc,
-            a.out,
-            progress=not a.no_progress,
-            command=command,
-            overwrite=a.overwrite,
-            resume=a.resume,
-            checkpoint_every=a.checkpoint_every,
-        )
-    except NonFiniteError as err:
+        with out_lock(a.out):
+            _, _, log = train(
+                tc,
+                a.out,
+                progress=not a.no_progress,
+                command=command,
+                overwrite=a.overwrite,
+                resume=a.resume,
+                checkpoint_every=a.checkpoint_every,
+            )
+    except ResumeError as err:  # settings, corpus, tokenizer or threads changed since the interruption
+        p.error(str(err))
+    except (NonFiniteError, TrainingStateError, LockedError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a full disk or a vanished folder while saving: the last saved state is intact
+        print(
+            f"error: cannot write the run into {a.out}: {err}; its last training state (if any) is intact, "
+            f"--resume continues from it once there is room",
+            file=sys.stderr,
+        )
         return 1
     f = log["final"]
     eval_ce = f.get("eval_ce")

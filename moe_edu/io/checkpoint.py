@@ -14,7 +14,9 @@ Safetensors files are memory-mapped and read one tensor at a time, so
 Everything is bounded by the checkpoint itself before any object is built: the layer and
 expert counts of `config.json` must agree with the tensor names and header shapes, so an
 absurd config fails at once, naming the field. Saving is atomic (`atomic.atomic_directory`):
-a reader sees the old checkpoint or the new one, whole; stale shards never survive.
+a reader sees the old checkpoint or the new one, whole; stale shards never survive; and a save
+replaces only the checkpoint's own files (listed in a hidden manifest), never a tokenizer, notes
+or other folders that share the directory.
 
 Expert weights may be stored fused (transformers v5: `mlp.experts.gate_up_proj`) or per
 expert (v4, and what v5 still writes: `block_sparse_moe.experts.{j}.w1/w2/w3.weight`).
@@ -22,10 +24,11 @@ expert (v4, and what v5 still writes: `block_sparse_moe.experts.{j}.w1/w2/w3.wei
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -33,13 +36,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..accounting import count_parameters
 from ..config import MixtralConfig
 from ..layouts import model_from_v5
-from ..loading import load_into
+from ..loading import FLOAT_DTYPES, load_into
 from ..model import MixtralForCausalLM
 from ..moe_block import SparseMoeBlock
 from ..validation import int_in_range, positive_int
-from .atomic import atomic_directory
+from .atomic import atomic_directory, creation_mode, real_target
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -80,10 +84,12 @@ class Checkpoint:
                 if (self.path / name).resolve().parent != self.path.resolve():  # a symlink out of the directory
                     raise CheckpointError(f"{index} names shard {name!r}, which links outside {self.path}")
         elif (self.path / SINGLE).is_file():
+            self.check_bytes([SINGLE])  # before a (possibly huge) header is parsed
             with self._open(SINGLE) as f:
                 self.files = {k: SINGLE for k in f.keys()}
         else:
             raise CheckpointError(f"no {SINGLE} or {INDEX} in {self.path}")
+        self.check_bytes(sorted(set(self.files.values())))
         self._handles: dict[str, object] = {}
         self._stack: ExitStack | None = None
 
@@ -136,15 +142,16 @@ class Checkpoint:
 
         Runs before any model is built, so a config claiming 10^8 layers or 10^9 experts fails
         in milliseconds instead of building Python objects for minutes. Expert counts are checked
-        for `layers` (default: all); per-expert names need no file opened, fused tensors one header.
+        for `layers` (default: all): per-expert tensors must be stored for exactly experts 0..E-1
+        (one tensor named `experts.999999999` does not make 10^9 experts), fused tensors and the
+        router must have their full header shape. `check_bytes` then bounds every other size.
         """
         cfg, stored_layers, per_expert = self.config, set(), {}
         for key in self.files:
-            m = re.match(r"model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.", key)
+            m = _EXPERT_KEY.match(key)
             if m:
-                i, j = int(m.group(1)), int(m.group(2))
-                per_expert[i] = max(per_expert.get(i, 0), j + 1)
-            m = m or re.match(r"model\.layers\.(\d+)\.", key)
+                per_expert.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+            m = m or _LAYER_KEY.match(key)
             if m:
                 stored_layers.add(int(m.group(1)))
         n = len(stored_layers)
@@ -153,29 +160,79 @@ class Checkpoint:
                 f"{self.path / 'config.json'}: num_hidden_layers={cfg.num_hidden_layers}, but the "
                 f"tensors hold {n} layers (indices {_span(stored_layers)})"
             )
+        E, H, I = cfg.num_local_experts, cfg.hidden_size, cfg.intermediate_size
+        where = f"{self.path / 'config.json'}: num_local_experts={E}"
         for i in range(n) if layers is None else layers:
-            stored = per_expert.get(i, 0)
-            fused = [
-                f"model.layers.{i}.{name}"
-                for name in ("mlp.experts.gate_up_proj", "mlp.gate.weight", "block_sparse_moe.gate.weight")
-            ]
-            fused = [k for k in fused if k in self.files]
-            if not stored and fused:
-                stored = (self.shape(fused[0]) or (0,))[0]  # rows = experts, from the header only
-            if stored != cfg.num_local_experts:
-                raise CheckpointError(
-                    f"{self.path / 'config.json'}: num_local_experts={cfg.num_local_experts}, but "
-                    f"layer {i} stores {stored} experts"
+            fused = f"model.layers.{i}.mlp.experts.gate_up_proj"
+            if i in per_expert:
+                stored = per_expert[i]
+                if stored != set(range(len(stored))) or len(stored) != E:
+                    raise CheckpointError(f"{where}, but layer {i} stores experts {_span(stored)} ({len(stored)})")
+            elif fused in self.files:
+                if self.shape(fused) != (E, 2 * I, H):
+                    raise CheckpointError(f"{where}, but {fused} has shape {self.shape(fused)}, not {(E, 2 * I, H)}")
+            else:
+                raise CheckpointError(f"{where}, but layer {i} stores no experts")
+            for router in (f"model.layers.{i}.mlp.gate.weight", f"model.layers.{i}.block_sparse_moe.gate.weight"):
+                if router in self.files and self.shape(router) != (E, H):
+                    raise CheckpointError(f"{where}, but {router} has shape {self.shape(router)}, not {(E, H)}")
+
+    def check_bytes(self, shards: list[str]) -> None:
+        """The weight files must hold at least one byte per parameter that config.json implies.
+
+        A bound on every size field at once (vocabulary, widths, heads, layers, experts), from
+        `stat` alone, before any header is parsed: a 104-byte file cannot back 10^9 experts.
+        """
+        config = self.config
+        need = count_parameters(config).total
+        present = sum((self.path / name).stat().st_size for name in shards)
+        if need > present:
+            fields = ", ".join(
+                f"{k}={getattr(config, k)}"
+                for k in (
+                    "num_hidden_layers",
+                    "num_local_experts",
+                    "hidden_size",
+                    "intermediate_size",
+                    "vocab_size",
+                    "num_attention_heads",
+                    "num_key_value_heads",
                 )
+            )
+            raise CheckpointError(
+                f"{self.path / 'config.json'} describes {need:,} parameters ({fields}), but the "
+                f"weight files hold only {present:,} bytes"
+            )
 
     def tensor(self, key: str) -> torch.Tensor:
+        """The stored tensor; a float tensor holding NaN or inf is refused (flipped bytes, a diverged save)."""
         try:
-            return self._handle(key).get_tensor(key)
+            value = self._handle(key).get_tensor(key)
         except SafetensorError as err:
             raise CheckpointError(f"cannot read {key!r} from {self.path / self.files[key]}: {err}") from err
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{key!r} in {self.path / self.files[key]} holds NaN or infinite values")
+        return value
+
+    def check_one_dtype(self, dtype: torch.dtype | None, prefix: str | tuple[str, ...] = "") -> None:
+        """With `dtype=None` the stored dtype is kept: one float dtype under `prefix`, or forward fails on mixed matmuls."""
+        if dtype is not None:
+            return
+        seen: dict[str, list[str]] = {}
+        for key in self.files:
+            if key.startswith(prefix) and self.dtype(key) in FLOAT_DTYPES:  # integer tensors: refused by load_into
+                seen.setdefault(self.dtype(key), []).append(key)
+        if len(seen) > 1:
+            detail = ", ".join(f"{d}: {len(keys)} (e.g. {sorted(keys)[0]})" for d, keys in sorted(seen.items()))
+            raise CheckpointError(
+                f"{self.path} stores tensors in several dtypes ({detail}): pass dtype= (e.g. torch.float32) "
+                f"to load them all in one"
+            )
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a Mixtral config.json is ~1 kB
+_EXPERT_KEY = re.compile(r"model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.")
+_LAYER_KEY = re.compile(r"model\.layers\.(\d+)\.")
 
 
 def _span(indices: set[int]) -> str:
@@ -215,8 +272,10 @@ def from_pretrained(
         ckpt.check_counts(range(num_hidden_layers or total))  # before anything is built
         if num_hidden_layers is not None:
             cfg = cfg.replace(num_hidden_layers=num_hidden_layers)
+        if num_hidden_layers is not None:
             dropped = tuple(f"model.layers.{i}." for i in range(num_hidden_layers, total))
             ckpt.files = {k: f for k, f in ckpt.files.items() if not k.startswith(dropped)}
+        ckpt.check_one_dtype(dtype)
         with torch.device("meta"):
             model = MixtralForCausalLM(cfg, dispatch=dispatch)
         load_into(
@@ -227,6 +286,13 @@ def from_pretrained(
             device=device,
             strict_prefix="",
         )
+        if cfg.tie_word_embeddings and "lm_head.weight" in ckpt.files:  # tied: the stored head must be the embedding
+            stored = ckpt.tensor("lm_head.weight").to(model.model.embed_tokens.weight)
+            if not torch.equal(stored, model.model.embed_tokens.weight):
+                raise CheckpointError(
+                    f"{ckpt.path / 'config.json'}: tie_word_embeddings=true, but the stored lm_head.weight "
+                    f"differs from the embedding (it would be ignored): set it to false to use the stored head"
+                )
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary_emb.reset_buffers(device)
@@ -247,6 +313,7 @@ def load_moe_block(
         n = ckpt.config.num_hidden_layers
         int_in_range(f"layer (the checkpoint has num_hidden_layers={n})", layer, 0, n - 1)
         ckpt.check_counts(range(layer, layer + 1))
+        ckpt.check_one_dtype(dtype, (f"model.layers.{layer}.mlp.", f"model.layers.{layer}.block_sparse_moe."))
         with torch.device("meta"):
             block = SparseMoeBlock(ckpt.config, dispatch=dispatch)
         prefix = f"model.layers.{layer}."
@@ -279,6 +346,28 @@ def save_pretrained(model: MixtralForCausalLM, path: str | Path, *, max_shard_si
     return write_checkpoint(path, model_from_v5(sd, cfg, "v4"), cfg, max_shard_size=max_shard_size)
 
 
+MANIFEST = ".moe_edu-checkpoint.json"  # the files a save wrote: the next save replaces exactly those
+CHECKPOINT_FILES = {"config.json", "generation_config.json", SINGLE, INDEX, MANIFEST}
+_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+
+
+def checkpoint_owner(path: Path, extra: Collection[str] = ()) -> Callable[[str], bool]:
+    """Which entries of the checkpoint directory `path` a save replaces: its own files, nothing else.
+
+    Owned: config, generation config, weights, shards (transformers' names), index, the names the
+    previous save listed in its manifest, and `extra`. A tokenizer, notes or sub-folders stay.
+    """
+    listed: set[str] = set()
+    try:
+        data = json.loads((path / MANIFEST).read_text())
+        if isinstance(data, dict) and isinstance(data.get("files"), list):
+            listed = {n for n in data["files"] if isinstance(n, str) and Path(n).name == n and n not in ("", ".", "..")}
+    except (OSError, ValueError):
+        pass
+    names = CHECKPOINT_FILES | listed | set(extra)
+    return lambda name: name in names or _SHARD.fullmatch(name) is not None
+
+
 def write_checkpoint(
     path: str | Path,
     tensors: Mapping[str, torch.Tensor],
@@ -287,11 +376,14 @@ def write_checkpoint(
     max_shard_size: int = 5 * 2**30,
     metadata: Mapping[str, str] | None = None,
     files: Mapping[str, str] | None = None,
+    replaces: Collection[str] = (),
 ) -> Path:
     """The one checkpoint writer: shards (+ index), `config.json` and any extra text `files`, atomically.
 
-    Everything goes into a temporary sibling directory that then replaces `path` in one swap,
-    so files of an older checkpoint (other shards, an index) can never survive next to the new one.
+    Everything goes into a temporary sibling directory whose files then replace the checkpoint's
+    own files in `path` in one swap (`atomic.atomic_directory`): stale shards and index of an older
+    save never survive next to the new ones, and every other entry of `path` is kept. `replaces`
+    names further entries of `path` this save removes (e.g. a finished run's training state).
     """
     path = Path(path)
     shards: list[dict[str, torch.Tensor]] = [{}]
@@ -308,10 +400,14 @@ def write_checkpoint(
         if len(shards) == 1
         else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     )
+    for name in files or {}:
+        if Path(name).name != name or name in ("", ".", "..") or name in CHECKPOINT_FILES or _SHARD.fullmatch(name):
+            raise ValueError(f"write_checkpoint: files may only add plain file names of their own, got {name!r}")
     dtype = next(iter(tensors.values())).dtype
-    with atomic_directory(path) as tmp:
+    real = real_target(path)
+    with atomic_directory(real, owned=checkpoint_owner(real, replaces)) as tmp:
         for name, shard in zip(names, shards, strict=True):
-            save_safetensors(shard, tmp / name, metadata or {"format": "pt"})
+            save_safetensors(shard, tmp / name, {"format": "pt"} if metadata is None else metadata)
         if len(shards) > 1:
             index = {
                 "metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
@@ -321,6 +417,8 @@ def write_checkpoint(
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(config, dtype), indent=2) + "\n")
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
+        written = sorted(p.name for p in tmp.iterdir() if not p.name.startswith(".")) + [MANIFEST]
+        (tmp / MANIFEST).write_text(json.dumps({"producer": "moe_edu", "files": written}, indent=1) + "\n")
     return path
 
 
@@ -331,18 +429,21 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: 
     process: two identical saves could differ in their bytes. The header is rewritten in
     place (same length, only the order of its keys changes), so a seeded run gives one file.
     """
-    save_file(dict(tensors), str(path), metadata=dict(metadata))
-    with open(path, "r+b") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-        header = {"__metadata__": dict(metadata), **{k: v for k, v in header.items() if k != "__metadata__"}}
-        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-        if len(text) <= n:
-            f.seek(8)
-            f.write(text.ljust(n, b" "))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)  # safetensors creates 0600 files; a checkpoint is meant to be shared
+    try:
+        save_file(dict(tensors), str(path), metadata=dict(metadata) or None)  # {}: no metadata at all
+    except SafetensorError as err:  # a full disk arrives as "I/O error: ... (os error 28)": make it an OSError
+        code = re.search(r"os error (\d+)", str(err))
+        raise OSError(int(code.group(1)) if code else errno.EIO, f"cannot write {path}: {err}") from None
+    if metadata:
+        with open(path, "r+b") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+            header = {"__metadata__": dict(metadata), **{k: v for k, v in header.items() if k != "__metadata__"}}
+            text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+            if len(text) <= n:
+                f.seek(8)
+                f.write(text.ljust(n, b" "))
+    os.chmod(path, creation_mode(path.parent))  # safetensors creates 0600 files; a checkpoint is meant to be shared
 
 
 def hf_config_dict(cfg: MixtralConfig, dtype: torch.dtype) -> dict:

@@ -35,7 +35,13 @@ def load_run(path: str | Path, device: str | torch.device = "cpu"):
     config, whose layer and expert counts are first checked against the stored tensors.
     """
     path = Path(path)
-    return from_pretrained(path, device=device), Tokenizer.from_file(path / "tokenizer.json")
+    model, tokenizer = from_pretrained(path, device=device), Tokenizer.from_file(path / "tokenizer.json")
+    if tokenizer.vocab_size > model.config.vocab_size:  # ids the embedding has no row for: fails only in forward
+        raise ValueError(
+            f"{path / 'tokenizer.json'} has {tokenizer.vocab_size} tokens, but config.json's vocab_size is "
+            f"{model.config.vocab_size}"
+        )
+    return model, tokenizer
 
 
 def load_pretrained(name: str = "tiny", device: str | torch.device = "cpu"):

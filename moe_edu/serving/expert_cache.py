@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..validation import nonnegative_int
+
 
 class LRUCache:
     """A fixed number of slots; `get` loads on a miss and evicts the least recently used entry."""
@@ -140,9 +142,10 @@ def simulate_cache(trace: RoutingTrace, capacity: int, *, prefetch: bool = False
     known: a right guess turns a miss into a hit, a wrong one costs a load.
     """
     T, L, k = trace.chosen.shape
-    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
-        raise ValueError(f"simulate_cache: capacity must be an int >= 0, got {capacity!r}")
-    caches: list[list[int]] = [[] for _ in range(L)]  # per layer, least recently used first
+    nonnegative_int("capacity", capacity)  # True, 1.5 and None are not cache sizes
+    if T == 0:
+        raise ValueError("simulate_cache: the trace holds no tokens")
+    caches: list[list[int]] = [[] for _ in range(L)]  # per layer, least recently used first (LRUCache, inlined)
     hits, prefetched = [0] * L, [0] * L
     chosen, guess = trace.chosen.tolist(), trace.guess.tolist()
     for t in range(T):

@@ -43,6 +43,8 @@ DTYPE_BITS = {
 def dtype_bits(dtype: str | torch.dtype | int) -> int:
     """Bits per element of a torch dtype, a name ("bf16", "int8", "int4", ...) or a bit count."""
     if isinstance(dtype, torch.dtype):
+        if dtype.is_complex or dtype == torch.bool:
+            raise ValueError(f"dtype must be a real floating-point or integer type for weights, got {dtype}")
         return torch.finfo(dtype).bits if dtype.is_floating_point else torch.iinfo(dtype).bits
     if isinstance(dtype, bool):
         raise TypeError("dtype must be a torch.dtype, a name or a number of bits, got a bool")

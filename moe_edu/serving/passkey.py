@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..validation import finite_float, positive_int
+
 INTRO = "there is a pass key hidden in this text . find it and remember it ."
 FILLER = ("the grass is green .", "the sky is blue .", "the sun is yellow .", "here we go .", "there and back again .")
 KEY_SENTENCE = "the pass key is {key} . remember it . {key} is the pass key ."
@@ -31,7 +33,7 @@ Encode = Callable[[str], list]
 
 def spaced(key: str) -> str:
     """'72915' -> '7 2 9 1 5': one token per digit in a word-level vocabulary, and in most BPEs."""
-    if not key.isdigit():
+    if not isinstance(key, str) or not key.isdigit():
         raise ValueError(f"key must be a string of digits, got {key!r}")
     return " ".join(key)
 
@@ -51,8 +53,8 @@ def make_prompt(encode: Encode, *, length: int, depth: float, key: str) -> Passk
     The filler cycles through `FILLER`; the key goes at the sentence boundary nearest to
     depth x (filler tokens), so no sentence is cut around it (the last one may be cut short).
     """
-    if not 0.0 <= depth <= 1.0:
-        raise ValueError(f"depth must be in [0, 1], got {depth}")
+    finite_float("depth", depth, ge=0.0, le=1.0)
+    positive_int("length", length)
     intro, question = encode(INTRO), encode(" " + QUESTION)
     key_ids = encode(" " + KEY_SENTENCE.format(key=spaced(key)))
     n_filler = length - len(intro) - len(key_ids) - len(question)
@@ -94,6 +96,10 @@ def logits_of(output) -> torch.Tensor:
 @torch.no_grad()
 def retrieved(model, prompts: Sequence[PasskeyPrompt], batch_size: int = 16) -> list[bool]:
     """For each prompt: is the greedy next token right at every digit of the key (teacher-forced)?"""
+    positive_int("batch_size", batch_size)
+    empty = [i for i, p in enumerate(prompts) if not p.answer or not p.ids]
+    if empty:
+        raise ValueError(f"retrieved: prompts {empty[:5]} have an empty prompt or answer")
     device = next(iter(model.parameters())).device
     result: dict[int, bool] = {}
     by_len: dict[int, list[int]] = {}
@@ -140,8 +146,8 @@ def passkey_grid(
     batch_size: int = 16,
 ) -> PasskeyGrid:
     """Accuracy of passkey retrieval over lengths x depths, `trials` random keys per cell (seeded)."""
-    if trials <= 0:
-        raise ValueError(f"trials must be positive, got {trials}")
+    positive_int("trials", trials)
+    positive_int("batch_size", batch_size)
     rng = random.Random(seed)
     prompts = [
         make_prompt(encode, length=n, depth=d, key=random_key(rng, digits, distinct))

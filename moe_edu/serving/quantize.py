@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..validation import positive_int
+
 
 @dataclass(frozen=True)
 class QuantizedTensor:
@@ -45,10 +47,12 @@ class QuantizedTensor:
 
 
 def _check_2d(w: torch.Tensor, name: str) -> None:
-    if not isinstance(w, torch.Tensor) or w.dim() != 2 or not w.is_floating_point():
+    if not isinstance(w, torch.Tensor) or w.dim() != 2 or not w.is_floating_point() or 0 in w.shape:
         raise ValueError(
-            f"{name} needs a 2-D floating-point weight (out, in), got {getattr(w, 'shape', type(w).__name__)}"
+            f"{name} needs a non-empty 2-D floating-point weight (out, in), got {getattr(w, 'shape', type(w).__name__)}"
         )
+    if not bool(torch.isfinite(w).all()):  # one inf would make its whole row (int8) or group (int4) NaN
+        raise ValueError(f"{name}: the weight holds NaN or infinite values, which no scale can represent")
 
 
 def quantize_int8(w: torch.Tensor) -> QuantizedTensor:
@@ -77,7 +81,8 @@ def quantize_int4(w: torch.Tensor, group_size: int = 32) -> QuantizedTensor:
     """Symmetric int4 in groups of `group_size` inputs: scale = max|group| / 7, codes in [-7, 7] packed."""
     _check_2d(w, "quantize_int4")
     out, cols = w.shape
-    if group_size <= 0 or group_size % 2 or cols % group_size:
+    positive_int("group_size", group_size)
+    if group_size % 2 or cols % group_size:
         raise ValueError(f"group_size must be even and divide the input width {cols}, got {group_size}")
     groups = w.detach().float().reshape(out, cols // group_size, group_size)  # (out, G, g)
     scale = groups.abs().amax(dim=-1).clamp_min(1e-12) / 7  # (out, G)

@@ -10,25 +10,30 @@ saves nothing. The command line is `python -m moe_edu.train` (`moe_edu.experimen
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from ..data.corpus import build_corpus, corpus_sha256, split_corpus
+from ..io.atomic import check_swappable
 from ..model import MixtralForCausalLM
 from ..tokenizer import Tokenizer
 from ..validation import nonnegative_int
 from .config import TrainConfig
 from .data import TokenStreams, train_tokenizer
 from .loop import eval_loss, make_optimizer, train_steps
-from .run_dir import STATE_DIR, load_training_state, save_run, save_training_state
+from .run_dir import STATE_DIR, load_training_state, read_state_meta, save_run, save_training_state
 
 
 # ---------------------------------------------------------------------- training
+class ResumeError(ValueError):
+    """`--resume` with other settings, corpus, tokenizer, thread count or torch than the saved run (a usage error)."""
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -36,25 +41,25 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def check_out_dir(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
-    """Refuse, before any work, an `--out` that would clobber a run or that cannot be written."""
+    """Refuse, before any work, an `--out` that would clobber a run or that cannot be written.
+
+    A trial in the real parent (`atomic.check_swappable`) refuses what the final swap could not
+    do: the working directory, a mount point, a dangling link, a read-only or immutable folder.
+    """
     out = Path(out)
+    try:
+        check_swappable(out)
+    except ValueError as err:
+        raise ValueError(f"--out {err}") from None
     state = out / STATE_DIR / "training_state.json"
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
     if resume and not state.is_file():
         raise ValueError(f"--resume: no training state in {out / STATE_DIR} (is --out the interrupted run's?)")
     if not resume and not overwrite and out.is_dir() and any(out.iterdir()):
         raise ValueError(
-            f"--out {out} exists and is not empty: pass --overwrite to replace it (it is replaced "
-            f"whole, only at the end of a successful run), --resume to continue it, or another --out"
+            f"--out {out} exists and is not empty: pass --overwrite to replace the run in it (only the "
+            f"files a run writes are replaced, at the end of a successful run), --resume to continue "
+            f"it, or another --out"
         )
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    try:  # the run directory is written as a temporary sibling, then swapped in: the parent must take it
-        Path(tempfile.mkdtemp(prefix=".moe_edu-write-check-", dir=parent)).rmdir()
-    except OSError as err:
-        raise ValueError(f"--out {out} cannot be written ({parent}: {err.strerror or err})") from None
     return out
 
 
@@ -89,15 +94,28 @@ def train(
     if out_dir is not None:
         state_dir = check_out_dir(out_dir, overwrite=overwrite, resume=resume) / STATE_DIR
     if resume:
-        saved = json.loads((state_dir / "training_state.json").read_text())
-        if saved.get("train_config") != json.loads(json.dumps(dataclasses.asdict(tc))):
-            diff = sorted(k for k, v in dataclasses.asdict(tc).items() if saved.get("train_config", {}).get(k) != v)
-            raise ValueError(f"--resume: the saved run in {state_dir} has other settings ({', '.join(diff)})")
+        saved = read_state_meta(state_dir)
+        if saved["train_config"] != json.loads(json.dumps(dataclasses.asdict(tc))):
+            diff = sorted(k for k, v in dataclasses.asdict(tc).items() if saved["train_config"].get(k) != v)
+            raise ResumeError(f"--resume: the saved run in {state_dir} has other settings ({', '.join(diff)})")
+        if saved["step"] + 1 >= tc.steps:
+            raise ResumeError(f"--resume: the saved run in {state_dir} is at step {saved['step']} of {tc.steps}")
     device = pick_device(tc.device)
     torch.manual_seed(tc.seed)
     docs = build_corpus(seed=tc.seed)
     train_docs, held_docs = split_corpus(docs)
     tokenizer = train_tokenizer(train_docs, tc.vocab_size)
+    fingerprint = {
+        "corpus_sha256": corpus_sha256(docs),
+        "tokenizer_sha256": hashlib.sha256(tokenizer.backend.to_str().encode()).hexdigest(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    if resume:  # the same data, token ids and kernels, or the weights would silently differ
+        changed = [k for k, v in fingerprint.items() if k in saved and saved[k] != v]
+        if changed:
+            what = ", ".join(f"{k} {saved[k]} -> {fingerprint[k]}" for k in changed)
+            raise ResumeError(f"--resume: the run in {state_dir} was trained with another {what}")
     train_data = TokenStreams(train_docs, tokenizer, tc.domain_weights)
     held_data = TokenStreams(held_docs, tokenizer, tc.domain_weights)
     gen = torch.Generator().manual_seed(tc.seed)
@@ -119,6 +137,7 @@ def train(
         if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < tc.steps:
             meta = {
                 "step": step,
+                **fingerprint,
                 "train_config": dataclasses.asdict(tc),
                 "log": log,
                 "wall_seconds": earlier_seconds + time.perf_counter() - start,
@@ -147,7 +166,7 @@ def train(
         "train_config": dataclasses.asdict(tc),
         "model_config": config.to_dict(),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "corpus_sha256": corpus_sha256(docs),
+        "corpus_sha256": fingerprint["corpus_sha256"],
         "train_tokens": {d: len(s) for d, s in train_data.streams.items()},
         "wall_seconds": round(earlier_seconds + time.perf_counter() - start, 1),
         "device": str(device),

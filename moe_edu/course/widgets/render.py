@@ -113,7 +113,7 @@ def notice_html(trace: RoutingTrace) -> str:
         return ""
     return (
         f'<p class="moe-notice" style="color:#a63603;margin:2px 0;font-size:12px">Showing the first '
-        f"{trace.num_tokens} of {trace.num_input_tokens} tokens: the rest does not fit the model's context.</p>"
+        f"{trace.num_tokens} of {trace.num_input_tokens} tokens: the rest is cut (by the model's context or by max_tokens).</p>"
     )
 
 

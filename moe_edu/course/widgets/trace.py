@@ -123,6 +123,10 @@ def trace_routing(model: Any, tokenizer: Tokenizer, text: str, max_tokens: int |
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     if not text.strip():
         raise ValueError("text is empty: type a sentence to route")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # a lone surrogate: the tokenizer raised a raw TypeError
+        raise ValueError(f"text holds a character UTF-8 cannot encode (a lone surrogate) at {err.start}") from None
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "num_experts_per_tok"):
         raise TypeError("model must have a .config with num_experts_per_tok (a Mixtral-style config)")
