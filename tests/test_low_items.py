@@ -57,7 +57,7 @@ def test_cache_simulation_refuses_non_sizes_and_empty_traces():
 def test_upcycling_refuses_non_finite_or_negative_noise():
     torch.manual_seed(0)
     dense = moe_edu.MixtralForCausalLM(dense_config(CFG))
-    for kwargs in ({"router_std": float("nan")}, {"router_std": float("inf")}, {"router_std": 0.0}):
+    for kwargs in ({"router_std": float("nan")}, {"router_std": float("inf")}, {"router_std": -0.1}):
         with pytest.raises(ValueError, match="router_std"):  # a NaN model
             upcycle_model(dense, **kwargs)
     for noise in (float("nan"), -1.0):

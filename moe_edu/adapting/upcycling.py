@@ -19,7 +19,7 @@ import torch
 from ..config import MixtralConfig
 from ..model import MixtralForCausalLM
 from ..moe_block import SparseMoeBlock
-from ..validation import nonnegative_float, positive_float
+from ..validation import nonnegative_float
 
 
 def dense_config(config: MixtralConfig) -> MixtralConfig:
@@ -103,7 +103,7 @@ def upcycle_model(
     """
     cfg = dense.config
     if router_std is not None:
-        positive_float("router_std", router_std)  # NaN or inf gave a NaN model
+        nonnegative_float("router_std", router_std)  # NaN or inf gave a NaN model; 0 is the zero router (notebook 12)
     nonnegative_float("noise_std", noise_std)  # NaN or -1 were ignored silently
     for i, layer in enumerate(dense.model.layers):
         _check_dense(layer.mlp.experts, f"upcycle_model: layer {i}")
