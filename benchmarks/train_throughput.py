@@ -83,7 +83,7 @@ def bench(preset: str, batch: int, seq: int, rounds: int, steps: int, warmup: in
         for fn, sink in pair if r % 2 == 0 else pair[::-1]:
             sink.append(timed(fn, steps))
     tokens = batch * seq * steps
-    out = dict(preset=preset, batch=batch, seq=seq, rounds=rounds, steps=steps, logits_err=err)
+    out = {"preset": preset, "batch": batch, "seq": seq, "rounds": rounds, "steps": steps, "logits_err": err}
     for i, clock in enumerate(("wall", "cpu")):
         mine, theirs = [t[i] for t in t_ours], [t[i] for t in t_hf]
         out[f"tps_ours_{clock}"] = tokens / statistics.median(mine)

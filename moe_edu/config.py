@@ -58,10 +58,17 @@ class MixtralConfig:
 
     def __post_init__(self) -> None:
         f = "MixtralConfig."
-        positive = (
-            "vocab_size hidden_size intermediate_size num_hidden_layers num_attention_heads "
-            "num_key_value_heads max_position_embeddings num_local_experts num_experts_per_tok"
-        ).split()
+        positive = [
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
+            "num_local_experts",
+            "num_experts_per_tok",
+        ]
         for name in positive:
             positive_int(f + name, getattr(self, name))
         k, e = self.num_experts_per_tok, self.num_local_experts
@@ -128,15 +135,15 @@ class MixtralConfig:
         optional_positive_int("scaled: head_dim", head_dim)
         hd = head_dim if head_dim is not None else min(self.attention_head_dim, max(2, hidden_size // group))
         heads = max(group, (hidden_size // hd) // group * group)
-        values = dict(
-            hidden_size=hidden_size,
-            intermediate_size=int(round(hidden_size * self.intermediate_size / self.hidden_size)),
-            num_attention_heads=heads,
-            num_key_value_heads=heads // group,
-            head_dim=None if heads * hd == hidden_size else hd,
-            num_hidden_layers=self.num_hidden_layers if num_hidden_layers is None else num_hidden_layers,
-            name=f"{self.name}-scaled-{hidden_size}",
-        )
+        values = {
+            "hidden_size": hidden_size,
+            "intermediate_size": round(hidden_size * self.intermediate_size / self.hidden_size),
+            "num_attention_heads": heads,
+            "num_key_value_heads": heads // group,
+            "head_dim": None if heads * hd == hidden_size else hd,
+            "num_hidden_layers": self.num_hidden_layers if num_hidden_layers is None else num_hidden_layers,
+            "name": f"{self.name}-scaled-{hidden_size}",
+        }
         values.update(overrides)
         return self.replace(**values)
 

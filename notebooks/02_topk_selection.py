@@ -231,7 +231,7 @@ print("agrees with topk when there are no ties:", torch.equal(topk_stable(probs,
 def logit_grads(k: int, renormalise: bool) -> torch.Tensor:
     l = logits[0].clone().requires_grad_(True)  # (E,)
     p = torch.softmax(l, dim=-1)  # (E,)
-    w, idx = torch.topk(p, k)  # (k,), (k,)
+    w, _idx = torch.topk(p, k)  # (k,), (k,)
     if renormalise:
         w = w / w.sum()  # (k,)
     c = torch.arange(1.0, k + 1)  # (k,) stand-in for each chosen expert's effect on the loss
@@ -245,7 +245,7 @@ for k_, renorm in ((2, False), (2, True), (1, False), (1, True)):
     g = logit_grads(k_, renorm)
     unchosen = [e for e in range(E) if e not in chosen0[:k_]]
     print(
-        f"k={k_}, renormalise={str(renorm):5}: |grad| on chosen {g[chosen0[:k_]].abs().max():.4f}, "
+        f"k={k_}, renormalise={renorm!s:5}: |grad| on chosen {g[chosen0[:k_]].abs().max():.4f}, "
         f"on unchosen {g[unchosen].abs().max():.4f}"
     )
 
@@ -280,7 +280,7 @@ ax.set_xlabel("logit of expert 0 (others fixed)")
 ax.set_ylabel("expert 0's weight after top-2")
 ax.set_title("top-k is a step: the weight jumps when the expert enters the top-2")
 plt.show()
-jump = [i for i in range(1, len(w0)) if w0[i - 1] == 0.0 and w0[i] > 0.0][0]
+jump = next(i for i in range(1, len(w0)) if w0[i - 1] == 0.0 and w0[i] > 0.0)
 print(f"expert 0 enters the top-2 at logit {sweep[jump]:.2f} with weight {w0[jump]:.4f}")
 
 # %% [markdown]

@@ -248,14 +248,14 @@ print(
 en = [round(100 * float(v), 1) for v in first["english"]]
 print(
     f"english first choice by layer {en}: lowest at layer 0, higher at every deeper layer, but not monotone:",
-    en[0] == min(en) and not en == sorted(en),
+    en[0] == min(en) and en != sorted(en),
 )
 print(
     "domains whose first choice repeats least at layer 0:",
     [d for d, f in first.items() if int(f.argmin()) == 0],
     [d for d, f in first.items() if int(f.argmin()) == 0] == ["english", "zh-TW"],
 )
-mid = ("python", "english") + europe
+mid = ("python", "english", *europe)
 lo1, hi1 = min(float(first[d][2]) for d in mid), max(float(first[d][2]) for d in mid)
 lo2, hi2 = min(float(overlap[d][2]) for d in mid), max(float(overlap[d][2]) for d in mid)
 print(

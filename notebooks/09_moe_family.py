@@ -940,6 +940,8 @@ Table(open_rows)
 # First in plain torch, on the batch of §2 (the trained layer's inputs when the checkpoint is installed):
 
 # %%
+import itertools
+
 from moe_edu.variants.adaptive_k import AdaptiveKRouter, experts_per_token
 
 if trained is not None:
@@ -1028,7 +1030,7 @@ if sweep_k:
     ratio_calls = [sweep_k[(f"ratio {t}", "ratio")][0] for t in betas]
     ratio_loss = {t: sweep_k[(f"ratio {t}", "ratio")][1] for t in betas}
     print("top-2 runs exactly 2 experts per token:", base_calls == 2.0)
-    print("a larger beta runs fewer experts:", all(a >= b for a, b in zip(ratio_calls, ratio_calls[1:], strict=False)))
+    print("a larger beta runs fewer experts:", all(a >= b for a, b in itertools.pairwise(ratio_calls)))
     print(
         "beta = 0.7 saves over 10 % of expert calls for under 1 % more loss:",
         1 - ratio_calls[2] / 2 > 0.10 and ratio_loss[0.7] < 1.01 * base_loss,

@@ -110,7 +110,7 @@ for T in (1, 8, 64, 512, 4096, 16384):
 # %%
 config = moe_edu.PRESETS["mixtral-8x7b"]
 per_layer_active = moe_edu.count_parameters(config).active_experts // config.num_hidden_layers
-print("6·k·H·I == 2 x active expert parameters per layer:", 6 * K * H * I == 2 * per_layer_active)
+print("6·k·H·I == 2 x active expert parameters per layer:", 2 * per_layer_active == 6 * K * H * I)
 
 # %% [markdown]
 # A roofline-style estimate turns the three costs into time: `max(FLOPs / peak, bytes / bandwidth) + launches ×

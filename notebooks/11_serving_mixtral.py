@@ -354,7 +354,7 @@ log = load_passkey_log()
 steps = [r["step"] for r in log["log"]]
 smooth = lambda xs, n=50: [
     sum(xs[max(0, i - n + 1) : i + 1]) / len(xs[max(0, i - n + 1) : i + 1]) for i in range(len(xs))
-]  # noqa: E731
+]
 fig, ax = plt.subplots(figsize=(6.4, 3.0))
 ax.plot(steps, smooth([r["loss"] for r in log["log"]]), label="loss (per digit)")
 ax.plot(steps, smooth([r["retrieved"] for r in log["log"]]), label="keys retrieved in the batch")
@@ -390,9 +390,9 @@ plt.show()
 
 # %%
 row_of = {n: i for i, n in enumerate(LENGTHS)}
-at = lambda n, d: acc[row_of[n], DEPTHS.index(d)].item()  # noqa: E731
+at = lambda n, d: acc[row_of[n], DEPTHS.index(d)].item()
 prompts = {(n, d): make_prompt(vocab.encode, length=n, depth=d, key="40761") for n in LENGTHS for d in DEPTHS}
-offset = lambda n, d: n - 1 - prompts[n, d].key_position  # noqa: E731  the prompt's last token -> the key
+offset = lambda n, d: n - 1 - prompts[n, d].key_position  # the prompt's last token -> the key
 print("offset from the last token back to the key (tokens), by depth:")
 for n in (64, 128, 192, 256):
     print(f"  {n:>3} tokens: " + ", ".join(f"{d}: {offset(n, d)}" for d in DEPTHS))
@@ -578,7 +578,7 @@ from moe_edu.experiments.serving import RESULTS, load_trace
 
 trace = load_trace()
 table = json.loads((RESULTS / "cache.json").read_text())
-row = lambda c, mode: next(r for r in table["rows"] if r["capacity"] == c and r["mode"] == mode)  # noqa: E731
+row = lambda c, mode: next(r for r in table["rows"] if r["capacity"] == c and r["mode"] == mode)
 n_tok, n_layers, top_k = trace.chosen.shape
 uniform = random_trace(n_tok, n_layers, 8, top_k, seed=0)  # (T, L, k) uniform routing, no locality
 print(

@@ -277,7 +277,7 @@ rows = {e["step"]: {"moe_scratch": e["eval_ce"]} for e in curves["moe_scratch"]}
 for name in ("dense_pretrain", "dense_continued", "upcycled"):
     for e in curves[name]:
         rows.setdefault(e["step"], {})[name] = e["eval_ce"]
-fmt = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
+fmt = lambda v: f"{v:.3f}" if v is not None else "-"
 for step in sorted(rows):
     r = rows[step]
     print(

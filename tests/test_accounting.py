@@ -5,7 +5,7 @@ from moe_edu import PRESETS, MixtralForCausalLM, SparseMoeBlock, count_parameter
 
 
 @pytest.mark.parametrize(
-    "name, total, active",
+    ("name", "total", "active"),
     [
         ("mixtral-8x7b", 46_702_792_704, 12_879_925_248),
         ("mixtral-8x22b", 140_620_634_112, 39_152_031_744),
@@ -76,9 +76,9 @@ def test_model_shape_extras_count_what_they_add():
     kv = c.num_key_value_heads * c.attention_head_dim
     assert count_parameters(ModelShape(c, attention_bias=True)).total - base.total == L * (H + 2 * kv)
     assert count_parameters(ModelShape(c, qk_norm=True)).total - base.total == L * (H + kv)
-    with pytest.raises(ValueError, match="ModelShape.shared_gate"):
+    with pytest.raises(ValueError, match=r"ModelShape.shared_gate"):
         ModelShape(c, shared_gate=True)
-    with pytest.raises(ValueError, match="ModelShape.dense_layers"):
+    with pytest.raises(ValueError, match=r"ModelShape.dense_layers"):
         ModelShape(c, dense_layers=L + 1, dense_intermediate_size=4)
 
 

@@ -54,7 +54,7 @@ def test_training_forward_nudges_bias_and_load_evens_out():
     torch.manual_seed(0)
     moe = build_variant("aux_free", CFG, bias_update_speed=0.002).train()
     x = skewed()
-    imbalance = lambda: float((c := moe_output(moe, x).load_counts.float()).max() / c.mean())  # noqa: E731
+    imbalance = lambda: float((c := moe_output(moe, x).load_counts.float()).max() / c.mean())
     with torch.no_grad():
         first = imbalance()  # this training forward also nudges the bias once
         for _ in range(200):

@@ -207,10 +207,14 @@ def test_failed_save_keeps_the_old_directory(tmp_path):
     path = tmp_path / "d"
     path.mkdir()
     (path / "keep.txt").write_text("old")
-    with pytest.raises(RuntimeError, match="disk full"):
+
+    def write_then_fail():
         with atomic_directory(path) as tmp:
             (tmp / "half.txt").write_text("new")
             raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_then_fail()
     assert [p.name for p in tmp_path.iterdir()] == ["d"] and [p.name for p in path.iterdir()] == ["keep.txt"]
 
 
@@ -242,7 +246,7 @@ BOMB_SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmSize from /proc (Linux)")
 @pytest.mark.parametrize(
-    "field,value", [("num_local_experts", 10**9), ("num_hidden_layers", 10**8), ("num_hidden_layers", 10**5)]
+    ("field", "value"), [("num_local_experts", 10**9), ("num_hidden_layers", 10**8), ("num_hidden_layers", 10**5)]
 )
 def test_config_bomb_fails_fast_naming_the_field(tmp_path, field, value):
     """An absurd count in config.json fails in well under a second, under a 512 MiB memory cap, naming the field."""
@@ -258,7 +262,7 @@ def test_config_bomb_fails_fast_naming_the_field(tmp_path, field, value):
     lines = proc.stdout.splitlines()
     assert len(lines) == 3, proc.stdout + proc.stderr
     for line in lines:
-        name, kind, seconds, message = (line.split(" ", 3) + ["", ""])[:4]
+        _name, kind, seconds, message = ([*line.split(" ", 3), "", ""])[:4]
         assert kind == "ValueError", line
         assert float(seconds) < 0.5, line
         assert field in message, line
@@ -312,7 +316,7 @@ TINY_BOMB_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmSize from /proc (Linux)")
 @pytest.mark.parametrize(
-    "shape,field",
+    ("shape", "field"),
     [
         ("one-expert-key", "num_local_experts"),
         ("empty-router", "num_local_experts"),
@@ -333,7 +337,7 @@ def test_a_bomb_backed_by_tiny_tensors_fails_fast_naming_the_field(tmp_path, sha
     lines = proc.stdout.splitlines()
     assert len(lines) == 3, proc.stdout + proc.stderr
     for line in lines:
-        name, kind, seconds, message = (line.split(" ", 3) + ["", ""])[:4]
+        _name, kind, seconds, message = ([*line.split(" ", 3), "", ""])[:4]
         assert float(seconds) < 1.0, line
         assert kind == "CheckpointError" and field in message and len(message) < 2000, line
 
@@ -445,12 +449,12 @@ def test_loading_edge_cases_are_clear_errors(tmp_path):
     nan["model.norm.weight"] = nan["model.norm.weight"].clone()
     nan["model.norm.weight"][3] = float("nan")
     save_file(nan, str(tmp_path / "model.safetensors"))
-    with pytest.raises(CheckpointError, match="'model.norm.weight' in .* holds NaN or infinite values"):
+    with pytest.raises(CheckpointError, match=r"'model.norm.weight' in .* holds NaN or infinite values"):
         moe_edu.from_pretrained(tmp_path)
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "model.safetensors"))
     cfg = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": True}))
-    with pytest.raises(CheckpointError, match="tie_word_embeddings=true, but the stored lm_head.weight differs"):
+    with pytest.raises(CheckpointError, match=r"tie_word_embeddings=true, but the stored lm_head.weight differs"):
         moe_edu.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text("[" * 100_000 + "]" * 100_000)  # RecursionError
     with pytest.raises(ValueError, match="cannot read a Mixtral config"):
@@ -460,10 +464,10 @@ def test_loading_edge_cases_are_clear_errors(tmp_path):
         moe_edu.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     (tmp_path / "tokenizer.json").write_text('{"garbled": ')
-    with pytest.raises(ValueError, match="cannot read the tokenizer .*tokenizer.json"):
+    with pytest.raises(ValueError, match=r"cannot read the tokenizer .*tokenizer.json"):
         load_run(tmp_path)
     moe_edu.load_pretrained()[1].save(tmp_path / "tokenizer.json")  # 1024 tokens for a 64-row embedding
-    with pytest.raises(ValueError, match="has 1024 tokens, but config.json's vocab_size is 64"):
+    with pytest.raises(ValueError, match=r"has 1024 tokens, but config.json's vocab_size is 64"):
         load_run(tmp_path)
 
 
@@ -474,7 +478,7 @@ def test_a_full_disk_is_an_oserror_with_its_errno(tmp_path, monkeypatch):
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     monkeypatch.setattr(moe_edu.io.checkpoint, "save_file", full)
-    with pytest.raises(OSError) as err:
+    with pytest.raises(OSError, match="No space left") as err:
         save_safetensors({"a": torch.zeros(2)}, tmp_path / "a.safetensors", {"format": "pt"})
     assert err.value.errno == 28 and "No space left" in str(err.value)
 

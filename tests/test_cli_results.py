@@ -28,7 +28,7 @@ def test_serving_results_are_checked_up_front_and_swapped_in_together(tmp_path, 
     monkeypatch.setattr(serving, "write_results", interrupted)
     with pytest.raises(KeyboardInterrupt):
         serving.main(["--out", str(out), "--overwrite"])
-    assert {n: (out / n).read_text() for n in serving.OUTPUTS} == {n: "old" for n in serving.OUTPUTS}
+    assert {n: (out / n).read_text() for n in serving.OUTPUTS} == dict.fromkeys(serving.OUTPUTS, "old")
 
     def complete(folder):
         for name in serving.OUTPUTS:
@@ -37,7 +37,7 @@ def test_serving_results_are_checked_up_front_and_swapped_in_together(tmp_path, 
 
     monkeypatch.setattr(serving, "write_results", complete)
     assert serving.main(["--out", str(out), "--overwrite"]) == 0
-    assert {n: (out / n).read_text() for n in serving.OUTPUTS} == {n: "new" for n in serving.OUTPUTS}
+    assert {n: (out / n).read_text() for n in serving.OUTPUTS} == dict.fromkeys(serving.OUTPUTS, "new")
     assert (out / "notes.md").read_text() == "mine" and not lock_path(out).exists()
 
 
@@ -45,9 +45,8 @@ def test_a_lock_stops_a_second_run_and_a_stale_lock_is_taken_over(tmp_path):
     """Two runs into one --out both 'succeeded'; the second swap silently discarded the first result."""
     out = tmp_path / "run"
     with out_lock(out) as held:
-        with pytest.raises(LockedError, match="another run writes into"):
-            with out_lock(out):
-                pass
+        with pytest.raises(LockedError, match="another run writes into"), out_lock(out):
+            pass
         assert json.loads(held.read_text())["pid"] > 0
     assert not held.exists()
     held.write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": 2**22 + 12345}))  # a dead run

@@ -11,40 +11,40 @@ TINY = PRESETS["tiny"]
 
 
 @pytest.mark.parametrize(
-    "changes, field",
+    ("changes", "field"),
     [
-        (dict(num_experts_per_tok=0), "num_experts_per_tok"),
-        (dict(num_experts_per_tok=9), "num_experts_per_tok"),
-        (dict(num_local_experts=0), "num_local_experts"),
-        (dict(hidden_size=0), "hidden_size"),
-        (dict(hidden_size=-64), "hidden_size"),
-        (dict(intermediate_size=0), "intermediate_size"),
-        (dict(vocab_size=0), "vocab_size"),
-        (dict(num_hidden_layers=0), "num_hidden_layers"),
-        (dict(hidden_size=66), "hidden_size"),  # not divisible by 8 heads
-        (dict(num_key_value_heads=3), "num_attention_heads"),  # 8 heads not divisible by 3
-        (dict(num_key_value_heads=0), "num_key_value_heads"),
-        (dict(head_dim=7), "head_dim"),  # odd: no rotary pairs
-        (dict(sliding_window=0), "sliding_window"),
-        (dict(rope_theta=0.0), "rope_theta"),
-        (dict(rms_norm_eps=-1.0), "rms_norm_eps"),
-        (dict(router_aux_loss_coef=-0.1), "router_aux_loss_coef"),
-        (dict(router_jitter_noise=1.5), "router_jitter_noise"),
-        (dict(hidden_act="gelu"), "hidden_act"),
-        (dict(hidden_size=64.0), "hidden_size"),
-        (dict(num_local_experts=True), "num_local_experts"),
+        ({"num_experts_per_tok": 0}, "num_experts_per_tok"),
+        ({"num_experts_per_tok": 9}, "num_experts_per_tok"),
+        ({"num_local_experts": 0}, "num_local_experts"),
+        ({"hidden_size": 0}, "hidden_size"),
+        ({"hidden_size": -64}, "hidden_size"),
+        ({"intermediate_size": 0}, "intermediate_size"),
+        ({"vocab_size": 0}, "vocab_size"),
+        ({"num_hidden_layers": 0}, "num_hidden_layers"),
+        ({"hidden_size": 66}, "hidden_size"),  # not divisible by 8 heads
+        ({"num_key_value_heads": 3}, "num_attention_heads"),  # 8 heads not divisible by 3
+        ({"num_key_value_heads": 0}, "num_key_value_heads"),
+        ({"head_dim": 7}, "head_dim"),  # odd: no rotary pairs
+        ({"sliding_window": 0}, "sliding_window"),
+        ({"rope_theta": 0.0}, "rope_theta"),
+        ({"rms_norm_eps": -1.0}, "rms_norm_eps"),
+        ({"router_aux_loss_coef": -0.1}, "router_aux_loss_coef"),
+        ({"router_jitter_noise": 1.5}, "router_jitter_noise"),
+        ({"hidden_act": "gelu"}, "hidden_act"),
+        ({"hidden_size": 64.0}, "hidden_size"),
+        ({"num_local_experts": True}, "num_local_experts"),
         # the gaps found adversarially (issue 14):
-        (dict(attention_dropout=1.5), "attention_dropout"),
-        (dict(rms_norm_eps=float("inf")), "rms_norm_eps"),
-        (dict(initializer_range=float("inf")), "initializer_range"),
-        (dict(rope_theta=float("inf")), "rope_theta"),
-        (dict(rope_theta=float("nan")), "rope_theta"),
-        (dict(tie_word_embeddings="no"), "tie_word_embeddings"),
-        (dict(bos_token_id=512), "bos_token_id"),
-        (dict(eos_token_id=-1), "eos_token_id"),
-        (dict(pad_token_id="0"), "pad_token_id"),
-        (dict(sliding_window=True), "sliding_window"),
-        (dict(head_dim=True), "head_dim"),
+        ({"attention_dropout": 1.5}, "attention_dropout"),
+        ({"rms_norm_eps": float("inf")}, "rms_norm_eps"),
+        ({"initializer_range": float("inf")}, "initializer_range"),
+        ({"rope_theta": float("inf")}, "rope_theta"),
+        ({"rope_theta": float("nan")}, "rope_theta"),
+        ({"tie_word_embeddings": "no"}, "tie_word_embeddings"),
+        ({"bos_token_id": 512}, "bos_token_id"),
+        ({"eos_token_id": -1}, "eos_token_id"),
+        ({"pad_token_id": "0"}, "pad_token_id"),
+        ({"sliding_window": True}, "sliding_window"),
+        ({"head_dim": True}, "head_dim"),
     ],
 )
 def test_invalid_configs_name_the_field(changes, field):
@@ -107,7 +107,7 @@ def test_package_imports_lazily_and_lists_its_api():
 
 
 @pytest.mark.parametrize(
-    "data, field",
+    ("data", "field"),
     [
         ([1, 2], "JSON object"),
         ({"eos_token_id": []}, "eos_token_id"),

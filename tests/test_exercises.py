@@ -241,7 +241,7 @@ def test_exception_in_student_code_is_reported(capsys, name):
     assert not ok and line.startswith("✗") and "case 1 (" in line and "your function raised AttributeError" in line
 
 
-@pytest.mark.parametrize("name,i", [(n, i) for n in sorted(WRONG) for i in range(len(WRONG[n]))])
+@pytest.mark.parametrize(("name", "i"), [(n, i) for n in sorted(WRONG) for i in range(len(WRONG[n]))])
 def test_wrong_implementation_is_caught(capsys, name, i):
     fn, phrase = WRONG[name][i]
     ex = EXERCISES[name]

@@ -50,5 +50,5 @@ def test_typical_mistakes_are_caught():
 
     assert get("pruned_routing").outcome(ignore_drop)[0] == "✗"
     # bias update with the sign flipped (rewarding the overloaded experts)
-    flipped = lambda b, c, s: b + s * torch.sign(c.to(b.dtype) - c.to(b.dtype).mean())  # noqa: E731
+    flipped = lambda b, c, s: b + s * torch.sign(c.to(b.dtype) - c.to(b.dtype).mean())
     assert get("bias_update").outcome(flipped)[0] == "✗"

@@ -86,7 +86,7 @@ def test_use_says_when_it_falls_back(capsys):
     def stub(x):
         raise NotImplementedError()
 
-    good = lambda x: x * 2  # noqa: E731
+    good = lambda x: x * 2
     assert reg.use("double", good) is good
     assert capsys.readouterr().out == ""  # a passing function is used silently
     assert reg.use("double", stub) is _double

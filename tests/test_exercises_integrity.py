@@ -82,7 +82,7 @@ def test_the_solution_render_scans_clean(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "outputs, reason",
+    ("outputs", "reason"),
     [
         ([], "no checker line"),  # N2: ex.check_x = lambda fn: None -> the cell prints nothing
         ([_line("✗ router_logits: case 1 (T=4, H=8, E=4): output shape: expected (4, 4)")], "✗ router_logits"),  # N1

@@ -31,7 +31,7 @@ def counts_not_rates(c):
 
 
 @pytest.mark.parametrize(
-    "fn, message",
+    ("fn", "message"),
     [
         (same_slot_only, "top-k overlap: expected"),
         (divides_by_tokens, "expected"),

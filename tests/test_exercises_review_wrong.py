@@ -65,7 +65,7 @@ def test_c4_expert_choice_route_without_the_cap_at_n():
 
 def test_c5_router_probs_naive_softmax():
     def naive(logits):
-        l = logits.float()  # noqa: E741 (the review's answer, verbatim)
+        l = logits.float()
         return l.exp() / l.exp().sum(-1, keepdim=True)
 
     symbol, message = gating.exercises.get("router_probs").outcome(naive)

@@ -71,7 +71,7 @@ def test_reference_and_honest_variants_pass(capsys, name):
     assert ok, line
 
 
-@pytest.mark.parametrize("name,i", [(n, i) for n in sorted(WRONG) for i in range(len(WRONG[n]))])
+@pytest.mark.parametrize(("name", "i"), [(n, i) for n in sorted(WRONG) for i in range(len(WRONG[n]))])
 def test_wrong_implementation_is_caught(capsys, name, i):
     fn, phrase = WRONG[name][i]
     ok, line = one_line(capsys, name, fn)

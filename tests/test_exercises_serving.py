@@ -79,7 +79,7 @@ def truncates(w):  # int() truncation instead of rounding
     return (w / s).to(torch.int8).float() * s
 
 
-@pytest.mark.parametrize("fn, case", [(per_tensor, "case 1"), (divides_by_zero, "case 3"), (truncates, "case 1")])
+@pytest.mark.parametrize(("fn", "case"), [(per_tensor, "case 1"), (divides_by_zero, "case 3"), (truncates, "case 1")])
 def test_int8_mistakes_are_caught(capsys, fn, case):
     ok, line = one_line(capsys, ex.check_int8_round_trip, fn)
     assert not ok and line.startswith(f"✗ int8_round_trip: {case}")

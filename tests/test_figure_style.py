@@ -6,20 +6,22 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.colors import TwoSlopeNorm, to_hex  # noqa: E402
-from matplotlib.legend import Legend  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from matplotlib.text import Text  # noqa: E402
+import itertools
 
-from moe_edu import PRESETS, count_parameters  # noqa: E402
-from moe_edu.course import widgets  # noqa: E402
-from moe_edu.course.diagram import draw_mixtral_block, draw_swiglu_expert  # noqa: E402
-from moe_edu.course.palette import EXPERT_PALETTE, expert_colors  # noqa: E402
-from moe_edu.course.plots import (  # noqa: E402
+import matplotlib.pyplot as plt
+import pytest
+import torch
+from matplotlib.colors import TwoSlopeNorm, to_hex
+from matplotlib.legend import Legend
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+from matplotlib.text import Text
+
+from moe_edu import PRESETS, count_parameters
+from moe_edu.course import widgets
+from moe_edu.course.diagram import draw_mixtral_block, draw_swiglu_expert
+from moe_edu.course.palette import EXPERT_PALETTE, expert_colors
+from moe_edu.course.plots import (
     MIN_FONT,
     expert_load_bars,
     parameter_breakdown,
@@ -27,7 +29,7 @@ from moe_edu.course.plots import (  # noqa: E402
     router_heatmap,
     shared_legend,
 )
-from moe_edu.course.plots_training import (  # noqa: E402
+from moe_edu.course.plots_training import (
     DOMAIN_COLORS,
     domain_load_bars,
     domain_load_panels,
@@ -35,7 +37,7 @@ from moe_edu.course.plots_training import (  # noqa: E402
     loss_curves,
     repetition_bars,
 )
-from moe_edu.course.token_flow import draw_block_topology, draw_capacity_overflow, draw_token_flow  # noqa: E402
+from moe_edu.course.token_flow import draw_block_topology, draw_capacity_overflow, draw_token_flow
 
 DOMAINS = ["python", "english", "math", "french", "german", "spanish", "italian", "zh-TW"]  # the corpus's 8
 PAPER = [
@@ -179,7 +181,7 @@ def test_tick_labels_do_not_collide(name):
     for ax in fig.axes:
         for axis in (ax.xaxis, ax.yaxis):
             boxes = [t.get_window_extent() for t in axis.get_ticklabels() if t.get_visible() and t.get_text().strip()]
-            hits = [(a, b) for a, b in zip(boxes, boxes[1:], strict=False) if a.overlaps(b)]
+            hits = [(a, b) for a, b in itertools.pairwise(boxes) if a.overlaps(b)]
             assert not hits, f"{name}: {len(hits)} pairs of neighbouring tick labels overlap in {ax.get_title()!r}"
 
 

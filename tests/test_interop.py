@@ -50,7 +50,7 @@ def assert_untouched(target, before):
 
 
 @pytest.mark.parametrize(
-    "mutate, message",
+    ("mutate", "message"),
     [
         (lambda sd: sd.pop("gate.weight"), "missing keys.*gate.weight"),
         (lambda sd: sd.update(extra=torch.zeros(1)), "unexpected keys.*extra"),
@@ -89,7 +89,7 @@ def test_v4_with_missing_and_extra_experts(block):
 
 def test_wrong_experts_count_and_types(block):
     small = SparseMoeBlock(CONFIG.replace(num_local_experts=4))
-    with pytest.raises(StateDictError, match="missing|unexpected|expected shape"):
+    with pytest.raises(StateDictError, match=r"missing|unexpected|expected shape"):
         small.load_hf_state_dict(block.export_state_dict("v5"))
     with pytest.raises(TypeError, match="mapping"):
         small.load_hf_state_dict([("gate.weight", torch.zeros(1))])
@@ -119,7 +119,7 @@ def test_integer_tensors_are_refused_with_a_clear_message():
     sd = {k: v.clone() for k, v in block.state_dict().items()}
     sd["gate.weight"] = sd["gate.weight"].long()
     before = block.gate.weight.detach().clone()
-    with pytest.raises(StateDictError, match="gate.weight: expected a floating-point tensor, got dtype int64"):
+    with pytest.raises(StateDictError, match=r"gate.weight: expected a floating-point tensor, got dtype int64"):
         block.load_hf_state_dict(sd)
     assert torch.equal(block.gate.weight, before)
 

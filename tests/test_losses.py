@@ -7,7 +7,7 @@ from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_fun
 from moe_edu import load_balancing_loss, router_z_loss
 
 
-@pytest.mark.parametrize("e, k", [(8, 2), (4, 1), (16, 4), (8, 8)])
+@pytest.mark.parametrize(("e", "k"), [(8, 2), (4, 1), (16, 4), (8, 8)])
 def test_uniform_routing_gives_k(e, k):
     # every expert equally likely and chosen equally often: f_e = k/E, P_e = 1/E -> loss = k
     tokens = e * 10

@@ -19,7 +19,7 @@ VOCAB = WordVocab.passkey()
 
 
 @pytest.mark.parametrize(
-    "call,message",
+    ("call", "message"),
     [
         (lambda: quantize_int4(torch.randn(4, 64), group_size=16.0), "group_size must be an int"),  # TypeError
         (lambda: quantize_int4(torch.randn(4, 64), group_size=None), "group_size must be an int"),

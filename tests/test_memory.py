@@ -89,7 +89,7 @@ def test_weights_match_a_real_model():
     assert memory_budget(cfg, context_len=1).weights_total == real
 
 
-@pytest.mark.parametrize("bad", [dict(context_len=0), dict(context_len=4, batch_size=-1), dict(context_len=2.5)])
+@pytest.mark.parametrize("bad", [{"context_len": 0}, {"context_len": 4, "batch_size": -1}, {"context_len": 2.5}])
 def test_bad_input_names_the_field(bad):
     field = "batch_size" if "batch_size" in bad else "context_len"
     with pytest.raises(ValueError, match=field):

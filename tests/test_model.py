@@ -12,14 +12,14 @@ from moe_edu.rope import apply_rotary
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
-BASE = dict(
-    vocab_size=97,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=8,
-    max_position_embeddings=64,
-)
+BASE = {
+    "vocab_size": 97,
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 8,
+    "max_position_embeddings": 64,
+}
 CONFIGS = {  # GQA ratios 1, 2 and 8; E and k vary; head_dim != hidden/heads; other thetas
     "gqa1": MixtralConfig(**BASE, num_key_value_heads=8, num_local_experts=4, num_experts_per_tok=1, rope_theta=1e4),
     "gqa2": MixtralConfig(**BASE, num_key_value_heads=4, num_local_experts=8, num_experts_per_tok=2),
@@ -282,10 +282,10 @@ def test_generate_refuses_non_finite_logits_and_restores_the_mode():
         ours.generate(torch.zeros(1, 4, dtype=torch.long), max_new_tokens=3)
     assert ours.training  # restored although it raised
     for kwargs, field in [
-        (dict(max_new_tokens=-1), "max_new_tokens"),
-        (dict(temperature=float("nan")), "temperature"),
-        (dict(top_k=0), "top_k"),
-        (dict(eos_token_id=cfg.vocab_size), "eos_token_id"),
+        ({"max_new_tokens": -1}, "max_new_tokens"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_k": 0}, "top_k"),
+        ({"eos_token_id": cfg.vocab_size}, "eos_token_id"),
     ]:
         with pytest.raises(ValueError, match=field):
             ours.generate(torch.zeros(1, 4, dtype=torch.long), **{"max_new_tokens": 2, **kwargs})

@@ -153,9 +153,9 @@ def test_bad_inputs_get_clear_errors():
         block(torch.randn(2, 3, 32))
     with pytest.raises(ValueError, match="shape"):
         block(torch.randn(3, 64))
-    with pytest.raises(TypeError, match="floating-point.*torch.int64"):
+    with pytest.raises(TypeError, match=r"floating-point.*torch.int64"):
         block(torch.ones(1, 2, 64, dtype=torch.long))
-    with pytest.raises(TypeError, match="torch.Tensor"):
+    with pytest.raises(TypeError, match=r"torch.Tensor"):
         block([[0.0] * 64])
     with pytest.raises(ValueError, match="unknown dispatch 'fast'"):
         SparseMoeBlock(PRESETS["tiny"], dispatch="fast")

@@ -18,7 +18,7 @@ import pytest
 
 if sys.version_info < (3, 11):  # nbgrader 0.9.6 needs Python 3.11; the lock installs it from 3.11 on
     pytest.skip("nbgrader needs Python >= 3.11", allow_module_level=True)
-from nbgrader.api import Gradebook  # noqa: E402
+from nbgrader.api import Gradebook
 
 pytestmark = pytest.mark.slow
 

@@ -63,7 +63,7 @@ def test_every_collective_waits_with_the_block_timeout(monkeypatch):
         real = dist.all_to_all_single
         monkeypatch.setattr(dist, "all_to_all_single", lambda *a, **kw: Work(real(*a, **kw)))
         x = torch.randn(2, 5, block.hidden_size, requires_grad=True)
-        y, logits = ep(x)
+        y, _logits = ep(x)
         y.sum().backward()
         ep.sync_replicated_grads()
         torch.testing.assert_close(y, block(x)[0], rtol=1e-6, atol=1e-6)

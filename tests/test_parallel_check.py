@@ -32,7 +32,7 @@ def worker_children() -> list[str]:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
 def test_a_timeout_leaves_no_worker_behind():
     """The old code terminated the workers without waiting for them: zombies stayed until the test ended."""
-    with pytest.raises(TimeoutError, match="did not finish in 0.5 s"):
+    with pytest.raises(TimeoutError, match=r"did not finish in 0.5 s"):
         check_expert_parallel(world=2, timeout_s=0.5)  # the workers are still importing torch
     assert worker_children() == []
 
@@ -71,7 +71,7 @@ def mismatch_worker(rank: int, port: int, case: str, out_dir: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "case,field",
+    ("case", "field"),
     [("experts", "num_experts"), ("hidden", "hidden_size"), ("fp64", "dtype"), ("bf16-vs-fp16", "dtype")],
 )
 def test_mismatched_ranks_raise_on_every_rank(tmp_path, case, field):

@@ -35,7 +35,7 @@ class CopyKeyLM(nn.Module):
             key_at, ask_at = starts[0] + 4, starts[-1] + 4  # first digit of the key / of the answer
             for j in range(ask_at - 1, T):
                 n = j - (ask_at - 1)
-                target = row[key_at + n] if self.broken_beyond is None or T < self.broken_beyond else 0
+                target = row[key_at + n] if self.broken_beyond is None or self.broken_beyond > T else 0
                 logits[b, j, target] = 1.0
         return logits
 
@@ -114,7 +114,16 @@ def test_distinct_keys():
 def test_training_is_reproducible_and_loads(tmp_path):
     from moe_edu.experiments.passkey import load_passkey_model, train
 
-    kwargs = dict(steps=3, batch_size=2, min_len=64, max_len=72, digits=5, lr=3e-3, seed=0, progress=False)
+    kwargs = {
+        "steps": 3,
+        "batch_size": 2,
+        "min_len": 64,
+        "max_len": 72,
+        "digits": 5,
+        "lr": 3e-3,
+        "seed": 0,
+        "progress": False,
+    }
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the caller's choice (main's --threads), not the library function's
     try:
@@ -142,7 +151,7 @@ def test_a_transformers_model_runs_in_the_harness():
     hf = HFMixtral(ours.config.to_hf()).eval()
     missing, unexpected = hf.load_state_dict(ours.hf_state_dict(), strict=False)
     assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
-    kwargs = dict(lengths=[64, 96], depths=[0.0, 0.5, 1.0], trials=4, distinct=True, seed=2)
+    kwargs = {"lengths": [64, 96], "depths": [0.0, 0.5, 1.0], "trials": 4, "distinct": True, "seed": 2}
     a = passkey_grid(ours, vocab.encode, **kwargs)
     b = passkey_grid(hf, vocab.encode, **kwargs)
     assert a.accuracy.mean() > 0.5 and torch.equal(a.accuracy, b.accuracy)
@@ -167,7 +176,7 @@ def pk_usage_error(capsys, argv) -> str:
 
 
 @pytest.mark.parametrize(
-    "argv,message",
+    ("argv", "message"),
     [
         (["--steps", "-1"], "--steps: must be an int in [1"),  # used to write an untrained model, then crash
         (["--steps", "0"], "--steps: must be an int in [1"),  # ZeroDivisionError
@@ -180,7 +189,7 @@ def pk_usage_error(capsys, argv) -> str:
     ],
 )
 def test_passkey_arguments_are_usage_errors_before_training(capsys, no_training, tmp_path, argv, message):
-    err = pk_usage_error(capsys, argv + ["--out", str(tmp_path / "pk")])
+    err = pk_usage_error(capsys, [*argv, "--out", str(tmp_path / "pk")])
     assert message in err and "Traceback" not in err
 
 
@@ -202,7 +211,7 @@ def test_a_diverging_passkey_run_exits_1_and_saves_nothing(capsys, tmp_path):
     out = tmp_path / "pk"
     threads = torch.get_num_threads()
     try:
-        code = passkey_cli.main(PK_FAST[:1] + ["20"] + PK_FAST[2:] + ["--lr", "1e6", "--out", str(out)])
+        code = passkey_cli.main([*PK_FAST[:1], "20", *PK_FAST[2:], "--lr", "1e6", "--out", str(out)])
     finally:
         torch.set_num_threads(threads)
     assert code == 1 and "training diverged" in capsys.readouterr().err
@@ -214,7 +223,7 @@ def test_a_second_passkey_run_into_a_locked_out_is_refused(capsys, tmp_path):
     threads = torch.get_num_threads()
     try:
         with out_lock(out):  # a first run is still writing
-            assert passkey_cli.main(PK_FAST + ["--out", str(out)]) == 1
+            assert passkey_cli.main([*PK_FAST, "--out", str(out)]) == 1
     finally:
         torch.set_num_threads(threads)
     assert "another run writes into" in capsys.readouterr().err and not out.exists()

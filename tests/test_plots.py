@@ -4,14 +4,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import pytest
+import torch
 
-from moe_edu import PRESETS, count_parameters  # noqa: E402
-from moe_edu.course.diagram import CHOSEN, draw_mixtral_block, draw_swiglu_expert  # noqa: E402
-from moe_edu.course.palette import EXPERT_PALETTE  # noqa: E402
-from moe_edu.course.plots import (  # noqa: E402
+from moe_edu import PRESETS, count_parameters
+from moe_edu.course.diagram import CHOSEN, draw_mixtral_block, draw_swiglu_expert
+from moe_edu.course.palette import EXPERT_PALETTE
+from moe_edu.course.plots import (
     expert_load_bars,
     parameter_breakdown,
     ratio_bars,

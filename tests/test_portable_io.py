@@ -80,7 +80,7 @@ class FakeLibc:
         return self.rc
 
 
-@pytest.mark.parametrize("platform,call", [("darwin", "renamex_np"), ("linux", "renameat2")])
+@pytest.mark.parametrize(("platform", "call"), [("darwin", "renamex_np"), ("linux", "renameat2")])
 def test_each_platforms_exchange_call(tmp_path, monkeypatch, platform, call):
     fake = FakeLibc(call)
     monkeypatch.setattr(sys, "platform", platform)

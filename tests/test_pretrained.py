@@ -179,7 +179,7 @@ def test_corrupted_and_missing_files_name_the_file(checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         moe_edu.from_pretrained(tmp_path / "nowhere")
     (bad / "config.json").unlink()
-    with pytest.raises(CheckpointError, match="config.json"):
+    with pytest.raises(CheckpointError, match=r"config.json"):
         moe_edu.from_pretrained(bad)
 
 
@@ -189,7 +189,7 @@ def test_missing_key_and_wrong_shape_are_listed(checkpoint, tmp_path):
     index = json.loads((bad / "model.safetensors.index.json").read_text())
     del index["weight_map"]["model.layers.0.self_attn.k_proj.weight"]
     (bad / "model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(StateDictError, match="model.layers.0.self_attn.k_proj.weight"):
+    with pytest.raises(StateDictError, match=r"model.layers.0.self_attn.k_proj.weight"):
         moe_edu.from_pretrained(bad)
     shard = index["weight_map"].pop("model.layers.1.block_sparse_moe.experts.2.w3.weight")
     (bad / "model.safetensors.index.json").write_text(json.dumps(index))

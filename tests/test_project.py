@@ -33,7 +33,7 @@ def test_environment_yml_matches_pyproject():
     conda = requirements(
         d.replace(" ", "") for d in env["dependencies"] if isinstance(d, str) and d not in ("python=3.11", "pip")
     )
-    pip = [d for d in env["dependencies"] if isinstance(d, dict)][0]["pip"]
+    pip = next(d for d in env["dependencies"] if isinstance(d, dict))["pip"]
     assert {CONDA_NAMES.get(n, n) for n in wanted} == set(conda), (
         "environment.yml and pyproject list different packages"
     )
@@ -169,7 +169,7 @@ def _relative_imports(path):
     import ast
 
     rel = path.relative_to(ROOT / "moe_edu").with_suffix("").parts
-    package = rel[:-1] if rel[-1] != "__init__" else rel[:-1]
+    package = rel[:-1]  # a module's package, or for an __init__ the package itself
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.level:
             base = list(package)[: len(package) - (node.level - 1)] if node.level > 1 else list(package)

@@ -4,23 +4,23 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.colors import to_hex  # noqa: E402
+import matplotlib.pyplot as plt
+import pytest
+import torch
+from matplotlib.colors import to_hex
 
-from moe_edu import softmax_topk  # noqa: E402
-from moe_edu.block_sparse import block_layout  # noqa: E402
-from moe_edu.capacity import capacity_dispatch, expert_capacity, keep_within_capacity  # noqa: E402
-from moe_edu.course.palette import EXPERT_PALETTE  # noqa: E402
-from moe_edu.course.token_flow import (  # noqa: E402
+from moe_edu import softmax_topk
+from moe_edu.block_sparse import block_layout
+from moe_edu.capacity import capacity_dispatch, expert_capacity, keep_within_capacity
+from moe_edu.course.palette import EXPERT_PALETTE
+from moe_edu.course.token_flow import (
     capacity_layout,
     draw_block_topology,
     draw_capacity_overflow,
     draw_token_flow,
     token_flow_layout,
 )
-from moe_edu.experts import Experts  # noqa: E402
+from moe_edu.experts import Experts
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +98,7 @@ def test_capacity_layout_matches_the_library(cf):
 
 
 def test_drawn_overflow_matches_the_kept_mask():
-    weights, chosen = _routing(T=16, seed=4, skew=2.5)
+    _weights, chosen = _routing(T=16, seed=4, skew=2.5)
     C = expert_capacity(16, 8, 2, 1.0)
     kept = keep_within_capacity(chosen, 8, C)  # (T, k)
     assert not kept.all(), "the test routing must overflow"

@@ -43,7 +43,7 @@ def test_training_is_deterministic(small):
 def test_special_tokens_and_digits(small):
     assert (small.backend.token_to_id("<unk>"), small.bos_id, small.eos_id) == (0, 1, 2)
     assert small.tokens(small.encode("2024")) == ["2", "0", "2", "4"]
-    assert small.decode([small.bos_id] + small.encode("hi") + [small.eos_id]) == "hi"
+    assert small.decode([small.bos_id, *small.encode("hi"), small.eos_id]) == "hi"
 
 
 def test_shipped_tokenizer_round_trips_held_out_text(shipped):

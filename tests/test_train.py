@@ -1,5 +1,6 @@
 """Training: schedule, data windows, reproducibility, the shipped checkpoint and its recorded command."""
 
+import itertools
 import json
 import shlex
 
@@ -19,7 +20,7 @@ from moe_edu.training.run import train
 def test_lr_schedule():
     lrs = [lr_at(s, 100, 1.0, 10, 0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))  # cosine only decreases
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))  # cosine only decreases (after the warmup)
     assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
 
 
@@ -110,20 +111,20 @@ def test_recorded_command_retrains_a_few_steps(tmp_path):
             del args[i : i + 2]
     threads = torch.get_num_threads()
     try:
-        assert main(args + ["--steps", "6", "--eval-every", "1000", "--out", str(tmp_path), "--no-progress"]) == 0
+        assert main([*args, "--steps", "6", "--eval-every", "1000", "--out", str(tmp_path), "--no-progress"]) == 0
     finally:
         torch.set_num_threads(threads)
     log = json.loads((tmp_path / "train_log.json").read_text())
     ces = [e["ce"] for e in log["steps"]]
     assert len(ces) == 6 and ces[-1] < ces[0] - 0.3
     assert log["train_config"] == {**load_train_log()["train_config"], "steps": 6, "eval_every": 1000}
-    model, tok = load_run(tmp_path)
+    model, _tok = load_run(tmp_path)
     assert model.config.to_dict() == moe_edu.load_pretrained()[0].config.to_dict()
 
 
 @pytest.mark.gpu
 def test_train_on_cuda():
     tc = TrainConfig(steps=3, batch_size=2, seq_len=32, eval_every=1000, eval_batches=1, device="cuda")
-    model, tok, log = train(tc, progress=False)
+    model, _tok, log = train(tc, progress=False)
     assert model.device.type == "cuda" and log["device"].startswith("cuda")
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in log["steps"])

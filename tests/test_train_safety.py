@@ -47,7 +47,7 @@ def usage_error(capsys, argv) -> str:
 
 
 @pytest.mark.parametrize(
-    "argv,message",
+    ("argv", "message"),
     [
         (["--seq-len", "1"], "--seq-len: must be an int in [2"),  # one token predicts nothing: NaN loss every step
         (["--lr", "inf"], "--lr: must be a finite number"),
@@ -65,7 +65,7 @@ def usage_error(capsys, argv) -> str:
     ],
 )
 def test_bad_arguments_are_usage_errors_before_the_corpus(capsys, no_corpus, tmp_path, argv, message):
-    err = usage_error(capsys, argv + ["--out", str(tmp_path / "run")])
+    err = usage_error(capsys, [*argv, "--out", str(tmp_path / "run")])
     assert message in err and "Traceback" not in err
 
 
@@ -109,7 +109,7 @@ def test_a_diverging_run_exits_non_zero_and_saves_nothing(capsys, tmp_path):
     out = tmp_path / "run"
     threads = torch.get_num_threads()
     try:
-        assert main(FAST + ["--lr", "1e6", "--steps", "6", "--out", str(out), "--checkpoint-every", "0"]) == 1
+        assert main([*FAST, "--lr", "1e6", "--steps", "6", "--out", str(out), "--checkpoint-every", "0"]) == 1
     finally:
         torch.set_num_threads(threads)
     assert "training diverged" in capsys.readouterr().err
@@ -276,7 +276,7 @@ def edit_tensors(path, change):
 
 
 @pytest.mark.parametrize(
-    "corrupt,message",
+    ("corrupt", "message"),
     [
         (lambda p: (p / "training_state.json").write_text('{"step": 1, "lo'), "cannot read the training state"),
         (lambda p: (p / "training_state.json").write_text("[]"), "must be a JSON object"),
@@ -336,7 +336,7 @@ def test_resume_refuses_a_changed_corpus_tokenizer_or_thread_count(tmp_path, mon
         return [d for d in real_corpus(seed=seed, math_docs=math_docs) if d.domain != "zh-TW"]
 
     with pytest.raises(SystemExit) as exit_:
-        resume_main(argv + ["--resume"], monkeypatch, other_corpus)
+        resume_main([*argv, "--resume"], monkeypatch, other_corpus)
     assert exit_.value.code == 2 and "corpus_sha256" in capsys.readouterr().err
     monkeypatch.setattr(train_mod, "build_corpus", real_corpus)
     with pytest.raises(SystemExit) as exit_:
@@ -344,10 +344,10 @@ def test_resume_refuses_a_changed_corpus_tokenizer_or_thread_count(tmp_path, mon
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "threads 1 -> 2" in err and "Traceback" not in err
     with pytest.raises(SystemExit) as exit_:
-        resume_main(argv[:1] + ["5"] + argv[2:] + ["--resume"], monkeypatch)
+        resume_main([*argv[:1], "5", *argv[2:], "--resume"], monkeypatch)
     assert exit_.value.code == 2 and "other settings (steps)" in capsys.readouterr().err  # was a traceback
     assert not (out / "model.safetensors").exists()
-    assert resume_main(argv + ["--resume"], monkeypatch) == 0 and (out / "model.safetensors").exists()
+    assert resume_main([*argv, "--resume"], monkeypatch) == 0 and (out / "model.safetensors").exists()
 
 
 def test_a_fifo_readme_does_not_hang_the_save(tmp_path):
@@ -370,7 +370,7 @@ def test_a_full_disk_is_one_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train_mod, "save_training_state", full)
     threads = torch.get_num_threads()
     try:
-        code = main(FAST + ["--steps", "4", "--checkpoint-every", "2", "--out", str(tmp_path / "run")])
+        code = main([*FAST, "--steps", "4", "--checkpoint-every", "2", "--out", str(tmp_path / "run")])
     finally:
         torch.set_num_threads(threads)
     err = capsys.readouterr().err

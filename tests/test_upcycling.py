@@ -21,7 +21,7 @@ def test_dense_config_is_one_ffn():
     assert (d.num_local_experts, d.num_experts_per_tok, d.hidden_size, d.intermediate_size) == (1, 1, 64, 224)
 
 
-@pytest.mark.parametrize("E, k", [(8, 2), (4, 1), (4, 4)])
+@pytest.mark.parametrize(("E", "k"), [(8, 2), (4, 1), (4, 4)])
 def test_upcycled_model_equals_dense_at_step_0(E, k):
     dense = dense_model()
     moe = upcycle_model(dense, E, k, seed=1).eval()

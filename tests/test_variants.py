@@ -292,12 +292,12 @@ def test_copy_from_block_shares_router_and_experts():
     block = moe_edu.SparseMoeBlock(CFG).eval()
     moe = copy_from_block(seeded("switch"), block)
     assert torch.equal(moe.gate.weight, block.gate.weight)
-    with pytest.raises(ValueError, match="gate.weight"):
+    with pytest.raises(ValueError, match=r"gate.weight"):
         copy_from_block(build_variant("shared_experts", CFG), block)
 
 
 @pytest.mark.parametrize(
-    "bad, err",
+    ("bad", "err"),
     [
         (torch.randn(4, 3), ValueError),
         (torch.randn(8), ValueError),
@@ -412,7 +412,7 @@ def _ec_moe_renormalised(x, experts, logits, factor):  # renormalises each token
     from moe_edu.variants.expert_choice import expert_choice_route
 
     gate, token = expert_choice_route(logits, factor)
-    E, C = gate.shape
+    E, _C = gate.shape
     total = torch.zeros(x.shape[0]).index_add_(0, token.reshape(-1), gate.reshape(-1))
     gate = gate / total[token]
     y = torch.zeros_like(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -207,9 +208,9 @@ def test_bad_arguments_raise_clear_errors(model, tok):
         RoutingExplorer(model, tok, id_prefix="<p>")
     with pytest.raises(ValueError, match="text is empty"):
         trace_routing(model, tok, "")
+    no_router = type("M", (torch.nn.Module,), {"forward": lambda self, x, **kw: object()})()
+    no_router.config = model.config
     with pytest.raises(TypeError, match="router_logits"):
-        no_router = type("M", (torch.nn.Module,), {"forward": lambda self, x, **kw: object()})()
-        no_router.config = model.config
         trace_routing(no_router, tok, "a")
     with pytest.raises(ValueError, match="layer"):
         RoutingExplorer(model, tok, layer=-1)
@@ -463,7 +464,7 @@ def test_the_card_draws_the_router_softmax_top_k_and_the_mass_kept(model, tok):
     probs = trace.probs[1][0].tolist()  # (E,) token 0
     heights = [int(re.search(r"height:(\d+)px", style).group(1)) for _, style in bars]
     assert heights == [max(1, round(20 * round(p, 2))) for p in probs]
-    w, e = trace.topk(1, 2)  # (T, 2)
+    _w, e = trace.topk(1, 2)  # (T, 2)
     outlined = [x for x, (k, _) in enumerate(bars) if k]
     assert sorted(outlined) == sorted(e[0].tolist())  # the top-k are outlined
     kept = sum(probs[x] for x in e[0].tolist())
@@ -480,7 +481,7 @@ def test_by_layer_view_is_fig_8_with_repeats_made_visible(model, tok):
     assert [int(layer) for layer, _ in heads] == list(range(trace.num_layers))  # one row per layer
     for layer, share in heads:
         first = trace.first_choice(int(layer)).tolist()  # (T,)
-        pairs = list(zip(first, first[1:], strict=False))
+        pairs = list(itertools.pairwise(first))
         assert float(share) == pytest.approx(sum(a == b for a, b in pairs) / len(pairs), abs=1e-4)
         assert repeat_share(trace, int(layer)) == pytest.approx(float(share), abs=1e-4)
     rows = html.split('class="moe-layer-row"')[1:]
@@ -538,7 +539,7 @@ def test_compare_tab_routes_the_text_through_an_untrained_twin(model, tok):
     assert traces["trained"] is ex.trace and traces["untrained"].text == ex.trace.text
     for name, share in heads:
         first = traces[name].first_choice(2).tolist()
-        expected = sum(x == y for x, y in zip(first, first[1:], strict=False)) / (len(first) - 1)
+        expected = sum(x == y for x, y in itertools.pairwise(first)) / (len(first) - 1)
         assert float(share) == pytest.approx(expected, abs=1e-4)
 
 

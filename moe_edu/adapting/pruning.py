@@ -91,7 +91,7 @@ def _one_fewer(model: MixtralForCausalLM) -> MixtralForCausalLM:
     """A model with E-1 experts per layer, every non-MoE weight copied (MoE weights filled by the caller)."""
     cfg = model.config
     E, k = cfg.num_local_experts, cfg.num_experts_per_tok
-    if E - 1 < k:
+    if k > E - 1:
         raise ValueError(f"cannot remove an expert: E-1 = {E - 1} experts would be fewer than top_k = {k}")
     new = MixtralForCausalLM(cfg.replace(num_local_experts=E - 1)).to(model.device, model.lm_head.weight.dtype)
     rest = {n: v for n, v in model.state_dict().items() if ".mlp." not in n}

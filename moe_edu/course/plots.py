@@ -84,7 +84,7 @@ def even_share_norm(num_experts: int, vmax: float | None = None, share: float | 
 
 def _axes(ax, figsize):
     if ax is None:
-        fig, ax = plt.subplots(figsize=figsize)
+        _fig, ax = plt.subplots(figsize=figsize)
     return ax.figure, ax
 
 
@@ -177,7 +177,7 @@ def expert_load_bars(
     handles.append(ax.axhline(share, color="#333333", ls="--", lw=1, label=f"uniform = {share:.1f}"))
     step = 1 if E <= 12 else 2  # 16 labels of 8 pt do not fit a small panel
     ax.set_xticks(range(0, E, step), [f"e{e}" if E <= 8 else str(e) for e in range(0, E, step)])
-    headroom(ax, max(values + [share, capacity or 0]))
+    headroom(ax, max([*values, share, capacity or 0]))
     ax.set_xlabel("expert")
     ax.set_ylabel("assignments")
     ax.set_title(title)

@@ -54,7 +54,7 @@ def _grouped_bars(ax, groups: Sequence[str], series: Mapping[str, Sequence[float
 
 def _axes(ax, figsize):
     if ax is None:
-        fig, ax = plt.subplots(figsize=figsize)
+        _fig, ax = plt.subplots(figsize=figsize)
     return ax.figure, ax
 
 

@@ -61,12 +61,12 @@ def stdlib_documents(files: tuple[str, ...] | None = None) -> tuple[list[Documen
             (code if doc.domain == "python" else prose).append(doc)
     if files is None:
         return code, prose
-    module = lambda doc: doc.source.removeprefix("stdlib:").split(":")[0].split("#")[0]  # noqa: E731
+    module = lambda doc: doc.source.removeprefix("stdlib:").split(":")[0].split("#")[0]
     known = {module(d) for d in code + prose}
     unknown = [name for name in files if name not in known]
     if unknown:
         raise ValueError(f"files not in the shipped standard-library extract: {unknown}; choose from {sorted(known)}")
-    pick = lambda docs: [d for name in files for d in docs if module(d) == name]  # noqa: E731
+    pick = lambda docs: [d for name in files for d in docs if module(d) == name]
     return pick(code), pick(prose)
 
 

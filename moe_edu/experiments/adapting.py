@@ -96,8 +96,8 @@ def _curve(log: list[dict], offset: int = 0) -> list[dict]:
 def upcycling(data: Data, vocab_size: int, dense_steps: int, more_steps: int, every: int, seed: int = 0) -> dict:
     """Dense pretrain -> (dense continued | upcycled MoE) vs an MoE from scratch for dense_steps + more_steps."""
     moe_cfg = load_pretrained()[0].config.replace(vocab_size=vocab_size, router_aux_loss_coef=0.1)
-    opts = dict(eval_every=every, log_every=every, progress=False)
-    ev = lambda m: lambda: eval_loss(m, data.held_mixed)  # noqa: E731
+    opts = {"eval_every": every, "log_every": every, "progress": False}
+    ev = lambda m: lambda: eval_loss(m, data.held_mixed)
     torch.manual_seed(seed)
     dense = MixtralForCausalLM(dense_config(moe_cfg))
     dense_log = train_steps(
@@ -338,7 +338,7 @@ def run(
     command: str | None = None,
 ) -> dict:
     start = time.perf_counter()
-    model, tokenizer = load_pretrained()
+    _model, tokenizer = load_pretrained()
     data = Data(tokenizer, seed)
     out = {
         "command": command,

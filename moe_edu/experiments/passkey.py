@@ -155,18 +155,18 @@ def train(
                 file=sys.stderr,
             )
     wall = time.time() - start
-    settings = dict(
-        steps=steps,
-        batch_size=batch_size,
-        min_len=min_len,
-        max_len=max_len,
-        digits=digits,
-        lr=lr,
-        seed=seed,
-        threads=torch.get_num_threads(),
-        answer_only=answer_only,
-        distinct=distinct,
-    )
+    settings = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "min_len": min_len,
+        "max_len": max_len,
+        "digits": digits,
+        "lr": lr,
+        "seed": seed,
+        "threads": torch.get_num_threads(),
+        "answer_only": answer_only,
+        "distinct": distinct,
+    }
     result = {"settings": settings, "wall_seconds": round(wall, 1), "torch": torch.__version__, "log": log}
     if out is not None:
         tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

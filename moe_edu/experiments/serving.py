@@ -108,7 +108,7 @@ def cache_table(trace: RoutingTrace) -> dict:
                 }
             )
     acc = prefetch_accuracy(trace)
-    return {"tokens": trace.chosen.shape[0], "prefetch_accuracy": [None] + acc[1:].tolist(), "rows": rows}
+    return {"tokens": trace.chosen.shape[0], "prefetch_accuracy": [None, *acc[1:].tolist()], "rows": rows}
 
 
 def quantization_table(model, docs: list[list[int]]) -> list[dict]:

@@ -24,6 +24,7 @@ next save puts back. The C library is looked up on first use, never at import.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -254,10 +255,8 @@ def _carry(path: Path, tmp: Path, owned: Callable[[str], bool]) -> None:
             continue
         if entry.is_dir() and not entry.is_symlink():
             continue  # folders are moved back right after the swap (`_settle`)
-        try:
+        with contextlib.suppress(OSError, NotImplementedError):  # no hard links: moved back after the swap
             os.link(entry, tmp / entry.name, follow_symlinks=False)
-        except (OSError, NotImplementedError):
-            pass  # no hard links here: moved back after the swap like a folder
 
 
 def replace_files(new: Path, path: Path, owned: Callable[[str], bool] | None = None) -> None:
@@ -268,9 +267,9 @@ def replace_files(new: Path, path: Path, owned: Callable[[str], bool] | None = N
                 os.fsync(fh.fileno())
     new_names = {p.name for p in new.iterdir()} - {MARKER}
     if owned is None:
-        is_owned: Callable[[str], bool] = lambda name: True  # noqa: E731
+        is_owned: Callable[[str], bool] = lambda name: True
     else:
-        is_owned = lambda name: name in new_names or owned(name)  # noqa: E731
+        is_owned = lambda name: name in new_names or owned(name)
     if not path.exists():
         _fsync(new)
         os.rename(new, path)

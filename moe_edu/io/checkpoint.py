@@ -86,7 +86,7 @@ class Checkpoint:
         elif (self.path / SINGLE).is_file():
             self.check_bytes([SINGLE])  # before a (possibly huge) header is parsed
             with self._open(SINGLE) as f:
-                self.files = {k: SINGLE for k in f.keys()}
+                self.files = dict.fromkeys(f.keys(), SINGLE)
         else:
             raise CheckpointError(f"no {SINGLE} or {INDEX} in {self.path}")
         self.check_bytes(sorted(set(self.files.values())))
@@ -417,7 +417,7 @@ def write_checkpoint(
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(config, dtype), indent=2) + "\n")
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
-        written = sorted(p.name for p in tmp.iterdir() if not p.name.startswith(".")) + [MANIFEST]
+        written = [*sorted(p.name for p in tmp.iterdir() if not p.name.startswith(".")), MANIFEST]
         (tmp / MANIFEST).write_text(json.dumps({"producer": "moe_edu", "files": written}, indent=1) + "\n")
     return path
 

@@ -190,7 +190,7 @@ def random_trace(tokens: int, layers: int, num_experts: int, k: int, seed: int =
 
 def prefetch_accuracy(trace: RoutingTrace) -> torch.Tensor:
     """(L,) share of each layer's chosen experts that the guess named (layer 0: NaN, never guessed)."""
-    T, L, k = trace.chosen.shape
+    _T, _L, _k = trace.chosen.shape
     hit = (trace.chosen[:, :, :, None] == trace.guess[:, :, None, :]).any(-1)  # (T, L, k)
     acc = hit.double().mean(dim=(0, 2))  # (L,)
     acc[0] = float("nan")

@@ -44,7 +44,7 @@ class TokenStreams:
         for d in self.domains:
             ids: list[int] = []
             for doc in groups[d]:
-                ids += tokenizer.encode(doc.text) + [tokenizer.eos_id]
+                ids += [*tokenizer.encode(doc.text), tokenizer.eos_id]
             self.streams[d] = torch.tensor(ids, dtype=torch.long)
         self.weights = torch.tensor([float(weights[d]) for d in self.domains])
 

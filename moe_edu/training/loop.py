@@ -82,7 +82,7 @@ def train_steps(
     cfg, log = model.config, list(log or [])
     bar = tqdm(range(start_step, steps), disable=not progress, dynamic_ncols=True, initial=start_step, total=steps)
     model.train()
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup, min_lr_ratio)

@@ -192,7 +192,7 @@ def load_training_state(path: str | Path, model, optimizer: torch.optim.Optimize
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
-            _, i, name = (key.split(".", 2) + ["", ""])[:3]
+            _, i, name = ([*key.split(".", 2), "", ""])[:3]
             if not i.isdigit() or not name:
                 raise TrainingStateError(f"{file}: unexpected optimizer tensor {key!r}")
             state.setdefault(int(i), {})[name] = value

@@ -64,7 +64,7 @@ ex.check_tokens_per_rank(tokens_per_rank)
 def traffic(chosen: torch.Tensor, num_experts: int, world_size: int) -> torch.Tensor:
     """chosen (T, k) -> (W, W) int64 assignments sent from rank src (row) to rank dst (column)."""
     ### BEGIN SOLUTION
-    T, k = chosen.shape
+    T, _k = chosen.shape
     src = torch.arange(T).div(T // world_size, rounding_mode="floor")  # (T,)
     dst = chosen.div(num_experts // world_size, rounding_mode="floor")  # (T, k)
     pair = src[:, None] * world_size + dst  # (T, k)

@@ -9,6 +9,8 @@ keeps the previous token's first expert, so runs such as an indented block or a 
 
 from __future__ import annotations
 
+import itertools
+
 from moe_edu.course.widgets.render import FONT, NOTE, bands, check_prefix, rtl_runs, state_class, style_block
 from moe_edu.course.widgets.text_spans import visible
 from moe_edu.course.widgets.trace import RoutingTrace
@@ -18,7 +20,7 @@ def repeat_share(trace: RoutingTrace, layer: int) -> float:
     """Share of neighbouring token pairs whose first-choice expert is the same at `layer` (0 for T < 2)."""
     first = trace.first_choice(layer).tolist()  # (T,)
     pairs = len(first) - 1
-    return sum(a == b for a, b in zip(first, first[1:], strict=False)) / pairs if pairs > 0 else 0.0
+    return sum(a == b for a, b in itertools.pairwise(first)) / pairs if pairs > 0 else 0.0
 
 
 def layer_text(trace: RoutingTrace, layer: int, k: int, selected: int | None, dimmed: int | None) -> str:

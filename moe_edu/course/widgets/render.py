@@ -10,6 +10,7 @@ card with its tokens' top-k experts and weights (pure CSS: instant, no `title` d
 
 from __future__ import annotations
 
+import itertools
 import unicodedata
 from collections.abc import Sequence
 from html import escape
@@ -198,7 +199,7 @@ def joined_edges(texts: Sequence[str]) -> list[tuple[bool, bool]]:
     def joining(ch: str) -> bool:
         return unicodedata.bidirectional(ch) in JOINING
 
-    links = [bool(a) and bool(b) and joining(a[-1]) and joining(b[0]) for a, b in zip(texts, texts[1:], strict=False)]
+    links = [bool(a) and bool(b) and joining(a[-1]) and joining(b[0]) for a, b in itertools.pairwise(texts)]
     return [(g > 0 and links[g - 1], g < len(links) and links[g]) for g in range(len(texts))]
 
 
