@@ -13,3 +13,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def one_line(capsys):
+    """`one_line(check, fn)` runs an exercise checker on `fn` and returns (passed, the one line it printed);
+    fails the test unless the checker printed exactly one line (the checkers' contract)."""
+
+    def run(check, fn):
+        ok = check(fn)
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 1, lines
+        return ok, lines[0]
+
+    return run

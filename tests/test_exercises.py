@@ -195,13 +195,6 @@ WRONG = {
 }
 
 
-def one_line(capsys, ex, fn) -> tuple[bool, str]:
-    ok = ex.check(fn)
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1, lines
-    return ok, lines[0]
-
-
 MODULES_HERE = ("gating", "topk", "sparse", "combining", "smoe_block", "load_balancing")
 
 
@@ -214,52 +207,52 @@ def test_every_exercise_has_wrong_implementations():
 
 
 @pytest.mark.parametrize("name", sorted(EXERCISES))
-def test_reference_passes(capsys, name):
+def test_reference_passes(one_line, name):
     ex = EXERCISES[name]
-    ok, line = one_line(capsys, ex, ex.reference)
+    ok, line = one_line(ex.check, ex.reference)
     assert ok and line.startswith(f"✓ {ex.name}: all ") and line.endswith(" cases pass")
     assert ex.use(ex.reference) is ex.reference
 
 
 @pytest.mark.parametrize("name", sorted(EXERCISES))
-def test_stub_is_not_attempted(capsys, name):
+def test_stub_is_not_attempted(one_line, name):
     def stub(*args, **kwargs):
         raise NotImplementedError()
 
     ex = EXERCISES[name]
-    ok, line = one_line(capsys, ex, stub)
+    ok, line = one_line(ex.check, stub)
     assert not ok and "not attempted" in line and not line.startswith(("✓", "✗"))
     assert ex.use(stub) is ex.reference
 
 
 @pytest.mark.parametrize("name", sorted(EXERCISES))
-def test_exception_in_student_code_is_reported(capsys, name):
+def test_exception_in_student_code_is_reported(one_line, name):
     def buggy(*args, **kwargs):
         return args[0].no_such_method()
 
-    ok, line = one_line(capsys, EXERCISES[name], buggy)
+    ok, line = one_line(EXERCISES[name].check, buggy)
     assert not ok and line.startswith("✗") and "case 1 (" in line and "your function raised AttributeError" in line
 
 
 @pytest.mark.parametrize(("name", "i"), [(n, i) for n in sorted(WRONG) for i in range(len(WRONG[n]))])
-def test_wrong_implementation_is_caught(capsys, name, i):
+def test_wrong_implementation_is_caught(one_line, name, i):
     fn, phrase = WRONG[name][i]
     ex = EXERCISES[name]
-    ok, line = one_line(capsys, ex, fn)
+    ok, line = one_line(ex.check, fn)
     assert not ok and line.startswith(f"✗ {ex.name}: case "), line
     assert phrase in line, line
     assert ex.use(fn) is ex.reference
 
 
-def test_checker_output_is_deterministic(capsys):
+def test_checker_output_is_deterministic(one_line):
     ex = EXERCISES["gating.router_probs"]
     wrong = WRONG["gating.router_probs"][0][0]
-    assert one_line(capsys, ex, wrong) == one_line(capsys, ex, wrong)
+    assert one_line(ex.check, wrong) == one_line(ex.check, wrong)
 
 
-def test_library_orders_both_pass_topk_renormalised(capsys):
-    assert one_line(capsys, EXERCISES["topk.topk_renormalised"], topk_softmax)[0]
-    assert one_line(capsys, EXERCISES["load_balancing.router_z_loss"], router_z_loss)[0]
+def test_library_orders_both_pass_topk_renormalised(one_line):
+    assert one_line(EXERCISES["topk.topk_renormalised"].check, topk_softmax)[0]
+    assert one_line(EXERCISES["load_balancing.router_z_loss"].check, router_z_loss)[0]
 
 
 def _same_routing_sorting_in_place(a, b, atol=1e-6):
@@ -313,6 +306,6 @@ HONEST = {
 
 
 @pytest.mark.parametrize("name", sorted(HONEST))
-def test_honest_answer_written_differently_passes(capsys, name):
-    ok, line = one_line(capsys, EXERCISES[name], HONEST[name])
+def test_honest_answer_written_differently_passes(one_line, name):
+    ok, line = one_line(EXERCISES[name].check, HONEST[name])
     assert ok, line

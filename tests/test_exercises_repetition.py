@@ -8,13 +8,6 @@ import torch
 from moe_edu.course.exercises import repetition as ex
 
 
-def one_line(capsys, check, fn) -> tuple[bool, str]:
-    ok = check(fn)
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1, lines
-    return ok, lines[0]
-
-
 def same_slot_only(c):  # compares slot j with slot j only: misses a swapped top-2
     return (c[1:, 0] == c[:-1, 0]).float().mean().item(), (c[1:] == c[:-1]).any(-1).float().mean().item()
 
@@ -38,8 +31,8 @@ def counts_not_rates(c):
         (counts_not_rates, "expected"),
     ],
 )
-def test_repetition_mistakes_are_caught(capsys, fn, message):
-    ok, line = one_line(capsys, ex.check_consecutive_repetition, fn)
+def test_repetition_mistakes_are_caught(one_line, fn, message):
+    ok, line = one_line(ex.check_consecutive_repetition, fn)
     assert not ok and line.startswith("✗ consecutive_repetition: case") and message in line
 
 
@@ -51,12 +44,12 @@ def test_repetition_mistakes_are_caught(capsys, fn, message):
         lambda E, k: 1 - ((E - k) / E) ** k,  # draws with replacement
     ],
 )
-def test_baseline_mistakes_are_caught(capsys, fn):
-    ok, line = one_line(capsys, ex.check_random_topk_overlap_rate, fn)
+def test_baseline_mistakes_are_caught(one_line, fn):
+    ok, line = one_line(ex.check_random_topk_overlap_rate, fn)
     assert not ok and line.startswith("✗ random_topk_overlap_rate: case")
 
 
-def test_references_pass(capsys):
-    assert one_line(capsys, ex.check_consecutive_repetition, ex.consecutive_repetition)[0]
-    assert one_line(capsys, ex.check_random_topk_overlap_rate, ex.reference("random_topk_overlap_rate"))[0]
+def test_references_pass(one_line):
+    assert one_line(ex.check_consecutive_repetition, ex.consecutive_repetition)[0]
+    assert one_line(ex.check_random_topk_overlap_rate, ex.reference("random_topk_overlap_rate"))[0]
     assert ex.consecutive_repetition(torch.tensor([[1, 2], [1, 2]])) == (1.0, 1.0)

@@ -14,13 +14,6 @@ from moe_edu.course.exercises import scaling as ex
 EXERCISES = ex.exercises.exercises
 
 
-def one_line(capsys, name, fn) -> tuple[bool, str]:
-    ok = EXERCISES[name].check(fn)
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1, lines
-    return ok, lines[0]
-
-
 def _per_rank_loop(chosen, E, W):
     per = E // W
     return torch.tensor([sum(int(e) // per == r for e in chosen.reshape(-1)) for r in range(W)])
@@ -72,16 +65,16 @@ WRONG = {
 
 
 @pytest.mark.parametrize("name", sorted(EXERCISES))
-def test_reference_and_honest_variants_pass(capsys, name):
-    assert one_line(capsys, name, EXERCISES[name].reference)[0]
-    ok, line = one_line(capsys, name, HONEST[name])  # numpy scalars and Fractions count as numbers
+def test_reference_and_honest_variants_pass(one_line, name):
+    assert one_line(EXERCISES[name].check, EXERCISES[name].reference)[0]
+    ok, line = one_line(EXERCISES[name].check, HONEST[name])  # numpy scalars and Fractions count as numbers
     assert ok, line
 
 
 @pytest.mark.parametrize(("name", "i"), [(n, i) for n in sorted(WRONG) for i in range(len(WRONG[n]))])
-def test_wrong_implementation_is_caught(capsys, name, i):
+def test_wrong_implementation_is_caught(one_line, name, i):
     fn, phrase = WRONG[name][i]
-    ok, line = one_line(capsys, name, fn)
+    ok, line = one_line(EXERCISES[name].check, fn)
     assert not ok and line.startswith(f"✗ {name}: case ") and phrase in line, line
 
 

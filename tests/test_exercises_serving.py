@@ -6,17 +6,10 @@ import torch
 from moe_edu.course.exercises import serving as ex
 
 
-def one_line(capsys, check, fn) -> tuple[bool, str]:
-    ok = check(fn)
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1, lines
-    return ok, lines[0]
-
-
-def test_references_pass(capsys):
-    assert one_line(capsys, ex.check_kv_bytes_per_token, ex.kv_bytes_per_token)[0]
-    assert one_line(capsys, ex.check_lru_hit_rate, ex.lru_hit_rate)[0]
-    assert one_line(capsys, ex.check_int8_round_trip, ex.int8_round_trip)[0]
+def test_references_pass(one_line):
+    assert one_line(ex.check_kv_bytes_per_token, ex.kv_bytes_per_token)[0]
+    assert one_line(ex.check_lru_hit_rate, ex.lru_hit_rate)[0]
+    assert one_line(ex.check_int8_round_trip, ex.int8_round_trip)[0]
     assert ex.kv_bytes_per_token(32, 8, 128, 2) == 131_072
 
 
@@ -24,8 +17,8 @@ def stub(*args):
     raise NotImplementedError()
 
 
-def test_stub_is_not_attempted(capsys):
-    ok, line = one_line(capsys, ex.check_lru_hit_rate, stub)
+def test_stub_is_not_attempted(one_line):
+    ok, line = one_line(ex.check_lru_hit_rate, stub)
     assert not ok and line.startswith("○ lru_hit_rate: not attempted")
 
 
@@ -37,8 +30,8 @@ def test_stub_is_not_attempted(capsys):
         lambda L, kv, d, b: 2 * L * kv * d * b / 1,  # a float, not an int
     ],
 )
-def test_kv_mistakes_are_caught(capsys, fn):
-    ok, line = one_line(capsys, ex.check_kv_bytes_per_token, fn)
+def test_kv_mistakes_are_caught(one_line, fn):
+    ok, line = one_line(ex.check_kv_bytes_per_token, fn)
     assert not ok and line.startswith("✗ kv_bytes_per_token: case 1")
 
 
@@ -59,8 +52,8 @@ def unbounded_hit_rate(trace, capacity):  # never evicts
 
 
 @pytest.mark.parametrize("fn", [fifo_hit_rate, unbounded_hit_rate])
-def test_lru_mistakes_are_caught(capsys, fn):
-    ok, line = one_line(capsys, ex.check_lru_hit_rate, fn)
+def test_lru_mistakes_are_caught(one_line, fn):
+    ok, line = one_line(ex.check_lru_hit_rate, fn)
     assert not ok and line.startswith("✗ lru_hit_rate: case")
 
 
@@ -80,6 +73,6 @@ def truncates(w):  # int() truncation instead of rounding
 
 
 @pytest.mark.parametrize(("fn", "case"), [(per_tensor, "case 1"), (divides_by_zero, "case 3"), (truncates, "case 1")])
-def test_int8_mistakes_are_caught(capsys, fn, case):
-    ok, line = one_line(capsys, ex.check_int8_round_trip, fn)
+def test_int8_mistakes_are_caught(one_line, fn, case):
+    ok, line = one_line(ex.check_int8_round_trip, fn)
     assert not ok and line.startswith(f"✗ int8_round_trip: {case}")

@@ -439,29 +439,22 @@ FAMILY_WRONG = {
 }
 
 
-def _one_line(capsys, ex, fn):
-    ok = ex.check(fn)
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1, lines
-    return ok, lines[0]
-
-
 @pytest.mark.parametrize("name", sorted(FAMILY_WRONG))
-def test_family_checker_reference_stub_and_mistakes(capsys, name):
+def test_family_checker_reference_stub_and_mistakes(capsys, one_line, name):
     from moe_edu.course.exercises import family
 
     ex = family.exercises.get(name)
     assert len(ex.hints) >= 2
-    ok, line = _one_line(capsys, ex, ex.reference)
+    ok, line = one_line(ex.check, ex.reference)
     assert ok and line.startswith(f"✓ {name}: all ")
 
     def stub(*args, **kwargs):
         raise NotImplementedError()
 
-    ok, line = _one_line(capsys, ex, stub)
+    ok, line = one_line(ex.check, stub)
     assert not ok and "not attempted" in line
     for fn, phrase in FAMILY_WRONG[name]:
-        ok, line = _one_line(capsys, ex, fn)
+        ok, line = one_line(ex.check, fn)
         assert not ok and line.startswith(f"✗ {name}: case ") and phrase in line, line
         assert ex.use(fn) is ex.reference
         assert "reference" in capsys.readouterr().out  # use() says it fell back to the reference
