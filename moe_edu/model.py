@@ -122,12 +122,21 @@ class MixtralForCausalLM(nn.Module):
 
     def __init__(self, config: MixtralConfig, *, dispatch: str | Dispatch = "grouped") -> None:
         super().__init__()
-        self.config = config
-        self.model = MixtralModel(config, dispatch)
+        self.model = MixtralModel(config, dispatch)  # holds the config: `self.config` is the same object
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.reset_parameters()
+
+    @property
+    def config(self) -> MixtralConfig:
+        """The model's config, shared with `self.model` (as in transformers): setting it, e.g. to a config with
+        another `sliding_window`, changes what the decoder does."""
+        return self.model.config
+
+    @config.setter
+    def config(self, value: MixtralConfig) -> None:
+        self.model.config = value
 
     def reset_parameters(self) -> None:
         """Normal(0, initializer_range) weights, ones for norms (transformers' init)."""

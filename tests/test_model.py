@@ -310,3 +310,18 @@ def test_mixtral_model_returns_hidden_states_like_transformers():
 
 def test_dead_leftovers_are_gone():
     assert not hasattr(moe_edu.model, "attention_mask_for") and not hasattr(moe_edu.attention, "KVCache")
+
+
+def test_setting_the_models_config_reaches_the_decoder():
+    """Notebook 11 gives the passkey model a window by setting `model.config`: the mask must follow it."""
+    cfg = moe_edu.PRESETS["tiny"].replace(num_hidden_layers=1)
+    torch.manual_seed(0)
+    model = moe_edu.MixtralForCausalLM(cfg).eval()
+    ids = torch.randint(0, cfg.vocab_size, (1, 12))
+    with torch.no_grad():
+        dense = model(ids).logits
+        model.config = cfg.replace(sliding_window=2)
+        assert model.model.config is model.config and model.config.sliding_window == 2
+        windowed = model(ids).logits
+    assert torch.allclose(dense[0, :2], windowed[0, :2], atol=1e-5)  # within the window: the same
+    assert not torch.allclose(dense[0, -1], windowed[0, -1], atol=1e-3)  # beyond it: not
