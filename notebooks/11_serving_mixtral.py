@@ -184,8 +184,8 @@ labels = [f"{c // 1024}k x {n}" for c, n, _ in rows]
 weights = [r[2].weights_total / GB for r in rows]
 kv = [r[2].kv_total / GB for r in rows]
 read = [decode_step_bytes(cfg, context_len=c, batch_size=n).weights / GB for c, n, _ in rows]
-ax.bar(labels, weights, label="all weights (bf16)", color="#4c72b0")
-ax.bar(labels, kv, bottom=weights, label="KV cache (bf16)", color="#dd8452")
+ax.bar(labels, weights, label="all weights (bf16)", color="#7a7a7a")  # greys: hue is kept for experts
+ax.bar(labels, kv, bottom=weights, label="KV cache (bf16)", color="#c0c0c0", hatch="//", edgecolor="#4d4d4d")
 ax.hlines(read, [i - 0.4 for i in range(4)], [i + 0.4 for i in range(4)], color="black", lw=2)
 ax.plot([], [], color="black", lw=2, label="weights one decode step reads")
 ax.set_xlabel("context x batch")
@@ -356,11 +356,18 @@ smooth = lambda xs, n=50: [
     sum(xs[max(0, i - n + 1) : i + 1]) / len(xs[max(0, i - n + 1) : i + 1]) for i in range(len(xs))
 ]
 fig, ax = plt.subplots(figsize=(6.4, 3.0))
-ax.plot(steps, smooth([r["loss"] for r in log["log"]]), label="loss (per digit)")
-ax.plot(steps, smooth([r["retrieved"] for r in log["log"]]), label="keys retrieved in the batch")
+(loss_line,) = ax.plot(steps, smooth([r["loss"] for r in log["log"]]), label="loss per digit (left axis)")
+ax.set_ylabel("cross-entropy per digit")
 ax.set_xlabel("step")
+right = ax.twinx()  # a share of keys is not a loss: its own axis, 0 to 1
+(kept_line,) = right.plot(
+    steps, smooth([r["retrieved"] for r in log["log"]]), color="#7a7a7a", ls="--", label="keys retrieved (right axis)"
+)
+right.set_ylim(0, 1.05)
+right.set_ylabel("share of the batch's keys")
+right.spines["right"].set_visible(True)
 ax.set_title(f"passkey training, {log['settings']['steps']} steps")
-ax.legend()
+ax.legend(handles=[loss_line, kept_line], loc="center right")
 plt.show()
 
 # %% [markdown]

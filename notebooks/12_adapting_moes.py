@@ -291,11 +291,11 @@ from moe_edu.course.plots import DIVERGING, even_share_norm, headroom, legend_ou
 fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.8))
 tokens = 8 * 64
 flops = {"dense": 6 * up["active_params"]["dense"] * tokens, "moe": 6 * up["active_params"]["moe"] * tokens}
-style = {
+style = {  # drawn in this order: the dashed dense continuation last, so the upcycled line cannot hide it
     "dense_pretrain": ("dense", "k-"),
-    "dense_continued": ("dense", "k--"),
     "upcycled": ("moe", "C1-"),
-    "moe_scratch": ("moe", "C0-"),
+    "moe_scratch": ("moe", "C4:"),
+    "dense_continued": ("dense", "k--"),
 }
 for name, (kind, st) in style.items():
     steps = [e["step"] for e in curves[name]]
@@ -309,7 +309,8 @@ axes[0].set_xlabel("step")
 axes[1].set_xlabel("training FLOPs (x 1e12, ~6 x active params x tokens)")
 for ax in axes:
     ax.set_ylabel("held-out cross-entropy")
-    ax.set_ylim(4.2, 6.0)
+    top = max(e["eval_ce"] for name in style for e in curves[name])  # every curve enters the frame
+    ax.set_ylim(4.2, top + 0.1)
 shared_legend(fig, ax=axes[0])  # one legend below both panels, off the curves
 plt.show()
 

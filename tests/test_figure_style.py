@@ -249,3 +249,33 @@ def test_domain_colours_are_dark_where_expert_colours_are_light():
     white, black = (1, 1, 1), (0, 0, 0)
     assert all(contrast(mcolors.to_rgb(c), white) >= 4.5 for c in DOMAIN_COLORS.values())
     assert all(contrast(mcolors.to_rgb(c), black) >= 7 for c in EXPERT_PALETTE)
+
+
+def test_series_that_are_not_experts_are_grey_and_readable():
+    from moe_edu.course.notebook import setup
+    from moe_edu.course.palette import CONDITION_COLORS
+
+    setup()  # the notebooks' default colour cycle: greys told apart by line style
+    fig, ax = plt.subplots()
+    lines = [ax.plot([0, 1], [i, i])[0] for i in range(4)]
+    assert [to_hex(line.get_color()) for line in lines] == list(CONDITION_COLORS[:4])
+    assert len({(line.get_color(), line.get_linestyle()) for line in lines}) == 4
+    plt.close(fig)
+    steps = [{"step": s, "ce": 5 - s / 10, "eval_ce": 5.2 - s / 10 if s % 5 == 0 else None} for s in range(30)]
+    fig = loss_curves(steps)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["training loss", "held-out loss"]  # no code names in legends
+    assert {to_hex(line.get_color()) for line in fig.axes[0].lines} <= set(CONDITION_COLORS)
+    plt.close(fig)
+    matplotlib.rcdefaults()
+
+
+def test_ratio_labels_never_sit_on_the_reference_line():
+    fig = ratio_bars(["a", "b", "c"], [0.93, 1.0, 3.2])
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    line_y = ax.transData.transform((0, 1.0))[1]
+    for text in ax.texts:
+        box = text.get_window_extent()
+        assert not box.y0 < line_y < box.y1, f"{text.get_text()} is crossed by the 1.0 line"
+    plt.close(fig)

@@ -13,6 +13,9 @@ import random
 import matplotlib as mpl
 import numpy as np
 import torch
+from cycler import cycler
+
+from moe_edu.course.palette import CONDITION_COLORS, CONDITION_STYLES
 
 
 def setup(seed: int = 0, threads: int = 1) -> None:
@@ -30,6 +33,8 @@ def setup(seed: int = 0, threads: int = 1) -> None:
             "svg.hashsalt": "moe_edu",
             "axes.spines.top": False,
             "axes.spines.right": False,
+            # series without an expert (runs, losses, implementations) in greys and line styles: hue = expert
+            "axes.prop_cycle": cycler(color=list(CONDITION_COLORS), linestyle=list(CONDITION_STYLES)),
         }
     )
 

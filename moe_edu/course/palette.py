@@ -41,3 +41,26 @@ def expert_colour(expert: int, num_experts: int) -> str:
 def expert_colors(num_experts: int) -> list[str]:
     """Every expert's colour for a layer of `num_experts` experts (figures; the explorer uses the same rule)."""
     return [expert_colour(e, num_experts) for e in range(num_experts)]
+
+
+# Series that are not experts (conditions: runs, losses, implementations, policies) are drawn in greys told apart
+# by lightness and line style, so that hue always means "expert" in the course's figures (the explorer teaches it).
+CONDITION_COLORS = ("#1a1a1a", "#7a7a7a", "#4d4d4d", "#a6a6a6", "#333333", "#c0c0c0")
+CONDITION_STYLES = ("-", "-", "--", "--", ":", "-.")
+
+# Readable names for the code names that would otherwise land in legends.
+SERIES_NAMES = {
+    "ce": "training loss",
+    "eval_ce": "held-out loss",
+    "aux": "aux loss",
+    "z": "router z-loss",
+    "hf_eager": "transformers (eager experts)",
+    "hf_grouped_mm": "transformers (grouped_mm experts)",
+    "experts_frozen": "experts frozen",
+    "router_frozen": "router frozen",
+}
+
+
+def series_name(key: str) -> str:
+    """The legend name of a series: a readable one for the course's code names, else the key with spaces."""
+    return SERIES_NAMES.get(key, key.replace("_", " "))

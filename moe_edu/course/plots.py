@@ -23,7 +23,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from moe_edu.accounting import ParameterCount
 from moe_edu.course.diagram import CHOSEN, IDLE
-from moe_edu.course.palette import expert_colors
+from moe_edu.course.palette import CONDITION_COLORS, expert_colors
 
 MIN_FONT = 8  # pt: the smallest text in any course figure
 FONT = 9  # pt: legends, annotations and bar labels
@@ -228,18 +228,20 @@ def ratio_bars(
     if len(labels) != len(values):
         raise ValueError(f"{len(labels)} labels for {len(values)} values")
     fig, ax = _axes(ax, (5.0, 3.0))
-    colors = [CHOSEN if i == highlight else "#8ecae6" for i in range(len(values))]
+    colors = [CHOSEN if i == highlight else CONDITION_COLORS[3] for i in range(len(values))]  # not an expert hue
     bars = ax.bar(list(labels), [float(v) for v in values], color=colors, edgecolor="#333333")
+    top = max([float(v) for v in values] + [baseline or 0.0])
     for bar, v in zip(bars, values, strict=False):
+        near = baseline is not None and abs(float(v) - baseline) < 0.08 * top  # the label would sit on the line
         ax.text(
             bar.get_x() + bar.get_width() / 2,
-            bar.get_height(),
+            max(float(v), baseline) + 0.02 * top if near else float(v),
             f"{float(v):.2f}x",
             ha="center",
             va="bottom",
             fontsize=FONT,
         )
-    headroom(ax, max([float(v) for v in values] + [baseline or 0.0]))
+    headroom(ax, top * 1.08)
     if baseline is not None:
         ax.axhline(baseline, color="#333333", ls="--", lw=0.8)
     ax.set_ylabel(ylabel)

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 import torch
 
+from moe_edu.course.palette import CONDITION_COLORS, CONDITION_STYLES, series_name
 from moe_edu.course.plots import DIVERGING, FONT, even_share_norm, headroom, legend_outside
 
 # One colour per corpus domain (Okabe-Ito, colour-blind safe; darker than the expert palette, whose
@@ -66,7 +67,15 @@ def loss_curves(steps: Sequence[Mapping], ax=None, keys: Sequence[str] = ("ce", 
         if not pts:
             raise ValueError(f"no log entry has {key!r}; keys are {sorted(steps[0])}")
         x, y = zip(*pts, strict=False)
-        sns.lineplot(x=list(x), y=list(y), ax=ax, label=key, marker="o" if len(pts) < 20 else None)
+        i = list(keys).index(key) % len(CONDITION_COLORS)
+        ax.plot(
+            list(x),
+            list(y),
+            color=CONDITION_COLORS[i],
+            ls=CONDITION_STYLES[i],
+            label=series_name(key),
+            marker="o" if len(pts) < 20 else None,
+        )
     ax.set_xlabel("step")
     ax.set_title(title)
     legend_outside(ax)
@@ -88,9 +97,11 @@ def load_history(steps: Sequence[Mapping], layer: int, ax=None, title: str | Non
     bar.set_label(f"share (white = 1/E = {1 / E:.3f})", fontsize=FONT)
     ax.set_ylim(E, 0)  # expert 0 on top
     ax.set_yticks([e + 0.5 for e in range(E)], [str(e) for e in range(E)])
-    ax.set_xticks([])
+    S = load.shape[1]
+    ticks = sorted({0, S // 2, S - 1})  # three columns, labelled with their training step
+    ax.set_xticks([c + 0.5 for c in ticks], [str(rows[c]["step"]) for c in ticks])
     ax.set_ylabel("expert")
-    ax.set_xlabel(f"step (0 to {rows[-1]['step']})")
+    ax.set_xlabel("training step")
     ax.set_title(f"layer {layer}: expert load during training" if title is None else title)
     return fig
 
