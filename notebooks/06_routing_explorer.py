@@ -268,7 +268,7 @@ print("every layer repeats first choices above 1/E:", all(first > random_first_c
 from moe_edu.course.plots import headroom, legend_outside
 
 fig, ax = plt.subplots(figsize=(6.4, 3.0))
-ax.bar(range(config.num_hidden_layers), [100 * first for first, _ in rates], color="#80b1d3")
+ax.bar(range(config.num_hidden_layers), [100 * first for first, _ in rates], color="#a6a6a6")  # layers, not experts
 ax.axhline(100 * random_first_choice_rate(E), color="k", ls="--", lw=1, label="uniform random\nrouter (1/E)")
 ax.set(xlabel="layer", ylabel="same first expert\nas previous token (%)", xticks=range(config.num_hidden_layers))
 headroom(ax, 100 * max(first for first, _ in rates))

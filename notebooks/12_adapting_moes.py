@@ -484,16 +484,17 @@ fig, axes = plt.subplots(1, 3, figsize=(10.0, 3.2), sharey=True)
 L, n_exp = len(before["load"][target]), len(before["load"][target][0])
 panels = [
     ("before", before["load"][target]),
-    ("after: everything, aux 1", ft["runs"]["everything, aux 1"]["load"][target]),
-    ("after: experts_frozen, aux 1", ft["runs"]["experts_frozen, aux 1"]["load"][target]),
+    ("after fine-tuning everything", ft["runs"]["everything, aux 1"]["load"][target]),
+    ("after fine-tuning with experts frozen", ft["runs"]["experts_frozen, aux 1"]["load"][target]),
 ]
 for ax, (title, load) in zip(axes, panels, strict=True):
     im = ax.imshow(load, norm=even_share_norm(n_exp, vmax=0.5), cmap=DIVERGING, aspect="auto")  # white = 1/E
     ax.set_title(f"{target} load,\n{title}", fontsize=9)  # two lines: side-by-side titles never collide
     ax.set_xlabel("expert")
+    ax.set_xticks(range(n_exp))  # every expert labelled
     ax.set_yticks(range(L))
 axes[0].set_ylabel("layer")
-fig.colorbar(im, ax=axes, shrink=0.8, label=f"share of assignments (white = 1/E = {1 / n_exp:.3f})")
+fig.colorbar(im, ax=axes, shrink=0.8, pad=0.02, label=f"share of assignments (white = 1/E = {1 / n_exp:.3f})")
 plt.show()
 
 # %% [markdown]
