@@ -181,8 +181,8 @@ for ax, (title, m) in zip(
     ax.set_yticks([t - 0.5 for t in range(N + 1)], minor=True)
     ax.grid(which="minor", color="#d9d9d9", lw=0.6)
     ax.tick_params(which="minor", length=0)
-    for t in torch.nonzero(m.sum(1) == 0).flatten().tolist():  # a token no expert processes: dropped
-        ax.text(E_small - 0.6, t, "dropped", ha="right", va="center", fontsize=8, color="#c0392b")
+    for t in torch.nonzero(m.sum(1) == 0).flatten().tolist():  # a token no expert processes (dropped, or unchosen)
+        ax.text(E_small - 0.6, t, "no expert", ha="right", va="center", fontsize=8, color="#c0392b")
     ax.set_title(title, fontsize=10)  # as large as the tick labels
     ax.set_xticks(range(E_small), [f"e{e}" for e in range(E_small)])
     ax.set_yticks(range(N))
