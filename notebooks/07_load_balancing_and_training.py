@@ -244,13 +244,14 @@ print(
 print("the z-loss lowers the router's logsumexp:", lse["aux 1.0 + z-loss 0.05"] < lse["aux loss (coef 1.0)"])
 
 # %%
-from moe_edu.course.plots_training import load_history
+from moe_edu.course.plots_training import load_colorbar, load_history
 from moe_edu.io.shipped import load_train_log
 
-fig, axes = plt.subplots(3, 1, figsize=(6.4, 6.6), sharex=True)
+fig, axes = plt.subplots(3, 1, figsize=(6.4, 6.6), sharex=True, layout="constrained")
+top = max(0.5, *(max(h["load"][0]) for run in runs.values() for h in run["history"]))  # one scale for all three
 for ax, (name, run) in zip(axes, runs.items(), strict=False):
-    load_history(run["history"], 0, ax=ax, title=name)
-fig.tight_layout()
+    load_history(run["history"], 0, ax=ax, title=name, colorbar=False, vmax=top)
+load_colorbar(fig, axes[0].collections[0], axes, len(runs[next(iter(runs))]["history"][0]["load"][0]))
 plt.show()
 
 # %%
@@ -319,10 +320,11 @@ plt.show()
 
 # %%
 layers = log["model_config"]["num_hidden_layers"]
-fig, axes = plt.subplots(layers, 1, figsize=(6.4, 8.0), sharex=True)
+fig, axes = plt.subplots(layers, 1, figsize=(6.4, 8.0), sharex=True, layout="constrained")
+top = max(0.5, *(max(share) for e in log["steps"] if "load" in e for share in e["load"]))
 for layer, ax in enumerate(axes):
-    load_history(log["steps"], layer, ax=ax, every=3)
-fig.tight_layout()
+    load_history(log["steps"], layer, ax=ax, every=3, colorbar=False, vmax=top)
+load_colorbar(fig, axes[0].collections[0], axes, len(log["steps"][-1]["load"][0]))  # one scale for the panels
 plt.show()
 
 # %%

@@ -74,7 +74,10 @@ ARTIFACT_NOTES = {
     "explorer_dark.png": "the explorer in JupyterLab's dark theme (captions and labels readable)",
     "explorer_by_layer.png": "the by-layer tab (Fig. 8 small multiples) with the k bands and no repeat outlines",
     "explorer_flow_256.png": "the flow tab at 256 tokens: a late token selected, its lines to its experts, all on screen",
-    "voila_card.png": "the Voila page: the whole hover card of 👍🏽 on the widget's last line",
+    "voila_card_last_line.png": "the Voila page: the whole hover card of 👍🏽 on the widget's last line",
+    "voila_keyboard.png": "the Voila page after selecting by keyboard only",
+    "voila_flow_256.png": "the Voila page: the flow tab at 256 tokens, a late token and its experts on screen",
+    "voila_by_layer.png": "the Voila page: the by-layer tab",
     "voila_phone.png": "the Voila page at 400 px: controls and tabs wrap, none off the screen",
     "voila_app.png": "make explorer's Voila page after typing code: the explorer alone",
 }
@@ -357,6 +360,103 @@ def shoot(page, locator, name: str) -> None:
     locator.screenshot(path=str(ARTIFACTS / name))
 
 
+def check_card_and_keyboard(page, root: str, view, layer: int, prefix: str) -> None:
+    """The hover card of a many-token character on the last line is whole; keyboard-only selection."""
+    card = page.locator(".moe-float-card")
+    # 8. the card of a many-token character on the widget's last line is whole (the old CSS card was clipped)
+    view.locator(".moe-tab", has_text="tokens").click()
+    type_and_time(page, root, LAST_LINE_TEXT)
+    wait_tokens(page, root, layer, lambda t: t[-1][1] == "👍🏽", "the thumbs-up text")
+    for target in ("專", "👍🏽"):
+        tok = view.locator(
+            '.moe-panel[data-tab="tokens"] .moe-text .moe-tok', has=page.locator("bdi", has_text=target)
+        ).last
+        tok.scroll_into_view_if_needed()
+        tok.hover()
+        card.wait_for(state="visible", timeout=2000)
+        assert page.evaluate(CARD_ON_TOP), f"the card of {target} is clipped or covered"
+        lines = card.inner_text().count("token ")
+        assert lines == tok.get_attribute("data-t").count(" ") + 1, f"{target}: one card line per byte token"
+    shoot(page, page.locator(".moe-float-card"), f"{prefix}_card_last_line.png")
+    page.mouse.move(0, 0)
+
+    # 9. keyboard only: focus the first token, arrows move the selection, the card follows, Escape closes it
+    view.locator(".moe-text .moe-tok").first.focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function(
+        "() => document.activeElement && document.activeElement.classList.contains('moe-tok') "
+        "&& document.activeElement.dataset.g === '2' && document.activeElement.classList.contains('moe-sel')"
+    )
+    assert page.evaluate(CARD_ON_TOP), "the keyboard-selected token's card is shown whole"
+    label = page.evaluate("() => document.activeElement.getAttribute('aria-label')")
+    assert label and "token" in label and "layer" in label, label
+    page.keyboard.press("Enter")  # Enter toggles the selection off
+    page.wait_for_function("() => !document.querySelector('.moe-explorer-view .moe-text .moe-sel')")
+    page.keyboard.press("Escape")
+    shoot(page, view, f"{prefix}_keyboard.png")
+
+
+def check_new_views(page, root: str, view, layer: int, k: int, phase, prefix: str) -> None:
+    """A 256-token flow view, the by-layer view, the selection in every tab, an expert profile, joined Arabic."""
+    from playwright.sync_api import expect
+
+    # 11. a 256-token text in the flow tab: the selected token and its experts are on screen together
+    view.locator(".moe-tab", has_text="tokens").click()
+    long_ms = type_and_time(page, root, LONG_TEXT)
+    wait_tokens(page, root, layer, lambda t: len(t) > 200, "the long text")
+    phase(f"256 tokens typed: repaint {long_ms:.0f} ms after the debounce")
+    late = view.locator(".moe-text .moe-tok").nth(200)
+    late.scroll_into_view_if_needed()
+    late.click()
+    page.wait_for_function(  # Python's re-render with the selection (its path table) has arrived
+        "() => !!document.querySelector('.moe-explorer-view .moe-panel[data-tab=\"flow\"] .moe-ftok.moe-sel')"
+        " && !!document.querySelector('.moe-explorer-view .moe-path')"
+    )
+    view.locator(".moe-tab", has_text="flow").click()
+    flow = view.locator('.moe-panel[data-tab="flow"] .moe-flow')
+    flow.locator(".moe-flow-bins").scroll_into_view_if_needed()
+    height = flow.evaluate("f => f.getBoundingClientRect().height")
+    assert height < 520, f"the flow view's height does not grow with the text ({height:.0f} px at 256 tokens)"
+    page.wait_for_function("() => document.querySelectorAll('.moe-flow path.moe-line').length > 0")
+    seen = page.evaluate(FLOW_ON_SCREEN)
+    assert seen["token"] and seen["bins"] and seen["lines"] == k, seen
+    shoot(page, view, f"{prefix}_flow_256.png")
+    phase("256-token flow checked")
+
+    # 12. by layer (Fig. 8): one row per layer; the toggles switch first-choice colours and repeat outlines
+    view.locator(".moe-tab", has_text="by layer").click()
+    stack = view.locator('.moe-panel[data-tab="by layer"] .moe-layers')
+    assert stack.locator(".moe-layer-row").count() == 4
+    rep = stack.locator(".moe-rep").first
+    assert rep.evaluate("n => getComputedStyle(n).outlineStyle") == "dashed"
+    assert rep.evaluate("n => getComputedStyle(n).backgroundImage") == "none"  # first choice only
+    stack.locator("label", has_text="outline repeats").click()
+    stack.locator("label", has_text="first choice only").click()
+    assert rep.evaluate("n => getComputedStyle(n).outlineStyle") != "dashed"
+    assert "gradient" in rep.evaluate("n => getComputedStyle(n).backgroundImage")  # the k bands again
+    shoot(page, view, f"{prefix}_by_layer.png")
+
+    # 13. the selected token (one late in a 256-token text) is inside its scroll box in every tab
+    for tab in ("tokens", "by layer", "flow", "heatmap", "all layers"):
+        view.locator(".moe-tab", has_text=tab).click()
+        assert page.evaluate(SELECTION_SHOWN, tab), f"{tab}: the selected token is scrolled out of sight"
+
+    # 14. a legend click shows the expert's profile; Arabic keeps its joined letter forms
+    view.locator(".moe-tab", has_text="tokens").click()
+    view.locator('.moe-panel[data-tab="tokens"] .moe-legend-item[data-expert="0"]').click()
+    profile = view.locator('.moe-panel[data-tab="tokens"] .moe-profile')
+    expect(profile).to_contain_text("in the presets")
+    view.locator(".moe-filter-chip").click()
+    type_and_time(page, root, ARABIC)
+    wait_tokens(page, root, layer, lambda t: "".join(x for _, x, *_ in t).replace("\u200d", "") == ARABIC, "Arabic")
+    widths = page.evaluate(ARABIC_WIDTHS)
+    assert abs(widths[0] / widths[1] - 1) < 0.08, (
+        f"Arabic drawn {widths[0]:.0f} px wide, joined text {widths[1]:.0f} px"
+    )
+    phase(f"selection in every tab, profile, Arabic ({widths[0]:.0f} vs {widths[1]:.0f} px) checked")
+
+
 def test_explorer_in_jupyterlab(tmp_path):
     require_browser()
     from playwright.sync_api import expect, sync_playwright
@@ -488,38 +588,7 @@ def test_explorer_in_jupyterlab(tmp_path):
             view.locator(".moe-filter-chip").click()  # the filter shows as a chip; pressing it clears the filter
             page.wait_for_function("() => !document.querySelector('.moe-explorer-view .moe-dim')")
 
-            # 8. the card of a many-token character on the widget's last line is whole (the old CSS card was clipped)
-            view.locator(".moe-tab", has_text="tokens").click()
-            type_and_time(page, root, LAST_LINE_TEXT)
-            wait_tokens(page, root, NEW_LAYER, lambda t: t[-1][1] == "👍🏽", "the thumbs-up text")
-            for target in ("專", "👍🏽"):
-                tok = view.locator(
-                    '.moe-panel[data-tab="tokens"] .moe-text .moe-tok', has=page.locator("bdi", has_text=target)
-                ).last
-                tok.scroll_into_view_if_needed()
-                tok.hover()
-                card.wait_for(state="visible", timeout=2000)
-                assert page.evaluate(CARD_ON_TOP), f"the card of {target} is clipped or covered"
-                lines = card.inner_text().count("token ")
-                assert lines == tok.get_attribute("data-t").count(" ") + 1, f"{target}: one card line per byte token"
-            shoot(page, page.locator(".moe-float-card"), "explorer_card_last_line.png")
-            page.mouse.move(0, 0)
-
-            # 9. keyboard only: focus the first token, arrows move the selection, the card follows, Escape closes it
-            view.locator(".moe-text .moe-tok").first.focus()
-            page.keyboard.press("ArrowRight")
-            page.keyboard.press("ArrowRight")
-            page.wait_for_function(
-                "() => document.activeElement && document.activeElement.classList.contains('moe-tok') "
-                "&& document.activeElement.dataset.g === '2' && document.activeElement.classList.contains('moe-sel')"
-            )
-            assert page.evaluate(CARD_ON_TOP), "the keyboard-selected token's card is shown whole"
-            label = page.evaluate("() => document.activeElement.getAttribute('aria-label')")
-            assert label and "token" in label and "layer" in label, label
-            page.keyboard.press("Enter")  # Enter toggles the selection off
-            page.wait_for_function("() => !document.querySelector('.moe-explorer-view .moe-text .moe-sel')")
-            page.keyboard.press("Escape")
-            shoot(page, view, "explorer_keyboard.png")
+            check_card_and_keyboard(page, root, view, NEW_LAYER, "explorer")
 
             # 10. JupyterLab's dark theme: captions and labels keep a readable contrast (WCAG AA: 4.5:1)
             page.evaluate(
@@ -536,62 +605,7 @@ def test_explorer_in_jupyterlab(tmp_path):
             )
             phase("card, keyboard and dark theme checked")
 
-            # 11. a 256-token text in the flow tab: the selected token and its experts are on screen together
-            view.locator(".moe-tab", has_text="tokens").click()
-            long_ms = type_and_time(page, root, LONG_TEXT)
-            wait_tokens(page, root, NEW_LAYER, lambda t: len(t) > 200, "the long text")
-            phase(f"256 tokens typed: repaint {long_ms:.0f} ms after the debounce")
-            late = view.locator(".moe-text .moe-tok").nth(200)
-            late.scroll_into_view_if_needed()
-            late.click()
-            page.wait_for_function(  # Python's re-render with the selection (its path table) has arrived
-                "() => !!document.querySelector('.moe-explorer-view .moe-panel[data-tab=\"flow\"] .moe-ftok.moe-sel')"
-                " && !!document.querySelector('.moe-explorer-view .moe-path')"
-            )
-            view.locator(".moe-tab", has_text="flow").click()
-            flow = view.locator('.moe-panel[data-tab="flow"] .moe-flow')
-            flow.locator(".moe-flow-bins").scroll_into_view_if_needed()
-            height = flow.evaluate("f => f.getBoundingClientRect().height")
-            assert height < 520, f"the flow view's height does not grow with the text ({height:.0f} px at 256 tokens)"
-            page.wait_for_function("() => document.querySelectorAll('.moe-flow path.moe-line').length > 0")
-            seen = page.evaluate(FLOW_ON_SCREEN)
-            assert seen["token"] and seen["bins"] and seen["lines"] == k, seen
-            shoot(page, view, "explorer_flow_256.png")
-            phase("256-token flow checked")
-
-            # 12. by layer (Fig. 8): one row per layer; the toggles switch first-choice colours and repeat outlines
-            view.locator(".moe-tab", has_text="by layer").click()
-            stack = view.locator('.moe-panel[data-tab="by layer"] .moe-layers')
-            assert stack.locator(".moe-layer-row").count() == 4
-            rep = stack.locator(".moe-rep").first
-            assert rep.evaluate("n => getComputedStyle(n).outlineStyle") == "dashed"
-            assert rep.evaluate("n => getComputedStyle(n).backgroundImage") == "none"  # first choice only
-            stack.locator("label", has_text="outline repeats").click()
-            stack.locator("label", has_text="first choice only").click()
-            assert rep.evaluate("n => getComputedStyle(n).outlineStyle") != "dashed"
-            assert "gradient" in rep.evaluate("n => getComputedStyle(n).backgroundImage")  # the k bands again
-            shoot(page, view, "explorer_by_layer.png")
-
-            # 13. the selected token (one late in a 256-token text) is inside its scroll box in every tab
-            for tab in ("tokens", "by layer", "flow", "heatmap", "all layers"):
-                view.locator(".moe-tab", has_text=tab).click()
-                assert page.evaluate(SELECTION_SHOWN, tab), f"{tab}: the selected token is scrolled out of sight"
-
-            # 14. a legend click shows the expert's profile; Arabic keeps its joined letter forms
-            view.locator(".moe-tab", has_text="tokens").click()
-            view.locator('.moe-panel[data-tab="tokens"] .moe-legend-item[data-expert="0"]').click()
-            profile = view.locator('.moe-panel[data-tab="tokens"] .moe-profile')
-            expect(profile).to_contain_text("in the presets")
-            view.locator(".moe-filter-chip").click()
-            type_and_time(page, root, ARABIC)
-            wait_tokens(
-                page, root, NEW_LAYER, lambda t: "".join(x for _, x, *_ in t).replace("\u200d", "") == ARABIC, "Arabic"
-            )
-            widths = page.evaluate(ARABIC_WIDTHS)
-            assert abs(widths[0] / widths[1] - 1) < 0.08, (
-                f"Arabic drawn {widths[0]:.0f} px wide, joined text {widths[1]:.0f} px"
-            )
-            phase(f"selection in every tab, profile, Arabic ({widths[0]:.0f} vs {widths[1]:.0f} px) checked")
+            check_new_views(page, root, view, NEW_LAYER, k, phase, "explorer")
             print(
                 f"[browser test] typing -> repaint: {update_ms:.0f} ms after the 250 ms debounce; "
                 f"k slider -> repaint: {k_ms:.0f} ms (including polling)"
@@ -676,15 +690,10 @@ def test_explorer_app_in_voila(tmp_path):
             after = page.evaluate(BACKGROUNDS)
             assert after != colours, "the colouring changed"
             page.screenshot(path=str(ARTIFACTS / "voila_app.png"))
-            # the hover card of a many-token character on the last line is whole in Voila too
-            type_and_time(page, root, LAST_LINE_TEXT)
-            wait_tokens(page, root, 0, lambda t: t[-1][1] == "👍🏽", "the thumbs-up text")
-            tok = page.locator('.moe-panel[data-tab="tokens"] .moe-text .moe-tok').last
-            tok.scroll_into_view_if_needed()
-            tok.hover()
-            page.locator(".moe-float-card").wait_for(state="visible", timeout=5000)
-            assert page.evaluate(CARD_ON_TOP), "Voila: the hover card of 👍🏽 is clipped or covered"
-            page.screenshot(path=str(ARTIFACTS / "voila_card.png"))
+            # the same checks as in JupyterLab: the card, the keyboard, and the newer views
+            view = page.locator(".moe-explorer-view").last
+            check_card_and_keyboard(page, root, view, 0, "voila")
+            check_new_views(page, root, view, 0, 2, lambda name: print(f"[voila] {name}"), "voila")
             errors = [e for e in console if "Failed to load resource" not in e]
             assert not errors, f"Voila console errors: {errors[:5]}"
 

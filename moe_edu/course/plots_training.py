@@ -82,19 +82,28 @@ def loss_curves(steps: Sequence[Mapping], ax=None, keys: Sequence[str] = ("ce", 
     return fig
 
 
-def load_history(steps: Sequence[Mapping], layer: int, ax=None, title: str | None = None, every: int = 1):
+def load_history(
+    steps: Sequence[Mapping],
+    layer: int,
+    ax=None,
+    title: str | None = None,
+    every: int = 1,
+    colorbar: bool = True,
+    vmax: float | None = None,
+):
     """Heatmap of one layer's expert load (share of assignments) over training: experts x steps,
-    white at the even share 1/E, blue below it, red above."""
+    white at the even share 1/E, blue below it, red above. `colorbar=False` for panels that share one
+    (`load_colorbar`; give them one `vmax`)."""
     rows = [e for e in steps if "load" in e][::every]
     if not rows or not 0 <= layer < len(rows[0]["load"]):
         raise ValueError(f"layer must be in [0, {len(rows[0]['load']) if rows else 0}), got {layer}")
     load = torch.tensor([e["load"][layer] for e in rows]).T  # (E, S)
     E = load.shape[0]
     fig, ax = _axes(ax, (6.4, 2.6))
-    norm = even_share_norm(E, vmax=max(0.5, float(load.max())))
+    norm = even_share_norm(E, vmax=max(0.5, float(load.max())) if vmax is None else vmax)
     mesh = ax.pcolormesh(load.numpy(), cmap=DIVERGING, norm=norm)
-    bar = fig.colorbar(mesh, ax=ax, pad=0.02)
-    bar.set_label(f"share (white = 1/E = {1 / E:.3f})", fontsize=FONT)
+    if colorbar:
+        load_colorbar(fig, mesh, ax, E)
     ax.set_ylim(E, 0)  # expert 0 on top
     ax.set_yticks([e + 0.5 for e in range(E)], [str(e) for e in range(E)])
     S = load.shape[1]
@@ -104,6 +113,16 @@ def load_history(steps: Sequence[Mapping], layer: int, ax=None, title: str | Non
     ax.set_xlabel("training step")
     ax.set_title(f"layer {layer}: expert load during training" if title is None else title)
     return fig
+
+
+def load_colorbar(fig, mesh, ax, num_experts: int):
+    """One colour bar for load heatmaps, ticked at 0, 1/E and evenly above it (the two-slope scale would
+    otherwise crowd the shares above 1/E into a few unlabelled millimetres)."""
+    even, top = 1 / num_experts, mesh.norm.vmax
+    bar = fig.colorbar(mesh, ax=ax, pad=0.02)
+    bar.set_ticks([0.0, even, *[round(even + (top - even) * f, 2) for f in (1 / 3, 2 / 3, 1.0)]])
+    bar.set_label(f"share (white = 1/E = {even:.3f})", fontsize=FONT)
+    return bar
 
 
 def domain_load_bars(
