@@ -43,10 +43,12 @@ def expert_colors(num_experts: int) -> list[str]:
     return [expert_colour(e, num_experts) for e in range(num_experts)]
 
 
-# Series that are not experts (conditions: runs, losses, implementations, policies) are drawn in greys told apart
-# by lightness and line style, so that hue always means "expert" in the course's figures (the explorer teaches it).
-CONDITION_COLORS = ("#1a1a1a", "#7a7a7a", "#4d4d4d", "#a6a6a6", "#333333", "#c0c0c0")
-CONDITION_STYLES = ("-", "-", "--", "--", ":", "-.")
+# Series that are not experts (conditions: runs, losses, implementations, policies) are drawn in greys and one
+# dark accent (darker than every expert colour), told apart by lightness and line style, so that hue keeps meaning
+# "expert" in the course's figures (the explorer teaches it). Seaborn draws lines in the colour only: neighbouring
+# entries differ in lightness by themselves.
+CONDITION_COLORS = ("#1a1a1a", "#9a9a9a", "#8b1a1a", "#5a5a5a", "#c8c8c8", "#000000")
+CONDITION_STYLES = ("-", "--", "-", ":", "-.", "--")
 
 # Readable names for the code names that would otherwise land in legends.
 SERIES_NAMES = {
