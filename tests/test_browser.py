@@ -11,6 +11,7 @@ then it fails. Screenshots go to `test-artifacts/` (listed in the module's ARTIF
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -699,6 +700,9 @@ def test_explorer_app_in_voila(tmp_path):
 
             # a phone (400 px): every control and the tabs stay on the screen
             page.set_viewport_size({"width": 400, "height": 800})
+            fits = f"() => {{ const b = ({CONTROLS_BOXES})(); return b.length > 0 && b.every(([l, r]) => l >= 0 && r <= 400); }}"
+            with contextlib.suppress(Exception):  # the widget layout follows a resize asynchronously: wait for it
+                page.wait_for_function(fits, timeout=15_000)
             boxes = page.evaluate(CONTROLS_BOXES)
             assert boxes and all(left >= 0 and right <= 400 for left, right in boxes), boxes
             page.screenshot(path=str(ARTIFACTS / "voila_phone.png"))
