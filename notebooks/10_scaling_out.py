@@ -217,6 +217,7 @@ for mode, stem in (("forward", "cpu_dispatch"), ("forward+backward", "cpu_dispat
         )
 
 # %%
+from moe_edu.course.palette import series_name
 from moe_edu.course.plots import legend_outside
 
 fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.5), sharey=True)
@@ -224,7 +225,7 @@ names = ["ours", "hf_eager", "hf_grouped_mm", "ideal"]
 for ax, (mode, rows) in zip(axes, runs.items(), strict=False):
     for i, name in enumerate(names):
         ys = [r["ms"].get(name, float("nan")) / r["ms"]["floor"] for r in rows]
-        ax.bar([j + 0.2 * i for j in range(len(rows))], ys, 0.2, label=name)
+        ax.bar([j + 0.2 * i for j in range(len(rows))], ys, 0.2, label=series_name(name))  # words, not code names
     ax.axhline(1.0, color="black", lw=0.8, ls="--", label="floor (no routing)")
     ax.set_xticks([j + 0.3 for j in range(len(rows))], [f"T={r['tokens']}\nH={r['hidden']}" for r in rows], fontsize=8)
     ax.set_title(f"CPU, fp32, {mode}")
@@ -250,12 +251,13 @@ plt.show()
 # router and sort 0.7 and 0.2 ms. In training both `transformers`' `grouped_mm` experts and ours use the same
 # kernel, and a direct back-to-back comparison at T = 64 (100 paired steps) gave ours/HF 1.00.
 #
-# Misses, plainly. The committed runs met every ours/floor target (≤ 1.10) but not every ours/HF target, on a
-# machine with load average 4.3 (forward) and 4.9 (forward+backward) on 2 CPUs and ±6–65 % noise: forward, 1.09 at
-# T = 64 (±24 % noise; the expert GEMMs are nearly all of that step) and 1.005 at T = 2048; forward+backward, 1.18 at
-# T = 64 and 1.21 at T = 1024 against `transformers`' `grouped_mm` experts, which run the same kernel as ours.
-# Back-to-back paired training steps on the same loaded machine gave 1.02 and 1.06 there, and a profile of two
-# training steps at T = 1024 gave 2.87 s for ours against 2.95 s — at this noise the two cannot be told apart.
+# Misses, plainly. The forward run was made on a quiet machine (load average 0.9 on 2 CPUs, ±3–14 % noise); the
+# forward+backward file is older, from a machine at load average 4.9 (±6–65 %). Forward, ours/floor missed its
+# 1.10 target once, 1.11 at T = 64, and ours/HF reached 1.00 at T = 64 and T = 2048 (the expert GEMMs are nearly all
+# of those steps; torch's grouped kernel in place of our per-expert GEMMs measured 0.96–1.05 of ours there, within
+# the noise). Forward+backward, 1.18 at T = 64 and 1.21 at T = 1024 against `transformers`' `grouped_mm` experts,
+# which run the same kernel as ours; back-to-back paired training steps gave 1.02 and 1.06 there, and a profile of
+# two training steps at T = 1024 gave 2.87 s for ours against 2.95 s — at that noise the two cannot be told apart.
 #
 # The GPU benchmark (`benchmarks/gpu_bench.py`, Mixtral-8x7B layer size, bf16) would report TFLOP/s against a
 # dense GEMM of equal FLOPs and, for decoding, the bandwidth achieved on the active experts' weights. It has not

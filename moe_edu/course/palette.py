@@ -56,6 +56,8 @@ SERIES_NAMES = {
     "eval_ce": "held-out loss",
     "aux": "aux loss",
     "z": "router z-loss",
+    "ours": "moe_edu (default block)",
+    "ideal": "ideal: one dense FFN, same FLOPs",
     "hf_eager": "transformers (eager experts)",
     "hf_grouped_mm": "transformers (grouped_mm experts)",
     "experts_frozen": "experts frozen",
