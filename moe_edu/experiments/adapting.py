@@ -40,6 +40,7 @@ from ..training.config import DEFAULT_WEIGHTS
 from ..training.data import TokenStreams
 from ..training.loop import NonFiniteError, eval_loss, train_steps
 from ..validation import positive_int
+from .args import arg_type
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "adapting.json"
 BATCH, SEQ = 8, 64
@@ -359,26 +360,13 @@ def run(
     return out
 
 
-def _arg(check, kind: type):
-    """An argparse `type=` that parses `kind` and validates it, so bad values are usage errors."""
-
-    def parse(text: str):
-        try:
-            return check("value", kind(text))
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err).replace("value ", "", 1)) from None
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m moe_edu.experiments.adapting",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    pos_int = _arg(positive_int, int)
+    pos_int = arg_type(positive_int, int)
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (at the end of the run)")
     p.add_argument("--dense-steps", type=pos_int, default=150)

@@ -33,6 +33,7 @@ from ..model import MixtralForCausalLM
 from ..serving.passkey import FILLER, INTRO, KEY_SENTENCE, QUESTION, make_prompt, random_key
 from ..training.loop import NonFiniteError
 from ..validation import finite_float, int_in_range, nonnegative_int, positive_int
+from .args import arg_type
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "passkey"
 CONTEXT = 1024  # the model's max_position_embeddings: every training prompt, answer included, fits
@@ -222,31 +223,18 @@ def load_passkey_log(path: str | Path = CHECKPOINT) -> dict:
     return json.loads((Path(path) / "train_log.json").read_text())
 
 
-def _arg(check, kind: type):
-    """An argparse `type=` that parses `kind` and validates it, so bad values are usage errors."""
-
-    def parse(text: str):
-        try:
-            return check("value", kind(text))
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err).replace("value ", "", 1)) from None
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m moe_edu.experiments.passkey", description=__doc__.split("\n")[0])
-    pos_int = _arg(positive_int, int)
+    pos_int = arg_type(positive_int, int)
     ap.add_argument("--out", type=Path, default=Path("runs/passkey"))
     ap.add_argument("--overwrite", action="store_true", help="replace the model in a non-empty --out (at the end)")
     ap.add_argument("--steps", type=pos_int, default=1500)
     ap.add_argument("--batch-size", type=pos_int, default=16)
     ap.add_argument("--min-len", type=pos_int, default=64)
     ap.add_argument("--max-len", type=pos_int, default=128, help="longest training prompt, in tokens")
-    ap.add_argument("--digits", type=_arg(lambda n, v: int_in_range(n, v, 1, 10), int), default=5)
-    ap.add_argument("--lr", type=_arg(lambda n, v: finite_float(n, v, gt=0), float), default=3e-3)
-    ap.add_argument("--seed", type=_arg(nonnegative_int, int), default=0)
+    ap.add_argument("--digits", type=arg_type(lambda n, v: int_in_range(n, v, 1, 10), int), default=5)
+    ap.add_argument("--lr", type=arg_type(lambda n, v: finite_float(n, v, gt=0), float), default=3e-3)
+    ap.add_argument("--seed", type=arg_type(nonnegative_int, int), default=0)
     ap.add_argument("--threads", type=pos_int, default=1)
     ap.add_argument("--loss-on-all", action="store_true", help="loss on every token (default: the key's digits only)")
     ap.add_argument("--repeated-digits", action="store_true", help="keys may repeat a digit (default: 5 distinct)")

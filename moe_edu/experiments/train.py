@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 
 import torch
 
@@ -30,19 +29,7 @@ from ..training.loop import NonFiniteError
 from ..training.run import ResumeError, check_out_dir, pick_device, train
 from ..training.run_dir import TrainingStateError
 from ..validation import int_in_range, nonnegative_float, nonnegative_int, positive_float, positive_int
-
-
-def _arg(check: Callable, kind: type) -> Callable[[str], object]:
-    """An argparse `type=` that parses `kind` and validates it, so bad values are usage errors."""
-
-    def parse(text: str):
-        try:
-            return check("value", kind(text))
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err).replace("value ", "", 1)) from None
-
-    parse.__name__ = kind.__name__
-    return parse
+from .args import arg_type
 
 
 def check_memory(tc: TrainConfig) -> None:
@@ -73,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m moe_edu.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     d = TrainConfig()
-    pos_int, pos_float = _arg(positive_int, int), _arg(positive_float, float)
-    nonneg_float = _arg(nonnegative_float, float)
+    pos_int, pos_float = arg_type(positive_int, int), arg_type(positive_float, float)
+    nonneg_float = arg_type(nonnegative_float, float)
     p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
     p.add_argument("--steps", type=pos_int, default=d.steps)
     p.add_argument("--out", default="runs/tiny", help="output directory (default: runs/tiny)")
@@ -82,18 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument(
         "--checkpoint-every",
-        type=_arg(nonnegative_int, int),
+        type=arg_type(nonnegative_int, int),
         default=50,
         help="save the training state to <out>/checkpoint every N steps (0: never; default 50)",
     )
-    p.add_argument("--vocab-size", type=_arg(lambda n, v: int_in_range(n, v, 259), int), default=d.vocab_size)
-    p.add_argument("--seq-len", type=_arg(lambda n, v: int_in_range(n, v, 2), int), default=d.seq_len)
+    p.add_argument("--vocab-size", type=arg_type(lambda n, v: int_in_range(n, v, 259), int), default=d.vocab_size)
+    p.add_argument("--seq-len", type=arg_type(lambda n, v: int_in_range(n, v, 2), int), default=d.seq_len)
     p.add_argument("--batch-size", type=pos_int, default=d.batch_size)
     p.add_argument("--lr", type=pos_float, default=d.lr)
     p.add_argument("--aux-loss-coef", type=nonneg_float, default=d.aux_loss_coef)
     p.add_argument("--z-loss-coef", type=nonneg_float, default=d.z_loss_coef)
     p.add_argument("--eval-every", type=pos_int, default=d.eval_every)
-    p.add_argument("--seed", type=_arg(lambda n, v: int_in_range(n, v, 0, 2**63 - 1), int), default=d.seed)
+    p.add_argument("--seed", type=arg_type(lambda n, v: int_in_range(n, v, 0, 2**63 - 1), int), default=d.seed)
     p.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda, ...")
     p.add_argument("--threads", type=pos_int, default=None, help="torch CPU threads (results depend on it)")
     p.add_argument("--no-progress", action="store_true")
