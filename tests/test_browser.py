@@ -30,6 +30,7 @@ import torch
 
 import moe_edu
 from moe_edu.course.widgets.explorer import PRESET_TEXTS
+from moe_edu.course.widgets.render import MANY_TOKENS
 
 pytestmark = pytest.mark.browser
 
@@ -80,6 +81,7 @@ ARTIFACT_NOTES = {
     "voila_flow_256.png": "the Voila page: the flow tab at 256 tokens, a late token and its experts on screen",
     "voila_by_layer.png": "the Voila page: the by-layer tab",
     "voila_phone.png": "the Voila page at 400 px: controls and tabs wrap, none off the screen",
+    "voila_dark.png": "the Voila page in its dark theme (?theme=dark): captions and labels readable",
     "voila_app.png": "make explorer's Voila page after typing code: the explorer alone",
 }
 
@@ -327,6 +329,12 @@ def bands(k: int) -> int:
     return 2 if k == 1 else 2 * k - 2
 
 
+def span_stops(k: int, n: int) -> int:
+    """Colour stops of a span of n byte tokens: n columns of k bands, or from MANY_TOKENS tokens on the first
+    token's k bands plus a bottom strip of n segments (read back like n bands)."""
+    return bands(k) * n if n < MANY_TOKENS else bands(k) + bands(n)
+
+
 def wait_tokens(page, root: str, layer: int, want, what: str):
     """Poll the token view until `want(tokens)` holds; returns the tokens."""
     deadline = time.monotonic() + STEP_MS / 1000
@@ -396,6 +404,33 @@ def check_card_and_keyboard(page, root: str, view, layer: int, prefix: str) -> N
     page.wait_for_function("() => !document.querySelector('.moe-explorer-view .moe-text .moe-sel')")
     page.keyboard.press("Escape")
     shoot(page, view, f"{prefix}_keyboard.png")
+
+
+IME_COMPOSE = """() => {
+  const view = document.querySelector('.moe-explorer-view'), box = view.querySelector('textarea');
+  const before = view.dataset.renders;
+  box.focus();
+  box.dispatchEvent(new CompositionEvent('compositionstart', {bubbles: true, data: ''}));
+  box.value = 'ㄓㄨㄢ';  // Zhuyin still being composed: not text yet
+  box.dispatchEvent(new InputEvent('input', {bubbles: true, isComposing: true, data: 'ㄓㄨㄢ'}));
+  return before;
+}"""
+IME_COMMIT = """() => {
+  const box = document.querySelector('.moe-explorer-view textarea');
+  box.value = '專';
+  box.dispatchEvent(new InputEvent('input', {bubbles: true, isComposing: true, data: '專'}));
+  box.dispatchEvent(new CompositionEvent('compositionend', {bubbles: true, data: '專'}));
+}"""
+
+
+def check_ime(page, root: str, layer: int) -> None:
+    """An input method's uncommitted text is not routed; the committed character is, once."""
+    before = page.evaluate(IME_COMPOSE)
+    time.sleep(0.8)  # three times the debounce
+    renders = page.evaluate("() => document.querySelector('.moe-explorer-view').dataset.renders")
+    assert renders == before, "text still being composed was routed"
+    page.evaluate(IME_COMMIT)
+    wait_tokens(page, root, layer, lambda t: [x for _, x, *_ in t] == ["專"], "the committed character")
 
 
 def check_new_views(page, root: str, view, layer: int, k: int, phase, prefix: str) -> None:
@@ -541,7 +576,7 @@ def test_explorer_in_jupyterlab(tmp_path):
             shoot(page, view, "explorer_hover.png")
 
             # 5. move k up from 2: every byte token now shows k colour bands
-            assert all(stops == bands(2) * n for _, _, stops, n, _ in tokens), "k = 2: two bands per byte token"
+            assert all(stops == span_stops(2, n) for _, _, stops, n, _ in tokens), "k = 2: two bands per byte token"
             handle = page.locator(".widget-slider .noUi-handle").last
             handle.focus()
             t0 = time.monotonic()
@@ -554,7 +589,7 @@ def test_explorer_in_jupyterlab(tmp_path):
                 page,
                 root,
                 NEW_LAYER,
-                lambda t: all(stops == bands(k) * n for _, _, stops, n, _ in t),
+                lambda t: all(stops == span_stops(k, n) for _, _, stops, n, _ in t),
                 f"k = {k}: {k} bands per byte token",
             )
             k_ms = 1000 * (time.monotonic() - t0)
@@ -590,6 +625,7 @@ def test_explorer_in_jupyterlab(tmp_path):
             page.wait_for_function("() => !document.querySelector('.moe-explorer-view .moe-dim')")
 
             check_card_and_keyboard(page, root, view, NEW_LAYER, "explorer")
+            check_ime(page, root, NEW_LAYER)
 
             # 10. JupyterLab's dark theme: captions and labels keep a readable contrast (WCAG AA: 4.5:1)
             page.evaluate(
@@ -694,6 +730,7 @@ def test_explorer_app_in_voila(tmp_path):
             # the same checks as in JupyterLab: the card, the keyboard, and the newer views
             view = page.locator(".moe-explorer-view").last
             check_card_and_keyboard(page, root, view, 0, "voila")
+            check_ime(page, root, 0)
             check_new_views(page, root, view, 0, 2, lambda name: print(f"[voila] {name}"), "voila")
             errors = [e for e in console if "Failed to load resource" not in e]
             assert not errors, f"Voila console errors: {errors[:5]}"
@@ -706,6 +743,17 @@ def test_explorer_app_in_voila(tmp_path):
             boxes = page.evaluate(CONTROLS_BOXES)
             assert boxes and all(left >= 0 and right <= 400 for left, right in boxes), boxes
             page.screenshot(path=str(ARTIFACTS / "voila_phone.png"))
+
+            # Voila's dark theme (`?theme=dark`): captions and labels keep a readable contrast
+            page.set_viewport_size({"width": 1100, "height": 800})
+            page.goto(url + "?theme=dark")
+            wait_tokens(page, root, 0, lambda t: len(t) > 0, "the dark page's first view")
+            view = page.locator(".moe-explorer-view").last
+            for tab in ("tokens", "by layer", "flow", "all layers", "expert load"):
+                view.locator(".moe-tab", has_text=tab).click()
+                worst = page.evaluate(CONTRAST, f'.moe-explorer-view .moe-panel[data-tab="{tab}"]')
+                assert worst and worst[0] >= 4.5, f"Voila dark theme, {tab} tab: lowest contrast {worst}"
+            page.screenshot(path=str(ARTIFACTS / "voila_dark.png"))
         except BaseException:
             page.screenshot(path=str(ARTIFACTS / "voila_failure.png"))
             print(log.read_text()[-3000:])

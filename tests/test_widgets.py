@@ -13,7 +13,7 @@ from moe_edu.course.palette import EXPERT_PALETTE
 from moe_edu.course.widgets import text_spans
 from moe_edu.course.widgets.explorer import RoutingExplorer
 from moe_edu.course.widgets.flow import flow_html
-from moe_edu.course.widgets.render import render_routing_html
+from moe_edu.course.widgets.render import MANY_TOKENS, render_routing_html
 from moe_edu.course.widgets.text_spans import visible
 from moe_edu.course.widgets.trace import RoutingTrace, trace_routing
 from moe_edu.course.widgets.views import heatmap_html, load_html, overview_html, path_html, topk_html
@@ -290,7 +290,13 @@ def test_text_is_shown_as_typed(shipped, tok, name):
             span_html = html.split(f'data-g="{g}"')[1].split("</span></span>")[0]
             assert f'data-t="{" ".join(map(str, range(s.start, s.stop)))}"' in html
             assert span_html.count("token ") == s.stop - s.start
-            assert span_html.count("linear-gradient") == s.stop - s.start  # one colour column per token
+            n = s.stop - s.start
+            if n < MANY_TOKENS:
+                assert span_html.count("linear-gradient") == n  # one colour column per token
+            else:  # the first token's bands in full, and a bottom strip with one segment per token
+                assert span_html.count("linear-gradient") == 2
+                strip = span_html.split("linear-gradient(to right,")[1].split(")")[0]
+                assert strip.count("#") == n and "bottom/100% 4px" in span_html
 
 
 def test_spans_agree_with_the_tokenizers_offsets(shipped):

@@ -74,26 +74,41 @@ def style_block(root_id: str, num_experts: int) -> str:
     )
 
 
+MANY_TOKENS = 3  # a character of this many byte tokens or more gets a strip of columns, not slivers
+
+
+def _stack(col: Sequence[tuple[int, float]], num_experts: int, direction: str = "") -> str:
+    """One token's experts as hard colour stops (heights or widths from the weights, whole percent)."""
+    stops, top = [], 0
+    for i, (e, w) in enumerate(col):
+        colour = expert_colour(e, num_experts)
+        if i == len(col) - 1:
+            stops.append(f"{colour} 0" if i else colour)
+        else:
+            top = min(100, top + round(100 * w))
+            stops.append(f"{colour} {'0 ' if i else ''}{top}%")
+    if len(stops) == 1:
+        stops.append(stops[0])
+    return f"linear-gradient({direction}{','.join(stops)})"
+
+
 def bands(columns: Sequence[Sequence[tuple[int, float]]], num_experts: int) -> str:
-    """CSS background for one span: one column per token, each its experts stacked top to bottom with
-    heights from their weights (rounded to whole percent, so the HTML is the same on every CPU)."""
-    layers = []
+    """CSS background for one span: each token's experts stacked top to bottom with heights from their weights
+    (rounded to whole percent, so the HTML is the same on every CPU), one column per token. A character of
+    `MANY_TOKENS` byte tokens or more (👍🏽 is 8) would be slivers under its glyph: it shows its first token's
+    bands in full and a 4 px strip along the bottom with one segment per token in that token's first expert."""
     n = len(columns)
-    for c, col in enumerate(columns):
-        stops, top = [], 0
-        for i, (e, w) in enumerate(col):
-            colour = expert_colour(e, num_experts)
-            if i == len(col) - 1:
-                stops.append(f"{colour} 0" if i else colour)
-            else:
-                top = min(100, top + round(100 * w))
-                stops.append(f"{colour} {'0 ' if i else ''}{top}%")
-        grad = f"linear-gradient({','.join(stops)})" if len(stops) > 1 else f"linear-gradient({stops[0]},{stops[0]})"
-        if n > 1:
-            x = round(100 * c / (n - 1))
-            grad += f" {x}% 0/{100 / n + 0.5:.1f}% 100% no-repeat"
-        layers.append(grad)
     first = columns[0][0][0] if columns and columns[0] else 0
+    if n >= MANY_TOKENS:
+        strip = _stack([(col[0][0], 1 / n) for col in columns], num_experts, "to right,")
+        layers = [f"{strip} left bottom/100% 4px no-repeat", _stack(columns[0], num_experts)]
+    else:
+        layers = []
+        for c, col in enumerate(columns):
+            grad = _stack(col, num_experts)
+            if n > 1:
+                grad += f" {round(100 * c / (n - 1))}% 0/{100 / n + 0.5:.1f}% 100% no-repeat"
+            layers.append(grad)
     return f"background:{','.join(layers)};background-color:{expert_colour(first, num_experts)}"
 
 
