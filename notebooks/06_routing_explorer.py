@@ -143,7 +143,7 @@ HTML(render_routing_html(typed, layer=0, id_prefix="nb06-typed"))
 #   k beside them. Watch the weights: at k = 1 every weight is 1; at k = E they are the full softmax.
 #
 # **Click a token** (in any view) to select it: it is outlined everywhere, and its path through all layers appears
-# under the text. **Click an expert in the legend** to dim all the others and see its profile: the tokens it receives
+# under the text, as a table of weights and as a stack of layers with its chosen experts lit. **Click an expert in the legend** to dim all the others and see its profile: the tokens it receives
 # most often at this layer, in your text and in the presets (a chip "showing expert e only ×" clears it). Everything is
 # reachable by keyboard too: Tab to a token, arrows move the selection, Enter selects, Escape closes the card. Empty
 # text shows a hint; text longer than the model's context (256 tokens here) is cut with a notice. For the explorer alone on a page, run `make explorer`

@@ -560,3 +560,16 @@ def test_lone_surrogates_are_a_named_error(model, tok):
     """`trace_routing` on a lone surrogate raised a raw TypeError from the tokenizer."""
     with pytest.raises(ValueError, match="lone surrogate"):
         trace_routing(model, tok, "abc \ud800 def")
+
+
+def test_the_path_is_drawn_as_a_stack_of_lit_expert_boxes(model, tok):
+    trace = trace_routing(model, tok, "The cat sat.")
+    html = path_html(trace, 1, 2)
+    stack = html.split('class="moe-layer-stack"')[1]
+    boxes = re.findall(r'class="moe-box" data-layer="(\d)" data-expert="(\d)" data-experts="\d"( data-w="[0-9.]+")?', stack)
+    assert len(boxes) == trace.num_layers * trace.num_experts
+    assert [int(layer) for layer, _, _ in boxes[:: trace.num_experts]] == list(reversed(range(trace.num_layers)))
+    t = trace.spans[1].start
+    for layer in range(trace.num_layers):
+        lit = {int(e) for la, e, w in boxes if int(la) == layer and w}
+        assert lit == set(trace.topk(layer, 2)[1][t].tolist())  # exactly the chosen experts are lit

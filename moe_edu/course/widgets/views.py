@@ -226,5 +226,33 @@ def path_html(trace: RoutingTrace, g: int, k: int | None = None, *, id_prefix: s
         f'<p style="{NOTE}"><b>Path of “{token_label(span.text)}”</b> ({n} token{"s" if n > 1 else ""}) '
         f"through the {trace.num_layers} layers, top-{k} experts and weights. Click it again to unselect.</p>"
     )
-    body = f"{title}<table {_TABLE}><tr><th></th>{head}</tr>{''.join(rows)}</table>"
+    body = f"{title}<table {_TABLE}><tr><th></th>{head}</tr>{''.join(rows)}</table>{layer_stack(trace, g, k)}"
     return _wrap("moe-path", f"{p}-g{g}", trace.num_experts, body, f' data-span="{g}" style="margin:6px 0"')
+
+
+def layer_stack(trace: RoutingTrace, g: int, k: int) -> str:
+    """The span's first token's path as a stack of layers, each a row of E expert boxes: the chosen ones lit in
+    their colours and as opaque as their weight, the others outlined (the Visual Guide to MoE's picture)."""
+    t = trace.spans[g].start
+    rows = []
+    for layer in reversed(range(trace.num_layers)):  # the last layer on top, as a network is drawn
+        weights, experts = trace.topk(layer, k)  # (T, k), (T, k)
+        lit = {int(e): float(w) for w, e in zip(weights[t], experts[t], strict=True)}
+        boxes = "".join(
+            f'<span class="moe-box" data-layer="{layer}" data-expert="{e}" data-experts="{e}"'
+            + (f' data-w="{lit[e]:.2f}"' if e in lit else "")
+            + ' style="display:inline-block;width:28px;height:18px;margin:1px;border-radius:3px;font-size:11px;'
+            + "text-align:center;line-height:18px;color:#000;"
+            + (
+                f"background:{expert_colour(e, trace.num_experts)};opacity:{0.35 + 0.65 * lit[e]:.2f};"
+                "outline:1px solid var(--jp-content-font-color1,#333)"
+                if e in lit
+                else "border:1px dashed var(--jp-border-color1,#aaa);color:var(--jp-content-font-color3,#999)"
+            )
+            + f'">e{e}</span>'
+            for e in range(trace.num_experts)
+        )
+        rows.append(
+            f'<div class="moe-stack-row"><span style="{NOTE};display:inline-block;width:56px">layer {layer}</span>{boxes}</div>'
+        )
+    return f'<div class="moe-layer-stack" style="margin-top:4px">{"".join(rows)}</div>'
