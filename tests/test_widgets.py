@@ -566,7 +566,9 @@ def test_the_path_is_drawn_as_a_stack_of_lit_expert_boxes(model, tok):
     trace = trace_routing(model, tok, "The cat sat.")
     html = path_html(trace, 1, 2)
     stack = html.split('class="moe-layer-stack"')[1]
-    boxes = re.findall(r'class="moe-box" data-layer="(\d)" data-expert="(\d)" data-experts="\d"( data-w="[0-9.]+")?', stack)
+    boxes = re.findall(
+        r'class="moe-box" data-layer="(\d)" data-expert="(\d)" data-experts="\d"( data-w="[0-9.]+")?', stack
+    )
     assert len(boxes) == trace.num_layers * trace.num_experts
     assert [int(layer) for layer, _, _ in boxes[:: trace.num_experts]] == list(reversed(range(trace.num_layers)))
     t = trace.spans[1].start
