@@ -16,7 +16,7 @@ from moe_edu.course.widgets.flow import flow_html
 from moe_edu.course.widgets.render import MANY_TOKENS, render_routing_html
 from moe_edu.course.widgets.text_spans import visible
 from moe_edu.course.widgets.trace import RoutingTrace, trace_routing
-from moe_edu.course.widgets.views import heatmap_html, load_html, overview_html, path_html, topk_html
+from moe_edu.course.widgets.views import heatmap_html, load_html, overview_html, path_html, token_labels, topk_html
 
 
 class ByteTokenizer:
@@ -575,3 +575,10 @@ def test_the_path_is_drawn_as_a_stack_of_lit_expert_boxes(model, tok):
     for layer in range(trace.num_layers):
         lit = {int(e) for la, e, w in boxes if int(la) == layer and w}
         assert lit == set(trace.topk(layer, 2)[1][t].tolist())  # exactly the chosen experts are lit
+
+
+def test_flow_tokens_show_their_labels_only(model, tok):
+    trace = trace_routing(model, tok, "a < b & c")
+    html = flow_html(trace, 0)
+    shown = re.findall(r'class="moe-ftok[^"]*"[^>]*>([^<]*)</span>', html)
+    assert shown == token_labels(trace)  # escaped once (&lt; not &amp;lt;), and nothing but the label

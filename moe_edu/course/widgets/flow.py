@@ -68,7 +68,7 @@ def flow_html(
             f'<span class="{cls}" data-g="{g}" data-t="{t}" data-experts="{" ".join(map(str, chosen))}" '
             f'data-route="{_route(wl[t], el[t])}" style="display:inline-block;margin:0 3px 3px 0;padding:0 4px;'
             f"border:1px solid var(--jp-border-color1,#999);border-radius:3px;"
-            f'border-bottom:4px solid {expert_colour(el[t][0], E)}">{labels[t]}</span>  # labels: already escaped'
+            f'border-bottom:4px solid {expert_colour(el[t][0], E)}">{labels[t]}</span>'  # labels: escaped
         )
     chosen_sel = {}  # the selected span's experts and their largest weight: shown statically
     if selected is not None:
