@@ -310,7 +310,7 @@ TINY_BOMB_SCRIPT = textwrap.dedent("""
         except MemoryError:
             print(name, "MemoryError", time.perf_counter() - start)
         except (ValueError, moe_edu.StateDictError) as err:
-            print(name, type(err).__name__, time.perf_counter() - start, str(err).replace(chr(10), " ")[:2000])
+            print(name, type(err).__name__, time.perf_counter() - start, str(err).replace(chr(10), " "))
 """)
 
 
