@@ -1,0 +1,79 @@
+"""The course website's own Sphinx touches (loaded by book/conf.py).
+
+- Each course notebook's zh-TW summary box (the blockquote that opens with **中文導讀**) is moved
+  right under the page title and framed, so a Traditional Chinese reader finds it first.
+- Each notebook page opens with a bar: download this notebook, how to run it locally, and for an
+  exercise, the link between its student render and its solution render.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from docutils import nodes
+from sphinx.application import Sphinx
+
+ZH_MARK = "中文導讀"
+EXERCISES = "notebooks/exercises/"
+SOLUTIONS = "notebooks/exercises/solutions/"
+
+
+def is_zh_summary(node: nodes.Node) -> bool:
+    """A blockquote whose first paragraph starts with the bold words 中文導讀."""
+    if not isinstance(node, nodes.block_quote) or not node.children:
+        return False
+    first = node.children[0]
+    if not isinstance(first, nodes.paragraph):
+        return False
+    lead = next((c for c in first.children if not (isinstance(c, nodes.Text) and not c.strip())), None)
+    return isinstance(lead, nodes.strong) and lead.astext().strip() == ZH_MARK
+
+
+def zh_summary_first(app: Sphinx, doctree: nodes.document) -> None:
+    """Move the zh-TW summary under the page's title, framed in a box marked lang="zh-Hant-TW"."""
+    box = next(iter(doctree.findall(is_zh_summary)), None)
+    section = next(iter(doctree.findall(nodes.section)), None)
+    if box is None or section is None:
+        return
+    box.parent.remove(box)
+    title_at = next((i for i, c in enumerate(section.children) if isinstance(c, nodes.title)), -1)
+    opening = nodes.raw(
+        "",
+        '<div class="moe-zh-summary" lang="zh-Hant-TW" role="note" aria-label="中文導讀 (zh-TW summary)">',
+        format="html",
+    )
+    closing = nodes.raw("", "</div>", format="html")
+    for offset, node in enumerate((opening, box, closing), start=1):
+        section.insert(title_at + offset, node)
+
+
+def page_bar(app: Sphinx, pagename: str, context: dict) -> str:
+    """HTML of the bar above a notebook page: download, run locally, student <-> solution."""
+    pathto = context["pathto"]
+    notebook = pagename.removeprefix("notebooks/") + ".ipynb"
+    items = [
+        f'<a class="moe-download" href="{escape(pathto("_sources/" + pagename + ".ipynb", 1))}" '
+        f'download="{escape(notebook.rsplit("/", 1)[-1])}">Download this notebook</a>',
+        f"Run it locally: clone the course, <code>make lab</code>, open <code>notebooks/{escape(notebook)}</code>",
+    ]
+    name = pagename.rsplit("/", 1)[-1]
+    if pagename.startswith(SOLUTIONS):
+        items.append(f'<a href="{escape(pathto(EXERCISES + name))}">Student version</a>')
+    elif pagename.startswith(EXERCISES) and SOLUTIONS + name in app.env.found_docs:
+        items.append(f'<a href="{escape(pathto(SOLUTIONS + name))}">Solutions</a>')
+    return '<nav class="moe-page-bar" aria-label="This notebook">' + " · ".join(items) + "</nav>"
+
+
+def add_page_bar(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: nodes.document) -> None:
+    """Put the bar at the top of every page built from a notebook."""
+    if doctree is None or not pagename.startswith("notebooks/"):
+        return
+    if app.env.doc2path(pagename).suffix != ".ipynb":
+        return
+    context["body"] = page_bar(app, pagename, context) + context.get("body", "")
+
+
+def setup(app: Sphinx) -> dict:
+    app.connect("doctree-read", zh_summary_first)
+    app.connect("html-page-context", add_page_bar)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
