@@ -15,13 +15,17 @@ PORT   ?= 8888
 # filling the console with errors: jupytext's, nbgrader's and the notebook app's
 VOILA_EXTENSIONS := --VoilaConfiguration.extension_denylist='["jupyterlab-jupytext", "@jupyter/nbgrader", "@jupyter-notebook/lab-extension"]'
 export PYTHONHASHSEED := 0
+# npm's record of book/node_modules (the website's MathJax), once installed; the tests need it where npm exists
+BOOK_NODE := book/node_modules/.package-lock.json
+NPM_BOOK := $(if $(shell command -v npm),$(BOOK_NODE),)
+BOOK_OUT ?= _build/book
 
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 # torch's CPU kernels on another instruction set (no ATen vectorisation, SSE4.1 oneDNN, MKL's
 # compatible code path): what a student's laptop may run. The notebooks must print the same there.
 OTHER_ISA := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_CBWR=COMPATIBLE
 
-.PHONY: lab test test-fast lint test-lib test-notebooks test-notebooks-other-isa test-browser notebooks check-notebooks install install-test lock bench bench-train explorer train passkey serving-results adapting-results clean help classroom classroom-grade classroom-feedback
+.PHONY: book test-book lab test test-fast lint test-lib test-notebooks test-notebooks-other-isa test-browser notebooks check-notebooks install install-test lock bench bench-train explorer train passkey serving-results adapting-results clean help classroom classroom-grade classroom-feedback
 
 help:  ## list every target
 	@awk -F':.*## ' '/^[a-zA-Z_-]+:.*## / { printf "make %-26s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -36,8 +40,14 @@ $(VENV)/.installed: $(PY) pyproject.toml requirements/lock.txt
 	$(PIP) install -q --no-deps -e .
 	@touch $@
 
-# one lock for the course and its tests: the test tools are already in it
-$(VENV)/.installed-test: $(VENV)/.installed
+# one lock for the course and its tests: the test tools are already in it; the tests build the
+# website too, which serves its own MathJax (npm's, pinned in book/package-lock.json; without npm the
+# website's tests skip, or fail under CI)
+$(VENV)/.installed-test: $(VENV)/.installed $(NPM_BOOK)
+	@touch $@
+
+$(BOOK_NODE): book/package.json book/package-lock.json
+	npm ci --prefix book --no-audit --no-fund --loglevel=error
 	@touch $@
 
 install: $(VENV)/.installed  ## create .venv and install the locked course requirements
@@ -77,6 +87,13 @@ test-notebooks: install-test  ## nbval over every committed notebook
 notebooks: install-test  ## rebuild every .ipynb from its py:percent twin and execute it
 	$(PY) tools/build_notebooks.py
 
+book: install $(BOOK_NODE)  ## the course as a website in $(BOOK_OUT)/html, offline, from the committed notebooks
+	$(PY) tools/build_book.py --out $(BOOK_OUT)
+	@echo "open $(BOOK_OUT)/html/index.html, or serve it: $(PY) -m http.server -d $(BOOK_OUT)/html $(PORT)"
+
+test-book: install-test  ## only the website's tests (builds it, then reads every page in Chromium)
+	$(PY) -m pytest -q tests/test_book.py
+
 check-notebooks: install-test  ## fail if a committed .ipynb is stale against its twin (no execution)
 	$(PY) tools/build_notebooks.py --check
 
@@ -108,8 +125,8 @@ serving-results: install  ## recompute notebook 11's routing traces, cache and q
 explorer: $(VENV)/.installed-explorer  ## serve the routing explorer alone on a page (Voila)
 	$(VENV)/bin/voila notebooks/apps/routing_explorer_app.ipynb --port=$(PORT) --no-browser $(VOILA_EXTENSIONS)
 
-clean:  ## remove .venv and caches
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+clean:  ## remove .venv, caches and the built website
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info _build book/node_modules
 
 # --- classroom: an nbgrader course for the exercises (notebooks/exercises/README.md, "Running a class") ---
 # COURSE is git-ignored in the repository (/classroom/); point it elsewhere with COURSE=/path. nbgrader needs Python >= 3.11.

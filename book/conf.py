@@ -16,7 +16,7 @@ sys.path.insert(0, str(HERE / "_ext"))
 
 project = "moe_edu"
 author = "the moe_edu authors"
-copyright = "2026, the moe_edu authors"  # noqa: A001 (Sphinx's name)
+copyright = "2026, the moe_edu authors"
 language = "en"
 
 extensions = [
@@ -53,6 +53,9 @@ html_theme_options = {
 }
 html_context = {"default_mode": "auto"}  # light or dark as the reader's system says
 
+import jieba  # noqa: E402 (after the path set-up above)
+
+jieba.setLogLevel(30)  # its "Building prefix dict" chatter is not a build message
 # full-text search with Chinese words (jieba, plus the glossary's terms as a user dictionary)
 html_search_language = "zh"
 html_search_options = {"dict": str(HERE / "jieba_dict.txt")}
@@ -65,3 +68,5 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 # the docstrings are written as Markdown-ish plain text: `name` means code there, as it does here
 default_role = "code"
+# `Tokenizer` in a signature is both moe_edu.tokenizer.Tokenizer and the widgets' Protocol of that name
+suppress_warnings = ["ref.python"]

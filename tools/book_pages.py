@@ -54,14 +54,14 @@ def code_link(code: str) -> str:
 def glossary_page(notebooks: dict[str, str]) -> str:
     """Markdown of the glossary page: every term, zh-TW <-> English, the notebook and the code."""
     rows = [
-        "| 中文（臺灣用語） | English | where in code | notebook | meaning | also written |",
+        "| 中文（臺灣用語） | English | meaning | notebook | where in code | also written |",
         "|---|---|---|---|---|---|",
     ]
     for t in GLOSSARY:
         also = "、".join(n for n in t.names if n != t.preferred)
         rows.append(
-            f"| {cell(t.preferred)} | {cell(t.english)} | {code_link(t.code)} | "
-            f"{notebook_links(t.notebook, notebooks)} | {cell(t.meaning)} | {cell(also)} |"
+            f"| {cell(t.preferred)} | {cell(t.english)} | {cell(t.meaning)} | "
+            f"{notebook_links(t.notebook, notebooks)} | {code_link(t.code)} | {cell(also)} |"
         )
     usage = ["| 中國大陸用語 | 臺灣用語 | English | example |", "|---|---|---|---|"]
     usage += [
@@ -70,6 +70,9 @@ def glossary_page(notebooks: dict[str, str]) -> str:
     ]
     return "\n".join(
         [
+            "---",
+            "html_theme.sidebar_secondary.remove: true",  # the table needs the page's whole width
+            "---",
             "# Glossary · 術語表",
             "",
             "Every term of the course in Traditional Chinese (Taiwan usage) and English, the notebook that",
@@ -106,17 +109,14 @@ def search_dictionary() -> str:
     return "".join(f"{w} 100000\n" for w in words)
 
 
-def modules(part: str) -> list[str]:
-    """The modules documented on a part's reference page."""
+def modules(part: str) -> dict[str, bool]:
+    """{module: is a package} for the modules documented on a part's reference page."""
     if part == "core":
-        return sorted(
-            f"moe_edu.{m.name}"
-            for m in pkgutil.iter_modules(moe_edu.__path__)
-            if not m.ispkg and m.name not in ("train",)
-        )
+        core = (m.name for m in pkgutil.iter_modules(moe_edu.__path__) if not m.ispkg and m.name != "train")
+        return {f"moe_edu.{name}": False for name in sorted(core)}
     package = importlib.import_module(f"moe_edu.{part}")
-    found = {m.name for m in pkgutil.walk_packages(package.__path__, f"moe_edu.{part}.")}
-    return [f"moe_edu.{part}"] + sorted(n for n in found if not n.endswith("__main__"))
+    found = {m.name: m.ispkg for m in pkgutil.walk_packages(package.__path__, f"moe_edu.{part}.")}
+    return {f"moe_edu.{part}": True} | {n: found[n] for n in sorted(found) if not n.endswith("__main__")}
 
 
 def api_pages() -> dict[str, str]:
@@ -139,8 +139,10 @@ def api_pages() -> dict[str, str]:
     for part, about in PARTS.items():
         title = "moe_edu (core)" if part == "core" else f"moe_edu.{part}"
         lines = [f"# {title}", "", about + ".", ""]
-        for name in modules(part):
-            lines += [f"## `{name}`", "", "```{eval-rst}", f".. automodule:: {name}", "```", ""]
+        for name, is_package in modules(part).items():
+            # a package's entry is its docstring: its names are documented in the modules that define them
+            members = "   :no-members:" if is_package else ""
+            lines += [f"## `{name}`", "", "```{eval-rst}", f".. automodule:: {name}", members, "```", ""]
         pages[f"{part}.md"] = "\n".join(lines)
     return pages
 

@@ -2,6 +2,7 @@
 
 - Each course notebook's zh-TW summary box (the blockquote that opens with **中文導讀**) is moved
   right under the page title and framed, so a Traditional Chinese reader finds it first.
+- Search splits Chinese into words (jieba) and stems English (see `SearchZh`).
 - Each notebook page opens with a bar: download this notebook, how to run it locally, and for an
   exercise, the link between its student render and its solution render.
 """
@@ -12,6 +13,8 @@ from html import escape
 
 from docutils import nodes
 from sphinx.application import Sphinx
+from sphinx.search import languages
+from sphinx.search.zh import SearchChinese
 
 ZH_MARK = "中文導讀"
 EXERCISES = "notebooks/exercises/"
@@ -73,7 +76,55 @@ def add_page_bar(app: Sphinx, pagename: str, templatename: str, context: dict, d
     context["body"] = page_bar(app, pagename, context) + context.get("body", "")
 
 
+def as_rst(lines: list[str]) -> list[str]:
+    """The library's docstrings are plain text written like Markdown; the few constructs they use, made
+    reStructuredText: a table or an indented example becomes a literal block, a list gets the blank
+    lines around it that reST needs, and an indented continuation line joins its paragraph."""
+    out: list[str] = []
+    block = in_list = False  # inside a literal block / a "- " list
+    for line in lines:
+        blank, indented = not line.strip(), line.startswith("  ")
+        previous_blank = not out or not out[-1].strip()
+        if block and (blank or indented or line.startswith("|")):
+            out.append("    " + line if line.startswith("|") else line)
+            continue
+        block = False
+        if line.startswith("|") or (line.startswith("    ") and previous_blank and not in_list):
+            announced = any(x.strip() for x in out) and [x for x in out if x.strip()][-1].endswith("::")
+            opening = [] if announced else ([] if previous_blank else [""]) + ["::", ""]
+            out += [*opening, "    " + line if line.startswith("|") else line]
+            block = True
+        elif line.startswith("- "):
+            out += ([] if previous_blank or in_list else [""]) + [line]
+            in_list = True
+        elif in_list and indented:
+            out.append(line)
+        elif indented and not previous_blank:
+            out[-1] += " " + line.strip()
+        else:
+            if in_list and not blank:
+                out.append("")
+            in_list = False
+            out.append(line)
+    lines[:] = out
+    return out
+
+
+def docstring_as_rst(app: Sphinx, what: str, name: str, obj: object, options: dict, lines: list[str]) -> None:
+    as_rst(lines)
+
+
+class SearchZh(SearchChinese):
+    """Sphinx's Chinese search (jieba for Chinese words, the English stemmer for Latin ones), with its script
+    named right: Sphinx 9.0 publishes `window.Stemmer = ChineseStemmer`, a name its english-stemmer.js does
+    not define, so every page threw a ReferenceError and search found nothing."""
+
+    language_name = "English"
+
+
 def setup(app: Sphinx) -> dict:
+    languages["zh"] = SearchZh
+    app.connect("autodoc-process-docstring", docstring_as_rst)
     app.connect("doctree-read", zh_summary_first)
     app.connect("html-page-context", add_page_bar)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
