@@ -155,7 +155,7 @@ def standalone_page(asset_prefix: str = "") -> str:
     """A whole HTML page with the explorer alone (the demo file, and what the browser test serves)."""
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
         '<title>Routing explorer (no kernel)</title></head><body style="max-width:900px;margin:1em auto;'
         'padding:0 1em;font-family:sans-serif">'
         "<h1>Where does each token go?</h1><p>The routing of the course's tiny trained Mixtral, precomputed for "
