@@ -268,6 +268,11 @@ def test_site_explorer_hostile_text_and_broken_data(tmp_path, model_and_tokenize
     se.write_site_explorer(tmp_path / "colour", colour)
     se.write_site_explorer(tmp_path / "missing", hostile)
     (tmp_path / "missing" / se.DATA_FILE).unlink()
+    late = se.site_explorer_html(include_assets=False) + '<script src="site_explorer.js"></script>'
+    late += f'<link rel="stylesheet" href="site_explorer.css"><script async src="{se.DATA_FILE}"></script>'
+    (tmp_path / "hostile" / "late.html").write_text(
+        f'<!DOCTYPE html><meta charset="utf-8"><link rel="icon" href="data:,">{late}'
+    )
     with serve(tmp_path) as url, chromium() as page:
         watch = watch_page(page)
         page.goto(f"{url}/hostile/{se.DEMO_FILE}")
@@ -293,4 +298,8 @@ def test_site_explorer_hostile_text_and_broken_data(tmp_path, model_and_tokenize
             assert want in message.inner_text(), message.inner_text()
             if case == "probs":
                 message.screenshot(path=str(ARTIFACTS / "site-explorer-message.png"))
+        # the data script loaded async, after the explorer's code: the explorer waits for it
+        page.goto(f"{url}/hostile/late.html")
+        page.wait_for_function("() => document.querySelector('.moe-site-explorer').dataset.ready === 'true'")
+        assert page.locator(".moe-site-explorer .moe-tok").count() > 10
         assert not [u for u in watch.requests if not u.startswith(url)], watch.requests

@@ -395,8 +395,9 @@
       panels.heatmap.replaceChildren(heatmapView());
       kOut.textContent = String(state.k);
       kBox.setAttribute("aria-valuetext", `k = ${state.k}`);
-      status.textContent = `${p.token_ids.length} tokens · layer ${state.layer} of ${L} · k = ${state.k} of ${E}` +
-        (p.truncated ? " · the text was cut to the model's context" : "");
+      status.textContent = `${p.token_ids.length} tokens · layer ${state.layer} of ${L} · k = ${state.k} of ${E} experts` +
+        (p.truncated ? " · the text was cut to the model's context" : "") +
+        " · routing precomputed from the course's tiny trained model: no Python runs behind this page";
       show();
       mark();
       if (focused) focusHome();
@@ -486,17 +487,22 @@
     root.classList.add("moe-site-failed");
     root.replaceChildren(h("p", { class: "moe-message", role: "alert", text: `The routing explorer cannot start: ${text}` }));
   }
-  function start(root) {
+  function start(root, late) {
     if (root.dataset.started) return;
-    root.dataset.started = "true";
     const source = root.dataset.source || "MOE_ROUTING";
+    const raw = /^[A-Za-z_$][\w$]*$/.test(source) ? window[source] : undefined;
+    if (raw === undefined && !late && document.readyState !== "complete") { // the data script may be async
+      window.addEventListener("load", () => start(root, true), { once: true });
+      return;
+    }
+    root.dataset.started = "true";
     try {
-      const data = checkData(/^[A-Za-z_$][\w$]*$/.test(source) ? window[source] : undefined, source);
-      Explorer(root, data);
+      Explorer(root, checkData(raw, source));
       root.dataset.ready = "true";
     } catch (err) {
       if (!(err instanceof DataError)) console.warn("moe-site-explorer:", err);
-      message(root, err instanceof DataError ? `invalid routing data: ${err.message}` : String((err && err.message) || err));
+      const what = raw === undefined ? "no routing data" : "invalid routing data";
+      message(root, err instanceof DataError ? `${what}: ${err.message}` : String((err && err.message) || err));
     }
   }
   function startAll() { for (const root of document.querySelectorAll(".moe-site-explorer")) start(root); }
