@@ -36,9 +36,9 @@ TOKENS = """(root) => Array.from(root.querySelectorAll('.moe-panel[data-tab="tok
   Number(s.dataset.g), (s.style.backgroundImage.match(/rgb\\(/g) || []).length, s.dataset.t.split(' ').length,
   Number(s.dataset.expert), s.style.backgroundImage])"""
 
-# the exported data's first choice of each span's first token at a layer, read from the page's own data
+# the data's first choice of each span's first token at a layer, read from the explorer's own presets
 FIRST_CHOICES = """([root, layer]) => {
-  const d = window[root.dataset.source || 'MOE_ROUTING'], p = d.presets[Number(root.querySelector('.moe-site-preset').value)];
+  const p = root.moeExplorer.presets[Number(root.querySelector('.moe-site-preset').value)];
   return p.spans.map(s => p.order[layer][s.start][0]);
 }"""
 
@@ -262,3 +262,26 @@ def check_site_explorer(
     names = root.locator(".moe-site-preset option").count()
     assert names >= 1
     return [check_preset(page, root, i, artifacts, prefix) for i in range(names)]
+
+
+def route_typed_text(page, text: str, selector: str = ".moe-site-explorer", *, keyboard: bool = False) -> dict:
+    """Type `text` into the explorer's own-text box and route it (the button, or Ctrl+Enter with `keyboard`);
+    waits for the page's forward pass and returns the preset it made (token ids, spans, probs, order)."""
+    root = page.locator(selector).first
+    before = root.get_attribute("data-live-routes") or "0"
+    box = root.locator(".moe-site-live .moe-input")
+    box.fill(text)
+    if keyboard:
+        box.press("Control+Enter")
+    else:
+        root.locator(".moe-site-route").click()
+    page.wait_for_function(
+        "([sel, before]) => { const r = document.querySelector(sel); return (r.dataset.liveRoutes || '0') !== before"
+        " || !!r.querySelector('.moe-site-live-status.moe-message'); }",
+        arg=[selector, before],
+        timeout=60_000,
+    )
+    message = root.locator(".moe-site-live-status.moe-message")
+    assert message.count() == 0, f"the page could not route the text: {message.first.inner_text()}"
+    assert root.locator(".moe-site-preset option:checked").inner_text() == "your text"
+    return root.evaluate("r => r.moeExplorer.presets[Number(r.querySelector('.moe-site-preset').value)]")

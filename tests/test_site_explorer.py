@@ -10,6 +10,7 @@ Screenshots: test-artifacts/site-explorer-*.png.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import re
@@ -20,14 +21,17 @@ from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from site_explorer_checks import check_site_explorer, watch_page
+from site_explorer_checks import check_preset, check_site_explorer, route_typed_text, watch_page
 from test_browser import CHROMIUM, CHROMIUM_ARGS, require_browser
 
 import moe_edu
 from moe_edu.course import site_explorer as se
+from moe_edu.course import site_model
 from moe_edu.course.palette import EXPERT_PALETTE
+from moe_edu.course.widgets.trace import trace_routing
 from moe_edu.routing import softmax_topk
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,12 +129,14 @@ def test_data_js_escapes_markup_and_round_trips(model_and_tokenizer):
 
 def test_snippet_and_errors():
     full = se.site_explorer_html("_static/")
-    assert '<div class="moe-site-explorer" data-source="MOE_ROUTING">' in full
+    assert '<div class="moe-site-explorer" data-source="MOE_ROUTING" data-live="_static/">' in full
     for name in ("site_explorer.css", se.DATA_FILE, "site_explorer.js"):
         assert f'"_static/{name}"' in full
     assert full.index(se.DATA_FILE) < full.index('site_explorer.js"')  # data before the code
     bare = se.site_explorer_html(include_assets=False)
     assert bare.startswith("<div") and "<script" not in bare and "needs JavaScript" in bare
+    assert 'data-live=""' in bare and 'data-live="_static/"' in full  # where the live JS and model are loaded from
+    assert "data-live" not in se.site_explorer_html(live=False)
     assert 'data-preset="a&quot;&lt;"' in se.site_explorer_html(include_assets=False, preset='a"<')
     with pytest.raises(ValueError, match="asset_prefix"):
         se.site_explorer_html('x"><script>')
@@ -141,7 +147,7 @@ def test_snippet_and_errors():
 
 
 def test_assets_are_offline_and_never_parse_html():
-    js = se.asset_text("site_explorer.js")
+    js = se.asset_text("site_explorer.js") + se.asset_text("site_explorer_live.js")
     assert "innerHTML" not in js and "insertAdjacentHTML" not in js and "document.write" not in js
     assert not re.search(r"\bfetch\(|XMLHttpRequest|WebSocket|import\(", js)
     urls = set(re.findall(r"https?://[^\s\"'`)]+", js + se.asset_text("site_explorer.css")))
@@ -151,16 +157,54 @@ def test_assets_are_offline_and_never_parse_html():
 
 
 def test_write_site_explorer(tmp_path, data):
-    written = se.write_site_explorer(tmp_path / "out", data)
+    written = se.write_site_explorer(tmp_path / "out", data, live=False)
     assert sorted(p.name for p in written) == sorted([se.DATA_FILE, *se.ASSETS, se.DEMO_FILE])
+    assert "data-live" not in (tmp_path / "out" / se.DEMO_FILE).read_text(), "no text box without the model file"
     size = (tmp_path / "out" / se.DATA_FILE).stat().st_size
     assert 50_000 < size < 200_000, f"the data file is {size:,} bytes"
     again = se.write_site_explorer(tmp_path / "again")  # exported afresh: the same bytes
     assert (tmp_path / "again" / se.DATA_FILE).read_bytes() == (tmp_path / "out" / se.DATA_FILE).read_bytes()
+    assert sorted(p.name for p in again) == sorted([p.name for p in written] + [site_model.FILE])
+    assert 'data-live=""' in (tmp_path / "again" / se.DEMO_FILE).read_text()
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="out_dir"):
         se.write_site_explorer(tmp_path / "file", data)
-    assert len(again) == 4
+
+
+def test_model_export_holds_what_the_routers_need(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    exported = site_model.export_model(model, tokenizer)
+    weights = np.frombuffer(base64.b64decode(exported["weights"]), dtype="<f4")
+    assert weights.size == exported["num_floats"]
+    state = model.state_dict()
+    for name, spec in exported["tensors"].items():
+        n = int(np.prod(spec["shape"]))
+        assert np.array_equal(weights[spec["offset"] : spec["offset"] + n], state[name].flatten().numpy()), name
+    names = set(exported["tensors"])
+    assert "lm_head.weight" not in names and "model.norm.weight" not in names  # no router reads them
+    assert "model.layers.3.mlp.experts.gate_up_proj" not in names and "model.layers.2.mlp.experts.down_proj" in names
+    assert exported["config"] | {"rope_theta": 0} == {
+        "hidden_size": 64, "intermediate_size": 224, "num_layers": 4, "num_experts": 8, "top_k": 2, "heads": 8,
+        "kv_heads": 2, "head_dim": 8, "rope_theta": 0, "rms_norm_eps": 1e-5, "context": 256, "vocab_size": 1024,
+        "sliding_window": None,
+    }  # fmt: skip
+    assert len(exported["tokenizer"]["vocab"]) == 1024 and all(" " in m for m in exported["tokenizer"]["merges"])
+    text = se.js_global(site_model.GLOBAL, exported)
+    assert 4_000_000 < len(text) < 8_000_000, f"the model file is {len(text):,} bytes"
+
+
+def test_model_export_rejects_a_tokenizer_the_page_cannot_run():
+    spec = json.loads(moe_edu.load_pretrained()[1].backend.to_str())
+    assert site_model.check_tokenizer(spec)["merges"]
+    for change, field in (
+        (lambda s: s.__setitem__("normalizer", {"type": "NFC"}), "normalizer"),
+        (lambda s: s["pre_tokenizer"]["pretokenizers"].pop(0), "pre_tokenizer"),
+        (lambda s: s["model"].__setitem__("type", "WordPiece"), "model"),
+    ):
+        bad = json.loads(json.dumps(spec))
+        change(bad)
+        with pytest.raises(ValueError, match=f"tokenizer {field}"):
+            site_model.check_tokenizer(bad)
 
 
 def test_cli_errors_name_the_argument(tmp_path, capsys):
@@ -184,7 +228,7 @@ def test_cli_writes_and_fails_without_traceback(tmp_path):
     assert bad.returncode == 1 and "cannot write OUT_DIR" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
     ok = subprocess.run([*cmd, str(tmp_path / "site")], capture_output=True, text=True, env=env, cwd=ROOT)
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.count("wrote ") == 4 and (tmp_path / "site" / se.DEMO_FILE).is_file()
+    assert ok.stdout.count("wrote ") == 6 and (tmp_path / "site" / site_model.FILE).is_file()
 
 
 # ---------------------------------------------------------------------------------------------- browser
@@ -303,3 +347,53 @@ def test_site_explorer_hostile_text_and_broken_data(tmp_path, model_and_tokenize
         page.wait_for_function("() => document.querySelector('.moe-site-explorer').dataset.ready === 'true'")
         assert page.locator(".moe-site-explorer .moe-tok").count() > 10
         assert not [u for u in watch.requests if not u.startswith(url)], watch.requests
+
+
+TYPED = (
+    "專家混合模型在台灣很熱門 👍🏽",
+    "مرحبا بالعالم 🇹🇼 e\u0301 naïve ½ ² \u202e <script>x</script>\tdone\n\n  def f(x):\n    return 12 * x",
+    "The router sends each token to two experts. " * 30,  # past the model's 256 tokens: cut, and said so
+)
+
+
+@pytest.mark.browser
+def test_site_explorer_routes_typed_text_like_torch(tmp_path, data, model_and_tokenizer):
+    """Typed text, routed in the page by the JS tokenizer and forward pass: the same token ids, character spans,
+    labels and right-to-left runs as Python's export, the same top-2 experts at every layer and token, the
+    probabilities within 2e-4; then the views work on it as on a preset. Nothing but localhost is requested."""
+    model, tokenizer = model_and_tokenizer
+    se.write_site_explorer(tmp_path, data)
+    (tmp_path / "nomodel").mkdir()
+    se.write_site_explorer(tmp_path / "nomodel", data)
+    (tmp_path / "nomodel" / site_model.FILE).unlink()
+    with serve(tmp_path) as url, chromium() as page:
+        watch = watch_page(page)
+        page.goto(f"{url}/{se.DEMO_FILE}")
+        page.wait_for_function("() => document.querySelector('.moe-site-explorer').dataset.ready === 'true'")
+        assert not any(site_model.FILE in u for u in watch.requests), "the model loads on first use only"
+        for i, text in enumerate(TYPED):
+            got = route_typed_text(page, text, keyboard=i == 1)
+            want = se.export_trace("your text", trace_routing(model, tokenizer, text))
+            for field in ("token_ids", "spans", "rtl_runs", "truncated"):
+                assert got[field] == want[field], (text[:30], field)
+            for layer, (a, b) in enumerate(zip(got["order"], want["order"], strict=True)):
+                assert [r[:2] for r in a] == [r[:2] for r in b], (text[:30], layer)
+            gap = (torch.tensor(got["probs"]) - torch.tensor(want["probs"])).abs().max().item()  # (L, T, E)
+            assert gap <= 2e-4, (text[:30], gap)
+        assert got["truncated"] and "cut to the model's 256 tokens" in page.inner_text(".moe-site-live-status")
+        root = page.locator(".moe-site-explorer")
+        route_typed_text(page, TYPED[0])
+        index = int(root.locator(".moe-site-preset").input_value())
+        summary = check_preset(page, root, index, ARTIFACTS, "site-explorer-typed")
+        assert summary["preset"] == "your text" and summary["spans"] == 14, summary
+        root.locator(".moe-site-preset").select_option(index=index)
+        root.screenshot(path=str(ARTIFACTS / "site-explorer-typed.png"))
+        assert not watch.problems(), watch.problems()
+        assert sum(site_model.FILE in u for u in watch.requests) == 1, "the model file is loaded once"
+
+        page.goto(f"{url}/nomodel/{se.DEMO_FILE}")  # the model file missing: a message, not a dead button
+        root.locator(".moe-site-live .moe-input").fill("hello")
+        root.locator(".moe-site-route").click()
+        message = root.locator(".moe-site-live-status.moe-message")
+        message.wait_for(state="visible")
+        assert f"could not load {site_model.FILE}" in message.inner_text(), message.inner_text()

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from moe_edu import load_pretrained
+from moe_edu.course import site_model
 from moe_edu.course.palette import expert_colour
 from moe_edu.course.widgets.explorer import PRESET_TEXTS, SCRIPT_TEXTS
 from moe_edu.course.widgets.render import joined_edges, rtl_runs
@@ -37,7 +38,7 @@ from moe_edu.course.widgets.trace import RoutingTrace, trace_routing
 FORMAT = 1  # bump when the data's fields change (the JS checks it)
 DECIMALS = 4
 DATA_FILE = "site_explorer_data.js"
-ASSETS = ("site_explorer.js", "site_explorer.css")
+ASSETS = ("site_explorer.js", "site_explorer.css", "site_explorer_live.js")
 DEMO_FILE = "site_explorer.html"
 GLOBAL = "MOE_ROUTING"  # the window property the data file sets
 
@@ -113,13 +114,18 @@ def export_routing(model: Any = None, tokenizer: Any = None, presets: Mapping[st
     }
 
 
-def data_js(data: dict) -> str:
-    """The data file's text: `window.MOE_ROUTING = {...};` (compact JSON; `<`, `>` and `&` escaped as
-    \\u003c etc., so a token like `</script>` cannot end an inline script block)."""
+def js_global(name: str, data: dict) -> str:
+    """`window.<name> = {...};` as a JS file's text: compact JSON with `<`, `>` and `&` escaped as \\u003c etc.
+    (a token like `</script>` cannot end an inline script block) and the line separators U+2028/9 too."""
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")  # line separators end a JS line
-    return f"window.{GLOBAL} = {text};\n"
+    return f"window.{name} = {text};\n"
+
+
+def data_js(data: dict) -> str:
+    """The routing data file's text: `window.MOE_ROUTING = {...};` (see `js_global`)."""
+    return js_global(GLOBAL, data)
 
 
 def asset_text(name: str) -> str:
@@ -129,16 +135,21 @@ def asset_text(name: str) -> str:
     return resources.files("moe_edu.course").joinpath("static", name).read_text(encoding="utf-8")
 
 
-def site_explorer_html(asset_prefix: str = "", *, include_assets: bool = True, preset: str | None = None) -> str:
+def site_explorer_html(
+    asset_prefix: str = "", *, include_assets: bool = True, preset: str | None = None, live: bool = True
+) -> str:
     """The HTML to put in a page: a `<div class="moe-site-explorer">` (which says what it needs until the JS
     replaces its content) and, with `include_assets`, the tags that load the data, JS and CSS from
-    `asset_prefix` (e.g. "_static/"). Leave them out when the site loads the three files itself."""
+    `asset_prefix` (e.g. "_static/"). Leave them out when the site loads those three files itself.
+    `live`: a text box that routes the reader's own text in the page; its two files (the live JS and the
+    model) are loaded from `asset_prefix` on first use only. `preset`: the preset shown first."""
     if not isinstance(asset_prefix, str) or any(c in asset_prefix for c in "\"'<>"):
         raise ValueError(f"asset_prefix must be a URL path without quotes or angle brackets, got {asset_prefix!r}")
     if preset is not None and not isinstance(preset, str):
         raise TypeError(f"preset must be a preset name (str) or None, got {type(preset).__name__}")
     p = escape(asset_prefix, quote=True)
     first = "" if preset is None else f' data-preset="{escape(preset, quote=True)}"'
+    first += f' data-live="{p}"' if live else ""
     div = (
         f'<div class="moe-site-explorer" data-source="{GLOBAL}"{first}>'
         '<p class="moe-site-loading">The routing explorer loads here (it needs JavaScript; no Python runs).</p></div>'
@@ -151,7 +162,7 @@ def site_explorer_html(asset_prefix: str = "", *, include_assets: bool = True, p
     )
 
 
-def standalone_page(asset_prefix: str = "") -> str:
+def standalone_page(asset_prefix: str = "", *, live: bool = True) -> str:
     """A whole HTML page with the explorer alone (the demo file, and what the browser test serves)."""
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
@@ -159,20 +170,27 @@ def standalone_page(asset_prefix: str = "") -> str:
         '<title>Routing explorer (no kernel)</title></head><body style="max-width:900px;margin:1em auto;'
         'padding:0 1em;font-family:sans-serif">'
         "<h1>Where does each token go?</h1><p>The routing of the course's tiny trained Mixtral, precomputed for "
-        "the preset texts: pick a layer and k, hover or select a token.</p>"
-        f"{site_explorer_html(asset_prefix)}</body></html>\n"
+        "the preset texts (or your own text, routed in this page): pick a layer and k, hover or select a token.</p>"
+        f"{site_explorer_html(asset_prefix, live=live)}</body></html>\n"
     )
 
 
-def write_site_explorer(out_dir: Path, data: dict | None = None) -> list[Path]:
-    """Write the data file, the JS and CSS assets and a standalone demo page into `out_dir` (created if
-    needed); returns the paths written. `data`: from `export_routing()` (default: exported now)."""
+def write_site_explorer(out_dir: Path, data: dict | None = None, *, live: bool = True) -> list[Path]:
+    """Write the routing data, the JS and CSS assets, a standalone demo page and (`live`) the model file
+    into `out_dir` (created if needed); returns the paths written. `data`: from `export_routing()` (default:
+    exported now from the shipped model)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"out_dir {str(out_dir)!r} is a file, not a folder")
-    data = export_routing() if data is None else data
+    model = tokenizer = None
+    if data is None or live:
+        model, tokenizer = load_pretrained()
+    data = export_routing(model, tokenizer) if data is None else data
+    files = {DATA_FILE: data_js(data)} | {name: asset_text(name) for name in ASSETS}
+    files[DEMO_FILE] = standalone_page(live=live)
+    if live:
+        files[site_model.FILE] = js_global(site_model.GLOBAL, site_model.export_model(model, tokenizer))
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {DATA_FILE: data_js(data)} | {name: asset_text(name) for name in ASSETS} | {DEMO_FILE: standalone_page()}
     written = []
     for name, text in files.items():
         path = out_dir / name
@@ -188,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Export the routing explorer for a static web page (no kernel): data, JS, CSS, a demo page.",
     )
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write into (created if missing)")
+    parser.add_argument("--no-live", action="store_true", help="no text box for the reader's own text (no model file)")
     args = parser.parse_args(argv)
     out = Path(args.out_dir)
     if not args.out_dir.strip():
@@ -195,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and not out.is_dir():
         parser.error(f"OUT_DIR {args.out_dir!r} is a file, not a folder")
     try:
-        written = write_site_explorer(out)
+        written = write_site_explorer(out, live=not args.no_live)
     except OSError as err:
         parser.exit(1, f"{parser.prog}: error: cannot write OUT_DIR {args.out_dir!r}: {err.strerror or err}\n")
     for path in written:

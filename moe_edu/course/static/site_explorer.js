@@ -148,15 +148,16 @@
     const id = `moe-site-${++COUNT}`;
     const L = data.model.num_layers, E = data.model.num_experts, colours = data.colours;
     const want = root.dataset.preset;
+    const presets = [...data.presets]; // this explorer's own list: a typed text is added to it
     const state = {
-      preset: Math.max(0, data.presets.findIndex((p) => p.name === want)),
+      preset: Math.max(0, presets.findIndex((p) => p.name === want)),
       layer: 0, k: data.model.top_k, tab: "tokens", selected: -1, dimmed: -1, pinned: -1, hover: -1,
     };
     let routes = null; // per token of the current preset: route() at the current layer and k
 
     // controls
     const presetBox = h("select", { class: "moe-site-preset", "aria-label": "preset text" },
-      ...data.presets.map((p, i) => h("option", { value: i, text: p.name })));
+      ...presets.map((p, i) => h("option", { value: i, text: p.name })));
     const layerBox = h("select", { class: "moe-site-layer", "aria-label": "layer" },
       ...Array.from({ length: L }, (_, l) => h("option", { value: l, text: `layer ${l}` })));
     const kBox = h("input", { type: "range", class: "moe-site-k", min: 1, max: E, step: 1, "aria-label": "k, experts per token" });
@@ -178,12 +179,14 @@
     if (theme) card.dataset.theme = theme;
     root.classList.add("moe-explorer-view");
     root.id = root.id || id;
-    root.replaceChildren(controls, status, bar, body);
+    root.moeExplorer = { presets, state }; // for tests and the console: this explorer's texts and state
+    const live = root.dataset.live !== undefined ? liveBox() : null;
+    root.replaceChildren(controls, ...(live ? [live] : []), status, bar, body);
     document.body.append(card);
     presetBox.value = String(state.preset);
     kBox.value = String(state.k);
 
-    const preset = () => data.presets[state.preset];
+    const preset = () => presets[state.preset];
     const spanOf = () => { const s = []; preset().spans.forEach((sp, g) => { for (let t = sp.start; t < sp.stop; t++) s.push(g); }); return s; };
     const tokenLabel = (sp, i) => { const n = sp.stop - sp.start, x = sp.label.replace(/ /g, "\u2423"); return n > 1 ? `${x} ${i + 1}/${n}` : x; };
 
@@ -397,7 +400,8 @@
       kBox.setAttribute("aria-valuetext", `k = ${state.k}`);
       status.textContent = `${p.token_ids.length} tokens · layer ${state.layer} of ${L} · k = ${state.k} of ${E} experts` +
         (p.truncated ? " · the text was cut to the model's context" : "") +
-        " · routing precomputed from the course's tiny trained model: no Python runs behind this page";
+        (p.live ? " · routed just now, in this page, by the course's tiny trained model in JavaScript"
+          : " · routing precomputed from the course's tiny trained model") + ": no Python runs behind this page";
       show();
       mark();
       if (focused) focusHome();
@@ -406,6 +410,65 @@
     function focusHome() {
       const g = Math.max(state.selected, 0);
       panels[state.tab].querySelector(`.moe-tok[data-g="${g}"], .moe-ftok[data-g="${g}"], tr[data-g="${g}"]`)?.focus({ preventScroll: false });
+    }
+
+    // ---------------------------------------------------------------- your own text, routed in the page
+    function liveBox() {
+      const box = h("textarea", { class: "moe-input", rows: 2, "aria-label": "your own text to route",
+        placeholder: "Type your own text (any language, emoji, code), then press \u201croute my text\u201d (or Ctrl+Enter)" });
+      const go = h("button", { type: "button", class: "moe-site-route", text: "route my text" });
+      const note = h("span", { class: "moe-site-live-status", role: "status" });
+      const run = () => routeText(box.value, go, note);
+      go.addEventListener("click", run);
+      box.addEventListener("keydown", (ev) => { if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); run(); } });
+      return h("div", { class: "moe-site-live" }, box, h("div", { class: "moe-site-live-row" }, go, note));
+    }
+    function loadScript(src) {
+      return new Promise((resolve, reject) => {
+        const s = h("script", { src });
+        s.onload = resolve;
+        s.onerror = () => reject(new Error(`could not load ${src}`));
+        document.head.append(s);
+      });
+    }
+    let loading = null;
+    function loadModel() { // on first use only: the model file is a few MB
+      const base = root.dataset.live || "";
+      loading = loading || (async () => {
+        if (!window.MoeSiteLive) await loadScript(`${base}site_explorer_live.js`);
+        if (!window.MOE_MODEL) await loadScript(`${base}site_explorer_model.js`);
+      })();
+      return loading.catch((err) => { loading = null; throw err; });
+    }
+    async function routeText(text, go, note) {
+      note.classList.remove("moe-message");
+      if (!text.trim()) { note.classList.add("moe-message"); note.textContent = "Type some text first."; return; }
+      go.disabled = true;
+      note.textContent = window.MOE_MODEL ? "routing\u2026" : "loading the model (a few MB, once)\u2026";
+      try {
+        await loadModel();
+        await new Promise((r) => setTimeout(r, 0)); // let the note paint before the forward pass
+        const t0 = performance.now();
+        const mine = window.MoeSiteLive.preset(window.MOE_MODEL, text, "your text");
+        const ms = performance.now() - t0;
+        delete mine.raw_probs;
+        checkPreset(mine, "your text", L, E);
+        let i = presets.findIndex((p) => p.live);
+        mine.live = true;
+        if (i < 0) { i = presets.length; presets.push(mine); presetBox.append(h("option", { value: i, text: "your text" })); }
+        else presets[i] = mine;
+        Object.assign(state, { preset: i, selected: -1, dimmed: -1, pinned: -1, hover: -1 });
+        presetBox.value = String(i);
+        render();
+        note.textContent = `routed ${mine.token_ids.length} tokens in ${Math.round(ms)} ms, in this page` +
+          (mine.truncated ? ` (cut to the model's ${window.MOE_MODEL.config.context} tokens)` : "");
+        root.dataset.liveRoutes = String(Number(root.dataset.liveRoutes || 0) + 1);
+      } catch (err) {
+        note.classList.add("moe-message");
+        note.textContent = `Could not route this text: ${(err && err.message) || err}`;
+      } finally {
+        go.disabled = false;
+      }
     }
 
     // ---------------------------------------------------------------- events
