@@ -5,11 +5,12 @@ shipped tiny model once per preset text (no network, deterministic) and writes, 
 and at every layer all E router probabilities (4 decimals) and their order, as a plain JS file
 (`window.MOE_ROUTING = {...}`, which loads from file:// too, unlike JSON). `static/site_explorer.js`
 draws the same views client side from that data (tokens with top-k bands, hover card, flow, heatmap),
-so changing k re-ranks and renormalises in the page. Why an explicit order: probabilities rounded to
+so changing k re-ranks and renormalises in the page; with `live`, a text box routes the reader's own
+text in the page too (`site_model`: the model for the browser). Why an explicit order: probabilities rounded to
 4 decimals tie or swap where two experts are within 1e-4 (the presets have such pairs), and the page's
 top-k must be the model's.
 
-    write_site_explorer(Path("site/_static"))  # data + JS + CSS (+ a standalone demo page)
+    write_site_explorer(Path("site/_static"))  # data, JS, CSS, the model file, a standalone demo page
     site_explorer_html(asset_prefix="_static/")  # the snippet to put in a page
     python -m moe_edu.course.site_explorer OUT_DIR
 """
@@ -142,7 +143,8 @@ def site_explorer_html(
     replaces its content) and, with `include_assets`, the tags that load the data, JS and CSS from
     `asset_prefix` (e.g. "_static/"). Leave them out when the site loads those three files itself.
     `live`: a text box that routes the reader's own text in the page; its two files (the live JS and the
-    model) are loaded from `asset_prefix` on first use only. `preset`: the preset shown first."""
+    model) are loaded on first use only, from `asset_prefix` or, when that is "", from beside site_explorer.js.
+    `preset`: the preset shown first."""
     if not isinstance(asset_prefix, str) or any(c in asset_prefix for c in "\"'<>"):
         raise ValueError(f"asset_prefix must be a URL path without quotes or angle brackets, got {asset_prefix!r}")
     if preset is not None and not isinstance(preset, str):

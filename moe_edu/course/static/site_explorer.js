@@ -9,7 +9,10 @@
  * a click, a tap or the keyboard. Tokens are reachable by keyboard (roving tabindex: arrows move the
  * selection, Enter/Space select, Escape closes the card). Top-k uses the exported order of the experts
  * (the model's own ranking), weights are renormalised from the exported probabilities.
- * Vanilla JS, no network, no build step; token text only ever goes through textContent.
+ * With data-live on the div, a text box routes the reader's own text in the page: on first use it
+ * loads site_explorer_live.js and site_explorer_model.js (from data-live's prefix, else from beside
+ * this file) and adds "your text" to the presets.
+ * Vanilla JS, nothing fetched but those files, no build step; token text only ever goes through textContent.
  */
 (function () {
   "use strict";
@@ -20,6 +23,8 @@
   const TABS = ["tokens", "flow", "heatmap"];
   const SHADE = "49,130,189"; // heatmap blue (views.py)
   let COUNT = 0;
+  // where this file was loaded from: the live JS and the model file lie beside it (whatever the page's depth)
+  const HERE = document.currentScript && document.currentScript.src ? new URL(".", document.currentScript.src).href : "";
 
   // ------------------------------------------------------------------ data checks
   class DataError extends Error {}
@@ -433,7 +438,7 @@
     }
     let loading = null;
     function loadModel() { // on first use only: the model file is a few MB
-      const base = root.dataset.live || "";
+      const base = root.dataset.live || HERE;
       loading = loading || (async () => {
         if (!window.MoeSiteLive) await loadScript(`${base}site_explorer_live.js`);
         if (!window.MOE_MODEL) await loadScript(`${base}site_explorer_model.js`);
