@@ -544,6 +544,9 @@
     body.addEventListener("focusout", (ev) => {
       if (!body.contains(ev.relatedTarget)) { if (state.pinned < 0) card.hidden = true; }
     });
+    document.addEventListener("click", (ev) => { // a tap outside the explorer closes a pinned card (touch screens)
+      if (state.pinned >= 0 && !root.contains(ev.target)) { state.pinned = -1; card.hidden = true; }
+    });
     const onMove = () => { hideCard(); drawFlow(flowTarget()); };
     window.addEventListener("scroll", onMove, true);
     window.addEventListener("resize", onMove);
