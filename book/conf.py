@@ -49,7 +49,6 @@ html_theme_options = {
     "use_fullscreen_button": False,
     "home_page_in_toc": True,
     "show_toc_level": 2,
-    "navigation_with_keys": True,
 }
 html_context = {"default_mode": "auto"}  # light or dark as the reader's system says
 

@@ -226,9 +226,8 @@ def test_zh_summary_is_in_the_first_screen_of_each_course_notebook(server: str):
 def search(page, server: str, query: str) -> list[str]:
     """The result links of the site's search page for `query` (Sphinx's client-side index)."""
     page.goto(f"{server}search.html?q={query}")
-    page.wait_for_function(
-        "() => { const s = document.querySelector('#search-results'); "
-        "return s && (s.querySelector('li') || /did not match|no results|0 pages/i.test(s.innerText)); }",
+    page.wait_for_function(  # results arrive page by page: wait for the summary line that ends the search
+        "() => /Search finished/.test((document.querySelector('#search-results') || {}).innerText || '')",
         timeout=30_000,
     )
     return page.eval_on_selector_all("#search-results li a", "as => as.map(a => a.getAttribute('href'))")
@@ -250,3 +249,30 @@ def test_search_finds_chinese_and_english_terms(server: str):
     assert any(h.startswith("glossary.html") for h in zh), zh[:10]
     assert any(h.startswith("notebooks/05_mixtral_smoe_block.html") for h in zh), zh[:10]
     assert any(h.startswith("notebooks/07_load_balancing_and_training.html") for h in en), en[:10]
+
+
+@pytest.mark.browser
+def test_explorer_runs_in_the_page_without_a_kernel(server: str):
+    """The book's explorer page: every preset driven (k changes the bands and the card's weights, the card is
+    whole, keyboard selection, flow lines), a typed text routed by the model in the page, no kernel, no
+    websocket, nothing from outside the site, no console error."""
+    require_browser()
+    from playwright.sync_api import sync_playwright
+    from site_explorer_checks import check_site_explorer, route_typed_text, watch_page
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(20_000)
+        watch = watch_page(page)
+        page.goto(f"{server}explorer.html")
+        summaries = check_site_explorer(page, artifacts=ARTIFACTS, prefix="book-explorer")
+        typed = route_typed_text(page, "專家 route tokens 🙂")
+        page.locator(".moe-site-explorer").screenshot(path=str(ARTIFACTS / "book-explorer.png"))
+        browser.close()
+    print(
+        f"\n[book] explorer: {len(summaries)} presets driven; typed text routed into {len(typed['token_ids'])} tokens"
+    )
+    assert len(summaries) == 6 and typed["token_ids"]
+    assert not watch.problems(allowed_hosts=("127.0.0.1",)), watch.problems(allowed_hosts=("127.0.0.1",))
+    assert not any(u for u in watch.requests if not u.startswith((server, "data:"))), watch.requests

@@ -54,7 +54,9 @@ def lock_pins() -> dict[str, list[tuple[Version, str]]]:
 
 def test_lock_input_lists_exactly_the_projects_requirements_but_torch():
     extras = project()["optional-dependencies"]
-    declared = requirements(project()["dependencies"] + extras["notebooks"] + extras["test"] + extras["explorer"] + extras["book"])
+    declared = requirements(
+        project()["dependencies"] + extras["notebooks"] + extras["test"] + extras["explorer"] + extras["book"]
+    )
     lock_in = [
         ln.strip()
         for ln in (ROOT / "requirements/lock.in").read_text().splitlines()

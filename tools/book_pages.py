@@ -12,6 +12,7 @@ from pathlib import Path
 
 import moe_edu
 from moe_edu.course.glossary import GLOSSARY, SYSTEMS_USAGE, TAIWAN_USAGE
+from moe_edu.course.site_explorer import site_explorer_html
 
 HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")  # runs of CJK ideographs
 # the library reference: one page per part, in the order DESIGN.md describes them
@@ -93,6 +94,34 @@ def glossary_page(notebooks: dict[str, str]) -> str:
             "the Taiwan form.",
             "",
             *usage,
+            "",
+        ]
+    )
+
+
+def explorer_page() -> str:
+    """Markdown of the in-page routing explorer's page (its assets are in _static, beside the page)."""
+    return "\n".join(
+        [
+            "# Routing explorer · 路由探索",
+            "",
+            "Which experts does each token go to? The shipped tiny Mixtral (4 layers, 8 experts, top-2; notebook",
+            "07 shows its training) routed each preset text when this site was built; every layer's 8 router",
+            "probabilities per token are in the page, and everything below runs in your browser, with no",
+            "Python behind it. Pick a text and a layer, move **k**: each token's colour bands are its top-k",
+            "experts, as tall as their renormalised weights. Hover over (or tap, or Tab to) a token for its",
+            "card: the router's softmax over the 8 experts, the top-k outlined, the probability mass kept,",
+            "and the weights after renormalising. *Route my text* runs the model itself in the page",
+            "(a 6 MB download, on first use). [Notebook 06](notebooks/06_routing_explorer.ipynb) builds",
+            "the same views in Python, with more of them.",
+            "",
+            "> **中文導讀**　每個 token 會被送到哪些專家？下方的文字以已訓練的小型 Mixtral 路由：",
+            "> 色帶是該 token 的前 k 個專家，高度為重新正規化後的權重。移動 k、切換層，",
+            "> 將滑鼠移到 token 上（或點選、用 Tab 鍵）即可看到路由網路的 softmax 機率。全部在瀏覽器中執行。",
+            "",
+            "```{raw} html",
+            site_explorer_html("_static/"),
+            "```",
             "",
         ]
     )

@@ -20,7 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-from book_pages import notebook_names, write_pages  # noqa: E402 (tools/ is not a package)
+from book_pages import explorer_page, notebook_names, write_pages  # noqa: E402 (tools/ is not a package)
+
+from moe_edu.course.site_explorer import write_site_explorer  # noqa: E402
 
 NOTEBOOKS = ROOT / "notebooks"
 # what the site shows of notebooks/: the course, the exercises (student and solution renders), the guides
@@ -70,13 +72,9 @@ def stage(src: Path) -> None:
 
 
 def write_explorer(src: Path) -> None:
-    """The in-page routing explorer: its page, its data and its script (moe_edu.course.site_explorer)."""
-    try:
-        from moe_edu.course.site_explorer import explorer_page
-    except ImportError:  # TODO(lead): remove once the site explorer lands
-        (src / "explorer.md").write_text("# Routing explorer\n\nComing.\n", encoding="utf-8")
-        return
-    (src / "explorer.md").write_text(explorer_page(src / "_static" / "explorer"), encoding="utf-8")
+    """The in-page routing explorer: its data, scripts and model file in _static, and its page."""
+    write_site_explorer(src / "_static")
+    (src / "explorer.md").write_text(explorer_page(), encoding="utf-8")
 
 
 def build(out: Path, jobs: str = "auto") -> Path:
