@@ -200,7 +200,7 @@ def test_every_page_opens_in_chromium_without_errors(site: Path, server: str):
 
 
 @pytest.mark.browser
-def test_zh_summary_is_in_the_first_screen_of_each_course_notebook(server: str):
+def test_each_course_notebook_shows_its_zh_summary_first_its_math_and_copy_buttons(server: str):
     require_browser()
     from playwright.sync_api import sync_playwright
 
@@ -219,6 +219,14 @@ def test_zh_summary_is_in_the_first_screen_of_each_course_notebook(server: str):
             text = box.inner_text()
             if top > 900 or lang != "zh-Hant-TW" or "中文導讀" not in text:
                 late.append(f"{name}: top {top:.0f} px, lang {lang}, text {text[:20]!r}")
+            # math is typeset (no raw \( left), and every code cell has its copy button
+            page.wait_for_function("() => !window.MathJax || !MathJax.startup || MathJax.startup.promise")
+            page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : null")
+            raw_math = page.evaluate("() => (document.querySelector('main').innerText.match(/\\\\\\(/g) || []).length")
+            cells = page.locator("div.cell_input").count()
+            buttons = page.locator("div.cell_input button.copybtn").count()
+            if raw_math or buttons != cells or not cells:
+                late.append(f"{name}: {raw_math} raw \\( left, {buttons} copy buttons for {cells} code cells")
         browser.close()
     assert not late, late
 

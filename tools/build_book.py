@@ -85,6 +85,9 @@ def build(out: Path, jobs: str = "auto") -> Path:
         sys.exit("build_book: Sphinx is not installed (make install adds it; the website needs Python >= 3.11)")
     src, html = out / "src", out / "html"
     claim(out)
+    for stale in (html, out / "doctrees"):  # a clean build: no page or asset of an older build survives
+        if stale.exists():
+            shutil.rmtree(stale)
     stage(src)
     code = build_main(["-b", "html", "-q", "-j", jobs, "-d", str(out / "doctrees"), str(src), str(html)])
     if code:

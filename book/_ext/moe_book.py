@@ -73,7 +73,12 @@ def add_page_bar(app: Sphinx, pagename: str, templatename: str, context: dict, d
         return
     if app.env.doc2path(pagename).suffix != ".ipynb":
         return
-    context["body"] = page_bar(app, pagename, context) + context.get("body", "")
+    body = context.get("body", "")
+    bar = page_bar(app, pagename, context)
+    if "moe-explorer-static" in body:  # the notebook's explorer is a static picture here: point to the live one
+        live = f' · <a href="{escape(context["pathto"]("explorer"))}">The explorer, live in this site</a>'
+        bar = bar.replace("</nav>", live + "</nav>")
+    context["body"] = bar + body
 
 
 def as_rst(lines: list[str]) -> list[str]:
