@@ -113,6 +113,32 @@ def test_every_course_notebook_exercise_and_guide_has_its_page(site: Path):
         assert nb["cells"], name
 
 
+def test_every_figure_and_widget_twin_of_the_notebooks_is_on_its_page(site: Path):
+    """As many images on each notebook's page as the notebook has image outputs; notebook 06's explorer shows its
+    static twin; each page has previous/next links; each exercise links its solution and back."""
+    wrong = []
+    staged = [*(f"{n}" for n in COURSE), *(f"exercises/{n}" for n in EXERCISES)]
+    staged += [f"exercises/solutions/{n}" for n in EXERCISES]
+    for name in staged:
+        nb = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text(encoding="utf-8"))
+        figures = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
+        page = (site / "notebooks" / f"{name}.html").read_text(encoding="utf-8")
+        shown = (
+            page.count('src="../_images/') + page.count('src="../../_images/') + page.count('src="../../../_images/')
+        )
+        if shown != figures:
+            wrong.append(f"{name}: {figures} figures in the notebook, {shown} on the page")
+        if 'class="left-prev"' not in page and 'class="right-next"' not in page:
+            wrong.append(f"{name}: no previous/next links")
+    assert not wrong, wrong
+    assert 'id="moe-explorer-static"' in (site / "notebooks" / "06_routing_explorer.html").read_text(encoding="utf-8")
+    for name in EXERCISES:
+        student = (site / "notebooks" / "exercises" / f"{name}.html").read_text(encoding="utf-8")
+        solution = (site / "notebooks" / "exercises" / "solutions" / f"{name}.html").read_text(encoding="utf-8")
+        assert f'href="solutions/{name}.html">Solutions</a>' in student, name
+        assert f'href="../{name}.html">Student version</a>' in solution, name
+
+
 def test_no_broken_internal_link_or_missing_file(site: Path):
     parsed = {p: parse(p) for p in pages(site)}
     broken = []
