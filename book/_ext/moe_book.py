@@ -50,6 +50,18 @@ def zh_summary_first(app: Sphinx, doctree: nodes.document) -> None:
         section.insert(title_at + offset, node)
 
 
+def drop_empty_outputs(app: Sphinx, doctree: nodes.document, docname: str) -> None:
+    """A widget's output shows its static twin on the page; the widget's own (empty) text output would be an
+    empty box under it: drop it, and the output container it leaves empty."""
+    for block in list(doctree.findall(nodes.literal_block)):
+        if "output" in block.get("classes", []) and not block.astext().strip():
+            parent = block.parent
+            parent.remove(block)
+            while parent is not None and parent.parent is not None and not parent.children:
+                parent, child = parent.parent, parent
+                parent.remove(child)
+
+
 def page_bar(app: Sphinx, pagename: str, context: dict) -> str:
     """HTML of the bar above a notebook page: download, run locally, student <-> solution."""
     pathto = context["pathto"]
@@ -130,6 +142,7 @@ class SearchZh(SearchChinese):
 def setup(app: Sphinx) -> dict:
     languages["zh"] = SearchZh
     app.connect("autodoc-process-docstring", docstring_as_rst)
+    app.connect("doctree-resolved", drop_empty_outputs)
     app.connect("doctree-read", zh_summary_first)
     app.connect("html-page-context", add_page_bar)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
