@@ -47,7 +47,7 @@ def site(tmp_path_factory) -> Path:
             pytest.fail(reason + " — CI is set, so this is a failure, not a skip")
         pytest.skip(reason)
     start = time.monotonic()
-    html = build_book.build(tmp_path_factory.mktemp("book"), jobs="2")
+    html = build_book.build(tmp_path_factory.mktemp("book"), jobs="2", strict=True)  # a Sphinx warning fails
     size = sum(p.stat().st_size for p in html.rglob("*") if p.is_file())
     print(f"\n[book] built in {time.monotonic() - start:.0f} s; {size / 1e6:.1f} MB")
     return html

@@ -77,8 +77,9 @@ def write_explorer(src: Path) -> None:
     (src / "explorer.md").write_text(explorer_page(), encoding="utf-8")
 
 
-def build(out: Path, jobs: str = "auto") -> Path:
-    """Stage into out/src and build HTML into out/html; returns the HTML folder."""
+def build(out: Path, jobs: str = "auto", strict: bool = False) -> Path:
+    """Stage into out/src and build HTML into out/html; returns the HTML folder. `strict`: a Sphinx warning
+    (a docstring that is not valid reST, a broken cross-reference, a missing file) fails the build."""
     try:
         from sphinx.cmd.build import build_main
     except ImportError:
@@ -89,7 +90,8 @@ def build(out: Path, jobs: str = "auto") -> Path:
         if stale.exists():
             shutil.rmtree(stale)
     stage(src)
-    code = build_main(["-b", "html", "-q", "-j", jobs, "-d", str(out / "doctrees"), str(src), str(html)])
+    options = ["-b", "html", "-q", "-j", jobs, "-d", str(out / "doctrees")] + (["-W", "--keep-going"] if strict else [])
+    code = build_main([*options, str(src), str(html)])
     if code:
         sys.exit(f"build_book: sphinx-build failed with exit code {code}")
     return html
@@ -99,11 +101,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "_build" / "book", help="build folder (git-ignored)")
     parser.add_argument("--jobs", default="auto", help="Sphinx's -j (processes)")
+    parser.add_argument("--strict", action="store_true", help="fail on any Sphinx warning (the tests build so)")
     args = parser.parse_args(argv)
     if args.out.resolve() in (ROOT, ROOT / "book", NOTEBOOKS) or args.out.resolve() in ROOT.parents:
         parser.error(f"--out {args.out} would overwrite the sources; pick a build folder")
     start = time.monotonic()
-    html = build(args.out.resolve(), args.jobs)
+    html = build(args.out.resolve(), args.jobs, args.strict)
     size = sum(p.stat().st_size for p in html.rglob("*") if p.is_file())
     pages = sum(1 for _ in html.rglob("*.html"))
     print(f"book: {pages} pages, {size / 1e6:.1f} MB in {html} ({time.monotonic() - start:.0f} s)")
