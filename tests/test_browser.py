@@ -228,7 +228,8 @@ RUN_STATE = """() => {
 # the live token view at a layer: [first-choice expert, text, colour stops, tokens in the span, renders so far]
 TOKENS = """([root, layer]) => {
   const view = document.querySelector(root + ' .moe-explorer-view');
-  const text = view && view.querySelector('[id$="-tokens-L' + layer + '"] .moe-text');
+  const panel = view && view.querySelector('.moe-panel[data-tab="tokens"][data-state="' + view.dataset.state + '"]');
+  const text = panel && panel.querySelector('[id$="-tokens-L' + layer + '"] .moe-text');
   if (!text) return null;
   return Array.from(text.querySelectorAll('.moe-tok')).map(s => [
     Number(s.dataset.expert), s.querySelector('bdi').textContent,
@@ -364,6 +365,19 @@ def type_and_time(page, root: str, text: str) -> float:
     )
 
 
+# the open tab's panel is drawn for the explorer's current state (Python renders a tab when it is opened)
+PANEL_READY = """([view, tab]) => {
+  const panel = view.querySelector(':scope .moe-panel[data-tab="' + tab + '"]:not([hidden])');
+  return !!panel && panel.dataset.state === view.dataset.state && !view.classList.contains('moe-pending');
+}"""
+
+
+def open_tab(page, view, tab: str) -> None:
+    """Click the tab button and wait until its panel is drawn for the current state."""
+    view.locator(".moe-tab", has_text=tab).click()
+    page.wait_for_function(PANEL_READY, arg=[view.element_handle(), tab])
+
+
 def shoot(page, locator, name: str) -> None:
     locator.scroll_into_view_if_needed()
     locator.screenshot(path=str(ARTIFACTS / name))
@@ -373,7 +387,7 @@ def check_card_and_keyboard(page, root: str, view, layer: int, prefix: str) -> N
     """The hover card of a many-token character on the last line is whole; keyboard-only selection."""
     card = page.locator(".moe-float-card")
     # 8. the card of a many-token character on the widget's last line is whole (the old CSS card was clipped)
-    view.locator(".moe-tab", has_text="tokens").click()
+    open_tab(page, view, "tokens")
     type_and_time(page, root, LAST_LINE_TEXT)
     wait_tokens(page, root, layer, lambda t: t[-1][1] == "👍🏽", "the thumbs-up text")
     for target in ("專", "👍🏽"):
@@ -438,7 +452,7 @@ def check_new_views(page, root: str, view, layer: int, k: int, phase, prefix: st
     from playwright.sync_api import expect
 
     # 11. a 256-token text in the flow tab: the selected token and its experts are on screen together
-    view.locator(".moe-tab", has_text="tokens").click()
+    open_tab(page, view, "tokens")
     long_ms = type_and_time(page, root, LONG_TEXT)
     wait_tokens(page, root, layer, lambda t: len(t) > 200, "the long text")
     phase(f"256 tokens typed: repaint {long_ms:.0f} ms after the debounce")
@@ -446,10 +460,10 @@ def check_new_views(page, root: str, view, layer: int, k: int, phase, prefix: st
     late.scroll_into_view_if_needed()
     late.click()
     page.wait_for_function(  # Python's re-render with the selection (its path table) has arrived
-        "() => !!document.querySelector('.moe-explorer-view .moe-panel[data-tab=\"flow\"] .moe-ftok.moe-sel')"
-        " && !!document.querySelector('.moe-explorer-view .moe-path')"
+        "() => !!document.querySelector('.moe-explorer-view .moe-panel[data-tab=\"tokens\"] .moe-path')"
     )
-    view.locator(".moe-tab", has_text="flow").click()
+    open_tab(page, view, "flow")  # drawn when opened, with the selection
+    assert view.locator('.moe-panel[data-tab="flow"] .moe-ftok.moe-sel').count() == 1
     flow = view.locator('.moe-panel[data-tab="flow"] .moe-flow')
     flow.locator(".moe-flow-bins").scroll_into_view_if_needed()
     height = flow.evaluate("f => f.getBoundingClientRect().height")
@@ -461,7 +475,7 @@ def check_new_views(page, root: str, view, layer: int, k: int, phase, prefix: st
     phase("256-token flow checked")
 
     # 12. by layer (Fig. 8): one row per layer; the toggles switch first-choice colours and repeat outlines
-    view.locator(".moe-tab", has_text="by layer").click()
+    open_tab(page, view, "by layer")
     stack = view.locator('.moe-panel[data-tab="by layer"] .moe-layers')
     assert stack.locator(".moe-layer-row").count() == 4
     rep = stack.locator(".moe-rep").first
@@ -475,11 +489,11 @@ def check_new_views(page, root: str, view, layer: int, k: int, phase, prefix: st
 
     # 13. the selected token (one late in a 256-token text) is inside its scroll box in every tab
     for tab in ("tokens", "by layer", "flow", "heatmap", "all layers"):
-        view.locator(".moe-tab", has_text=tab).click()
+        open_tab(page, view, tab)
         assert page.evaluate(SELECTION_SHOWN, tab), f"{tab}: the selected token is scrolled out of sight"
 
     # 14. a legend click shows the expert's profile; Arabic keeps its joined letter forms
-    view.locator(".moe-tab", has_text="tokens").click()
+    open_tab(page, view, "tokens")
     view.locator('.moe-panel[data-tab="tokens"] .moe-legend-item[data-expert="0"]').click()
     profile = view.locator('.moe-panel[data-tab="tokens"] .moe-profile')
     expect(profile).to_contain_text("in the presets")
@@ -599,19 +613,19 @@ def test_explorer_in_jupyterlab(tmp_path):
             # 6. click a token: highlighted in the heatmap and the all-layers grid, its path shown
             view.locator(".moe-text .moe-tok").nth(2).click()
             page.wait_for_function("() => !!document.querySelector('.moe-explorer-view .moe-path')")
-            view.locator(".moe-tab", has_text="heatmap").click()
+            open_tab(page, view, "heatmap")
             rows = view.locator('.moe-panel[data-tab="heatmap"] tr.moe-sel')
             assert rows.count() >= 1 and all(r.get_attribute("data-g") == "2" for r in rows.all())
             assert rows.first.evaluate("r => getComputedStyle(r.cells[0]).backgroundColor") == "rgb(255, 243, 176)"
             assert rows.first.evaluate("r => getComputedStyle(r).outlineStyle") == "solid"
             shoot(page, view, "explorer_heatmap.png")
-            view.locator(".moe-tab", has_text="all layers").click()
+            open_tab(page, view, "all layers")
             cells = view.locator('.moe-panel[data-tab="all layers"] td.moe-sel')
             assert cells.count() >= 4 and view.locator('.moe-panel[data-tab="all layers"] .moe-path').count() == 1
             shoot(page, view, "explorer_all_layers.png")
 
             # 7. click a legend entry: the other experts dim
-            view.locator(".moe-tab", has_text="flow").click()
+            open_tab(page, view, "flow")
             view.locator('.moe-panel[data-tab="tokens"] .moe-legend-item[data-expert="1"]').evaluate("n => n.click()")
             page.wait_for_function("""() => document.querySelectorAll(
                 '.moe-explorer-view .moe-panel[data-tab="flow"] path.moe-dim').length > 0""")
@@ -633,7 +647,7 @@ def test_explorer_in_jupyterlab(tmp_path):
             )
             page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
             for tab in ("tokens", "flow", "all layers", "expert load"):
-                view.locator(".moe-tab", has_text=tab).click()
+                open_tab(page, view, tab)
                 worst = page.evaluate(CONTRAST, f'.moe-explorer-view .moe-panel[data-tab="{tab}"]')
                 assert worst and worst[0] >= 4.5, f"dark theme, {tab} tab: lowest contrast {worst}"
             shoot(page, view, "explorer_dark.png")
@@ -750,7 +764,7 @@ def test_explorer_app_in_voila(tmp_path):
             wait_tokens(page, root, 0, lambda t: len(t) > 0, "the dark page's first view")
             view = page.locator(".moe-explorer-view").last
             for tab in ("tokens", "by layer", "flow", "all layers", "expert load"):
-                view.locator(".moe-tab", has_text=tab).click()
+                open_tab(page, view, tab)
                 worst = page.evaluate(CONTRAST, f'.moe-explorer-view .moe-panel[data-tab="{tab}"]')
                 assert worst and worst[0] >= 4.5, f"Voila dark theme, {tab} tab: lowest contrast {worst}"
             page.screenshot(path=str(ARTIFACTS / "voila_dark.png"))

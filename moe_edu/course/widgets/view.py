@@ -10,7 +10,9 @@ renderer as the static picture in the saved notebook); the JavaScript only
   token near the bottom of the window), pinned by a click, a tap or the keyboard,
 - makes tokens, legend entries and tabs reachable by keyboard (arrows move the selection, Enter/Space
   selects, each token's `aria-label` is its card's text) and scrolls the selection into view,
-- switches tabs (all panels are rendered, so switching is instant),
+- shows the panel of the open tab: Python sends only that one (`html`, one `.moe-panel` stamped with
+  `data-state`); panels of other tabs stay in the page until their tab is opened again, and are redrawn
+  only if the state (text, layer, k, selection, highlighted expert) has changed since,
 - marks the selected span and the highlighted expert at once (classes `moe-sel` / `moe-dim`), then
   tells Python, which re-renders the same marks plus the selected token's path.
 """
@@ -127,6 +129,11 @@ function render({ model, el }) {
   });
 
   function visiblePanel() { return body.querySelector(":scope > .moe-panel:not([hidden])"); }
+  function fresh(panel) { return !!panel && panel.dataset.state === String(model.get("state")); }
+  function settle() {  // a tab not drawn for this state yet: Python renders it on the tab change, the page waits faded
+    el.classList.toggle("moe-pending", !!model.get("html") && !fresh(visiblePanel()));
+    el.dataset.state = String(model.get("state"));
+  }
   function reveal() {
     // bring the selected span into view inside its panel's scroll boxes (never the page itself)
     const target = visiblePanel()?.querySelector(".moe-sel");
@@ -142,6 +149,7 @@ function render({ model, el }) {
   function show() {
     const tab = model.get("tab");
     for (const p of body.querySelectorAll(":scope > .moe-panel")) p.hidden = p.dataset.tab !== tab;
+    settle();
     for (const b of bar.children) {
       const on = b.dataset.tab === tab;
       b.classList.toggle("moe-tab-on", on);
@@ -190,17 +198,27 @@ function render({ model, el }) {
     drawFlow(selectedFlowTok());
     if (pinned !== null) { const t = pinnedTok(); if (t) showCard(t); else { pinned = null; card.hidden = true; } }
   }
-  function paint() {
-    const focused = body.contains(document.activeElement);  // keep keyboard focus across a re-render
-    body.innerHTML = model.get("html");
-    el.classList.remove("moe-pending");
-    for (const n of body.querySelectorAll(".moe-tok")) {
+  function prepare(panel) {  // keyboard and screen-reader roles of a newly drawn panel
+    for (const n of panel.querySelectorAll(".moe-tok")) {
       const c = n.querySelector(".moe-card");
       n.setAttribute("role", "button");
       if (c) n.setAttribute("aria-label", c.textContent);
     }
-    for (const n of body.querySelectorAll(".moe-legend-item")) { n.tabIndex = 0; n.setAttribute("role", "button"); }
-    for (const n of body.querySelectorAll("tr[data-g]")) n.tabIndex = -1;
+    for (const n of panel.querySelectorAll(".moe-legend-item")) { n.tabIndex = 0; n.setAttribute("role", "button"); }
+    for (const n of panel.querySelectorAll("tr[data-g]")) n.tabIndex = -1;
+  }
+  function paint() {
+    const focused = body.contains(document.activeElement);  // keep keyboard focus across a re-render
+    const html = model.get("html");
+    if (!html) body.replaceChildren();  // a message (empty text, an error) instead of the views
+    const incoming = document.createElement("template");
+    incoming.innerHTML = html;
+    for (const panel of Array.from(incoming.content.children)) {
+      const old = Array.from(body.children).find((p) => p.dataset.tab === panel.dataset.tab);
+      if (old && old.dataset.state === panel.dataset.state) continue;  // already drawn for this state
+      prepare(panel);
+      if (old) old.replaceWith(panel); else body.append(panel);
+    }
     show();
     mark();
     if (focused) {
@@ -279,7 +297,7 @@ function render({ model, el }) {
   };
   window.addEventListener("scroll", onScroll, true);
   model.on("change:html", paint);
-  model.on("change:revision", () => el.classList.remove("moe-pending"));  // also when the views did not change
+  model.on("change:revision", settle);  // also when the views did not change
   model.on("change:status", () => { status.innerHTML = model.get("status"); });
   model.on("change:tab", show);
   model.on("change:tabs", tabs);
@@ -344,3 +362,4 @@ class RoutingView(anywidget.AnyWidget):
     dimmed = traitlets.Int(-1).tag(sync=True)  # expert index, -1: none
     debounce_ms = traitlets.Int(250).tag(sync=True)
     revision = traitlets.Int(0).tag(sync=True)  # +1 per Python update, even one that changes no HTML
+    state = traitlets.Int(0).tag(sync=True)  # the panels' data-state for the current text, layer, k and marks
