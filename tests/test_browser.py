@@ -372,10 +372,13 @@ PANEL_READY = """([view, tab]) => {
 }"""
 
 
-def open_tab(page, view, tab: str) -> None:
-    """Click the tab button and wait until its panel is drawn for the current state."""
+def open_tab(page, view, tab: str) -> float:
+    """Click the tab button and wait until its panel is drawn for the current state; returns the ms it took
+    (Playwright's click and polling included)."""
+    start = time.monotonic()
     view.locator(".moe-tab", has_text=tab).click()
-    page.wait_for_function(PANEL_READY, arg=[view.element_handle(), tab])
+    page.wait_for_function(PANEL_READY, arg=[view.element_handle(), tab], polling=10)
+    return 1000 * (time.monotonic() - start)
 
 
 def shoot(page, locator, name: str) -> None:
@@ -488,9 +491,12 @@ def check_new_views(page, root: str, view, layer: int, k: int, phase, prefix: st
     shoot(page, view, f"{prefix}_by_layer.png")
 
     # 13. the selected token (one late in a 256-token text) is inside its scroll box in every tab
-    for tab in ("tokens", "by layer", "flow", "heatmap", "all layers"):
-        open_tab(page, view, tab)
-        assert page.evaluate(SELECTION_SHOWN, tab), f"{tab}: the selected token is scrolled out of sight"
+    opened = {}
+    for tab in ("tokens", "by layer", "flow", "heatmap", "all layers", "top-k", "compare"):
+        opened[tab] = open_tab(page, view, tab)
+        if tab not in ("top-k", "compare"):
+            assert page.evaluate(SELECTION_SHOWN, tab), f"{tab}: the selected token is scrolled out of sight"
+    phase("256 tokens, tab opened (click -> drawn, ms): " + ", ".join(f"{t} {ms:.0f}" for t, ms in opened.items()))
 
     # 14. a legend click shows the expert's profile; Arabic keeps its joined letter forms
     open_tab(page, view, "tokens")
