@@ -77,6 +77,10 @@ ARTIFACT_NOTES = {
     "explorer_by_layer.png": "the by-layer tab (Fig. 8 small multiples) with the k bands and no repeat outlines",
     "explorer_flow_256.png": "the flow tab at 256 tokens: a late token selected, its lines to its experts, all on screen",
     "voila_card_last_line.png": "the Voila page: the whole hover card of 👍🏽 on the widget's last line",
+    "explorer_card_k4.png": "專's card, still open after moving k from 3 to 4 (its bars animated to the new top-k)",
+    "voila_card_k3.png": "the Voila page: 專's card, still open after moving k from 2 to 3",
+    "explorer_touch_pinned.png": "a tapped token's card pinned (touch screen), every corner on top",
+    "voila_touch_pinned.png": "the Voila page: a tapped token's card pinned",
     "voila_keyboard.png": "the Voila page after selecting by keyboard only",
     "voila_flow_256.png": "the Voila page: the flow tab at 256 tokens, a late token and its experts on screen",
     "voila_by_layer.png": "the Voila page: the by-layer tab",
@@ -405,6 +409,7 @@ def check_card_and_keyboard(page, root: str, view, layer: int, prefix: str) -> N
         assert lines == tok.get_attribute("data-t").count(" ") + 1, f"{target}: one card line per byte token"
     shoot(page, page.locator(".moe-float-card"), f"{prefix}_card_last_line.png")
     page.mouse.move(0, 0)
+    check_k_animates_card(page, view, prefix)
 
     # 9. keyboard only: focus the first token, arrows move the selection, the card follows, Escape closes it
     view.locator(".moe-text .moe-tok").first.focus()
@@ -421,6 +426,68 @@ def check_card_and_keyboard(page, root: str, view, layer: int, prefix: str) -> N
     page.wait_for_function("() => !document.querySelector('.moe-explorer-view .moe-text .moe-sel')")
     page.keyboard.press("Escape")
     shoot(page, view, f"{prefix}_keyboard.png")
+
+    # 9b. touch (the page emulates a touch screen): a tap pins the token's card, whole; a second tap unpins it
+    tok = view.locator('.moe-panel[data-tab="tokens"] .moe-text .moe-tok').nth(1)
+    tok.scroll_into_view_if_needed()
+    tok.tap()
+    page.wait_for_function(CARD_PINNED, arg="1")
+    page.wait_for_function(  # Python's redraw with the selection has arrived, and the card is still pinned
+        "() => { const v = document.querySelector('.moe-explorer-view'); return !v.classList.contains('moe-pending')"
+        ' && !!v.querySelector(\'.moe-panel[data-tab="tokens"][data-state="\' + v.dataset.state + \'"] .moe-tok.moe-sel[data-g="1"]\'); }'
+    )
+    page.wait_for_function(CARD_PINNED, arg="1")
+    assert page.evaluate(CARD_ON_TOP), "the tapped token's card is clipped or covered"
+    shoot(page, view, f"{prefix}_touch_pinned.png")
+    tok.tap()
+    page.wait_for_function("() => document.querySelector('.moe-float-card').hidden")
+    page.wait_for_function("() => !document.querySelector('.moe-explorer-view .moe-text .moe-sel')")
+
+
+CARD_PINNED = """(g) => { const c = document.querySelector('.moe-float-card');
+  return !!c && !c.hidden && c.dataset.pinned === 'true' && c.dataset.g === g; }"""
+# records the card's transitions (class:property) from now on
+TRACK_TRANSITIONS = """() => { const c = document.querySelector('.moe-float-card'); window.moeRuns = [];
+  c.addEventListener('transitionrun', (e) => window.moeRuns.push(e.target.className + ':' + e.propertyName)); }"""
+
+
+def check_k_animates_card(page, view, prefix: str) -> None:
+    """With a character's card open, moving k keeps the card open on that character, its top-k outline and
+    renormalised-weight bars transition (CSS) and the renormalised weights change; k is moved back after."""
+    card = page.locator(".moe-float-card")
+    handle = page.locator(".widget-slider .noUi-handle").last
+    handle.scroll_into_view_if_needed()
+    tok = view.locator('.moe-panel[data-tab="tokens"] .moe-text .moe-tok', has=page.locator("bdi", has_text="專")).last
+    tok.hover()
+    card.wait_for(state="visible", timeout=2000)
+    k0 = round(float(handle.get_attribute("aria-valuenow")))
+    assert f"top-{k0}" in card.inner_text()
+    chips = card.locator(".moe-chip").all_inner_texts()
+    page.evaluate(TRACK_TRANSITIONS)
+    k1, back = (k0 + 1, "ArrowLeft") if k0 < 8 else (k0 - 1, "ArrowRight")
+    handle.evaluate("h => h.focus({preventScroll: true})")  # the mouse stays on the character
+    page.keyboard.press("ArrowRight" if back == "ArrowLeft" else "ArrowLeft")
+    page.wait_for_function(
+        "k => { const c = document.querySelector('.moe-float-card'); return !c.hidden && c.innerText.includes('top-' + k); }",
+        arg=k1,
+    )
+    assert card.inner_text().startswith("專"), "the card stays on the same character"
+    assert page.evaluate(CARD_ON_TOP), "the card is still open and whole after moving k"
+    page.wait_for_function("() => window.moeRuns.some(r => r.startsWith('moe-wbar') && r.endsWith(':height'))")
+    runs = page.evaluate("() => window.moeRuns")
+    assert any(r.startswith("moe-bar") and r.endswith(":outline-color") for r in runs), runs  # the top-k outline moved
+    after = card.locator(".moe-chip").all_inner_texts()
+    assert len(after) == len(chips) // k0 * k1 and after != chips, (chips, after)  # the renormalised weights changed
+    time.sleep(1.0)  # the transitions (under 1 s) have ended
+    shoot(page, card, f"{prefix}_card_k{k1}.png")
+    handle.evaluate("h => h.focus({preventScroll: true})")
+    page.keyboard.press(back)
+    page.wait_for_function(
+        "k => { const c = document.querySelector('.moe-float-card'); return c.hidden || c.innerText.includes('top-' + k); }",
+        arg=k0,
+    )
+    page.wait_for_function("() => !document.querySelector('.moe-explorer-view').classList.contains('moe-pending')")
+    page.mouse.move(0, 0)
 
 
 IME_COMPOSE = """() => {
@@ -541,7 +608,7 @@ def test_explorer_in_jupyterlab(tmp_path):
         sync_playwright() as pw,
     ):
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page = browser.new_page(viewport={"width": 1280, "height": 1000}, has_touch=True)  # a touch screen and a mouse
         page.set_default_timeout(STEP_MS)
         phase("server and browser up")
         try:
@@ -728,7 +795,7 @@ def test_explorer_app_in_voila(tmp_path):
     typed, spans = expected_routing(APP_TEXT, 0)
     with hard_limit(HARD_LIMIT_S), voila(APP, tmp_path) as (url, log), sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        page = browser.new_page(viewport={"width": 1100, "height": 800}, has_touch=True)
         page.set_default_timeout(STEP_MS)
         console = []  # errors the page logs, but offline font downloads (no network here, by design)
         page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)

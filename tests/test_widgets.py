@@ -475,6 +475,12 @@ def test_the_card_draws_the_router_softmax_top_k_and_the_mass_kept(model, tok):
     assert sorted(outlined) == sorted(e[0].tolist())  # the top-k are outlined
     kept = sum(probs[x] for x in e[0].tolist())
     assert f"keeps {kept:.2f} →" in card
+    # the renormalised weights as bars too (what moving k animates): the chosen experts' only, in expert order
+    w, _ = trace.topk(1, 2)  # (T, 2)
+    wbars = [int(h) for h in re.findall(r'<i class="moe-wbar" style="height:(\d+)px', card)[: trace.num_experts]]
+    weight = dict(zip(e[0].tolist(), w[0].tolist(), strict=True))
+    assert wbars == [round(20 * round(weight.get(x, 0.0), 2)) for x in range(trace.num_experts)]
+    assert sum(h > 0 for h in wbars) == 2
 
 
 def test_by_layer_view_is_fig_8_with_repeats_made_visible(model, tok):

@@ -7,7 +7,8 @@ renderer as the static picture in the saved notebook); the JavaScript only
 - debounces the text box (`debounce_ms` after the last key, the text goes to Python, which re-routes;
   nothing is sent while an input method is composing, and the committed text is sent on `compositionend`),
 - shows one hover card fixed to the viewport (so no ancestor's `overflow` clips it; flipped above the
-  token near the bottom of the window), pinned by a click, a tap or the keyboard,
+  token near the bottom of the window), pinned by a click, a tap or the keyboard; a redraw (k or the
+  layer moved) keeps it open on the same span and animates its router bars to the new values,
 - makes tokens, legend entries and tabs reachable by keyboard (arrows move the selection, Enter/Space
   selects, each token's `aria-label` is its card's text) and scrolls the selection into view,
 - shows the panel of the open tab: Python sends only that one (`html`, one `.moe-panel` stamped with
@@ -54,11 +55,31 @@ function render({ model, el }) {
   card.hidden = true;
   document.body.append(card);
   let pinned = null;  // the span whose card stays open (tap, click or keyboard)
+  let hovered = null;  // the span under the mouse: its card stays open when the views are redrawn (k moved)
+  let cardSrc = "";  // the HTML the card shows (a span's .moe-card)
 
   function showCard(tok) {
     const src = tok && tok.querySelector(".moe-card");
     if (!src) { card.hidden = true; return; }
-    card.innerHTML = src.innerHTML;
+    const same = !card.hidden && card.dataset.g === tok.dataset.g;
+    if (!same) card.classList.remove("moe-morph");
+    if (cardSrc !== src.innerHTML) {  // (not card.innerHTML: the animation rewrites its bars' style attributes)
+      cardSrc = src.innerHTML;
+      const bars = (root) => Array.from(root.querySelectorAll(".moe-bar, .moe-wbar"));
+      const before = same ? bars(card).map((b) => [b.className, b.style.height]) : [];
+      card.innerHTML = src.innerHTML;
+      const now = bars(card);
+      if (same && now.length === before.length) {  // the same token redrawn: animate from its old bars
+        const after = now.map((b) => [b.className, b.style.height]);
+        now.forEach((b, i) => { [b.className, b.style.height] = before[i]; });
+        card.classList.remove("moe-morph");
+        void card.offsetWidth;  // commit the old look, so that the change below is a transition
+        now.forEach((b, i) => { [b.className, b.style.height] = after[i]; });
+        card.classList.add("moe-morph");
+      }
+    }
+    card.dataset.g = tok.dataset.g;
+    card.dataset.pinned = String(pinned !== null && pinned === Number(tok.dataset.g));
     card.hidden = false;
     const r = tok.getBoundingClientRect(), c = card.getBoundingClientRect();
     const vw = document.documentElement.clientWidth, vh = document.documentElement.clientHeight;
@@ -69,7 +90,7 @@ function render({ model, el }) {
     card.style.top = `${Math.round(top)}px`;
     card.style.left = `${Math.round(left)}px`;
   }
-  function hideCard() { if (pinned === null) card.hidden = true; }
+  function hideCard() { hovered = null; if (pinned === null) card.hidden = true; }
 
   // The flow tab: lines from one token to its chosen experts' bins, drawn where the browser placed them.
   const SVGNS = "http://www.w3.org/2000/svg";
@@ -107,10 +128,16 @@ function render({ model, el }) {
   function pinnedTok() {
     return pinned === null ? null : visiblePanel()?.querySelector(`.moe-tok[data-g="${pinned}"]`);
   }
+  function cardTok() {  // the span whose card is open: pinned, else hovered
+    const g = pinned === null ? hovered : pinned;
+    return g === null ? null : visiblePanel()?.querySelector(`.moe-tok[data-g="${g}"]`);
+  }
 
   let timer = null, sent = null, composing = false;
   function send() {
     sent = box.value;
+    pinned = hovered = null;  // a new text: the spans are new
+    card.hidden = true;
     model.set("text", box.value);
     model.set("dimmed", -1);  // a new text starts unfiltered
     model.save_changes();
@@ -157,7 +184,7 @@ function render({ model, el }) {
       b.tabIndex = on ? 0 : -1;
     }
     reveal();
-    const t = pinnedTok();
+    const t = cardTok();
     if (t) showCard(t); else card.hidden = true;
     drawFlow(selectedFlowTok());
   }
@@ -259,6 +286,7 @@ function render({ model, el }) {
       const g = Number(tok.dataset.g);
       const off = model.get("selected") === g;
       pinned = off || !tok.classList.contains("moe-tok") ? null : g;  // a tap pins the card on touch screens
+      if (pinned === null) hovered = null;  // a tap that unpins closes the card (a touch leaves no hover behind)
       if (pinned !== null) showCard(tok); else card.hidden = true;
       select(off ? -1 : g);
       return true;
@@ -281,9 +309,14 @@ function render({ model, el }) {
     select(g);
     setTimeout(() => { const t = pinnedTok(); if (t) { t.focus(); showCard(t); } }, 0);
   });
+  // a touch screen has no hover: the mouse events a browser makes up after a tap must not open or keep a card
+  let touching = false;
+  body.addEventListener("pointerdown", (ev) => { touching = ev.pointerType === "touch"; });
+  body.addEventListener("pointermove", (ev) => { if (ev.pointerType === "mouse") touching = false; });
   body.addEventListener("mouseover", (ev) => {
     const tok = ev.target.closest(".moe-tok");
-    if (tok) showCard(tok); else hideCard();
+    if (tok && touching) return;
+    if (tok) { hovered = Number(tok.dataset.g); showCard(tok); } else hideCard();
     const ftok = ev.target.closest(".moe-ftok");
     if (ftok) drawFlow(ftok);
     else if (ev.target.closest(".moe-flow")) drawFlow(selectedFlowTok());
@@ -291,7 +324,7 @@ function render({ model, el }) {
   body.addEventListener("mouseleave", () => { hideCard(); drawFlow(selectedFlowTok()); });
   body.addEventListener("focusin", (ev) => { const tok = ev.target.closest(".moe-tok"); if (tok) showCard(tok); });
   const onScroll = () => {
-    const t = pinnedTok();
+    const t = cardTok();
     if (t) showCard(t); else card.hidden = true;
     drawFlow(selectedFlowTok());
   };
@@ -340,8 +373,14 @@ CSS = """
   font: 12px/1.7 sans-serif; box-shadow: 0 2px 6px rgba(0, 0, 0, .25); text-align: left; pointer-events: none; }
 .moe-float-card .moe-chip { color: #000; padding: 0 4px; margin-right: 3px; border-radius: 3px; white-space: nowrap; }
 .moe-float-card .moe-bars { display: inline-flex; align-items: flex-end; height: 20px; vertical-align: -4px; margin: 0 4px; }
-.moe-float-card .moe-bar { display: inline-block; width: 6px; margin-right: 1px; opacity: .55; }
-.moe-float-card .moe-bar.moe-k { opacity: 1; outline: 1px solid currentColor; }
+/* moving k (or the layer) with a card open animates it: the outline moves to the new top-k, then the
+   renormalised weights' bars grow or shrink, then the new weights fade in (showCard adds moe-morph) */
+.moe-float-card .moe-bar { display: inline-block; width: 6px; margin-right: 1px; opacity: .55;
+  outline: 1px solid transparent; transition: height .3s, opacity .3s, outline-color .3s; }
+.moe-float-card .moe-bar.moe-k { opacity: 1; outline-color: currentColor; }
+.moe-float-card .moe-wbar { display: inline-block; width: 6px; margin-right: 1px; transition: height .35s ease .3s; }
+.moe-float-card.moe-morph .moe-chip { animation: moe-chip-in .3s ease .6s both; }
+@keyframes moe-chip-in { from { opacity: 0; } to { opacity: 1; } }
 /* where the live widget runs, hide the static picture output just before it (RoutingExplorer.display_bundles) */
 .jp-OutputArea-child:has(+ .jp-OutputArea-child .moe-explorer-view) .moe-explorer-static,
 .output_area:has(+ .output_area .moe-explorer-view) .moe-explorer-static { display: none; }
