@@ -13,7 +13,7 @@ from moe_edu.course.palette import EXPERT_PALETTE
 from moe_edu.course.widgets import text_spans
 from moe_edu.course.widgets.explorer import RoutingExplorer
 from moe_edu.course.widgets.flow import flow_html
-from moe_edu.course.widgets.render import MANY_TOKENS, render_routing_html
+from moe_edu.course.widgets.render import CLICK_LEGEND, MANY_TOKENS, render_routing_html
 from moe_edu.course.widgets.text_spans import visible
 from moe_edu.course.widgets.trace import RoutingTrace, trace_routing
 from moe_edu.course.widgets.views import heatmap_html, load_html, overview_html, path_html, token_labels, topk_html
@@ -402,11 +402,42 @@ def test_static_picture_in_the_saved_notebook(model, tok):
     html = static["text/html"]
     assert html == b.display_bundles()[0]["text/html"], "deterministic (nbval compares it)"
     assert moe_edu.course.widgets.explorer.RUN_NOTE in html and 'id="nb-tokens-L0"' in html
+    assert CLICK_LEGEND not in html and "Click an expert" not in html, "a picture does not invite clicks"
+    assert 'id="nb-tokens-L0"' in a.view.html and CLICK_LEGEND in a.view.html  # the live view does
+    assert live["text/plain"] == "", "no stray RoutingExplorer(...) line after the picture where widgets cannot run"
     assert not re.search(r"\d\.\d{3}", html), "no digits that could differ between CPUs"
     a.tab = "all layers"
     assert 'class="moe-overview"' in a.static_html()
     with pytest.raises(ValueError, match="tab"):
         a.tab = "nope"
+
+
+def test_only_the_open_tab_is_rendered_and_sent(model, tok, monkeypatch):
+    """A 256-token text is ~1.3 MB of HTML over the eight tabs: the page gets the open tab's panel only, and the
+    compare tab's untrained forward runs only when that tab is open."""
+    import moe_edu.course.widgets.explorer as explorer_module
+
+    calls = []
+    real = explorer_module.compare_traces
+    monkeypatch.setattr(explorer_module, "compare_traces", lambda *a: calls.append(1) or real(*a))
+    ex = RoutingExplorer(model, tok, text="The cat sat on the mat.")
+
+    def sent():  # (tab, state) of each panel in the page's html
+        return re.findall(r'<div class="moe-panel" data-tab="([^"]+)" data-state="(\d+)">', ex.view.html)
+
+    assert [t for t, _ in sent()] == ["tokens"] and set(ex.panels) == {"tokens"} and not calls
+    tokens = ex.view.html
+    ex.tab = "heatmap"
+    assert [t for t, _ in sent()] == ["heatmap"] and sent()[0][1] == str(ex.view.state) and not calls
+    ex.tab = "tokens"
+    assert ex.view.html == tokens, "the same state: the kept panel, not a new render"
+    ex.k = 3
+    ((tab, state),) = sent()
+    assert tab == "tokens" and int(state) == ex.view.state > int(re.search(r'data-state="(\d+)"', tokens).group(1))
+    assert 'data-k="3"' in ex.view.html and not calls
+    ex.tab = "compare"
+    assert [t for t, _ in sent()] == ["compare"] and len(calls) == 1
+    assert ex.views == ex.render_panels() and len(ex.views) == len(explorer_module.TABS)
 
 
 def test_one_palette_no_near_twins_and_readable_text(model, tok):

@@ -173,7 +173,9 @@ function render({ model, el }) {
       if (t.left < b.left || t.right > b.right) sc.scrollLeft += t.left - b.left - (b.width - t.width) / 2;
     }
   }
-  function show() {
+  // DOM writes first (applyTab, applyMarks), then one pass that reads the layout (place): on a page as large
+  // as a JupyterLab notebook, every write-then-read costs a whole layout
+  function applyTab() {
     const tab = model.get("tab");
     for (const p of body.querySelectorAll(":scope > .moe-panel")) p.hidden = p.dataset.tab !== tab;
     settle();
@@ -183,11 +185,14 @@ function render({ model, el }) {
       b.setAttribute("aria-selected", String(on));
       b.tabIndex = on ? 0 : -1;
     }
+  }
+  function place() {  // the selection into view, the open card beside its span, the flow lines
     reveal();
     const t = cardTok();
     if (t) showCard(t); else card.hidden = true;
     drawFlow(selectedFlowTok());
   }
+  function show() { applyTab(); place(); }
   function tabs() {
     bar.replaceChildren(...model.get("tabs").map((name) => {
       const b = document.createElement("button");
@@ -210,8 +215,9 @@ function render({ model, el }) {
     b.addEventListener("click", () => { model.set("dimmed", -1); model.save_changes(); });
     chipBox.append(b);
   }
-  function mark() {
+  function applyMarks() {
     const g = model.get("selected"), e = String(model.get("dimmed"));
+    if (pinned !== null && pinned !== g) pinned = null;  // a card is pinned with its span's selection
     for (const n of body.querySelectorAll(".moe-sel")) n.classList.remove("moe-sel");
     if (g >= 0) for (const n of body.querySelectorAll(`[data-g="${g}"]`)) n.classList.add("moe-sel");
     for (const n of body.querySelectorAll("[data-experts]"))
@@ -221,10 +227,8 @@ function render({ model, el }) {
     for (const n of body.querySelectorAll(".moe-tok, .moe-ftok"))
       n.tabIndex = Number(n.dataset.g) === Math.max(g, 0) ? 0 : -1;
     filterChip();
-    reveal();
-    drawFlow(selectedFlowTok());
-    if (pinned !== null) { const t = pinnedTok(); if (t) showCard(t); else { pinned = null; card.hidden = true; } }
   }
+  function mark() { applyMarks(); place(); }
   function prepare(panel) {  // keyboard and screen-reader roles of a newly drawn panel
     for (const n of panel.querySelectorAll(".moe-tok")) {
       const c = n.querySelector(".moe-card");
@@ -235,6 +239,7 @@ function render({ model, el }) {
     for (const n of panel.querySelectorAll("tr[data-g]")) n.tabIndex = -1;
   }
   function paint() {
+    const start = performance.now();
     const focused = body.contains(document.activeElement);  // keep keyboard focus across a re-render
     const html = model.get("html");
     if (!html) body.replaceChildren();  // a message (empty text, an error) instead of the views
@@ -246,13 +251,15 @@ function render({ model, el }) {
       prepare(panel);
       if (old) old.replaceWith(panel); else body.append(panel);
     }
-    show();
-    mark();
+    applyTab();
+    applyMarks();
+    place();
     if (focused) {
       const g = Math.max(model.get("selected"), 0);
       visiblePanel()?.querySelector(`.moe-tok[data-g="${g}"]`)?.focus({ preventScroll: true });
     }
     el.dataset.renders = String(Number(el.dataset.renders || 0) + 1);
+    el.dataset.paintMs = (performance.now() - start).toFixed(1);  // the DOM swap's share of an update (for tests)
   }
   function select(g) {
     model.set("selected", g);
@@ -322,7 +329,10 @@ function render({ model, el }) {
     else if (ev.target.closest(".moe-flow")) drawFlow(selectedFlowTok());
   });
   body.addEventListener("mouseleave", () => { hideCard(); drawFlow(selectedFlowTok()); });
-  body.addEventListener("focusin", (ev) => { const tok = ev.target.closest(".moe-tok"); if (tok) showCard(tok); });
+  body.addEventListener("focusin", (ev) => {  // keyboard focus only: a tap or click focuses too, and pins instead
+    const tok = ev.target.closest(".moe-tok");
+    if (tok && tok.matches(":focus-visible")) showCard(tok);
+  });
   const onScroll = () => {
     const t = cardTok();
     if (t) showCard(t); else card.hidden = true;
