@@ -197,6 +197,27 @@ HTML(
 )
 
 # %% [markdown]
+# **Flow, expert profile and path** — for the token ` return` of the code preset at the last layer: the flow tab with
+# it selected (in the saved notebook, hovering another token isolates that token's experts: pure CSS, no kernel), the
+# profile of its first-choice expert (what a legend click shows: the tokens that expert receives most, here and in the
+# presets) and its path through the layers (each layer's chosen experts lit, as opaque as their weights).
+
+# %%
+from moe_edu.course.widgets.flow import flow_html
+from moe_edu.course.widgets.profile import profile_html
+from moe_edu.course.widgets.views import path_html
+
+last = config.num_hidden_layers - 1
+g = [span.text for span in code_trace.spans].index(" return")
+first = int(code_trace.first_choice(last)[code_trace.spans[g].start])
+presets = [trace_routing(model, tokenizer, text) for text in PRESET_TEXTS.values()]
+HTML(
+    flow_html(code_trace, last, id_prefix="nb06-flow", selected=g)
+    + profile_html(code_trace, presets, last, first)
+    + path_html(code_trace, g, id_prefix="nb06-path")
+)
+
+# %% [markdown]
 # ## 5. Guided questions
 #
 # Use the explorer to form a hunch, then check it with a few lines of code over the preset texts.

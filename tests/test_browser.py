@@ -582,6 +582,15 @@ def check_new_views(page, root: str, view, layer: int, k: int, phase, prefix: st
         opened[tab] = open_tab(page, view, tab)
         if tab not in ("top-k", "compare"):
             assert page.evaluate(SELECTION_SHOWN, tab), f"{tab}: the selected token is scrolled out of sight"
+        if tab == "heatmap":  # the absolute 0-1 scale (finding 10): a flat router's cells get paler
+            heat = view.locator('.moe-panel[data-tab="heatmap"]')
+            shades = "p => Array.from(p.querySelectorAll('td[data-p]'), c => getComputedStyle(c).backgroundColor)"
+            relative = heat.evaluate(shades)
+            heat.locator("label", has_text="absolute 0–1 scale").click()
+            absolute = heat.evaluate(shades)
+            alpha = lambda c: float(c.split(",")[3].rstrip(")")) if c.count(",") == 3 else 1.0
+            assert sum(map(alpha, absolute)) < sum(map(alpha, relative)), "the absolute scale is paler"
+            heat.locator("label", has_text="absolute 0–1 scale").click()
     phase("256 tokens, tab opened (click -> drawn, ms): " + ", ".join(f"{t} {ms:.0f}" for t, ms in opened.items()))
 
     # 14. a legend click shows the expert's profile; Arabic keeps its joined letter forms
