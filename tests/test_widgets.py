@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 import moe_edu
+import moe_edu.course.widgets.explorer as explorer_module
 from moe_edu.course.palette import EXPERT_PALETTE
 from moe_edu.course.widgets import text_spans
 from moe_edu.course.widgets.explorer import RoutingExplorer
@@ -415,8 +417,6 @@ def test_static_picture_in_the_saved_notebook(model, tok):
 def test_only_the_open_tab_is_rendered_and_sent(model, tok, monkeypatch):
     """A 256-token text is ~1.3 MB of HTML over the eight tabs: the page gets the open tab's panel only, and the
     compare tab's untrained forward runs only when that tab is open."""
-    import moe_edu.course.widgets.explorer as explorer_module
-
     calls = []
     real = explorer_module.compare_traces
     monkeypatch.setattr(explorer_module, "compare_traces", lambda *a: calls.append(1) or real(*a))
@@ -438,6 +438,50 @@ def test_only_the_open_tab_is_rendered_and_sent(model, tok, monkeypatch):
     ex.tab = "compare"
     assert [t for t, _ in sent()] == ["compare"] and len(calls) == 1
     assert ex.views == ex.render_panels() and len(ex.views) == len(explorer_module.TABS)
+
+
+def test_idle_renderer_steps_until_done_and_a_new_state_cancels_the_old():
+    from moe_edu.course.widgets.idle import IdleRenderer
+
+    calls = []
+
+    def step(state):
+        calls.append(state)
+        return calls.count(state) < 3
+
+    async def main():
+        idle = IdleRenderer(step, delay_s=0.01, gap_s=0.0)
+        assert idle.schedule("old")
+        await asyncio.sleep(0.002)
+        idle.schedule("new")  # before "old" started: it never runs
+        await asyncio.sleep(0.2)
+
+    asyncio.run(main())
+    assert calls == ["new", "new", "new"]
+    assert IdleRenderer(step).schedule("x") is False, "no event loop: nothing scheduled"
+    with pytest.raises(ValueError, match="delay_s"):
+        IdleRenderer(step, delay_s=-1)
+
+
+def test_the_other_tabs_are_sent_while_the_kernel_idles(model, tok):
+    """In a kernel (an event loop runs) the tabs that are not open follow the open one, one per loop turn, each
+    stamped with the current state; a newer state stops the old ones."""
+    sent = []
+
+    async def main():
+        ex = RoutingExplorer(model, tok, text="The cat sat on the mat.")
+        ex.view.send = lambda content, buffers=None: sent.append(content["panel"])
+        ex._idle.delay_s = 0.01
+        ex.k = 3  # a new state: schedules the idle work for it
+        await asyncio.sleep(1.0)
+        return ex
+
+    ex = asyncio.run(main())
+    tabs = [re.search(r'data-tab="([^"]+)" data-state="(\d+)"', h).groups() for h in sent]
+    assert [t for t, _ in tabs] == [t for t in explorer_module.TABS if t != "tokens"]  # the open tab went as html
+    assert {int(s) for _, s in tabs} == {ex.view.state}
+    heatmap = next(h for h in sent if 'data-tab="heatmap"' in h)
+    assert "the top-3 chosen" in heatmap, "rendered for the new k"
 
 
 def test_one_palette_no_near_twins_and_readable_text(model, tok):

@@ -1,9 +1,9 @@
 """RoutingExplorer: type a text, pick a layer and k, and see which experts every token goes to.
 
 ipywidgets controls (preset, layer, k) above a `RoutingView` (anywidget: text box, tabs, panels).
-Python routes the text and renders the shown tab's panel as HTML (the others when their tab is opened,
-each kept until the text, layer, k, selection or highlighted expert changes: a 256-token text is
-~1.3 MB of HTML over all eight tabs, ~0.3 MB for the tokens tab); callbacks only set widget traits,
+Python routes the text and renders the shown tab's panel as HTML (a 256-token text is ~1.3 MB of HTML
+over all eight tabs, ~0.3 MB for the tokens tab); the other tabs follow while the kernel idles (idle.py), or
+when opened, each kept until the text, layer, k, selection or highlighted expert changes; callbacks only set widget traits,
 never print, so nbval and Voila stay clean, and errors become a message in the widget, never a
 traceback. Displayed, the explorer first outputs a static HTML picture of its current view, which
 is what a saved notebook shows where no kernel runs (GitHub, nbviewer, JupyterLab before running).
@@ -20,6 +20,7 @@ from IPython.display import display
 
 from moe_edu.course.widgets.compare import compare_html, compare_traces, untrained_twin
 from moe_edu.course.widgets.flow import flow_html
+from moe_edu.course.widgets.idle import IdleRenderer
 from moe_edu.course.widgets.layers import layers_html
 from moe_edu.course.widgets.profile import profile_html
 from moe_edu.course.widgets.render import CLICK_FLOW, CLICK_LEGEND, check_prefix, notice_html, render_routing_html
@@ -92,6 +93,8 @@ class RoutingExplorer:
         self._state: tuple = ()  # (trace number, layer, k, selected, dimmed) that `panels` were rendered for
         self._traces = 0  # +1 per new trace: part of `_state` (an id() could be reused by the next trace)
         self._renders = 0  # +1 per new state: the panels' data-state, so the page knows which are stale
+        self._sent: set[str] = set()  # the tabs whose panel for the current state the page has
+        self._idle = IdleRenderer(self._send_next_tab)  # the other tabs, rendered and sent while the kernel idles
         self.last_update_ms = 0.0  # Python time of the last route + render (notebook 06 prints it)
 
         self.preset = widgets.Dropdown(
@@ -226,6 +229,7 @@ class RoutingExplorer:
     def _show_message(self, text: str) -> None:
         self.view.status = f'<p class="moe-message" style="color:#a63603;margin:2px 0">{escape(text)}</p>'
         self.panels, self._state = {}, ()
+        self._idle.cancel()
         with self.view.hold_sync():
             self.view.html = ""
             self.view.revision += 1
@@ -265,8 +269,26 @@ class RoutingExplorer:
         """Forget the rendered panels when the text, layer, k, selection or highlighted expert changed."""
         state = (self._traces, self.layer, self.k, self.selected, self.dimmed)
         if state != self._state:
-            self.panels, self._state = {}, state
+            self.panels, self._state, self._sent = {}, state, set()
             self._renders += 1
+
+    def _panel(self, tab: str) -> str:
+        """The page's wrapper of a rendered panel: its tab and the state it was drawn for."""
+        return f'<div class="moe-panel" data-tab="{escape(tab)}" data-state="{self._renders}">{self.panels[tab]}</div>'
+
+    def _send_next_tab(self, state: tuple) -> bool:
+        """Idle work: render one tab the page lacks for `state` and send it (kept hidden there until opened);
+        True while tabs remain. The compare tab (an extra forward pass) comes last, as in TABS."""
+        if state != self._state or self.trace is None:
+            return False
+        tab = next((t for t in TABS if t not in self._sent), None)
+        if tab is None:
+            return False
+        if tab not in self.panels:
+            self.panels[tab] = self.render_panel(tab)
+        self._sent.add(tab)
+        self.view.send({"panel": self._panel(tab)})
+        return True
 
     def compare_traces(self) -> dict[str, RoutingTrace]:
         """The current text through an untrained twin of the model (made once) and through the model."""
@@ -299,10 +321,10 @@ class RoutingExplorer:
         with self.view.hold_sync():  # one message: the page never sees the notice of one text with another's panel
             self.view.status = notice_html(self.trace)  # the one place the truncation notice appears
             self.view.state = self._renders
-            self.view.html = (
-                f'<div class="moe-panel" data-tab="{escape(tab)}" data-state="{self._renders}">{self.panels[tab]}</div>'
-            )
+            self.view.html = self._panel(tab)
             self.view.revision += 1
+        self._sent.add(tab)
+        self._idle.schedule(self._state)
         self.last_update_ms = 1000 * (time.perf_counter() - start)
 
     # ------------------------------------------------------------------- display

@@ -12,8 +12,9 @@ renderer as the static picture in the saved notebook); the JavaScript only
 - makes tokens, legend entries and tabs reachable by keyboard (arrows move the selection, Enter/Space
   selects, each token's `aria-label` is its card's text) and scrolls the selection into view,
 - shows the panel of the open tab: Python sends only that one (`html`, one `.moe-panel` stamped with
-  `data-state`); panels of other tabs stay in the page until their tab is opened again, and are redrawn
-  only if the state (text, layer, k, selection, highlighted expert) has changed since,
+  `data-state`), then the other tabs' panels as custom messages while the kernel idles; panels of other
+  tabs stay in the page, hidden, and are redrawn only if the state (text, layer, k, selection,
+  highlighted expert) has changed since,
 - marks the selected span and the highlighted expert at once (classes `moe-sel` / `moe-dim`), then
   tells Python, which re-renders the same marks plus the selected token's path.
 """
@@ -339,6 +340,18 @@ function render({ model, el }) {
     drawFlow(selectedFlowTok());
   };
   window.addEventListener("scroll", onScroll, true);
+  model.on("msg:custom", (msg) => {  // a tab that is not open, sent while the kernel idles: kept hidden
+    if (!msg || typeof msg.panel !== "string") return;
+    const incoming = document.createElement("template");
+    incoming.innerHTML = msg.panel;
+    const panel = incoming.content.firstElementChild;
+    if (!panel || panel.dataset.state !== String(model.get("state")) || panel.dataset.tab === model.get("tab")) return;
+    const old = Array.from(body.children).find((p) => p.dataset.tab === panel.dataset.tab);
+    if (old && old.dataset.state === panel.dataset.state) return;
+    prepare(panel);
+    panel.hidden = true;
+    if (old) old.replaceWith(panel); else body.append(panel);
+  });
   model.on("change:html", paint);
   model.on("change:revision", settle);  // also when the views did not change
   model.on("change:status", () => { status.innerHTML = model.get("status"); });
