@@ -461,9 +461,14 @@ def check_card_and_keyboard(page, root: str, view, layer: int, prefix: str) -> N
     page.wait_for_function(CARD_PINNED, arg="1")
     assert page.evaluate(CARD_ON_TOP), "the tapped token's card is clipped or covered"
     shoot(page, view, f"{prefix}_touch_pinned.png")
+    renders = view.get_attribute("data-renders")
     tok.tap()
     page.wait_for_function("() => document.querySelector('.moe-float-card').hidden")
-    page.wait_for_function("() => !document.querySelector('.moe-explorer-view .moe-text .moe-sel')")
+    page.wait_for_function(  # Python's redraw without the selection has arrived (the page unmarks at once)
+        "r => { const v = document.querySelector('.moe-explorer-view'); return v.dataset.renders !== r"
+        " && !v.querySelector('.moe-text .moe-sel'); }",
+        arg=renders,
+    )
 
 
 CARD_PINNED = """(g) => { const c = document.querySelector('.moe-float-card');

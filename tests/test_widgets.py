@@ -368,6 +368,7 @@ def test_selection_and_dimming_state(model, tok):
     ex.selected = 2
     ex.text = "Another text"
     assert ex.selected is None, "a new text has new spans: the selection is cleared"
+    assert ex.dimmed is None, "and starts unfiltered (the legend filter was expert 3)"
     with pytest.raises(ValueError, match="span index"):
         path_html(ex.trace, 50)
 
