@@ -286,6 +286,9 @@ for layer, (first, overlap) in enumerate(rates):
     print(f"layer {layer}: same first choice {100 * first:.1f} %, share one of the top-{k} {100 * overlap:.1f} %")
 print("every layer repeats first choices above 1/E:", all(first > random_first_choice_rate(E) for first, _ in rates))
 
+from matplotlib.colors import to_hex
+
+from moe_edu.course.palette import EXPERT_PALETTE
 from moe_edu.course.plots import headroom, legend_outside
 
 fig, ax = plt.subplots(figsize=(6.4, 3.0))
@@ -295,6 +298,10 @@ ax.set(xlabel="layer", ylabel="same first expert\nas previous token (%)", xticks
 headroom(ax, 100 * max(first for first, _ in rates))
 legend_outside(ax)
 plt.show()
+print(
+    "bars in grey, not an expert colour (layers are not experts):",
+    all(to_hex(b.get_facecolor()) not in EXPERT_PALETTE for b in ax.patches),
+)
 
 # %% [markdown]
 # Read the printouts with care: four short texts are a small sample, and notebook 08 repeats these measurements on
