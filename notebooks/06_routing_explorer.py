@@ -145,7 +145,9 @@ HTML(render_routing_html(typed, layer=0, id_prefix="nb06-typed"))
 # **Click a token** (in any view) to select it: it is outlined everywhere, and its path through all layers appears
 # under the text, as a table of weights and as a stack of layers with its chosen experts lit. **Click an expert in the legend** to dim all the others and see its profile: the tokens it receives
 # most often at this layer, in your text and in the presets (a chip "showing expert e only ×" clears it). Everything is
-# reachable by keyboard too: Tab to a token, arrows move the selection, Enter selects, Escape closes the card. Empty
+# reachable by keyboard too: Tab to a token, arrows move the selection, Enter selects, Escape closes the card; on a
+# touch screen a tap pins a token's card. **With a card open, move k**: the card stays on its token, the outline moves
+# to the new top-k and the renormalised weights follow (notebooks 02–04 in one picture). Empty
 # text shows a hint; text longer than the model's context (256 tokens here) is cut with a notice. For the explorer alone on a page, run `make explorer`
 # (Voilà).
 
