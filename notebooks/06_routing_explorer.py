@@ -145,7 +145,9 @@ HTML(render_routing_html(typed, layer=0, id_prefix="nb06-typed"))
 # **Click a token** (in any view) to select it: it is outlined everywhere, and its path through all layers appears
 # under the text, as a table of weights and as a stack of layers with its chosen experts lit. **Click an expert in the legend** to dim all the others and see its profile: the tokens it receives
 # most often at this layer, in your text and in the presets (a chip "showing expert e only ×" clears it). Everything is
-# reachable by keyboard too: Tab to a token, arrows move the selection, Enter selects, Escape closes the card. Empty
+# reachable by keyboard too: Tab to a token, arrows move the selection, Enter selects, Escape closes the card; on a
+# touch screen a tap pins a token's card. **With a card open, move k**: the card stays on its token, the outline moves
+# to the new top-k and the renormalised weights follow (notebooks 02–04 in one picture). Empty
 # text shows a hint; text longer than the model's context (256 tokens here) is cut with a notice. For the explorer alone on a page, run `make explorer`
 # (Voilà).
 
@@ -194,6 +196,27 @@ HTML(
         config.num_hidden_layers - 1,
         id_prefix="nb06-compare",
     )
+)
+
+# %% [markdown]
+# **Flow, expert profile and path** — for the token ` return` of the code preset at the last layer: the flow tab with
+# it selected (in the saved notebook, hovering another token isolates that token's experts: pure CSS, no kernel), the
+# profile of its first-choice expert (what a legend click shows: the tokens that expert receives most, here and in the
+# presets) and its path through the layers (each layer's chosen experts lit, as opaque as their weights).
+
+# %%
+from moe_edu.course.widgets.flow import flow_html
+from moe_edu.course.widgets.profile import profile_html
+from moe_edu.course.widgets.views import path_html
+
+last = config.num_hidden_layers - 1
+g = [span.text for span in code_trace.spans].index(" return")
+first = int(code_trace.first_choice(last)[code_trace.spans[g].start])
+presets = [trace_routing(model, tokenizer, text) for text in PRESET_TEXTS.values()]
+HTML(
+    flow_html(code_trace, last, id_prefix="nb06-flow", selected=g)
+    + profile_html(code_trace, presets, last, first)
+    + path_html(code_trace, g, id_prefix="nb06-path")
 )
 
 # %% [markdown]
@@ -265,6 +288,9 @@ for layer, (first, overlap) in enumerate(rates):
     print(f"layer {layer}: same first choice {100 * first:.1f} %, share one of the top-{k} {100 * overlap:.1f} %")
 print("every layer repeats first choices above 1/E:", all(first > random_first_choice_rate(E) for first, _ in rates))
 
+from matplotlib.colors import to_hex
+
+from moe_edu.course.palette import EXPERT_PALETTE
 from moe_edu.course.plots import headroom, legend_outside
 
 fig, ax = plt.subplots(figsize=(6.4, 3.0))
@@ -274,6 +300,10 @@ ax.set(xlabel="layer", ylabel="same first expert\nas previous token (%)", xticks
 headroom(ax, 100 * max(first for first, _ in rates))
 legend_outside(ax)
 plt.show()
+print(
+    "bars in grey, not an expert colour (layers are not experts):",
+    all(to_hex(b.get_facecolor()) not in EXPERT_PALETTE for b in ax.patches),
+)
 
 # %% [markdown]
 # Read the printouts with care: four short texts are a small sample, and notebook 08 repeats these measurements on

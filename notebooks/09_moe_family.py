@@ -190,6 +190,15 @@ for ax, (title, m) in zip(
 axes[0].set_ylabel("token")
 fig.tight_layout()
 plt.show()
+unserved = [int((m.sum(1) == 0).sum()) for m in (mixtral_assign, switch_assign, ec_assign)]  # tokens with no expert
+print(
+    "each token that no expert processes is marked:",
+    [sum(t.get_text() == "no expert" for t in ax.texts) for ax in axes] == unserved,
+)
+print(
+    "titles as large as the tick labels:",
+    all(ax.title.get_fontsize() >= ax.get_xticklabels()[0].get_fontsize() for ax in axes),
+)
 
 # %% [markdown]
 # ## 2. Eight variants, one set of pieces

@@ -369,6 +369,10 @@ right.spines["right"].set_visible(True)
 ax.set_title(f"passkey training, {log['settings']['steps']} steps")
 ax.legend(handles=[loss_line, kept_line], loc="center right")
 plt.show()
+print(
+    "the loss and the share of keys on two labelled axes:",
+    bool(ax.get_ylabel() and right.get_ylabel()) and right.get_ylim() == (0, 1.05),
+)
 
 # %% [markdown]
 # Now the grid: prompt lengths up to 4× the longest training prompt (128), five depths, 20 random keys per cell.

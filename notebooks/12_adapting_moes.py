@@ -313,6 +313,17 @@ for ax in axes:
     ax.set_ylim(4.2, top + 0.1)
 shared_legend(fig, ax=axes[0])  # one legend below both panels, off the curves
 plt.show()
+framed = all(
+    ax.get_ylim()[0] <= min(ln.get_ydata()) and max(ln.get_ydata()) <= ax.get_ylim()[1]
+    for ax in axes
+    for ln in ax.lines
+)
+print(
+    "every curve inside the frame:",
+    framed,
+    "· dashed dense continuation on top:",
+    all(ax.lines[-1].get_linestyle() == "--" for ax in axes),
+)
 
 # %% [markdown]
 # What the numbers say (from the shipped file, so they are the same on every machine):
@@ -496,6 +507,7 @@ for ax, (title, load) in zip(axes, panels, strict=True):
 axes[0].set_ylabel("layer")
 fig.colorbar(im, ax=axes, shrink=0.8, pad=0.02, label=f"share of assignments (white = 1/E = {1 / n_exp:.3f})")
 plt.show()
+print("every expert ticked in every panel:", all(list(ax.get_xticks()) == list(range(n_exp)) for ax in axes))
 
 # %% [markdown]
 # Read the first three regimes against what is known (ESFT's rows follow in their own subsection):

@@ -77,6 +77,12 @@ ARTIFACT_NOTES = {
     "explorer_by_layer.png": "the by-layer tab (Fig. 8 small multiples) with the k bands and no repeat outlines",
     "explorer_flow_256.png": "the flow tab at 256 tokens: a late token selected, its lines to its experts, all on screen",
     "voila_card_last_line.png": "the Voila page: the whole hover card of 👍🏽 on the widget's last line",
+    "explorer_card_k4.png": "專's card, still open after moving k from 3 to 4 (its bars animated to the new top-k)",
+    "voila_card_k3.png": "the Voila page: 專's card, still open after moving k from 2 to 3",
+    "explorer_touch_pinned.png": "a tapped token's card pinned (touch screen), every corner on top",
+    "voila_touch_pinned.png": "the Voila page: a tapped token's card pinned",
+    "explorer_card_flipped.png": "👍🏽's card with the token at the bottom of the window: opened above it, whole",
+    "voila_card_flipped.png": "the Voila page: 👍🏽's card at the bottom of the window, opened above it",
     "voila_keyboard.png": "the Voila page after selecting by keyboard only",
     "voila_flow_256.png": "the Voila page: the flow tab at 256 tokens, a late token and its experts on screen",
     "voila_by_layer.png": "the Voila page: the by-layer tab",
@@ -228,7 +234,8 @@ RUN_STATE = """() => {
 # the live token view at a layer: [first-choice expert, text, colour stops, tokens in the span, renders so far]
 TOKENS = """([root, layer]) => {
   const view = document.querySelector(root + ' .moe-explorer-view');
-  const text = view && view.querySelector('[id$="-tokens-L' + layer + '"] .moe-text');
+  const panel = view && view.querySelector('.moe-panel[data-tab="tokens"][data-state="' + view.dataset.state + '"]');
+  const text = panel && panel.querySelector('[id$="-tokens-L' + layer + '"] .moe-text');
   if (!text) return null;
   return Array.from(text.querySelectorAll('.moe-tok')).map(s => [
     Number(s.dataset.expert), s.querySelector('bdi').textContent,
@@ -347,7 +354,8 @@ def wait_tokens(page, root: str, layer: int, want, what: str):
 
 
 def type_and_time(page, root: str, text: str) -> float:
-    """Type `text` into the explorer's box; return ms from the last keystroke to the repaint, minus the debounce."""
+    """Type `text` into the explorer's box; return ms from the last keystroke to the first frame drawn after the
+    repaint (a requestAnimationFrame, then a task: style, layout and paint included), minus the debounce."""
     box = page.locator(f"{root} .moe-explorer-view textarea.moe-input").first
     box.scroll_into_view_if_needed()
     return page.evaluate(
@@ -356,12 +364,36 @@ def type_and_time(page, root: str, text: str) -> float:
       const before = view.dataset.renders, debounce = 250, t0 = performance.now();
       box.value = text;
       box.dispatchEvent(new Event('input', {bubbles: true}));
-      const poll = () => view.dataset.renders !== before ? done(performance.now() - t0 - debounce)
-                                                         : setTimeout(poll, 5);
+      const drawn = () => requestAnimationFrame(() => setTimeout(() => done(performance.now() - t0 - debounce)));
+      const poll = () => view.dataset.renders !== before ? drawn() : setTimeout(poll, 5);
       poll();
     })""",
         [root, text],
     )
+
+
+# the open tab's panel is drawn for the explorer's current state (Python renders a tab when it is opened, or
+# sends it while the kernel idles)
+PANEL_READY = """([view, tab]) => {
+  const panel = view.querySelector(':scope .moe-panel[data-tab="' + tab + '"]:not([hidden])');
+  return !!panel && panel.dataset.state === view.dataset.state && !view.classList.contains('moe-pending');
+}"""
+# click a tab button; resolves with the ms from the click to the first frame drawn with its panel ready
+OPEN_TAB = f"""([view, tab]) => new Promise(done => {{
+  const ready = {PANEL_READY}, t0 = performance.now();
+  view.querySelector('.moe-tab[data-tab="' + tab + '"]').click();
+  const poll = () => ready([view, tab]) ? requestAnimationFrame(() => setTimeout(() => done(performance.now() - t0)))
+                                       : setTimeout(poll, 5);
+  poll();
+}})"""
+# every tab's panel is in the page, drawn for the current state (the idle-time panels have all arrived)
+ALL_TABS_SENT = """(view) => Array.from(view.querySelectorAll(':scope .moe-panel'))
+  .filter(p => p.dataset.state === view.dataset.state).length === view.querySelectorAll('.moe-tab').length"""
+
+
+def open_tab(page, view, tab: str) -> float:
+    """Open a tab; return the ms from the click to the first frame drawn with its panel (measured in the page)."""
+    return page.evaluate(OPEN_TAB, [view.element_handle(), tab])
 
 
 def shoot(page, locator, name: str) -> None:
@@ -373,7 +405,7 @@ def check_card_and_keyboard(page, root: str, view, layer: int, prefix: str) -> N
     """The hover card of a many-token character on the last line is whole; keyboard-only selection."""
     card = page.locator(".moe-float-card")
     # 8. the card of a many-token character on the widget's last line is whole (the old CSS card was clipped)
-    view.locator(".moe-tab", has_text="tokens").click()
+    open_tab(page, view, "tokens")
     type_and_time(page, root, LAST_LINE_TEXT)
     wait_tokens(page, root, layer, lambda t: t[-1][1] == "👍🏽", "the thumbs-up text")
     for target in ("專", "👍🏽"):
@@ -387,7 +419,19 @@ def check_card_and_keyboard(page, root: str, view, layer: int, prefix: str) -> N
         lines = card.inner_text().count("token ")
         assert lines == tok.get_attribute("data-t").count(" ") + 1, f"{target}: one card line per byte token"
     shoot(page, page.locator(".moe-float-card"), f"{prefix}_card_last_line.png")
+    # 8b. at the bottom of the window the card opens above the token (when it does not fit below), whole
+    tok.evaluate("t => t.scrollIntoView({block: 'end'})")
     page.mouse.move(0, 0)
+    tok.hover()
+    card.wait_for(state="visible", timeout=2000)
+    assert page.evaluate(CARD_ON_TOP), "the card of a token at the bottom of the window is clipped"
+    t, c, vh = tok.bounding_box(), card.bounding_box(), page.viewport_size["height"]
+    assert c["y"] >= 0 and c["y"] + c["height"] <= vh, (c, vh)
+    if vh - (t["y"] + t["height"]) < c["height"] + 8:  # no room below: flipped above the token
+        assert c["y"] + c["height"] <= t["y"] + 1, (t, c)
+    shoot(page, page.locator(".moe-float-card"), f"{prefix}_card_flipped.png")
+    page.mouse.move(0, 0)
+    check_k_animates_card(page, view, prefix)
 
     # 9. keyboard only: focus the first token, arrows move the selection, the card follows, Escape closes it
     view.locator(".moe-text .moe-tok").first.focus()
@@ -404,6 +448,73 @@ def check_card_and_keyboard(page, root: str, view, layer: int, prefix: str) -> N
     page.wait_for_function("() => !document.querySelector('.moe-explorer-view .moe-text .moe-sel')")
     page.keyboard.press("Escape")
     shoot(page, view, f"{prefix}_keyboard.png")
+
+    # 9b. touch (the page emulates a touch screen): a tap pins the token's card, whole; a second tap unpins it
+    tok = view.locator('.moe-panel[data-tab="tokens"] .moe-text .moe-tok').nth(1)
+    tok.scroll_into_view_if_needed()
+    tok.tap()
+    page.wait_for_function(CARD_PINNED, arg="1")
+    page.wait_for_function(  # Python's redraw with the selection has arrived, and the card is still pinned
+        "() => { const v = document.querySelector('.moe-explorer-view'); return !v.classList.contains('moe-pending')"
+        ' && !!v.querySelector(\'.moe-panel[data-tab="tokens"][data-state="\' + v.dataset.state + \'"] .moe-tok.moe-sel[data-g="1"]\'); }'
+    )
+    page.wait_for_function(CARD_PINNED, arg="1")
+    assert page.evaluate(CARD_ON_TOP), "the tapped token's card is clipped or covered"
+    shoot(page, view, f"{prefix}_touch_pinned.png")
+    renders = view.get_attribute("data-renders")
+    tok.tap()
+    page.wait_for_function("() => document.querySelector('.moe-float-card').hidden")
+    page.wait_for_function(  # Python's redraw without the selection has arrived (the page unmarks at once)
+        "r => { const v = document.querySelector('.moe-explorer-view'); return v.dataset.renders !== r"
+        " && !v.querySelector('.moe-text .moe-sel'); }",
+        arg=renders,
+    )
+
+
+CARD_PINNED = """(g) => { const c = document.querySelector('.moe-float-card');
+  return !!c && !c.hidden && c.dataset.pinned === 'true' && c.dataset.g === g; }"""
+# records the card's transitions (class:property) from now on
+TRACK_TRANSITIONS = """() => { const c = document.querySelector('.moe-float-card'); window.moeRuns = [];
+  c.addEventListener('transitionrun', (e) => window.moeRuns.push(e.target.className + ':' + e.propertyName)); }"""
+
+
+def check_k_animates_card(page, view, prefix: str) -> None:
+    """With a character's card open, moving k keeps the card open on that character, its top-k outline and
+    renormalised-weight bars transition (CSS) and the renormalised weights change; k is moved back after."""
+    card = page.locator(".moe-float-card")
+    handle = page.locator(".widget-slider .noUi-handle").last
+    handle.scroll_into_view_if_needed()
+    tok = view.locator('.moe-panel[data-tab="tokens"] .moe-text .moe-tok', has=page.locator("bdi", has_text="專")).last
+    tok.hover()
+    card.wait_for(state="visible", timeout=2000)
+    k0 = round(float(handle.get_attribute("aria-valuenow")))
+    assert f"top-{k0}" in card.inner_text()
+    chips = card.locator(".moe-chip").all_inner_texts()
+    page.evaluate(TRACK_TRANSITIONS)
+    k1, back = (k0 + 1, "ArrowLeft") if k0 < 8 else (k0 - 1, "ArrowRight")
+    handle.evaluate("h => h.focus({preventScroll: true})")  # the mouse stays on the character
+    page.keyboard.press("ArrowRight" if back == "ArrowLeft" else "ArrowLeft")
+    page.wait_for_function(
+        "k => { const c = document.querySelector('.moe-float-card'); return !c.hidden && c.innerText.includes('top-' + k); }",
+        arg=k1,
+    )
+    assert card.inner_text().startswith("專"), "the card stays on the same character"
+    assert page.evaluate(CARD_ON_TOP), "the card is still open and whole after moving k"
+    page.wait_for_function("() => window.moeRuns.some(r => r.startsWith('moe-wbar') && r.endsWith(':height'))")
+    runs = page.evaluate("() => window.moeRuns")
+    assert any(r.startswith("moe-bar") and r.endswith(":outline-color") for r in runs), runs  # the top-k outline moved
+    after = card.locator(".moe-chip").all_inner_texts()
+    assert len(after) == len(chips) // k0 * k1 and after != chips, (chips, after)  # the renormalised weights changed
+    time.sleep(1.0)  # the transitions (under 1 s) have ended
+    shoot(page, card, f"{prefix}_card_k{k1}.png")
+    handle.evaluate("h => h.focus({preventScroll: true})")
+    page.keyboard.press(back)
+    page.wait_for_function(
+        "k => { const c = document.querySelector('.moe-float-card'); return c.hidden || c.innerText.includes('top-' + k); }",
+        arg=k0,
+    )
+    page.wait_for_function("() => !document.querySelector('.moe-explorer-view').classList.contains('moe-pending')")
+    page.mouse.move(0, 0)
 
 
 IME_COMPOSE = """() => {
@@ -438,18 +549,23 @@ def check_new_views(page, root: str, view, layer: int, k: int, phase, prefix: st
     from playwright.sync_api import expect
 
     # 11. a 256-token text in the flow tab: the selected token and its experts are on screen together
-    view.locator(".moe-tab", has_text="tokens").click()
-    long_ms = type_and_time(page, root, LONG_TEXT)
+    open_tab(page, view, "tokens")
+    times = []  # three 256-token texts in a row: (ms from the debounce to the first frame drawn, the DOM swap's ms)
+    for text in ("A " + LONG_TEXT, "B " + LONG_TEXT, LONG_TEXT):
+        times.append((type_and_time(page, root, text), float(view.get_attribute("data-paint-ms") or "nan")))
     wait_tokens(page, root, layer, lambda t: len(t) > 200, "the long text")
-    phase(f"256 tokens typed: repaint {long_ms:.0f} ms after the debounce")
+    phase(
+        "256 tokens typed: repaint after the debounce "
+        + ", ".join(f"{ms:.0f} ms (DOM swap {swap:.0f})" for ms, swap in times)
+    )
     late = view.locator(".moe-text .moe-tok").nth(200)
     late.scroll_into_view_if_needed()
     late.click()
     page.wait_for_function(  # Python's re-render with the selection (its path table) has arrived
-        "() => !!document.querySelector('.moe-explorer-view .moe-panel[data-tab=\"flow\"] .moe-ftok.moe-sel')"
-        " && !!document.querySelector('.moe-explorer-view .moe-path')"
+        "() => !!document.querySelector('.moe-explorer-view .moe-panel[data-tab=\"tokens\"] .moe-path')"
     )
-    view.locator(".moe-tab", has_text="flow").click()
+    open_tab(page, view, "flow")  # drawn when opened, with the selection
+    assert view.locator('.moe-panel[data-tab="flow"] .moe-ftok.moe-sel').count() == 1
     flow = view.locator('.moe-panel[data-tab="flow"] .moe-flow')
     flow.locator(".moe-flow-bins").scroll_into_view_if_needed()
     height = flow.evaluate("f => f.getBoundingClientRect().height")
@@ -461,7 +577,7 @@ def check_new_views(page, root: str, view, layer: int, k: int, phase, prefix: st
     phase("256-token flow checked")
 
     # 12. by layer (Fig. 8): one row per layer; the toggles switch first-choice colours and repeat outlines
-    view.locator(".moe-tab", has_text="by layer").click()
+    open_tab(page, view, "by layer")
     stack = view.locator('.moe-panel[data-tab="by layer"] .moe-layers')
     assert stack.locator(".moe-layer-row").count() == 4
     rep = stack.locator(".moe-rep").first
@@ -473,13 +589,30 @@ def check_new_views(page, root: str, view, layer: int, k: int, phase, prefix: st
     assert "gradient" in rep.evaluate("n => getComputedStyle(n).backgroundImage")  # the k bands again
     shoot(page, view, f"{prefix}_by_layer.png")
 
-    # 13. the selected token (one late in a 256-token text) is inside its scroll box in every tab
-    for tab in ("tokens", "by layer", "flow", "heatmap", "all layers"):
-        view.locator(".moe-tab", has_text=tab).click()
-        assert page.evaluate(SELECTION_SHOWN, tab), f"{tab}: the selected token is scrolled out of sight"
+    # 13. the selected token (one late in a 256-token text) is inside its scroll box in every tab; once the kernel
+    # has idled, every tab has been sent, and opening one needs no kernel round trip
+    page.wait_for_function(ALL_TABS_SENT, arg=view.element_handle(), timeout=30_000)
+    opened = {}
+    for tab in ("tokens", "by layer", "flow", "heatmap", "all layers", "top-k", "compare"):
+        opened[tab] = open_tab(page, view, tab)
+        if tab not in ("top-k", "compare"):
+            assert page.evaluate(SELECTION_SHOWN, tab), f"{tab}: the selected token is scrolled out of sight"
+        if tab == "heatmap":  # the absolute 0-1 scale (finding 10): a flat router's cells get paler
+            heat = view.locator('.moe-panel[data-tab="heatmap"]')
+            shades = "p => Array.from(p.querySelectorAll('td[data-p]'), c => getComputedStyle(c).backgroundColor)"
+            relative = heat.evaluate(shades)
+            heat.locator("label", has_text="absolute 0–1 scale").click()
+            absolute = heat.evaluate(shades)
+            alpha = lambda c: float(c.split(",")[3].rstrip(")")) if c.count(",") == 3 else 1.0
+            assert sum(map(alpha, absolute)) < sum(map(alpha, relative)), "the absolute scale is paler"
+            heat.locator("label", has_text="absolute 0–1 scale").click()
+    phase(
+        "256 tokens, tab opened after idling (click -> drawn, ms): "
+        + ", ".join(f"{t} {ms:.0f}" for t, ms in opened.items())
+    )
 
     # 14. a legend click shows the expert's profile; Arabic keeps its joined letter forms
-    view.locator(".moe-tab", has_text="tokens").click()
+    open_tab(page, view, "tokens")
     view.locator('.moe-panel[data-tab="tokens"] .moe-legend-item[data-expert="0"]').click()
     profile = view.locator('.moe-panel[data-tab="tokens"] .moe-profile')
     expect(profile).to_contain_text("in the presets")
@@ -521,7 +654,7 @@ def test_explorer_in_jupyterlab(tmp_path):
         sync_playwright() as pw,
     ):
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page = browser.new_page(viewport={"width": 1280, "height": 1000}, has_touch=True)  # a touch screen and a mouse
         page.set_default_timeout(STEP_MS)
         phase("server and browser up")
         try:
@@ -599,19 +732,19 @@ def test_explorer_in_jupyterlab(tmp_path):
             # 6. click a token: highlighted in the heatmap and the all-layers grid, its path shown
             view.locator(".moe-text .moe-tok").nth(2).click()
             page.wait_for_function("() => !!document.querySelector('.moe-explorer-view .moe-path')")
-            view.locator(".moe-tab", has_text="heatmap").click()
+            open_tab(page, view, "heatmap")
             rows = view.locator('.moe-panel[data-tab="heatmap"] tr.moe-sel')
             assert rows.count() >= 1 and all(r.get_attribute("data-g") == "2" for r in rows.all())
             assert rows.first.evaluate("r => getComputedStyle(r.cells[0]).backgroundColor") == "rgb(255, 243, 176)"
             assert rows.first.evaluate("r => getComputedStyle(r).outlineStyle") == "solid"
             shoot(page, view, "explorer_heatmap.png")
-            view.locator(".moe-tab", has_text="all layers").click()
+            open_tab(page, view, "all layers")
             cells = view.locator('.moe-panel[data-tab="all layers"] td.moe-sel')
             assert cells.count() >= 4 and view.locator('.moe-panel[data-tab="all layers"] .moe-path').count() == 1
             shoot(page, view, "explorer_all_layers.png")
 
             # 7. click a legend entry: the other experts dim
-            view.locator(".moe-tab", has_text="flow").click()
+            open_tab(page, view, "flow")
             view.locator('.moe-panel[data-tab="tokens"] .moe-legend-item[data-expert="1"]').evaluate("n => n.click()")
             page.wait_for_function("""() => document.querySelectorAll(
                 '.moe-explorer-view .moe-panel[data-tab="flow"] path.moe-dim').length > 0""")
@@ -633,7 +766,7 @@ def test_explorer_in_jupyterlab(tmp_path):
             )
             page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
             for tab in ("tokens", "flow", "all layers", "expert load"):
-                view.locator(".moe-tab", has_text=tab).click()
+                open_tab(page, view, tab)
                 worst = page.evaluate(CONTRAST, f'.moe-explorer-view .moe-panel[data-tab="{tab}"]')
                 assert worst and worst[0] >= 4.5, f"dark theme, {tab} tab: lowest contrast {worst}"
             shoot(page, view, "explorer_dark.png")
@@ -708,7 +841,7 @@ def test_explorer_app_in_voila(tmp_path):
     typed, spans = expected_routing(APP_TEXT, 0)
     with hard_limit(HARD_LIMIT_S), voila(APP, tmp_path) as (url, log), sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        page = browser.new_page(viewport={"width": 1100, "height": 800}, has_touch=True)
         page.set_default_timeout(STEP_MS)
         console = []  # errors the page logs, but offline font downloads (no network here, by design)
         page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
@@ -743,6 +876,12 @@ def test_explorer_app_in_voila(tmp_path):
             boxes = page.evaluate(CONTROLS_BOXES)
             assert boxes and all(left >= 0 and right <= 400 for left, right in boxes), boxes
             page.screenshot(path=str(ARTIFACTS / "voila_phone.png"))
+            for width in (400, 820):  # the k slider keeps a usable track (the review saw 40 px at 820 px)
+                page.set_viewport_size({"width": width, "height": 800})
+                track = "() => document.querySelector('.widget-slider .noUi-base').getBoundingClientRect().width"
+                with contextlib.suppress(Exception):
+                    page.wait_for_function(f"() => ({track})() >= 120", timeout=15_000)
+                assert page.evaluate(track) >= 120, f"k slider track {page.evaluate(track):.0f} px at {width} px"
 
             # Voila's dark theme (`?theme=dark`): captions and labels keep a readable contrast
             page.set_viewport_size({"width": 1100, "height": 800})
@@ -750,7 +889,7 @@ def test_explorer_app_in_voila(tmp_path):
             wait_tokens(page, root, 0, lambda t: len(t) > 0, "the dark page's first view")
             view = page.locator(".moe-explorer-view").last
             for tab in ("tokens", "by layer", "flow", "all layers", "expert load"):
-                view.locator(".moe-tab", has_text=tab).click()
+                open_tab(page, view, tab)
                 worst = page.evaluate(CONTRAST, f'.moe-explorer-view .moe-panel[data-tab="{tab}"]')
                 assert worst and worst[0] >= 4.5, f"Voila dark theme, {tab} tab: lowest contrast {worst}"
             page.screenshot(path=str(ARTIFACTS / "voila_dark.png"))

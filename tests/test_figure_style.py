@@ -239,6 +239,12 @@ def test_passkey_grid_is_colour_blind_safe_with_readable_cell_text():
 def test_experts_keep_their_palette_colour_in_larger_layers():
     assert [expert_colors(16)[e] for e in range(12)] == list(EXPERT_PALETTE)
     assert len(set(expert_colors(16))) == 16 and len(set(expert_colors(64))) == 64
+    fig = expert_load_bars(torch.arange(16) * 3)  # notebook 09's DeepSeekMoE panel: expert 0 blue, ticks e0, e2, ...
+    ax = fig.axes[0]
+    assert to_hex(ax.patches[0].get_facecolor()) == EXPERT_PALETTE[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[:2] == ["e0", "e2"] and all(label.startswith("e") for label in labels)
+    plt.close(fig)
 
 
 def test_domain_colours_are_dark_where_expert_colours_are_light():

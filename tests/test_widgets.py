@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 
@@ -9,11 +10,12 @@ import pytest
 import torch
 
 import moe_edu
+import moe_edu.course.widgets.explorer as explorer_module
 from moe_edu.course.palette import EXPERT_PALETTE
 from moe_edu.course.widgets import text_spans
 from moe_edu.course.widgets.explorer import RoutingExplorer
 from moe_edu.course.widgets.flow import flow_html
-from moe_edu.course.widgets.render import MANY_TOKENS, render_routing_html
+from moe_edu.course.widgets.render import CLICK_LEGEND, MANY_TOKENS, render_routing_html
 from moe_edu.course.widgets.text_spans import visible
 from moe_edu.course.widgets.trace import RoutingTrace, trace_routing
 from moe_edu.course.widgets.views import heatmap_html, load_html, overview_html, path_html, token_labels, topk_html
@@ -366,6 +368,7 @@ def test_selection_and_dimming_state(model, tok):
     ex.selected = 2
     ex.text = "Another text"
     assert ex.selected is None, "a new text has new spans: the selection is cleared"
+    assert ex.dimmed is None, "and starts unfiltered (the legend filter was expert 3)"
     with pytest.raises(ValueError, match="span index"):
         path_html(ex.trace, 50)
 
@@ -402,11 +405,84 @@ def test_static_picture_in_the_saved_notebook(model, tok):
     html = static["text/html"]
     assert html == b.display_bundles()[0]["text/html"], "deterministic (nbval compares it)"
     assert moe_edu.course.widgets.explorer.RUN_NOTE in html and 'id="nb-tokens-L0"' in html
+    assert CLICK_LEGEND not in html and "Click an expert" not in html, "a picture does not invite clicks"
+    assert 'id="nb-tokens-L0"' in a.view.html and CLICK_LEGEND in a.view.html  # the live view does
+    assert live["text/plain"] == "", "no stray RoutingExplorer(...) line after the picture where widgets cannot run"
     assert not re.search(r"\d\.\d{3}", html), "no digits that could differ between CPUs"
     a.tab = "all layers"
     assert 'class="moe-overview"' in a.static_html()
     with pytest.raises(ValueError, match="tab"):
         a.tab = "nope"
+
+
+def test_only_the_open_tab_is_rendered_and_sent(model, tok, monkeypatch):
+    """A 256-token text is ~1.3 MB of HTML over the eight tabs: the page gets the open tab's panel only, and the
+    compare tab's untrained forward runs only when that tab is open."""
+    calls = []
+    real = explorer_module.compare_traces
+    monkeypatch.setattr(explorer_module, "compare_traces", lambda *a: calls.append(1) or real(*a))
+    ex = RoutingExplorer(model, tok, text="The cat sat on the mat.")
+
+    def sent():  # (tab, state) of each panel in the page's html
+        return re.findall(r'<div class="moe-panel" data-tab="([^"]+)" data-state="(\d+)">', ex.view.html)
+
+    assert [t for t, _ in sent()] == ["tokens"] and set(ex.panels) == {"tokens"} and not calls
+    tokens = ex.view.html
+    ex.tab = "heatmap"
+    assert [t for t, _ in sent()] == ["heatmap"] and sent()[0][1] == str(ex.view.state) and not calls
+    ex.tab = "tokens"
+    assert ex.view.html == tokens, "the same state: the kept panel, not a new render"
+    ex.k = 3
+    ((tab, state),) = sent()
+    assert tab == "tokens" and int(state) == ex.view.state > int(re.search(r'data-state="(\d+)"', tokens).group(1))
+    assert 'data-k="3"' in ex.view.html and not calls
+    ex.tab = "compare"
+    assert [t for t, _ in sent()] == ["compare"] and len(calls) == 1
+    assert ex.views == ex.render_panels() and len(ex.views) == len(explorer_module.TABS)
+
+
+def test_idle_renderer_steps_until_done_and_a_new_state_cancels_the_old():
+    from moe_edu.course.widgets.idle import IdleRenderer
+
+    calls = []
+
+    def step(state):
+        calls.append(state)
+        return calls.count(state) < 3
+
+    async def main():
+        idle = IdleRenderer(step, delay_s=0.01, gap_s=0.0)
+        assert idle.schedule("old")
+        await asyncio.sleep(0.002)
+        idle.schedule("new")  # before "old" started: it never runs
+        await asyncio.sleep(0.2)
+
+    asyncio.run(main())
+    assert calls == ["new", "new", "new"]
+    assert IdleRenderer(step).schedule("x") is False, "no event loop: nothing scheduled"
+    with pytest.raises(ValueError, match="delay_s"):
+        IdleRenderer(step, delay_s=-1)
+
+
+def test_the_other_tabs_are_sent_while_the_kernel_idles(model, tok):
+    """In a kernel (an event loop runs) the tabs that are not open follow the open one, one per loop turn, each
+    stamped with the current state; a newer state stops the old ones."""
+    sent = []
+
+    async def main():
+        ex = RoutingExplorer(model, tok, text="The cat sat on the mat.")
+        ex.view.send = lambda content, buffers=None: sent.append(content["panel"])
+        ex._idle.delay_s = 0.01
+        ex.k = 3  # a new state: schedules the idle work for it
+        await asyncio.sleep(1.0)
+        return ex
+
+    ex = asyncio.run(main())
+    tabs = [re.search(r'data-tab="([^"]+)" data-state="(\d+)"', h).groups() for h in sent]
+    assert [t for t, _ in tabs] == [t for t in explorer_module.TABS if t != "tokens"]  # the open tab went as html
+    assert {int(s) for _, s in tabs} == {ex.view.state}
+    heatmap = next(h for h in sent if 'data-tab="heatmap"' in h)
+    assert "the top-3 chosen" in heatmap, "rendered for the new k"
 
 
 def test_one_palette_no_near_twins_and_readable_text(model, tok):
@@ -475,6 +551,12 @@ def test_the_card_draws_the_router_softmax_top_k_and_the_mass_kept(model, tok):
     assert sorted(outlined) == sorted(e[0].tolist())  # the top-k are outlined
     kept = sum(probs[x] for x in e[0].tolist())
     assert f"keeps {kept:.2f} →" in card
+    # the renormalised weights as bars too (what moving k animates): the chosen experts' only, in expert order
+    w, _ = trace.topk(1, 2)  # (T, 2)
+    wbars = [int(h) for h in re.findall(r'<i class="moe-wbar" style="height:(\d+)px', card)[: trace.num_experts]]
+    weight = dict(zip(e[0].tolist(), w[0].tolist(), strict=True))
+    assert wbars == [round(20 * round(weight.get(x, 0.0), 2)) for x in range(trace.num_experts)]
+    assert sum(h > 0 for h in wbars) == 2
 
 
 def test_by_layer_view_is_fig_8_with_repeats_made_visible(model, tok):

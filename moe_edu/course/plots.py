@@ -176,7 +176,7 @@ def expert_load_bars(
     share = expected if expected is not None else sum(values) / E
     handles.append(ax.axhline(share, color="#333333", ls="--", lw=1, label=f"uniform = {share:.1f}"))
     step = 1 if E <= 12 else 2  # 16 labels of 8 pt do not fit a small panel
-    ax.set_xticks(range(0, E, step), [f"e{e}" if E <= 8 else str(e) for e in range(0, E, step)])
+    ax.set_xticks(range(0, E, step), [f"e{e}" if E <= 16 else str(e) for e in range(0, E, step)])  # e0 as everywhere
     headroom(ax, max([*values, share, capacity or 0]))
     ax.set_xlabel("expert")
     ax.set_ylabel("assignments")

@@ -1,8 +1,10 @@
 """RoutingExplorer: type a text, pick a layer and k, and see which experts every token goes to.
 
 ipywidgets controls (preset, layer, k) above a `RoutingView` (anywidget: text box, tabs, panels).
-Python routes the text and renders every panel as HTML; callbacks only set widget traits, never
-print, so nbval and Voila stay clean, and errors become a message in the widget, never a
+Python routes the text and renders the shown tab's panel as HTML (a 256-token text is ~1.3 MB of HTML
+over all eight tabs, ~0.3 MB for the tokens tab); the other tabs follow while the kernel idles (idle.py), or
+when opened, each kept until the text, layer, k, selection or highlighted expert changes; callbacks only set widget traits,
+never print, so nbval and Voila stay clean, and errors become a message in the widget, never a
 traceback. Displayed, the explorer first outputs a static HTML picture of its current view, which
 is what a saved notebook shows where no kernel runs (GitHub, nbviewer, JupyterLab before running).
 """
@@ -18,6 +20,7 @@ from IPython.display import display
 
 from moe_edu.course.widgets.compare import compare_html, compare_traces, untrained_twin
 from moe_edu.course.widgets.flow import flow_html
+from moe_edu.course.widgets.idle import IdleRenderer
 from moe_edu.course.widgets.layers import layers_html
 from moe_edu.course.widgets.profile import profile_html
 from moe_edu.course.widgets.render import CLICK_FLOW, CLICK_LEGEND, check_prefix, notice_html, render_routing_html
@@ -86,7 +89,12 @@ class RoutingExplorer:
         if text is None:
             text = next(iter(self.presets.values()), "")
         self.trace: RoutingTrace | None = None
-        self.panels: dict[str, str] = {}
+        self.panels: dict[str, str] = {}  # the tabs rendered for the current state (`_state`), by tab name
+        self._state: tuple = ()  # (trace number, layer, k, selected, dimmed) that `panels` were rendered for
+        self._traces = 0  # +1 per new trace: part of `_state` (an id() could be reused by the next trace)
+        self._renders = 0  # +1 per new state: the panels' data-state, so the page knows which are stale
+        self._sent: set[str] = set()  # the tabs whose panel for the current state the page has
+        self._idle = IdleRenderer(self._send_next_tab)  # the other tabs, rendered and sent while the kernel idles
         self.last_update_ms = 0.0  # Python time of the last route + render (notebook 06 prints it)
 
         self.preset = widgets.Dropdown(
@@ -109,6 +117,7 @@ class RoutingExplorer:
         self.layer_box.observe(self._on_view, names="value")
         self.k_box.observe(self._on_view, names="value")
         self.view.observe(self._on_mark, names=["selected", "dimmed"])
+        self.view.observe(self._on_view, names="tab")  # a tab is rendered when it is opened
         self._on_text({"new": text})  # the first trace and render
 
     # ------------------------------------------------------------ public handles
@@ -171,7 +180,14 @@ class RoutingExplorer:
 
     @property
     def views(self) -> dict[str, str]:
-        """The HTML of each tab's panel, as last rendered."""
+        """The HTML of every tab's panel for the current state ({} while a message is shown); the tabs not
+        yet opened are rendered now (and kept, so opening them in the page costs no render)."""
+        if self.trace is None:
+            return {}
+        self._check_state()
+        for tab in TABS:
+            if tab not in self.panels:
+                self.panels[tab] = self.render_panel(tab)
         return dict(self.panels)
 
     # ----------------------------------------------------------------- callbacks
@@ -189,6 +205,7 @@ class RoutingExplorer:
             return
         try:
             self.trace = trace_routing(self.model, self.tokenizer, text, self.max_tokens)
+            self._traces += 1
         except Exception as err:  # the notebook must never get a traceback from a callback
             self._show_message(f"Could not route this text: {err}")
             return
@@ -211,32 +228,67 @@ class RoutingExplorer:
 
     def _show_message(self, text: str) -> None:
         self.view.status = f'<p class="moe-message" style="color:#a63603;margin:2px 0">{escape(text)}</p>'
-        self.panels = {}
-        self.view.html = ""
-        self.view.revision += 1
+        self.panels, self._state = {}, ()
+        self._idle.cancel()
+        with self.view.hold_sync():
+            self.view.html = ""
+            self.view.revision += 1
 
-    def render_panels(self) -> dict[str, str]:
-        """Every tab's HTML for the current text, layer, k, selection and highlighted expert."""
+    def render_panel(self, tab: str) -> str:
+        """One tab's HTML for the current text, layer, k, selection and highlighted expert."""
         trace, layer, k, p = self.trace, self.layer, self.k, self.id_prefix
         sel, dim = self.selected, self.dimmed
         path = "" if sel is None else path_html(trace, sel, k, id_prefix=f"{p}-path")
-        profile = "" if dim is None else profile_html(trace, self.preset_traces(), layer, dim, k)
-        return {
-            "tokens": render_routing_html(
+        if tab == "tokens":
+            profile = "" if dim is None else profile_html(trace, self.preset_traces(), layer, dim, k)
+            tokens = render_routing_html(
                 trace, layer, k, id_prefix=f"{p}-tokens", notice=False, selected=sel, dimmed=dim
             )
-            + profile
-            + path,
-            "by layer": layers_html(trace, k, id_prefix=f"{p}-layers", selected=sel, dimmed=dim),
-            "flow": flow_html(trace, layer, k, id_prefix=f"{p}-flow", selected=sel, dimmed=dim),
-            "heatmap": heatmap_html(trace, layer, k, id_prefix=f"{p}-heatmap", selected=sel, dimmed=dim),
-            "expert load": load_html(trace, layer, k, id_prefix=f"{p}-load", dimmed=dim),
-            "all layers": overview_html(trace, k, id_prefix=f"{p}-overview", selected=sel, dimmed=dim) + path,
-            "top-k": topk_html(trace, layer, k, id_prefix=f"{p}-topk", selected=sel),
-            "compare": compare_html(
-                self.compare_traces(), layer, k, id_prefix=f"{p}-compare", selected=sel, dimmed=dim
-            ),
-        }
+            return tokens + profile + path
+        if tab == "by layer":
+            return layers_html(trace, k, id_prefix=f"{p}-layers", selected=sel, dimmed=dim)
+        if tab == "flow":
+            return flow_html(trace, layer, k, id_prefix=f"{p}-flow", selected=sel, dimmed=dim)
+        if tab == "heatmap":
+            return heatmap_html(trace, layer, k, id_prefix=f"{p}-heatmap", selected=sel, dimmed=dim)
+        if tab == "expert load":
+            return load_html(trace, layer, k, id_prefix=f"{p}-load", dimmed=dim)
+        if tab == "all layers":
+            return overview_html(trace, k, id_prefix=f"{p}-overview", selected=sel, dimmed=dim) + path
+        if tab == "top-k":
+            return topk_html(trace, layer, k, id_prefix=f"{p}-topk", selected=sel)
+        if tab == "compare":  # the untrained model's forward runs only when this tab is shown
+            return compare_html(self.compare_traces(), layer, k, id_prefix=f"{p}-compare", selected=sel, dimmed=dim)
+        raise ValueError(f"tab must be one of {TABS}, got {tab!r}")
+
+    def render_panels(self) -> dict[str, str]:
+        """Every tab's HTML for the current text, layer, k, selection and highlighted expert."""
+        return {tab: self.render_panel(tab) for tab in TABS}
+
+    def _check_state(self) -> None:
+        """Forget the rendered panels when the text, layer, k, selection or highlighted expert changed."""
+        state = (self._traces, self.layer, self.k, self.selected, self.dimmed)
+        if state != self._state:
+            self.panels, self._state, self._sent = {}, state, set()
+            self._renders += 1
+
+    def _panel(self, tab: str) -> str:
+        """The page's wrapper of a rendered panel: its tab and the state it was drawn for."""
+        return f'<div class="moe-panel" data-tab="{escape(tab)}" data-state="{self._renders}">{self.panels[tab]}</div>'
+
+    def _send_next_tab(self, state: tuple) -> bool:
+        """Idle work: render one tab the page lacks for `state` and send it (kept hidden there until opened);
+        True while tabs remain. The compare tab (an extra forward pass) comes last, as in TABS."""
+        if state != self._state or self.trace is None:
+            return False
+        tab = next((t for t in TABS if t not in self._sent), None)
+        if tab is None:
+            return False
+        if tab not in self.panels:
+            self.panels[tab] = self.render_panel(tab)
+        self._sent.add(tab)
+        self.view.send({"panel": self._panel(tab)})
+        return True
 
     def compare_traces(self) -> dict[str, RoutingTrace]:
         """The current text through an untrained twin of the model (made once) and through the model."""
@@ -257,15 +309,22 @@ class RoutingExplorer:
         return self._preset_traces
 
     def _render(self, start: float) -> None:
+        """Send the shown tab's panel (rendered now, or kept from an earlier visit in the same state)."""
+        self._check_state()
+        tab = self.tab
         try:
-            panels = self.render_panels()
+            if tab not in self.panels:
+                self.panels[tab] = self.render_panel(tab)
         except Exception as err:
             self._show_message(f"Could not render the routing: {err}")
             return
-        self.panels = panels
-        self.view.status = notice_html(self.trace)  # the one place the truncation notice appears
-        self.view.html = "".join(f'<div class="moe-panel" data-tab="{escape(n)}">{h}</div>' for n, h in panels.items())
-        self.view.revision += 1
+        with self.view.hold_sync():  # one message: the page never sees the notice of one text with another's panel
+            self.view.status = notice_html(self.trace)  # the one place the truncation notice appears
+            self.view.state = self._renders
+            self.view.html = self._panel(tab)
+            self.view.revision += 1
+        self._sent.add(tab)
+        self._idle.schedule(self._state)
         self.last_update_ms = 1000 * (time.perf_counter() - start)
 
     # ------------------------------------------------------------------- display

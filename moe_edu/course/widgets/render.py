@@ -174,6 +174,7 @@ BARS_CSS = (
     f".moe-bars{{display:inline-flex;align-items:flex-end;height:{BAR_PX}px;vertical-align:-4px;margin:0 4px}}"
     " .moe-bar{display:inline-block;width:6px;margin-right:1px;opacity:.55}"
     " .moe-bar.moe-k{opacity:1;outline:1px solid currentColor}"
+    " .moe-wbar{display:inline-block;width:6px;margin-right:1px}"
 )
 
 
@@ -188,10 +189,23 @@ def router_bars(probs: Sequence[float], chosen: Sequence[int], num_experts: int)
     return f'<span class="moe-bars">{"".join(bars)}</span>'
 
 
+def weight_bars(weights: Sequence[float], chosen: Sequence[int], num_experts: int) -> str:
+    """The renormalised weights of one token as E bars in expert colours (height 0 for the experts not chosen;
+    heights from weights rounded to 2 decimals), beside `router_bars`: moving k in the explorer animates the
+    outline moving to the new top-k, then these bars growing or shrinking to the new weights."""
+    w = dict(zip(chosen, weights, strict=True))
+    bars = [
+        f'<i class="moe-wbar" style="height:{round(BAR_PX * round(w.get(e, 0.0), 2))}px;'
+        f'background:{expert_colour(e, num_experts)}"></i>'
+        for e in range(num_experts)
+    ]
+    return f'<span class="moe-bars moe-wbars">{"".join(bars)}</span>'
+
+
 def card_html(trace: RoutingTrace, g: int, layer: int, weights: list, experts: list, probs: list) -> str:
     """The hover card of span `g`: its text, then for each token the router's softmax over all experts
-    (bars, top-k outlined), the probability mass the top-k keep, and the renormalised weights
-    (lists: weights, experts (T, k); probs (T, E)). What notebooks 01-04 build, for one token."""
+    (bars, top-k outlined), the probability mass the top-k keep, and the renormalised weights (bars and
+    chips) (lists: weights, experts (T, k); probs (T, E)). What notebooks 01-04 build, for one token."""
     span = trace.spans[g]
     n = span.stop - span.start
     lines = [f"<b>{visible(span.text, html=False)}</b> · layer {layer}, top-{len(experts[0])}"]
@@ -201,7 +215,8 @@ def card_html(trace: RoutingTrace, g: int, layer: int, weights: list, experts: l
         chips = "".join(chip(e, w, trace.num_experts, inline=False) for w, e in pairs)
         kept = sum(probs[t][e] for e in experts[t])
         bars = router_bars(probs[t], experts[t], trace.num_experts)
-        lines.append(f"token {t}{part}, id {trace.token_ids[t]}: {bars}keeps {kept:.2f} → {chips}")
+        renormalised = weight_bars(weights[t], experts[t], trace.num_experts)
+        lines.append(f"token {t}{part}, id {trace.token_ids[t]}: {bars}keeps {kept:.2f} → {renormalised}{chips}")
     return f'<span class="moe-card" dir="ltr" style="display:none">{"<br>".join(lines)}</span>'
 
 

@@ -7,10 +7,14 @@ renderer as the static picture in the saved notebook); the JavaScript only
 - debounces the text box (`debounce_ms` after the last key, the text goes to Python, which re-routes;
   nothing is sent while an input method is composing, and the committed text is sent on `compositionend`),
 - shows one hover card fixed to the viewport (so no ancestor's `overflow` clips it; flipped above the
-  token near the bottom of the window), pinned by a click, a tap or the keyboard,
+  token near the bottom of the window), pinned by a click, a tap or the keyboard; a redraw (k or the
+  layer moved) keeps it open on the same span and animates its router bars to the new values,
 - makes tokens, legend entries and tabs reachable by keyboard (arrows move the selection, Enter/Space
   selects, each token's `aria-label` is its card's text) and scrolls the selection into view,
-- switches tabs (all panels are rendered, so switching is instant),
+- shows the panel of the open tab: Python sends only that one (`html`, one `.moe-panel` stamped with
+  `data-state`), then the other tabs' panels as custom messages while the kernel idles; panels of other
+  tabs stay in the page, hidden, and are redrawn only if the state (text, layer, k, selection,
+  highlighted expert) has changed since,
 - marks the selected span and the highlighted expert at once (classes `moe-sel` / `moe-dim`), then
   tells Python, which re-renders the same marks plus the selected token's path.
 """
@@ -52,11 +56,31 @@ function render({ model, el }) {
   card.hidden = true;
   document.body.append(card);
   let pinned = null;  // the span whose card stays open (tap, click or keyboard)
+  let hovered = null;  // the span under the mouse: its card stays open when the views are redrawn (k moved)
+  let cardSrc = "";  // the HTML the card shows (a span's .moe-card)
 
   function showCard(tok) {
     const src = tok && tok.querySelector(".moe-card");
     if (!src) { card.hidden = true; return; }
-    card.innerHTML = src.innerHTML;
+    const same = !card.hidden && card.dataset.g === tok.dataset.g;
+    if (!same) card.classList.remove("moe-morph");
+    if (cardSrc !== src.innerHTML) {  // (not card.innerHTML: the animation rewrites its bars' style attributes)
+      cardSrc = src.innerHTML;
+      const bars = (root) => Array.from(root.querySelectorAll(".moe-bar, .moe-wbar"));
+      const before = same ? bars(card).map((b) => [b.className, b.style.height]) : [];
+      card.innerHTML = src.innerHTML;
+      const now = bars(card);
+      if (same && now.length === before.length) {  // the same token redrawn: animate from its old bars
+        const after = now.map((b) => [b.className, b.style.height]);
+        now.forEach((b, i) => { [b.className, b.style.height] = before[i]; });
+        card.classList.remove("moe-morph");
+        void card.offsetWidth;  // commit the old look, so that the change below is a transition
+        now.forEach((b, i) => { [b.className, b.style.height] = after[i]; });
+        card.classList.add("moe-morph");
+      }
+    }
+    card.dataset.g = tok.dataset.g;
+    card.dataset.pinned = String(pinned !== null && pinned === Number(tok.dataset.g));
     card.hidden = false;
     const r = tok.getBoundingClientRect(), c = card.getBoundingClientRect();
     const vw = document.documentElement.clientWidth, vh = document.documentElement.clientHeight;
@@ -67,7 +91,7 @@ function render({ model, el }) {
     card.style.top = `${Math.round(top)}px`;
     card.style.left = `${Math.round(left)}px`;
   }
-  function hideCard() { if (pinned === null) card.hidden = true; }
+  function hideCard() { hovered = null; if (pinned === null) card.hidden = true; }
 
   // The flow tab: lines from one token to its chosen experts' bins, drawn where the browser placed them.
   const SVGNS = "http://www.w3.org/2000/svg";
@@ -105,10 +129,16 @@ function render({ model, el }) {
   function pinnedTok() {
     return pinned === null ? null : visiblePanel()?.querySelector(`.moe-tok[data-g="${pinned}"]`);
   }
+  function cardTok() {  // the span whose card is open: pinned, else hovered
+    const g = pinned === null ? hovered : pinned;
+    return g === null ? null : visiblePanel()?.querySelector(`.moe-tok[data-g="${g}"]`);
+  }
 
   let timer = null, sent = null, composing = false;
   function send() {
     sent = box.value;
+    pinned = hovered = null;  // a new text: the spans are new
+    card.hidden = true;
     model.set("text", box.value);
     model.set("dimmed", -1);  // a new text starts unfiltered
     model.save_changes();
@@ -127,6 +157,11 @@ function render({ model, el }) {
   });
 
   function visiblePanel() { return body.querySelector(":scope > .moe-panel:not([hidden])"); }
+  function fresh(panel) { return !!panel && panel.dataset.state === String(model.get("state")); }
+  function settle() {  // a tab not drawn for this state yet: Python renders it on the tab change, the page waits faded
+    el.classList.toggle("moe-pending", !!model.get("html") && !fresh(visiblePanel()));
+    el.dataset.state = String(model.get("state"));
+  }
   function reveal() {
     // bring the selected span into view inside its panel's scroll boxes (never the page itself)
     const target = visiblePanel()?.querySelector(".moe-sel");
@@ -139,20 +174,26 @@ function render({ model, el }) {
       if (t.left < b.left || t.right > b.right) sc.scrollLeft += t.left - b.left - (b.width - t.width) / 2;
     }
   }
-  function show() {
+  // DOM writes first (applyTab, applyMarks), then one pass that reads the layout (place): on a page as large
+  // as a JupyterLab notebook, every write-then-read costs a whole layout
+  function applyTab() {
     const tab = model.get("tab");
     for (const p of body.querySelectorAll(":scope > .moe-panel")) p.hidden = p.dataset.tab !== tab;
+    settle();
     for (const b of bar.children) {
       const on = b.dataset.tab === tab;
       b.classList.toggle("moe-tab-on", on);
       b.setAttribute("aria-selected", String(on));
       b.tabIndex = on ? 0 : -1;
     }
+  }
+  function place() {  // the selection into view, the open card beside its span, the flow lines
     reveal();
-    const t = pinnedTok();
+    const t = cardTok();
     if (t) showCard(t); else card.hidden = true;
     drawFlow(selectedFlowTok());
   }
+  function show() { applyTab(); place(); }
   function tabs() {
     bar.replaceChildren(...model.get("tabs").map((name) => {
       const b = document.createElement("button");
@@ -175,8 +216,9 @@ function render({ model, el }) {
     b.addEventListener("click", () => { model.set("dimmed", -1); model.save_changes(); });
     chipBox.append(b);
   }
-  function mark() {
+  function applyMarks() {
     const g = model.get("selected"), e = String(model.get("dimmed"));
+    if (pinned !== null && pinned !== g) pinned = null;  // a card is pinned with its span's selection
     for (const n of body.querySelectorAll(".moe-sel")) n.classList.remove("moe-sel");
     if (g >= 0) for (const n of body.querySelectorAll(`[data-g="${g}"]`)) n.classList.add("moe-sel");
     for (const n of body.querySelectorAll("[data-experts]"))
@@ -186,28 +228,39 @@ function render({ model, el }) {
     for (const n of body.querySelectorAll(".moe-tok, .moe-ftok"))
       n.tabIndex = Number(n.dataset.g) === Math.max(g, 0) ? 0 : -1;
     filterChip();
-    reveal();
-    drawFlow(selectedFlowTok());
-    if (pinned !== null) { const t = pinnedTok(); if (t) showCard(t); else { pinned = null; card.hidden = true; } }
   }
-  function paint() {
-    const focused = body.contains(document.activeElement);  // keep keyboard focus across a re-render
-    body.innerHTML = model.get("html");
-    el.classList.remove("moe-pending");
-    for (const n of body.querySelectorAll(".moe-tok")) {
+  function mark() { applyMarks(); place(); }
+  function prepare(panel) {  // keyboard and screen-reader roles of a newly drawn panel
+    for (const n of panel.querySelectorAll(".moe-tok")) {
       const c = n.querySelector(".moe-card");
       n.setAttribute("role", "button");
       if (c) n.setAttribute("aria-label", c.textContent);
     }
-    for (const n of body.querySelectorAll(".moe-legend-item")) { n.tabIndex = 0; n.setAttribute("role", "button"); }
-    for (const n of body.querySelectorAll("tr[data-g]")) n.tabIndex = -1;
-    show();
-    mark();
+    for (const n of panel.querySelectorAll(".moe-legend-item")) { n.tabIndex = 0; n.setAttribute("role", "button"); }
+    for (const n of panel.querySelectorAll("tr[data-g]")) n.tabIndex = -1;
+  }
+  function paint() {
+    const start = performance.now();
+    const focused = body.contains(document.activeElement);  // keep keyboard focus across a re-render
+    const html = model.get("html");
+    if (!html) body.replaceChildren();  // a message (empty text, an error) instead of the views
+    const incoming = document.createElement("template");
+    incoming.innerHTML = html;
+    for (const panel of Array.from(incoming.content.children)) {
+      const old = Array.from(body.children).find((p) => p.dataset.tab === panel.dataset.tab);
+      if (old && old.dataset.state === panel.dataset.state) continue;  // already drawn for this state
+      prepare(panel);
+      if (old) old.replaceWith(panel); else body.append(panel);
+    }
+    applyTab();
+    applyMarks();
+    place();
     if (focused) {
       const g = Math.max(model.get("selected"), 0);
       visiblePanel()?.querySelector(`.moe-tok[data-g="${g}"]`)?.focus({ preventScroll: true });
     }
     el.dataset.renders = String(Number(el.dataset.renders || 0) + 1);
+    el.dataset.paintMs = (performance.now() - start).toFixed(1);  // the DOM swap's share of an update (for tests)
   }
   function select(g) {
     model.set("selected", g);
@@ -241,6 +294,7 @@ function render({ model, el }) {
       const g = Number(tok.dataset.g);
       const off = model.get("selected") === g;
       pinned = off || !tok.classList.contains("moe-tok") ? null : g;  // a tap pins the card on touch screens
+      if (pinned === null) hovered = null;  // a tap that unpins closes the card (a touch leaves no hover behind)
       if (pinned !== null) showCard(tok); else card.hidden = true;
       select(off ? -1 : g);
       return true;
@@ -263,23 +317,43 @@ function render({ model, el }) {
     select(g);
     setTimeout(() => { const t = pinnedTok(); if (t) { t.focus(); showCard(t); } }, 0);
   });
+  // a touch screen has no hover: the mouse events a browser makes up after a tap must not open or keep a card
+  let touching = false;
+  body.addEventListener("pointerdown", (ev) => { touching = ev.pointerType === "touch"; });
+  body.addEventListener("pointermove", (ev) => { if (ev.pointerType === "mouse") touching = false; });
   body.addEventListener("mouseover", (ev) => {
     const tok = ev.target.closest(".moe-tok");
-    if (tok) showCard(tok); else hideCard();
+    if (tok && touching) return;
+    if (tok) { hovered = Number(tok.dataset.g); showCard(tok); } else hideCard();
     const ftok = ev.target.closest(".moe-ftok");
     if (ftok) drawFlow(ftok);
     else if (ev.target.closest(".moe-flow")) drawFlow(selectedFlowTok());
   });
   body.addEventListener("mouseleave", () => { hideCard(); drawFlow(selectedFlowTok()); });
-  body.addEventListener("focusin", (ev) => { const tok = ev.target.closest(".moe-tok"); if (tok) showCard(tok); });
+  body.addEventListener("focusin", (ev) => {  // keyboard focus only: a tap or click focuses too, and pins instead
+    const tok = ev.target.closest(".moe-tok");
+    if (tok && tok.matches(":focus-visible")) showCard(tok);
+  });
   const onScroll = () => {
-    const t = pinnedTok();
+    const t = cardTok();
     if (t) showCard(t); else card.hidden = true;
     drawFlow(selectedFlowTok());
   };
   window.addEventListener("scroll", onScroll, true);
+  model.on("msg:custom", (msg) => {  // a tab that is not open, sent while the kernel idles: kept hidden
+    if (!msg || typeof msg.panel !== "string") return;
+    const incoming = document.createElement("template");
+    incoming.innerHTML = msg.panel;
+    const panel = incoming.content.firstElementChild;
+    if (!panel || panel.dataset.state !== String(model.get("state")) || panel.dataset.tab === model.get("tab")) return;
+    const old = Array.from(body.children).find((p) => p.dataset.tab === panel.dataset.tab);
+    if (old && old.dataset.state === panel.dataset.state) return;
+    prepare(panel);
+    panel.hidden = true;
+    if (old) old.replaceWith(panel); else body.append(panel);
+  });
   model.on("change:html", paint);
-  model.on("change:revision", () => el.classList.remove("moe-pending"));  // also when the views did not change
+  model.on("change:revision", settle);  // also when the views did not change
   model.on("change:status", () => { status.innerHTML = model.get("status"); });
   model.on("change:tab", show);
   model.on("change:tabs", tabs);
@@ -322,8 +396,14 @@ CSS = """
   font: 12px/1.7 sans-serif; box-shadow: 0 2px 6px rgba(0, 0, 0, .25); text-align: left; pointer-events: none; }
 .moe-float-card .moe-chip { color: #000; padding: 0 4px; margin-right: 3px; border-radius: 3px; white-space: nowrap; }
 .moe-float-card .moe-bars { display: inline-flex; align-items: flex-end; height: 20px; vertical-align: -4px; margin: 0 4px; }
-.moe-float-card .moe-bar { display: inline-block; width: 6px; margin-right: 1px; opacity: .55; }
-.moe-float-card .moe-bar.moe-k { opacity: 1; outline: 1px solid currentColor; }
+/* moving k (or the layer) with a card open animates it: the outline moves to the new top-k, then the
+   renormalised weights' bars grow or shrink, then the new weights fade in (showCard adds moe-morph) */
+.moe-float-card .moe-bar { display: inline-block; width: 6px; margin-right: 1px; opacity: .55;
+  outline: 1px solid transparent; transition: height .3s, opacity .3s, outline-color .3s; }
+.moe-float-card .moe-bar.moe-k { opacity: 1; outline-color: currentColor; }
+.moe-float-card .moe-wbar { display: inline-block; width: 6px; margin-right: 1px; transition: height .35s ease .3s; }
+.moe-float-card.moe-morph .moe-chip { animation: moe-chip-in .3s ease .6s both; }
+@keyframes moe-chip-in { from { opacity: 0; } to { opacity: 1; } }
 /* where the live widget runs, hide the static picture output just before it (RoutingExplorer.display_bundles) */
 .jp-OutputArea-child:has(+ .jp-OutputArea-child .moe-explorer-view) .moe-explorer-static,
 .output_area:has(+ .output_area .moe-explorer-view) .moe-explorer-static { display: none; }
@@ -344,3 +424,4 @@ class RoutingView(anywidget.AnyWidget):
     dimmed = traitlets.Int(-1).tag(sync=True)  # expert index, -1: none
     debounce_ms = traitlets.Int(250).tag(sync=True)
     revision = traitlets.Int(0).tag(sync=True)  # +1 per Python update, even one that changes no HTML
+    state = traitlets.Int(0).tag(sync=True)  # the panels' data-state for the current text, layer, k and marks
