@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from site_explorer_checks import CARD_ON_TOP as CARD_IS_WHOLE  # (card) => its four corners are its own
 
 import moe_edu
 from moe_edu.course.widgets.explorer import PRESET_TEXTS
@@ -245,18 +246,8 @@ TOKENS = """([root, layer]) => {
 
 
 # true when the floating hover card is shown and each of its corners (1 px inside) is the card or inside it
-CARD_ON_TOP = """() => {
-  const card = document.querySelector('.moe-float-card');
-  if (!card || card.hidden) return false;
-  const r = card.getBoundingClientRect();
-  if (r.width < 10 || r.height < 10) return false;
-  const old = card.style.pointerEvents;
-  card.style.pointerEvents = 'auto';  // hit testing skips pointer-events: none; painting (what a person sees) does not
-  const ok = [[r.left + 1, r.top + 1], [r.right - 2, r.top + 1], [r.left + 1, r.bottom - 2], [r.right - 2, r.bottom - 2]]
-    .every(([x, y]) => { const e = document.elementFromPoint(x, y); return !!e && (e === card || card.contains(e)); });
-  card.style.pointerEvents = old;
-  return ok;
-}"""
+CARD_ON_TOP = f"() => ({CARD_IS_WHOLE})(document.querySelector('.moe-float-card'))"
+
 
 # [lowest contrast ratio, its text, colour, background] over the visible text of the panel (WCAG relative luminance)
 CONTRAST = """(sel) => {

@@ -133,7 +133,11 @@ def asset_text(name: str) -> str:
     """The text of one of the page's static files (`moe_edu/course/static/`)."""
     if name not in ASSETS:
         raise ValueError(f"asset must be one of {ASSETS}, got {name!r}")
-    return resources.files("moe_edu.course").joinpath("static", name).read_text(encoding="utf-8")
+    static = resources.files("moe_edu.course").joinpath("static")
+    text = static.joinpath(name).read_text(encoding="utf-8")
+    if name == "site_explorer.js":  # the hover card's placement, shared with the notebook explorer
+        text = static.joinpath("float_card.js").read_text(encoding="utf-8") + "\n" + text
+    return text
 
 
 def site_explorer_html(

@@ -232,14 +232,7 @@
       if (!tok || !tok.isConnected) { card.hidden = true; return; }
       fillCard(Number(tok.dataset.g));
       card.hidden = false;
-      const r = tok.getBoundingClientRect(), c = card.getBoundingClientRect();
-      const vw = document.documentElement.clientWidth, vh = document.documentElement.clientHeight;
-      let top = r.bottom + 4;
-      if (top + c.height > vh - 4 && r.top - c.height - 4 >= 4) top = r.top - c.height - 4; // flip above
-      top = Math.max(4, Math.min(top, vh - c.height - 4));
-      const left = Math.max(4, Math.min(r.left, vw - c.width - 4));
-      card.style.top = `${Math.round(top)}px`;
-      card.style.left = `${Math.round(left)}px`;
+      placeFloatCard(card, tok);  // float_card.js, written before this file
     }
     const pinnedTok = () => (state.pinned < 0 ? null : panels.tokens.querySelector(`.moe-tok[data-g="${state.pinned}"]`));
     function hideCard() { if (state.pinned < 0 || panels.tokens.hidden) card.hidden = true; else showCard(pinnedTok()); }
