@@ -105,8 +105,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.out.resolve() in (ROOT, ROOT / "book", NOTEBOOKS) or args.out.resolve() in ROOT.parents:
         parser.error(f"--out {args.out} would overwrite the sources; pick a build folder")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file, not a folder")
     start = time.monotonic()
-    html = build(args.out.resolve(), args.jobs, args.strict)
+    try:
+        html = build(args.out.resolve(), args.jobs, args.strict)
+    except OSError as err:
+        parser.exit(1, f"build_book: cannot write {err.filename or args.out}: {err.strerror or err}\n")
     size = sum(p.stat().st_size for p in html.rglob("*") if p.is_file())
     pages = sum(1 for _ in html.rglob("*.html"))
     print(f"book: {pages} pages, {size / 1e6:.1f} MB in {html} ({time.monotonic() - start:.0f} s)")
