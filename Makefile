@@ -19,6 +19,8 @@ export PYTHONHASHSEED := 0
 BOOK_NODE := book/node_modules/.package-lock.json
 NPM_BOOK := $(if $(shell command -v npm),$(BOOK_NODE),)
 BOOK_OUT ?= _build/book
+# BOOK_FLAGS=--no-solutions: a site for a class, without the exercises' solution renders
+BOOK_FLAGS ?=
 
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 # torch's CPU kernels on another instruction set (no ATen vectorisation, SSE4.1 oneDNN, MKL's
@@ -88,7 +90,7 @@ notebooks: install-test  ## rebuild every .ipynb from its py:percent twin and ex
 	$(PY) tools/build_notebooks.py
 
 book: install $(BOOK_NODE)  ## the course as a website in $(BOOK_OUT)/html, offline, from the committed notebooks
-	$(PY) tools/build_book.py --out $(BOOK_OUT)
+	$(PY) tools/build_book.py --out $(BOOK_OUT) $(BOOK_FLAGS)
 	@echo "open $(BOOK_OUT)/html/index.html, or serve it: $(PY) -m http.server -d $(BOOK_OUT)/html $(PORT)"
 
 test-book: install-test  ## only the website's tests (builds it, then reads every page in Chromium)

@@ -38,14 +38,19 @@ COURSE = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 EXERCISES = sorted(p.stem for p in (ROOT / "notebooks" / "exercises").glob("ex[0-9][0-9]_*.py"))
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    """The built website's HTML folder (the build time is printed for the closing note)."""
+def require_mathjax() -> None:
+    """Skip without the website's MathJax (npm), or fail under CI."""
     if not (build_book.MATHJAX / "tex-chtml.js").is_file():
         reason = "the website needs MathJax from npm: `npm ci --prefix book` (make test runs it where npm exists)"
         if os.environ.get("CI"):
             pytest.fail(reason + " — CI is set, so this is a failure, not a skip")
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The built website's HTML folder (the build time is printed for the closing note)."""
+    require_mathjax()
     start = time.monotonic()
     html = build_book.build(tmp_path_factory.mktemp("book"), jobs="2", strict=True)  # a Sphinx warning fails
     size = sum(p.stat().st_size for p in html.rglob("*") if p.is_file())
@@ -310,3 +315,14 @@ def test_explorer_runs_in_the_page_without_a_kernel(server: str):
     assert len(summaries) == 6 and typed["token_ids"]
     assert not watch.problems(allowed_hosts=("127.0.0.1",)), watch.problems(allowed_hosts=("127.0.0.1",))
     assert not any(u for u in watch.requests if not u.startswith((server, "data:"))), watch.requests
+
+
+def test_a_class_can_build_the_site_without_the_solutions(tmp_path: Path):
+    """`--no-solutions` stages no solution render and says where instructors find them (Sphinx is not run:
+    the staged sources are what it would publish)."""
+    require_mathjax()
+    build_book.stage(tmp_path / "src", solutions=False)
+    staged = {p.relative_to(tmp_path / "src").as_posix() for p in (tmp_path / "src").rglob("*.ipynb")}
+    assert not any("solutions" in p for p in staged), sorted(staged)
+    assert {f"notebooks/exercises/{n}.ipynb" for n in EXERCISES} <= staged
+    assert "built without the solution renders" in (tmp_path / "src" / "solutions.md").read_text(encoding="utf-8")

@@ -2,6 +2,7 @@
 
     python tools/build_book.py              # stage the sources, then run Sphinx
     python tools/build_book.py --out DIR    # build into DIR/html instead (the stage goes to DIR/src)
+    python tools/build_book.py --no-solutions   # a site for a class: the exercises without their solutions
 
 The sources are staged in a git-ignored folder, never written into the tree: book/ (the Sphinx
 configuration, the landing page, the site's CSS and extension), the committed notebooks as they are
@@ -27,6 +28,14 @@ from moe_edu.course.site_explorer import write_site_explorer  # noqa: E402
 NOTEBOOKS = ROOT / "notebooks"
 # what the site shows of notebooks/: the course, the exercises (student and solution renders), the guides
 STAGED = ["[0-9][0-9]_*.ipynb", "exercises/ex[0-9][0-9]_*.ipynb", "exercises/solutions/ex*.ipynb", "exercises/*.md"]
+SOLUTIONS = "exercises/solutions/ex*.ipynb"
+# the Solutions page of a site built for a class (--no-solutions): the students read this site too
+NO_SOLUTIONS = """# Solutions
+
+This copy of the course was built without the solution renders (`make book BOOK_FLAGS=--no-solutions`), so
+that a class can read it while the exercises are graded. Instructors find them in the course repository,
+`notebooks/exercises/solutions/`.
+"""
 
 
 # MathJax 3 as npm ships it (book/package.json, `npm ci --prefix book`): the combined TeX + CommonHTML
@@ -56,17 +65,19 @@ def claim(out: Path) -> None:
     (out / MARKER).write_text("made by tools/build_book.py; its src/, html/ and doctrees/ are rebuilt\n")
 
 
-def stage(src: Path) -> None:
-    """Fill `src` with everything Sphinx reads."""
+def stage(src: Path, solutions: bool = True) -> None:
+    """Fill `src` with everything Sphinx reads (`solutions`: the exercises' solution renders too)."""
     if src.exists():
         shutil.rmtree(src)
     shutil.copytree(ROOT / "book", src, ignore=shutil.ignore_patterns("node_modules", "package*.json"))
-    for pattern in STAGED:
+    for pattern in STAGED if solutions else [p for p in STAGED if p != SOLUTIONS]:
         for path in sorted(NOTEBOOKS.glob(pattern)):
             target = src / "notebooks" / path.relative_to(NOTEBOOKS)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
     write_pages(src, notebook_names(NOTEBOOKS))
+    if not solutions:
+        (src / "solutions.md").write_text(NO_SOLUTIONS, encoding="utf-8")
     copy_mathjax(src / "_static")
     write_explorer(src)
 
@@ -77,7 +88,7 @@ def write_explorer(src: Path) -> None:
     (src / "explorer.md").write_text(explorer_page(), encoding="utf-8")
 
 
-def build(out: Path, jobs: str = "auto", strict: bool = False) -> Path:
+def build(out: Path, jobs: str = "auto", strict: bool = False, solutions: bool = True) -> Path:
     """Stage into out/src and build HTML into out/html; returns the HTML folder. `strict`: a Sphinx warning
     (a docstring that is not valid reST, a broken cross-reference, a missing file) fails the build."""
     try:
@@ -89,7 +100,7 @@ def build(out: Path, jobs: str = "auto", strict: bool = False) -> Path:
     for stale in (html, out / "doctrees"):  # a clean build: no page or asset of an older build survives
         if stale.exists():
             shutil.rmtree(stale)
-    stage(src)
+    stage(src, solutions)
     options = ["-b", "html", "-q", "-j", jobs, "-d", str(out / "doctrees")] + (["-W", "--keep-going"] if strict else [])
     code = build_main([*options, str(src), str(html)])
     if code:
@@ -102,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "_build" / "book", help="build folder (git-ignored)")
     parser.add_argument("--jobs", default="auto", help="Sphinx's -j (processes)")
     parser.add_argument("--strict", action="store_true", help="fail on any Sphinx warning (the tests build so)")
+    parser.add_argument("--no-solutions", action="store_true", help="leave out the exercises' solution renders")
     args = parser.parse_args(argv)
     if args.out.resolve() in (ROOT, ROOT / "book", NOTEBOOKS) or args.out.resolve() in ROOT.parents:
         parser.error(f"--out {args.out} would overwrite the sources; pick a build folder")
@@ -109,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--out {args.out} is a file, not a folder")
     start = time.monotonic()
     try:
-        html = build(args.out.resolve(), args.jobs, args.strict)
+        html = build(args.out.resolve(), args.jobs, args.strict, solutions=not args.no_solutions)
     except OSError as err:
         parser.exit(1, f"build_book: cannot write {err.filename or args.out}: {err.strerror or err}\n")
     size = sum(p.stat().st_size for p in html.rglob("*") if p.is_file())
