@@ -281,6 +281,8 @@ def test_search_finds_chinese_and_english_terms(server: str):
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page()
         zh = search(page, server, "專家")
+        summaries = page.inner_text("#search-results")
+        assert "Run it locally" not in summaries, "a result's summary quotes the page bar, not the page"
         page.screenshot(path=str(ARTIFACTS / "book-search-zh.png"))
         en = search(page, server, "load balancing")
         browser.close()

@@ -76,7 +76,10 @@ def page_bar(app: Sphinx, pagename: str, context: dict) -> str:
         items.append(f'<a href="{escape(pathto(EXERCISES + name))}">Student version</a>')
     elif pagename.startswith(EXERCISES) and SOLUTIONS + name in app.env.found_docs:
         items.append(f'<a href="{escape(pathto(SOLUTIONS + name))}">Solutions</a>')
-    return '<nav class="moe-page-bar" aria-label="This notebook">' + " · ".join(items) + "</nav>"
+    # class "headerlink": Sphinx's search leaves such elements out of its result summaries (searchtools.js), so a
+    # summary quotes the page, not this bar; the themes style only `a.headerlink`, so the bar looks as it should
+    bar = '<nav class="moe-page-bar headerlink" aria-label="This notebook">' + " · ".join(items) + "</nav>"
+    return bar
 
 
 def add_page_bar(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: nodes.document) -> None:
