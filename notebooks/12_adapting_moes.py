@@ -292,19 +292,19 @@ fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.8))
 tokens = 8 * 64
 flops = {"dense": 6 * up["active_params"]["dense"] * tokens, "moe": 6 * up["active_params"]["moe"] * tokens}
 style = {  # drawn in this order: the dashed dense continuation last, so the upcycled line cannot hide it
-    "dense_pretrain": ("dense", "k-"),
-    "upcycled": ("moe", "C1-"),
-    "moe_scratch": ("moe", "C4:"),
-    "dense_continued": ("dense", "k--"),
+    "dense_pretrain": ("dense", "k-", "dense, pre-training"),
+    "upcycled": ("moe", "C1-", "upcycled MoE"),
+    "moe_scratch": ("moe", "C4:", "MoE from scratch"),
+    "dense_continued": ("dense", "k--", "dense, continued"),
 }
-for name, (kind, st) in style.items():
+for name, (kind, st, label) in style.items():
     steps = [e["step"] for e in curves[name]]
     ce = [e["eval_ce"] for e in curves[name]]
-    axes[0].plot(steps, ce, st, label=name.replace("_", " "))
+    axes[0].plot(steps, ce, st, label=label)
     # training FLOPs ~ 6 x active parameters x tokens; the continuations start from the dense run's FLOPs
     start = flops["dense"] * up["settings"]["dense_steps"] if name in ("dense_continued", "upcycled") else 0
     offset = up["settings"]["dense_steps"] if start else 0
-    axes[1].plot([(start + flops[kind] * (s - offset)) / 1e12 for s in steps], ce, st, label=name.replace("_", " "))
+    axes[1].plot([(start + flops[kind] * (s - offset)) / 1e12 for s in steps], ce, st, label=label)
 axes[0].set_xlabel("step")
 axes[1].set_xlabel("training FLOPs (x 1e12, ~6 x active params x tokens)")
 for ax in axes:
@@ -323,6 +323,8 @@ print(
     framed,
     "· dashed dense continuation on top:",
     all(ax.lines[-1].get_linestyle() == "--" for ax in axes),
+    "· legend in words, not code names:",
+    all(ln.get_label() not in curves for ax in axes for ln in ax.lines),
 )
 
 # %% [markdown]
