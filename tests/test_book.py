@@ -13,6 +13,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -128,9 +129,7 @@ def test_every_figure_and_widget_twin_of_the_notebooks_is_on_its_page(site: Path
         nb = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text(encoding="utf-8"))
         figures = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
         page = (site / "notebooks" / f"{name}.html").read_text(encoding="utf-8")
-        shown = (
-            page.count('src="../_images/') + page.count('src="../../_images/') + page.count('src="../../../_images/')
-        )
+        shown = len(re.findall(r'src="(?:\.\./)+_images/', page))
         if shown != figures:
             wrong.append(f"{name}: {figures} figures in the notebook, {shown} on the page")
         if 'class="left-prev"' not in page and 'class="right-next"' not in page:
